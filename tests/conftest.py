@@ -1,0 +1,24 @@
+"""Test isolation: offline, a private HF_HOME per session, no analytics."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    GRADIO_ANALYTICS_ENABLED="False",
+    HF_HUB_DISABLE_TELEMETRY="1",
+    TOKENIZERS_PARALLELISM="false",
+)
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="nanoflux-hf-home-")
+os.environ.pop("HF_TOKEN", None)
+
+
+@pytest.fixture(autouse=True)
+def _no_token_leaks_between_tests(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)

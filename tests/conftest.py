@@ -22,3 +22,4 @@ os.environ.pop("HF_TOKEN", None)
 @pytest.fixture(autouse=True)
 def _no_token_leaks_between_tests(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
+

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, Features, Sequence, Value
+from datasets import Dataset, Features, List, Value
 
 JUDGE_STATUSES = ("ok", "parse_error", "refused", "error", "tool_error")
 
@@ -33,14 +33,14 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "judge_defender_correct": (Value("bool"), "the Judge LLM's own view of the Defender's answer"),
     "question_valid": (Value("bool"), "the Judge validated the question and its reference answer"),
     "reference_verified": (Value("bool"), "the verification program's output matched the reference (null: not checkable)"),
-    "judge_scores": (Sequence({"name": Value("string"), "score": Value("int32")}), "per-criterion rubric scores (1-5)"),
+    "judge_scores": (List({"name": Value("string"), "score": Value("int32")}), "per-criterion rubric scores (1-5)"),
     "reasoning_quality": (Value("float32"), "mean of the rubric scores (1-5)"),
     "quality_level": (Value("int32"), "band of reasoning_quality: L1..L5 as 1..5 (L4 = 3.5-4.49)"),
     "judge_complexity": (Value("int32"), "complexity (1-5) as rated by the Judge"),
     "judge_rationale": (Value("string"), "the Judge's rationale"),
     "judge_status": (Value("string"), "ok / parse_error / refused / error / tool_error (null: not judged)"),
     "tool_calls": (
-        Sequence({"tool": Value("string"), "input": Value("string"), "output": Value("string"), "ok": Value("bool"), "error": Value("string")}),
+        List({"tool": Value("string"), "input": Value("string"), "output": Value("string"), "ok": Value("bool"), "error": Value("string")}),
         "the Judge's tool uses and their results",
     ),
     "novel": (Value("bool"), "passed the novelty filter"),
@@ -54,7 +54,7 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "error": (Value("string"), "what went wrong, when something did"),
     "created_at": (Value("string"), "when the question was generated (UTC, ISO 8601)"),
     "judged_at": (Value("string"), "when the Judge finished (UTC, ISO 8601)"),
-    "messages": (Sequence({"role": Value("string"), "content": Value("string")}), "SFT conversation: question -> annotated reasoning and answer"),
+    "messages": (List({"role": Value("string"), "content": Value("string")}), "SFT conversation: question -> annotated reasoning and answer"),
 }
 
 FEATURES = Features({name: feature for name, (feature, _) in COLUMNS.items()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ def resolve_embedder(model: str) -> str:
     return model
 
 
+@functools.lru_cache(maxsize=2)
 def load_embedder(model: str):
+    """A sentence-transformers model on CPU (cached: several builds in one process load it once)."""
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(resolve_embedder(model), device="cpu")

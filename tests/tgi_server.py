@@ -8,6 +8,7 @@ Behaviour is scripted:
 - `responder(request_json) -> str | Reply` decides each normal answer (default: a deterministic echo);
 - `server.script(Fault.status(429, retry_after=1), Fault.truncated(), ...)` queues faults, consumed one per
   chat request in order; a request with no fault left is answered normally;
+- `fault_for(request_json) -> Fault | None` picks a fault by content, when no scripted fault is queued;
 - `latency` (seconds per chat request) and `capacity` (requests processed at once; the rest wait, as on a
   real TGI) shape throughput for concurrency tests and benchmarks.
 
@@ -125,6 +126,7 @@ class ScriptedTGI:
         self,
         responder: Callable[[dict[str, Any]], str | Reply] | None = None,
         *,
+        fault_for: Callable[[dict[str, Any]], Fault | None] | None = None,
         faults: list[Fault] | tuple[Fault, ...] = (),
         latency: float = 0.0,
         capacity: int | None = None,
@@ -132,6 +134,8 @@ class ScriptedTGI:
         host: str = "127.0.0.1",
     ):
         self.responder = responder or echo_responder
+        # Content-keyed faults (e.g. "this question always gets a 503"), used when no scripted fault is queued.
+        self.fault_for = fault_for
         self.latency = latency
         self.capacity = capacity
         self.model_id = model_id
@@ -382,6 +386,11 @@ def _make_handler(server: ScriptedTGI) -> type[BaseHTTPRequestHandler]:
                 self._send_json(404, {"error": f"no route for POST {self.path}", "error_type": "not_found"})
                 return
             fault = server._next_fault()
+            if fault is None and server.fault_for is not None:
+                try:
+                    fault = server.fault_for(json.loads(raw))
+                except ValueError:
+                    fault = None
             request = self._record(raw, fault)
             server._enter()
             try:

@@ -1,0 +1,32 @@
+# NanoFlux: every target installs what it needs into .venv first, so each works on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch; override for a GPU machine, e.g. `make install TORCH=torch`.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-fast clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	# torch first, so that the project's `torch>=2.4` is already satisfied and pip pulls no CUDA build.
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+
+## Build a small medical dataset on the embedded default (SmolLM2-135M in-process, CPU, no network).
+demo: install
+	$(BIN)/nanoflux build --config configs/local.yaml $(ARGS)
+
+## The whole test suite, slow real-model tests included (what CI runs).
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Only the fast tests.
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

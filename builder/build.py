@@ -1,0 +1,539 @@
+"""Build a NanoFlux dataset: Attacker / Defender / tool-augmented Judge rounds, novelty filtering, curation.
+
+Usage:
+    nanoflux build --config configs/local.yaml                          # embedded default, CPU, no network
+    nanoflux build --config configs/medical.yaml                        # endpoints named in the recipe
+    nanoflux build --config configs/medical.yaml --rounds 3 --target_size 150 --judge.base_url http://host:8080
+
+In round r player A attacks and player B defends; in round r+1 they swap. Each attack: the Attacker writes a
+question (with reference answer, annotated explanation and optional verification code), the novelty filter
+drops near-duplicates, the Defender answers, the Judge runs its tools and grades. Every finished call is
+journaled, so a killed build resumes where it stopped (`--fresh` starts over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder import roles
+from builder.chat import ChatClient, ChatRequest, ChatResponse, EndpointError
+from builder.config import BuildConfig, RoleConfig, to_dict
+from builder.corpus import Corpus, packaged_corpus
+from builder.curation import curate
+from builder.dataset import JUDGE_STATUSES, sft_messages, write_rows
+from builder.journal import Journal
+from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
+from builder.sandbox import SandboxLimits
+from builder.tools import ToolCall, answers_match, format_tool_results, lookup_tool, parse_number, python_tool
+
+logger = logging.getLogger(__name__)
+
+# Fields that change how requests are sent, not what they return: changing them does not invalidate a journal.
+TRANSPORT_FIELDS = ("max_concurrency", "timeout", "max_attempts", "token_env")
+OUTPUT_FILES = ("run.json", "calls.jsonl", "examples.jsonl", "tools.jsonl", "config.yaml", "summary.json", "curated.jsonl", "pool.jsonl")
+OUTPUT_DIRS = ("data", "pool")
+
+
+# --- the run's identity ----------------------------------------------------------------------------------
+
+
+def recipe_fingerprint(config: BuildConfig, prompt_hashes: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """sha256 of everything that decides the build's content (not output_dir, not transport settings)."""
+    data = to_dict(config)
+    data.pop("output_dir")
+    data["prompt_hashes"] = prompt_hashes
+    for role in ("player_a", "player_b", "judge"):
+        for name in TRANSPORT_FIELDS:
+            data[role].pop(name)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(), data
+
+
+def prepare_output_dir(config: BuildConfig, prompts: roles.PromptSet, fresh: bool) -> Path:
+    """Create or reopen the output dir; refuse to resume a different recipe unless `fresh`."""
+    output_dir = Path(config.output_dir)
+    run_file = output_dir / "run.json"
+    fingerprint, content = recipe_fingerprint(config, prompts.hashes())
+    if fresh:
+        for name in OUTPUT_FILES:
+            (output_dir / name).unlink(missing_ok=True)
+        for name in OUTPUT_DIRS:
+            for path in sorted((output_dir / name).glob("**/*"), reverse=True):
+                path.unlink() if path.is_file() else path.rmdir()
+    elif run_file.exists():
+        previous = json.loads(run_file.read_text())
+        if previous["fingerprint"] != fingerprint:
+            changed = _changed_fields(previous["recipe"], content)
+            raise SystemExit(
+                f"output_dir {output_dir} holds a build of a different recipe (changed: {', '.join(changed)}). "
+                "Fix: re-run with --fresh to start over, or pass another --output_dir."
+            )
+        logger.info("Resuming the build in %s", output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps({"fingerprint": fingerprint, "recipe": content}, indent=2, sort_keys=True))
+    (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    return output_dir
+
+
+def _changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changed
+
+
+# --- clients ---------------------------------------------------------------------------------------------
+
+
+def make_clients(config: BuildConfig) -> dict[str, ChatClient]:
+    """One client per role; roles with the same endpoint and transport settings (or all on the embedded model)
+    share one, so that its concurrency bound and its batching apply to all of their requests together."""
+    shared: dict[tuple, ChatClient] = {}
+    clients = {}
+    for name in ("player_a", "player_b", "judge"):
+        role: RoleConfig = getattr(config, name)
+        key = (role.backend, role.base_url, role.model, role.structured_output, *(getattr(role, f) for f in TRANSPORT_FIELDS))
+        if role.backend == "embedded":
+            key = ("embedded", role.model)
+        if key not in shared:
+            shared[key] = _make_client(name, role)
+        clients[name] = shared[key]
+    return clients
+
+
+def _make_client(name: str, role: RoleConfig) -> ChatClient:
+    if role.backend == "embedded":
+        from builder.embedded import EmbeddedClient
+
+        return EmbeddedClient(model_id=role.model) if role.model else EmbeddedClient()
+    from builder.transport import EndpointClient, RetryPolicy
+
+    return EndpointClient(
+        name=name,
+        base_url=role.base_url,
+        model=role.model,
+        token=os.environ.get(role.token_env) or None,
+        max_concurrency=role.max_concurrency,
+        retry=RetryPolicy(max_attempts=role.max_attempts, timeout=role.timeout),
+        structured_output=role.structured_output,
+    )
+
+
+# --- journaled calls -------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _seed(base: int, key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{base}/{key}".encode()).digest()[:4], "big") % (2**31)
+
+
+@dataclass
+class Outcome:
+    """What one role step produced: a parsed value (or None), the raw text, tokens, and what went wrong."""
+
+    value: Any = None
+    raw: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finished_at: str | None = None
+    error: str | None = None
+    refused: bool = False
+
+
+@dataclass
+class Stats:
+    calls_sent: int = 0
+    calls_replayed: int = 0
+    retries: int = 0
+    endpoint_failures: Counter = field(default_factory=Counter)
+
+
+class Caller:
+    """Runs role calls through the journal: a finished call is answered from disk, never sent twice."""
+
+    def __init__(self, config: BuildConfig, clients: dict[str, ChatClient], journal: Journal, progress):
+        self.config = config
+        self.clients = clients
+        self.journal = journal
+        self.progress = progress
+        self.stats = Stats()
+
+    async def _call(self, key: str, player: str, request: ChatRequest) -> ChatResponse:
+        fingerprint = hashlib.sha256(json.dumps(dataclasses.asdict(request), sort_keys=True).encode()).hexdigest()
+        record = self.journal.get(key)
+        if record is not None and record["fingerprint"] == fingerprint:
+            self.stats.calls_replayed += 1
+            return ChatResponse(record["text"], record["prompt_tokens"], record["completion_tokens"], record["finish_reason"], record["retries"], {"finished_at": record["finished_at"]})
+        response = await self.clients[player].chat(request)
+        finished_at = _now()
+        self.journal.put(
+            {
+                "key": key,
+                "fingerprint": fingerprint,
+                "player": player,
+                "text": response.text,
+                "prompt_tokens": response.prompt_tokens,
+                "completion_tokens": response.completion_tokens,
+                "finish_reason": response.finish_reason,
+                "retries": response.retries,
+                "finished_at": finished_at,
+            }
+        )
+        self.stats.calls_sent += 1
+        self.stats.retries += response.retries
+        response.meta["finished_at"] = finished_at
+        return response
+
+    async def step(self, key: str, player: str, messages: list[dict[str, str]], schema: dict, parse) -> Outcome:
+        """One role step: call, parse; on an unparseable answer call again with a new seed (`parse_retries`)."""
+        role: RoleConfig = getattr(self.config, player)
+        outcome = Outcome()
+        try:
+            for attempt in range(1 + self.config.parse_retries):
+                call_key = f"{key}/try{attempt}"
+                request = ChatRequest(
+                    messages=messages,
+                    max_tokens=role.max_tokens,
+                    temperature=role.temperature,
+                    top_p=role.top_p,
+                    seed=_seed(self.config.seed, call_key),
+                    json_schema=schema,
+                )
+                response = await self._call(call_key, player, request)
+                outcome.raw = response.text
+                outcome.prompt_tokens += response.prompt_tokens
+                outcome.completion_tokens += response.completion_tokens
+                outcome.finished_at = response.meta["finished_at"]
+                outcome.value = parse(response.text)
+                if outcome.value is not None:
+                    return outcome
+            outcome.refused = roles.is_refusal(outcome.raw)
+            outcome.error = "refused" if outcome.refused else f"unparseable answer (finish_reason={response.finish_reason})"
+        except EndpointError as err:
+            self.stats.endpoint_failures[str(err.status or "network")] += 1
+            outcome.error = f"endpoint error: {err}"
+        finally:
+            self.progress.update(1)
+        return outcome
+
+
+# --- one round -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    config: BuildConfig
+    prompts: roles.PromptSet
+    corpus: Corpus
+    caller: Caller
+    examples: Journal
+    tools: Journal
+    limits: SandboxLimits
+    embedder: Any
+    novelty: NoveltyFilter
+    counts: Counter = field(default_factory=Counter)
+
+
+def _note(ctx: Context, example_id: str, stage: str, **data: Any) -> None:
+    """Journal an example's state change (once: a replayed stage is not written again)."""
+    key = f"{example_id}/{stage}"
+    if key not in ctx.examples:
+        ctx.examples.put({"key": key, "id": example_id, "stage": stage, **data})
+
+
+def _players(round_index: int) -> tuple[str, str]:
+    return ("player_a", "player_b") if round_index % 2 == 0 else ("player_b", "player_a")
+
+
+async def run_round(ctx: Context, round_index: int, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Attack concurrently, filter for novelty in attack order, then defend and judge concurrently."""
+    config = ctx.config
+    attacker, defender = _players(round_index)
+    feedback = roles.feedback_text(history, config.feedback_examples)
+    n_caps, n_levels = len(config.capabilities), len(config.complexity_levels)
+
+    async def attack(i: int) -> dict[str, Any] | None:
+        g = round_index * config.attacks_per_round + i
+        capability, complexity = config.capabilities[g % n_caps], config.complexity_levels[(g // n_caps) % n_levels]
+        example_id = f"r{round_index:02d}-a{i:04d}"
+        messages = roles.attack_messages(ctx.prompts, capability=capability, complexity=complexity, feedback=feedback)
+        outcome = await ctx.caller.step(
+            f"{example_id}/attacker", attacker, messages, roles.attack_schema(config.answer_format), lambda t: roles.parse_attack(t, config.answer_format)
+        )
+        if outcome.value is None:
+            kind = "attack_error" if outcome.error.startswith("endpoint") else "attack_refused" if outcome.refused else "attack_parse_error"
+            ctx.counts[kind] += 1
+            _note(ctx, example_id, kind, error=outcome.error, raw=outcome.raw)
+            ctx.caller.progress.update(2)  # no defense or judgement will follow
+            return None
+        a: roles.Attack = outcome.value
+        _note(ctx, example_id, "attacked", question=a.question, reference_answer=a.reference_answer)
+        return {
+            "id": example_id,
+            "round": round_index,
+            "attack_index": i,
+            "domain": config.domain,
+            "capability": capability,
+            "target_complexity": complexity,
+            "attacker": attacker,
+            "defender": defender,
+            "attacker_model": getattr(config, attacker).display_id(),
+            "defender_model": getattr(config, defender).display_id(),
+            "judge_model": config.judge.display_id(),
+            "question": a.question,
+            "reference_answer": a.reference_answer,
+            "explanation": a.explanation,
+            "verification_code": a.verification_code,
+            "attacker_prompt_tokens": outcome.prompt_tokens,
+            "attacker_completion_tokens": outcome.completion_tokens,
+            "created_at": outcome.finished_at,
+            "messages": sft_messages(a.question, a.explanation, a.reference_answer),
+            "_attack": a,
+        }
+
+    attacked = [row for row in await asyncio.gather(*(attack(i) for i in range(config.attacks_per_round))) if row]
+    ctx.counts["generated"] += len(attacked)
+
+    vectors = embed(ctx.embedder, [row["question"] for row in attacked])
+    for row, decision in zip(attacked, ctx.novelty.check(vectors)):
+        row["novel"], row["novelty_similarity"] = decision.novel, decision.nearest_similarity
+        _note(ctx, row["id"], "novelty", novel=decision.novel, similarity=decision.nearest_similarity)
+        if not decision.novel:
+            ctx.counts["not_novel"] += 1
+            ctx.caller.progress.update(2)  # its defense and judgement will not happen
+
+    await asyncio.gather(*(defend_and_judge(ctx, row) for row in attacked if row["novel"]))
+    for row in attacked:
+        row.pop("_attack")
+    return attacked
+
+
+async def defend_and_judge(ctx: Context, row: dict[str, Any]) -> None:
+    config, attack = ctx.config, row["_attack"]
+    outcome = await ctx.caller.step(
+        f"{row['id']}/defender",
+        row["defender"],
+        roles.defense_messages(ctx.prompts, question=attack.question),
+        roles.defense_schema(config.answer_format),
+        lambda t: roles.parse_defense(t, config.answer_format),
+    )
+    row["defender_prompt_tokens"], row["defender_completion_tokens"] = outcome.prompt_tokens, outcome.completion_tokens
+    if outcome.error and outcome.error.startswith("endpoint"):
+        # The Defender never answered: that is no evidence about the question, so the example is not judged.
+        ctx.caller.progress.update(1)
+        _set_judgement(row, "error", error=f"defender {outcome.error}")
+        _note(ctx, row["id"], "judged", judge_status="error", error=row["error"])
+        return
+    # An unparseable answer counts as a wrong one, as in evaluation.
+    defense = outcome.value or roles.Defense(reasoning=outcome.raw[:4000], answer="(unparseable)")
+    row["defender_reasoning"], row["defender_answer"] = defense.reasoning, defense.answer
+    _note(ctx, row["id"], "defended", answer=defense.answer)
+    await judge(ctx, row, attack, defense)
+    _note(ctx, row["id"], "judged", judge_status=row["judge_status"], defender_correct=row.get("defender_correct"))
+
+
+async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense: roles.Defense) -> None:
+    """Tools first (sandboxed verification code, corpus lookup, answer checks), then the Judge's LLM grading."""
+    config = ctx.config
+    calls: list[ToolCall] = []
+    verified: bool | None = None
+    if attack.verification_code:
+        call = await _python(ctx, row["id"], attack.verification_code)
+        calls.append(call)
+        if not call.ok:
+            ctx.caller.progress.update(1)
+            _set_judgement(row, "tool_error", tool_calls=calls, error=f"verification code: {call.error}")
+            return
+        if config.answer_format == "number":
+            computed = parse_number(call.output)
+            verified = computed is not None and answers_match(call.output, attack.reference_answer, "number")
+    elif config.answer_format == "number":
+        verified = False  # a numeric reference answer must come with the program that computes it
+    calls.append(lookup_tool(ctx.corpus, attack.question))
+    row["tool_calls"] = [c.to_dict() for c in calls]
+
+    messages = roles.verdict_messages(ctx.prompts, attack=attack, defense=defense, tool_results=format_tool_results(calls))
+    outcome = await ctx.caller.step(
+        f"{row['id']}/judge", "judge", messages, roles.verdict_schema(ctx.prompts.rubric), lambda t: roles.parse_verdict(t, ctx.prompts.rubric)
+    )
+    row["judge_prompt_tokens"], row["judge_completion_tokens"] = outcome.prompt_tokens, outcome.completion_tokens
+    row["judged_at"] = outcome.finished_at
+    verdict: roles.Verdict | None = outcome.value
+    if verdict is None:
+        status = "error" if outcome.error.startswith("endpoint") else "refused" if outcome.refused else "parse_error"
+        _set_judgement(row, status, tool_calls=calls, error=f"judge {outcome.error}", rationale=outcome.raw[:2000])
+        return
+    check = answers_match(defense.answer, attack.reference_answer, config.answer_format)
+    row.update(
+        judge_status="ok",
+        judge_rationale=verdict.rationale,
+        judge_defender_correct=verdict.defender_correct,
+        defender_correct=verdict.defender_correct if check is None else check,
+        reference_verified=verified,
+        question_valid=verdict.question_valid and verified is not False,
+        judge_scores=[{"name": name, "score": score} for name, score in verdict.scores.items()],
+        reasoning_quality=verdict.reasoning_quality,
+        quality_level=roles.quality_level(verdict.reasoning_quality),
+        judge_complexity=verdict.complexity,
+    )
+
+
+def _set_judgement(row: dict[str, Any], status: str, *, tool_calls: list[ToolCall] = (), error: str, rationale: str | None = None) -> None:
+    row.update(judge_status=status, tool_calls=[c.to_dict() for c in tool_calls], error=error, judge_rationale=rationale)
+
+
+async def _python(ctx: Context, example_id: str, code: str) -> ToolCall:
+    """Sandboxed run of the verification code, journaled like a role call (it can take seconds)."""
+    key = f"{example_id}/python"
+    record = ctx.tools.get(key)
+    if record is not None and record["input"] == code:
+        return ToolCall(record["tool"], record["input"], record["output"], record["ok"], record["error"])
+    call = await asyncio.to_thread(python_tool, code, ctx.limits)
+    ctx.tools.put({"key": key, **call.to_dict()})
+    return call
+
+
+# --- summary ---------------------------------------------------------------------------------------------
+
+
+def summarize(config: BuildConfig, rows: list[dict[str, Any]], kept: list[dict[str, Any]], ctx: Context, wall_s: float) -> dict[str, Any]:
+    judged = [r for r in rows if r.get("judge_status")]
+    statuses = Counter(r["judge_status"] for r in judged)
+    tokens: dict[str, dict[str, int]] = {}
+    for role in ("attacker", "defender", "judge"):
+        tokens[role] = {kind: sum(r.get(f"{role}_{kind}_tokens") or 0 for r in rows) for kind in ("prompt", "completion")}
+    per_round = []
+    for r in range(config.rounds):
+        in_round = [row for row in rows if row["round"] == r]
+        ok = [row for row in in_round if row.get("judge_status") == "ok"]
+        per_round.append(
+            {
+                "round": r,
+                "attacker": _players(r)[0],
+                "generated": len(in_round),
+                "novel": sum(row["novel"] for row in in_round),
+                "judged_ok": len(ok),
+                "kept": sum(row["round"] == r for row in kept),
+                "defender_failure_rate": (sum(not row["defender_correct"] for row in ok) / len(ok)) if ok else None,
+            }
+        )
+    return {
+        "attacks": config.rounds * config.attacks_per_round,
+        "attack_errors": ctx.counts["attack_error"],
+        "attack_parse_errors": ctx.counts["attack_parse_error"],
+        "attack_refusals": ctx.counts["attack_refused"],
+        "generated": len(rows),
+        "not_novel": ctx.counts["not_novel"],
+        "novel": len(rows) - ctx.counts["not_novel"],
+        "judge_status": {status: statuses.get(status, 0) for status in JUDGE_STATUSES},
+        "judged_ok": statuses.get("ok", 0),
+        "kept": len(kept),
+        "target_size": config.target_size,
+        "per_round": per_round,
+        "tokens": tokens,
+        "calls_sent": ctx.caller.stats.calls_sent,
+        "calls_replayed": ctx.caller.stats.calls_replayed,
+        "retries": sum(rec.get("retries", 0) for rec in ctx.caller.journal.records.values()),
+        "endpoint_failures": dict(ctx.caller.stats.endpoint_failures),
+        "prompt_hashes": ctx.prompts.hashes(),
+        "wall_time_s": round(wall_s, 2),
+    }
+
+
+def log_summary(summary: dict[str, Any], output_dir: Path) -> None:
+    s = summary
+    logger.info(
+        "Build finished in %.1fs: %d attacks -> %d generated -> %d novel -> %d judged ok -> %d kept (target %d)",
+        s["wall_time_s"], s["attacks"], s["generated"], s["novel"], s["judged_ok"], s["kept"], s["target_size"],
+    )
+    logger.info(
+        "Attack errors %d, unparseable %d, refused %d; not novel %d; judge status %s",
+        s["attack_errors"], s["attack_parse_errors"], s["attack_refusals"], s["not_novel"], s["judge_status"],
+    )
+    logger.info(
+        "Calls sent %d, replayed from journal %d, retries %d, endpoint failures %s",
+        s["calls_sent"], s["calls_replayed"], s["retries"], s["endpoint_failures"] or "none",
+    )
+    for role, t in s["tokens"].items():
+        logger.info("Tokens %-8s in %7d  out %7d", role, t["prompt"], t["completion"])
+    logger.info("Dataset: %s (curated.jsonl, data/train-*.parquet; every example in pool/)", output_dir)
+
+
+# --- main ------------------------------------------------------------------------------------------------
+
+
+def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
+    """Run (or resume) a build and write the curated dataset; returns the summary."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    prompts = roles.load_prompts(config.domain, config.prompts)
+    corpus = Corpus.load(config.corpus or packaged_corpus(config.domain))
+    output_dir = prepare_output_dir(config, prompts, fresh)
+
+    logger.info("Loading the novelty embedder %s", config.novelty.model)
+    embedder = load_embedder(config.novelty.model)
+    bank = read_bank(config.novelty.bank) if config.novelty.bank else []
+    novelty = NoveltyFilter(config.novelty.threshold, bank=embed(embedder, bank) if bank else None)
+    clients = make_clients(config)
+
+    calls = Journal(output_dir / "calls.jsonl")
+    progress = tqdm(total=config.rounds * config.attacks_per_round * 3, unit="call", desc="calls", disable=None)
+    ctx = Context(
+        config=config,
+        prompts=prompts,
+        corpus=corpus,
+        caller=Caller(config, clients, calls, progress),
+        examples=Journal(output_dir / "examples.jsonl"),
+        tools=Journal(output_dir / "tools.jsonl"),
+        limits=SandboxLimits(
+            wall_seconds=config.sandbox.wall_seconds, cpu_seconds=config.sandbox.cpu_seconds, memory_bytes=config.sandbox.memory_mb * 1024**2
+        ),
+        embedder=embedder,
+        novelty=novelty,
+    )
+
+    async def run_all() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for r in range(config.rounds):
+            progress.set_description(f"round {r + 1}/{config.rounds}")
+            history = [row for row in rows if row.get("judge_status") == "ok"]
+            new = await run_round(ctx, r, history)
+            rows += new
+            ok = sum(row.get("judge_status") == "ok" for row in new)
+            logger.info("Round %d (%s attacks): %d generated, %d novel, %d judged ok", r, _players(r)[0], len(new), sum(x["novel"] for x in new), ok)
+        return rows
+
+    try:
+        rows = asyncio.run(run_all())
+    finally:
+        progress.close()
+        for journal in (calls, ctx.examples, ctx.tools):
+            journal.close()
+
+    kept = curate(rows, config.curation, config.target_size)
+    write_rows(rows, output_dir / "pool" / "pool.parquet", output_dir / "pool.jsonl")
+    write_rows(kept, output_dir / "data" / "train-00000-of-00001.parquet", output_dir / "curated.jsonl")
+    summary = summarize(config, rows, kept, ctx, time.perf_counter() - started)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log_summary(summary, output_dir)
+    return summary

@@ -1,0 +1,177 @@
+"""The build loop against a scripted TGI-compatible server on loopback: the real EndpointClient, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder import build
+from builder.config import BuildConfig, from_dict
+from builder.dataset import COLUMNS
+from tests import scripted_roles
+from tests.tgi_server import Fault, ScriptedTGI, allow_loopback_offline  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("allow_loopback_offline")
+
+# Per build: 8 attacks, 2 near-duplicates dropped, 6 defended; 5 judged by the LLM (one tool_error), the
+# garbage and the refusing judge answers asked twice (parse_retries=1): 8 + 6 + 7 = 21 requests.
+CALLS_PER_BUILD = 21
+
+
+def _config(url: str, output_dir: Path, **changes) -> BuildConfig:
+    config = from_dict(BuildConfig, scripted_roles.recipe(url, str(output_dir), **changes))
+    config.validate()
+    return config
+
+
+@pytest.fixture
+def server():
+    with ScriptedTGI(responder=scripted_roles.respond) as tgi:
+        yield tgi
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_build_runs_every_judge_outcome_and_curates_only_validated_l4_rows(server, tmp_path):
+    summary = build.main(_config(server.url, tmp_path / "out"))
+
+    assert summary["generated"] == 8 and summary["not_novel"] == 2 and summary["novel"] == 6
+    assert summary["judge_status"] == {"ok": 3, "parse_error": 1, "refused": 1, "error": 0, "tool_error": 1}
+    assert summary["kept"] == 2 and server.request_count == CALLS_PER_BUILD == summary["calls_sent"]
+    assert [r["defender_failure_rate"] for r in summary["per_round"]] == [pytest.approx(2 / 3), None]
+
+    curated = _rows(tmp_path / "out" / "curated.jsonl")
+    # Defender failures rank first: q2 (failed) before q0 (solved); q4 is L3 and stays out.
+    assert [r["question"] for r in curated] == [scripted_roles.QUESTIONS[2], scripted_roles.QUESTIONS[0]]
+    assert all(set(r) == set(COLUMNS) for r in curated)
+    first = curated[0]
+    assert first["judge_status"] == "ok" and first["quality_level"] == 4 and first["defender_correct"] is False
+    assert first["attacker"] == "player_a" and first["defender"] == "player_b"
+    assert [t["tool"] for t in first["tool_calls"]] == ["lookup"]
+    assert first["messages"][0] == {"role": "user", "content": first["question"]}
+    assert first["messages"][1]["content"].endswith("Final answer: D")
+    assert first["attacker_prompt_tokens"] > 0 and first["judge_completion_tokens"] > 0
+
+    pool = {r["question"]: r for r in _rows(tmp_path / "out" / "pool.jsonl")}
+    assert len(_rows(tmp_path / "out" / "pool.jsonl")) == 8
+    looping = pool[scripted_roles.QUESTIONS[1]]
+    assert looping["judge_status"] == "tool_error" and looping["tool_calls"][0]["ok"] is False
+    assert pool[scripted_roles.QUESTIONS[3]]["judge_status"] == "parse_error"
+    assert pool[scripted_roles.QUESTIONS[5]]["judge_status"] == "refused"
+    duplicates = [r for r in _rows(tmp_path / "out" / "pool.jsonl") if not r["novel"]]
+    assert [r["id"] for r in duplicates] == ["r01-a0002", "r01-a0003"]
+    assert all(r["novelty_similarity"] > 0.99 and r["judge_status"] is None for r in duplicates)
+
+    from datasets import load_dataset
+
+    dataset = load_dataset("parquet", data_files=str(tmp_path / "out" / "data" / "*.parquet"), split="train")
+    assert dataset.num_rows == 2 and set(dataset.column_names) == set(COLUMNS)
+
+
+def test_endpoint_faults_are_retried_and_the_build_loses_nothing(server, tmp_path):
+    server.script(
+        Fault.status(429, retry_after=0.2),
+        Fault.status(503),
+        Fault.truncated(),
+        Fault.invalid_json(),
+        Fault.delay(2.0),  # longer than the 1 s timeout
+    )
+    summary = build.main(_config(server.url, tmp_path / "out"))
+    assert summary["retries"] == 5 and summary["endpoint_failures"] == {}
+    assert server.request_count == CALLS_PER_BUILD + 5
+    assert summary["judge_status"]["ok"] == 3 and summary["kept"] == 2
+
+
+def test_an_endpoint_that_stays_down_marks_examples_as_errors_and_a_rerun_sends_only_those(server, tmp_path):
+    config = _config(server.url, tmp_path / "out", rounds=1)
+    pharmacology_down = lambda body: Fault.status(503) if "skill: pharmacology" in json.dumps(body) else None  # noqa: E731
+    server.fault_for = pharmacology_down  # attack 1 (q2) fails on every attempt
+    summary = build.main(config)
+    assert summary["attack_errors"] == 1 and summary["endpoint_failures"] == {"503": 1}
+    assert summary["generated"] == 3
+    sent = server.request_count
+
+    server.fault_for = None  # the endpoint is back
+    rerun = build.main(config)  # resumes: only the failed attack, its defense and its judgement go out
+    assert rerun["attack_errors"] == 0 and rerun["generated"] == 4 and rerun["kept"] == 2
+    assert rerun["calls_replayed"] == summary["calls_sent"]
+    assert server.request_count - sent == rerun["calls_sent"] == 3
+
+
+def test_changed_recipe_is_refused_unless_fresh(server, tmp_path):
+    build.main(_config(server.url, tmp_path / "out"))
+    with pytest.raises(SystemExit, match=r"different recipe \(changed: rounds: 2 -> 1\).*--fresh"):
+        build.main(_config(server.url, tmp_path / "out", rounds=1))
+    # Transport settings are not part of the recipe's identity: the same build resumes with all calls replayed.
+    again = build.main(_config(server.url, tmp_path / "out", judge={**scripted_roles.recipe(server.url, "")["judge"], "max_concurrency": 2}))
+    assert again["calls_sent"] == 0 and again["calls_replayed"] == CALLS_PER_BUILD
+    fresh = build.main(_config(server.url, tmp_path / "out", rounds=1), fresh=True)
+    assert fresh["calls_replayed"] == 0 and fresh["generated"] == 4
+
+
+def test_a_build_killed_mid_round_resumes_to_the_same_dataset_without_repeating_finished_calls(tmp_path):
+    # Uninterrupted reference run.
+    with ScriptedTGI(responder=scripted_roles.respond) as server:
+        build.main(_config(server.url, tmp_path / "reference"))
+        assert server.request_count == CALLS_PER_BUILD
+
+    # The same build in a subprocess, killed with SIGKILL once some calls are journaled.
+    with ScriptedTGI(responder=scripted_roles.respond, latency=0.3, capacity=2) as server:
+        out = tmp_path / "killed"
+        out.mkdir()
+        recipe = out.parent / "killed.yaml"
+        recipe.write_text(yaml.safe_dump(scripted_roles.recipe(server.url, str(out))))
+        env = {**os.environ, "HF_HUB_OFFLINE": "0", "PYTHONPATH": str(Path(__file__).parent.parent)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "builder.cli", "build", "--config", str(recipe)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        calls = out / "calls.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not calls.exists() or len(calls.read_text().splitlines()) < 6):
+            assert process.poll() is None, process.stderr.read().decode()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        journaled = len([line for line in calls.read_text().splitlines() if line.strip()])
+        assert 6 <= journaled < CALLS_PER_BUILD, "the kill must land mid-build"
+
+        server.reset()
+        server.latency = 0.0  # no queueing behind the capacity now, so no timeout retries muddy the count
+        summary = build.main(_config(server.url, out))
+        # Only the calls that had not finished go out again: none is repeated, none is lost.
+        assert server.request_count == CALLS_PER_BUILD - journaled == summary["calls_sent"]
+        assert summary["calls_replayed"] == journaled
+
+    def content(path: Path) -> list[dict]:
+        # Timestamps and the servers' ports (in *_model) differ between the two runs; everything else must not.
+        volatile = ("created_at", "judged_at", "attacker_model", "defender_model", "judge_model")
+        return [{k: v for k, v in row.items() if k not in volatile} for row in _rows(path)]
+
+    assert content(out / "curated.jsonl") == content(tmp_path / "reference" / "curated.jsonl")
+    assert content(out / "pool.jsonl") == content(tmp_path / "reference" / "pool.jsonl")
+    example_keys = [json.loads(line)["key"] for line in (out / "examples.jsonl").read_text().splitlines() if line.strip().endswith("}")]
+    assert len(example_keys) == len(set(example_keys)), "no example state is journaled twice"
+
+
+def test_the_endpoint_token_reaches_the_server_but_no_file_or_log(server, tmp_path, monkeypatch, caplog):
+    secret = "hf_FAKEsecretTOKEN0123456789"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    caplog.set_level(logging.DEBUG)
+    server.script(Fault.status(503))  # a retry gets logged too
+    build.main(_config(server.url, tmp_path / "out"))
+    assert server.chat_requests[0].authorization == f"Bearer {secret}"
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret not in caplog.text

@@ -275,9 +275,11 @@ async def run_round(ctx: Context, round_index: int, history: list[dict[str, Any]
         g = round_index * config.attacks_per_round + i
         capability, complexity = config.capabilities[g % n_caps], config.complexity_levels[(g // n_caps) % n_levels]
         example_id = f"r{round_index:02d}-a{i:04d}"
-        messages = roles.attack_messages(ctx.prompts, capability=capability, complexity=complexity, feedback=feedback)
+        messages = roles.attack_messages(
+            ctx.prompts, capability=capability, complexity=complexity, feedback=feedback, with_code="python" in config.judge_tools
+        )
         outcome = await ctx.caller.step(
-            f"{example_id}/attacker", attacker, messages, roles.attack_schema(config.answer_format), lambda t: roles.parse_attack(t, config.answer_format)
+            f"{example_id}/attacker", attacker, messages, roles.attack_schema(config.answer_format, "python" in config.judge_tools), lambda t: roles.parse_attack(t, config.answer_format)
         )
         if outcome.value is None:
             kind = "attack_error" if outcome.error.startswith("endpoint") else "attack_refused" if outcome.refused else "attack_parse_error"
@@ -356,7 +358,7 @@ async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense
     config = ctx.config
     calls: list[ToolCall] = []
     verified: bool | None = None
-    if attack.verification_code:
+    if attack.verification_code and "python" in config.judge_tools:
         call = await _python(ctx, row["id"], attack.verification_code)
         calls.append(call)
         if not call.ok:
@@ -368,7 +370,8 @@ async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense
             verified = computed is not None and answers_match(call.output, attack.reference_answer, "number")
     elif config.answer_format == "number":
         verified = False  # a numeric reference answer must come with the program that computes it
-    calls.append(lookup_tool(ctx.corpus, attack.question))
+    if "lookup" in config.judge_tools:
+        calls.append(lookup_tool(ctx.corpus, attack.question))
     row["tool_calls"] = [c.to_dict() for c in calls]
 
     messages = roles.verdict_messages(ctx.prompts, attack=attack, defense=defense, tool_results=format_tool_results(calls))

@@ -22,6 +22,7 @@ PACKAGED_DOMAINS = ("math", "science", "medical")
 BACKENDS = ("endpoint", "embedded")
 STRUCTURED_OUTPUT_MODES = ("json_schema", "json", "none")
 ANSWER_FORMATS = ("number", "choice", "text")
+JUDGE_TOOLS = ("python", "lookup")
 
 
 class ConfigError(ValueError):
@@ -160,6 +161,8 @@ class BuildConfig:
     novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    judge_tools: list[str] = field(default_factory=lambda: list(JUDGE_TOOLS))
+    """Tools the Judge uses: `python` (runs the Attacker's verification code in the sandbox), `lookup` (corpus)."""
     prompts: str | None = None
     """Folder of prompt/rubric templates; null uses the packaged ones for `domain`."""
     corpus: str | None = None
@@ -193,6 +196,11 @@ class BuildConfig:
         if not self.capabilities or not all(isinstance(c, str) and c.strip() for c in self.capabilities):
             _fail("capabilities", self.capabilities, "needs at least one non-empty skill name", "list the skills")
         _check_levels("complexity_levels", self.complexity_levels)
+        unknown = [tool for tool in self.judge_tools if tool not in JUDGE_TOOLS]
+        if unknown:
+            _fail("judge_tools", self.judge_tools, f"unknown tool(s) {unknown}", f"use a subset of {list(JUDGE_TOOLS)}")
+        if self.answer_format == "number" and "python" not in self.judge_tools:
+            _fail("judge_tools", self.judge_tools, "numeric answers are verified by running code", "add python")
         _check_range("rounds", self.rounds, 1, 1000)
         _check_range("attacks_per_round", self.attacks_per_round, 1, 100000)
         _check_range("target_size", self.target_size, 1, 100000)

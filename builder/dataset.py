@@ -69,7 +69,8 @@ def sft_messages(question: str, explanation: str, answer: str) -> list[dict[str,
 
 
 def to_dataset(rows: list[dict[str, Any]]) -> Dataset:
-    return Dataset.from_list([{name: row.get(name) for name in COLUMNS} for row in rows], features=FEATURES)
+    # Column-wise, so that no rows still gives every column.
+    return Dataset.from_dict({name: [row.get(name) for row in rows] for name in COLUMNS}, features=FEATURES)
 
 
 def write_rows(rows: list[dict[str, Any]], parquet_path: Path, jsonl_path: Path) -> Dataset:

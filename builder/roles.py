@@ -131,14 +131,16 @@ def _answer_schema(answer_format: str) -> dict[str, Any]:
     return {"type": "string"}
 
 
-def attack_schema(answer_format: str) -> dict[str, Any]:
-    """The Attacker's answer. The explanation comes before the reference answer so the model reasons first."""
+def attack_schema(answer_format: str, with_code: bool = True) -> dict[str, Any]:
+    """The Attacker's answer. The explanation comes before the reference answer so the model reasons first;
+    `verification_code` is asked for only when the Judge will run it."""
     properties = {
         "question": {"type": "string"},
         "explanation": {"type": "string"},
         "reference_answer": _answer_schema(answer_format),
-        "verification_code": {"type": "string"},
     }
+    if with_code:
+        properties["verification_code"] = {"type": "string"}
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
@@ -271,12 +273,20 @@ def quality_level(score: float) -> int:
 # --- prompts ---------------------------------------------------------------------------------------------
 
 
-def attack_messages(prompts: PromptSet, *, capability: str, complexity: int, feedback: str) -> list[dict[str, str]]:
+CODE_INSTRUCTION = (
+    'If a calculation is needed, put a short Python program that prints the computed value in "verification_code", '
+    "else leave it empty."
+)
+
+
+def attack_messages(prompts: PromptSet, *, capability: str, complexity: int, feedback: str, with_code: bool = True) -> list[dict[str, str]]:
+    """`$code_instruction` asks for a verification program only when the Judge will run one."""
     return prompts.attacker.messages(
         capability=capability,
         complexity=str(complexity),
         complexity_guide=prompts.rubric.complexity_levels[complexity],
         feedback=feedback,
+        code_instruction=CODE_INSTRUCTION if with_code else "",
     )
 
 

@@ -16,6 +16,8 @@ os.environ.update(
     TOKENIZERS_PARALLELISM="false",
 )
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="nanoflux-hf-home-")
+# The converted embedded model is cached per test session: converted once, shared by every slow test.
+os.environ["NANOFLUX_CACHE"] = tempfile.mkdtemp(prefix="nanoflux-cache-")
 os.environ.pop("HF_TOKEN", None)
 
 
@@ -23,3 +25,11 @@ os.environ.pop("HF_TOKEN", None)
 def _no_token_leaks_between_tests(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
 
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir():
+    """The packaged SmolLM2 converted to a plain HF folder (in this session's NANOFLUX_CACHE)."""
+    from builder.embedded import embedded_model_path
+
+    return embedded_model_path()

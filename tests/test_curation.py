@@ -41,3 +41,11 @@ def test_curation_is_deterministic_and_respects_complexity_levels():
 def test_require_valid_off_keeps_unvalidated_questions():
     rows = [_row(0, question_valid=False)]
     assert curate(rows, CurationConfig(require_valid=False), 5) == rows
+
+
+def test_an_empty_curated_set_is_still_written_with_every_column(tmp_path):
+    from builder.dataset import COLUMNS, write_rows
+
+    dataset = write_rows([], tmp_path / "data" / "train.parquet", tmp_path / "curated.jsonl")
+    assert dataset.num_rows == 0 and dataset.column_names == list(COLUMNS)
+    assert (tmp_path / "curated.jsonl").read_text() == ""

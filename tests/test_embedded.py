@@ -32,13 +32,8 @@ def _user(text: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    """The converted model, in a per-session cache that NANOFLUX_CACHE points at (converted once)."""
-    root = tmp_path_factory.mktemp("nanoflux-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(embedded.CACHE_ENV, str(root))
-        path = embedded_model_path()
-        yield path
+def model_dir(embedded_model_dir):
+    return embedded_model_dir
 
 
 @pytest.fixture(scope="session")

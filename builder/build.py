@@ -155,8 +155,9 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finished_at: str | None = None
+    failure: str | None = None
+    """None when parsed; else `endpoint` (failed for good), `refused` or `unparseable`."""
     error: str | None = None
-    refused: bool = False
 
 
 @dataclass
@@ -226,11 +227,11 @@ class Caller:
                 outcome.value = parse(response.text)
                 if outcome.value is not None:
                     return outcome
-            outcome.refused = roles.is_refusal(outcome.raw)
-            outcome.error = "refused" if outcome.refused else f"unparseable answer (finish_reason={response.finish_reason})"
+            outcome.failure = "refused" if roles.is_refusal(outcome.raw) else "unparseable"
+            outcome.error = f"{outcome.failure} answer (finish_reason={response.finish_reason})"
         except EndpointError as err:
             self.stats.endpoint_failures[str(err.status or "network")] += 1
-            outcome.error = f"endpoint error: {err}"
+            outcome.failure, outcome.error = "endpoint", f"endpoint error: {err}"
         finally:
             self.progress.update(1)
         return outcome
@@ -282,7 +283,7 @@ async def run_round(ctx: Context, round_index: int, history: list[dict[str, Any]
             f"{example_id}/attacker", attacker, messages, roles.attack_schema(config.answer_format, "python" in config.judge_tools), lambda t: roles.parse_attack(t, config.answer_format)
         )
         if outcome.value is None:
-            kind = "attack_error" if outcome.error.startswith("endpoint") else "attack_refused" if outcome.refused else "attack_parse_error"
+            kind = {"endpoint": "attack_error", "refused": "attack_refused", "unparseable": "attack_parse_error"}[outcome.failure]
             ctx.counts[kind] += 1
             _note(ctx, example_id, kind, error=outcome.error, raw=outcome.raw)
             ctx.caller.progress.update(2)  # no defense or judgement will follow
@@ -339,7 +340,7 @@ async def defend_and_judge(ctx: Context, row: dict[str, Any]) -> None:
         lambda t: roles.parse_defense(t, config.answer_format),
     )
     row["defender_prompt_tokens"], row["defender_completion_tokens"] = outcome.prompt_tokens, outcome.completion_tokens
-    if outcome.error and outcome.error.startswith("endpoint"):
+    if outcome.failure == "endpoint":
         # The Defender never answered: that is no evidence about the question, so the example is not judged.
         ctx.caller.progress.update(1)
         _set_judgement(row, "error", error=f"defender {outcome.error}")
@@ -382,7 +383,7 @@ async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense
     row["judged_at"] = outcome.finished_at
     verdict: roles.Verdict | None = outcome.value
     if verdict is None:
-        status = "error" if outcome.error.startswith("endpoint") else "refused" if outcome.refused else "parse_error"
+        status = {"endpoint": "error", "refused": "refused", "unparseable": "parse_error"}[outcome.failure]
         _set_judgement(row, status, tool_calls=calls, error=f"judge {outcome.error}", rationale=outcome.raw[:2000])
         return
     check = answers_match(defense.answer, attack.reference_answer, config.answer_format)

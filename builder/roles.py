@@ -196,6 +196,11 @@ def normalize_choice(value: str | None) -> str | None:
     return match.group(1).upper() if match else None
 
 
+def _answer(value: Any, answer_format: str) -> str | None:
+    text = _text(value)
+    return normalize_choice(text) if answer_format == "choice" else text
+
+
 @dataclass
 class Attack:
     question: str
@@ -208,9 +213,8 @@ def parse_attack(text: str, answer_format: str) -> Attack | None:
     data = extract_json(text)
     if data is None:
         return None
-    question, explanation, answer = (_text(data.get(k)) for k in ("question", "explanation", "reference_answer"))
-    if answer_format == "choice":
-        answer = normalize_choice(answer)
+    question, explanation = _text(data.get("question")), _text(data.get("explanation"))
+    answer = _answer(data.get("reference_answer"), answer_format)
     if not (question and explanation and answer):
         return None
     code = data.get("verification_code")
@@ -227,9 +231,7 @@ def parse_defense(text: str, answer_format: str) -> Defense | None:
     data = extract_json(text)
     if data is None:
         return None
-    answer = _text(data.get("answer"))
-    if answer_format == "choice":
-        answer = normalize_choice(answer)
+    answer = _answer(data.get("answer"), answer_format)
     if answer is None:
         return None
     return Defense(_text(data.get("reasoning")) or "", answer)

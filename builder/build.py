@@ -28,9 +28,9 @@ from typing import Any
 
 import yaml
 
-from builder import roles
+from builder import publish, roles
 from builder.chat import ChatClient, ChatRequest, ChatResponse, EndpointError
-from builder.config import BuildConfig, RoleConfig, to_dict
+from builder.config import BuildConfig, RoleConfig, changed_fields, to_dict
 from builder.corpus import Corpus, packaged_corpus
 from builder.curation import curate
 from builder.dataset import JUDGE_STATUSES, sft_messages, write_rows
@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 # Fields that change how requests are sent, not what they return: changing them does not invalidate a journal.
 TRANSPORT_FIELDS = ("max_concurrency", "timeout", "max_attempts", "token_env")
+# Where the result goes, not what it is.
+PUBLISH_FIELDS = ("output_dir", "push_to_hub", "hub_dir", "private")
 OUTPUT_FILES = ("run.json", "calls.jsonl", "examples.jsonl", "tools.jsonl", "config.yaml", "summary.json", "curated.jsonl", "pool.jsonl")
 OUTPUT_DIRS = ("data", "pool")
 
@@ -53,7 +55,8 @@ OUTPUT_DIRS = ("data", "pool")
 def recipe_fingerprint(config: BuildConfig, prompt_hashes: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """sha256 of everything that decides the build's content (not output_dir, not transport settings)."""
     data = to_dict(config)
-    data.pop("output_dir")
+    for name in PUBLISH_FIELDS:
+        data.pop(name)
     data["prompt_hashes"] = prompt_hashes
     for role in ("player_a", "player_b", "judge"):
         for name in TRANSPORT_FIELDS:
@@ -75,7 +78,7 @@ def prepare_output_dir(config: BuildConfig, prompts: roles.PromptSet, fresh: boo
     elif run_file.exists():
         previous = json.loads(run_file.read_text())
         if previous["fingerprint"] != fingerprint:
-            changed = _changed_fields(previous["recipe"], content)
+            changed = changed_fields(previous["recipe"], content)
             raise SystemExit(
                 f"output_dir {output_dir} holds a build of a different recipe (changed: {', '.join(changed)}). "
                 "Fix: re-run with --fresh to start over, or pass another --output_dir."
@@ -85,17 +88,6 @@ def prepare_output_dir(config: BuildConfig, prompts: roles.PromptSet, fresh: boo
     run_file.write_text(json.dumps({"fingerprint": fingerprint, "recipe": content}, indent=2, sort_keys=True))
     (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     return output_dir
-
-
-def _changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _changed_fields(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return changed
 
 
 # --- clients ---------------------------------------------------------------------------------------------
@@ -492,11 +484,17 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     prompts = roles.load_prompts(config.domain, config.prompts)
     corpus = Corpus.load(config.corpus or packaged_corpus(config.domain))
+    earlier: list[str] = []
+    if config.push_to_hub:
+        # Pre-flight before any compute: the repo is writable, and its latest version joins the novelty bank.
+        with publish.open_target(config.hub_dir) as api:
+            previous = publish.preflight(api, config.push_to_hub, private=config.private)
+        earlier = [row["question"] for row in previous.rows or []]
     output_dir = prepare_output_dir(config, prompts, fresh)
 
     logger.info("Loading the novelty embedder %s", config.novelty.model)
     embedder = load_embedder(config.novelty.model)
-    bank = read_bank(config.novelty.bank) if config.novelty.bank else []
+    bank = (read_bank(config.novelty.bank) if config.novelty.bank else []) + earlier
     novelty = NoveltyFilter(config.novelty.threshold, bank=embed(embedder, bank) if bank else None)
     clients = make_clients(config)
 
@@ -540,4 +538,8 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
     summary = summarize(config, rows, kept, ctx, time.perf_counter() - started)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log_summary(summary, output_dir)
+    if config.push_to_hub:
+        # The build is safe on disk; if this fails, `nanoflux publish <output_dir>` retries without rebuilding.
+        with publish.open_target(config.hub_dir) as api:
+            summary["release"] = dataclasses.asdict(publish.publish(output_dir, config.push_to_hub, api=api, private=config.private))
     return summary

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -84,10 +85,11 @@ class RoleConfig:
         _check_range(f"{path}.max_attempts", self.max_attempts, 1, 100)
 
     def display_id(self) -> str:
-        """What the dataset records as this role's model: model id and/or URL (never a key)."""
+        """What the dataset records as this role's model: model id and/or URL (never a key: credentials and
+        query strings are cut from the URL)."""
         if self.backend == "embedded":
             return f"{self.model or 'HuggingFaceTB/SmolLM2-135M-Instruct'} (embedded)"
-        return " @ ".join(part for part in (self.model, self.base_url) if part)
+        return " @ ".join(part for part in (self.model, public_url(self.base_url)) if part)
 
 
 @dataclass
@@ -174,6 +176,12 @@ class BuildConfig:
     answer_format: str = "choice"
     """Reference answers are a `number` (checked numerically), a `choice` letter A-E, or free `text`."""
     seed: int = 0
+    push_to_hub: str | None = None
+    """Publish the result as the next version of this dataset repo (`org/name`); pre-flight checks run first."""
+    hub_dir: str | None = None
+    """Publish to this local repository folder (the Hub's layout and tags, served by `builder.localhub`) instead."""
+    private: bool = False
+    """Create the dataset repo as private."""
     output_dir: str | None = None
     """Where the journal and the dataset go; null means outputs/<domain>."""
 
@@ -211,6 +219,15 @@ class BuildConfig:
         self.novelty.validate("novelty")
         self.curation.validate("curation")
         self.sandbox.validate("sandbox")
+
+
+def public_url(url: str | None) -> str | None:
+    """`url` without credentials or query string: what may appear in logs, cards and uploaded files."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _check_range(path: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
@@ -331,3 +348,15 @@ def build_config(recipe: str | Path | None, cli_args: list[str] | None = None) -
 def to_dict(config: Any) -> dict[str, Any]:
     """The resolved config as plain data (for the saved recipe, the fingerprint and the dataset card)."""
     return dataclasses.asdict(config)
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """`a.b: old -> new` for every leaf that differs between two config dicts."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changed

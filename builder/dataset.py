@@ -54,6 +54,7 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "error": (Value("string"), "what went wrong, when something did"),
     "created_at": (Value("string"), "when the question was generated (UTC, ISO 8601)"),
     "judged_at": (Value("string"), "when the Judge finished (UTC, ISO 8601)"),
+    "version": (Value("string"), "dataset version in which the row first appeared (set when published)"),
     "messages": (List({"role": Value("string"), "content": Value("string")}), "SFT conversation: question -> annotated reasoning and answer"),
 }
 

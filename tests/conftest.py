@@ -7,6 +7,8 @@ import tempfile
 
 import pytest
 
+from tests.tgi_server import allow_loopback_offline  # noqa: F401 (a fixture, shared by every test module)
+
 os.environ.update(
     HF_HUB_OFFLINE="1",
     HF_DATASETS_OFFLINE="1",
@@ -33,3 +35,16 @@ def embedded_model_dir():
     from builder.embedded import embedded_model_path
 
     return embedded_model_path()
+
+
+@pytest.fixture
+def hub_endpoint(monkeypatch, tmp_path):
+    """Call with a loopback Hub server's URL to point HfApi and load_dataset at it (restored after the test)."""
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    from tests.hub_clients import point_clients_at
+
+    previous_factory = _http._GLOBAL_CLIENT_FACTORY
+    yield lambda url: point_clients_at(monkeypatch, url, tmp_path / "hf-home")
+    set_client_factory(previous_factory)

@@ -34,18 +34,29 @@ REFERENCES = ["B", "C", "D", "A", "E", "B"]
 CODE = ["print(2 + 2)", "while True:\n    pass", "", "", "", ""]
 JUDGE_SCORES = {0: (4, 4, 4), 2: (4, 4, 5), 4: (3, 3, 3)}
 
+# A second build's material (a later dataset version): every question valid, L4, and the Defender fails them.
+LATER_CAPABILITIES = ["nephrology", "endocrinology"]
+LATER_QUESTIONS = {
+    ("nephrology", 2): "A 58-year-old with nephrotic-range proteinuria, low serum albumin and a renal biopsy showing spike-and-dome basement membrane deposits most likely has which disease? (A) minimal change (B) FSGS (C) membranous nephropathy (D) IgA nephropathy (E) Alport syndrome",
+    ("nephrology", 3): "A marathon runner collapses with dark urine, a creatine kinase of 40,000 U/L and rising potassium. Which intervention comes first? (A) dialysis (B) aggressive IV isotonic fluids (C) furosemide (D) bicarbonate only (E) mannitol only",
+    ("endocrinology", 2): "A woman has weight gain, purple striae and a high late-night salivary cortisol that suppresses with high-dose but not low-dose dexamethasone. Where is the lesion? (A) adrenal adenoma (B) pituitary adenoma (C) ectopic ACTH (D) exogenous steroids (E) adrenal carcinoma",
+    ("endocrinology", 3): "A patient with type 1 diabetes has glucose 520 mg/dL, pH 7.1 and potassium 3.1 mEq/L. What must precede the insulin infusion? (A) bicarbonate (B) potassium replacement (C) phosphate (D) glucagon (E) nothing",
+}
 
-def _question_index(user: str) -> int:
-    skill = re.search(r"Target reasoning skill: (.*)", user).group(1).strip()
-    level = int(re.search(r"Complexity: (\d)", user).group(1))
-    return CAPABILITIES.index(skill) * 2 + (level - 2)
+
+def _skill_level(user: str) -> tuple[str, int]:
+    return re.search(r"Target reasoning skill: (.*)", user).group(1).strip(), int(re.search(r"Complexity: (\d)", user).group(1))
 
 
 def respond(body: dict[str, Any]) -> str:
     """The answer of whichever role `body` is addressed to."""
     system, user = body["messages"][0]["content"], body["messages"][1]["content"]
     if "You are the Attacker" in system:
-        q = _question_index(user)
+        skill, level = _skill_level(user)
+        if skill in LATER_CAPABILITIES:
+            later = {"question": LATER_QUESTIONS[skill, level], "explanation": "1. Link the findings. 2. Apply the rule.", "reference_answer": "C"}
+            return json.dumps({**later, "verification_code": ""})
+        q = CAPABILITIES.index(skill) * 2 + (level - 2)
         return json.dumps(
             {
                 "question": QUESTIONS[q],
@@ -57,6 +68,9 @@ def respond(body: dict[str, Any]) -> str:
     if "You are the Defender" in system:
         return json.dumps({"reasoning": "Thinking it through step by step.", "answer": "B"})
     if "You are the Judge" in system:
+        if any(text in user for text in LATER_QUESTIONS.values()):
+            scores = {"clinical_accuracy": 4, "multi_hop": 4, "annotation": 4}
+            return json.dumps({"rationale": "Sound question.", "question_valid": True, "defender_correct": False, **scores, "complexity": 3})
         q = next(i for i, text in enumerate(QUESTIONS) if text in user)
         if q == 3:
             return "The question is {fine but I will not give JSON"

@@ -18,7 +18,7 @@ from builder import build
 from builder.config import BuildConfig, from_dict
 from builder.dataset import COLUMNS
 from tests import scripted_roles
-from tests.tgi_server import Fault, ScriptedTGI, allow_loopback_offline  # noqa: F401 (fixture)
+from tests.tgi_server import Fault, ScriptedTGI
 
 pytestmark = pytest.mark.usefixtures("allow_loopback_offline")
 

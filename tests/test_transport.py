@@ -14,7 +14,7 @@ import pytest
 
 from builder.chat import ChatRequest, EndpointError
 from builder.transport import EndpointClient, RetryPolicy, backoff_delay, parse_retry_after
-from tests.tgi_server import Fault, Reply, ScriptedTGI, allow_loopback_offline  # noqa: F401 (fixture)
+from tests.tgi_server import Fault, Reply, ScriptedTGI
 
 # tests/conftest.py sets HF_HUB_OFFLINE=1; the loopback server must stay reachable.
 pytestmark = pytest.mark.usefixtures("allow_loopback_offline")

@@ -1,0 +1,360 @@
+"""Publish a finished build as the next version of a dataset repo: one commit, then a tag on exactly that commit.
+
+Usage:
+    nanoflux publish outputs/medical --repo_id org/nanoflux-medical                 # the Hub (token as usual)
+    nanoflux publish outputs/local --repo_id local/nanoflux-medical --hub_dir outputs/hub   # local repository folder
+
+A release is atomic: the data (`data/train-*.parquet`), the card (`README.md`), the resolved build config
+(`nanoflux_config.yaml`) and the provenance manifest (`provenance.json`) go up in a single commit whose parent is
+the head the release was computed from; only then is the tag `vN` created on that commit. A publish that fails
+before the tag leaves no version, and running it again publishes that version. Versions are numbered here, never
+by hand: `vN` follows the highest `v<number>` tag of the repo.
+
+The local repository folder has the Hub's layout and tags: `builder.localhub` serves it over the Hub's HTTP API,
+so both targets go through the same `HfApi` code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import re
+import shlex
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from huggingface_hub import CommitOperationAdd, DatasetCard, DatasetCardData, HfApi
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+from builder.config import public_url
+from builder.dataset import COLUMNS, to_dataset
+
+logger = logging.getLogger(__name__)
+
+CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "dataset_cards" / "dataset_card.md"
+DATA_PATH = "data/train-00000-of-00001.parquet"
+PROVENANCE_PACKAGES = ("nanoflux", "huggingface_hub", "datasets", "transformers", "sentence-transformers", "torch", "xgrammar")
+_VERSION_TAG = re.compile(r"^v(\d+)$")
+
+
+class PublishError(RuntimeError):
+    """A release that cannot be made; the message says why and what to do."""
+
+
+@dataclass
+class Release:
+    repo_id: str
+    version: str
+    commit: str
+    num_rows: int
+    new_rows: int
+
+
+@dataclass
+class Previous:
+    """The latest published version of a repo (none yet: version 0)."""
+
+    number: int = 0
+    commit: str | None = None
+    rows: list[dict[str, Any]] | None = None
+    config: dict[str, Any] | None = None
+
+    @property
+    def tag(self) -> str | None:
+        return f"v{self.number}" if self.number else None
+
+
+# --- targets ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def open_target(hub_dir: str | None, token: str | None = None) -> Iterator[HfApi]:
+    """An HfApi for the real Hub (token from the usual places), or for the local repository folder `hub_dir`."""
+    if hub_dir is None:
+        yield HfApi(token=token)
+        return
+    from huggingface_hub import constants
+
+    from builder.localhub import LocalHub
+
+    # The local folder is served on loopback; HF_HUB_OFFLINE (set for the embedded default) must not block it.
+    offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, False
+    try:
+        with LocalHub(hub_dir) as hub:
+            yield HfApi(endpoint=hub.url, token=False)
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+
+
+def version_tags(api: HfApi, repo_id: str) -> dict[int, str]:
+    """{N: commit} for the repo's `vN` tags (empty for a new repo)."""
+    try:
+        refs = api.list_repo_refs(repo_id, repo_type="dataset")
+    except RepositoryNotFoundError:
+        return {}
+    return {int(m.group(1)): tag.target_commit for tag in refs.tags if (m := _VERSION_TAG.match(tag.name))}
+
+
+def preflight(api: HfApi, repo_id: str, *, private: bool = False, overwrite: bool = False) -> Previous:
+    """Before any compute: the repo exists (created if needed) and is writable, and the next tag is free.
+
+    Returns the version the release builds on (its rows join the build's novelty bank); with `overwrite`, that
+    is the one before the latest, whose tag is then published again.
+    """
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise PublishError(f"repo_id: {repo_id!r} is not a dataset repo id. Fix: write it as org/name")
+    try:
+        if api.token is not False:
+            role = api.whoami().get("auth", {}).get("accessToken", {}).get("role")
+            if role == "read":
+                raise PublishError(f"repo_id: the token for {api.endpoint} can only read. Fix: use a write token (HF_TOKEN)")
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        tags = version_tags(api, repo_id)
+    except HfHubHTTPError as err:
+        raise PublishError(f"repo_id: cannot write to dataset repo {repo_id} at {api.endpoint} ({_short(err)}). Fix: check HF_TOKEN and the repo id") from None
+    latest = max(tags, default=0)
+    base = latest - 1 if overwrite and latest else latest
+    previous = Previous(base, tags.get(base))
+    if base:
+        previous.rows = _download_rows(api, repo_id, previous.commit)
+        previous.config = _download_yaml(api, repo_id, previous.commit, "nanoflux_config.yaml")
+    logger.info("Publishing to %s as v%d (%s)", repo_id, base + 1, f"builds on v{base}" if base else "first version")
+    return previous
+
+
+def _short(err: Exception) -> str:
+    return str(err).splitlines()[0][:300]
+
+
+def _download_rows(api: HfApi, repo_id: str, revision: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    path = api.hf_hub_download(repo_id, DATA_PATH, repo_type="dataset", revision=revision)
+    return pq.read_table(path).to_pylist()
+
+
+def _download_yaml(api: HfApi, repo_id: str, revision: str, filename: str) -> dict[str, Any] | None:
+    try:
+        return yaml.safe_load(Path(api.hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision)).read_text())
+    except HfHubHTTPError:
+        return None
+
+
+# --- the release -----------------------------------------------------------------------------------------
+
+
+def read_build(output_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """A finished build's config, summary and curated rows."""
+    output_dir = Path(output_dir)
+    needed = [output_dir / name for name in ("config.yaml", "summary.json", "curated.jsonl")]
+    missing = [path.name for path in needed if not path.exists()]
+    if missing:
+        raise PublishError(f"output_dir: {output_dir} is not a finished build (missing {', '.join(missing)}). Fix: run `nanoflux build` to the end first")
+    config = yaml.safe_load(needed[0].read_text())
+    summary = json.loads(needed[1].read_text())
+    rows = [json.loads(line) for line in needed[2].read_text().splitlines() if line.strip()]
+    return config, summary, rows
+
+
+def novel_rows(rows: list[dict[str, Any]], earlier: list[dict[str, Any]], novelty: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows that are not near-duplicates of an earlier version's questions (a no-op when the build already
+    filtered against that version, which `--push_to_hub` does)."""
+    if not rows or not earlier:
+        return rows
+    from builder.novelty import NoveltyFilter, embed, load_embedder
+
+    embedder = load_embedder(novelty["model"])
+    novelty_filter = NoveltyFilter(novelty["threshold"], bank=embed(embedder, [r["question"] for r in earlier]))
+    decisions = novelty_filter.check(embed(embedder, [r["question"] for r in rows]))
+    kept = [row for row, decision in zip(rows, decisions) if decision.novel]
+    if len(kept) < len(rows):
+        logger.info("Dropped %d row(s) that repeat an earlier version", len(rows) - len(kept))
+    return kept
+
+
+def publish(
+    output_dir: str | Path,
+    repo_id: str,
+    *,
+    api: HfApi,
+    private: bool = False,
+    overwrite: bool = False,
+    previous: Previous | None = None,
+) -> Release:
+    """Publish `output_dir` as the next version of `repo_id` (see the module docstring)."""
+    config, summary, curated = read_build(output_dir)
+    if previous is None:
+        previous = preflight(api, repo_id, private=private, overwrite=overwrite)
+    version = f"v{previous.number + 1}"
+    earlier = previous.rows or []
+    new = [{**row, "version": version} for row in novel_rows(curated, earlier, config["novelty"])]
+    rows = earlier + new
+
+    head = api.repo_info(repo_id, repo_type="dataset").sha
+    files = {
+        DATA_PATH: _parquet_bytes(rows),
+        "README.md": render_card(repo_id, version, config, summary, rows, new, previous).encode(),
+        "nanoflux_config.yaml": yaml.safe_dump(public_config(config), sort_keys=False).encode(),
+        "provenance.json": json.dumps(provenance(repo_id, version, config, summary, output_dir, previous, len(rows), len(new)), indent=2).encode(),
+    }
+    try:
+        commit = api.create_commit(
+            repo_id,
+            repo_type="dataset",
+            operations=[CommitOperationAdd(path, io.BytesIO(content)) for path, content in files.items()],
+            commit_message=f"NanoFlux {version}: {len(new)} new rows, {len(rows)} in all",
+            parent_commit=head,  # someone else published meanwhile: fail rather than mix two releases
+        )
+        if overwrite and previous.number + 1 in version_tags(api, repo_id):
+            api.delete_tag(repo_id, tag=version, repo_type="dataset")
+        api.create_tag(repo_id, tag=version, revision=commit.oid, repo_type="dataset", tag_message=f"NanoFlux {version}")
+    except HfHubHTTPError as err:
+        raise PublishError(
+            f"publishing {repo_id} {version} failed ({_short(err)}); no version was created. "
+            f"Fix: run `nanoflux publish {output_dir} --repo_id {repo_id}` again"
+        ) from None
+    logger.info("Published %s %s: %d rows (%d new), commit %s", repo_id, version, len(rows), len(new), commit.oid[:12])
+    return Release(repo_id, version, commit.oid, len(rows), len(new))
+
+
+def public_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The build config as uploaded: endpoint URLs without credentials or query strings, no local paths."""
+    public = {**config, "output_dir": None, "hub_dir": None}
+    for role in ("player_a", "player_b", "judge"):
+        public[role] = {**config[role], "base_url": public_url(config[role]["base_url"])}
+    return public
+
+
+def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
+    buffer = io.BytesIO()
+    to_dataset(rows).to_parquet(buffer)
+    return buffer.getvalue()
+
+
+# --- card and provenance ---------------------------------------------------------------------------------
+
+
+def _size_category(n: int) -> str:
+    return "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"
+
+
+def _fence_safe(text: str) -> str:
+    """Untrusted text goes into ```text blocks: break up any fence it contains so it cannot end the block."""
+    return text.replace("```", "`\u200b``")
+
+
+def render_card(
+    repo_id: str, version: str, config: dict[str, Any], summary: dict[str, Any], rows: list[dict[str, Any]], new: list[dict[str, Any]], previous: Previous
+) -> str:
+    domain = config["domain"]
+    pretty_name = f"NanoFlux {domain} reasoning"
+    card_data = DatasetCardData(
+        pretty_name=pretty_name,
+        license="apache-2.0",
+        language=["en"],
+        tags=["synthetic", "nanoflux", domain, "reasoning"],
+        task_categories=["question-answering"],
+        size_categories=[_size_category(len(rows))],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}],
+    )
+    curation = config["curation"]
+    curation_text = (
+        f"judge-validated: {curation['require_valid']}, quality levels {', '.join(f'L{q}' for q in curation['quality_levels'])}, "
+        f"complexity {curation['complexity_levels'] or 'any'}, defender failures first: {curation['prefer_defender_failed']}, "
+        f"at most {config['target_size']} new rows per build"
+    )
+    by_player: dict[str, list[bool]] = {}
+    for row in new:
+        by_player.setdefault(row["defender"], []).append(not row["defender_correct"])
+    changelog = [f"{version}: {len(new)} new rows, {len(rows)} in all" + (f"; builds on {previous.tag} ({previous.commit[:12]})" if previous.tag else "; first version")]
+    if previous.config:
+        from builder.config import changed_fields
+
+        changed = changed_fields(previous.config, config)
+        changelog.append("recipe changes since " + previous.tag + ": " + ("; ".join(changed) if changed else "none"))
+    versions = Counter(row["version"] for row in rows)
+    changelog += [f"{v}: {n} rows first appeared" for v, n in sorted(versions.items(), key=lambda kv: int(kv[0][1:]))]
+    sample = [{**row, "question": _fence_safe(row["question"]), "reference_answer": _fence_safe(row["reference_answer"])} for row in new[:3]]
+    return DatasetCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        pretty_name=pretty_name,
+        repo_id=repo_id,
+        version=version,
+        domain=domain,
+        num_rows=len(rows),
+        new_rows=len(new),
+        judge_tools=", ".join(config["judge_tools"]),
+        curation_text=curation_text,
+        summary=summary,
+        defender_failure_by_player={p: f"{100 * sum(v) / len(v):.0f}%" for p, v in sorted(by_player.items())} or {"(no rows)": "–"},
+        quality_counts=Counter(row["quality_level"] for row in rows),
+        complexity_counts=Counter(row["judge_complexity"] for row in rows),
+        columns=[(name, description) for name, (_, description) in COLUMNS.items()],
+        role_models={role: _role_id(config[role]) for role in ("player_a", "player_b", "judge")},
+        prompt_hashes=summary["prompt_hashes"],
+        novelty=config["novelty"],
+        reproduce_command=f"nanoflux build --config nanoflux_config.yaml --push_to_hub {shlex.quote(repo_id)}",
+        changelog=changelog,
+        sample=sample,
+    ).content
+
+
+def _role_id(role: dict[str, Any]) -> str:
+    from builder.config import RoleConfig
+
+    return RoleConfig(**role).display_id()
+
+
+def provenance(
+    repo_id: str, version: str, config: dict[str, Any], summary: dict[str, Any], output_dir: str | Path, previous: Previous, num_rows: int, new_rows: int
+) -> dict[str, Any]:
+    """Machine-readable provenance: who played, with which settings and prompts, on which packages; never a key."""
+    run = json.loads((Path(output_dir) / "run.json").read_text()) if (Path(output_dir) / "run.json").exists() else {}
+    roles = {}
+    for name in ("player_a", "player_b", "judge"):
+        role = config[name]
+        roles[name] = {
+            "id": _role_id(role),
+            "backend": role["backend"],
+            "model": role["model"],
+            "base_url": public_url(role["base_url"]),
+            "generation": {k: role[k] for k in ("max_tokens", "temperature", "top_p", "structured_output")},
+        }
+    packages = {}
+    for name in PROVENANCE_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            packages[name] = metadata.version(name)
+    return {
+        "repo_id": repo_id,
+        "version": version,
+        "parent": {"version": previous.tag, "commit": previous.commit} if previous.tag else None,
+        "rows": num_rows,
+        "new_rows": new_rows,
+        "domain": config["domain"],
+        "roles": roles,
+        "prompt_hashes": summary["prompt_hashes"],
+        "judge_tools": config["judge_tools"],
+        "sandbox": config["sandbox"],
+        "novelty": config["novelty"],
+        "curation": config["curation"],
+        "recipe_fingerprint": run.get("fingerprint"),
+        "counts": {k: summary[k] for k in ("attacks", "generated", "novel", "judged_ok", "kept", "judge_status", "tokens", "retries")},
+        "packages": packages,
+        "build_wall_time_s": summary["wall_time_s"],
+        "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def main(output_dir: str, repo_id: str, *, hub_dir: str | None = None, private: bool = False, overwrite: bool = False) -> Release:
+    """`nanoflux publish`: publish (or retry publishing) a finished build."""
+    read_build(output_dir)  # fail on an unfinished build before touching the repo
+    with open_target(hub_dir) as api:
+        return publish(output_dir, repo_id, api=api, private=private, overwrite=overwrite)

@@ -541,5 +541,6 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
     if config.push_to_hub:
         # The build is safe on disk; if this fails, `nanoflux publish <output_dir>` retries without rebuilding.
         with publish.open_target(config.hub_dir) as api:
-            summary["release"] = dataclasses.asdict(publish.publish(output_dir, config.push_to_hub, api=api, private=config.private))
+            release = publish.publish(output_dir, config.push_to_hub, api=api, private=config.private)
+        summary["release"] = dataclasses.asdict(release) if release else None
     return summary

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     args, overrides = parser.parse_known_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "httpx2"):  # one INFO line per HTTP request drowns the build's own progress
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command == "build":
         try:
             config = build_config(args.config, overrides)
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
             release = publish_main(args.output_dir, args.repo_id, hub_dir=args.hub_dir, private=args.private, overwrite=args.overwrite)
         except PublishError as err:
             sys.exit(f"nanoflux publish: {err}")
-        print(f"{release.repo_id} {release.version}: {release.num_rows} rows ({release.new_rows} new), commit {release.commit}")
+        if release:
+            print(f"{release.repo_id} {release.version}: {release.num_rows} rows ({release.new_rows} new), commit {release.commit}")
 
 
 if __name__ == "__main__":

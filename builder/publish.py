@@ -187,8 +187,9 @@ def publish(
     private: bool = False,
     overwrite: bool = False,
     previous: Previous | None = None,
-) -> Release:
-    """Publish `output_dir` as the next version of `repo_id` (see the module docstring)."""
+) -> Release | None:
+    """Publish `output_dir` as the next version of `repo_id` (see the module docstring); None when the build
+    has no row that is new to the repo (a version identical to the last would be noise)."""
     config, summary, curated = read_build(output_dir)
     if previous is None:
         previous = preflight(api, repo_id, private=private, overwrite=overwrite)
@@ -196,6 +197,15 @@ def publish(
     earlier = previous.rows or []
     new = [{**row, "version": version} for row in novel_rows(curated, earlier, config["novelty"])]
     rows = earlier + new
+    if not new and not overwrite:
+        logger.warning("%s: the build adds no row that is new to %s; nothing was published", output_dir, repo_id)
+        return None
+    if not overwrite and previous.number + 1 in version_tags(api, repo_id):
+        # Someone published meanwhile: stop before uploading anything rather than mix two releases.
+        raise PublishError(
+            f"repo_id: {repo_id} already has tag {version}. Fix: run again to publish as the next version, "
+            "or pass --overwrite to publish that tag again"
+        )
 
     head = api.repo_info(repo_id, repo_type="dataset").sha
     files = {
@@ -277,7 +287,7 @@ def render_card(
     if previous.config:
         from builder.config import changed_fields
 
-        changed = changed_fields(previous.config, config)
+        changed = changed_fields(previous.config, public_config(config))
         changelog.append("recipe changes since " + previous.tag + ": " + ("; ".join(changed) if changed else "none"))
     versions = Counter(row["version"] for row in rows)
     changelog += [f"{v}: {n} rows first appeared" for v, n in sorted(versions.items(), key=lambda kv: int(kv[0][1:]))]
@@ -353,7 +363,7 @@ def provenance(
     }
 
 
-def main(output_dir: str, repo_id: str, *, hub_dir: str | None = None, private: bool = False, overwrite: bool = False) -> Release:
+def main(output_dir: str, repo_id: str, *, hub_dir: str | None = None, private: bool = False, overwrite: bool = False) -> Release | None:
     """`nanoflux publish`: publish (or retry publishing) a finished build."""
     read_build(output_dir)  # fail on an unfinished build before touching the repo
     with open_target(hub_dir) as api:

@@ -1,4 +1,7 @@
-"""The `nanoflux` command: one subcommand per stage, each stage's `main()` in its own module."""
+"""The `nanoflux` command: one subcommand per stage, each stage's `main()` in its own module.
+
+Stage modules are imported only when their subcommand runs, so `nanoflux build` never pays for TRL's import.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,11 @@ import argparse
 import logging
 import sys
 
-from builder.config import ConfigError, build_config
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="nanoflux", description="NanoFlux: adversarial dual-LLM dataset building.")
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nanoflux", description="NanoFlux: adversarial dual-LLM dataset building and distillation.")
     commands = parser.add_subparsers(dest="command", required=True)
+
     build = commands.add_parser(
         "build",
         help="run (or resume) a build",
@@ -19,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     build.add_argument("--config", help="YAML recipe, e.g. configs/local.yaml")
     build.add_argument("--fresh", action="store_true", help="discard the output dir's journal and start over")
+
     release = commands.add_parser(
         "publish",
         help="publish (or retry publishing) a finished build as the next dataset version",
@@ -29,36 +32,70 @@ def main(argv: list[str] | None = None) -> None:
     release.add_argument("--hub_dir", help="a local repository folder instead of the Hub")
     release.add_argument("--private", action="store_true", help="create the repo as private")
     release.add_argument("--overwrite", action="store_true", help="publish the latest version's tag again")
-    for sub in (build, release):
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a LoRA adapter on a pinned dataset version (TRL SFTTrainer + PEFT)",
+        description="Train a LoRA adapter. Any recipe field can be overridden: --max_steps 3 --revision v2.",
+    )
+    train.add_argument("--config", help="YAML recipe, e.g. configs/train/local.yaml")
+
+    adapter = commands.add_parser(
+        "publish-adapter",
+        help="push (or retry pushing) a trained adapter without retraining",
+        description="Upload a trained adapter's files and card to a model repo in one commit.",
+    )
+    adapter.add_argument("output_dir", help="a finished training run's output dir")
+    adapter.add_argument("--repo_id", required=True, help="model repo, org/name")
+    adapter.add_argument("--hub_dir", help="a local repository folder instead of the Hub")
+    adapter.add_argument("--private", action="store_true", help="create the repo as private")
+
+    for sub in (build, release, train, adapter):
         sub.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args, overrides = parser.parse_known_args(argv)
+    if overrides and args.command not in ("build", "train"):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpx2"):  # one INFO line per HTTP request drowns the build's own progress
+    for noisy in ("httpx", "httpx2"):  # one INFO line per HTTP request drowns the stage's own progress
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    if args.command == "build":
-        try:
-            config = build_config(args.config, overrides)
-        except ConfigError as err:
-            sys.exit(f"nanoflux build: invalid recipe: {err}")
-        from builder.build import main as build_main
-        from builder.publish import PublishError
 
-        try:
-            build_main(config, fresh=args.fresh)
-        except PublishError as err:
-            sys.exit(f"nanoflux build: {err}")
-    elif args.command == "publish":
-        if overrides:
-            parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-        from builder.publish import PublishError, main as publish_main
+    from builder.config import ConfigError
+    from builder.publish import PublishError
 
-        try:
+    try:
+        if args.command == "build":
+            from builder.build import main as build_main
+            from builder.config import build_config
+
+            build_main(build_config(args.config, overrides), fresh=args.fresh)
+        elif args.command == "publish":
+            from builder.publish import main as publish_main
+
             release = publish_main(args.output_dir, args.repo_id, hub_dir=args.hub_dir, private=args.private, overwrite=args.overwrite)
-        except PublishError as err:
-            sys.exit(f"nanoflux publish: {err}")
-        if release:
-            print(f"{release.repo_id} {release.version}: {release.num_rows} rows ({release.new_rows} new), commit {release.commit}")
+            if release:
+                print(f"{release.repo_id} {release.version}: {release.num_rows} rows ({release.new_rows} new), commit {release.commit}")
+        elif args.command == "train":
+            from trainer.train import TrainError, build_train_config, main as train_main
+
+            try:
+                train_main(build_train_config(args.config, overrides))
+            except TrainError as err:
+                sys.exit(f"nanoflux train: {err}")
+        elif args.command == "publish-adapter":
+            from trainer.train import publish_adapter
+
+            commit = publish_adapter(args.output_dir, args.repo_id, hub_dir=args.hub_dir, private=args.private)
+            print(f"{args.repo_id}: adapter pushed, commit {commit}")
+    except ConfigError as err:
+        sys.exit(f"nanoflux {args.command}: invalid recipe: {err}")
+    except PublishError as err:
+        sys.exit(f"nanoflux {args.command}: {err}")
 
 
 if __name__ == "__main__":

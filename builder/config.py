@@ -30,7 +30,7 @@ class ConfigError(ValueError):
     """A recipe or CLI value that cannot be used; the message says which field, what value, and the fix."""
 
 
-def _fail(path: str, value: Any, problem: str, fix: str) -> typing.NoReturn:
+def fail(path: str, value: Any, problem: str, fix: str) -> typing.NoReturn:
     raise ConfigError(f"{path}: {problem} (got {value!r}). Fix: {fix}")
 
 
@@ -58,9 +58,9 @@ class RoleConfig:
 
     def validate(self, path: str) -> None:
         if self.backend not in BACKENDS:
-            _fail(f"{path}.backend", self.backend, "unknown backend", f"use one of {', '.join(BACKENDS)}")
+            fail(f"{path}.backend", self.backend, "unknown backend", f"use one of {', '.join(BACKENDS)}")
         if self.backend == "endpoint" and not (self.base_url or self.model):
-            _fail(
+            fail(
                 path,
                 {"base_url": self.base_url, "model": self.model},
                 "an endpoint role needs an endpoint",
@@ -68,21 +68,21 @@ class RoleConfig:
                 f"or {path}.backend: embedded to run the packaged model in-process",
             )
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
-            _fail(f"{path}.base_url", self.base_url, "not an http(s) URL", "write it as http://host:port")
+            fail(f"{path}.base_url", self.base_url, "not an http(s) URL", "write it as http://host:port")
         if self.structured_output not in STRUCTURED_OUTPUT_MODES:
-            _fail(
+            fail(
                 f"{path}.structured_output",
                 self.structured_output,
                 "unknown mode",
                 f"use one of {', '.join(STRUCTURED_OUTPUT_MODES)}",
             )
-        _check_range(f"{path}.max_tokens", self.max_tokens, 16, 32768)
-        _check_range(f"{path}.temperature", self.temperature, 0.0, 2.0)
+        check_range(f"{path}.max_tokens", self.max_tokens, 16, 32768)
+        check_range(f"{path}.temperature", self.temperature, 0.0, 2.0)
         if self.top_p is not None:
-            _check_range(f"{path}.top_p", self.top_p, 0.0, 1.0, low_open=True)
-        _check_range(f"{path}.max_concurrency", self.max_concurrency, 1, 1024)
-        _check_range(f"{path}.timeout", self.timeout, 0.0, 3600.0, low_open=True)
-        _check_range(f"{path}.max_attempts", self.max_attempts, 1, 100)
+            check_range(f"{path}.top_p", self.top_p, 0.0, 1.0, low_open=True)
+        check_range(f"{path}.max_concurrency", self.max_concurrency, 1, 1024)
+        check_range(f"{path}.timeout", self.timeout, 0.0, 3600.0, low_open=True)
+        check_range(f"{path}.max_attempts", self.max_attempts, 1, 100)
 
     def display_id(self) -> str:
         """What the dataset records as this role's model: model id and/or URL (never a key: credentials and
@@ -104,9 +104,9 @@ class NoveltyConfig:
     """Optional JSONL/parquet file of earlier questions (a `question` column) to stay novel against."""
 
     def validate(self, path: str) -> None:
-        _check_range(f"{path}.threshold", self.threshold, 0.0, 1.0, low_open=True)
+        check_range(f"{path}.threshold", self.threshold, 0.0, 1.0, low_open=True)
         if self.bank is not None and not Path(self.bank).exists():
-            _fail(f"{path}.bank", self.bank, "file not found", "point it at a .jsonl or .parquet file, or remove it")
+            fail(f"{path}.bank", self.bank, "file not found", "point it at a .jsonl or .parquet file, or remove it")
 
 
 @dataclass
@@ -123,9 +123,9 @@ class CurationConfig:
     """Judge-rated complexity levels (1-5) to keep; null keeps all."""
 
     def validate(self, path: str) -> None:
-        _check_levels(f"{path}.quality_levels", self.quality_levels)
+        check_levels(f"{path}.quality_levels", self.quality_levels)
         if self.complexity_levels is not None:
-            _check_levels(f"{path}.complexity_levels", self.complexity_levels)
+            check_levels(f"{path}.complexity_levels", self.complexity_levels)
 
 
 @dataclass
@@ -137,9 +137,9 @@ class SandboxConfig:
     memory_mb: int = 512
 
     def validate(self, path: str) -> None:
-        _check_range(f"{path}.wall_seconds", self.wall_seconds, 0.0, 600.0, low_open=True)
-        _check_range(f"{path}.cpu_seconds", self.cpu_seconds, 1, 600)
-        _check_range(f"{path}.memory_mb", self.memory_mb, 32, 65536)
+        check_range(f"{path}.wall_seconds", self.wall_seconds, 0.0, 600.0, low_open=True)
+        check_range(f"{path}.cpu_seconds", self.cpu_seconds, 1, 600)
+        check_range(f"{path}.memory_mb", self.memory_mb, 32, 65536)
 
 
 @dataclass
@@ -189,31 +189,31 @@ class BuildConfig:
         if self.output_dir is None:
             self.output_dir = f"outputs/{self.domain}"
         if self.answer_format not in ANSWER_FORMATS:
-            _fail("answer_format", self.answer_format, "unknown format", f"use one of {', '.join(ANSWER_FORMATS)}")
+            fail("answer_format", self.answer_format, "unknown format", f"use one of {', '.join(ANSWER_FORMATS)}")
         if self.prompts is None and self.domain not in PACKAGED_DOMAINS:
-            _fail(
+            fail(
                 "domain",
                 self.domain,
                 "no packaged prompts for this domain",
                 f"use one of {', '.join(PACKAGED_DOMAINS)}, or set `prompts` to your own template folder",
             )
         if self.prompts is not None and not Path(self.prompts).is_dir():
-            _fail("prompts", self.prompts, "folder not found", "point it at a folder of templates")
+            fail("prompts", self.prompts, "folder not found", "point it at a folder of templates")
         if self.corpus is not None and not Path(self.corpus).is_file():
-            _fail("corpus", self.corpus, "file not found", "point it at a JSONL corpus, or remove it")
+            fail("corpus", self.corpus, "file not found", "point it at a JSONL corpus, or remove it")
         if not self.capabilities or not all(isinstance(c, str) and c.strip() for c in self.capabilities):
-            _fail("capabilities", self.capabilities, "needs at least one non-empty skill name", "list the skills")
-        _check_levels("complexity_levels", self.complexity_levels)
+            fail("capabilities", self.capabilities, "needs at least one non-empty skill name", "list the skills")
+        check_levels("complexity_levels", self.complexity_levels)
         unknown = [tool for tool in self.judge_tools if tool not in JUDGE_TOOLS]
         if unknown:
-            _fail("judge_tools", self.judge_tools, f"unknown tool(s) {unknown}", f"use a subset of {list(JUDGE_TOOLS)}")
+            fail("judge_tools", self.judge_tools, f"unknown tool(s) {unknown}", f"use a subset of {list(JUDGE_TOOLS)}")
         if self.answer_format == "number" and "python" not in self.judge_tools:
-            _fail("judge_tools", self.judge_tools, "numeric answers are verified by running code", "add python")
-        _check_range("rounds", self.rounds, 1, 1000)
-        _check_range("attacks_per_round", self.attacks_per_round, 1, 100000)
-        _check_range("target_size", self.target_size, 1, 100000)
-        _check_range("feedback_examples", self.feedback_examples, 0, 50)
-        _check_range("parse_retries", self.parse_retries, 0, 10)
+            fail("judge_tools", self.judge_tools, "numeric answers are verified by running code", "add python")
+        check_range("rounds", self.rounds, 1, 1000)
+        check_range("attacks_per_round", self.attacks_per_round, 1, 100000)
+        check_range("target_size", self.target_size, 1, 100000)
+        check_range("feedback_examples", self.feedback_examples, 0, 50)
+        check_range("parse_retries", self.parse_retries, 0, 10)
         for name in ("player_a", "player_b", "judge"):
             getattr(self, name).validate(name)
         self.novelty.validate("novelty")
@@ -230,16 +230,16 @@ def public_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _check_range(path: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+def check_range(path: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
     too_low = value <= low if low_open else value < low
     if too_low or value > high:
         bound = f"> {low}" if low_open else f">= {low}"
-        _fail(path, value, "out of range", f"use a value {bound} and <= {high}")
+        fail(path, value, "out of range", f"use a value {bound} and <= {high}")
 
 
-def _check_levels(path: str, levels: list[int]) -> None:
+def check_levels(path: str, levels: list[int]) -> None:
     if not levels or any(not 1 <= level <= 5 for level in levels):
-        _fail(path, levels, "levels must be a non-empty list of integers 1-5", "e.g. [3, 4]")
+        fail(path, levels, "levels must be a non-empty list of integers 1-5", "e.g. [3, 4]")
 
 
 # --- loading -------------------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def _check_levels(path: str, levels: list[int]) -> None:
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass `cls` from a plain dict, refusing unknown keys and wrong types."""
     if not isinstance(data, dict):
-        _fail(prefix or "recipe", data, "expected a mapping of fields", f"write {prefix or 'the recipe'} as `key: value` lines")
+        fail(prefix or "recipe", data, "expected a mapping of fields", f"write {prefix or 'the recipe'} as `key: value` lines")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -257,7 +257,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f"did you mean `{prefix}{close[0]}`?" if close else f"valid fields: {', '.join(fields)}"
-            _fail(path, value, "unknown field", hint)
+            fail(path, value, "unknown field", hint)
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)
 
@@ -275,7 +275,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return from_dict(tp, value, prefix=f"{path}.")
     if origin is list:
         if not isinstance(value, list):
-            _fail(path, value, "expected a list", "write it as [a, b, ...]")
+            fail(path, value, "expected a list", "write it as [a, b, ...]")
         (item,) = typing.get_args(tp)
         return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -283,7 +283,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        _fail(path, value, f"expected {tp.__name__}", f"give a {tp.__name__} value")
+        fail(path, value, f"expected {tp.__name__}", f"give a {tp.__name__} value")
     return value
 
 

@@ -1,0 +1,469 @@
+"""Fine-tune a base model with LoRA on one pinned version of a NanoFlux dataset (TRL `SFTTrainer` + PEFT).
+
+Usage:
+    nanoflux train --config configs/train/local.yaml                   # packaged SmolLM2, CPU, a few minutes
+    nanoflux train --config configs/train/qwen3-4b-lora.yaml           # Qwen3-4B on a GPU, pushed to the Hub
+    nanoflux train --config configs/train/local.yaml --max_steps 3 --revision v2
+    nanoflux publish-adapter outputs/adapter --repo_id org/name        # retry only the push of a trained adapter
+
+`main(config)` reads top to bottom: load the dataset at `revision` and resolve the exact commit it points to (before
+any model is loaded, so a wrong version fails in seconds), check the adapter repo is writable, load the base model,
+train a LoRA adapter with `SFTTrainer(peft_config=LoraConfig(...))` on the `messages` column (conversational format:
+TRL applies the model's chat template), then write to `output_dir`: the adapter (never merged weights),
+`training_summary.json`, the resolved config `nanoflux_train.yaml` and the adapter card `README.md`, which pins the
+data as `repo@tag@commit`. With `push_to_hub`, those files go up in one commit; a failed push leaves them on disk
+and `publish_adapter` (the `publish-adapter` command) retries just the push.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+import json
+import logging
+import math
+import tempfile
+import time
+import typing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder.config import check_range, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
+from builder.embedded import DEFAULT_MODEL_ID, PACKAGED_MODELS
+from builder.publish import PublishError, open_target
+
+logger = logging.getLogger(__name__)
+
+CARD_TEMPLATE = Path(__file__).resolve().parent / "adapter_card.md"
+SUMMARY_FILE = "training_summary.json"
+CONFIG_FILE = "nanoflux_train.yaml"
+CARD_TAGS = ["nanoflux", "lora", "sft", "trl"]
+# What goes up to the adapter repo: the top-level files of output_dir (adapter, tokenizer, card, summary, config) but
+# no pickles (`training_args.bin` is a pickled TrainingArguments) and no folders (checkpoints, logs).
+UPLOAD_SKIP = ("*.bin", "*.pt", "*.pth", "*.pkl")
+VERSIONED_PACKAGES = ("nanoflux", "trl", "peft", "transformers", "torch", "datasets", "huggingface_hub")
+
+
+class TrainError(RuntimeError):
+    """The run cannot go on (e.g. no such dataset version, no rows); the message says why and what to do."""
+
+
+@dataclass
+class TrainConfig:
+    """A LoRA fine-tuning run: which dataset version, which base model, the LoRA and the training settings."""
+
+    dataset_name: str = "local/nanoflux-medical"
+    """NanoFlux dataset repo (`org/name`) on the Hub, or in `hub_dir`."""
+    revision: str = "v1"
+    """Dataset version: a tag (`v1`, `v2`, ...) or a commit sha. The card pins the commit it resolves to."""
+    hub_dir: str | None = None
+    """Read the dataset from this local repository folder (see `builder.localhub`) instead of the Hub."""
+    eval_split: str | None = None
+    """A split of the dataset repo to compute an eval loss on after training (null: none)."""
+    model: str = DEFAULT_MODEL_ID
+    """Base model: a Hub id or a local folder; the packaged SmolLM2-135M-Instruct needs no download."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Names of the modules that get a LoRA adapter, or `[all-linear]`."""
+    learning_rate: float = 2.0e-4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run `num_train_epochs`)."""
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024
+    """Conversations are truncated to this many tokens."""
+    bf16: bool = False
+    """Load the base model in bfloat16 and train in bf16 mixed precision (GPU); false: fp32."""
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    seed: int = 0
+    output_dir: str = "outputs/adapter"
+    """Where the adapter, its card, `training_summary.json` and `nanoflux_train.yaml` go."""
+    push_to_hub: str | None = None
+    """Upload the adapter and its card to this model repo (`org/name`) in one commit."""
+    adapter_hub_dir: str | None = None
+    """Push to this local repository folder instead of the Hub."""
+    private: bool = False
+    """Create the adapter repo as private."""
+    license: str = "apache-2.0"
+    """License in the adapter card (follow the base model's)."""
+
+    def validate(self) -> None:
+        _check_repo_id("dataset_name", self.dataset_name)
+        if not self.revision.strip():
+            fail("revision", self.revision, "empty", "name a dataset version, e.g. v1")
+        if not self.model.strip():
+            fail("model", self.model, "empty", f"give a Hub model id, e.g. {DEFAULT_MODEL_ID}")
+        if self.eval_split is not None and not self.eval_split.strip():
+            fail("eval_split", self.eval_split, "empty", "name a split of the dataset repo, or remove it")
+        check_range("lora_r", self.lora_r, 1, 1024)
+        check_range("lora_alpha", self.lora_alpha, 1, 4096)
+        check_range("lora_dropout", self.lora_dropout, 0.0, 0.9)
+        if not self.lora_target_modules or not all(m.strip() for m in self.lora_target_modules):
+            fail("lora_target_modules", self.lora_target_modules, "needs module names", "e.g. [q_proj, v_proj] or [all-linear]")
+        check_range("learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
+        check_range("num_train_epochs", self.num_train_epochs, 0.0, 1000.0, low_open=True)
+        if self.max_steps != -1 and self.max_steps < 1:
+            fail("max_steps", self.max_steps, "out of range", "use -1 (run num_train_epochs) or a value >= 1")
+        check_range("per_device_train_batch_size", self.per_device_train_batch_size, 1, 4096)
+        check_range("gradient_accumulation_steps", self.gradient_accumulation_steps, 1, 4096)
+        check_range("max_length", self.max_length, 16, 1_048_576)
+        check_range("logging_steps", self.logging_steps, 1, 1_000_000)
+        if not self.output_dir.strip():
+            fail("output_dir", self.output_dir, "empty", "name a folder, e.g. outputs/adapter")
+        if self.push_to_hub is not None:
+            _check_repo_id("push_to_hub", self.push_to_hub)
+        elif self.adapter_hub_dir is not None:
+            fail("adapter_hub_dir", self.adapter_hub_dir, "set without push_to_hub", "set push_to_hub to the adapter repo (org/name), or remove adapter_hub_dir")
+
+
+def _check_repo_id(path: str, value: str) -> None:
+    if value.count("/") != 1 or not all(part.strip() for part in value.split("/")):
+        fail(path, value, "not a repo id", "write it as org/name")
+
+
+def build_train_config(recipe: str | Path | None, cli_args: list[str] | None = None) -> TrainConfig:
+    """Recipe + `--field value` overrides → a validated TrainConfig (errors name the field, the value and the fix)."""
+    data = merge(load_recipe(recipe), parse_overrides(cli_args or []))
+    # YAML 1.1 reads `1e-4` (no dot) as a string; accept it for float fields, since that is how learning rates are written.
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in list(data.items()):
+        if hints.get(key) is float and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                data[key] = float(value)
+    config = from_dict(TrainConfig, data)
+    config.validate()
+    return config
+
+
+def public_config(config: TrainConfig) -> dict[str, Any]:
+    """The resolved config as saved and uploaded: no local paths (and no secrets: tokens only ever come from the
+    environment)."""
+    return {**to_dict(config), "hub_dir": None, "adapter_hub_dir": None, "output_dir": None}
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+
+def load_train_data(config: TrainConfig) -> tuple[Any, Any, str]:
+    """(train, eval or None, commit sha): the dataset at `config.revision`, only its `messages` column.
+
+    The revision is resolved to a commit first and the data is read at that commit, so what is trained on is exactly
+    the commit the card names, even if the tag moved meanwhile.
+    """
+    from datasets import load_dataset
+
+    repo, revision = config.dataset_name, config.revision
+    with tempfile.TemporaryDirectory(prefix="nanoflux-train-data-") as checkout:
+        if config.hub_dir is None:
+            commit = _hub_commit(repo, revision)
+            source = {"path": repo, "revision": commit}
+        else:
+            store = _local_store(config.hub_dir, repo)
+            commit = _local_commit(store, repo, revision)
+            # load_dataset copies the parquet into its cache, so the checkout can go when this block ends.
+            source = {"path": str(store.checkout("dataset", repo, commit, checkout))}
+        try:
+            splits = load_dataset(**source)
+        except ValueError as err:  # datasets refuses a split without rows ("Instruction 'train' corresponds to no data!")
+            raise _no_rows(repo, revision, commit, f" ({err})") from None
+
+    def sft(split: str) -> Any:
+        if split not in splits:
+            raise TrainError(f"{repo}@{revision} has no split {split!r} (has: {list(splits)}). Fix: publish it, or pick one of those")
+        data = splits[split]
+        if "messages" not in data.column_names:
+            raise TrainError(f"dataset_name: {repo}@{revision} has no `messages` column, so it is not a NanoFlux dataset. Fix: point at a dataset `nanoflux build` published")
+        # SFT needs only the conversation; TRL applies the chat template to it.
+        return data.select_columns(["messages"]).filter(lambda row: bool(row["messages"]))
+
+    train = sft("train")
+    if len(train) == 0:
+        raise _no_rows(repo, revision, commit)
+    evaluation = sft(config.eval_split) if config.eval_split else None
+    logger.info("Dataset %s@%s = commit %s: %d training conversations", repo, revision, commit[:12], len(train))
+    return train, evaluation, commit
+
+
+def _hub_commit(repo: str, revision: str) -> str:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    api = HfApi()
+    try:
+        return api.dataset_info(repo, revision=revision).sha
+    except RevisionNotFoundError:
+        raise _no_revision(repo, revision, [tag.name for tag in api.list_repo_refs(repo, repo_type="dataset").tags]) from None
+    except RepositoryNotFoundError:
+        raise TrainError(f"dataset_name: no dataset repo {repo!r} on {api.endpoint}. Fix: check the repo id (and HF_TOKEN for a private repo), or set hub_dir for a local folder") from None
+    except HfHubHTTPError as err:
+        raise TrainError(f"dataset_name: cannot read {repo}@{revision} ({str(err).splitlines()[0]}). Fix: check the network and HF_TOKEN") from None
+
+
+def _local_store(hub_dir: str, repo: str) -> Any:
+    from builder.localhub import RepoStore
+
+    if not Path(hub_dir).is_dir():  # RepoStore would create it
+        raise TrainError(f"hub_dir: folder not found (got {hub_dir!r}). Fix: point it at the folder `nanoflux build --hub_dir` published to")
+    store = RepoStore(hub_dir)
+    if not store.exists("dataset", repo):
+        raise TrainError(f"dataset_name: no dataset repo {repo!r} in {hub_dir} (has: {store.list_repos('dataset')}). Fix: check the repo id")
+    return store
+
+
+def _local_commit(store: Any, repo: str, revision: str) -> str:
+    from builder.localhub import HubError
+
+    try:
+        return store.resolve("dataset", repo, revision)
+    except HubError:
+        raise _no_revision(repo, revision, list(store.refs("dataset", repo)["tags"])) from None
+
+
+def _no_rows(repo: str, revision: str, commit: str, detail: str = "") -> TrainError:
+    return TrainError(f"revision: {repo}@{revision} (commit {commit[:12]}) has no rows to train on{detail}. Fix: pick a version that has rows, or publish a build that kept some")
+
+
+def _no_revision(repo: str, revision: str, tags: list[str]) -> TrainError:
+    return TrainError(f"revision: {repo} has no version {revision!r} (versions: {', '.join(sorted(tags)) or 'none'}). Fix: pass --revision with one of those")
+
+
+def model_path(model: str) -> str:
+    """Where to load `model` from: the packaged SmolLM2 is its converted local folder, anything else as given."""
+    from builder.embedded import embedded_model_path
+
+    return str(embedded_model_path(model)) if model in PACKAGED_MODELS else model
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def main(config: TrainConfig) -> dict[str, Any]:
+    """`nanoflux train`: train, save the adapter, its summary, config and card, and push if asked. Returns the summary."""
+    import torch
+    from peft import LoraConfig, PeftConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    if config.bf16 and not torch.accelerator.is_available():
+        raise TrainError("bf16: no GPU or other accelerator found (got True). Fix: pass --bf16 false to train in fp32 on CPU")
+    output_dir = Path(config.output_dir)
+    # Data first and the push target second: a wrong version or a read-only token fails before any compute.
+    train_dataset, eval_dataset, commit = load_train_data(config)
+    if config.push_to_hub:
+        _preflight(config)
+
+    path = model_path(config.model)
+    logger.info("Loading %s%s", config.model, f" from {path}" if path != config.model else "")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if config.bf16 else torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    # "all-linear" is PEFT's shorthand and must be passed as a string, not as a module name.
+    targets = config.lora_target_modules
+    peft_config = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        task_type="CAUSAL_LM",
+    )
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        bf16=config.bf16,  # SFTConfig defaults to bf16 and checkpointing on: always say which
+        activation_checkpointing=config.gradient_checkpointing,  # transformers' new name for gradient_checkpointing
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # log the loss as it is: the default hides NaN/inf steps behind an average
+        seed=config.seed,
+        include_num_input_tokens_seen="non_padding",  # the tokens actually trained on, for the card
+        save_strategy="no",  # one adapter, saved at the end: no checkpoints (optimizer states) in the folder that is uploaded
+        report_to="none",
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    logger.info("LoRA: %d trainable parameters of %d (%.3f%%)", trainable, total, 100 * trainable / total)
+
+    start = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - start
+    eval_loss = trainer.evaluate()["eval_loss"] if eval_dataset is not None else None
+
+    trainer.save_model(str(output_dir))  # a PeftModel saves the adapter only (+ the tokenizer), never merged weights
+    if path != config.model:
+        # PEFT wrote the folder the base was loaded from (a local cache for the packaged model) as the base model;
+        # the adapter must name the model id, so that it loads anywhere (AutoPeftModel, the Hub's widgets).
+        adapter_config = PeftConfig.from_pretrained(str(output_dir))
+        adapter_config.base_model_name_or_path = config.model
+        adapter_config.save_pretrained(str(output_dir))
+
+    losses = [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+    device = trainer.args.device
+    summary = {
+        "base_model": config.model,
+        "dataset": {
+            "repo_id": config.dataset_name,
+            "revision": config.revision,
+            "commit": commit,
+            "pinned": f"{config.dataset_name}@{config.revision}@{commit}",
+            "rows": len(train_dataset),
+            "eval_split": config.eval_split,
+            "eval_rows": len(eval_dataset) if eval_dataset is not None else None,
+        },
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_tokens": trainer.state.num_input_tokens_seen,
+        "wall_time_s": round(wall, 1),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "loss": {
+            "first": losses[0][1] if losses else None,
+            "min": min(loss for _, loss in losses) if losses else None,
+            "last": losses[-1][1] if losses else None,
+            "mean": result.training_loss,
+            "curve": [[step, loss] for step, loss in losses],
+        },
+        "eval_loss": eval_loss,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "hyperparameters": {
+            **{k: v for k, v in to_dict(config).items() if k.startswith("lora_")},
+            "learning_rate": config.learning_rate,
+            "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "num_train_epochs": config.num_train_epochs,
+            "max_steps": config.max_steps,
+            "per_device_train_batch_size": config.per_device_train_batch_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "effective_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps * args.world_size,
+            "max_length": config.max_length,
+            "precision": "bf16" if config.bf16 else "fp32",
+            "gradient_checkpointing": config.gradient_checkpointing,
+            "seed": config.seed,
+        },
+        "license": config.license,
+        "packages": {name: _version(name) for name in VERSIONED_PACKAGES},
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not all(math.isfinite(loss) for _, loss in losses):
+        logger.warning("The training loss was not finite at some step: check the learning rate and the precision")
+    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(public_config(config), sort_keys=False))
+    write_card(output_dir, config.push_to_hub)
+    loss = summary["loss"]
+    logger.info(
+        "Trained %d steps on %d tokens in %.0f s on %s; loss first %s, min %s, last %s. Adapter in %s",
+        summary["steps"], summary["train_tokens"], wall, summary["gpu"] or device, loss["first"], loss["min"], loss["last"], output_dir,
+    )  # fmt: skip
+
+    if config.push_to_hub:
+        summary["pushed_commit"] = publish_adapter(output_dir, config.push_to_hub, config.adapter_hub_dir, private=config.private)
+    return summary
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# --- card and push ---------------------------------------------------------------------------------------
+
+
+def write_card(output_dir: str | Path, adapter_id: str | None = None) -> Path:
+    """Render `README.md` in `output_dir` from its `training_summary.json`; `adapter_id` is what the loading snippet
+    names (the adapter repo, else the folder)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    output_dir = Path(output_dir)
+    summary = json.loads((output_dir / SUMMARY_FILE).read_text())
+    card_data = ModelCardData(
+        base_model=summary["base_model"],
+        library_name="peft",
+        license=summary["license"],
+        datasets=[summary["dataset"]["repo_id"]],
+        tags=CARD_TAGS,
+        pipeline_tag="text-generation",
+    )
+    adapter_id = adapter_id or str(output_dir)
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        model_name=adapter_id.rstrip("/").split("/")[-1],
+        adapter_id=adapter_id,
+        summary=summary,
+        hp=summary["hyperparameters"],
+    )
+    path = output_dir / "README.md"
+    card.save(path)
+    return path
+
+
+def _preflight(config: TrainConfig) -> None:
+    """Before any compute: the adapter repo exists (created if needed) and we may write to it."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        with open_target(config.adapter_hub_dir) as api:
+            api.create_repo(config.push_to_hub, repo_type="model", private=config.private, exist_ok=True)
+    except HfHubHTTPError as err:
+        raise PublishError(
+            f"push_to_hub: cannot write to model repo {config.push_to_hub} ({str(err).splitlines()[0]}). "
+            "Fix: use a write token (HF_TOKEN) and check the repo id, or remove push_to_hub"
+        ) from None
+
+
+def publish_adapter(output_dir: str | Path, repo_id: str, hub_dir: str | None = None, *, private: bool = False) -> str:
+    """Upload a trained adapter folder (adapter, tokenizer, card, summary, config) to model repo `repo_id` in one
+    commit, on the Hub or in the local repository folder `hub_dir`; nothing is retrained. Returns the commit sha."""
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.errors import HfHubHTTPError
+
+    output_dir = Path(output_dir)
+    needed = [output_dir / name for name in ("adapter_config.json", SUMMARY_FILE)]
+    if not all(path.is_file() for path in needed):
+        raise PublishError(f"output_dir: {output_dir} holds no trained adapter (needs adapter_config.json and {SUMMARY_FILE}). Fix: run `nanoflux train` first")
+    write_card(output_dir, repo_id)  # the loading snippet names the repo it goes to
+    summary = json.loads((output_dir / SUMMARY_FILE).read_text())
+    files = sorted(p for p in output_dir.iterdir() if p.is_file() and not any(fnmatch.fnmatch(p.name, s) for s in UPLOAD_SKIP))
+    # In-memory files go up over plain LFS (huggingface_hub uses Xet only for files on disk), which both the Hub and
+    # the local repository folder (LocalHub speaks LFS, not Xet) accept.
+    operations = [CommitOperationAdd(path.name, io.BytesIO(path.read_bytes())) for path in files]
+    try:
+        with open_target(hub_dir) as api:
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            commit = api.create_commit(
+                repo_id,
+                repo_type="model",
+                operations=operations,
+                commit_message=f"NanoFlux LoRA adapter: {summary['base_model']} on {summary['dataset']['pinned']}",
+            )
+    except HfHubHTTPError as err:
+        raise PublishError(
+            f"pushing {output_dir} to {repo_id} failed ({str(err).splitlines()[0]}); the adapter is saved in {output_dir}. "
+            f"Fix: run `nanoflux publish-adapter {output_dir} --repo_id {repo_id}"
+            + (f" --hub_dir {hub_dir}" if hub_dir else "") + "` (nothing is retrained)"
+        ) from None
+    logger.info("Pushed the adapter to %s: commit %s", repo_id, commit.oid[:12])
+    return commit.oid

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", help="YAML recipe, e.g. configs/train/local.yaml")
 
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate the base model, base + adapter (and a baseline adapter) on benchmarks",
+        description="Evaluate on GSM-Hard / Genome-Bench / MultiMedQA. Override fields: --limit 50 --adapter DIR.",
+    )
+    evaluate.add_argument("--config", help="YAML recipe, e.g. configs/eval/local.yaml")
+
     adapter = commands.add_parser(
         "publish-adapter",
         help="push (or retry pushing) a trained adapter without retraining",
@@ -50,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     adapter.add_argument("--hub_dir", help="a local repository folder instead of the Hub")
     adapter.add_argument("--private", action="store_true", help="create the repo as private")
 
-    for sub in (build, release, train, adapter):
+    for sub in (build, release, train, evaluate, adapter):
         sub.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return parser
 
@@ -58,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args, overrides = parser.parse_known_args(argv)
-    if overrides and args.command not in ("build", "train"):
+    if overrides and args.command not in ("build", "train", "eval"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -87,6 +95,18 @@ def main(argv: list[str] | None = None) -> None:
                 train_main(build_train_config(args.config, overrides))
             except TrainError as err:
                 sys.exit(f"nanoflux train: {err}")
+        elif args.command == "eval":
+            from trainer.evaluate import EvalError, build_eval_config, main as eval_main, write_model_index
+
+            config = build_eval_config(args.config, overrides)
+            try:
+                results = eval_main(config)
+            except EvalError as err:
+                sys.exit(f"nanoflux eval: {err}")
+            card = Path(config.adapter or "") / "README.md"
+            if card.is_file() and "adapter" in results["variants"]:
+                # A local adapter's card carries its own scores (model-index); `publish-adapter` then pushes them.
+                write_model_index(card, results)
         elif args.command == "publish-adapter":
             from trainer.train import publish_adapter
 

@@ -1,0 +1,446 @@
+"""The evaluation stage: benchmark loaders, answer extraction, scoring, outputs, model-index, recipes, and a real run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder.config import ConfigError
+from trainer.evaluate import (
+    BenchmarkConfig,
+    ColumnsConfig,
+    ComputeConfig,
+    EvalConfig,
+    EvalError,
+    Example,
+    bootstrap_ci,
+    build_eval_config,
+    compute_accounting,
+    extract_answer,
+    extract_choice,
+    extract_number,
+    extract_yes_no_maybe,
+    is_correct,
+    load_benchmark,
+    main,
+    model_index,
+    resolve_adapter,
+    score,
+    split_inline_options,
+    write_model_index,
+    write_results,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
+RECIPES = sorted((ROOT / "configs" / "eval").glob("*.yaml"))
+
+
+def _bench(**fields) -> BenchmarkConfig:
+    columns = fields.pop("columns", None)
+    bench = BenchmarkConfig(**fields, columns=ColumnsConfig(**(columns or {})))
+    bench.validate("benchmarks[0]")
+    return bench
+
+
+# --- loaders ---------------------------------------------------------------------------------------------
+
+
+def test_gsm_hard_fixture_normalises_to_numeric_examples():
+    examples = load_benchmark(_bench(format="gsm_hard", path=str(FIXTURES / "gsm_hard.jsonl"), split="train"))
+    rows = [json.loads(line) for line in (FIXTURES / "gsm_hard.jsonl").read_text().splitlines()]
+    assert [e.gold for e in examples] == [row["target"] for row in rows]
+    assert [e.id for e in examples] == [str(i) for i in range(8)]
+    assert all(e.options == [] for e in examples)
+    assert examples[0].prompt.startswith(rows[0]["input"]) and "Final answer: <number>" in examples[0].prompt
+    assert "step by step" in examples[0].prompt
+
+
+def test_medqa_fixture_uses_the_options_mapping_and_answer_idx():
+    examples = load_benchmark(_bench(format="medqa", path=str(FIXTURES / "medqa.jsonl")))
+    assert [e.gold for e in examples] == list("BCBDACAD")
+    assert examples[0].options == ["Acute cystitis", "Acute pyelonephritis", "Nephrolithiasis", "Acute interstitial nephritis"]
+    assert "\nB. Acute pyelonephritis\n" in examples[0].prompt
+
+
+def test_medmcqa_fixture_uses_separate_option_columns_and_cop_index():
+    examples = load_benchmark(_bench(format="medmcqa", path=str(FIXTURES / "medmcqa.jsonl")))
+    assert [e.gold for e in examples] == list("CCABDDAB")
+    assert examples[0].id == "e9ad821a-c438-4965-9f77-760819dfa155"
+    assert examples[2].options == ["Measles", "Mumps", "Rubella", "Chickenpox"]
+    assert examples[0].explanation.startswith("Recent series")  # `exp`, used as the baseline's training target
+
+
+def test_pubmedqa_parquet_fixture_shows_the_abstract_and_wants_yes_no_maybe():
+    examples = load_benchmark(_bench(format="pubmedqa", path=str(FIXTURES / "pubmedqa.parquet")))
+    assert [e.gold for e in examples] == ["yes", "no", "maybe", "yes", "yes", "yes", "no", "maybe"]
+    assert examples[0].id == "21645374"
+    prompt = examples[0].prompt
+    assert prompt.startswith("Context:\nBell's palsy is an acute") and "Question: Does a short course" in prompt
+    assert "yes, no or maybe" in prompt
+
+
+def test_mmlu_fixture_uses_choices_and_integer_answer():
+    bench = _bench(format="mmlu", subset="clinical_knowledge", path=str(FIXTURES / "mmlu_clinical_knowledge.jsonl"))
+    assert bench.name == "mmlu-clinical_knowledge" and bench.title == "MMLU (clinical_knowledge)"
+    examples = load_benchmark(bench)
+    assert [e.gold for e in examples] == list("BCADBCDA")
+    assert len(examples[0].options) == 4
+
+
+def test_genome_bench_fixture_parses_inline_options_and_tagged_answers():
+    examples = load_benchmark(_bench(format="genome_bench", path=str(FIXTURES / "genome_bench.jsonl")))
+    assert [e.gold for e in examples] == list("ABCDEBAC")
+    assert examples[0].options == ["NGG", "TTTV", "NNGRRT", "NNNNGATT", "NG only on the template strand"]
+    assert "Please choose" not in examples[0].prompt and "\nE. NG only on the template strand\n" in examples[0].prompt
+    assert examples[0].explanation.startswith("SpCas9 recognises")
+
+
+def test_limit_takes_the_first_rows_and_the_global_limit_caps_it():
+    bench = _bench(format="medqa", path=str(FIXTURES / "medqa.jsonl"), limit=5)
+    assert len(load_benchmark(bench)) == 5
+    assert [e.gold for e in load_benchmark(bench, limit=2)] == ["B", "C"]
+
+
+def test_loader_is_schema_driven_for_other_multiple_choice_data(tmp_path):
+    rows = [
+        {"qid": "q1", "stem": "Which base pairs with adenine in DNA?", "A": "Cytosine", "B": "Guanine", "C": "Thymine", "D": "Uracil", "E": "Inosine", "key": 2},
+        {"qid": "q2", "stem": "Which enzyme seals nicks in DNA?", "A": "Helicase", "B": "Ligase", "C": "Primase", "D": "Topoisomerase", "E": "Gyrase", "key": 1},
+        {"qid": "q3", "stem": "Unlabelled row", "A": "a", "B": "b", "C": "c", "D": "d", "E": "e", "key": -1},
+    ]
+    path = tmp_path / "mc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench = _bench(
+        format="choice", name="custom", path=str(path), split="test",
+        columns={"id": "qid", "question": "stem", "option_columns": list("ABCDE"), "answer": "key", "answer_type": "index"},
+    )  # fmt: skip
+    examples = load_benchmark(bench)  # the row without a usable label is dropped
+    assert [(e.id, e.gold) for e in examples] == [("q1", "C"), ("q2", "B")]
+    assert examples[0].options[4] == "Inosine"
+
+    wrong = _bench(format="choice", name="custom", path=str(path), split="test", columns={"question": "prompt", "answer": "key"})
+    with pytest.raises(EvalError, match="column 'prompt' is not in .* Fix: map it with benchmarks\\[\\].columns"):
+        load_benchmark(wrong)
+
+
+def test_inline_option_parsing():
+    stem, options = split_inline_options("Question: Which? Please choose one of the following options: a. one b. two c. three")
+    assert (stem, options) == ("Question: Which?", ["one", "two", "three"])
+    assert split_inline_options("Which is larger? (A) 2 (B) 3") == ("Which is larger?", ["2", "3"])
+    assert split_inline_options("No options at all.") == ("No options at all.", [])
+
+
+# --- answer extraction -----------------------------------------------------------------------------------
+
+OPTIONS = ["Acute cystitis", "Acute pyelonephritis", "Nephrolithiasis", "Acute interstitial nephritis"]
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("The flank pain and WBC casts point to the kidney.\nFinal answer: B", "B"),
+        ("**Final Answer:** **C**", "C"),
+        ("Answer: d", "D"),
+        ("The answer is (B).", "B"),
+        ("The correct answer is option D.", "D"),
+        ("B) Acute pyelonephritis", "B"),
+        ("B", "B"),
+        ("Option C is correct.", "C"),
+        ("<answer>a</answer>", "A"),
+        ("(A) is wrong, cystitis has no casts. (B) fits. Final answer: B", "B"),
+        ("Answer: The answer is C because stones cause colicky pain.", "C"),
+        ("<think>Maybe A?</think>Final answer: B", "B"),
+        ("The most likely diagnosis is acute pyelonephritis.", "B"),  # an option's exact text
+        # unparseable
+        ("A. Acute cystitis\nB. Acute pyelonephritis\nC. Nephrolithiasis", None),  # restates the options
+        ("The answer is a mutation in the gene.", None),  # the article "a" is not option A
+        ("Final answer: E", None),  # no option E
+        ("I'm not sure; it could be acute cystitis or nephrolithiasis.", None),  # two options named
+        ("<think>Considering A and then", None),  # the thinking never ended
+        ("", None),
+    ],
+)
+def test_extract_choice(output, expected):
+    assert extract_choice(output, OPTIONS) == expected
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("She sells 16 - 3 - 4933828 = -4933815 eggs, so she makes -9867630 dollars.\nFinal answer: -9867630", -9867630.0),
+        ("Final answer: $1,234.50", 1234.5),
+        ("The total is 60 + 480.\n#### 540", 540.0),
+        ("So the answer is \\boxed{160}.", 160.0),
+        ("3 sprints x 3 times x 60 m = 540 meters", 540.0),  # last number
+        ("**Final answer:** 517.03 loaves", 517.03),
+        ("5-3 = 2", 2.0),
+        ("I cannot solve this.", None),
+    ],
+)
+def test_extract_number(output, expected):
+    assert extract_number(output) == expected
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("Yes. The trial shows a higher recovery rate.", "yes"),
+        ("The effect on all infections was not significant.\nFinal answer: maybe", "maybe"),
+        ("There is no evidence of benefit. Final answer: **no**", "no"),
+        ("Answer: Yes", "yes"),
+        ("There is no benefit, so yes", None),  # both no and yes, no marker
+        ("The study is inconclusive.", None),
+    ],
+)
+def test_extract_yes_no_maybe(output, expected):
+    assert extract_yes_no_maybe(output) == expected
+
+
+def test_numeric_answers_match_within_relative_tolerance():
+    assert is_correct(3431580.0, 3431580.0, "number")
+    assert is_correct(3431580.3, 3431580.0, "number")  # 1e-7 relative
+    assert not is_correct(3431931.0, 3431580.0, "number")  # 1e-4 relative is the limit
+    assert is_correct(0.0, 0.0, "number")
+    assert not is_correct(None, 42.0, "number")
+
+
+def test_accuracy_on_hand_made_outputs_is_exact_and_counts_unparseable_separately():
+    example = Example("0", "prompt", OPTIONS, "B")
+    outputs = ["Final answer: B", "Final answer: A", "I do not know", "answer: b", "B) Acute pyelonephritis", "", "Final answer: C", "(B)"]
+    extracted = [extract_answer(o, example, "choice") for o in outputs]
+    assert extracted == ["B", "A", None, "B", "B", None, "C", "B"]
+    correct = [is_correct(e, "B", "choice") for e in extracted]
+    result = score(correct, sum(e is None for e in extracted), samples=1000, seed=0)
+    assert (result["n"], result["correct"], result["accuracy"]) == (8, 4, 0.5)
+    assert (result["unparseable"], result["unparseable_rate"]) == (2, 0.25)  # and both count as wrong
+
+
+def test_bootstrap_ci_brackets_the_accuracy_and_is_deterministic_for_a_seed():
+    correct = [True] * 37 + [False] * 63
+    low, high = bootstrap_ci(correct, samples=1000, seed=0)
+    assert 0.0 <= low < 0.37 < high <= 1.0
+    assert 0.2 < low < 0.33 and 0.41 < high < 0.5  # about ±1.96 * sqrt(.37 * .63 / 100)
+    assert bootstrap_ci(correct, samples=1000, seed=0) == (low, high)
+    assert bootstrap_ci(correct, samples=1000, seed=1) != (low, high)
+    assert bootstrap_ci([True] * 5) == (1.0, 1.0)
+    assert all(math.isnan(v) for v in bootstrap_ci([]))
+
+
+# --- outputs and model card ------------------------------------------------------------------------------
+
+
+def _results() -> dict:
+    def scores(n, correct, unparseable):
+        r = score([True] * correct + [False] * (n - correct), unparseable)
+        return {**r, "wall_time_s": 1.0}
+
+    return {
+        "model": "Qwen/Qwen3-4B",
+        "adapter": "org/qwen3-4b-nanoflux-medical-lora",
+        "baseline_adapter": None,
+        "variants": ["base", "adapter"],
+        "benchmarks": [
+            {"name": "medqa", "title": "MedQA (USMLE, 4 options)", "format": "medqa", "kind": "choice", "path": "GBaker/MedQA-USMLE-4-options", "subset": None, "split": "test", "revision": "a" * 40, "rows": 100},
+            {"name": "mmlu-anatomy", "title": "MMLU (anatomy)", "format": "mmlu", "kind": "choice", "path": "cais/mmlu", "subset": "anatomy", "split": "test", "revision": "b" * 40, "rows": 50},
+        ],
+        "results": {
+            "medqa": {"base": scores(100, 52, 3), "adapter": scores(100, 58, 1)},
+            "mmlu-anatomy": {"base": scores(50, 30, 0), "adapter": scores(50, 33, 2)},
+        },
+        "generation": {"greedy": True, "max_new_tokens": 1024, "batch_size": 32, "reasoning": True, "enable_thinking": False, "chat_template": True, "dtype": "bfloat16", "device": "cuda:0"},
+        "bootstrap": {"samples": 1000, "seed": 0, "level": 0.95},
+        "compute": {"nanoflux": {"data": "org/nanoflux-medical", "split": "train", "revision": "v1", "rows": 200, "tokens": 120_000},
+                    "baseline": {"data": "GBaker/MedQA-USMLE-4-options", "subset": None, "split": "train", "rows": 10178, "tokens": 1_500_000},
+                    "ratio": 12.5, "unit": "training tokens per epoch"},
+    }  # fmt: skip
+
+
+def test_results_json_md_and_png_are_written(tmp_path):
+    write_results(_results(), tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text())["results"]["medqa"]["adapter"]["correct"] == 58
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| MedQA (USMLE, 4 options) | adapter | 100 | 58 | 58.0 |" in markdown
+    assert "| MMLU (anatomy) | base | 50 | 30 | 60.0 |" in markdown
+    assert "12.5×" in markdown
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_model_index_has_the_hub_structure():
+    index = model_index(_results(), "org/qwen3-4b-nanoflux-medical-lora")
+    assert [entry["name"] for entry in index] == ["org/qwen3-4b-nanoflux-medical-lora"]
+    first, second = index[0]["results"]
+    assert first["task"]["type"] == "text-generation"
+    assert first["dataset"] == {"name": "MedQA (USMLE, 4 options)", "type": "GBaker/MedQA-USMLE-4-options", "split": "test", "revision": "a" * 40}
+    assert first["metrics"] == [{"type": "accuracy", "value": 0.58, "name": "Accuracy"}]
+    assert second["dataset"]["config"] == "anatomy" and second["metrics"][0]["value"] == 0.66
+    with pytest.raises(EvalError, match="no 'baseline' variant"):
+        model_index(_results(), "org/x", variant="baseline")
+
+
+def test_write_model_index_round_trips_through_model_card_load(tmp_path):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card = ModelCard.from_template(ModelCardData(base_model="Qwen/Qwen3-4B", library_name="peft", license="apache-2.0"), template_str=(
+        "---\n{{ card_data }}\n---\n\n# adapter\n\n## Evaluation\n\nNot evaluated yet.\n\n## How to use\n\nLoad it.\n"
+    ))  # fmt: skip
+    path = tmp_path / "README.md"
+    card.save(path)
+    write_model_index(path, _results(), adapter_repo="org/qwen3-4b-nanoflux-medical-lora")
+
+    loaded = ModelCard.load(path)
+    assert loaded.data.model_name == "org/qwen3-4b-nanoflux-medical-lora"
+    assert loaded.data.base_model == "Qwen/Qwen3-4B" and loaded.data.license == "apache-2.0"  # the rest is kept
+    got = {(r.dataset_type, r.dataset_config, r.dataset_split): r.metric_value for r in loaded.data.eval_results}
+    assert got == {("GBaker/MedQA-USMLE-4-options", None, "test"): 0.58, ("cais/mmlu", "anatomy", "test"): 0.66}
+    assert loaded.data.to_dict()["model-index"] == model_index(_results(), "org/qwen3-4b-nanoflux-medical-lora")
+    assert "Not evaluated yet" not in loaded.text and "| MedQA (USMLE, 4 options) | adapter | 100 | 58 |" in loaded.text
+    assert "## How to use\n\nLoad it." in loaded.text
+
+
+# --- compute accounting ----------------------------------------------------------------------------------
+
+
+class _WordTokenizer:
+    """Counts whitespace-separated words; the chat template joins `role: content` lines."""
+
+    def apply_chat_template(self, messages, tokenize=False):
+        return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": text.split()}
+
+
+def test_compute_accounting_counts_messages_and_benchmark_rows():
+    compute = ComputeConfig(nanoflux_data=str(FIXTURES / "nanoflux_messages.jsonl"), baseline=BenchmarkConfig(format="medqa", path=str(FIXTURES / "medqa.jsonl"), split="train"))
+    compute.validate("compute")
+    result = compute_accounting(compute, _WordTokenizer())
+    rows = [json.loads(line) for line in (FIXTURES / "nanoflux_messages.jsonl").read_text().splitlines()]
+    expected = sum(len(f"{m['role']}: {m['content']}".split()) for row in rows for m in row["messages"])
+    assert result["nanoflux"] == {"data": compute.nanoflux_data, "split": "train", "revision": None, "rows": 4, "tokens": expected}
+    assert result["baseline"]["rows"] == 8 and result["baseline"]["tokens"] > 0
+    assert result["ratio"] == pytest.approx(result["baseline"]["tokens"] / expected)
+
+
+# --- adapters --------------------------------------------------------------------------------------------
+
+
+def test_missing_adapter_fails_before_any_model_loads_unless_optional(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="trainer.evaluate"):
+        assert resolve_adapter(str(tmp_path / "no-such-adapter"), field_name="adapter", optional=True) is None
+    assert "evaluating the base model only" in caplog.text
+    with pytest.raises(EvalError, match="adapter: adapter .* not found.*Fix: train one first"):
+        resolve_adapter("org/no-such-adapter", field_name="adapter")
+    with pytest.raises(EvalError, match="holds no adapter_config.json"):
+        resolve_adapter(str(tmp_path), field_name="adapter")
+
+
+# --- recipes ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_eval_recipe_loads_and_validates(recipe):
+    config = build_eval_config(recipe)
+    assert isinstance(config, EvalConfig) and config.benchmarks and config.output_dir
+    assert all(b.path and b.split and b.columns.question and b.columns.answer for b in config.benchmarks)
+
+
+def test_medical_recipe_covers_multimedqa_from_the_hub():
+    config = build_eval_config(ROOT / "configs/eval/medical.yaml")
+    assert (config.model, config.adapter) == ("Qwen/Qwen3-4B", "org/qwen3-4b-nanoflux-medical-lora")
+    paths = {b.path for b in config.benchmarks}
+    assert paths == {"GBaker/MedQA-USMLE-4-options", "openlifescienceai/medmcqa", "qiaojin/PubMedQA", "cais/mmlu"}
+    assert {b.subset for b in config.benchmarks if b.format == "mmlu"} >= {"clinical_knowledge", "college_medicine", "medical_genetics", "professional_medicine", "anatomy", "college_biology"}
+
+
+def test_cli_overrides_reach_benchmark_entries_by_index_or_name():
+    config = build_eval_config(ROOT / "configs/eval/local.yaml", ["--limit", "2", "--benchmarks.medqa.limit", "3", "--benchmarks.0.split=test", "--adapter", "null"])
+    assert config.limit == 2 and config.adapter is None
+    assert config.benchmarks[0].split == "test" and config.benchmarks[1].limit == 3
+    with pytest.raises(ConfigError, match="benchmarks.nope: no such benchmark entry.*Fix: use an index"):
+        build_eval_config(ROOT / "configs/eval/local.yaml", ["--benchmarks.nope.limit", "3"])
+
+
+@pytest.mark.parametrize(
+    "change, field, fix",
+    [
+        ({"max_new_tokns": 64}, "max_new_tokns", "did you mean `max_new_tokens`"),
+        ({"max_new_tokens": 0}, "max_new_tokens", ">= 1"),
+        ({"batch_size": "eight"}, "batch_size", "give a int value"),
+        ({"dtype": "fp8"}, "dtype", "use auto, float32"),
+        ({"benchmarks": []}, "benchmarks", "list at least one"),
+        ({"benchmarks": [{"format": "medqaa"}]}, "benchmarks[0].format", "use one of gsm_hard, medqa"),
+        ({"benchmarks": [{"format": "mmlu"}]}, "benchmarks[0].subset", "clinical_knowledge"),
+        ({"benchmarks": [{"format": "medqa", "limit": 0}]}, "benchmarks[0].limit", ">= 1"),
+        ({"benchmarks": [{"format": "medqa", "colums": {}}]}, "benchmarks[0].colums", "did you mean `benchmarks[0].columns`"),
+        ({"benchmarks": [{"format": "choice", "path": "x.jsonl", "columns": {"answer_type": "number"}}]}, "benchmarks[0].columns.answer_type", "letter, index or auto"),
+        ({"benchmarks": [{"format": "choice"}]}, "benchmarks[0].path", "set path"),
+        ({"benchmarks": [{"format": "medqa"}, {"format": "medqa"}]}, "benchmarks", "its own `name`"),
+        ({"compute": {"nanoflux_data": "org/nanoflux-medical"}}, "compute.baseline", "full benchmark training set"),
+        ({"bootstrap_samples": 10}, "bootstrap_samples", ">= 100"),
+    ],
+)
+def test_malformed_recipe_fails_naming_the_field_the_value_and_the_fix(tmp_path, change, field, fix):
+    data = {**yaml.safe_load((ROOT / "configs/eval/local.yaml").read_text()), **change}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        build_eval_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{field}:") and "(got " in message and "Fix:" in message and fix in message
+
+
+# --- real model (slow) -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_main_runs_the_local_recipe_end_to_end(embedded_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the recipe's fixture paths are relative to the repository
+    config = build_eval_config(ROOT / "configs/eval/local.yaml", ["--limit", "2", "--adapter", "null", "--output_dir", str(tmp_path)])
+    results = main(config)
+
+    names = [b.name for b in config.benchmarks]
+    assert results["variants"] == ["base"] and results["adapter"] is None
+    assert set(results["results"]) == set(names)
+    for name in names:
+        r = results["results"][name]["base"]
+        assert r["n"] == 2 and 0 <= r["correct"] <= 2 and r["ci_low"] <= r["accuracy"] <= r["ci_high"]
+        details = [json.loads(line) for line in (tmp_path / "details" / f"{name}-base.jsonl").read_text().splitlines()]
+        assert len(details) == 2 and set(details[0]) == {"id", "prompt", "output", "extracted", "gold", "correct"}
+        assert r["unparseable"] == sum(d["extracted"] is None for d in details)
+        assert r["correct"] == sum(d["correct"] for d in details)
+    assert results["generation"]["max_new_tokens"] == 64 and results["generation"]["greedy"]
+    assert results["compute"]["nanoflux"]["rows"] == 4 and results["compute"]["ratio"] > 0
+    assert json.loads((tmp_path / "results.json").read_text())["variants"] == ["base"]
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "results.png").is_file()
+
+
+@pytest.mark.slow
+def test_adapter_variants_switch_adapters_on_one_base(embedded_model_dir, tmp_path):
+    """A LoRA initialised to zero must reproduce the base outputs exactly; a random one must not."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    for name, init in (("identity", True), ("random", False)):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(embedded_model_dir)
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=init, task_type="CAUSAL_LM")
+        get_peft_model(model, lora).save_pretrained(tmp_path / name)
+
+    config = EvalConfig(
+        adapter=str(tmp_path / "identity"), baseline_adapter=str(tmp_path / "random"),
+        benchmarks=[BenchmarkConfig(format="medqa", path=str(FIXTURES / "medqa.jsonl"), limit=2)],
+        max_new_tokens=8, batch_size=2, reasoning=False, output_dir=str(tmp_path / "eval"),
+    )  # fmt: skip
+    config.validate()
+    results = main(config)
+
+    assert results["variants"] == ["base", "adapter", "baseline"]
+    outputs = {v: [json.loads(line)["output"] for line in (tmp_path / "eval" / "details" / f"medqa-{v}.jsonl").read_text().splitlines()] for v in results["variants"]}
+    assert outputs["adapter"] == outputs["base"]
+    assert outputs["baseline"] != outputs["base"]

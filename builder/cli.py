@@ -11,6 +11,13 @@ import sys
 from pathlib import Path
 
 
+def _add_release_target(sub: argparse.ArgumentParser, what: str, repo: str) -> None:
+    sub.add_argument("output_dir", help=what)
+    sub.add_argument("--repo_id", required=True, help=repo)
+    sub.add_argument("--hub_dir", help="a local repository folder instead of the Hub")
+    sub.add_argument("--private", action="store_true", help="create the repo as private")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanoflux", description="NanoFlux: adversarial dual-LLM dataset building and distillation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,10 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         help="publish (or retry publishing) a finished build as the next dataset version",
         description="Publish a finished build: one commit (data, card, config, provenance), then a vN tag on it.",
     )
-    release.add_argument("output_dir", help="a finished build's output dir")
-    release.add_argument("--repo_id", required=True, help="dataset repo, org/name")
-    release.add_argument("--hub_dir", help="a local repository folder instead of the Hub")
-    release.add_argument("--private", action="store_true", help="create the repo as private")
+    _add_release_target(release, "a finished build's output dir", "dataset repo, org/name")
     release.add_argument("--overwrite", action="store_true", help="publish the latest version's tag again")
 
     train = commands.add_parser(
@@ -53,10 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         help="push (or retry pushing) a trained adapter without retraining",
         description="Upload a trained adapter's files and card to a model repo in one commit.",
     )
-    adapter.add_argument("output_dir", help="a finished training run's output dir")
-    adapter.add_argument("--repo_id", required=True, help="model repo, org/name")
-    adapter.add_argument("--hub_dir", help="a local repository folder instead of the Hub")
-    adapter.add_argument("--private", action="store_true", help="create the repo as private")
+    _add_release_target(adapter, "a finished training run's output dir", "model repo, org/name")
 
     for sub in (build, release, train, evaluate, adapter):
         sub.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING, ...")

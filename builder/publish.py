@@ -317,6 +317,17 @@ def render_card(
     ).content
 
 
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions of `names` (None for one that is not installed), for provenance records."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 def _role_id(role: dict[str, Any]) -> str:
     from builder.config import RoleConfig
 
@@ -338,10 +349,7 @@ def provenance(
             "base_url": public_url(role["base_url"]),
             "generation": {k: role[k] for k in ("max_tokens", "temperature", "top_p", "structured_output")},
         }
-    packages = {}
-    for name in PROVENANCE_PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            packages[name] = metadata.version(name)
+    packages = package_versions(PROVENANCE_PACKAGES)
     return {
         "repo_id": repo_id,
         "version": version,

@@ -25,7 +25,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from builder.config import ConfigError, check_range, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
 from builder.embedded import DEFAULT_MODEL_ID, PACKAGED_MODELS
+from builder.publish import package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -843,20 +843,13 @@ def main(config: EvalConfig) -> dict[str, Any]:
         "bootstrap": {"samples": config.bootstrap_samples, "seed": config.seed, "level": CI_LEVEL},
         "compute": compute,
         "config": to_dict(config),
-        "packages": {name: _version(name) for name in VERSIONED_PACKAGES},
+        "packages": package_versions(VERSIONED_PACKAGES),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_results(results, output_dir)
     logger.info("Results in %s (%.0f s)", output_dir, results["wall_time_s"])
     return results
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 # --- outputs ---------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import time
 import typing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import yaml
 
 from builder.config import check_range, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
 from builder.embedded import DEFAULT_MODEL_ID, PACKAGED_MODELS
-from builder.publish import PublishError, open_target
+from builder.publish import PublishError, open_target, package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -362,7 +361,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
             "seed": config.seed,
         },
         "license": config.license,
-        "packages": {name: _version(name) for name in VERSIONED_PACKAGES},
+        "packages": package_versions(VERSIONED_PACKAGES),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if not all(math.isfinite(loss) for _, loss in losses):
@@ -379,13 +378,6 @@ def main(config: TrainConfig) -> dict[str, Any]:
     if config.push_to_hub:
         summary["pushed_commit"] = publish_adapter(output_dir, config.push_to_hub, config.adapter_hub_dir, private=config.private)
     return summary
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 # --- card and push ---------------------------------------------------------------------------------------

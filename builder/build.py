@@ -37,7 +37,7 @@ from builder.dataset import JUDGE_STATUSES, sft_messages, write_rows
 from builder.journal import Journal
 from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
 from builder.sandbox import SandboxLimits
-from builder.tools import ToolCall, answers_match, format_tool_results, lookup_tool, parse_number, python_tool
+from builder.tools import ToolCall, answers_match, format_tool_results, lookup_tool, python_tool
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,6 @@ class Outcome:
 class Stats:
     calls_sent: int = 0
     calls_replayed: int = 0
-    retries: int = 0
     endpoint_failures: Counter = field(default_factory=Counter)
 
 
@@ -192,7 +191,6 @@ class Caller:
             }
         )
         self.stats.calls_sent += 1
-        self.stats.retries += response.retries
         response.meta["finished_at"] = finished_at
         return response
 
@@ -306,7 +304,6 @@ async def run_round(ctx: Context, round_index: int, history: list[dict[str, Any]
         }
 
     attacked = [row for row in await asyncio.gather(*(attack(i) for i in range(config.attacks_per_round))) if row]
-    ctx.counts["generated"] += len(attacked)
 
     vectors = embed(ctx.embedder, [row["question"] for row in attacked])
     for row, decision in zip(attacked, ctx.novelty.check(vectors)):
@@ -359,8 +356,7 @@ async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense
             _set_judgement(row, "tool_error", tool_calls=calls, error=f"verification code: {call.error}")
             return
         if config.answer_format == "number":
-            computed = parse_number(call.output)
-            verified = computed is not None and answers_match(call.output, attack.reference_answer, "number")
+            verified = answers_match(call.output, attack.reference_answer, "number")
     elif config.answer_format == "number":
         verified = False  # a numeric reference answer must come with the program that computes it
     if "lookup" in config.judge_tools:
@@ -540,6 +536,7 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
     log_summary(summary, output_dir)
     if config.push_to_hub:
         # The build is safe on disk; if this fails, `nanoflux publish <output_dir>` retries without rebuilding.
+        # publish() reads the repo's latest version again: it may have moved on during a long build.
         with publish.open_target(config.hub_dir) as api:
             release = publish.publish(output_dir, config.push_to_hub, api=api, private=config.private)
         summary["release"] = dataclasses.asdict(release) if release else None

@@ -43,8 +43,10 @@ class Journal:
             logger.warning("%s: ignored %d incomplete line(s) left by an interrupted run", self.path, torn)
         # Start the next append on a fresh line even if the last one was torn.
         with self.path.open("rb+") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() and (f.seek(-1, os.SEEK_END) or f.read(1) != b"\n"):
+            if f.seek(0, os.SEEK_END) == 0:
+                return
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
                 f.write(b"\n")
 
     def get(self, key: str) -> dict[str, Any] | None:

@@ -23,3 +23,13 @@ def test_a_torn_last_line_from_a_kill_is_ignored_and_appends_start_on_a_new_line
     journal.close()
     assert [json.loads(line)["key"] for line in path.read_text().splitlines()[::2]] == ["a", "c"]
     assert list(Journal(path).records) == ["a", "c"]
+
+
+def test_reopening_a_clean_journal_leaves_it_byte_for_byte_unchanged(tmp_path):
+    path = tmp_path / "calls.jsonl"
+    journal = Journal(path)
+    journal.put({"key": "a", "text": "1"})
+    journal.close()
+    before = path.read_bytes()
+    Journal(path).close()
+    assert path.read_bytes() == before

@@ -28,7 +28,8 @@ when the `hf_xet` package is installed (it is not a NanoFlux dependency).
 
 Endpoints (what huggingface_hub 2.4 and datasets 5.2 call): whoami-v2, repos/create, repos/delete, validate-yaml,
 repo info (+ /revision/{rev}), preupload, commit, tag, branch, refs, tree (paginated), paths-info, commits,
-settings, auth-check, LFS batch + upload + verify, and GET/HEAD resolve (Range supported). Anything else is a
+settings, auth-check, LFS batch + upload + verify, GET/HEAD resolve (Range supported), and with a `JobRunner` the
+HF Jobs API (run, inspect, list, logs, cancel; see builder.localjobs). Anything else is a
 plain 404, which is what clients expect for optional services (parquet export, croissant, dataset viewer).
 Repo ids are always `namespace/name`. Pull requests, Xet and super-squash are not implemented.
 """
@@ -58,7 +59,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-__all__ = ["HubError", "LocalHub", "RepoStore", "main"]
+from builder.localjobs import JobError, JobRunner
+
+__all__ = ["HubError", "JobRunner", "LocalHub", "RepoStore", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -468,6 +471,7 @@ class _Response:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     file: tuple[Path, int, int] | None = None  # (path, start, length): streamed instead of body
+    stream: Iterator[bytes] | None = None  # written as it comes, then the connection closes (server-sent events)
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> _Response:
@@ -484,6 +488,7 @@ def _error(err: HubError) -> _Response:
 
 _REPO = r"/api/(?P<type>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
 _WEB_REPO = r"/(?:(?P<type>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+?)"  # models have no prefix
+_JOBS = r"/api/jobs/(?P<ns>[^/]+)"
 _ROUTES: list[tuple[frozenset[str], re.Pattern[str], str]] = [
     (frozenset(m.split()), re.compile(p), h)
     for m, p, h in [
@@ -505,6 +510,11 @@ _ROUTES: list[tuple[frozenset[str], re.Pattern[str], str]] = [
         ("POST", _WEB_REPO + r"\.git/info/lfs/objects/batch", "lfs_batch"),
         ("PUT POST", r"/_localhub/lfs/" + _REPO[len("/api/") :] + r"/(?P<oid>[0-9a-f]{64})", "lfs_object"),
         ("GET HEAD", _WEB_REPO + r"/(?:resolve|raw)/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+        ("POST", _JOBS, "create_job"),
+        ("GET", _JOBS, "list_jobs"),
+        ("GET", _JOBS + r"/(?P<job>[^/]+)", "job_info"),
+        ("GET", _JOBS + r"/(?P<job>[^/]+)/logs", "job_logs"),
+        ("POST", _JOBS + r"/(?P<job>[^/]+)/cancel", "cancel_job"),
     ]
 ]
 
@@ -552,8 +562,10 @@ class LocalHub:
         token: str | None = None,
         user: str = "localhub",
         orgs: Sequence[str] = (),
+        jobs: JobRunner | None = None,
     ):
         self.store = RepoStore(root)
+        self.jobs = jobs
         self.root = self.store.root
         self.host, self.port = host, port
         self.token, self.user, self.orgs = token, user, tuple(orgs)
@@ -594,6 +606,8 @@ class LocalHub:
         httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.jobs is not None:
+            self.jobs.close()
 
     def __enter__(self) -> LocalHub:
         return self.start()
@@ -1102,6 +1116,44 @@ class _Ctx:
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         return _Response(status, b"", headers, file=(blob, start, length))
 
+    # -- jobs (see builder.localjobs) --------------------------------------------------------------
+
+    def _jobs(self) -> JobRunner:
+        if self.hub.jobs is None:
+            raise HubError(404, "Jobs are not enabled on this server (start it with --run-jobs)")
+        self.require_write()  # jobs run code: never without credentials
+        return self.hub.jobs
+
+    def _job_call(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except JobError as err:
+            raise HubError(err.status, err.message) from None
+
+    def do_create_job(self) -> _Response:
+        jobs = self._jobs()
+        ns = self.args["ns"]
+        owner = {"id": hashlib.sha1(ns.encode()).hexdigest()[:24], "name": ns, "type": "user" if ns == self.hub.user else "org"}
+        job = self._job_call(jobs.submit, ns, self.json_body(), owner, self.base_url)
+        return _json(job.info())
+
+    def do_list_jobs(self) -> _Response:
+        return _json([job.info() for job in self._jobs().list(self.args["ns"])])
+
+    def do_job_info(self) -> _Response:
+        return _json(self._job_call(self._jobs().get, self.args["ns"], self.args["job"]).info())
+
+    def do_job_logs(self) -> _Response:
+        jobs = self._jobs()
+        job = self._job_call(jobs.get, self.args["ns"], self.args["job"])
+        # Live, as on the Hub: the stream ends when the job does (a client that wants only the past stops reading).
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        return _Response(200, headers=headers, stream=jobs.events(job, follow=True))
+
+    def do_cancel_job(self) -> _Response:
+        jobs = self._jobs()
+        return _json(self._job_call(jobs.cancel, self.args["ns"], self.args["job"]).info())
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -1151,9 +1203,17 @@ class _Handler(BaseHTTPRequestHandler):
         if response.status >= 400:
             logger.debug("%s %s -> %d %s", method, self.path, response.status, response.body[:200])
         self.send_response(response.status)
-        length = response.file[2] if response.file else len(response.body)
         for key, value in response.headers.items():
             self.send_header(key, value)
+        if response.stream is not None:
+            self.send_header("Connection", "close")  # no length: the body ends when the connection does
+            self.end_headers()
+            self.close_connection = True
+            for chunk in response.stream:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+            return
+        length = response.file[2] if response.file else len(response.body)
         self.send_header("Content-Length", str(length))
         self.end_headers()
         if method == "HEAD":
@@ -1181,10 +1241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--token", default=os.environ.get("LOCALHUB_TOKEN"),
                         help="require this bearer token for writes (default: $LOCALHUB_TOKEN, else open)")  # fmt: skip
     parser.add_argument("--user", default="localhub", help="user name reported by whoami and used as author")
+    parser.add_argument("--run-jobs", action="store_true",
+                        help="serve the HF Jobs API, running each job's command here as a local process (trusted clients only)")  # fmt: skip
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    hub = LocalHub(args.root, host=args.host, port=args.port, token=args.token, user=args.user).start()
+    jobs = JobRunner() if args.run_jobs else None
+    hub = LocalHub(args.root, host=args.host, port=args.port, token=args.token, user=args.user, jobs=jobs).start()
     hint = f"HF_ENDPOINT={hub.url} HF_HUB_DISABLE_XET=1 HF_UPDATE_DOWNLOAD_COUNTS=0"
     logger.info("Point Hugging Face clients at it (set before they are imported): export %s", hint)
     example = "import datasets; print(datasets.load_dataset('org/name', revision='v1'))"

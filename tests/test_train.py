@@ -348,3 +348,32 @@ def test_a_run_pushes_to_a_local_adapter_repo_in_one_commit_and_evaluates(tmp_pa
     assert head == summary["pushed_commit"] and len(list(store.history("model", ADAPTER_REPO, head))) == 2
     card = store.read_file("model", ADAPTER_REPO, head, "README.md").decode()
     assert f"{REPO}@v1@{tags['v1']}" in card and "Loss on the eval split" in card
+
+
+@pytest.mark.slow
+def test_a_run_killed_part_way_resumes_from_its_last_checkpoint(tmp_path, embedded_model_dir, monkeypatch):
+    import trl
+
+    make_dataset_repo(tmp_path / "hub")
+    config = _config(tmp_path / "hub", tmp_path / "adapter", "--save_steps", "2")  # 4 steps, a checkpoint every 2
+    steps = []
+    original = trl.SFTTrainer.training_step
+
+    def crash_at_step_3(self, *args, **kwargs):
+        steps.append(self.state.global_step + 1)
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        main(config)
+    assert (tmp_path / "adapter" / "checkpoint-2").is_dir() and not (tmp_path / "adapter" / "adapter_config.json").exists()
+
+    steps.clear()
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", lambda self, *a, **k: steps.append(self.state.global_step + 1) or original(self, *a, **k))
+    summary = main(config)
+    assert steps == [3, 4]  # only what the checkpoint did not hold was trained again
+    assert (summary["resumed_from"], summary["steps"]) == ("checkpoint-2", 4)
+    assert [step for step, _ in summary["loss"]["curve"]] == [1, 2, 3, 4]  # the log history came back with the state
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()

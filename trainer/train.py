@@ -95,6 +95,20 @@ class TrainConfig:
     """Create the adapter repo as private."""
     license: str = "apache-2.0"
     """License in the adapter card (follow the base model's)."""
+    save_steps: int = 0
+    """Save a checkpoint every this many steps (0: none). A re-run with the same output_dir resumes from the last one."""
+    backend: str = "local"
+    """`local`: train here. `jobs`: submit the run as a Hugging Face Job (see trainer/jobs.py); needs push_to_hub."""
+    flavor: str = "a10g-large"
+    """Jobs hardware flavor (backend jobs), e.g. a10g-large, a100-large, h100."""
+    job_timeout: str = "2h"
+    """Jobs time limit (backend jobs): seconds, or a number with s/m/h/d. The job is killed after it."""
+    job_image: str = "pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime"
+    """Docker image the job runs in (backend jobs): CUDA, Python and torch; NanoFlux is installed on top."""
+    job_package: str | None = None
+    """pip requirement for NanoFlux inside the job (backend jobs); null: upload this checkout as a wheel."""
+    job_namespace: str | None = None
+    """User or org the job runs (and is billed) under (backend jobs); null: the token's user."""
 
     def validate(self) -> None:
         _check_repo_id("dataset_name", self.dataset_name)
@@ -119,6 +133,13 @@ class TrainConfig:
         check_range("logging_steps", self.logging_steps, 1, 1_000_000)
         if not self.output_dir.strip():
             fail("output_dir", self.output_dir, "empty", "name a folder, e.g. outputs/adapter")
+        check_range("save_steps", self.save_steps, 0, 1_000_000)
+        if self.backend not in ("local", "jobs"):
+            fail("backend", self.backend, "unknown", "use local (train here) or jobs (a Hugging Face Job)")
+        if self.backend == "jobs":
+            from trainer.jobs import check_job_settings
+
+            check_job_settings(self)
         if self.push_to_hub is not None:
             _check_repo_id("push_to_hub", self.push_to_hub)
         elif self.adapter_hub_dir is not None:
@@ -251,6 +272,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, PeftConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     if config.bf16 and not torch.accelerator.is_available():
@@ -289,7 +311,10 @@ def main(config: TrainConfig) -> dict[str, Any]:
         logging_nan_inf_filter=False,  # log the loss as it is: the default hides NaN/inf steps behind an average
         seed=config.seed,
         include_num_input_tokens_seen="non_padding",  # the tokens actually trained on, for the card
-        save_strategy="no",  # one adapter, saved at the end: no checkpoints (optimizer states) in the folder that is uploaded
+        # Checkpoints (adapter + optimizer state) go to checkpoint-N/ folders, which are never uploaded.
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=2,
         report_to="none",
         dataloader_pin_memory=torch.cuda.is_available(),
     )
@@ -304,8 +329,12 @@ def main(config: TrainConfig) -> dict[str, Any]:
     trainable, total = trainer.model.get_nb_trainable_parameters()
     logger.info("LoRA: %d trainable parameters of %d (%.3f%%)", trainable, total, 100 * trainable / total)
 
+    # A run killed part-way resumes from its last checkpoint (optimizer, scheduler, data order and step restored).
+    checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if checkpoint:
+        logger.info("Resuming from %s", checkpoint)
     start = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
     eval_loss = trainer.evaluate()["eval_loss"] if eval_dataset is not None else None
 
@@ -331,6 +360,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
             "eval_rows": len(eval_dataset) if eval_dataset is not None else None,
         },
         "steps": trainer.state.global_step,
+        "resumed_from": Path(checkpoint).name if checkpoint else None,
         "epochs": trainer.state.epoch,
         "train_tokens": trainer.state.num_input_tokens_seen,
         "wall_time_s": round(wall, 1),

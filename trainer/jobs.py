@@ -1,0 +1,179 @@
+"""Run `nanoflux train` as a Hugging Face Job (`--backend jobs`): a GPU on the Hub, the adapter pushed before it ends.
+
+Usage:
+    nanoflux train --config configs/train/qwen3-4b-lora.yaml --backend jobs --flavor a100-large
+    nanoflux train --config configs/train/qwen3-4b-lora.yaml --backend jobs --detach   # print the job id and return
+    nanoflux jobs status <job_id>
+    nanoflux jobs logs <job_id> [--follow]
+
+`main(config)` reads top to bottom: check, before anything is submitted, that the dataset version exists and the
+adapter repo is writable (the job's GPU time is the expensive part, so a wrong revision fails here, in seconds);
+make NanoFlux installable inside the job (the `job_package` pip requirement, or else this checkout built as a wheel
+and uploaded to the private dataset repo `<namespace>/nanoflux-jobs`, as `hf jobs uv run` does with scripts); then
+submit through `huggingface_hub`'s jobs API (`HfApi.run_job`) and follow the logs until the job ends.
+
+Inside the job the same recipe runs with `backend: local`: it travels as YAML in the `NANOFLUX_TRAIN_RECIPE`
+variable, and HF_TOKEN travels as a job *secret* (never in the environment, the command or the recipe). A job's disk is
+ephemeral, so the recipe must push the adapter (`push_to_hub`): the push is the last step of the run, before it exits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder.config import fail, to_dict
+
+logger = logging.getLogger(__name__)
+
+RECIPE_ENV = "NANOFLUX_TRAIN_RECIPE"
+PACKAGE_REPO = "nanoflux-jobs"  # private dataset repo in the job's namespace holding uploaded wheels
+TERMINAL_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
+TIMEOUT_RE = re.compile(r"^\d+(\.\d+)?[smhd]?$")
+# Runs in the job's image. An image with NanoFlux preinstalled skips the install.
+JOB_SCRIPT = """set -euo pipefail
+if ! command -v nanoflux >/dev/null; then
+  pip install --quiet --no-cache-dir "huggingface_hub>=1.0"
+  {fetch}
+  pip install --quiet --no-cache-dir {package}
+fi
+printf '%s' "${recipe_env}" > nanoflux_train.yaml
+exec nanoflux train --config nanoflux_train.yaml
+"""
+
+
+class JobsError(RuntimeError):
+    """A job could not be submitted or did not finish; the message says why and what to do."""
+
+
+def check_job_settings(config: Any) -> None:
+    """What a job needs from a training recipe, checked before anything is uploaded or submitted."""
+    if not config.push_to_hub:
+        fail("push_to_hub", config.push_to_hub, "required with backend jobs (a job's disk is gone when it ends)", "set it to the adapter repo, org/name")
+    if config.hub_dir is not None:
+        fail("hub_dir", config.hub_dir, "a local folder is not visible to a job", "publish the dataset to the Hub and remove hub_dir")
+    if config.adapter_hub_dir is not None:
+        fail("adapter_hub_dir", config.adapter_hub_dir, "a local folder is not visible to a job", "remove adapter_hub_dir")
+    if not config.flavor.strip():
+        fail("flavor", config.flavor, "empty", "name a Jobs hardware flavor, e.g. a10g-large or a100-large")
+    if not TIMEOUT_RE.match(str(config.job_timeout)):
+        fail("job_timeout", config.job_timeout, "not a duration", "write seconds or a number with s/m/h/d, e.g. 90m or 2h")
+    if not config.job_image.strip():
+        fail("job_image", config.job_image, "empty", "name a Docker image with CUDA and Python, e.g. pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime")
+
+
+def job_recipe(config: Any) -> str:
+    """The recipe the job runs: the same settings, trained where it runs (backend local)."""
+    return yaml.safe_dump({**to_dict(config), "backend": "local"}, sort_keys=False)
+
+
+def job_spec(config: Any, *, package: str, fetch: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for `HfApi.run_job` (secrets added at submission): image, command, env, flavor, timeout.
+
+    `package` is what `pip install` gets inside the job (a requirement, or the path `fetch` downloads a wheel to).
+    """
+    script = JOB_SCRIPT.format(fetch=fetch or ":", package=shlex.quote(package), recipe_env=RECIPE_ENV)
+    return {
+        "image": config.job_image,
+        "command": ["bash", "-c", script],
+        "env": {RECIPE_ENV: job_recipe(config), "PYTHONUNBUFFERED": "1"},
+        "flavor": config.flavor,
+        "timeout": config.job_timeout,
+        "labels": {"nanoflux": "train", "adapter": config.push_to_hub.replace("/", "--")},
+    }
+
+
+def build_wheel(source: Path) -> Path:
+    """This checkout as a wheel (no dependencies: the job's pip resolves them)."""
+    if not (source / "pyproject.toml").is_file():
+        raise JobsError(f"job_package: NanoFlux is not installed from a source checkout ({source} has no pyproject.toml), so there is nothing to upload. Fix: set job_package to a pip requirement for NanoFlux")
+    out = Path(tempfile.mkdtemp(prefix="nanoflux-wheel-"))
+    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(source)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheels = list(out.glob("nanoflux-*.whl"))
+    if result.returncode != 0 or len(wheels) != 1:
+        raise JobsError(f"building the NanoFlux wheel failed: {result.stderr.strip()[-500:]}. Fix: set job_package to a pip requirement for NanoFlux")
+    return wheels[0]
+
+
+def upload_package(api: Any, namespace: str, wheel: Path) -> tuple[str, str]:
+    """Upload `wheel` to the private `<namespace>/nanoflux-jobs` dataset repo under a content hash; (repo, path)."""
+    repo = f"{namespace}/{PACKAGE_REPO}"
+    data = wheel.read_bytes()
+    path = f"wheels/{hashlib.sha256(data).hexdigest()[:16]}/{wheel.name}"  # the wheel's own name keeps pip happy
+    api.create_repo(repo, repo_type="dataset", private=True, exist_ok=True)
+    if not api.file_exists(repo, path, repo_type="dataset"):
+        api.upload_file(path_or_fileobj=data, path_in_repo=path, repo_id=repo, repo_type="dataset", commit_message=f"NanoFlux job package {wheel.name}")
+    return repo, path
+
+
+def main(config: Any, *, detach: bool = False, on_log: Callable[[str], None] | None = None) -> Any:
+    """Submit the training run as a job; unless `detach`, follow its logs until it ends. Returns the final JobInfo."""
+    from huggingface_hub import HfApi, get_token
+
+    from trainer.train import _hub_commit, _preflight
+
+    check_job_settings(config)
+    token = get_token()
+    if not token:
+        raise JobsError("HF_TOKEN: not set and not logged in; a job needs a write token (passed to it as a secret). Fix: export HF_TOKEN=hf_... or run `hf auth login`")
+    api = HfApi(token=token)
+    namespace = config.job_namespace or api.whoami()["name"]
+    # Before anything is uploaded or submitted: the data exists at that version and the adapter repo is writable.
+    commit = _hub_commit(config.dataset_name, config.revision)
+    logger.info("Dataset %s@%s = commit %s", config.dataset_name, config.revision, commit[:12])
+    _preflight(config)
+
+    if config.job_package:
+        spec = job_spec(config, package=config.job_package)
+    else:
+        source = Path(__file__).resolve().parent.parent
+        repo, path = upload_package(api, namespace, build_wheel(source))
+        fetch = f"hf download {repo} {shlex.quote(path)} --repo-type dataset --local-dir nanoflux-package"
+        spec = job_spec(config, package=f"nanoflux-package/{path}", fetch=fetch)
+        logger.info("Uploaded this checkout as %s in %s", path, repo)
+    job = api.run_job(**spec, secrets={"HF_TOKEN": token}, namespace=namespace)
+    logger.info("Submitted job %s on %s: %s", job.id, config.flavor, job.url)
+    if detach:
+        return job
+    for line in logs(job.id, namespace=namespace, follow=True):
+        (on_log or logger.info)(line)
+    job = api.wait_for_job(job.id, namespace=namespace, poll_interval=2.0)
+    if job.status.stage != "COMPLETED":
+        raise JobsError(f"job {job.id} ended {job.status.stage}: {job.status.message or 'no message'}. See `nanoflux jobs logs {job.id}`")
+    logger.info("Job %s completed; the adapter is in %s", job.id, config.push_to_hub)
+    return job
+
+
+def status(job_id: str, *, namespace: str | None = None) -> dict[str, Any]:
+    """A job's state as plain data: stage, message, times, flavor, image and the adapter it trains."""
+    from huggingface_hub import HfApi
+
+    job = HfApi().inspect_job(job_id=job_id, namespace=namespace)
+    return {
+        "id": job.id,
+        "stage": str(getattr(job.status.stage, "value", job.status.stage)),
+        "message": job.status.message,
+        "flavor": str(getattr(job.flavor, "value", job.flavor)),
+        "image": job.docker_image or job.space_id,
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "labels": job.labels or {},
+        "url": job.url,
+    }
+
+
+def logs(job_id: str, *, namespace: str | None = None, follow: bool = False) -> Iterator[str]:
+    """A job's log lines (with `follow`, live until it ends)."""
+    from huggingface_hub import HfApi
+
+    yield from HfApi().fetch_job_logs(job_id=job_id, namespace=namespace, follow=follow)

@@ -377,3 +377,34 @@ def test_a_run_killed_part_way_resumes_from_its_last_checkpoint(tmp_path, embedd
     assert (summary["resumed_from"], summary["steps"]) == ("checkpoint-2", 4)
     assert [step for step, _ in summary["loss"]["curve"]] == [1, 2, 3, 4]  # the log history came back with the state
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_full_benchmark_baseline_trains_on_a_benchmark_training_split(tmp_path, embedded_model_dir):
+    bench = "{format: medqa, path: " + str(ROOT / "tests/fixtures/benchmarks/medqa.jsonl") + ", split: train}"
+    config = build_train_config(LOCAL_RECIPE, ["--benchmark", bench, "--output_dir", str(tmp_path / "baseline"), "--max_steps", "2"])
+    summary = main(config)
+
+    data = summary["dataset"]
+    assert (data["benchmark"], data["split"], data["commit"], summary["steps"]) == ("medqa", "train", "local", 2)
+    assert data["rows"] == sum(1 for line in (ROOT / "tests/fixtures/benchmarks/medqa.jsonl").read_text().splitlines() if line.strip())
+    card = (tmp_path / "baseline" / "README.md").read_text()
+    assert "the full-benchmark fine-tuning baseline" in card and "Benchmark `medqa`" in card
+
+
+def test_the_paper_recipes_load_and_chain_one_step_into_the_next():
+    from builder.config import build_config
+    from trainer.evaluate import build_eval_config
+
+    paper = ROOT / "configs" / "paper"
+    build = build_config(paper / "medical-build.yaml", [])
+    train = build_train_config(paper / "medical-train.yaml")
+    baseline = build_train_config(paper / "medical-baseline.yaml")
+    evaluation = build_eval_config(paper / "medical-eval.yaml")
+
+    assert (build.push_to_hub, build.target_size, build.curation.quality_levels) == (train.dataset_name, 200, [4])
+    assert (train.revision, train.model, baseline.model, evaluation.model) == ("v1", "Qwen/Qwen3-4B", "Qwen/Qwen3-4B", "Qwen/Qwen3-4B")
+    assert {k: v for k, v in vars(train).items() if k.startswith("lora_")} == {k: v for k, v in vars(baseline).items() if k.startswith("lora_")}
+    assert (evaluation.adapter, evaluation.baseline_adapter) == (train.push_to_hub, baseline.push_to_hub)
+    assert (baseline.benchmark.format, baseline.benchmark.split) == (evaluation.compute.baseline.format, evaluation.compute.baseline.split) == ("medqa", "train")
+    assert evaluation.compute.nanoflux_data == train.dataset_name

@@ -130,8 +130,9 @@ def main(config: Any, *, detach: bool = False, on_log: Callable[[str], None] | N
     api = HfApi(token=token)
     namespace = config.job_namespace or api.whoami()["name"]
     # Before anything is uploaded or submitted: the data exists at that version and the adapter repo is writable.
-    commit = _hub_commit(config.dataset_name, config.revision)
-    logger.info("Dataset %s@%s = commit %s", config.dataset_name, config.revision, commit[:12])
+    if config.benchmark is None:
+        commit = _hub_commit(config.dataset_name, config.revision)
+        logger.info("Dataset %s@%s = commit %s", config.dataset_name, config.revision, commit[:12])
     _preflight(config)
 
     if config.job_package:

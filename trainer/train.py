@@ -36,6 +36,7 @@ import yaml
 from builder.config import check_range, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
 from builder.embedded import DEFAULT_MODEL_ID, PACKAGED_MODELS
 from builder.publish import PublishError, open_target, package_versions
+from trainer.evaluate import BenchmarkConfig
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class TrainConfig:
     """Dataset version: a tag (`v1`, `v2`, ...) or a commit sha. The card pins the commit it resolves to."""
     hub_dir: str | None = None
     """Read the dataset from this local repository folder (see `builder.localhub`) instead of the Hub."""
+    benchmark: BenchmarkConfig | None = None
+    """Train on this benchmark's own training split instead of a NanoFlux dataset, e.g. {format: medqa, split: train}:
+    the paper's full-benchmark fine-tuning baseline (dataset_name and revision are then not used)."""
     eval_split: str | None = None
     """A split of the dataset repo to compute an eval loss on after training (null: none)."""
     model: str = DEFAULT_MODEL_ID
@@ -116,6 +120,8 @@ class TrainConfig:
             fail("revision", self.revision, "empty", "name a dataset version, e.g. v1")
         if not self.model.strip():
             fail("model", self.model, "empty", f"give a Hub model id, e.g. {DEFAULT_MODEL_ID}")
+        if self.benchmark is not None:
+            self.benchmark.validate("benchmark")
         if self.eval_split is not None and not self.eval_split.strip():
             fail("eval_split", self.eval_split, "empty", "name a split of the dataset repo, or remove it")
         check_range("lora_r", self.lora_r, 1, 1024)
@@ -182,6 +188,8 @@ def load_train_data(config: TrainConfig) -> tuple[Any, Any, str]:
     """
     from datasets import load_dataset
 
+    if config.benchmark is not None:
+        return _benchmark_data(config.benchmark)
     repo, revision = config.dataset_name, config.revision
     with tempfile.TemporaryDirectory(prefix="nanoflux-train-data-") as checkout:
         if config.hub_dir is None:
@@ -212,6 +220,24 @@ def load_train_data(config: TrainConfig) -> tuple[Any, Any, str]:
     evaluation = sft(config.eval_split) if config.eval_split else None
     logger.info("Dataset %s@%s = commit %s: %d training conversations", repo, revision, commit[:12], len(train))
     return train, evaluation, commit
+
+
+def _benchmark_data(bench: BenchmarkConfig) -> tuple[Any, None, str]:
+    """A benchmark's training split as SFT conversations (prompt -> explanation, then `Final answer: <gold>`), the
+    same conversations `nanoflux eval`'s compute accounting counts; the commit is the Hub commit it resolved to."""
+    from datasets import Dataset
+
+    from trainer.evaluate import EvalError, benchmark_conversations, load_benchmark, resolve_revision
+
+    commit = resolve_revision(bench) or "local"
+    try:
+        examples = load_benchmark(bench, revision=None if commit == "local" else commit)
+    except (EvalError, OSError, ValueError) as err:
+        raise TrainError(f"benchmark: cannot read {bench.path} [{bench.split}] ({str(err).splitlines()[0]}). Fix: check benchmark.path, subset and split") from None
+    if not examples:
+        raise TrainError(f"benchmark: {bench.path} [{bench.split}] has no rows with a usable answer. Fix: check benchmark.columns")
+    logger.info("Baseline data: %s [%s], %d training conversations", bench.path, bench.split, len(examples))
+    return Dataset.from_dict({"messages": benchmark_conversations(examples)}), None, commit
 
 
 def _hub_commit(repo: str, revision: str) -> str:
@@ -350,15 +376,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
     device = trainer.args.device
     summary = {
         "base_model": config.model,
-        "dataset": {
-            "repo_id": config.dataset_name,
-            "revision": config.revision,
-            "commit": commit,
-            "pinned": f"{config.dataset_name}@{config.revision}@{commit}",
-            "rows": len(train_dataset),
-            "eval_split": config.eval_split,
-            "eval_rows": len(eval_dataset) if eval_dataset is not None else None,
-        },
+        "dataset": _data_record(config, commit, len(train_dataset), len(eval_dataset) if eval_dataset is not None else None),
         "steps": trainer.state.global_step,
         "resumed_from": Path(checkpoint).name if checkpoint else None,
         "epochs": trainer.state.epoch,
@@ -408,6 +426,24 @@ def main(config: TrainConfig) -> dict[str, Any]:
     if config.push_to_hub:
         summary["pushed_commit"] = publish_adapter(output_dir, config.push_to_hub, config.adapter_hub_dir, private=config.private)
     return summary
+
+
+def _data_record(config: TrainConfig, commit: str, rows: int, eval_rows: int | None) -> dict[str, Any]:
+    """What the adapter was trained on, for the summary and the card."""
+    bench = config.benchmark
+    if bench is not None:
+        revision = bench.revision or "main"
+        return {"benchmark": bench.name, "repo_id": bench.path, "subset": bench.subset, "split": bench.split, "revision": revision,
+                "commit": commit, "pinned": f"{bench.path}@{revision}@{commit}", "rows": rows, "eval_split": None, "eval_rows": None}  # fmt: skip
+    return {
+        "repo_id": config.dataset_name,
+        "revision": config.revision,
+        "commit": commit,
+        "pinned": f"{config.dataset_name}@{config.revision}@{commit}",
+        "rows": rows,
+        "eval_split": config.eval_split,
+        "eval_rows": eval_rows,
+    }
 
 
 # --- card and push ---------------------------------------------------------------------------------------

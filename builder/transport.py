@@ -119,6 +119,19 @@ def _snippet(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+HF_HOSTS = ("huggingface.co", "hf.co", "huggingface.cloud", "hf.space")
+
+
+def _is_hugging_face(base_url: str | None) -> bool:
+    """Whether a request may carry the saved Hub login when no token is given. Without a token, huggingface_hub
+    sends the login saved by `hf auth login` to *any* URL; a custom server (vLLM, llama.cpp, someone's TGI) must
+    not receive it."""
+    if base_url is None:
+        return True  # a Hub model id: Inference Providers, on huggingface.co
+    host = (urlsplit(base_url).hostname or "").lower()
+    return any(host == h or host.endswith("." + h) for h in HF_HOSTS)
+
+
 def _redact_url(url: str) -> str:
     """Scheme, host, port and path only: query strings and user-info may carry keys."""
     parts = urlsplit(url)
@@ -214,6 +227,9 @@ class EndpointClient:
                 base_url=self.base_url or None,
                 model=None if self.base_url else self.model,
                 token=self._token,
+                # Without a token huggingface_hub falls back to the saved login, whatever the URL; an explicit empty
+                # Authorization header (request headers override its own) keeps that login away from custom servers.
+                headers=None if self._token or _is_hugging_face(self.base_url) else {"authorization": ""},
                 timeout=self.retry.timeout,
             )
         return self._client, self._semaphore

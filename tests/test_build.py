@@ -175,3 +175,16 @@ def test_the_endpoint_token_reaches_the_server_but_no_file_or_log(server, tmp_pa
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert secret not in caplog.text
+
+
+def test_a_saved_hub_login_is_never_sent_to_a_custom_endpoint(server, tmp_path, monkeypatch):
+    saved = tmp_path / "saved-token"
+    saved.write_text("hf_SAVEDloginTOKEN0123456789")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(saved))  # what `hf auth login` leaves behind
+    monkeypatch.delenv("ENDPOINT_KEY", raising=False)
+    role = {"base_url": server.url, "model": "scripted/tgi", "max_tokens": 256, "timeout": 1.0, "token_env": "ENDPOINT_KEY"}
+    build.main(_config(server.url, tmp_path / "out", player_a=role, player_b=role, judge={**role, "temperature": 0.0}))
+    sent = {request.authorization for request in server.chat_requests}
+    assert server.chat_requests and sent <= {None, ""}, sent  # no credential at all

@@ -10,6 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
+import yaml
+
 
 def _add_release_target(sub: argparse.ArgumentParser, what: str, repo: str) -> None:
     sub.add_argument("output_dir", help=what)
@@ -44,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Train a LoRA adapter. Any recipe field can be overridden: --max_steps 3 --revision v2.",
     )
     train.add_argument("--config", help="YAML recipe, e.g. configs/train/local.yaml")
+    train.add_argument("--detach", action="store_true", help="with --backend jobs: print the job id and return")
+
+    jobs = commands.add_parser("jobs", help="state and logs of a training run submitted with --backend jobs")
+    jobs.add_argument("action", choices=["status", "logs"], help="status: stage, flavor, times; logs: the job's output")
+    jobs.add_argument("job_id")
+    jobs.add_argument("--namespace", help="user or org the job runs under (default: the token's user)")
+    jobs.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
 
     evaluate = commands.add_parser(
         "eval",
@@ -59,15 +68,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_release_target(adapter, "a finished training run's output dir", "model repo, org/name")
 
-    for sub in (build, release, train, evaluate, adapter):
+    sweep = commands.add_parser(
+        "sweep",
+        help="ablations: curate, train and evaluate one cell per grid point of curation settings, with a report",
+        description="Run or resume an ablation sweep over one pool. Override fields: --grid.sizes [25,50] --publish_cell ID.",
+    )
+    sweep.add_argument("--config", help="YAML recipe, e.g. configs/sweeps/local.yaml")
+    sweep.add_argument("--fresh", action="store_true", help="discard the sweep folder's cells and start over")
+
+    for sub in (build, release, train, evaluate, adapter, sweep, jobs):
         sub.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    # builder/space.py parses its own arguments (`nanoflux space [--port N]`, `nanoflux space deploy org/name`).
+    commands.add_parser("space", add_help=False, help="run the Gradio Space locally, or `space deploy org/name` to a Space repo")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args, overrides = parser.parse_known_args(argv)
-    if overrides and args.command not in ("build", "train", "eval"):
+    if args.command == "space":
+        from builder.space import main as space_main
+
+        return space_main(overrides)
+    if overrides and args.command not in ("build", "train", "eval", "sweep"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -78,7 +101,14 @@ def main(argv: list[str] | None = None) -> None:
     from builder.publish import PublishError
 
     try:
-        if args.command == "build":
+        if args.command == "sweep":
+            from trainer.sweep import SweepError, build_sweep_config, main as sweep_main
+
+            try:
+                sweep_main(build_sweep_config(args.config, overrides), fresh=args.fresh)
+            except SweepError as err:
+                sys.exit(f"nanoflux sweep: {err}")
+        elif args.command == "build":
             from builder.build import main as build_main
             from builder.config import build_config
 
@@ -90,12 +120,31 @@ def main(argv: list[str] | None = None) -> None:
             if release:
                 print(f"{release.repo_id} {release.version}: {release.num_rows} rows ({release.new_rows} new), commit {release.commit}")
         elif args.command == "train":
+            from trainer.jobs import JobsError, main as jobs_main
             from trainer.train import TrainError, build_train_config, main as train_main
 
+            config = build_train_config(args.config, overrides)
             try:
-                train_main(build_train_config(args.config, overrides))
-            except TrainError as err:
+                if config.backend == "jobs":
+                    job = jobs_main(config, detach=args.detach, on_log=print)
+                    print(f"job {job.id}: {job.status.stage} ({job.url})")
+                else:
+                    train_main(config)
+            except (TrainError, JobsError) as err:
                 sys.exit(f"nanoflux train: {err}")
+        elif args.command == "jobs":
+            from huggingface_hub.errors import HfHubHTTPError
+
+            from trainer.jobs import logs, status
+
+            try:
+                if args.action == "status":
+                    print(yaml.safe_dump(status(args.job_id, namespace=args.namespace), sort_keys=False), end="")
+                else:
+                    for line in logs(args.job_id, namespace=args.namespace, follow=args.follow):
+                        print(line, flush=True)
+            except HfHubHTTPError as err:
+                sys.exit(f"nanoflux jobs: job {args.job_id}: {str(err).splitlines()[0]}")
         elif args.command == "eval":
             from trainer.evaluate import EvalError, build_eval_config, main as eval_main, write_model_index
 

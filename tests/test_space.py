@@ -1,0 +1,691 @@
+"""The Gradio Space (spaces/): handlers as plain functions against a loopback Hub holding a two-version dataset, the
+app built without launching, `nanoflux space deploy` through huggingface_hub to the loopback Hub and to a local
+repository folder, and — marked `slow` — the comparison on the packaged SmolLM2 with LoRA adapters, then
+`nanoflux space` launched for real and driven by gradio_client and by Debian's headless Chromium (Selenium).
+
+The browser test fails when Chromium is missing and NANOFLUX_REQUIRE_BROWSER is set (CI sets it), else it is skipped.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.dataset import sft_messages, to_dataset
+from builder.localhub import LocalHub, RepoStore
+from builder.publish import DATA_PATH, PublishError
+from tests import scripted_roles
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACE_DIR = ROOT / "spaces"
+sys.path.insert(0, str(SPACE_DIR))  # as on a Space: app.py's folder is on the path and its modules import each other
+
+import gradio as gr  # noqa: E402
+
+import app as space_app  # noqa: E402
+import comparison  # noqa: E402
+
+# huggingface_hub's LFS upload passes a file object as `data=`, which httpx2 deprecates: not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+DATASET = "org/nanoflux-medical"
+ADAPTER_REPO = "org/smollm2-nanoflux-lora"
+TOKEN = "hf_FAKEspaceTOKEN0123456789abcdef"
+PROMPT = "What is the capital of France?"
+
+
+# --- a dataset repo with two versions, and evaluation results ---------------------------------------------
+
+# (question index, round, capability, judge complexity, quality level, defender correct, first version)
+ROWS = [
+    (0, 0, "cardiology", 3, 4, True, "v1"),
+    (2, 0, "biostatistics", 4, 4, False, "v1"),
+    (4, 1, "biostatistics", 2, 3, False, "v1"),
+    (1, 1, "pharmacology", 4, 5, False, "v2"),
+    (3, 1, "pharmacology", 3, 4, True, "v2"),
+]
+
+
+def make_row(q: int, round_: int, capability: str, complexity: int, quality: int, correct: bool, version: str) -> dict:
+    question = scripted_roles.QUESTIONS[q]
+    reference = scripted_roles.REFERENCES[q]
+    answer = reference if correct else "E"
+    return {
+        "id": f"r{round_}-a{q}", "round": round_, "attack_index": q, "domain": "medical", "capability": capability,
+        "target_complexity": complexity, "attacker": "player_a", "defender": "player_b", "attacker_model": "scripted-a",
+        "defender_model": "scripted-b", "judge_model": "scripted-judge", "question": question, "reference_answer": reference,
+        "explanation": f"1. Step one for question {q}. 2. Step two links the facts.", "verification_code": "",
+        "defender_reasoning": f"Defender reasoning {q}.", "defender_answer": answer, "defender_correct": correct,
+        "judge_defender_correct": correct, "question_valid": True, "reference_verified": None,
+        "judge_scores": [{"name": "clinical_accuracy", "score": quality}, {"name": "multi_hop", "score": quality}],
+        "reasoning_quality": float(quality), "quality_level": quality, "judge_complexity": complexity,
+        "judge_rationale": f"Judge rationale {q}.", "judge_status": "ok",
+        "tool_calls": [{"tool": "lookup", "input": f"query {q}", "output": f"corpus passage {q}", "ok": True, "error": None}],
+        "novel": True, "novelty_similarity": 0.1, "version": version, "messages": sft_messages(question, "Because.", reference),
+    }  # fmt: skip
+
+
+def _parquet(rows: list[dict]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    to_dataset(rows).to_parquet(buffer)
+    return buffer.getvalue()
+
+
+def make_dataset_repo(root: Path) -> dict[str, str]:
+    """DATASET with v1 (3 rows) and v2 (v1's rows + 2 new, one v1 row re-judged); {tag: commit}."""
+    store = RepoStore(root)
+    store.create_repo("dataset", DATASET)
+    v1 = [make_row(*r) for r in ROWS if r[-1] == "v1"]
+    v2 = [make_row(*r) for r in ROWS]
+    v2[2] = {**v2[2], "judge_rationale": "Re-judged."}
+    tags = {}
+    for tag, rows in (("v1", v1), ("v2", v2)):
+        sha = store.create_commit("dataset", DATASET, "main", add={DATA_PATH: _parquet(rows), "README.md": b"# test\n"}, title=f"NanoFlux {tag}")
+        tags[tag] = store.create_ref("dataset", DATASET, "tags", tag, sha)
+    return tags
+
+
+def make_results(folder: Path) -> Path:
+    """results.json shaped as `nanoflux eval` writes it (base, adapter, baseline on two fixture benchmarks), and
+    details/ with the prompts as the evaluation built them."""
+    from trainer.evaluate import BenchmarkConfig, load_benchmark, score, write_results
+
+    benchmarks, scores = [], {}
+    for fmt, path, split, correct in (("medqa", "medqa.jsonl", "test", [[1, 0, 0], [1, 1, 0], [1, 1, 1]]), ("gsm_hard", "gsm_hard.jsonl", "train", [[0, 0, 0], [1, 0, 0], [0, 1, 0]])):
+        bench = BenchmarkConfig(format=fmt, path=str(ROOT / "tests" / "fixtures" / "benchmarks" / path), split=split, limit=3)
+        bench.validate(fmt)
+        examples = load_benchmark(bench, reasoning=False)
+        benchmarks.append({"name": bench.name, "title": bench.title, "format": fmt, "kind": bench.kind, "path": bench.path, "subset": None,
+                           "split": split, "revision": None, "rows": len(examples)})  # fmt: skip
+        scores[bench.name] = {v: score([bool(c) for c in cs], 0, samples=200) for v, cs in zip(("base", "adapter", "baseline"), correct)}
+        (folder / "details").mkdir(parents=True, exist_ok=True)
+        with open(folder / "details" / f"{bench.name}-base.jsonl", "w") as f:
+            for e in examples:
+                f.write(json.dumps({"id": e.id, "prompt": e.prompt, "output": "", "extracted": None, "gold": e.gold, "correct": False}) + "\n")
+    results = {
+        "model": "HuggingFaceTB/SmolLM2-135M-Instruct", "adapter": "outputs/adapter-local", "baseline_adapter": "outputs/adapter-baseline",
+        "variants": ["base", "adapter", "baseline"], "benchmarks": benchmarks, "results": scores,
+        "generation": {"greedy": True, "max_new_tokens": 64, "batch_size": 4, "reasoning": False, "enable_thinking": None, "chat_template": True, "dtype": "float32", "device": "cpu"},
+        "bootstrap": {"samples": 200, "seed": 0, "level": 0.95},
+        "compute": {"nanoflux": {"data": "x", "split": "train", "revision": None, "rows": 5, "tokens": 1000},
+                    "baseline": {"data": "y", "subset": None, "split": "train", "rows": 50, "tokens": 9000}, "ratio": 9.0, "unit": "tokens"},
+        "config": {}, "packages": {}, "wall_time_s": 1.0, "finished_at": "2025-01-01T00:00:00+00:00",
+    }  # fmt: skip
+    write_results(results, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hub_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("space-hub")
+    make_dataset_repo(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hub(hub_root, tmp_path_factory):
+    """A LocalHub over hub_root, with huggingface_hub pointed at it for the whole module (loopback only)."""
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    from tests.hub_clients import point_clients_at
+
+    previous = _http._GLOBAL_CLIENT_FACTORY
+    with LocalHub(hub_root, token=TOKEN) as server, pytest.MonkeyPatch.context() as mp:
+        point_clients_at(mp, server.url, tmp_path_factory.mktemp("space-hf-home"))
+        yield server
+        set_client_factory(previous)
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    return make_results(tmp_path_factory.mktemp("eval"))
+
+
+def _space(hub, results_dir=None, **changes) -> space_app.NanoFluxSpace:
+    settings = space_app.Settings(dataset=DATASET, base_model="no/such-model", results=str(results_dir) if results_dir else None)
+    for key, value in changes.items():
+        setattr(settings, key, value)
+    space = space_app.NanoFluxSpace(settings)
+    space.refresh()
+    return space
+
+
+# --- settings ---------------------------------------------------------------------------------------------
+
+
+def test_settings_come_from_space_variables_then_the_readme_front_matter_then_defaults(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("---\nsdk: gradio\nmodels:\n- org/base\n- org/adapter-a\n- org/adapter-b\ndatasets:\n- org/data\n---\n# x\n")
+    from_card = space_app.Settings.from_env({}, readme)
+    assert (from_card.dataset, from_card.base_model, from_card.adapters) == ("org/data", "org/base", ["org/adapter-a", "org/adapter-b"])
+
+    env = {"NANOFLUX_DATASET": "me/other", "NANOFLUX_BASE_MODEL": "/models/base", "NANOFLUX_ADAPTERS": " /a , me/b@v2 ,", "NANOFLUX_MAX_NEW_TOKENS": "32"}
+    from_env = space_app.Settings.from_env(env, readme)
+    assert (from_env.dataset, from_env.base_model, from_env.adapters) == ("me/other", "/models/base", ["/a", "me/b@v2"])
+    assert from_env.max_new_tokens == 32 and from_env.default_new_tokens == 32
+
+    bare = space_app.Settings.from_env({}, tmp_path / "missing.md")
+    assert bare.dataset is None and bare.base_model == space_app.DEFAULT_BASE_MODEL and bare.adapters == []
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("NANOFLUX_MAX_NEW_TOKENS", "lots", "NANOFLUX_MAX_NEW_TOKENS: not a whole number (got 'lots'). Fix: set it to a number from 1 to 4096"),
+    ("NANOFLUX_CONCURRENCY", "0", "NANOFLUX_CONCURRENCY: out of range (got 0). Fix: set it to a number from 1 to 64"),
+])  # fmt: skip
+def test_a_bad_limit_fails_at_startup_naming_the_variable_value_and_fix(tmp_path, name, value, message):
+    with pytest.raises(space_app.SettingsError) as err:
+        space_app.Settings.from_env({name: value}, tmp_path / "README.md")
+    assert str(err.value) == message
+
+
+# --- Explore ----------------------------------------------------------------------------------------------
+
+
+def test_startup_lists_the_versions_newest_first_and_what_is_missing(hub, results_dir):
+    space = _space(hub, results_dir)
+    status, question_version, adapter, benchmark, version, diff_old, diff_new = space.startup()
+    assert question_version["choices"] == ["v2", "v1"] and question_version["value"] == "v2"
+    assert (diff_old["value"], diff_new["value"]) == ("v1", "v2")
+    assert adapter["choices"] == [] and "No adapter is configured" in status
+    assert "`org/nanoflux-medical` (2 versions: v2, v1)" in status
+    assert [label.split(" · ")[0] for label, _ in benchmark["choices"]] == ["MedQA (USMLE, 4 options)"] * 3 + ["GSM-Hard"] * 3
+
+
+def test_explore_filters_by_round_capability_complexity_quality_and_defender(hub):
+    space = _space(hub)
+    rounds, capabilities = space.explore_options("v2")
+    assert rounds["choices"] == [0, 1] and capabilities["choices"] == ["biostatistics", "cardiology", "pharmacology"]
+
+    summary, table, row = space.explore("v2", [], [], [], [], "any")
+    assert summary.startswith("**5** of 5 rows of v2") and list(table["version"]) == ["v1", "v1", "v1", "v2", "v2"]
+
+    cases = {
+        ("failed",): ["r0-a2", "r1-a4", "r1-a1"],
+        ("correct",): ["r0-a0", "r1-a3"],
+    }
+    for (defender,), ids in cases.items():
+        assert list(space.explore("v2", [], [], [], [], defender)[1]["id"]) == ids
+    assert list(space.explore("v2", [1], ["pharmacology"], [], [], "any")[1]["id"]) == ["r1-a1", "r1-a3"]
+    assert list(space.explore("v2", [], [], [4], ["L4", "L5"], "failed")[1]["id"]) == ["r0-a2", "r1-a1"]
+    summary, table, row = space.explore("v2", [], [], [], ["L3"], "correct")
+    assert summary.startswith("**0** of 5") and table.empty and row["value"] is None
+
+
+def test_a_row_shows_question_explanation_defender_answer_judge_rationale_and_tool_results(hub):
+    space = _space(hub)
+    _, table, row = space.explore("v1", [], [], [], [], "failed")
+    index = row["value"]
+    question, reference, explanation, defender, reasoning, rationale, scores, tools = space.row_details("v1", index)
+    assert question == scripted_roles.QUESTIONS[2] and reference == "D"
+    assert explanation.startswith("1. Step one for question 2") and defender.startswith("E (failed; player_b: scripted-b)")
+    assert reasoning == "Defender reasoning 2." and rationale == "[ok] Judge rationale 2."
+    assert tools.to_dict("records") == [{"tool": "lookup", "ok": True, "input": "query 2", "output": "corpus passage 2", "error": ""}]
+    assert dict(zip(scores["criterion"], scores["score"]))["quality level"] == "L4"
+
+
+def test_what_changed_between_two_versions(hub):
+    space = _space(hub)
+    summary, table = space.diff("v1", "v2")
+    assert summary.startswith("**v1 → v2**: 3 → 5 rows; **2 added**, 0 removed, 1 changed, 2 unchanged.")
+    assert sorted(table["change"]) == ["added", "added", "changed"]
+    assert table.loc[table["change"] == "changed", "fields"].tolist() == ["judge_rationale"]
+    assert space.diff("v2", "v1")[0].startswith("**v2 → v1**: 5 → 3 rows; **0 added**, 2 removed, 1 changed")
+
+
+def test_a_missing_dataset_or_version_gives_a_clear_message(hub, tmp_path):
+    nothing = _space(hub, dataset=None)
+    assert "No dataset is configured. Fix: set the NANOFLUX_DATASET variable" in nothing.status()
+    assert nothing.startup()[1]["choices"] == []
+
+    absent = _space(hub, dataset="org/absent")
+    assert f"Dataset org/absent was not found on {hub.url}. Fix: check NANOFLUX_DATASET" in absent.status()
+
+    space = _space(hub)
+    with pytest.raises(gr.Error, match=r"has no version 'v9' \(has v2, v1\). Fix: pick one of those"):
+        space.explore("v9", [], [], [], [], "any")
+    RepoStore(hub.root).create_repo("dataset", "org/untagged")
+    assert "Dataset org/untagged has no version yet (no v1, v2, ... tag). Fix: publish one with `nanoflux publish`" in _space(hub, dataset="org/untagged").status()
+
+
+# --- Compare: choices and input limits ---------------------------------------------------------------------
+
+
+def test_a_dataset_question_fills_the_prompt_with_its_reference_and_a_benchmark_question_with_its_gold_answer(hub, results_dir):
+    space = _space(hub, results_dir)
+    choices = space.dataset_questions("v2")["choices"]
+    assert len(choices) == 5 and choices[3][1] == "v2#3"
+    prompt, reference = space.pick_dataset_question("v2#3")
+    assert prompt == scripted_roles.QUESTIONS[1]
+    assert reference.startswith(f"Reference answer (v2, r1-a1): {scripted_roles.REFERENCES[1]}\n\n1. Step one for question 1")
+
+    label, value = space.benchmark_choices()[0]
+    prompt, gold = space.pick_benchmark_question(value)
+    assert "A. Acute cystitis\nB. Acute pyelonephritis" in prompt and prompt.endswith("`Final answer: <letter>`.")
+    assert gold == "Gold answer (MedQA (USMLE, 4 options), 0): B"
+    _, gsm_gold = space.pick_benchmark_question(space.benchmark_choices()[3][1])
+    assert gsm_gold == "Gold answer (GSM-Hard, 0): -9867630"
+
+
+def test_adapter_versions_are_a_repos_tags_and_main_and_a_missing_adapter_is_named(hub, tmp_path):
+    store = RepoStore(hub.root)
+    store.create_repo("model", "org/listed-lora")
+    for tag in ("v1", "v2"):
+        sha = store.create_commit("model", "org/listed-lora", "main", add={"adapter_config.json": json.dumps({"tag": tag}).encode()}, title=tag)
+        store.create_ref("model", "org/listed-lora", "tags", tag, sha)
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    choices, problems = comparison.adapter_versions([str(folder), "org/listed-lora", "org/pinned@abc123", "outputs/adapter-local", str(tmp_path)])
+    assert [value for _, value in choices] == [str(folder), "org/listed-lora@main", "org/listed-lora@v2", "org/listed-lora@v1", "org/pinned@abc123"]
+    assert problems == [
+        f"Adapter outputs/adapter-local not found: no such folder, and no such model repo on {hub.url}. Fix: train one (`nanoflux train --config configs/train/local.yaml`) or set NANOFLUX_ADAPTERS",
+        f"Adapter folder {tmp_path} holds no adapter_config.json. Fix: point it at the folder `nanoflux train` wrote",
+    ]
+
+
+@pytest.mark.parametrize(("prompt", "adapter", "tokens", "message"), [
+    ("   ", None, 8, "Write a prompt, or pick a question"),
+    ("x" * 101, None, 8, "The prompt is 101 characters; the limit is 100. Shorten it."),
+    ("hi", None, 0, "max_new_tokens must be from 1 to 16 (got 0)."),
+    ("hi", None, 17, "max_new_tokens must be from 1 to 16 (got 17)."),
+    ("hi", "evil/repo@main", 8, "Adapter version 'evil/repo@main' is not offered by this Space."),
+])  # fmt: skip
+def test_compare_refuses_bad_input_before_loading_any_model(hub, prompt, adapter, tokens, message):
+    space = _space(hub, max_prompt_chars=100, max_new_tokens=16)
+    with pytest.raises(gr.Error) as err:
+        next(space.compare(prompt, adapter, tokens))
+    assert message in err.value.message
+    assert space.comparison.model is None
+
+
+def test_a_base_model_that_cannot_be_loaded_is_named_with_the_fix(hub):
+    space = _space(hub)  # base_model "no/such-model" is on no hub
+    run = space.compare("hi", None, 4)
+    assert next(run) == ("", "", "Generating…")
+    with pytest.raises(gr.Error) as err:
+        next(run)
+    assert err.value.message.startswith("The base model no/such-model could not be loaded") and "Fix: set NANOFLUX_BASE_MODEL" in err.value.message
+
+
+# --- Results ----------------------------------------------------------------------------------------------
+
+
+def test_results_show_each_benchmark_base_vs_tuned_vs_baseline_and_distributions_per_version(hub, results_dir):
+    space = _space(hub, results_dir)
+    eval_summary, eval_figure, eval_table, dist_summary, dist_figure, dist_table = space.results()
+    assert "**9.0×**" in eval_summary
+    assert list(eval_table["variant"]) == ["base", "base + NanoFlux adapter", "base + full-benchmark adapter (baseline)"] * 2
+    assert list(eval_table["accuracy (%)"]) == [33.3, 66.7, 100.0, 0.0, 33.3, 33.3]
+    assert len(eval_figure.axes[0].patches) == 6  # a bar per benchmark and variant
+    by_version = dist_table.set_index("version")
+    assert by_version.loc["v1", ["rows", "L3", "L4", "L5"]].tolist() == [3, 1, 2, 0]
+    assert by_version.loc["v2", ["rows", "L3", "L4", "L5", "complexity 3", "complexity 4"]].tolist() == [5, 1, 3, 1, 2, 2]
+    assert len(dist_figure.axes) == 2
+
+    missing = _space(hub, results="/nowhere/results.json").results()
+    assert missing[0].startswith("⚠️ No evaluation results at /nowhere/results.json. Fix: run `nanoflux eval --config configs/eval/local.yaml`")
+    assert missing[1] is None and missing[4] is not None
+
+
+# --- the app, its files -----------------------------------------------------------------------------------
+
+
+def test_the_app_builds_without_launching_with_a_bounded_queue_and_no_token_in_its_config(hub, results_dir, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    settings = space_app.Settings(dataset=DATASET, results=str(results_dir), queue_size=7, concurrency=2)
+    demo = space_app.build_demo(space_app.NanoFluxSpace(settings))
+    assert isinstance(demo, gr.Blocks) and not demo.is_running
+    assert demo._queue.max_size == 7
+    api_names = {dep.get("api_name") for dep in demo.config["dependencies"]}
+    assert {"compare", "explore", "row_details", "diff", "results", "startup"} <= api_names
+    compare = next(fn for fn in demo.fns.values() if fn.api_name == "compare")
+    assert (compare.concurrency_limit, compare.concurrency_id, demo._queue.default_concurrency_limit) == (2, "model", 2)
+    assert TOKEN not in json.dumps(demo.config, default=str)
+
+
+def _front_matter(path: Path) -> dict:
+    from huggingface_hub.repocard import metadata_load
+
+    return metadata_load(path)
+
+
+def _requirements() -> dict[str, str]:
+    lines = [line.split("#")[0].strip() for line in (SPACE_DIR / "requirements.txt").read_text().splitlines()]
+    return dict(line.split("==") for line in lines if line)
+
+
+def test_the_space_folder_is_self_contained_and_pins_what_it_imports():
+    front = _front_matter(SPACE_DIR / "README.md")
+    assert front["sdk"] == "gradio" and (SPACE_DIR / front["app_file"]).is_file()
+    requirements = _requirements()
+    assert front["sdk_version"] == requirements["gradio"]
+    assert front["models"][0] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # Every module spaces/ imports is the standard library, spaces/ itself, or pinned in requirements.txt.
+    distribution = {"huggingface_hub": "huggingface_hub", "pyarrow": "pyarrow", "pandas": "pandas", "matplotlib": "matplotlib",
+                    "gradio": "gradio", "transformers": "transformers", "peft": "peft", "torch": "torch"}  # fmt: skip
+    local = {path.stem for path in SPACE_DIR.glob("*.py")}
+    for path in SPACE_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in local or top == "__future__":
+                    continue
+                assert top not in ("builder", "trainer", "tests"), f"{path.name} imports {name}: a Space has only spaces/"
+                assert distribution.get(top) in requirements, f"{path.name} imports {name}, which requirements.txt does not pin"
+
+
+def test_no_token_reaches_a_message_the_page_shows(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "secret-value-123")
+    assert space_app.redact("401 for secret-value-123 and hf_abcdefghij1234 at /api") == "401 for *** and hf_*** at /api"
+
+
+# --- the local run ----------------------------------------------------------------------------------------
+
+
+def test_the_local_run_points_the_app_at_the_local_folder_without_the_token(tmp_path, monkeypatch):
+    from builder import space
+
+    monkeypatch.chdir(tmp_path)  # relative folders are made absolute: the app may run elsewhere
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = space.SpaceConfig(dataset=DATASET, base_model="/models/base", adapters=["adapter", "org/lora"], results="missing", port=7999)
+    env = space.space_env(config, "http://127.0.0.1:4321", {"HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1", "PATH": "/bin"})
+    assert "HF_TOKEN" not in env and env["PATH"] == "/bin"
+    assert (env["HF_ENDPOINT"], env["HF_HUB_OFFLINE"], env["HF_HUB_DISABLE_XET"]) == ("http://127.0.0.1:4321", "0", "1")
+    assert (env["NANOFLUX_DATASET"], env["NANOFLUX_BASE_MODEL"], env["NANOFLUX_ADAPTERS"]) == (DATASET, "/models/base", f"{adapter.resolve()},org/lora")
+    assert env["NANOFLUX_RESULTS"] == "missing"  # the page says it is missing, with the command that makes it
+    assert (env["GRADIO_SERVER_NAME"], env["GRADIO_SERVER_PORT"], env["GRADIO_ANALYTICS_ENABLED"]) == ("127.0.0.1", "7999", "False")
+    from_hub = space.space_env(config, None, {"HF_TOKEN": TOKEN})
+    assert from_hub["HF_TOKEN"] == TOKEN and "HF_ENDPOINT" not in from_hub  # the Hub itself: the token is the user's to use
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--port", "70000"], "nanoflux space: port: out of range (got 70000). Fix: use a value >= 1 and <= 65535"),
+    (["--dataset", "nodash"], "nanoflux space: dataset: not a dataset repo id (got 'nodash'). Fix: write it as org/name"),
+    (["deploy", "org/demo", "--base_model", "/"], "nanoflux space deploy: base_model: a local path: the Space on the Hub cannot read it (got '/')"),
+])  # fmt: skip
+def test_the_command_refuses_bad_arguments_with_the_fix(argv, message):
+    from builder import space
+
+    with pytest.raises(SystemExit) as exit_:
+        space.main(argv)
+    assert str(exit_.value.code).startswith(message)
+
+
+# --- deploy -----------------------------------------------------------------------------------------------
+
+
+def _space_files(api, repo: str) -> dict[str, bytes]:
+    return {name: open(api.hf_hub_download(repo, name, repo_type="space"), "rb").read() for name in api.list_repo_files(repo, repo_type="space")}
+
+
+@pytest.mark.parametrize("target", ["hub", "local"])
+def test_deploy_uploads_the_space_in_one_commit_with_its_settings_results_and_no_token(target, hub, results_dir, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from builder import space
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    folder = tmp_path / "local-hub"
+    repo = f"org/demo-{target}"
+    config = space.DeployConfig(repo_id=repo, hub_dir=str(folder) if target == "local" else None, dataset=DATASET, adapters=[ADAPTER_REPO, "org/other-lora"], results=str(results_dir))
+    first = space.deploy(config)
+
+    server = LocalHub(folder).start() if target == "local" else hub
+    try:
+        api = HfApi(endpoint=server.url, token=TOKEN)
+        commits = api.list_repo_commits(repo, repo_type="space")
+        assert commits[0].commit_id == first and commits[0].title == "NanoFlux Space: dataset org/nanoflux-medical, with evaluation results"
+        files = _space_files(api, repo)
+        assert {"README.md", "app.py", "comparison.py", "versions.py", "evaluation.py", "requirements.txt", "results/results.json", "results/details/medqa-base.jsonl"} <= set(files)
+        front = api.space_info(repo).card_data
+        assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and front["sdk_version"] == _requirements()["gradio"]
+        assert front["models"] == ["HuggingFaceTB/SmolLM2-135M-Instruct", ADAPTER_REPO, "org/other-lora"] and front["datasets"] == [DATASET]
+        assert json.loads(files["results/results.json"])["results"]["medqa"]["adapter"]["correct"] == 2
+        for name, content in files.items():
+            assert TOKEN.encode() not in content, name
+
+        # A redeploy replaces the app and removes what is no longer in spaces/ (here: the results), in one commit.
+        RepoStore(server.root).create_commit("space", repo, "main", add={"stale.py": b"print('old')\n"}, title="someone's file")
+        second = space.deploy(space.DeployConfig(repo_id=repo, hub_dir=config.hub_dir))
+        files = _space_files(api, repo)
+        assert "stale.py" not in files and not any(name.startswith("results/") for name in files) and "app.py" in files
+        history = api.list_repo_commits(repo, repo_type="space")
+        assert history[0].commit_id == second != first and len(history) == len(commits) + 2
+        assert _front_matter_of(files) == {**_front_matter(SPACE_DIR / "README.md"), "datasets": [DATASET], "models": front["models"]}
+    finally:
+        if target == "local":
+            server.close()
+
+
+def _front_matter_of(files: dict[str, bytes]) -> dict:
+    import yaml
+
+    return yaml.safe_load(files["README.md"].decode().split("---")[1])
+
+
+def test_deploy_refuses_local_paths_and_bad_repo_ids_before_uploading(hub, tmp_path):
+    from builder import space
+    from builder.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"adapter: a local path: the Space on the Hub cannot read it \(got '.*'\). Fix: push it first"):
+        space.deploy(space.DeployConfig(repo_id="org/demo", adapters=[str(tmp_path)]))
+    with pytest.raises(ConfigError, match=r"adapter: a revision cannot go in the front matter \(got 'org/lora@v2'\). Fix: give the repo id"):
+        space.deploy(space.DeployConfig(repo_id="org/demo", adapters=["org/lora@v2"]))
+    with pytest.raises(ConfigError, match=r"repo_id: not a Space repo id \(got 'demo'\). Fix: write it as org/name"):
+        space.deploy(space.DeployConfig(repo_id="demo"))
+    with pytest.raises(ConfigError, match=r"results: no results.json there"):
+        space.deploy(space.DeployConfig(repo_id="org/demo", results=str(tmp_path)))
+    with pytest.raises(PublishError, match=r"repo_id: cannot write to Space repo org/demo at .*Fix: check HF_TOKEN"):
+        space.deploy(space.DeployConfig(repo_id="org/demo"))  # no token: the loopback Hub refuses the write
+    assert not RepoStore(hub.root).exists("space", "org/demo")
+
+
+# --- slow: the packaged SmolLM2 with LoRA adapters ---------------------------------------------------------
+
+
+def _random_adapter(model_dir: Path, folder: Path, seed: int) -> Path:
+    """A LoRA adapter with random (non-zero) weights, so that base + adapter visibly answers differently."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapters(embedded_model_dir, hub_root, tmp_path_factory):
+    """A local adapter folder, and ADAPTER_REPO on the hub with v1 = those weights and main = other weights."""
+    folder = _random_adapter(embedded_model_dir, tmp_path_factory.mktemp("adapter-local"), seed=0)
+    other = _random_adapter(embedded_model_dir, tmp_path_factory.mktemp("adapter-other"), seed=1)
+    store = RepoStore(hub_root)
+    if not store.exists("model", ADAPTER_REPO):
+        store.create_repo("model", ADAPTER_REPO)
+        for tag, source in (("v1", folder), (None, other)):
+            files = {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()}
+            sha = store.create_commit("model", ADAPTER_REPO, "main", add=files, title=f"adapter {tag or 'retrained'}")
+            if tag:
+                store.create_ref("model", ADAPTER_REPO, "tags", tag, sha)
+    return folder
+
+
+_GREEDY: dict[tuple[str, int], str] = {}
+
+
+def greedy_base_answer(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
+    """The base model's own greedy answer, computed with plain transformers (what the Space's base column must show)."""
+    if (prompt, max_new_tokens) not in _GREEDY:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+        _GREEDY[prompt, max_new_tokens] = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    return _GREEDY[prompt, max_new_tokens]
+
+
+@pytest.mark.slow
+def test_compare_streams_the_base_answer_and_the_selected_adapter_versions_answer_side_by_side(hub, adapters, embedded_model_dir):
+    space = _space(hub, base_model=str(embedded_model_dir), adapters=[str(adapters), ADAPTER_REPO])
+    assert [value for _, value in space.adapter_choices] == [str(adapters), f"{ADAPTER_REPO}@main", f"{ADAPTER_REPO}@v1"]
+
+    updates = list(space.compare(PROMPT, str(adapters), 12))
+    base, tuned, status = updates[-1]
+    assert base == greedy_base_answer(embedded_model_dir, PROMPT, 12) and base
+    assert tuned and tuned != base and status.startswith("Done in")
+    streamed = [u for u in updates[1:-1]]
+    assert len(streamed) >= 3 and all(base.startswith(b) and tuned.startswith(t) for b, t, _ in streamed)
+
+    # The same weights from the Hub repo's v1 tag give the same answer; main holds other weights.
+    assert list(space.compare(PROMPT, f"{ADAPTER_REPO}@v1", 12))[-1][:2] == (base, tuned)
+    retrained = list(space.compare(PROMPT, f"{ADAPTER_REPO}@main", 12))[-1]
+    assert retrained[0] == base and retrained[1] != tuned
+
+    only_base = list(space.compare(PROMPT, None, 12))[-1]
+    assert only_base[0] == base and only_base[1] == "(no adapter selected: pick an adapter version)"
+    with pytest.raises(gr.Error, match="tokens; the limit is 8. Fix: shorten it"):
+        space.comparison.max_prompt_tokens = 8
+        list(space.compare(PROMPT, None, 4))
+
+
+# --- slow: `nanoflux space` launched for real -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def launched(hub_root, adapters, results_dir, tmp_path_factory):
+    """`nanoflux space` as a user runs it (its own LocalHub over the folder, the packaged SmolLM2), on loopback."""
+    import httpx
+
+    port, workdir = _free_port(), tmp_path_factory.mktemp("space-run")
+    log = open(workdir / "space.log", "w")
+    command = [sys.executable, "-m", "builder.cli", "space", "--port", str(port), "--hub_dir", str(hub_root), "--dataset", DATASET,
+               "--adapter", str(adapters), "--adapter", ADAPTER_REPO, "--results", str(results_dir), "--max_new_tokens", "16"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None, f"nanoflux space exited with {process.returncode}:\n{(workdir / 'space.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"nanoflux space did not answer on {url}:\n{(workdir / 'space.log').read_text()[-3000:]}"
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        if process.poll() is None:
+            process.terminate()  # the CLI stops its app
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # whatever of that session (started here) is left
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+@pytest.mark.slow
+def test_gradio_client_gets_both_answers_from_the_launched_space(launched, adapters, embedded_model_dir):
+    from gradio_client import Client
+
+    client = Client(launched, verbose=False, download_files=False, analytics_enabled=False)
+    job = client.submit(PROMPT, str(adapters), 12, api_name="/compare")
+    base, tuned, status = job.result(timeout=180)
+    assert base == greedy_base_answer(embedded_model_dir, PROMPT, 12)
+    assert tuned and tuned != base and status.startswith("Done in")
+    assert len(job.outputs()) >= 3  # streamed: several partial answers before the final ones
+
+    summary, table, _ = client.predict("v2", [], [], [], ["L4"], "failed", api_name="/explore")
+    assert summary.startswith("**1** of 5 rows of v2") and [row[2] for row in table["data"]] == ["r0-a2"]
+    with pytest.raises(Exception, match="greater than maximum value 16"):  # the slider bounds the API too
+        client.predict(PROMPT, str(adapters), 17, api_name="/compare")
+
+
+# --- slow: a real browser ---------------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--window-size=1400,1600")  # fmt: skip
+
+
+def _require_browser() -> None:
+    """CI (NANOFLUX_REQUIRE_BROWSER=1) fails without Debian's chromium; elsewhere the test is skipped with the reason."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not installed. Fix: apt-get install -y chromium chromium-driver"
+    if os.environ.get("NANOFLUX_REQUIRE_BROWSER"):
+        pytest.fail(message)
+    pytest.skip(message + " (set NANOFLUX_REQUIRE_BROWSER=1 to make this a failure, as CI does)")
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    _require_browser()  # before `launched`, so that a skip costs nothing
+
+
+@pytest.mark.slow
+def test_a_browser_runs_a_comparison_and_sees_both_answers(chromium, launched, embedded_model_dir, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    try:
+        driver.get(launched)
+        wait = WebDriverWait(driver, 120, poll_frequency=0.5)
+        prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
+        wait.until(lambda d: "2 versions: v2, v1" in d.find_element(By.ID, "status").text)  # the page load has run
+        prompt.send_keys(PROMPT)
+        slider = driver.find_element(By.CSS_SELECTOR, "input[type=number]")  # max new tokens: 12, as in the other tests
+        slider.clear()
+        slider.send_keys("12")
+        driver.find_element(By.ID, "compare").click()
+        wait.until(lambda d: "Done in" in d.find_element(By.ID, "compare-status").text)
+        base = driver.find_element(By.CSS_SELECTOR, "#base-answer textarea").get_attribute("value")
+        tuned = driver.find_element(By.CSS_SELECTOR, "#tuned-answer textarea").get_attribute("value")
+        driver.save_screenshot(str(tmp_path / "space-compare.png"))
+        if os.environ.get("NANOFLUX_SCREENSHOTS"):
+            driver.save_screenshot(str(Path(os.environ["NANOFLUX_SCREENSHOTS"]) / "space-compare.png"))
+    finally:
+        driver.quit()
+    assert base == greedy_base_answer(embedded_model_dir, PROMPT, 12)
+    assert tuned and tuned != base
+    assert (tmp_path / "space-compare.png").stat().st_size > 10_000

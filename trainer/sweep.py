@@ -7,12 +7,13 @@ Usage:
     nanoflux sweep --config configs/sweeps/local.yaml --publish_cell CELL_ID --push_to_hub org/name [--hub_dir DIR]
 
 `main(config)` reads top to bottom: read the pool (a build's `pool/`, or a published version); check that the sweep
-folder holds this setup (pool, train and eval recipes) or nothing; list the cells (the full grid, or one dimension at
+folder holds this setup (pool and training recipe) or nothing; list the cells (the full grid, or one dimension at
 a time around a reference cell) and curate each one's rows with the builder's own `curate` (no new generation). Then,
 for each cell not finished yet: write its rows as a build-shaped folder (so `nanoflux publish` can release it), put
 them in the cells repo as a commit tagged by their fingerprint, train an adapter on that tag (`trainer.train`, or an
 HF Job), evaluate it (`trainer.evaluate`), and write `cell.json` last, atomically: a killed sweep redoes only the
-cells without one. Cells whose rows equal a finished cell's reuse its results instead of training again.
+cells without one. Cells whose rows equal a finished cell's reuse its results instead of training again; a changed
+evaluation recipe re-evaluates the finished cells' adapters without training them again.
 Finally the report: `results.parquet`, `results.md` and one plot per swept dimension, best cell per benchmark
 marked. With `push_to_hub`, the report goes to the dataset repo under `ablations/<name>/` in one commit and is
 summarised in its card; with `publish_cell`, that cell's rows are first released as the repo's next version by the
@@ -256,7 +257,7 @@ def _cli_args(overrides: dict[str, Any], prefix: str = "") -> list[str]:
     return args
 
 
-def stage_configs(config: SweepConfig, cell_dir: Path, *, tag: str, adapter: str | None = None) -> tuple[Any, Any]:
+def stage_configs(config: SweepConfig, cell_dir: Path, *, tag: str) -> tuple[Any, Any]:
     """(TrainConfig, EvalConfig) for a cell: the sweep's recipes and overrides, then the cell's data, adapter and
     output folders, parsed by the stages' own `build_*_config`."""
     from trainer.evaluate import build_eval_config
@@ -276,7 +277,7 @@ def stage_configs(config: SweepConfig, cell_dir: Path, *, tag: str, adapter: str
         "private": True,
     }
     cell_eval = {
-        "adapter": adapter or cell_train["push_to_hub"] or cell_train["output_dir"],
+        "adapter": cell_train["push_to_hub"] or cell_train["output_dir"],  # a job's adapter is evaluated from the Hub
         "adapter_optional": False,
         "baseline_adapter": None,  # a fixed reference, not a property of the cell: evaluate it once with `nanoflux eval`
         "compute": None,  # the cell's training compute comes from its training summary
@@ -389,17 +390,24 @@ def curate_cell(pool_rows: list[dict[str, Any]], settings: CellSettings, require
 
 
 def setup_record(pool: Pool, train: Any, evaluation: Any) -> dict[str, Any]:
-    """What decides every cell's result besides its own settings: the pool, and the train and eval recipes."""
+    """What decides every cell's result besides its own settings: the pool, the train and the eval recipes."""
     train_setup = {k: v for k, v in to_dict(train).items() if k not in TRAIN_CELL_FIELDS}
     eval_setup = {k: v for k, v in to_dict(evaluation).items() if k not in EVAL_CELL_FIELDS}
     return {"pool": {"source": pool.source, "fingerprint": pool.fingerprint}, "train": train_setup, "eval": eval_setup}
 
 
+def _fingerprint(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
 def prepare_output_dir(config: SweepConfig, setup: dict[str, Any], fresh: bool) -> Path:
-    """Create or reopen the sweep folder; refuse to mix cells of another setup unless `fresh`."""
+    """Create or reopen the sweep folder; refuse to mix cells of another pool or training recipe unless `fresh` (a
+    changed evaluation recipe only re-evaluates the finished cells)."""
     output_dir = Path(config.output_dir)
     record = output_dir / SETUP_FILE
-    fingerprint = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()
+    # The pool by content (its path may be written another way, or move), and the training recipe.
+    guarded = {"pool": setup["pool"]["fingerprint"], "train": setup["train"]}
+    fingerprint = _fingerprint(guarded)
     if fresh:
         for name in ("cells", "cells-hub"):
             shutil.rmtree(output_dir / name, ignore_errors=True)
@@ -408,14 +416,14 @@ def prepare_output_dir(config: SweepConfig, setup: dict[str, Any], fresh: bool) 
     elif record.exists():
         previous = json.loads(record.read_text())
         if previous["fingerprint"] != fingerprint:
-            changed = ", ".join(changed_fields(previous["setup"], setup)) or "recipe fields added or removed by another NanoFlux version"
+            changed = ", ".join(changed_fields(previous["setup"], guarded)) or "recipe fields added or removed by another NanoFlux version"
             raise SweepError(
                 f"output_dir {output_dir} holds a sweep of a different setup (changed: {changed}). "
                 "Fix: re-run with --fresh to start over, or pass another --output_dir"
             )
         logger.info("Resuming the sweep in %s", output_dir)
     (output_dir / "cells").mkdir(parents=True, exist_ok=True)
-    _write_atomic(record, json.dumps({"fingerprint": fingerprint, "setup": setup}, indent=2, sort_keys=True) + "\n")
+    _write_atomic(record, json.dumps({"fingerprint": fingerprint, "setup": guarded, "eval": setup["eval"]}, indent=2, sort_keys=True) + "\n")
     return output_dir
 
 
@@ -542,10 +550,26 @@ def scores_record(results: dict[str, Any]) -> dict[str, Any]:
     return scores
 
 
-def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_data: dict[str, Any] | None) -> dict[str, Any]:
-    """Curated rows → cell folder → cells repo → adapter → evaluation → `cell.json` (written last)."""
+def evaluate_cell(config: SweepConfig, cell_dir: Path, tag: str) -> dict[str, Any]:
+    """The cell's adapter (and the base model) on the sweep's benchmarks: scores and the eval recipe's fingerprint."""
     from trainer.evaluate import EvalError
     from trainer.evaluate import main as eval_main
+
+    _, eval_config = stage_configs(config, cell_dir, tag=tag)
+    (cell_dir / "eval.yaml").write_text(yaml.safe_dump(to_dict(eval_config), sort_keys=False))
+    try:
+        results = eval_main(eval_config)
+    except EvalError as err:
+        raise SweepError(f"cell {cell_dir.name}: {err}") from None
+    return {"scores": scores_record(results), "eval_fingerprint": eval_fingerprint(eval_config)}
+
+
+def eval_fingerprint(eval_config: Any) -> str:
+    return _fingerprint({k: v for k, v in to_dict(eval_config).items() if k not in EVAL_CELL_FIELDS})
+
+
+def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_data: dict[str, Any] | None) -> dict[str, Any]:
+    """Curated rows → cell folder → cells repo → adapter → evaluation → `cell.json` (written last)."""
     from trainer.train import TrainError
 
     # What a killed run left behind is overwritten; its training checkpoints (save_steps) are resumed from.
@@ -564,14 +588,15 @@ def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_d
         "same_data_as": None,
         "training": None,
         "scores": {},
+        "eval_fingerprint": None,
     }
     if not cell.rows:
         logger.warning("Cell %s: no pool row fits its settings; nothing to train", cell.id)
         record["status"] = "empty"
     elif same_data is not None:
         logger.info("Cell %s: the same rows as cell %s, whose results it reuses", cell.id, same_data["cell_id"])
-        record.update(status="ok", same_data_as=same_data["cell_id"], training=same_data["training"], scores=same_data["scores"])
-        record["dataset"].update({k: same_data["dataset"][k] for k in ("repo", "tag", "commit") if k in same_data["dataset"]})
+        record.update(status="ok", same_data_as=same_data["cell_id"], **{k: same_data[k] for k in ("training", "scores", "eval_fingerprint")})
+        record["dataset"].update({k: same_data["dataset"][k] for k in ("repo", "tag", "commit")})
     else:
         tag, commit = put_cell_data(config, cell, cell_dir)
         record["dataset"].update(repo=config.cells_repo or f"local/{config.name}-cells", tag=tag, commit=commit)
@@ -579,16 +604,16 @@ def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_d
         (cell_dir / "train.yaml").write_text(yaml.safe_dump(to_dict(train_config), sort_keys=False))
         try:
             summary = train_cell(config, train_config)
-            # A job pushed its adapter to the Hub: it is evaluated from there.
-            adapter = train_config.push_to_hub if config.backend == "jobs" else train_config.output_dir
-            _, eval_config = stage_configs(config, cell_dir, tag=tag, adapter=adapter)
-            (cell_dir / "eval.yaml").write_text(yaml.safe_dump(to_dict(eval_config), sort_keys=False))
-            results = eval_main(eval_config)
-        except (TrainError, EvalError) as err:
+        except TrainError as err:
             raise SweepError(f"cell {cell.id}: {err}") from None
-        record.update(status="ok", training=training_record(summary), scores=scores_record(results))
+        record.update(status="ok", training=training_record(summary), **evaluate_cell(config, cell_dir, tag))
+    return finish(cell_dir, record)
+
+
+def finish(cell_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write `cell.json`, atomically and last: from then on the cell is finished."""
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write_atomic(cell_dir / CELL_FILE, json.dumps(record, indent=2) + "\n")  # last: the cell is finished
+    _write_atomic(cell_dir / CELL_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -692,15 +717,20 @@ def _pct(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
-def results_markdown(config: SweepConfig, pool: Pool, records: list[dict[str, Any]], table: list[dict[str, Any]], benchmarks: list[tuple[str, str]], setup: dict[str, Any]) -> str:
-    """`results.md`: what was swept on which pool, the best cell per benchmark, every cell, and the plots."""
+def results_markdown(
+    config: SweepConfig, pool: Pool, records: list[dict[str, Any]], table: list[dict[str, Any]], benchmarks: list[tuple[str, str]], setup: dict[str, Any], *, public: bool = False
+) -> str:
+    """`results.md`: what was swept on which pool, the best cell per benchmark, every cell, and the plots. The `public`
+    copy (uploaded to the dataset repo) names no local folder."""
+    source = f"a build's pool ({Path(pool.source).name})" if public and pool.build_dir is not None else f"`{pool.source}`"
+    cells_dir = "<sweep output_dir>/cells" if public else str(Path(config.output_dir) / "cells")
     swept = swept_dimensions(records)
     train, evaluation = setup["train"], setup["eval"]
     fixed = [f"{_short(dim)} {display(dim, records[0]['settings'][dim])}" for dim in DIMENSIONS if dim not in swept and records]
     lines = [
         f"# NanoFlux ablation sweep: {config.name}",
         "",
-        f"- Pool: `{pool.source}` ({len(pool.rows)} rows; fingerprint `{pool.fingerprint[:16]}`)",
+        f"- Pool: {source} ({len(pool.rows)} rows; fingerprint `{pool.fingerprint[:16]}`)",
         f"- Design: {'every combination of the grid' if config.design == 'grid' else 'one dimension at a time around the reference cell'}, "
         f"{len(records)} cells; swept: {', '.join(DIMENSION_TITLES[d] for d in swept) or 'nothing'}"
         + (f"; fixed: {', '.join(fixed)}" if fixed else "")
@@ -752,7 +782,7 @@ def results_markdown(config: SweepConfig, pool: Pool, records: list[dict[str, An
         "Each cell folder is a finished build of the pool with that cell's curation. Release one as the next dataset version:",
         "",
         "```bash",
-        f"nanoflux publish {Path(config.output_dir) / 'cells' / '<cell_id>'} --repo_id org/name",
+        f"nanoflux publish {cells_dir}/<cell_id> --repo_id org/name",
         "nanoflux sweep --config <this sweep's recipe> --publish_cell <cell_id> --push_to_hub org/name   # also attaches this report",
         "```",
         "",
@@ -852,10 +882,11 @@ def card_section(config: SweepConfig, records: list[dict[str, Any]], benchmarks:
     for name, title in benchmarks:
         best = next((row for row in table if row["benchmark"] == name and row["best"]), None)
         if best is not None:
-            lines.append(f"| {title} | `{best['cell_id']}` | {by_id[best['cell_id']]['label']} | {best['rows']} | {_pct(best['accuracy'])} [{_pct(best['ci_low'])}, {_pct(best['ci_high'])}] | {_pct(best['base_accuracy'])} |")
+            accuracy = f"{_pct(best['accuracy'])} [{_pct(best['ci_low'])}, {_pct(best['ci_high'])}]"
+            lines.append(f"| {title} | `{best['cell_id']}` | {by_id[best['cell_id']]['label']} | {best['rows']} | {accuracy} | {_pct(best['base_accuracy'])} |")
     lines.append("")
     if release is not None:
-        lines += [f"This version ({release.version}) holds the rows of cell `{config.publish_cell}` ({by_id[config.publish_cell]['label']}).", ""]
+        lines += [f"Version {release.version} holds the rows of cell `{config.publish_cell}` ({by_id[config.publish_cell]['label']}).", ""]
     lines += [f"Every cell, the plots and the results table: [`{folder}/results.md`]({folder}/results.md), `{folder}/results.parquet`.", ""]
     return "\n".join(lines)
 
@@ -868,9 +899,11 @@ def with_section(card: str, heading: str, section: str) -> str:
     return card.rstrip() + "\n\n" + section
 
 
-def publish_report(config: SweepConfig, records: list[dict[str, Any]], benchmarks: list[tuple[str, str]], files: list[Path]) -> dict[str, Any]:
+def publish_report(
+    config: SweepConfig, pool: Pool, records: list[dict[str, Any]], benchmarks: list[tuple[str, str]], setup: dict[str, Any], files: list[Path]
+) -> dict[str, Any]:
     """With `publish_cell`, release that cell as the next version (`builder.publish.publish`); then one commit adds the
-    report under `ablations/<name>/` and the card's `## Ablations: <name>` section."""
+    report under `ablations/<name>/` (results.md without local folders) and the card's `## Ablations: <name>` section."""
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
@@ -890,7 +923,11 @@ def publish_report(config: SweepConfig, records: list[dict[str, Any]], benchmark
             except EntryNotFoundError:
                 card = f"# {repo}\n"
             section = card_section(config, records, benchmarks, release)
-            operations = [CommitOperationAdd(f"ablations/{config.name}/{path.name}", io.BytesIO(path.read_bytes())) for path in files]
+            public_md = results_markdown(config, pool, records, results_table(records, benchmarks), benchmarks, setup, public=True).encode()
+            operations = [
+                CommitOperationAdd(f"ablations/{config.name}/{path.name}", io.BytesIO(public_md if path.name == "results.md" else path.read_bytes()))
+                for path in files
+            ]
             operations.append(CommitOperationAdd("README.md", io.BytesIO(with_section(card, f"## Ablations: {config.name}", section).encode())))
             commit = api.create_commit(
                 repo,
@@ -936,11 +973,21 @@ def main(config: SweepConfig, *, fresh: bool = False) -> dict[str, Any]:
     for cell in cells:
         logger.info("  %-48s %4d rows  (%s)", cell.id, len(cell.rows), cell_label(cell.settings))
 
-    ran, skipped, reused, empty = [], [], [], []
+    current_eval = eval_fingerprint(eval_setup)
+    ran, skipped, reused, empty, reevaluated = [], [], [], [], []
     records: dict[str, dict[str, Any]] = {}
     for cell in cells:
-        record = read_record(output_dir / "cells" / cell.id, cell)
-        if record is not None:
+        cell_dir = output_dir / "cells" / cell.id
+        record = read_record(cell_dir, cell)
+        source = records.get(record["same_data_as"]) if record and record["same_data_as"] else None
+        if record is not None and record["same_data_as"] and source is None:
+            record = None  # the cell it reused is no longer in the sweep: run it on its own
+        if record is not None and record["status"] == "ok" and record.get("eval_fingerprint") != current_eval:
+            logger.info("Cell %s: the evaluation recipe changed; evaluating its adapter again", cell.id)
+            update = {k: source[k] for k in ("scores", "eval_fingerprint")} if source else evaluate_cell(config, cell_dir, record["dataset"]["tag"])
+            record = finish(cell_dir, {**record, **update})
+            reevaluated.append(cell.id)
+        elif record is not None:
             logger.info("Cell %s: finished already", cell.id)
             skipped.append(cell.id)
         else:
@@ -964,12 +1011,16 @@ def main(config: SweepConfig, *, fresh: bool = False) -> dict[str, Any]:
         "reused": reused,
         "empty": empty,
         "skipped": skipped,
+        "reevaluated": reevaluated,
         "best": best,
         "report": [str(path) for path in files],
         "output_dir": str(output_dir),
     }
     if config.push_to_hub:
-        summary.update(publish_report(config, ordered, benchmarks, files))
+        summary.update(publish_report(config, pool, ordered, benchmarks, setup, files))
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
-    logger.info("Sweep finished in %.0f s: %d cells trained, %d reused, %d empty, %d finished before. Report: %s", summary["wall_time_s"], len(ran), len(reused), len(empty), len(skipped), output_dir / "results.md")
+    logger.info(
+        "Sweep finished in %.0f s: %d cells trained, %d reused, %d empty, %d re-evaluated, %d finished before. Report: %s",
+        summary["wall_time_s"], len(ran), len(reused), len(empty), len(reevaluated), len(skipped), output_dir / "results.md",
+    )  # fmt: skip
     return summary

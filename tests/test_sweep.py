@@ -1,0 +1,550 @@
+"""Ablation sweeps: recipes, deterministic cell curation, the setup guard, the report — and, marked `slow`, a real 2x2
+sweep on the packaged SmolLM2 over a pool built by the scripted roles: killed with SIGKILL after its first cell and
+resumed, a lost cell marker redone alone, a cell published as the next version with the report under `ablations/`.
+
+The pool (tests/scripted_roles.py) has three rows the Judge handled: q2 (L4, Defender failed), q0 (L4, Defender
+right) and q4 (L3). The grid L3/L4 x size 1/2 gives cells of [q4], [q4] (the same rows: reused), [q2] and [q2, q0].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder.config import ConfigError, from_dict
+from builder.curation import curate
+from builder.dataset import write_rows
+from tests import scripted_roles
+from trainer.sweep import (
+    DIMENSIONS,
+    Pool,
+    CellSettings,
+    SweepConfig,
+    SweepError,
+    build_sweep_config,
+    cell_id,
+    curate_cell,
+    dataset_fingerprint,
+    grid_settings,
+    main,
+    prepare_output_dir,
+    read_pool,
+    with_section,
+    write_report,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
+REPO = "local/nanoflux-medical"
+BENCHMARKS = [("medqa", "MedQA (USMLE, 4 options)"), ("pubmedqa", "PubMedQA (PQA-L)")]
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _row(i: int, *, quality: int, complexity: int, failed: bool, round_: int = 0, status: str = "ok", valid: bool = True) -> dict:
+    return {
+        "id": f"r{round_:02d}-a{i:04d}", "round": round_, "attack_index": i, "question": f"question {i}",
+        "judge_status": status, "novel": True, "question_valid": valid, "quality_level": quality,
+        "judge_complexity": complexity, "defender_correct": not failed,
+    }  # fmt: skip
+
+
+def _hand_made_pool() -> list[dict]:
+    rows = [
+        _row(0, quality=4, complexity=3, failed=False),
+        _row(1, quality=4, complexity=2, failed=True),
+        _row(2, quality=3, complexity=3, failed=True),
+        _row(3, quality=4, complexity=4, failed=False, status="parse_error"),
+        _row(0, quality=4, complexity=3, failed=True, round_=1),
+        _row(1, quality=5, complexity=3, failed=False, round_=1),
+        _row(2, quality=4, complexity=3, failed=False, round_=1, valid=False),
+        _row(3, quality=4, complexity=5, failed=True, round_=1),
+    ]
+    return rows
+
+
+def _config(**fields) -> SweepConfig:
+    config = from_dict(SweepConfig, {"train_recipe": str(ROOT / "configs/train/local.yaml"), "eval_recipe": str(ROOT / "configs/eval/local.yaml"), **fields})
+    config.validate()
+    return config
+
+
+# --- fast: recipes and settings --------------------------------------------------------------------------
+
+
+def test_both_sweep_recipes_load_and_validate(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    local = build_sweep_config("configs/sweeps/local.yaml")
+    assert (local.pool, local.design, local.backend, local.require_valid) == ("outputs/local", "grid", "local", False)
+    assert len(grid_settings(local)) == 4
+
+    medical = build_sweep_config("configs/sweeps/medical.yaml")
+    assert (medical.pool, medical.design, medical.train_recipe, medical.eval_recipe) == (
+        "outputs/medical", "one_at_a_time", "configs/train/qwen3-4b-lora.yaml", "configs/eval/medical.yaml"
+    )
+    assert medical.grid.quality_levels == [[1], [2], [3], [4], [5]] and medical.grid.sizes == [25, 50, 100, 200]
+    assert medical.grid.complexity_levels == [[1, 2], [3], [4, 5]]
+    settings = grid_settings(medical)
+    # The reference (L4, any complexity, 200, failures first) once, then every other value of each dimension.
+    assert len(settings) == 1 + 4 + 3 + 3 + 1
+    assert settings[0] == CellSettings([4], None, 200, True)
+    assert sum(s.quality_levels == [4] and s.complexity_levels is None and s.prefer_defender_failed for s in settings) == 4  # the sizes
+
+
+def test_a_band_written_as_one_level_is_a_band_and_cell_ids_are_a_stable_hash_of_the_settings():
+    config = build_sweep_config(None, ["--train_recipe", str(ROOT / "configs/train/local.yaml"), "--eval_recipe", str(ROOT / "configs/eval/local.yaml"),
+                                       "--grid.quality_levels", "[4, [4, 3]]", "--grid.sizes", "[50, 25]"])  # fmt: skip
+    assert config.grid.quality_levels == [[4], [4, 3]]
+    ids = [cell_id(s, True) for s in grid_settings(config)]
+    assert ids == ["q4-call-n50-failfirst-" + ids[0][-8:], ids[1], "q34-call-n50-failfirst-" + ids[2][-8:], ids[3]]
+    # The same settings name the same cell, whatever their spelling or position in the grid.
+    same = CellSettings([3, 4, 4], None, 50, True)
+    same.validate("cell")
+    assert cell_id(same, True) == ids[2] != cell_id(same, False)
+    assert len(set(ids)) == 4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--grid.sizes", "[0]"], "grid.sizes[0]: out of range (got 0). Fix: use a value >= 1"),
+        (["--grid.quality_levels", "[6]"], "grid.quality_levels[0]: levels must be a non-empty list of integers 1-5 (got [6])"),
+        (["--grid.size", "[5]"], "grid.size: unknown field (got [5]). Fix: did you mean `grid.sizes`?"),
+        (["--design", "random"], "design: unknown design (got 'random'). Fix: use one of grid, one_at_a_time"),
+        (["--publish_cell", "abc"], "publish_cell: publishing needs a dataset repo (got 'abc'). Fix: set push_to_hub"),
+        (["--hub_dir", "outputs/hub"], "hub_dir: set without push_to_hub"),
+        (["--pool", "outputs/x/y", "--pool_revision", "v1"], "pool: with pool_revision set, the pool is a published dataset repo"),
+        (["--train_overrides.max_steps", "0"], "with train_overrides: max_steps: out of range (got 0). Fix: use -1"),
+        (["--train_overrides.lora_rank", "4"], "with train_overrides: lora_rank: unknown field (got 4). Fix: did you mean `lora_r`?"),
+        (["--eval_overrides.max_new_tokens", "0"], "with eval_overrides: max_new_tokens: out of range (got 0)"),
+        (["--name", "a b"], "name: not usable in folder, repo and tag names (got 'a b')"),
+    ],
+)
+def test_bad_values_fail_naming_the_field_the_value_and_the_fix(monkeypatch, args, message):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ConfigError) as err:
+        build_sweep_config("configs/sweeps/local.yaml", args)
+    assert message in str(err.value)
+
+
+def test_the_jobs_backend_says_what_it_needs(monkeypatch):
+    import importlib.util
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ConfigError) as err:
+        build_sweep_config("configs/sweeps/local.yaml", ["--backend", "jobs"])
+    if importlib.util.find_spec("trainer.jobs") is None:
+        assert "backend: backend jobs needs trainer/jobs.py" in str(err.value) and "Fix: use backend: local" in str(err.value)
+    else:
+        assert "cells_repo: HF Jobs read the cells' rows from" in str(err.value)
+
+
+# --- fast: curation of a cell ----------------------------------------------------------------------------
+
+
+def test_curation_of_a_cell_is_the_builders_and_is_deterministic(tmp_path):
+    rows = _hand_made_pool()
+    settings = CellSettings([4], None, 3, True)
+    settings.validate("cell")
+    cell = curate_cell(rows, settings, require_valid=True)
+    # Defender failures first (r00-a0001, r01-a0000, r01-a0003), then the solved one would follow: cut at size 3.
+    assert [r["id"] for r in cell.rows] == ["r00-a0001", "r01-a0000", "r01-a0003"]
+    assert cell.rows == curate(rows, settings.curation(True), 3)  # the builder's own curation, not a copy
+    assert cell.fingerprint == hashlib.sha256("r00-a0001\nr01-a0000\nr01-a0003".encode()).hexdigest() == dataset_fingerprint(cell.rows)
+
+    # Through the pool file on disk, read twice: the same rows in the same order, the same fingerprint.
+    build = tmp_path / "build"
+    write_rows(rows, build / "pool" / "pool.parquet", build / "pool.jsonl")
+    config = _config(pool=str(build))
+    first, second = read_pool(config), read_pool(config)
+    assert first.fingerprint == second.fingerprint
+    runs = [curate_cell(pool.rows, settings, True) for pool in (first, second, first)]
+    assert [[r["id"] for r in run.rows] for run in runs] == [[r["id"] for r in cell.rows]] * 3
+    assert {run.fingerprint for run in runs} == {cell.fingerprint}
+
+    # Each setting is honoured: complexity band, build order, no validity requirement.
+    def ids(settings: CellSettings, require_valid: bool = True) -> list[str]:
+        settings.validate("cell")
+        return [r["id"] for r in curate_cell(rows, settings, require_valid).rows]
+
+    assert ids(CellSettings([4], [3], 10, True)) == ["r01-a0000", "r00-a0000"]
+    assert ids(CellSettings([4], None, 10, False)) == ["r00-a0000", "r00-a0001", "r01-a0000", "r01-a0003"]
+    assert ids(CellSettings([4], [3], 10, False), require_valid=False) == ["r00-a0000", "r01-a0000", "r01-a0002"]
+    assert ids(CellSettings([1, 2], None, 10, True)) == []
+
+
+def test_published_rows_are_fingerprinted_with_their_version():
+    rows = [{"id": "r00-a0000", "version": "v1"}, {"id": "r00-a0000", "version": "v2"}]
+    assert dataset_fingerprint(rows) == hashlib.sha256(b"v1/r00-a0000\nv2/r00-a0000").hexdigest()
+    assert dataset_fingerprint(rows) != dataset_fingerprint(rows[::-1])
+
+
+# --- fast: the sweep folder, the pool, the report --------------------------------------------------------
+
+
+def test_a_sweep_folder_of_another_setup_is_refused_unless_fresh(tmp_path):
+    config = _config(pool=str(tmp_path / "build"), output_dir=str(tmp_path / "sweep"))
+    setup = {"pool": {"source": "a", "fingerprint": "1"}, "train": {"max_steps": 2}, "eval": {"limit": 2}}
+    prepare_output_dir(config, setup, fresh=False)
+    (tmp_path / "sweep" / "cells" / "some-cell").mkdir()
+    prepare_output_dir(config, setup, fresh=False)  # the same setup reopens
+    changed = {**setup, "train": {"max_steps": 3}}
+    with pytest.raises(SweepError, match=r"different setup \(changed: train\.max_steps: 2 -> 3\)\. Fix: re-run with --fresh"):
+        prepare_output_dir(config, changed, fresh=False)
+    prepare_output_dir(config, changed, fresh=True)
+    assert not (tmp_path / "sweep" / "cells" / "some-cell").exists()
+
+
+def test_a_pool_that_is_not_a_finished_build_fails_before_any_model_loads(tmp_path):
+    (tmp_path / "build").mkdir()
+    with pytest.raises(SweepError, match=r"pool: .*build holds no pool/pool\.parquet.*Fix: run `nanoflux build` to the end"):
+        main(_config(pool=str(tmp_path / "build"), output_dir=str(tmp_path / "sweep")))
+    assert not (tmp_path / "sweep").exists()
+
+
+def _record(cell: str, quality: list[int], size: int, rows: int, accuracies: dict[str, float | None]) -> dict:
+    scores = {
+        name: {"title": title, "n": 20, "correct": round(20 * acc), "accuracy": acc, "ci_low": max(0.0, acc - 0.2), "ci_high": min(1.0, acc + 0.2),
+               "unparseable": 1, "base": {"accuracy": 0.25, "ci_low": 0.1, "ci_high": 0.45}}
+        for name, title in BENCHMARKS if (acc := accuracies.get(name)) is not None
+    }  # fmt: skip
+    settings = {"quality_levels": quality, "complexity_levels": None, "size": size, "prefer_defender_failed": True}
+    return {
+        "cell_id": cell, "label": f"cell {cell}", "settings": settings, "require_valid": True, "status": "ok" if rows else "empty",
+        "dataset": {"rows": rows, "fingerprint": cell * 8}, "same_data_as": None,
+        "training": {"steps": 4, "train_tokens": 1000 * rows, "wall_time_s": 1.5, "loss_last": 1.0} if rows else None, "scores": scores,
+    }  # fmt: skip
+
+
+def test_the_report_has_the_table_one_plot_per_swept_dimension_and_the_best_cells(tmp_path):
+    import pyarrow.parquet as pq
+
+    records = [
+        _record("a", [3], 25, 25, {"medqa": 0.40, "pubmedqa": 0.60}),
+        _record("b", [3], 50, 50, {"medqa": 0.55, "pubmedqa": 0.60}),  # ties a on pubmedqa with more rows: a wins
+        _record("c", [4], 25, 25, {"medqa": 0.55, "pubmedqa": 0.50}),  # ties b on medqa with fewer rows: c wins
+        _record("d", [4], 50, 0, {}),  # no rows: no scores
+    ]
+    config = _config(pool=str(tmp_path), output_dir=str(tmp_path / "sweep"), name="demo")
+    (tmp_path / "sweep").mkdir()
+    setup = {"train": {"model": "m", "lora_r": 8, "learning_rate": 2e-4, "max_steps": 4, "num_train_epochs": 1, "per_device_train_batch_size": 2,
+                       "gradient_accumulation_steps": 1, "seed": 0}, "eval": {"model": "m", "max_new_tokens": 8}}  # fmt: skip
+    pool = Pool([{}] * 7, "outputs/x", "f" * 64)
+    files = write_report(config, pool, records, BENCHMARKS, setup)
+    assert sorted(p.name for p in files) == ["quality_levels.png", "results.md", "results.parquet", "size.png"]
+    for png in (tmp_path / "sweep").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+    table = pq.read_table(tmp_path / "sweep" / "results.parquet").to_pylist()
+    assert len(table) == 8 and {tuple(DIMENSIONS)} <= {tuple(k for k in row if k in DIMENSIONS) for row in table}
+    best = {(row["benchmark"], row["cell_id"]) for row in table if row["best"]}
+    assert best == {("medqa", "c"), ("pubmedqa", "a")}
+    empty = [row for row in table if row["cell_id"] == "d"]
+    assert [row["accuracy"] for row in empty] == [None, None] and {row["rows"] for row in empty} == {0}
+    assert table[0]["quality_levels"] == [3] and table[0]["complexity_levels"] is None and table[0]["train_tokens"] == 25000
+
+    md = (tmp_path / "sweep" / "results.md").read_text()
+    assert "| MedQA (USMLE, 4 options) | `c` | cell c | 25 | 55.0 | 35.0 – 75.0 | 25.0 |" in md
+    assert "| PubMedQA (PQA-L) | `a` | cell a | 25 | 60.0 | 40.0 – 80.0 | 25.0 |" in md
+    assert "★ 55.0 [35.0, 75.0]" in md and "![accuracy vs dataset size (rows requested)](size.png)" in md
+    assert "swept: reasoning-quality band, dataset size (rows requested); fixed: complexity all, ranking failed first" in md
+
+
+def test_the_card_section_is_replaced_not_repeated():
+    card = "---\nlicense: apache-2.0\n---\n# Data\n\n## Citation\n\ncite me\n"
+    once = with_section(card, "## Ablations: demo", "## Ablations: demo\n\nfirst\n")
+    twice = with_section(once, "## Ablations: demo", "## Ablations: demo\n\nsecond\n")
+    assert twice.count("## Ablations: demo") == 1 and "second" in twice and "first" not in twice
+    assert twice.startswith("---\nlicense: apache-2.0\n---\n# Data\n\n## Citation\n\ncite me\n")
+    other = with_section(twice, "## Ablations: other", "## Ablations: other\n\nthird\n")
+    assert "second" in other and "third" in other
+
+
+# --- slow: a real sweep on the packaged SmolLM2 ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pool_build(tmp_path_factory):
+    """A finished build of the scripted roles (loopback TGI): its pool has rows in L3 and L4."""
+    from huggingface_hub.utils import _http
+
+    from builder import build
+    from builder.config import BuildConfig
+    from tests.tgi_server import LOOPBACK_HOSTS, ScriptedTGI
+
+    out = tmp_path_factory.mktemp("pool") / "build"
+    original = _http.async_hf_request_event_hook
+
+    async def loopback_only(request):  # as the `allow_loopback_offline` fixture does, for this module's scope
+        return None if request.url.host in LOOPBACK_HOSTS else await original(request)
+
+    with pytest.MonkeyPatch.context() as mp, ScriptedTGI(responder=scripted_roles.respond) as server:
+        mp.setattr(_http, "async_hf_request_event_hook", loopback_only)
+        config = from_dict(BuildConfig, scripted_roles.recipe(server.url, str(out)))
+        config.validate()
+        summary = build.main(config)
+    assert summary["judged_ok"] == 3
+    return out
+
+
+def _sweep_recipe(pool: Path, output_dir: Path) -> dict:
+    """A 2x2 grid (quality L3/L4 x size 1/2), 2 training steps per cell, 2 fixture benchmarks of 2 rows."""
+    benchmarks = [
+        {"format": "medqa", "path": str(FIXTURES / "medqa.jsonl"), "split": "test", "limit": 2},
+        {"format": "pubmedqa", "path": str(FIXTURES / "pubmedqa.parquet"), "split": "train", "limit": 2},
+    ]
+    return {
+        "name": "tiny",
+        "pool": str(pool),
+        "grid": {"quality_levels": [3, 4], "sizes": [1, 2]},
+        "train_recipe": str(ROOT / "configs/train/local.yaml"),
+        "train_overrides": {"max_steps": 2, "max_length": 256},
+        "eval_recipe": str(ROOT / "configs/eval/local.yaml"),
+        "eval_overrides": {"benchmarks": benchmarks, "max_new_tokens": 4, "batch_size": 2, "bootstrap_samples": 200},
+        "output_dir": str(output_dir),
+    }
+
+
+def _cell_files(sweep: Path) -> dict[str, bytes]:
+    return {path.parent.name: path.read_bytes() for path in sorted((sweep / "cells").glob(f"*/cell.json"))}
+
+
+def _stable(table: list[dict]) -> list[dict]:
+    """The report minus what differs between two runs of the same cell (its wall time)."""
+    return [{k: v for k, v in row.items() if k != "train_wall_time_s"} for row in table]
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(pool_build, tmp_path_factory, embedded_model_dir):
+    """The sweep in a subprocess, killed with SIGKILL as soon as its first cell has finished; then resumed here."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    sweep = tmp / "sweep"
+    recipe = tmp / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(_sweep_recipe(pool_build, sweep)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "builder.cli", "sweep", "--config", str(recipe)], env=env, cwd=tmp,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not _cell_files(sweep):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = _cell_files(sweep)
+    assert 1 <= len(before) < 4, "the kill must land mid-sweep"
+    mtimes = {cell: (sweep / "cells" / cell / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns for cell in before if (sweep / "cells" / cell / "adapter").exists()}
+
+    config = build_sweep_config(recipe)
+    summary = main(config)
+    return {"recipe": recipe, "sweep": sweep, "config": config, "before": before, "mtimes": mtimes, "summary": summary}
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_redoing_finished_cells(killed_and_resumed):
+    state = killed_and_resumed
+    summary, before, sweep = state["summary"], state["before"], state["sweep"]
+    assert len(summary["cells"]) == 4
+    assert summary["skipped"] == [cell for cell in summary["cells"] if cell in before]
+    assert sorted(summary["ran"] + summary["reused"]) == sorted(cell for cell in summary["cells"] if cell not in before)
+    after = _cell_files(sweep)
+    assert set(after) == set(summary["cells"])
+    assert {cell: after[cell] for cell in before} == before  # finished records untouched
+    for cell, mtime in state["mtimes"].items():  # and their adapters not retrained
+        assert (sweep / "cells" / cell / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_each_cell_records_its_settings_rows_compute_and_scores(killed_and_resumed, pool_build):
+    from builder.localhub import RepoStore
+
+    state = killed_and_resumed
+    sweep, cells = state["sweep"], state["summary"]["cells"]
+    records = {cell: json.loads((sweep / "cells" / cell / "cell.json").read_text()) for cell in cells}
+    questions = {r["id"]: r["question"] for r in map(json.loads, (pool_build / "pool.jsonl").read_text().splitlines())}
+    by_settings = {(tuple(r["settings"]["quality_levels"]), r["settings"]["size"]): r for r in records.values()}
+    q = scripted_roles.QUESTIONS
+    expected = {((3,), 1): [q[4]], ((3,), 2): [q[4]], ((4,), 1): [q[2]], ((4,), 2): [q[2], q[0]]}
+    for key, record in by_settings.items():
+        assert [questions[i] for i in record["dataset"]["ids"]] == expected[key], key
+        assert record["dataset"]["fingerprint"] == hashlib.sha256("\n".join(record["dataset"]["ids"]).encode()).hexdigest()
+        assert record["status"] == "ok" and set(record["scores"]) == {"medqa", "pubmedqa"}
+        for score in record["scores"].values():
+            assert score["n"] == 2 and score["ci_low"] <= score["accuracy"] <= score["ci_high"] and 0 <= score["base"]["accuracy"] <= 1
+        assert record["training"]["steps"] == 2 and record["training"]["train_tokens"] > 0
+        curated = [json.loads(line)["id"] for line in (sweep / "cells" / record["cell_id"] / "curated.jsonl").read_text().splitlines()]
+        assert curated == record["dataset"]["ids"]
+    # L3 with size 1 and size 2 is the same single row: trained once, the other cell reuses its results.
+    l3 = [by_settings[(3,), 1], by_settings[(3,), 2]]
+    assert l3[1]["same_data_as"] == l3[0]["cell_id"] and l3[1]["scores"] == l3[0]["scores"]
+    assert not (sweep / "cells" / l3[1]["cell_id"] / "adapter").exists()
+
+    # Training read the cell's rows at their tag in the cells repo, and pinned that commit.
+    trained = by_settings[(4,), 2]
+    store = RepoStore(sweep / "cells-hub")
+    assert store.resolve("dataset", "local/tiny-cells", trained["dataset"]["tag"]) == trained["dataset"]["commit"]
+    assert trained["training"]["dataset"] == f"local/tiny-cells@{trained['dataset']['tag']}@{trained['dataset']['commit']}"
+    train_yaml = yaml.safe_load((sweep / "cells" / trained["cell_id"] / "train.yaml").read_text())
+    assert (train_yaml["revision"], train_yaml["max_steps"], train_yaml["push_to_hub"]) == (trained["dataset"]["tag"], 2, None)
+
+
+@pytest.mark.slow
+def test_the_report_has_the_table_plots_and_best_cells(killed_and_resumed):
+    import pyarrow.parquet as pq
+
+    state = killed_and_resumed
+    sweep, summary = state["sweep"], state["summary"]
+    assert sorted(Path(p).name for p in summary["report"]) == ["quality_levels.png", "results.md", "results.parquet", "size.png"]
+    table = pq.read_table(sweep / "results.parquet").to_pylist()
+    assert len(table) == 8 and {row["benchmark"] for row in table} == {"medqa", "pubmedqa"}
+    for name in ("medqa", "pubmedqa"):
+        scores = [row for row in table if row["benchmark"] == name]
+        (best,) = [row for row in scores if row["best"]]
+        assert best["accuracy"] == max(row["accuracy"] for row in scores) and summary["best"][name] == best["cell_id"]
+    md = (sweep / "results.md").read_text()
+    assert all(cell in md for cell in summary["cells"]) and "## Best cell per benchmark" in md
+    assert (sweep / "quality_levels.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_a_lost_cell_marker_redoes_only_that_cell_and_the_report_is_the_same(killed_and_resumed, tmp_path):
+    import pyarrow.parquet as pq
+
+    state = killed_and_resumed
+    sweep = tmp_path / "sweep"
+    shutil.copytree(state["sweep"], sweep)
+    reference = pq.read_table(sweep / "results.parquet").to_pylist()
+    trained = [cell for cell in state["summary"]["cells"] if (sweep / "cells" / cell / "adapter").exists()]
+    lost = random.Random(0).choice(trained)
+    (sweep / "cells" / lost / "cell.json").unlink()
+    config = build_sweep_config(state["recipe"], ["--output_dir", str(sweep)])
+    summary = main(config)
+    assert summary["ran"] == [lost] and sorted(summary["skipped"]) == sorted(c for c in state["summary"]["cells"] if c != lost)
+    assert _stable(pq.read_table(sweep / "results.parquet").to_pylist()) == _stable(reference)
+
+
+@pytest.mark.slow
+def test_a_cell_is_published_as_the_next_version_with_the_report_under_ablations(killed_and_resumed, tmp_path, monkeypatch):
+    import transformers
+
+    from builder.localhub import RepoStore, load_version
+
+    state = killed_and_resumed
+    sweep = tmp_path / "sweep"
+    shutil.copytree(state["sweep"], sweep)
+    records = {c: json.loads((sweep / "cells" / c / "cell.json").read_text()) for c in state["summary"]["cells"]}
+    chosen = next(c for c, r in records.items() if r["dataset"]["rows"] == 2)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a model was loaded: every cell is finished")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_training)
+    hub = tmp_path / "hub"
+    args = ["--output_dir", str(sweep), "--publish_cell", chosen, "--push_to_hub", REPO, "--hub_dir", str(hub)]
+    summary = main(build_sweep_config(state["recipe"], args))
+    assert summary["release"]["version"] == "v1" and summary["release"]["num_rows"] == 2 and summary["ran"] == []
+
+    # v1 holds exactly the cell's rows, in the cell's order; the card was rendered by the release code.
+    v1 = load_version(hub, REPO, "v1").to_list()
+    assert [row["id"] for row in v1] == records[chosen]["dataset"]["ids"] and {row["version"] for row in v1} == {"v1"}
+    store = RepoStore(hub)
+    head = store.resolve("dataset", REPO, "main")
+    assert store.resolve("dataset", REPO, "v1") == summary["release"]["commit"] != head == summary["report_commit"]
+    files = store.commit("dataset", REPO, head).files
+    assert {"ablations/tiny/results.parquet", "ablations/tiny/results.md", "ablations/tiny/quality_levels.png", "ablations/tiny/size.png"} <= set(files)
+    uploaded = store.read_file("dataset", REPO, head, "ablations/tiny/results.md").decode()
+    assert str(tmp_path) not in uploaded and str(state["sweep"].parent) not in uploaded  # no local folder goes up
+    assert uploaded.split("## Best cell")[1] == (sweep / "results.md").read_text().split("## Best cell")[1].replace(str(sweep / "cells"), "<sweep output_dir>/cells")
+    card = store.read_file("dataset", REPO, head, "README.md").decode()
+    assert card.count("## Ablations: tiny") == 1 and f"Version v1 holds the rows of cell `{chosen}`" in card and "ablations/tiny/results.md" in card
+    assert card.startswith("---\n") and "NanoFlux medical reasoning" in card  # the release's card, with the section added
+    provenance = json.loads(store.read_file("dataset", REPO, "v1", "provenance.json"))
+    assert provenance["curation"]["quality_levels"] == records[chosen]["settings"]["quality_levels"] and provenance["rows"] == 2
+
+    # Attaching again (no new cell to publish) replaces the section and adds no version.
+    again = main(build_sweep_config(state["recipe"], args[:2] + ["--push_to_hub", REPO, "--hub_dir", str(hub)]))
+    assert again["release"] is None and list(store.refs("dataset", REPO)["tags"]) == ["v1"]
+    assert store.read_file("dataset", REPO, "main", "README.md").decode().count("## Ablations: tiny") == 1
+
+
+@pytest.mark.slow
+def test_the_jobs_backend_trains_each_cell_as_a_job_reading_and_pushing_through_the_hub(pool_build, tmp_path, hub_endpoint, monkeypatch, embedded_model_dir):
+    """`backend: jobs` against a Hub-compatible server on loopback. The job itself (`trainer.jobs.main`) is run here,
+    as the job would run it: the recipe it sends (`job_recipe`, backend local) trained to the end, adapter pushed."""
+    import trainer.jobs
+    from builder.localhub import LocalHub, RepoStore
+    from trainer.train import TrainConfig
+    from trainer.train import main as train_main
+
+    submitted = []
+
+    def job(config, **kwargs):
+        submitted.append(config)
+        inside = from_dict(TrainConfig, yaml.safe_load(trainer.jobs.job_recipe(config)))
+        inside.output_dir = str(tmp_path / "job-disk")  # the job's own, ephemeral disk
+        train_main(inside)
+
+    monkeypatch.setattr(trainer.jobs, "main", job)
+    with LocalHub(tmp_path / "hub") as hub:
+        hub_endpoint(hub.url)
+        # PEFT asks huggingface_hub's module-level HfApi (endpoint fixed at import) whether the adapter file exists.
+        import huggingface_hub.hf_api
+
+        monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", hub.url)
+        recipe = tmp_path / "jobs.yaml"
+        data = _sweep_recipe(pool_build, tmp_path / "sweep")
+        data["eval_overrides"]["benchmarks"] = data["eval_overrides"]["benchmarks"][:1]
+        data.update(name="tiny-jobs", grid={"quality_levels": [4], "sizes": [2]}, backend="jobs", cells_repo="org/tiny-cells", adapter_repo="org/tiny-lora")
+        data["train_overrides"]["flavor"] = "a100-large"
+        recipe.write_text(yaml.safe_dump(data))
+        summary = main(build_sweep_config(recipe))
+
+    (cell,) = summary["ran"]
+    (config,) = submitted
+    assert (config.backend, config.flavor, config.hub_dir, config.push_to_hub) == ("jobs", "a100-large", None, f"org/tiny-lora-{cell}")
+    record = json.loads((tmp_path / "sweep" / "cells" / cell / "cell.json").read_text())
+    store = RepoStore(tmp_path / "hub")
+    assert (config.dataset_name, config.revision) == ("org/tiny-cells", record["dataset"]["tag"])
+    assert store.resolve("dataset", "org/tiny-cells", record["dataset"]["tag"]) == record["dataset"]["commit"]
+    # The training summary came back from the adapter repo the job pushed to; the adapter was evaluated from there.
+    assert record["training"]["steps"] == 2 and record["training"]["dataset"].startswith(f"org/tiny-cells@{record['dataset']['tag']}@")
+    assert store.exists("model", f"org/tiny-lora-{cell}") and not (tmp_path / "sweep" / "cells" / cell / "adapter").exists()
+    assert yaml.safe_load((tmp_path / "sweep" / "cells" / cell / "eval.yaml").read_text())["adapter"] == f"org/tiny-lora-{cell}"
+    assert record["scores"]["medqa"]["n"] == 2
+
+
+@pytest.mark.slow
+def test_a_changed_eval_recipe_re_evaluates_the_adapters_without_training_again(killed_and_resumed, tmp_path, monkeypatch):
+    import trl
+
+    state = killed_and_resumed
+    sweep = tmp_path / "sweep"
+    shutil.copytree(state["sweep"], sweep)
+    before = {c: json.loads((sweep / "cells" / c / "cell.json").read_text()) for c in state["summary"]["cells"]}
+    monkeypatch.setattr(trl, "SFTTrainer", None)  # nothing is trained again
+    summary = main(build_sweep_config(state["recipe"], ["--output_dir", str(sweep), "--eval_overrides.max_new_tokens", "6"]))
+    assert summary["ran"] == [] and summary["skipped"] == [] and sorted(summary["reevaluated"]) == sorted(before)
+    for cell, old in before.items():
+        new = json.loads((sweep / "cells" / cell / "cell.json").read_text())
+        assert new["eval_fingerprint"] != old["eval_fingerprint"] and new["training"] == old["training"]
+        if new["same_data_as"] is None:
+            results = json.loads((sweep / "cells" / cell / "eval" / "results.json").read_text())
+            assert results["generation"]["max_new_tokens"] == 6
+        else:
+            assert new["scores"] == json.loads((sweep / "cells" / new["same_data_as"] / "cell.json").read_text())["scores"]
+    # The training recipe is another matter: a changed one is refused before anything runs.
+    with pytest.raises(SweepError, match=r"changed: train\.max_steps: 2 -> 3"):
+        main(build_sweep_config(state["recipe"], ["--output_dir", str(sweep), "--train_overrides.max_steps", "3"]))

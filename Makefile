@@ -28,5 +28,12 @@ test: install
 test-fast: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+## Benchmarks, ~10 minutes on 2 cores: build throughput against the endpoint bound and against distilabel (run from
+## benchmarks/.venv-distilabel, made on first use, when it does not import here), novelty scaling, training cost.
+## Prints one table and writes benchmarks/results/*.json; pass e.g. ARGS="--parts throughput --smoke".
+.PHONY: bench
+bench: install
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -47,6 +47,10 @@ TRANSPORT_FIELDS = ("max_concurrency", "timeout", "max_attempts", "token_env")
 PUBLISH_FIELDS = ("output_dir", "push_to_hub", "hub_dir", "private")
 OUTPUT_FILES = ("run.json", "calls.jsonl", "examples.jsonl", "tools.jsonl", "config.yaml", "summary.json", "curated.jsonl", "pool.jsonl")
 OUTPUT_DIRS = ("data", "pool")
+# Questions are embedded and checked for novelty in chunks of this many attacks, in attack order, as soon as a chunk's
+# attacks are done. A fixed size (not the concurrency, which may change on resume) keeps every chunk, so every
+# embedding and every novelty decision, the same on a resumed run.
+NOVELTY_CHUNK = 8
 
 
 # --- the run's identity ----------------------------------------------------------------------------------
@@ -177,7 +181,7 @@ class Caller:
             return ChatResponse(record["text"], record["prompt_tokens"], record["completion_tokens"], record["finish_reason"], record["retries"], {"finished_at": record["finished_at"]})
         response = await self.clients[player].chat(request)
         finished_at = _now()
-        self.journal.put(
+        await self.journal.aput(
             {
                 "key": key,
                 "fingerprint": fingerprint,
@@ -244,11 +248,11 @@ class Context:
     counts: Counter = field(default_factory=Counter)
 
 
-def _note(ctx: Context, example_id: str, stage: str, **data: Any) -> None:
+async def _note(ctx: Context, example_id: str, stage: str, **data: Any) -> None:
     """Journal an example's state change (once: a replayed stage is not written again)."""
     key = f"{example_id}/{stage}"
     if key not in ctx.examples:
-        ctx.examples.put({"key": key, "id": example_id, "stage": stage, **data})
+        await ctx.examples.aput({"key": key, "id": example_id, "stage": stage, **data})
 
 
 def _players(round_index: int) -> tuple[str, str]:
@@ -256,7 +260,8 @@ def _players(round_index: int) -> tuple[str, str]:
 
 
 async def run_round(ctx: Context, round_index: int, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Attack concurrently, filter for novelty in attack order, then defend and judge concurrently."""
+    """Attack concurrently; as each chunk of attacks is done (in attack order), filter it for novelty and send its
+    novel questions on to be defended and judged, while the later attacks are still out."""
     config = ctx.config
     attacker, defender = _players(round_index)
     feedback = roles.feedback_text(history, config.feedback_examples)
@@ -275,11 +280,11 @@ async def run_round(ctx: Context, round_index: int, history: list[dict[str, Any]
         if outcome.value is None:
             kind = {"endpoint": "attack_error", "refused": "attack_refused", "unparseable": "attack_parse_error"}[outcome.failure]
             ctx.counts[kind] += 1
-            _note(ctx, example_id, kind, error=outcome.error, raw=outcome.raw)
+            await _note(ctx, example_id, kind, error=outcome.error, raw=outcome.raw)
             ctx.caller.progress.update(2)  # no defense or judgement will follow
             return None
         a: roles.Attack = outcome.value
-        _note(ctx, example_id, "attacked", question=a.question, reference_answer=a.reference_answer)
+        await _note(ctx, example_id, "attacked", question=a.question, reference_answer=a.reference_answer)
         return {
             "id": example_id,
             "round": round_index,
@@ -303,17 +308,24 @@ async def run_round(ctx: Context, round_index: int, history: list[dict[str, Any]
             "_attack": a,
         }
 
-    attacked = [row for row in await asyncio.gather(*(attack(i) for i in range(config.attacks_per_round))) if row]
-
-    vectors = embed(ctx.embedder, [row["question"] for row in attacked])
-    for row, decision in zip(attacked, ctx.novelty.check(vectors)):
-        row["novel"], row["novelty_similarity"] = decision.novel, decision.nearest_similarity
-        _note(ctx, row["id"], "novelty", novel=decision.novel, similarity=decision.nearest_similarity)
-        if not decision.novel:
-            ctx.counts["not_novel"] += 1
-            ctx.caller.progress.update(2)  # its defense and judgement will not happen
-
-    await asyncio.gather(*(defend_and_judge(ctx, row) for row in attacked if row["novel"]))
+    attacks = [asyncio.ensure_future(attack(i)) for i in range(config.attacks_per_round)]
+    attacked: list[dict[str, Any]] = []
+    judging = []
+    for start in range(0, len(attacks), NOVELTY_CHUNK):
+        chunk = [row for row in await asyncio.gather(*attacks[start : start + NOVELTY_CHUNK]) if row]
+        # The embedder runs in a thread, so the endpoints keep working meanwhile.
+        vectors = await asyncio.to_thread(embed, ctx.embedder, [row["question"] for row in chunk])
+        notes = []
+        for row, decision in zip(chunk, ctx.novelty.check(vectors)):
+            row["novel"], row["novelty_similarity"] = decision.novel, decision.nearest_similarity
+            notes.append(_note(ctx, row["id"], "novelty", novel=decision.novel, similarity=decision.nearest_similarity))
+            if not decision.novel:
+                ctx.counts["not_novel"] += 1
+                ctx.caller.progress.update(2)  # its defense and judgement will not happen
+        await asyncio.gather(*notes)
+        judging += [asyncio.ensure_future(defend_and_judge(ctx, row)) for row in chunk if row["novel"]]
+        attacked += chunk
+    await asyncio.gather(*judging)
     for row in attacked:
         row.pop("_attack")
     return attacked
@@ -333,14 +345,14 @@ async def defend_and_judge(ctx: Context, row: dict[str, Any]) -> None:
         # The Defender never answered: that is no evidence about the question, so the example is not judged.
         ctx.caller.progress.update(1)
         _set_judgement(row, "error", error=f"defender {outcome.error}")
-        _note(ctx, row["id"], "judged", judge_status="error", error=row["error"])
+        await _note(ctx, row["id"], "judged", judge_status="error", error=row["error"])
         return
     # An unparseable answer counts as a wrong one, as in evaluation.
     defense = outcome.value or roles.Defense(reasoning=outcome.raw[:4000], answer="(unparseable)")
     row["defender_reasoning"], row["defender_answer"] = defense.reasoning, defense.answer
-    _note(ctx, row["id"], "defended", answer=defense.answer)
+    await _note(ctx, row["id"], "defended", answer=defense.answer)
     await judge(ctx, row, attack, defense)
-    _note(ctx, row["id"], "judged", judge_status=row["judge_status"], defender_correct=row.get("defender_correct"))
+    await _note(ctx, row["id"], "judged", judge_status=row["judge_status"], defender_correct=row.get("defender_correct"))
 
 
 async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense: roles.Defense) -> None:
@@ -400,7 +412,7 @@ async def _python(ctx: Context, example_id: str, code: str) -> ToolCall:
     if record is not None and record["input"] == code:
         return ToolCall(record["tool"], record["input"], record["output"], record["ok"], record["error"])
     call = await asyncio.to_thread(python_tool, code, ctx.limits)
-    ctx.tools.put({"key": key, **call.to_dict()})
+    await ctx.tools.aput({"key": key, **call.to_dict()})
     return call
 
 

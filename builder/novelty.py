@@ -13,6 +13,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 PACKAGED_EMBEDDERS = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
+BLOCK_ELEMENTS = 1 << 24  # similarities computed at once by NoveltyFilter.check (64 MB of float32)
 
 
 def resolve_embedder(model: str) -> str:
@@ -72,9 +73,20 @@ class NoveltyFilter:
     def check(self, vectors: np.ndarray) -> list[NoveltyDecision]:
         """Decide candidates in order: each is compared to the bank, earlier accepted rows and earlier
         accepted candidates of this same batch, so the first of a near-duplicate pair is the one kept."""
+        vectors = _unit(np.asarray(vectors, dtype=np.float32))
+        # Against every row accepted before this batch, all candidates at once: one matrix product per block is many
+        # times faster than a matrix-vector product per candidate (which multithreaded BLAS handles badly), and the
+        # blocks keep the similarity matrix to BLOCK_ELEMENTS floats.
+        before = self.size
+        earlier = np.zeros(len(vectors), dtype=np.float32)
+        if before and len(vectors):
+            step = max(1, BLOCK_ELEMENTS // before)
+            earlier = np.concatenate([np.max(self._matrix[:before] @ vectors[i : i + step].T, axis=0) for i in range(0, len(vectors), step)])
         decisions = []
-        for vector in _unit(np.asarray(vectors, dtype=np.float32)):
-            nearest = float(np.max(self._matrix[: self.size] @ vector)) if self.size else 0.0
+        for vector, nearest_earlier in zip(vectors, earlier):
+            nearest = float(nearest_earlier)
+            if self.size > before:  # candidates of this batch accepted before this one
+                nearest = max(nearest, float(np.max(self._matrix[before : self.size] @ vector)))
             novel = nearest < self.threshold
             if novel:
                 self._append(vector[None, :])

@@ -9,8 +9,11 @@ Behaviour is scripted:
 - `server.script(Fault.status(429, retry_after=1), Fault.truncated(), ...)` queues faults, consumed one per
   chat request in order; a request with no fault left is answered normally;
 - `fault_for(request_json) -> Fault | None` picks a fault by content, when no scripted fault is queued;
-- `latency` (seconds per chat request) and `capacity` (requests processed at once; the rest wait, as on a
-  real TGI) shape throughput for concurrency tests and benchmarks.
+- `latency` (seconds per chat request), `token_latency` (seconds per completion token, added to `latency` for
+  each normal answer) and `capacity` (requests processed at once; the rest wait, as on a real TGI) shape
+  throughput for concurrency tests and benchmarks. `service_seconds` sums the time requests held a capacity slot
+  as scripted (latency + tokens x token_latency): divided by `capacity`, it is the shortest wall time in which
+  the server could have answered them, the bound a benchmark compares a client against.
 
 Every request is recorded (`server.requests`, `server.chat_requests`), including the Authorization header
 so tests can check a token was sent. Usage:
@@ -19,11 +22,12 @@ so tests can check a token was sent. Usage:
         client = EndpointClient(name="t", base_url=server.url)
 
 Under HF_HUB_OFFLINE=1 huggingface_hub refuses even loopback URLs: use the `allow_loopback_offline`
-fixture (the `tgi_server` fixture already does).
+fixture (the `tgi_server` fixture already does), or `with loopback_reachable():` outside pytest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -36,7 +40,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["Fault", "RecordedRequest", "Reply", "ScriptedTGI", "allow_loopback_offline", "tgi_server"]
+__all__ = ["Fault", "RecordedRequest", "Reply", "ScriptedTGI", "allow_loopback_offline", "loopback_reachable", "tgi_server"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class ScriptedTGI:
         fault_for: Callable[[dict[str, Any]], Fault | None] | None = None,
         faults: list[Fault] | tuple[Fault, ...] = (),
         latency: float = 0.0,
+        token_latency: float = 0.0,
         capacity: int | None = None,
         model_id: str = "scripted/tgi",
         host: str = "127.0.0.1",
@@ -137,6 +142,7 @@ class ScriptedTGI:
         # Content-keyed faults (e.g. "this question always gets a 503"), used when no scripted fault is queued.
         self.fault_for = fault_for
         self.latency = latency
+        self.token_latency = token_latency
         self.capacity = capacity
         self.model_id = model_id
         self._host = host
@@ -147,6 +153,8 @@ class ScriptedTGI:
         self._requests: list[RecordedRequest] = []
         self._in_flight = 0
         self._max_in_flight = 0
+        self._service_seconds = 0.0
+        self._completion_tokens = 0
         self._connections: set[socket.socket] = set()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -154,7 +162,7 @@ class ScriptedTGI:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> ScriptedTGI:
-        httpd = ThreadingHTTPServer((self._host, 0), _make_handler(self))
+        httpd = _Server((self._host, 0), _make_handler(self))
         httpd.daemon_threads = True
         httpd.block_on_close = False  # keep-alive handler threads end when their socket is shut (close())
         self._httpd = httpd
@@ -226,12 +234,26 @@ class ScriptedTGI:
         with self._lock:
             return self._max_in_flight
 
+    @property
+    def service_seconds(self) -> float:
+        """Scripted service time of every chat request so far: latency, plus tokens x token_latency when answered."""
+        with self._lock:
+            return self._service_seconds
+
+    @property
+    def completion_tokens(self) -> int:
+        """Completion tokens of every normal answer so far (what `token_latency` was charged on)."""
+        with self._lock:
+            return self._completion_tokens
+
     def reset(self) -> None:
-        """Forget recorded requests, peak concurrency and queued faults."""
+        """Forget recorded requests, peak concurrency, service time and queued faults."""
         with self._lock:
             self._requests.clear()
             self._faults.clear()
             self._max_in_flight = self._in_flight
+            self._service_seconds = 0.0
+            self._completion_tokens = 0
 
     # -- internals used by the handler ---------------------------------------------------------------
 
@@ -255,6 +277,13 @@ class ScriptedTGI:
     def _wait(self, seconds: float) -> None:
         if seconds > 0:
             self._stopping.wait(seconds)
+
+    def _serve(self, seconds: float, completion_tokens: int = 0) -> None:
+        """Hold the capacity slot for `seconds` of scripted service time, and account for it."""
+        with self._lock:
+            self._service_seconds += seconds
+            self._completion_tokens += completion_tokens
+        self._wait(seconds)
 
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         answer = self.responder(body)
@@ -302,9 +331,17 @@ class ScriptedTGI:
         }
 
 
+class _Server(ThreadingHTTPServer):
+    # The listen backlog: the default of 5 refuses connections when dozens of clients connect at once.
+    request_queue_size = 128
+
+
 def _make_handler(server: ScriptedTGI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like TGI: the client reuses connections
+        # TCP_NODELAY: headers and body go out as two writes, and with Nagle's algorithm the body would wait for the
+        # client's delayed ACK of the headers, ~40 ms on Linux, on every response (asyncio servers set it by default).
+        disable_nagle_algorithm = True
 
         def setup(self) -> None:
             super().setup()
@@ -397,7 +434,7 @@ def _make_handler(server: ScriptedTGI) -> type[BaseHTTPRequestHandler]:
                 if server._capacity_gate is not None:
                     server._capacity_gate.acquire()
                 try:
-                    server._wait(server.latency)
+                    server._serve(server.latency)
                     self._answer(request, fault)
                 finally:
                     if server._capacity_gate is not None:
@@ -434,7 +471,10 @@ def _make_handler(server: ScriptedTGI) -> type[BaseHTTPRequestHandler]:
                 if server._stopping.is_set():
                     self.close_connection = True
                     return
-            payload = json.dumps(server._completion(body)).encode()
+            completion = server._completion(body)
+            tokens = completion["usage"]["completion_tokens"]
+            server._serve(server.token_latency * tokens, tokens)  # generation time grows with the answer
+            payload = json.dumps(completion).encode()
             if kind == "truncated":
                 assert fault is not None
                 cut = payload[: len(payload) // 2]
@@ -452,13 +492,14 @@ def _make_handler(server: ScriptedTGI) -> type[BaseHTTPRequestHandler]:
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-@pytest.fixture
-def allow_loopback_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let huggingface_hub reach loopback servers while HF_HUB_OFFLINE=1 (set by tests/conftest.py).
+@contextlib.contextmanager
+def loopback_reachable() -> Iterator[None]:
+    """Let huggingface_hub reach loopback servers while HF_HUB_OFFLINE=1 (for benchmarks run outside pytest too).
 
     huggingface_hub 2.x enforces offline mode in the request hook of every httpx2 client it builds, so
     AsyncInferenceClient refuses even http://127.0.0.1. This swaps that hook for one that lets loopback
-    through and still refuses everything else. The hook is looked up when a client is created.
+    through and still refuses everything else, and puts the original back on exit. The hook is looked up when
+    a client is created.
     """
     from huggingface_hub.utils import _http
 
@@ -469,7 +510,18 @@ def allow_loopback_offline(monkeypatch: pytest.MonkeyPatch) -> None:
             return None
         return await original(request)
 
-    monkeypatch.setattr(_http, "async_hf_request_event_hook", hook)
+    _http.async_hf_request_event_hook = hook
+    try:
+        yield
+    finally:
+        _http.async_hf_request_event_hook = original
+
+
+@pytest.fixture
+def allow_loopback_offline() -> Iterator[None]:
+    """Let huggingface_hub reach loopback servers while HF_HUB_OFFLINE=1 (set by tests/conftest.py)."""
+    with loopback_reachable():
+        yield
 
 
 @pytest.fixture

@@ -1,0 +1,237 @@
+"""The benchmarks' smoke version (`python -m benchmarks.run --smoke`): the real builder against the loopback TGI, the
+novelty filter and the training-cost code at tiny sizes. It checks the results files' stable keys and sane values, and
+that the throughput check fails for a builder that sends one request at a time.
+
+The distilabel comparison and the CPU LoRA run are `slow` (the first also needs distilabel installed, which the
+project does not depend on, so CI skips it); the full benchmark is `make bench`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from benchmarks.run import PARTS, RESULT_FILES, build_bench_config, format_table, main
+from builder.config import ConfigError
+
+pytestmark = pytest.mark.usefixtures("allow_loopback_offline")
+
+CAPACITY = 8  # the loopback server's, and the recipe's default max_concurrency
+# At capacity 8, a builder that sends one request at a time reaches at most 1/8 = 0.125 of the bound; the smoke
+# workload (calls of 0.2-0.4 s) leaves the concurrent builder well above this even on a loaded 2-core machine.
+MIN_RATIO_TO_BOUND = 0.3
+
+
+def check_throughput(figures: dict) -> None:
+    """What the smoke run asks of the builder at the default concurrency (AssertionError names the failing figure)."""
+    run = figures["default"]
+    assert run["server_max_concurrent"] == run["concurrency"] == CAPACITY, f"requests in flight at the server: {run['server_max_concurrent']}"
+    assert 0 < run["ratio_to_bound"] <= 1.05, f"ratio_to_bound {run['ratio_to_bound']} is not a fraction of the bound"
+    assert run["ratio_to_bound"] >= MIN_RATIO_TO_BOUND, f"ratio_to_bound {run['ratio_to_bound']} < {MIN_RATIO_TO_BOUND}: is the builder serialised?"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke run of the throughput and novelty parts; (config, results folder, records)."""
+    root = tmp_path_factory.mktemp("bench")
+    args = ["--smoke", "--parts", "throughput,novelty", "--results_dir", str(root / "results"), "--work_dir", str(root / "work")]
+    config, parts, smoke = build_bench_config(args)
+    records = main(config, parts, smoke=smoke)
+    return config, root / "results", records
+
+
+def _read(results, part: str) -> dict:
+    return json.loads((results / RESULT_FILES[part]).read_text())
+
+
+def test_each_part_writes_a_results_file_with_machine_settings_and_figures(smoke):
+    _, results, records = smoke
+    assert sorted(p.name for p in results.iterdir()) == ["novelty.json", "throughput.json"]
+    for record in records:
+        saved = _read(results, record["benchmark"])
+        assert saved == json.loads(json.dumps(record))
+        assert set(saved) == {"benchmark", "smoke", "created_at", "duration_s", "command", "machine", "settings", "figures"}
+        assert saved["smoke"] is True and saved["duration_s"] > 0
+        machine = saved["machine"]
+        assert machine["cpu_count"] >= 1 and machine["python"] and machine["platform"]
+        assert machine["packages"]["torch"] and machine["packages"]["nanoflux"]
+    table = format_table(records)
+    assert table.startswith("| part | figure | value | goal |") and "ratio_to_bound" in table
+    assert all(line.count("|") == 5 for line in table.splitlines()), "one row per figure, four columns"
+
+
+def test_the_builder_keeps_the_endpoint_busy_at_the_default_concurrency(smoke):
+    config, results, _ = smoke
+    record = _read(results, "throughput")
+    figures, settings = record["figures"], record["settings"]
+    assert settings["examples"] == 32 and settings["server"]["capacity"] == CAPACITY
+    run = figures["default"]
+    # Every example went through all three roles, each judged `ok`, with nothing replayed (a fresh build).
+    assert run["examples"] == 32 and run["calls"] == 96 and run["calls_by_role"] == {"attacker": 32, "defender": 32, "judge": 32}
+    assert run["judge_status"]["ok"] == 32 and run["calls_replayed"] == 0
+    assert run["bound_s"] == pytest.approx(run["service_s"] / CAPACITY, rel=1e-3)
+    assert run["wall_s"] >= run["bound_s"] * 0.95, "no client beats the server's own bound"
+    assert 0 < run["cpu_ms_per_example"] <= 1000 * run["wall_s"] / run["examples"] * os.cpu_count()
+    assert figures["ratio_to_bound"] == run["ratio_to_bound"] and figures["goal"]["ratio_to_bound_min"] == 0.9
+    check_throughput(figures)
+
+
+def test_the_throughput_check_fails_when_the_builder_sends_one_request_at_a_time(tmp_path):
+    from benchmarks.loopback import LoopbackEndpoint
+    from benchmarks.throughput import ThroughputConfig, build_config, measure_build
+
+    workload = ThroughputConfig(rounds=1, attacks_per_round=8, latency=0.1, token_latency=0.001)
+    with LoopbackEndpoint(latency=workload.latency, token_latency=workload.token_latency, capacity=CAPACITY) as endpoint:
+        serial = measure_build(endpoint, build_config(workload, endpoint.url, tmp_path / "serial", 1), capacity=CAPACITY)
+    assert serial["server_max_concurrent"] == 1 and serial["calls"] == 24
+    assert serial["ratio_to_bound"] <= 1 / CAPACITY + 0.01  # one slot of eight
+    assert serial["ratio_to_client_bound"] > serial["ratio_to_bound"]
+    with pytest.raises(AssertionError, match="requests in flight"):
+        check_throughput({"default": serial})
+    with pytest.raises(AssertionError, match="serialised"):
+        check_throughput({"default": {**serial, "concurrency": CAPACITY, "server_max_concurrent": CAPACITY}})
+
+
+def test_novelty_scaling_reports_time_memory_and_growth_per_bank_size(smoke):
+    _, results, _ = smoke
+    figures = _read(results, "novelty")["figures"]
+    assert [run["bank_size"] for run in figures["runs"]] == [200, 2000]
+    for run in figures["runs"]:
+        assert run["novel"] == run["candidates"] == 100  # random unit vectors are nearly orthogonal: all novel
+        assert run["ms_per_candidate"] > 0 and run["peak_mb"] >= run["bank_mb"] > 0
+    assert figures["runs"][1]["matrix_mb"] > figures["runs"][0]["matrix_mb"]
+    assert isinstance(figures["growth_exponent"], float)
+    embedding = figures["embedding"]
+    assert embedding["texts"] == 16 and embedding["texts_per_s"] > 0 and embedding["dimension"] == 384
+    assert embedding["resolved"].startswith("packaged")
+
+
+def test_the_batched_novelty_check_decides_exactly_like_one_candidate_at_a_time(monkeypatch):
+    """NoveltyFilter.check compares a batch to the earlier rows in one matrix product (in blocks); it must decide
+    exactly what comparing each candidate in turn would, near-duplicates within the batch included."""
+    import builder.novelty as novelty
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((40, 32)).astype(np.float32)
+    near = base[rng.integers(0, 40, 60)] + 0.05 * rng.standard_normal((60, 32)).astype(np.float32)
+    candidates = np.concatenate([base[:20], near, base[20:]])[rng.permutation(100)]
+    candidates /= np.linalg.norm(candidates, axis=1, keepdims=True)
+    bank = base[:5] / np.linalg.norm(base[:5], axis=1, keepdims=True)
+
+    accepted, expected = list(bank), []
+    for vector in candidates:
+        nearest = max(float(a @ vector) for a in accepted)
+        expected.append((nearest < 0.88, nearest))
+        if nearest < 0.88:
+            accepted.append(vector)
+    assert 10 < sum(not novel for novel, _ in expected) < 90, "the data has both duplicates and novel questions"
+
+    monkeypatch.setattr(novelty, "BLOCK_ELEMENTS", 64)  # several blocks per batch
+    for chunk in (100, 8, 1):
+        f = novelty.NoveltyFilter(0.88, bank=bank)
+        decisions = [d for i in range(0, 100, chunk) for d in f.check(candidates[i : i + chunk])]
+        assert [d.novel for d in decisions] == [novel for novel, _ in expected]
+        assert [d.nearest_similarity for d in decisions] == pytest.approx([s for _, s in expected], abs=1e-5)
+        assert f.size == len(accepted)
+
+
+def test_journal_writes_from_the_event_loop_share_fsyncs_and_lose_nothing(tmp_path, monkeypatch):
+    """The build journals through `Journal.aput` (off the event loop, group commit): what the throughput fix relies on."""
+    import asyncio
+    import time
+
+    import builder.journal as journal
+
+    synced = []
+
+    def slow_fsync(fd: int) -> None:  # a disk where an fsync takes 5 ms
+        time.sleep(0.005)
+        synced.append(fd)
+
+    monkeypatch.setattr(journal.os, "fsync", slow_fsync)
+    log = journal.Journal(tmp_path / "calls.jsonl")
+
+    async def write_all() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(log.aput({"key": f"k{i}", "text": "x" * i}) for i in range(100)))
+        return time.perf_counter() - started
+
+    elapsed = asyncio.run(write_all())
+    log.close()
+    assert len(synced) < 60 and elapsed < 100 * 0.005, f"{len(synced)} fsyncs for 100 concurrent records: they must share"
+    reopened = journal.Journal(tmp_path / "calls.jsonl")
+    assert len(reopened) == 100 and reopened.get("k42")["text"] == "x" * 42
+    reopened.close()
+
+
+def test_flops_per_token_of_the_written_out_qwen3_4b_match_its_parameter_count():
+    from benchmarks.training_cost import QWEN3_4B, forward_flops_per_token, qwen3_config
+
+    config = qwen3_config(QWEN3_4B)
+    matmul_flops = forward_flops_per_token(config, seq_len=0)
+    # Qwen3-4B: 4.02B parameters, of which the tied 151936 x 2560 embedding is also the lm_head (a matmul per token).
+    assert matmul_flops == pytest.approx(2 * 4.022e9, rel=0.01)
+    assert forward_flops_per_token(config, seq_len=2048) - matmul_flops == 4 * 36 * 2048 * 32 * 128
+
+
+def test_unknown_parts_and_fields_fail_before_anything_runs():
+    with pytest.raises(ConfigError, match=r"--parts: unknown part\(s\) \['speed'\]"):
+        build_bench_config(["--parts", "throughput,speed"])
+    with pytest.raises(ConfigError, match="did you mean `throughput.latency`"):
+        build_bench_config(["--throughput.latncy", "0.1"])
+    with pytest.raises(ConfigError, match="throughput.capacity: out of range"):
+        build_bench_config(["--throughput.capacity", "0"])
+    config, parts, smoke = build_bench_config([])
+    assert parts == list(PARTS) and not smoke and config.throughput.default_concurrency == CAPACITY
+
+
+@pytest.mark.slow
+def test_training_cost_runs_the_local_recipe_and_the_gpu_code_and_counts_the_compute_ratio(tmp_path):
+    import torch
+
+    args = ["--smoke", "--parts", "training", "--training.cpu_steps", "1", "--results_dir", str(tmp_path / "results"), "--work_dir", str(tmp_path / "work")]
+    config, parts, smoke = build_bench_config(args)
+    main(config, parts, smoke=smoke)
+    figures = _read(tmp_path / "results", "training")["figures"]
+    cpu = figures["cpu"]
+    assert cpu["steps"] == 1 and cpu["train_tokens"] > 0 and cpu["tokens_per_s"] > 0
+    assert cpu["peak_rss_mb"] > cpu["rss_before_training_mb"] > 0 and cpu["recipe"] == "configs/train/local.yaml"
+    gpu = figures["gpu"]
+    assert gpu["model"]["parameters"] == 4_022_468_096  # Qwen3-4B, built on the meta device
+    if torch.cuda.is_available():
+        assert gpu["skipped"] is False and gpu["tokens_per_s"] > 0 and gpu["peak_memory_gb"] > 8
+    else:
+        assert gpu["skipped"] is True and "torch.cuda.is_available() is False" in gpu["reason"]
+        check = gpu["code_path_check"]
+        assert check["tokens_per_s"] > 0 and 0 < check["trainable_parameters"] < check["parameters"]
+        assert check["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    ratio = figures["compute_ratio"]
+    assert ratio["estimate"] is True and ratio["nanoflux"]["rows"] == 200
+    assert {s["name"] for s in ratio["full_sets"]} == {"gsm_hard", "genome_bench", "medqa", "medmcqa", "pubmedqa"}
+    for entry in ratio["full_sets"]:
+        assert entry["tokens"] == pytest.approx(entry["tokens_per_row"] * entry["rows"], rel=1e-3)
+        assert entry["ratio"] == pytest.approx(entry["tokens"] / ratio["nanoflux"]["tokens"], rel=0.01) and entry["ratio"] > 1
+        assert entry["method"].startswith("estimate:")
+
+
+@pytest.mark.slow
+def test_distilabel_runs_the_same_workload_against_the_same_server(tmp_path):
+    pytest.importorskip("distilabel", reason="distilabel is a benchmark-only tool, not a project dependency")
+    args = [
+        "--parts", "distilabel", "--throughput.rounds", "1", "--throughput.attacks_per_round", "16", "--throughput.latency", "0.1",
+        "--throughput.token_latency", "0.001", "--distilabel.input_batch_sizes", "[8]",
+        "--results_dir", str(tmp_path / "results"), "--work_dir", str(tmp_path / "work"),
+    ]  # fmt: skip
+    config, parts, smoke = build_bench_config(args)
+    main(config, parts, smoke=smoke)
+    figures = _read(tmp_path / "results", "distilabel")["figures"]
+    nanoflux, (distilabel,) = figures["nanoflux"], figures["distilabel"]
+    # The server saw the same calls per role from both, so both had exactly the same work to wait for.
+    assert nanoflux["calls_by_role"] == distilabel["calls_by_role"] == {"attacker": 16, "defender": 16, "judge": 16}
+    assert nanoflux["bound_s"] == pytest.approx(distilabel["bound_s"], rel=1e-6)
+    assert distilabel["examples"] == 16 and 0 < distilabel["ratio_to_bound"] <= 1.05
+    assert figures["vs_distilabel"] == pytest.approx(nanoflux["wall_s"] / distilabel["wall_s"], abs=1e-3)
+    assert figures["vs_distilabel"] > 0

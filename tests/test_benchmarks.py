@@ -219,7 +219,6 @@ def test_training_cost_runs_the_local_recipe_and_the_gpu_code_and_counts_the_com
 
 @pytest.mark.slow
 def test_distilabel_runs_the_same_workload_against_the_same_server(tmp_path):
-    pytest.importorskip("distilabel", reason="distilabel is a benchmark-only tool, not a project dependency")
     args = [
         "--parts", "distilabel", "--throughput.rounds", "1", "--throughput.attacks_per_round", "16", "--throughput.latency", "0.1",
         "--throughput.token_latency", "0.001", "--distilabel.input_batch_sizes", "[8]",

@@ -55,8 +55,10 @@ def test_the_job_runs_the_same_recipe_locally_on_the_requested_hardware():
     assert "pip install --quiet --no-cache-dir nanoflux==0.1.0" in script
     assert script.rstrip().endswith("exec nanoflux train --config nanoflux_train.yaml")
     recipe = yaml.safe_load(spec["env"][RECIPE_ENV])
-    assert recipe["backend"] == "local"  # inside the job, the run trains where it is
-    assert {k: v for k, v in recipe.items() if k != "backend"} == {k: v for k, v in vars(config).items() if k != "backend"}
+    # Inside the job, the run trains where it is, into a folder of the job's own disk.
+    assert (recipe["backend"], recipe["output_dir"]) == ("local", "outputs/qwen3-4b-nanoflux-medical-lora")
+    same = {k: v for k, v in vars(config).items() if k not in ("backend", "output_dir")}
+    assert {k: v for k, v in recipe.items() if k not in ("backend", "output_dir")} == same
     assert spec["labels"] == {"nanoflux": "train", "adapter": "org--qwen3-4b-nanoflux-medical-lora"}
 
 

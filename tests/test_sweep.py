@@ -320,7 +320,7 @@ def _sweep_recipe(pool: Path, output_dir: Path) -> dict:
 
 
 def _cell_files(sweep: Path) -> dict[str, bytes]:
-    return {path.parent.name: path.read_bytes() for path in sorted((sweep / "cells").glob(f"*/cell.json"))}
+    return {path.parent.name: path.read_bytes() for path in sorted((sweep / "cells").glob("*/cell.json"))}
 
 
 def _stable(table: list[dict]) -> list[dict]:
@@ -482,23 +482,24 @@ def test_a_cell_is_published_as_the_next_version_with_the_report_under_ablations
 
 @pytest.mark.slow
 def test_the_jobs_backend_trains_each_cell_as_a_job_reading_and_pushing_through_the_hub(pool_build, tmp_path, hub_endpoint, monkeypatch, embedded_model_dir):
-    """`backend: jobs` against a Hub-compatible server on loopback. The job itself (`trainer.jobs.main`) is run here,
-    as the job would run it: the recipe it sends (`job_recipe`, backend local) trained to the end, adapter pushed."""
+    """`backend: jobs` against a Hub-compatible server on loopback that serves the Jobs API: each cell is submitted
+    through huggingface_hub's jobs client, and the job (`nanoflux train` in a process of its own, in a temporary
+    folder) reads the cell's rows from the Hub and pushes its adapter there."""
     import trainer.jobs
-    from builder.localhub import LocalHub, RepoStore
-    from trainer.train import TrainConfig
-    from trainer.train import main as train_main
+    from builder.localhub import JobRunner, LocalHub, RepoStore
 
     submitted = []
+    submit = trainer.jobs.main
 
-    def job(config, **kwargs):
+    def recorded(config, **kwargs):
         submitted.append(config)
-        inside = from_dict(TrainConfig, yaml.safe_load(trainer.jobs.job_recipe(config)))
-        inside.output_dir = str(tmp_path / "job-disk")  # the job's own, ephemeral disk
-        train_main(inside)
+        return submit(config, **kwargs)
 
-    monkeypatch.setattr(trainer.jobs, "main", job)
-    with LocalHub(tmp_path / "hub") as hub:
+    monkeypatch.setattr(trainer.jobs, "main", recorded)
+    monkeypatch.setenv("HF_TOKEN", "hf_localhub_token")
+    # The job's 'image' has NanoFlux installed: this environment's `nanoflux` is first on its PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    with LocalHub(tmp_path / "hub", jobs=JobRunner(base_env={**os.environ, "PATH": path})) as hub:
         hub_endpoint(hub.url)
         # PEFT asks huggingface_hub's module-level HfApi (endpoint fixed at import) whether the adapter file exists.
         import huggingface_hub.hf_api
@@ -508,7 +509,7 @@ def test_the_jobs_backend_trains_each_cell_as_a_job_reading_and_pushing_through_
         data = _sweep_recipe(pool_build, tmp_path / "sweep")
         data["eval_overrides"]["benchmarks"] = data["eval_overrides"]["benchmarks"][:1]
         data.update(name="tiny-jobs", grid={"quality_levels": [4], "sizes": [2]}, backend="jobs", cells_repo="org/tiny-cells", adapter_repo="org/tiny-lora")
-        data["train_overrides"]["flavor"] = "a100-large"
+        data["train_overrides"].update(flavor="a100-large", job_package="nanoflux")
         recipe.write_text(yaml.safe_dump(data))
         summary = main(build_sweep_config(recipe))
 
@@ -522,6 +523,8 @@ def test_the_jobs_backend_trains_each_cell_as_a_job_reading_and_pushing_through_
     # The training summary came back from the adapter repo the job pushed to; the adapter was evaluated from there.
     assert record["training"]["steps"] == 2 and record["training"]["dataset"].startswith(f"org/tiny-cells@{record['dataset']['tag']}@")
     assert store.exists("model", f"org/tiny-lora-{cell}") and not (tmp_path / "sweep" / "cells" / cell / "adapter").exists()
+    (job,) = hub.jobs.list("localhub")
+    assert job.stage == "COMPLETED" and job.spec["flavor"] == "a100-large"
     assert yaml.safe_load((tmp_path / "sweep" / "cells" / cell / "eval.yaml").read_text())["adapter"] == f"org/tiny-lora-{cell}"
     assert record["scores"]["medqa"]["n"] == 2
 

@@ -73,8 +73,10 @@ def check_job_settings(config: Any) -> None:
 
 
 def job_recipe(config: Any) -> str:
-    """The recipe the job runs: the same settings, trained where it runs (backend local)."""
-    return yaml.safe_dump({**to_dict(config), "backend": "local"}, sort_keys=False)
+    """The recipe the job runs: the same settings, trained where it runs (backend local), written to a folder of the
+    job's own disk (a path of the submitting machine means nothing there)."""
+    output_dir = f"outputs/{Path(config.output_dir).name or 'adapter'}"
+    return yaml.safe_dump({**to_dict(config), "backend": "local", "output_dir": output_dir}, sort_keys=False)
 
 
 def job_spec(config: Any, *, package: str, fetch: str | None = None) -> dict[str, Any]:

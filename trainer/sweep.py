@@ -735,7 +735,7 @@ def results_markdown(
         f"{len(records)} cells; swept: {', '.join(DIMENSION_TITLES[d] for d in swept) or 'nothing'}"
         + (f"; fixed: {', '.join(fixed)}" if fixed else "")
         + f"; judge-validated only: {config.require_valid}",
-        f"- Curation: the builder's own (`builder.curation.curate`), no new generation; a cell's dataset fingerprint is the sha256 of its rows' ids in order",
+        "- Curation: the builder's own (`builder.curation.curate`), no new generation; a cell's dataset fingerprint is the sha256 of its rows' ids in order",
         f"- Training: `{train['model']}`, LoRA r={train['lora_r']}, lr {train['learning_rate']}, "
         + (f"{train['max_steps']} steps" if train["max_steps"] > 0 else f"{train['num_train_epochs']} epochs")
         + f", batch {train['per_device_train_batch_size']}x{train['gradient_accumulation_steps']}, seed {train['seed']}",

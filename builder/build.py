@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 TRANSPORT_FIELDS = ("max_concurrency", "timeout", "max_attempts", "token_env")
 # Where the result goes, not what it is.
 PUBLISH_FIELDS = ("output_dir", "push_to_hub", "hub_dir", "private")
+# Curation runs after the rounds, on the journaled rows (nothing in a round depends on it): changing it re-curates a
+# finished build without a single new call.
+CURATION_FIELDS = ("curation", "target_size")
 OUTPUT_FILES = ("run.json", "calls.jsonl", "examples.jsonl", "tools.jsonl", "config.yaml", "summary.json", "curated.jsonl", "pool.jsonl")
 OUTPUT_DIRS = ("data", "pool")
 # Questions are embedded and checked for novelty in chunks of this many attacks, in attack order, as soon as a chunk's
@@ -57,9 +60,9 @@ NOVELTY_CHUNK = 8
 
 
 def recipe_fingerprint(config: BuildConfig, prompt_hashes: dict[str, str]) -> tuple[str, dict[str, Any]]:
-    """sha256 of everything that decides the build's content (not output_dir, not transport settings)."""
+    """sha256 of everything that decides what the rounds generate (not where it goes, how it is sent or curated)."""
     data = to_dict(config)
-    for name in PUBLISH_FIELDS:
+    for name in (*PUBLISH_FIELDS, *CURATION_FIELDS):
         data.pop(name)
     data["prompt_hashes"] = prompt_hashes
     for role in ("player_a", "player_b", "judge"):

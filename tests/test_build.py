@@ -116,6 +116,10 @@ def test_changed_recipe_is_refused_unless_fresh(server, tmp_path):
     # Transport settings are not part of the recipe's identity: the same build resumes with all calls replayed.
     again = build.main(_config(server.url, tmp_path / "out", judge={**scripted_roles.recipe(server.url, "")["judge"], "max_concurrency": 2}))
     assert again["calls_sent"] == 0 and again["calls_replayed"] == CALLS_PER_BUILD
+    # Nor is curation, which runs on the journaled rows: a finished build is re-curated without a new call.
+    assert again["kept"] > 1
+    recurated = build.main(_config(server.url, tmp_path / "out", target_size=1))
+    assert (recurated["calls_sent"], recurated["kept"]) == (0, 1) and len(_rows(tmp_path / "out" / "curated.jsonl")) == 1
     fresh = build.main(_config(server.url, tmp_path / "out", rounds=1), fresh=True)
     assert fresh["calls_replayed"] == 0 and fresh["generated"] == 4
 

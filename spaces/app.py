@@ -182,7 +182,7 @@ class NanoFluxSpace:
         tags = self.version_tags()
         adapters = ", ".join(f"`{label}`" for label, _ in self.adapter_choices) or "none"
         lines = [
-            f"**Dataset** `{self.settings.dataset or '–'}`" + (f" ({len(tags)} versions: {', '.join(tags)})" if tags else ""),
+            f"**Dataset** `{self.settings.dataset or '–'}`" + (f" ({len(tags)} version{'s' if len(tags) > 1 else ''}: {', '.join(tags)})" if tags else ""),
             f"**Base model** `{self.settings.base_model}` · **Adapters** {adapters}",
         ]
         lines += [f"⚠️ {p}" for p in self.problems]

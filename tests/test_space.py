@@ -278,7 +278,8 @@ def test_a_dataset_question_fills_the_prompt_with_its_reference_and_a_benchmark_
     assert gsm_gold == "Gold answer (GSM-Hard, 0): -9867630"
 
 
-def test_adapter_versions_are_a_repos_tags_and_main_and_a_missing_adapter_is_named(hub, tmp_path):
+def test_adapter_versions_are_a_repos_tags_and_main_and_a_missing_adapter_is_named(hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `outputs/adapter-local` is relative: a checkout that trained one must not see it
     store = RepoStore(hub.root)
     store.create_repo("model", "org/listed-lora")
     for tag in ("v1", "v2"):

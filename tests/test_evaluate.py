@@ -394,6 +394,16 @@ def test_malformed_recipe_fails_naming_the_field_the_value_and_the_fix(tmp_path,
     assert message.startswith(f"{field}:") and "(got " in message and "Fix:" in message and fix in message
 
 
+def test_nothing_to_evaluate_fails_before_any_model_loads(tmp_path, monkeypatch):
+    import trainer.evaluate
+
+    monkeypatch.setattr(trainer.evaluate, "load_model", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    config = EvalConfig(evaluate_base=False, benchmarks=[BenchmarkConfig(format="medqa", path=str(FIXTURES / "medqa.jsonl"), limit=2)], output_dir=str(tmp_path))
+    config.validate()
+    with pytest.raises(EvalError, match="nothing to evaluate: evaluate_base is false and no adapter was found"):
+        trainer.evaluate.main(config)
+
+
 # --- real model (slow) -----------------------------------------------------------------------------------
 
 

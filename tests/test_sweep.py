@@ -365,6 +365,13 @@ def test_a_killed_sweep_resumes_without_redoing_finished_cells(killed_and_resume
     assert {cell: after[cell] for cell in before} == before  # finished records untouched
     for cell, mtime in state["mtimes"].items():  # and their adapters not retrained
         assert (sweep / "cells" / cell / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
+    # The base model was scored once for the whole sweep (before the kill), never per cell.
+    base = json.loads((sweep / "base.json").read_text())["scores"]
+    assert sorted((sweep / "base-eval" / "details").glob("*-base.jsonl")) and not list((sweep / "cells").glob("*/eval/details/*-base.jsonl"))
+    for cell in after:
+        record = json.loads(after[cell])
+        if record["status"] == "ok":
+            assert {name: score["base"] for name, score in record["scores"].items()} == base
 
 
 @pytest.mark.slow

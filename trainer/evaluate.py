@@ -225,6 +225,8 @@ class EvalConfig:
     """When the adapter cannot be found, warn and evaluate the base model only (instead of failing)."""
     baseline_adapter: str | None = None
     """A LoRA fine-tuned on a full benchmark training set (the paper's baseline), evaluated as variant `baseline`."""
+    evaluate_base: bool = True
+    """Evaluate the base model alone too (variant `base`); false when its scores are known (a sweep scores it once)."""
     benchmarks: list[BenchmarkConfig] = field(default_factory=list)
     limit: int | None = None
     """Evaluate at most this many rows of every benchmark (a cap on each benchmark's own `limit`)."""
@@ -786,7 +788,7 @@ def main(config: EvalConfig) -> dict[str, Any]:
         bench.name: load_benchmark(bench, reasoning=config.reasoning, limit=config.limit, revision=revisions[bench.name])
         for bench in config.benchmarks
     }
-    variants: dict[str, str | None] = {"base": None}
+    variants: dict[str, str | None] = {"base": None} if config.evaluate_base else {}
     if config.adapter:
         adapter = resolve_adapter(config.adapter, field_name="adapter", optional=config.adapter_optional, base_model=config.model)
         if adapter:
@@ -794,6 +796,8 @@ def main(config: EvalConfig) -> dict[str, Any]:
     if config.baseline_adapter:
         variants["baseline"] = resolve_adapter(config.baseline_adapter, field_name="baseline_adapter", base_model=config.model)
 
+    if not variants:
+        raise EvalError("nothing to evaluate: evaluate_base is false and no adapter was found. Fix: name an adapter, or set evaluate_base true")
     model, tokenizer = load_model(config.model, config.dtype)
     compute = compute_accounting(config.compute, tokenizer, reasoning=config.reasoning) if config.compute else None
 

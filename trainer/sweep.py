@@ -22,6 +22,7 @@ same code as `nanoflux publish`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -66,7 +67,8 @@ TRAIN_CELL_FIELDS = (
     "dataset_name", "revision", "hub_dir", "benchmark", "eval_split", "output_dir", "push_to_hub", "adapter_hub_dir", "private",
     "license", "logging_steps", "save_steps", "backend", "flavor", "job_timeout", "job_image", "job_package", "job_namespace",
 )  # fmt: skip
-EVAL_CELL_FIELDS = ("adapter", "adapter_optional", "baseline_adapter", "compute", "output_dir")
+EVAL_CELL_FIELDS = ("adapter", "adapter_optional", "baseline_adapter", "evaluate_base", "compute", "output_dir")
+BASE_SCORES = "base.json"  # the base model's scores, evaluated once per evaluation recipe and shared by every cell
 
 
 class SweepError(RuntimeError):
@@ -280,6 +282,7 @@ def stage_configs(config: SweepConfig, cell_dir: Path, *, tag: str) -> tuple[Any
         "adapter": cell_train["push_to_hub"] or cell_train["output_dir"],  # a job's adapter is evaluated from the Hub
         "adapter_optional": False,
         "baseline_adapter": None,  # a fixed reference, not a property of the cell: evaluate it once with `nanoflux eval`
+        "evaluate_base": False,  # the same for every cell: scored once (see base_scores)
         "compute": None,  # the cell's training compute comes from its training summary
         "output_dir": str(cell_dir / "eval"),
     }
@@ -537,31 +540,55 @@ def training_record(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def scores_record(results: dict[str, Any]) -> dict[str, Any]:
+def scores_record(results: dict[str, Any], base: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Per benchmark: the adapter's accuracy with its CI, and the base model's as the reference."""
     scores = {}
     for bench in results["benchmarks"]:
-        adapter, base = results["results"][bench["name"]]["adapter"], results["results"][bench["name"]]["base"]
+        adapter = results["results"][bench["name"]]["adapter"]
         scores[bench["name"]] = {
             "title": bench["title"],
             **{k: adapter[k] for k in ("n", "correct", "accuracy", "ci_low", "ci_high", "unparseable")},
-            "base": {k: base[k] for k in ("accuracy", "ci_low", "ci_high")},
+            "base": base[bench["name"]],
         }
     return scores
 
 
+def base_scores(config: SweepConfig, eval_config: Any) -> dict[str, dict[str, float]]:
+    """The base model's accuracy and CI per benchmark: evaluated once per evaluation recipe (kept in base.json, so a
+    resumed sweep does not evaluate it again), not once per cell."""
+    from trainer.evaluate import EvalError
+    from trainer.evaluate import main as eval_main
+
+    output_dir = Path(config.output_dir)
+    fingerprint = eval_fingerprint(eval_config)
+    path = output_dir / BASE_SCORES
+    if path.is_file() and (saved := json.loads(path.read_text()))["eval_fingerprint"] == fingerprint:
+        return saved["scores"]
+    base_config = copy.deepcopy(eval_config)
+    base_config.adapter, base_config.evaluate_base, base_config.output_dir = None, True, str(output_dir / "base-eval")
+    logger.info("Evaluating the base model once, for every cell")
+    try:
+        results = eval_main(base_config)
+    except EvalError as err:
+        raise SweepError(f"base model: {err}") from None
+    scores = {name: {k: r["base"][k] for k in ("accuracy", "ci_low", "ci_high")} for name, r in results["results"].items()}
+    _write_atomic(path, json.dumps({"eval_fingerprint": fingerprint, "scores": scores}, indent=2) + "\n")
+    return scores
+
+
 def evaluate_cell(config: SweepConfig, cell_dir: Path, tag: str) -> dict[str, Any]:
-    """The cell's adapter (and the base model) on the sweep's benchmarks: scores and the eval recipe's fingerprint."""
+    """The cell's adapter on the sweep's benchmarks (the base model's scores shared): scores and the eval fingerprint."""
     from trainer.evaluate import EvalError
     from trainer.evaluate import main as eval_main
 
     _, eval_config = stage_configs(config, cell_dir, tag=tag)
+    base = base_scores(config, eval_config)
     (cell_dir / "eval.yaml").write_text(yaml.safe_dump(to_dict(eval_config), sort_keys=False))
     try:
         results = eval_main(eval_config)
     except EvalError as err:
         raise SweepError(f"cell {cell_dir.name}: {err}") from None
-    return {"scores": scores_record(results), "eval_fingerprint": eval_fingerprint(eval_config)}
+    return {"scores": scores_record(results, base), "eval_fingerprint": eval_fingerprint(eval_config)}
 
 
 def eval_fingerprint(eval_config: Any) -> str:

@@ -237,6 +237,16 @@ def check_range(path: str, value: float, low: float, high: float, *, low_open: b
         fail(path, value, "out of range", f"use a value {bound} and <= {high}")
 
 
+def is_repo_id(value: str) -> bool:
+    """`org/name`: one slash, both parts non-empty."""
+    return value.count("/") == 1 and all(part.strip() for part in value.split("/"))
+
+
+def check_repo_id(path: str, value: str) -> None:
+    if not is_repo_id(value):
+        fail(path, value, "not a repo id", "write it as org/name")
+
+
 def check_levels(path: str, levels: list[int]) -> None:
     if not levels or any(not 1 <= level <= 5 for level in levels):
         fail(path, levels, "levels must be a non-empty list of integers 1-5", "e.g. [3, 4]")

@@ -59,6 +59,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+from builder.journal import write_atomic
 from builder.localjobs import JobError, JobRunner
 
 __all__ = ["HubError", "JobRunner", "LocalHub", "RepoStore", "main"]
@@ -114,21 +115,6 @@ def _matches_lfs(path: str, patterns: Iterable[str]) -> bool:
         if fnmatch.fnmatchcase(path if "/" in pattern else name, pattern.replace("**/", "*")):
             return True
     return False
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder, fsync, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _dump(obj: Any) -> bytes:
@@ -223,10 +209,10 @@ class RepoStore:
             d = self.repo_dir(repo_type, repo_id)
             if (d / "refs.json").is_file():
                 raise HubError(409, f"You already created this {repo_type} repo: {repo_id}")
-            _write_atomic(d / "meta.json", _dump({"private": bool(private), "created_at": _now_iso()}))
+            write_atomic(d / "meta.json", _dump({"private": bool(private), "created_at": _now_iso()}))
             files = {".gitattributes": self._put_blob(d, _INITIAL_GITATTRIBUTES.encode())}
             sha = self._write_commit(d, None, "initial commit", "", author, files)
-            _write_atomic(d / "refs.json", _dump({"branches": {DEFAULT_BRANCH: sha}, "tags": {}}))
+            write_atomic(d / "refs.json", _dump({"branches": {DEFAULT_BRANCH: sha}, "tags": {}}))
             logger.info("created %s repo %s", repo_type, repo_id)
             return sha
 
@@ -245,7 +231,7 @@ class RepoStore:
             d = self._require(repo_type, repo_id)
             meta = json.loads((d / "meta.json").read_text())
             meta.update(changes)
-            _write_atomic(d / "meta.json", _dump(meta))
+            write_atomic(d / "meta.json", _dump(meta))
 
     # -- refs and commits --------------------------------------------------------------------------
 
@@ -294,7 +280,7 @@ class RepoStore:
         sha256 = hashlib.sha256(data).hexdigest()
         path = d / "blobs" / sha256
         if not path.is_file():
-            _write_atomic(path, data)
+            write_atomic(path, data)
         return {"sha256": sha256, "size": len(data), "oid": _git_blob_sha1(data)}
 
     def put_lfs_object(self, repo_type: str, repo_id: str, sha256: str, data: bytes) -> None:
@@ -303,7 +289,7 @@ class RepoStore:
             raise HubError(400, f"Uploaded content does not match oid {sha256}")
         path = self.blob_path(repo_type, repo_id, sha256)
         if not path.is_file():
-            _write_atomic(path, data)
+            write_atomic(path, data)
 
     def lfs_entry(self, repo_type: str, repo_id: str, sha256: str) -> dict[str, Any] | None:
         """The file entry for an uploaded LFS object, or None if it is not stored."""
@@ -328,12 +314,12 @@ class RepoStore:
                 "date": _now_iso(), "files": files}  # fmt: skip
         data = _dump(body)
         sha = hashlib.sha1(data).hexdigest()
-        _write_atomic(d / "commits" / f"{sha}.json", data)
+        write_atomic(d / "commits" / f"{sha}.json", data)
         return sha
 
     def _write_refs(self, d: Path, refs: dict[str, dict[str, str]]) -> None:
         """The single point where changes become visible."""
-        _write_atomic(d / "refs.json", _dump(refs))
+        write_atomic(d / "refs.json", _dump(refs))
 
     def create_commit(
         self,

@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 RECIPE_ENV = "NANOFLUX_TRAIN_RECIPE"
 PACKAGE_REPO = "nanoflux-jobs"  # private dataset repo in the job's namespace holding uploaded wheels
-TERMINAL_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 TIMEOUT_RE = re.compile(r"^\d+(\.\d+)?[smhd]?$")
 # Runs in the job's image. An image with NanoFlux preinstalled skips the install.
 JOB_SCRIPT = """set -euo pipefail
@@ -120,12 +119,12 @@ def upload_package(api: Any, namespace: str, wheel: Path) -> tuple[str, str]:
 
 
 def main(config: Any, *, detach: bool = False, on_log: Callable[[str], None] | None = None) -> Any:
-    """Submit the training run as a job; unless `detach`, follow its logs until it ends. Returns the final JobInfo."""
+    """Submit the training run as a job; unless `detach`, follow its logs until it ends. Returns the final JobInfo.
+    `config` is a validated TrainConfig with backend jobs (its `validate()` ran `check_job_settings`)."""
     from huggingface_hub import HfApi, get_token
 
     from trainer.train import _hub_commit, _preflight
 
-    check_job_settings(config)
     token = get_token()
     if not token:
         raise JobsError("HF_TOKEN: not set and not logged in; a job needs a write token (passed to it as a secret). Fix: export HF_TOKEN=hf_... or run `hf auth login`")

@@ -31,7 +31,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import time
@@ -42,9 +41,10 @@ from typing import Any
 
 import yaml
 
-from builder.config import ConfigError, CurationConfig, changed_fields, check_levels, check_range, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
+from builder.config import ConfigError, CurationConfig, changed_fields, check_levels, check_range, check_repo_id, fail, from_dict, is_repo_id, load_recipe, merge, parse_overrides, to_dict
 from builder.curation import curate
 from builder.dataset import write_rows
+from builder.journal import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class SweepConfig:
             self.output_dir = f"outputs/sweeps/{self.name}"
         if not self.pool.strip():
             fail("pool", self.pool, "empty", "name a build's output dir (e.g. outputs/medical) or a dataset repo (org/name)")
-        if self.pool_revision is not None and not _is_repo_id(self.pool):
+        if self.pool_revision is not None and not is_repo_id(self.pool):
             fail("pool", self.pool, "with pool_revision set, the pool is a published dataset repo", "write it as org/name, or remove pool_revision to name a build's output dir")
         if self.pool_hub_dir is not None and self.pool_revision is None:
             fail("pool_hub_dir", self.pool_hub_dir, "set without pool_revision", "set pool_revision to the version to read (e.g. v1), or remove pool_hub_dir")
@@ -218,18 +218,14 @@ class SweepConfig:
                     fail(name, None, "HF Jobs read the cells' rows from, and push adapters to, the Hub", f"set {name} to a Hub repo id (org/name)")
         for name in ("cells_repo", "adapter_repo", "push_to_hub"):
             value = getattr(self, name)
-            if value is not None and not _is_repo_id(value):
-                fail(name, value, "not a repo id", "write it as org/name")
+            if value is not None:
+                check_repo_id(name, value)
         if self.publish_cell is not None and self.push_to_hub is None:
             fail("publish_cell", self.publish_cell, "publishing needs a dataset repo", "set push_to_hub to the repo (org/name)")
         if self.publish_cell is not None and self.pool_revision is not None:
             fail("publish_cell", self.publish_cell, "a published pool's rows are already released", "sweep a build's output dir to publish a cell of it")
         if self.hub_dir is not None and self.push_to_hub is None:
             fail("hub_dir", self.hub_dir, "set without push_to_hub", "set push_to_hub to the dataset repo (org/name), or remove hub_dir")
-
-
-def _is_repo_id(value: str) -> bool:
-    return value.count("/") == 1 and all(part.strip() for part in value.split("/"))
 
 
 def build_sweep_config(recipe: str | Path | None, cli_args: list[str] | None = None) -> SweepConfig:
@@ -426,18 +422,8 @@ def prepare_output_dir(config: SweepConfig, setup: dict[str, Any], fresh: bool) 
             )
         logger.info("Resuming the sweep in %s", output_dir)
     (output_dir / "cells").mkdir(parents=True, exist_ok=True)
-    _write_atomic(record, json.dumps({"fingerprint": fingerprint, "setup": guarded, "eval": setup["eval"]}, indent=2, sort_keys=True) + "\n")
+    write_atomic(record, (json.dumps({"fingerprint": fingerprint, "setup": guarded, "eval": setup["eval"]}, indent=2, sort_keys=True) + "\n").encode())
     return output_dir
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write, flush to disk, then rename: a reader (or a resumed sweep) sees the whole file or none."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_record(cell_dir: Path, cell: Cell) -> dict[str, Any] | None:
@@ -572,7 +558,7 @@ def base_scores(config: SweepConfig, eval_config: Any) -> dict[str, dict[str, fl
     except EvalError as err:
         raise SweepError(f"base model: {err}") from None
     scores = {name: {k: r["base"][k] for k in ("accuracy", "ci_low", "ci_high")} for name, r in results["results"].items()}
-    _write_atomic(path, json.dumps({"eval_fingerprint": fingerprint, "scores": scores}, indent=2) + "\n")
+    write_atomic(path, (json.dumps({"eval_fingerprint": fingerprint, "scores": scores}, indent=2) + "\n").encode())
     return scores
 
 
@@ -640,7 +626,7 @@ def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_d
 def finish(cell_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Write `cell.json`, atomically and last: from then on the cell is finished."""
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write_atomic(cell_dir / CELL_FILE, json.dumps(record, indent=2) + "\n")
+    write_atomic(cell_dir / CELL_FILE, (json.dumps(record, indent=2) + "\n").encode())
     return record
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from builder.config import check_range, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
+from builder.config import check_range, check_repo_id, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
 from builder.embedded import DEFAULT_MODEL_ID, PACKAGED_MODELS
 from builder.publish import PublishError, open_target, package_versions
 from trainer.evaluate import BenchmarkConfig
@@ -115,7 +115,7 @@ class TrainConfig:
     """User or org the job runs (and is billed) under (backend jobs); null: the token's user."""
 
     def validate(self) -> None:
-        _check_repo_id("dataset_name", self.dataset_name)
+        check_repo_id("dataset_name", self.dataset_name)
         if not self.revision.strip():
             fail("revision", self.revision, "empty", "name a dataset version, e.g. v1")
         if not self.model.strip():
@@ -147,14 +147,9 @@ class TrainConfig:
 
             check_job_settings(self)
         if self.push_to_hub is not None:
-            _check_repo_id("push_to_hub", self.push_to_hub)
+            check_repo_id("push_to_hub", self.push_to_hub)
         elif self.adapter_hub_dir is not None:
             fail("adapter_hub_dir", self.adapter_hub_dir, "set without push_to_hub", "set push_to_hub to the adapter repo (org/name), or remove adapter_hub_dir")
-
-
-def _check_repo_id(path: str, value: str) -> None:
-    if value.count("/") != 1 or not all(part.strip() for part in value.split("/")):
-        fail(path, value, "not a repo id", "write it as org/name")
 
 
 def build_train_config(recipe: str | Path | None, cli_args: list[str] | None = None) -> TrainConfig:

@@ -352,7 +352,7 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from trainer.evaluate import BenchmarkConfig, benchmark_conversations, count_training_tokens, load_rows, normalise
-    from trainer.train import model_path
+    from builder.embedded import model_path
 
     tokenizer_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
     tokenizer = AutoTokenizer.from_pretrained(model_path(tokenizer_id))

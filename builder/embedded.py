@@ -195,6 +195,12 @@ def _convert(gguf: Path, model_id: str, info: dict[str, Any], out: Path) -> None
     (out / _MARKER).write_text(json.dumps({"model_id": model_id, **info}, indent=2) + "\n")
 
 
+def model_path(model: str) -> str:
+    """Where transformers loads `model` from: a packaged model is its converted local folder, anything else as given
+    (a Hub id or a folder). Training, evaluation and the local Space all load through this."""
+    return str(embedded_model_path(model)) if model in PACKAGED_MODELS else model
+
+
 def embedded_model_path(model_id: str = DEFAULT_MODEL_ID, *, cache_dir: Path | None = None) -> Path:
     """The plain (fp32, trainable) HF folder of a packaged model, converting it on first use.
 

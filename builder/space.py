@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.config import ConfigError, check_range, fail
-from builder.embedded import DEFAULT_MODEL_ID, PACKAGED_MODELS
+from builder.embedded import DEFAULT_MODEL_ID
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ def _results_file(path: str | Path) -> Path:
 
 def space_env(config: SpaceConfig, hub_url: str | None, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment `spaces/app.py` runs with locally: its settings, and huggingface_hub pointed at `hub_url`."""
-    from builder.embedded import cache_root, embedded_model_path
+    from builder.embedded import cache_root, model_path
 
     env = dict(os.environ if environ is None else environ)
-    base_model = str(embedded_model_path(config.base_model)) if config.base_model in PACKAGED_MODELS else config.base_model
+    base_model = model_path(config.base_model)
     adapters = [str(Path(a).resolve()) if Path(a).exists() else a for a in config.adapters]
     results = str(Path(config.results).resolve()) if config.results and Path(config.results).exists() else config.results
     env.update(

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from builder.config import ConfigError, check_range, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
-from builder.embedded import DEFAULT_MODEL_ID, PACKAGED_MODELS
+from builder.embedded import DEFAULT_MODEL_ID, model_path
 from builder.publish import package_versions
 
 logger = logging.getLogger(__name__)
@@ -624,13 +624,6 @@ def score(correct: Sequence[bool], unparseable: int, *, samples: int = 1000, see
 
 
 # --- models and generation -------------------------------------------------------------------------------
-
-
-def model_path(model: str) -> str:
-    """Where to load `model` from: the packaged SmolLM2 is its converted local folder, anything else as given."""
-    from builder.embedded import embedded_model_path
-
-    return str(embedded_model_path(model)) if model in PACKAGED_MODELS else model
 
 
 def resolve_adapter(ref: str, *, field_name: str, optional: bool = False, base_model: str | None = None) -> str | None:

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from builder.config import check_range, check_repo_id, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
-from builder.embedded import DEFAULT_MODEL_ID, PACKAGED_MODELS
+from builder.embedded import DEFAULT_MODEL_ID, model_path
 from builder.publish import PublishError, open_target, package_versions
 from trainer.evaluate import BenchmarkConfig
 
@@ -276,13 +276,6 @@ def _no_rows(repo: str, revision: str, commit: str, detail: str = "") -> TrainEr
 
 def _no_revision(repo: str, revision: str, tags: list[str]) -> TrainError:
     return TrainError(f"revision: {repo} has no version {revision!r} (versions: {', '.join(sorted(tags)) or 'none'}). Fix: pass --revision with one of those")
-
-
-def model_path(model: str) -> str:
-    """Where to load `model` from: the packaged SmolLM2 is its converted local folder, anything else as given."""
-    from builder.embedded import embedded_model_path
-
-    return str(embedded_model_path(model)) if model in PACKAGED_MODELS else model
 
 
 # --- the run ---------------------------------------------------------------------------------------------

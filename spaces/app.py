@@ -36,7 +36,7 @@ import gradio as gr
 from huggingface_hub import HfApi
 
 from comparison import Comparison, ModelError, adapter_versions
-from evaluation import ResultsError, benchmark_questions, load_results, results_figure, results_summary, results_table
+from evaluation import ResultsError, benchmark_questions, load_results, paired_table, results_figure, results_summary, results_table
 from versions import (
     DEFENDER_CHOICES,
     LEVELS,
@@ -329,12 +329,13 @@ class NanoFluxSpace:
     # Results
 
     def results(self) -> tuple[Any, ...]:
-        """Evaluation (summary, chart, table) and the dataset's quality/complexity distributions (summary, chart, table)."""
+        """Evaluation (summary, chart, scores, paired comparisons) and the dataset's quality/complexity distributions
+        (summary, chart, table)."""
         try:
             results = load_results(self.settings.results)
-            evaluation = (redact(results_summary(results)), results_figure(results), results_table(results))
+            evaluation = (redact(results_summary(results)), results_figure(results), results_table(results), paired_table(results))
         except ResultsError as err:
-            evaluation = (f"⚠️ {redact(str(err))}", None, None)
+            evaluation = (f"⚠️ {redact(str(err))}", None, None, None)
         try:
             by_version = {tag: self.versions.rows(tag) for tag in self.versions.tags()}
             table = distributions(by_version)
@@ -410,6 +411,7 @@ def build_demo(space: NanoFluxSpace) -> gr.Blocks:
             eval_summary = gr.Markdown()
             eval_plot = gr.Plot(label="Accuracy per benchmark")
             eval_table = gr.Dataframe(interactive=False, label="Scores")
+            eval_paired = gr.Dataframe(interactive=False, label="Paired comparisons (same questions): Δ accuracy, paired bootstrap CI, McNemar's exact test")
             dist_summary = gr.Markdown()
             dist_plot = gr.Plot(label="Quality and complexity per dataset version")
             dist_table = gr.Dataframe(interactive=False, label="Counts per version")
@@ -441,7 +443,7 @@ def build_demo(space: NanoFluxSpace) -> gr.Blocks:
         ).then(space.explore_options, version, [rounds, capabilities], api_visibility="private").then(
             space.explore, filters, explored, api_visibility="private"
         ).then(space.diff, [diff_old, diff_new], [diff_summary_md, diff_rows], api_visibility="private").then(
-            space.results, None, [eval_summary, eval_plot, eval_table, dist_summary, dist_plot, dist_table], api_name="results"
+            space.results, None, [eval_summary, eval_plot, eval_table, eval_paired, dist_summary, dist_plot, dist_table], api_name="results"
         )  # fmt: skip
 
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=max(2, settings.concurrency))

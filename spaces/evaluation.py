@@ -1,8 +1,10 @@
 """Evaluation results as `nanoflux eval` writes them: `results.json` (accuracy with a bootstrap CI per benchmark and
-variant: base, adapter, baseline) and `details/<benchmark>-<variant>.jsonl` (every prompt, output and gold answer).
+variant: base, adapter, baseline; paired differences between variants on the same questions; the MultiMedQA
+aggregate; the training-compute ratios) and `details/<benchmark>-<variant>.jsonl` (every prompt, output and gold).
 
-The Space shows the scores as a table and a chart, and offers the benchmark questions of the details files in
-Compare, with their gold answers.
+The Space shows the scores and the paired comparisons as tables and a chart, and offers the benchmark questions of
+the details files in Compare, with their gold answers. Older results.json files (without paired comparisons, or with
+the compute estimate only) are shown as they are.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from typing import Any
 import pandas as pd
 
 VARIANT_LABELS = {"base": "base", "adapter": "base + NanoFlux adapter", "baseline": "base + full-benchmark adapter (baseline)"}
+PAIR_LABELS = {"adapter-vs-base": "NanoFlux adapter − base", "adapter-vs-baseline": "NanoFlux adapter − full-benchmark baseline",
+               "baseline-vs-base": "full-benchmark baseline − base"}  # fmt: skip
+PAIRED_COLUMNS = ["benchmark", "comparison", "n", "Δ accuracy (points)", "95% CI (points)", "wins / losses", "McNemar p"]
 QUESTIONS_PER_BENCHMARK = 25
 
 
@@ -49,8 +54,17 @@ def _pct(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(100 * value, 1)
 
 
+def _signed(value: float | None) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(100 * value, 1)
+
+
+def _p(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2g}" if value >= 0.001 else "<0.001"
+
+
 def results_table(results: dict[str, Any]) -> pd.DataFrame:
-    """One line per benchmark and variant: n, correct, accuracy and its 95% CI (%), unparseable outputs."""
+    """One line per benchmark and variant: n, correct, accuracy and its 95% CI (%), unparseable outputs; then the
+    aggregates (MultiMedQA macro and micro accuracy) per variant."""
     data = []
     for bench in results["benchmarks"]:
         for variant in results["variants"]:
@@ -58,7 +72,30 @@ def results_table(results: dict[str, Any]) -> pd.DataFrame:
             if r is not None:
                 data.append([bench.get("title") or bench["name"], VARIANT_LABELS.get(variant, variant), r["n"], r["correct"], _pct(r["accuracy"]),
                              f"{_pct(r['ci_low'])} – {_pct(r['ci_high'])}", r.get("unparseable")])  # fmt: skip
+    for agg in (results.get("aggregates") or {}).values():
+        for variant, r in agg.get("variants", {}).items():
+            for kind in ("macro", "micro"):
+                data.append([f"{agg.get('title', 'aggregate')} ({kind})", VARIANT_LABELS.get(variant, variant), r["n"], None, _pct(r[kind]),
+                             f"{_pct(r[f'{kind}_ci_low'])} – {_pct(r[f'{kind}_ci_high'])}", None])  # fmt: skip
     return pd.DataFrame(data, columns=["benchmark", "variant", "n", "correct", "accuracy (%)", "95% CI (%)", "unparseable"])
+
+
+def paired_table(results: dict[str, Any]) -> pd.DataFrame:
+    """One line per benchmark and compared pair of variants (on the same questions): the accuracy difference with its
+    paired bootstrap 95% CI (points), the questions only one of the two got right, McNemar's exact p-value."""
+    titles = {b["name"]: b.get("title") or b["name"] for b in results["benchmarks"]}
+    data = []
+    for name, pairs in (results.get("paired") or {}).items():
+        for key, r in pairs.items():
+            data.append([titles.get(name, name), PAIR_LABELS.get(key, key), r["n"], _signed(r["delta"]),
+                         f"{_signed(r['ci_low'])} – {_signed(r['ci_high'])}", f"{r['wins']} / {r['losses']}", _p(r["p_value"])])  # fmt: skip
+    for agg in (results.get("aggregates") or {}).values():
+        for key, r in agg.get("paired", {}).items():
+            for kind in ("macro", "micro"):
+                data.append([f"{agg.get('title', 'aggregate')} ({kind})", PAIR_LABELS.get(key, key), r["n"], _signed(r[f"{kind}_delta"]),
+                             f"{_signed(r[f'{kind}_ci_low'])} – {_signed(r[f'{kind}_ci_high'])}", f"{r['wins']} / {r['losses']}",
+                             _p(r["p_value"]) if kind == "micro" else "–"])  # fmt: skip
+    return pd.DataFrame(data, columns=PAIRED_COLUMNS)
 
 
 def _code(text: Any) -> str:
@@ -73,22 +110,46 @@ def results_summary(results: dict[str, Any]) -> str:
     if gen:
         lines.append(f"Greedy decoding, max {gen.get('max_new_tokens')} new tokens, {'step-by-step reasoning' if gen.get('reasoning') else 'final answer only'}; "
                      "accuracy with a 95% bootstrap CI, unparseable outputs count as wrong.")  # fmt: skip
-    compute = results.get("compute")
-    if compute and compute.get("ratio"):
-        lines.append(f"Training compute: the full benchmark processes **{compute['ratio']:.1f}×** the training tokens of the NanoFlux data "
-                     f"({compute['baseline']['tokens']} vs {compute['nanoflux']['tokens']} per epoch).")  # fmt: skip
+    if results.get("partition") == "dev":
+        lines.append("**Dev partition**: these are the rows settings are chosen on, not the test rows a result is reported on.")
+    lines += _compute_lines(results.get("compute") or {})
     return "\n\n".join(lines)
 
 
+def _times(value: Any) -> str:
+    return f"**{value:.1f}×**" if isinstance(value, (int, float)) else "n/a"
+
+
+def _compute_lines(compute: dict[str, Any]) -> list[str]:
+    """The compute ratios (baseline / NanoFlux): measured from the training runs, then the labelled estimate."""
+    lines = []
+    measured = compute.get("measured")
+    if measured:
+        ratios = measured.get("ratios") or {}
+        lines.append(f"Training compute, measured (baseline / NanoFlux training run): {_times(ratios.get('train_tokens'))} training tokens, "
+                     f"{_times(ratios.get('steps'))} optimizer steps, {_times(ratios.get('device_seconds'))} device seconds."
+                     + "".join(f" Note: {note}." for note in measured.get("notes") or []))  # fmt: skip
+    generation = compute.get("generation")
+    if generation:
+        lines.append(f"Generating the NanoFlux data took {generation.get('total_tokens')} tokens (prompt and completion, every role).")
+    estimate = compute.get("estimate") or (compute if compute.get("ratio") and "nanoflux" in compute else None)  # older results.json: the estimate only
+    if estimate and estimate.get("ratio"):
+        lines.append(f"Training compute, estimated from token counts: the full benchmark processes {_times(estimate['ratio'])} the training tokens of "
+                     f"the NanoFlux data ({estimate['baseline']['tokens']} vs {estimate['nanoflux']['tokens']} per epoch).")  # fmt: skip
+    return lines
+
+
 def results_figure(results: dict[str, Any]) -> Any:
-    """Accuracy per benchmark, one bar per variant (base, tuned, baseline), the bootstrap CI as error bars."""
+    """Accuracy per benchmark, one bar per variant (base, tuned, baseline), the bootstrap CI as error bars; beside it,
+    when variants were compared, each paired difference (points) with its paired bootstrap CI."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     benchmarks, variants = results["benchmarks"], results["variants"]
-    figure = Figure(figsize=(max(6.0, 1.5 * len(benchmarks) + 2), 4.2))
+    paired = paired_table(results)
+    figure = Figure(figsize=(max(6.0, 1.5 * len(benchmarks) + 2) + (5.5 if len(paired) else 0), max(4.2, 0.35 * len(paired) + 1.5)))
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    axes = figure.add_subplot(1, 2 if len(paired) else 1, 1)
     width = 0.8 / max(1, len(variants))
     for j, variant in enumerate(variants):
         rows = [results["results"].get(b["name"], {}).get(variant) for b in benchmarks]
@@ -101,8 +162,25 @@ def results_figure(results: dict[str, Any]) -> Any:
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("accuracy (95% bootstrap CI)")
     axes.legend(fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(variants), frameon=False)
+    if len(paired):
+        _plot_deltas(figure.add_subplot(1, 2, 2), results)
     figure.tight_layout()
     return figure
+
+
+def _plot_deltas(axes: Any, results: dict[str, Any]) -> None:
+    titles = {b["name"]: b.get("title") or b["name"] for b in results["benchmarks"]}
+    points = [(f"{titles.get(name, name)}: {key}", key, r["delta"], r["ci_low"], r["ci_high"])
+              for name, pairs in (results.get("paired") or {}).items() for key, r in pairs.items()]
+    points += [(f"{agg.get('title', 'aggregate')} (macro): {key}", key, r["macro_delta"], r["macro_ci_low"], r["macro_ci_high"])
+               for agg in (results.get("aggregates") or {}).values() for key, r in agg.get("paired", {}).items()]  # fmt: skip
+    colors = {key: f"C{i}" for i, key in enumerate(PAIR_LABELS)}
+    ys = list(range(len(points)))[::-1]
+    for y, (_, key, delta, low, high) in zip(ys, points):
+        axes.errorbar([100 * delta], [y], xerr=[[max(0.0, 100 * (delta - low))], [max(0.0, 100 * (high - delta))]], fmt="o", capsize=3, color=colors.get(key, "C3"))
+    axes.axvline(0, color="grey", linewidth=0.8)
+    axes.set_yticks(ys, [label for label, *_ in points], fontsize="small")
+    axes.set_xlabel("Δ accuracy, points (paired bootstrap 95% CI)")
 
 
 def benchmark_questions(path: str | Path, results: dict[str, Any], *, per_benchmark: int = QUESTIONS_PER_BENCHMARK) -> list[dict[str, Any]]:

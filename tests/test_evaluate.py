@@ -18,9 +18,11 @@ from trainer.evaluate import (
     EvalConfig,
     EvalError,
     Example,
+    aggregate_results,
     bootstrap_ci,
     build_eval_config,
     compute_accounting,
+    console_table,
     extract_answer,
     extract_choice,
     extract_number,
@@ -29,7 +31,9 @@ from trainer.evaluate import (
     load_benchmark,
     main,
     model_index,
+    paired_comparisons,
     resolve_adapter,
+    results_markdown,
     score,
     split_inline_options,
     write_model_index,
@@ -201,14 +205,6 @@ def test_extract_yes_no_maybe(output, expected):
     assert extract_yes_no_maybe(output) == expected
 
 
-def test_numeric_answers_match_within_relative_tolerance():
-    assert is_correct(3431580.0, 3431580.0, "number")
-    assert is_correct(3431580.3, 3431580.0, "number")  # 1e-7 relative
-    assert not is_correct(3431931.0, 3431580.0, "number")  # 1e-4 relative is the limit
-    assert is_correct(0.0, 0.0, "number")
-    assert not is_correct(None, 42.0, "number")
-
-
 def test_accuracy_on_hand_made_outputs_is_exact_and_counts_unparseable_separately():
     example = Example("0", "prompt", OPTIONS, "B")
     outputs = ["Final answer: B", "Final answer: A", "I do not know", "answer: b", "B) Acute pyelonephritis", "", "Final answer: C", "(B)"]
@@ -234,29 +230,54 @@ def test_bootstrap_ci_brackets_the_accuracy_and_is_deterministic_for_a_seed():
 # --- outputs and model card ------------------------------------------------------------------------------
 
 
-def _results() -> dict:
-    def scores(n, correct, unparseable):
-        r = score([True] * correct + [False] * (n - correct), unparseable)
-        return {**r, "wall_time_s": 1.0}
+def _flags(n: int, correct: int, offset: int = 0) -> list[bool]:
+    """`correct` of `n` questions right, starting at question `offset` (wrapping)."""
+    return [((i - offset) % n) < correct for i in range(n)]
 
+
+def _results(partition: str = "test") -> dict:
+    def scores(flags, unparseable):
+        return {**score(flags, unparseable), "wall_time_s": 1.0}
+
+    flags = {  # medqa: the adapter gets 6 more right and loses none; anatomy: 5 more right, 2 fewer
+        "medqa": {"base": _flags(100, 52), "adapter": _flags(100, 58)},
+        "mmlu-anatomy": {"base": _flags(50, 30), "adapter": _flags(50, 33, offset=2)},
+    }
+    details = {name: {v: [{"id": str(i), "correct": c} for i, c in enumerate(f)] for v, f in by_variant.items()} for name, by_variant in flags.items()}
     return {
         "model": "Qwen/Qwen3-4B",
         "adapter": "org/qwen3-4b-nanoflux-medical-lora",
         "baseline_adapter": None,
         "variants": ["base", "adapter"],
+        "partition": partition,
         "benchmarks": [
-            {"name": "medqa", "title": "MedQA (USMLE, 4 options)", "format": "medqa", "kind": "choice", "path": "GBaker/MedQA-USMLE-4-options", "subset": None, "split": "test", "revision": "a" * 40, "rows": 100},
-            {"name": "mmlu-anatomy", "title": "MMLU (anatomy)", "format": "mmlu", "kind": "choice", "path": "cais/mmlu", "subset": "anatomy", "split": "test", "revision": "b" * 40, "rows": 50},
+            {"name": "medqa", "title": "MedQA (USMLE, 4 options)", "format": "medqa", "kind": "choice", "path": "GBaker/MedQA-USMLE-4-options", "subset": None, "split": "test", "revision": "a" * 40, "rows": 100,
+             "multimedqa": True, "scoring": "the option letter must equal the gold letter", "selection": {"partition": partition, "path": "GBaker/MedQA-USMLE-4-options", "split": "test", "dropped": {"count": 0}}},
+            {"name": "mmlu-anatomy", "title": "MMLU (anatomy)", "format": "mmlu", "kind": "choice", "path": "cais/mmlu", "subset": "anatomy", "split": "test", "revision": "b" * 40, "rows": 50,
+             "multimedqa": True, "scoring": "the option letter must equal the gold letter", "selection": {"partition": partition, "path": "cais/mmlu", "subset": "anatomy", "split": "test", "dropped": {"count": 1}}},
         ],
         "results": {
-            "medqa": {"base": scores(100, 52, 3), "adapter": scores(100, 58, 1)},
-            "mmlu-anatomy": {"base": scores(50, 30, 0), "adapter": scores(50, 33, 2)},
+            "medqa": {"base": scores(flags["medqa"]["base"], 3), "adapter": scores(flags["medqa"]["adapter"], 1)},
+            "mmlu-anatomy": {"base": scores(flags["mmlu-anatomy"]["base"], 0), "adapter": scores(flags["mmlu-anatomy"]["adapter"], 2)},
         },
+        "paired": {name: paired_comparisons(by_variant) for name, by_variant in details.items()},
+        "aggregates": {"multimedqa": {"title": "MultiMedQA", **aggregate_results("multimedqa", ["medqa", "mmlu-anatomy"], details)}},
         "generation": {"greedy": True, "max_new_tokens": 1024, "batch_size": 32, "reasoning": True, "enable_thinking": False, "chat_template": True, "dtype": "bfloat16", "device": "cuda:0"},
         "bootstrap": {"samples": 1000, "seed": 0, "level": 0.95},
-        "compute": {"nanoflux": {"data": "org/nanoflux-medical", "split": "train", "revision": "v1", "rows": 200, "tokens": 120_000},
-                    "baseline": {"data": "GBaker/MedQA-USMLE-4-options", "subset": None, "split": "train", "rows": 10178, "tokens": 1_500_000},
-                    "ratio": 12.5, "unit": "training tokens per epoch"},
+        "compute": {
+            "measured": {
+                "nanoflux": {"source": "a/training_summary.json", "dataset": "org/nanoflux-medical@v1@abc", "rows": 200, "train_tokens": 400_000, "steps": 39,
+                             "epochs": 3.0, "wall_time_s": 600.0, "devices": 1, "device_seconds": 600.0, "hardware": "NVIDIA H100", "resumed_from": None},
+                "baseline": {"source": "b/training_summary.json", "dataset": "GBaker/MedQA-USMLE-4-options@main@def", "rows": 9678, "train_tokens": 5_600_000, "steps": 1815,
+                             "epochs": 3.0, "wall_time_s": 7800.0, "devices": 1, "device_seconds": 7800.0, "hardware": "NVIDIA H100", "resumed_from": None},
+                "ratios": {"train_tokens": 14.0, "steps": 1815 / 39, "device_seconds": 13.0}, "notes": [],
+            },
+            "generation": {"source": "summary.json", "tokens": {"attacker": {"prompt": 1000, "completion": 500}, "judge": {"prompt": 3000, "completion": 700}},
+                           "total_tokens": 5200, "kept": 200, "calls_sent": 900, "wall_time_s": 100.0},
+            "estimate": {"label": "estimate: token counts", "nanoflux": {"data": "org/nanoflux-medical", "split": "train", "revision": "v1", "rows": 200, "tokens": 120_000},
+                         "baseline": {"data": "GBaker/MedQA-USMLE-4-options", "subset": None, "split": "train", "rows": 10178, "tokens": 1_500_000},
+                         "ratio": 12.5, "unit": "training tokens per epoch"},
+        },
     }  # fmt: skip
 
 
@@ -266,8 +287,28 @@ def test_results_json_md_and_png_are_written(tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     assert "| MedQA (USMLE, 4 options) | adapter | 100 | 58 | 58.0 |" in markdown
     assert "| MMLU (anatomy) | base | 50 | 30 | 60.0 |" in markdown
-    assert "12.5×" in markdown
+    assert "- Partition: **test**" in markdown and "1 dropped (no gold answer or options)" in markdown
+    assert "| MedQA (USMLE, 4 options) | NanoFlux adapter − base | 100 | +6.0 |" in markdown and "| 6 / 0 | 0.031 |" in markdown
+    assert "| MultiMedQA (macro) | NanoFlux adapter − base | 150 |" in markdown
+    assert "| MultiMedQA | adapter | 2 | 150 | 62.0 |" in markdown  # macro (58 + 66) / 2
+    # every compute ratio: measured tokens, steps and device seconds, rows, the generation cost, the labelled estimate
+    assert "| **ratio** | | 48.4× | 14.0× | 46.5× | | | 13.0× | |" in markdown
+    assert "| **total** (5200 tokens) | 4000 | 1200 |" in markdown and "Estimate, not a measured run (token counts)" in markdown and "12.5×" in markdown
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_console_table_lists_accuracy_cis_and_paired_deltas():
+    table = console_table(_results())
+    assert "MedQA (USMLE, 4 options)    100     52.0 [ 42.0,  62.0]     58.0 [ 48.0,  67.0]" in table
+    assert "MultiMedQA macro" in table
+    assert "MedQA (USMLE, 4 options): adapter-vs-base Δ +6.0 points [" in table and "McNemar p 0.031" in table
+
+
+def test_results_markdown_of_an_older_results_json_still_renders():
+    old = {k: v for k, v in _results().items() if k not in ("paired", "aggregates", "partition")}
+    old["compute"] = old["compute"]["estimate"]
+    markdown = results_markdown(old)
+    assert "Paired comparisons" not in markdown and "12.5×" in markdown
 
 
 def test_model_index_has_the_hub_structure():
@@ -276,8 +317,11 @@ def test_model_index_has_the_hub_structure():
     first, second = index[0]["results"]
     assert first["task"]["type"] == "text-generation"
     assert first["dataset"] == {"name": "MedQA (USMLE, 4 options)", "type": "GBaker/MedQA-USMLE-4-options", "split": "test", "revision": "a" * 40}
-    assert first["metrics"] == [{"type": "accuracy", "value": 0.58, "name": "Accuracy"}]
-    assert second["dataset"]["config"] == "anatomy" and second["metrics"][0]["value"] == 0.66
+    accuracy, delta = first["metrics"]
+    assert accuracy == {"type": "accuracy", "value": 0.58, "name": "Accuracy"}
+    assert delta["type"] == "accuracy_delta" and delta["value"] == 0.06 and delta["config"] == "adapter-vs-base"
+    assert delta["args"]["reference"] == "base" and delta["args"]["ci_low"] > 0 and delta["args"]["mcnemar_p"] == pytest.approx(2 / 2**6)
+    assert second["dataset"]["config"] == "anatomy" and second["metrics"][0]["value"] == 0.66 and second["metrics"][1]["value"] == 0.06
     with pytest.raises(EvalError, match="no 'baseline' variant"):
         model_index(_results(), "org/x", variant="baseline")
 
@@ -295,11 +339,16 @@ def test_write_model_index_round_trips_through_model_card_load(tmp_path):
     loaded = ModelCard.load(path)
     assert loaded.data.model_name == "org/qwen3-4b-nanoflux-medical-lora"
     assert loaded.data.base_model == "Qwen/Qwen3-4B" and loaded.data.license == "apache-2.0"  # the rest is kept
-    got = {(r.dataset_type, r.dataset_config, r.dataset_split): r.metric_value for r in loaded.data.eval_results}
-    assert got == {("GBaker/MedQA-USMLE-4-options", None, "test"): 0.58, ("cais/mmlu", "anatomy", "test"): 0.66}
+    got = {(r.dataset_type, r.dataset_config, r.metric_type): r.metric_value for r in loaded.data.eval_results}
+    assert got == {("GBaker/MedQA-USMLE-4-options", None, "accuracy"): 0.58, ("cais/mmlu", "anatomy", "accuracy"): 0.66,
+                   ("GBaker/MedQA-USMLE-4-options", None, "accuracy_delta"): 0.06, ("cais/mmlu", "anatomy", "accuracy_delta"): 0.06}  # fmt: skip
     assert loaded.data.to_dict()["model-index"] == model_index(_results(), "org/qwen3-4b-nanoflux-medical-lora")
     assert "Not evaluated yet" not in loaded.text and "| MedQA (USMLE, 4 options) | adapter | 100 | 58 |" in loaded.text
-    assert "## How to use\n\nLoad it." in loaded.text
+    assert "## How to use\n\nLoad it." in loaded.text and "| MedQA (USMLE, 4 options) | NanoFlux adapter − base | 100 | +6.0 |" in loaded.text
+
+    before = path.read_text()
+    write_model_index(path, _results(partition="dev"))  # dev rows choose settings; a card reports test scores
+    assert path.read_text() == before
 
 
 # --- compute accounting ----------------------------------------------------------------------------------
@@ -315,15 +364,61 @@ class _WordTokenizer:
         return {"input_ids": text.split()}
 
 
-def test_compute_accounting_counts_messages_and_benchmark_rows():
+def test_compute_estimate_counts_messages_and_benchmark_rows_and_is_labelled():
     compute = ComputeConfig(nanoflux_data=str(FIXTURES / "nanoflux_messages.jsonl"), baseline=BenchmarkConfig(format="medqa", path=str(FIXTURES / "medqa.jsonl"), split="train"))
     compute.validate("compute")
     result = compute_accounting(compute, _WordTokenizer())
+    assert result["measured"] is None and result["generation"] is None
+    estimate = result["estimate"]
     rows = [json.loads(line) for line in (FIXTURES / "nanoflux_messages.jsonl").read_text().splitlines()]
     expected = sum(len(f"{m['role']}: {m['content']}".split()) for row in rows for m in row["messages"])
-    assert result["nanoflux"] == {"data": compute.nanoflux_data, "split": "train", "revision": None, "rows": 4, "tokens": expected}
-    assert result["baseline"]["rows"] == 8 and result["baseline"]["tokens"] > 0
-    assert result["ratio"] == pytest.approx(result["baseline"]["tokens"] / expected)
+    assert estimate["nanoflux"] == {"data": compute.nanoflux_data, "split": "train", "revision": None, "rows": 4, "tokens": expected}
+    assert estimate["baseline"]["rows"] == 8 and estimate["baseline"]["tokens"] > 0
+    assert estimate["ratio"] == pytest.approx(estimate["baseline"]["tokens"] / expected)
+    assert estimate["label"].startswith("estimate:")
+    assert compute_accounting(compute)["estimate"] is None  # without a tokenizer: no estimate
+
+
+def _summary(folder: Path, *, tokens: int, steps: int, wall: float, rows: int, gpu: str | None = "NVIDIA H100", per_device: int = 4, accumulation: int = 4, devices: int = 1, resumed: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = {"base_model": "Qwen/Qwen3-4B", "dataset": {"pinned": f"data@v1@{rows}", "rows": rows}, "steps": steps, "resumed_from": resumed, "epochs": 3.0,
+               "train_tokens": tokens, "wall_time_s": wall, "device": "cuda:0" if gpu else "cpu", "gpu": gpu,
+               "hyperparameters": {"per_device_train_batch_size": per_device, "gradient_accumulation_steps": accumulation, "effective_batch_size": per_device * accumulation * devices}}  # fmt: skip
+    (folder / "training_summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_compute_is_measured_from_the_two_training_summaries(tmp_path):
+    nanoflux = _summary(tmp_path / "adapter", tokens=400_000, steps=39, wall=600.0, rows=200)
+    baseline = _summary(tmp_path / "baseline", tokens=5_600_000, steps=1815, wall=3900.0, rows=9678, devices=2)
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "summary.json").write_text(json.dumps({"tokens": {"attacker": {"prompt": 10, "completion": 5}, "defender": {"prompt": 20, "completion": 8}, "judge": {"prompt": 30, "completion": 7}}, "kept": 200}))
+    compute = ComputeConfig(build_summary=str(build))
+    compute.validate("compute", adapter=str(nanoflux), baseline_adapter=str(baseline))
+    result = compute_accounting(compute, adapter=str(nanoflux), baseline_adapter=str(baseline))
+    measured = result["measured"]
+    assert measured["baseline"]["devices"] == 2 and measured["baseline"]["device_seconds"] == 7800.0
+    assert measured["ratios"] == {"train_tokens": 14.0, "steps": pytest.approx(1815 / 39), "device_seconds": 13.0}
+    assert measured["notes"] == [] and result["estimate"] is None
+    assert result["generation"]["total_tokens"] == 80 and result["generation"]["tokens"]["judge"] == {"prompt": 30, "completion": 7}
+
+    cpu = _summary(tmp_path / "cpu", tokens=1000, steps=10, wall=60.0, rows=8, gpu=None, resumed="checkpoint-5")
+    notes = compute_accounting(ComputeConfig(nanoflux_summary=str(cpu / "training_summary.json"), baseline_summary=str(baseline)))["measured"]["notes"]
+    assert any("different hardware" in n for n in notes) and any("resumed from checkpoint-5" in n for n in notes)
+
+    # What `nanoflux train` writes now: a compute block, its seconds summed over resumed segments.
+    summary = json.loads((cpu / "training_summary.json").read_text())
+    summary["compute"] = {"optimizer_steps": 12, "epochs_trained": 3.0, "examples": 8, "train_tokens": 1200, "train_seconds": 90.0, "devices": 2,
+                          "device_seconds": 180.0, "device_name": "Intel Xeon", "segments": 2}  # fmt: skip
+    (cpu / "training_summary.json").write_text(json.dumps(summary))
+    measured = compute_accounting(ComputeConfig(nanoflux_summary=str(cpu), baseline_summary=str(baseline)))["measured"]
+    assert {k: measured["nanoflux"][k] for k in ("train_tokens", "steps", "wall_time_s", "devices", "device_seconds", "hardware", "segments")} == {
+        "train_tokens": 1200, "steps": 12, "wall_time_s": 90.0, "devices": 2, "device_seconds": 180.0, "hardware": "Intel Xeon", "segments": 2}
+    assert measured["ratios"]["device_seconds"] == pytest.approx(7800.0 / 180.0)
+    assert not any("resumed" in n for n in measured["notes"])  # every segment is timed
+    with pytest.raises(EvalError, match="compute.baseline_summary: no training_summary.json at .*Fix: point it at the file"):
+        compute_accounting(ComputeConfig(nanoflux_summary=str(nanoflux), baseline_summary=str(tmp_path / "nowhere")))
 
 
 # --- adapters --------------------------------------------------------------------------------------------
@@ -381,6 +476,10 @@ def test_cli_overrides_reach_benchmark_entries_by_index_or_name():
         ({"benchmarks": [{"format": "choice"}]}, "benchmarks[0].path", "set path"),
         ({"benchmarks": [{"format": "medqa"}, {"format": "medqa"}]}, "benchmarks", "its own `name`"),
         ({"compute": {"nanoflux_data": "org/nanoflux-medical"}}, "compute.baseline", "full benchmark training set"),
+        ({"compute": {"build_summary": "summary.json"}}, "compute", "evaluate an adapter and a baseline_adapter"),
+        ({"partition": "validation"}, "partition", "use test (report) or dev"),
+        ({"benchmarks": [{"format": "medmcqa", "columns": {"answer_base": 2}}]}, "benchmarks[0].columns.answer_base", "HF MedMCQA cop"),
+        ({"benchmarks": [{"format": "medqa", "dev": {"split": "validation", "holdout_from": "train", "size": 5}}]}, "benchmarks[0].dev", "not both"),
         ({"bootstrap_samples": 10}, "bootstrap_samples", ">= 100"),
     ],
 )
@@ -424,7 +523,10 @@ def test_main_runs_the_local_recipe_end_to_end(embedded_model_dir, tmp_path, mon
         assert r["unparseable"] == sum(d["extracted"] is None for d in details)
         assert r["correct"] == sum(d["correct"] for d in details)
     assert results["generation"]["max_new_tokens"] == 64 and results["generation"]["greedy"]
-    assert results["compute"]["nanoflux"]["rows"] == 4 and results["compute"]["ratio"] > 0
+    assert results["partition"] == "test" and all(b["selection"]["partition"] == "test" for b in results["benchmarks"])
+    assert results["compute"]["measured"] is None  # no adapters: only the labelled estimate
+    assert results["compute"]["estimate"]["nanoflux"]["rows"] == 4 and results["compute"]["estimate"]["ratio"] > 0
+    assert results["paired"] == {} and set(results["aggregates"]["multimedqa"]["members"]) == {"medqa", "medmcqa", "pubmedqa", "mmlu-clinical_knowledge"}
     assert json.loads((tmp_path / "results.json").read_text())["variants"] == ["base"]
     assert (tmp_path / "results.md").is_file() and (tmp_path / "results.png").is_file()
 
@@ -454,3 +556,6 @@ def test_adapter_variants_switch_adapters_on_one_base(embedded_model_dir, tmp_pa
     outputs = {v: [json.loads(line)["output"] for line in (tmp_path / "eval" / "details" / f"medqa-{v}.jsonl").read_text().splitlines()] for v in results["variants"]}
     assert outputs["adapter"] == outputs["base"]
     assert outputs["baseline"] != outputs["base"]
+    identical = results["paired"]["medqa"]["adapter-vs-base"]  # the same outputs: exactly no difference
+    assert (identical["delta"], identical["ci_low"], identical["ci_high"], identical["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+    assert set(results["paired"]["medqa"]) == {"adapter-vs-base", "adapter-vs-baseline", "baseline-vs-base"}

@@ -99,9 +99,9 @@ def make_dataset_repo(root: Path) -> dict[str, str]:
 def make_results(folder: Path) -> Path:
     """results.json shaped as `nanoflux eval` writes it (base, adapter, baseline on two fixture benchmarks), and
     details/ with the prompts as the evaluation built them."""
-    from trainer.evaluate import BenchmarkConfig, load_benchmark, score, write_results
+    from trainer.evaluate import BenchmarkConfig, load_benchmark, paired_comparisons, score, write_results
 
-    benchmarks, scores = [], {}
+    benchmarks, scores, paired = [], {}, {}
     for fmt, path, split, correct in (("medqa", "medqa.jsonl", "test", [[1, 0, 0], [1, 1, 0], [1, 1, 1]]), ("gsm_hard", "gsm_hard.jsonl", "train", [[0, 0, 0], [1, 0, 0], [0, 1, 0]])):
         bench = BenchmarkConfig(format=fmt, path=str(ROOT / "tests" / "fixtures" / "benchmarks" / path), split=split, limit=3)
         bench.validate(fmt)
@@ -109,17 +109,22 @@ def make_results(folder: Path) -> Path:
         benchmarks.append({"name": bench.name, "title": bench.title, "format": fmt, "kind": bench.kind, "path": bench.path, "subset": None,
                            "split": split, "revision": None, "rows": len(examples)})  # fmt: skip
         scores[bench.name] = {v: score([bool(c) for c in cs], 0, samples=200) for v, cs in zip(("base", "adapter", "baseline"), correct)}
+        paired[bench.name] = paired_comparisons({v: [{"id": str(i), "correct": bool(c)} for i, c in enumerate(cs)] for v, cs in zip(("base", "adapter", "baseline"), correct)}, samples=200)
         (folder / "details").mkdir(parents=True, exist_ok=True)
         with open(folder / "details" / f"{bench.name}-base.jsonl", "w") as f:
             for e in examples:
                 f.write(json.dumps({"id": e.id, "prompt": e.prompt, "output": "", "extracted": None, "gold": e.gold, "correct": False}) + "\n")
     results = {
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct", "adapter": "outputs/adapter-local", "baseline_adapter": "outputs/adapter-baseline",
-        "variants": ["base", "adapter", "baseline"], "benchmarks": benchmarks, "results": scores,
+        "variants": ["base", "adapter", "baseline"], "partition": "test", "benchmarks": benchmarks, "results": scores, "paired": paired, "aggregates": {},
         "generation": {"greedy": True, "max_new_tokens": 64, "batch_size": 4, "reasoning": False, "enable_thinking": None, "chat_template": True, "dtype": "float32", "device": "cpu"},
         "bootstrap": {"samples": 200, "seed": 0, "level": 0.95},
-        "compute": {"nanoflux": {"data": "x", "split": "train", "revision": None, "rows": 5, "tokens": 1000},
-                    "baseline": {"data": "y", "subset": None, "split": "train", "rows": 50, "tokens": 9000}, "ratio": 9.0, "unit": "tokens"},
+        "compute": {"measured": {"nanoflux": {"dataset": "x@v1@abc", "rows": 5, "train_tokens": 2000, "steps": 3, "wall_time_s": 10.0, "devices": 1, "device_seconds": 10.0, "hardware": "cpu", "resumed_from": None},
+                                 "baseline": {"dataset": "y@main@def", "rows": 50, "train_tokens": 24000, "steps": 36, "wall_time_s": 75.0, "devices": 1, "device_seconds": 75.0, "hardware": "cpu", "resumed_from": None},
+                                 "ratios": {"train_tokens": 12.0, "steps": 12.0, "device_seconds": 7.5}, "notes": []},
+                    "generation": None,
+                    "estimate": {"label": "estimate", "nanoflux": {"data": "x", "split": "train", "revision": None, "rows": 5, "tokens": 1000},
+                                 "baseline": {"data": "y", "subset": None, "split": "train", "rows": 50, "tokens": 9000}, "ratio": 9.0, "unit": "tokens"}},
         "config": {}, "packages": {}, "wall_time_s": 1.0, "finished_at": "2025-01-01T00:00:00+00:00",
     }  # fmt: skip
     write_results(results, folder)
@@ -325,11 +330,17 @@ def test_a_base_model_that_cannot_be_loaded_is_named_with_the_fix(hub):
 
 def test_results_show_each_benchmark_base_vs_tuned_vs_baseline_and_distributions_per_version(hub, results_dir):
     space = _space(hub, results_dir)
-    eval_summary, eval_figure, eval_table, dist_summary, dist_figure, dist_table = space.results()
-    assert "**9.0×**" in eval_summary
+    eval_summary, eval_figure, eval_table, eval_paired, dist_summary, dist_figure, dist_table = space.results()
+    assert "measured (baseline / NanoFlux training run): **12.0×** training tokens, **12.0×** optimizer steps, **7.5×** device seconds" in eval_summary
+    assert "estimated from token counts: the full benchmark processes **9.0×**" in eval_summary
     assert list(eval_table["variant"]) == ["base", "base + NanoFlux adapter", "base + full-benchmark adapter (baseline)"] * 2
     assert list(eval_table["accuracy (%)"]) == [33.3, 66.7, 100.0, 0.0, 33.3, 33.3]
     assert len(eval_figure.axes[0].patches) == 6  # a bar per benchmark and variant
+    assert len(eval_figure.axes) == 2 and len(eval_figure.axes[1].lines) >= 6  # beside it, a paired difference per pair
+    medqa = eval_paired[eval_paired["benchmark"] == "MedQA (USMLE, 4 options)"].set_index("comparison")
+    assert medqa.loc["NanoFlux adapter − base", ["n", "Δ accuracy (points)", "wins / losses", "McNemar p"]].tolist() == [3, 33.3, "1 / 0", "1"]
+    assert medqa.loc["full-benchmark baseline − base", ["Δ accuracy (points)", "wins / losses", "McNemar p"]].tolist() == [66.7, "2 / 0", "0.5"]
+    assert len(eval_paired) == 6  # three pairs on each of two benchmarks
     by_version = dist_table.set_index("version")
     assert by_version.loc["v1", ["rows", "L3", "L4", "L5"]].tolist() == [3, 1, 2, 0]
     assert by_version.loc["v2", ["rows", "L3", "L4", "L5", "complexity 3", "complexity 4"]].tolist() == [5, 1, 3, 1, 2, 2]
@@ -337,7 +348,18 @@ def test_results_show_each_benchmark_base_vs_tuned_vs_baseline_and_distributions
 
     missing = _space(hub, results="/nowhere/results.json").results()
     assert missing[0].startswith("⚠️ No evaluation results at /nowhere/results.json. Fix: run `nanoflux eval --config configs/eval/local.yaml`")
-    assert missing[1] is None and missing[4] is not None
+    assert missing[1] is None and missing[3] is None and missing[5] is not None
+
+
+def test_results_of_an_older_evaluation_without_paired_comparisons_still_show(tmp_path):
+    from evaluation import paired_table, results_figure, results_summary, results_table
+
+    results = json.loads((make_results(tmp_path) / "results.json").read_text())
+    results.pop("paired"), results.pop("aggregates"), results.pop("partition")
+    results["compute"] = results["compute"]["estimate"]  # results.json before the measured compute: the estimate only
+    assert "**9.0×** the training tokens" in results_summary(results)
+    assert paired_table(results).empty and len(results_table(results)) == 6
+    assert len(results_figure(results).axes) == 1
 
 
 # --- the app, its files -----------------------------------------------------------------------------------

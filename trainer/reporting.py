@@ -1,0 +1,317 @@
+"""What an evaluation writes and shows: results.json, results.md, results.png, the console table and the model card's
+`model-index` (`trainer/reporting.py`). Everything here reads the results dict `trainer.evaluate.main` returns."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from trainer.benchmarks import EvalError
+
+logger = logging.getLogger(__name__)
+
+PAIR_TITLES = {"adapter-vs-base": "NanoFlux adapter − base", "adapter-vs-baseline": "NanoFlux adapter − full-benchmark baseline",
+               "baseline-vs-base": "full-benchmark baseline − base"}  # fmt: skip
+
+
+def write_results(results: dict[str, Any], output_dir: str | Path) -> None:
+    """`results.json`, `results.md` and `results.png` in `output_dir`."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    (output_dir / "results.md").write_text(results_markdown(results))
+    plot_results(results, output_dir / "results.png")
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:+.1f}"
+
+
+def _p(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2g}" if value >= 0.001 else "<0.001"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """One markdown row per benchmark × variant: n, correct, accuracy and its 95% CI (%), unparseable outputs."""
+    lines = ["| benchmark | variant | n | correct | accuracy (%) | 95% CI (%) | unparseable |", "|---|---|---|---|---|---|---|"]
+    for bench in results["benchmarks"]:
+        for variant, r in results["results"].get(bench["name"], {}).items():
+            lines.append(
+                f"| {bench['title']} | {variant} | {r['n']} | {r['correct']} | {_pct(r['accuracy'])} | "
+                f"{_pct(r['ci_low'])} – {_pct(r['ci_high'])} | {r['unparseable']} ({_pct(r['unparseable_rate'])}%) |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def paired_table(results: dict[str, Any]) -> str:
+    """One markdown row per benchmark × compared pair: n, the difference in accuracy with its paired bootstrap 95% CI
+    (points), the discordant pairs and McNemar's exact p-value; then the aggregates' macro and micro differences."""
+    lines = ["| benchmark | comparison | n | Δ accuracy (points) | 95% CI (points) | wins / losses | McNemar p |", "|---|---|---|---|---|---|---|"]
+    titles = {b["name"]: b["title"] for b in results["benchmarks"]}
+    for name, pairs in (results.get("paired") or {}).items():
+        for key, r in pairs.items():
+            lines.append(f"| {titles.get(name, name)} | {PAIR_TITLES.get(key, key)} | {r['n']} | {_signed(r['delta'])} | "
+                         f"{_signed(r['ci_low'])} – {_signed(r['ci_high'])} | {r['wins']} / {r['losses']} | {_p(r['p_value'])} |")  # fmt: skip
+    for agg in (results.get("aggregates") or {}).values():
+        for key, r in agg["paired"].items():
+            for kind in ("macro", "micro"):
+                lines.append(f"| {agg['title']} ({kind}) | {PAIR_TITLES.get(key, key)} | {r['n']} | {_signed(r[f'{kind}_delta'])} | "
+                             f"{_signed(r[f'{kind}_ci_low'])} – {_signed(r[f'{kind}_ci_high'])} | {r['wins']} / {r['losses']} | "
+                             f"{_p(r['p_value']) if kind == 'micro' else '–'} |")  # fmt: skip
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def aggregate_table(results: dict[str, Any]) -> str:
+    """One markdown row per aggregate × variant: macro and micro accuracy with their stratified bootstrap CIs."""
+    lines = ["| aggregate | variant | benchmarks | n | macro accuracy (%) | 95% CI (%) | micro accuracy (%) | 95% CI (%) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for agg in (results.get("aggregates") or {}).values():
+        for variant, r in agg["variants"].items():
+            lines.append(f"| {agg['title']} | {variant} | {len(agg['members'])} | {r['n']} | {_pct(r['macro'])} | {_pct(r['macro_ci_low'])} – "
+                         f"{_pct(r['macro_ci_high'])} | {_pct(r['micro'])} | {_pct(r['micro_ci_low'])} – {_pct(r['micro_ci_high'])} |")  # fmt: skip
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}×"
+
+
+def compute_markdown(compute: dict[str, Any] | None) -> list[str]:
+    """The compute section: measured ratios (every one computed), the data-generation cost, the labelled estimate."""
+    if not compute:
+        return []
+    lines = ["## Training compute", ""]
+    measured = compute.get("measured")
+    if measured:
+        nf, bl, ratios = measured["nanoflux"], measured["baseline"], measured["ratios"]
+        lines += [
+            "Measured from the two training runs (`training_summary.json`); ratio = baseline / NanoFlux.",
+            "",
+            "| run | data | rows | training tokens | optimizer steps | training time (s) | devices | device seconds | hardware |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *(f"| {label} | `{run['dataset']}` | {run['rows']} | {run['train_tokens']} | {run['steps']} | {run['wall_time_s']} | "
+              f"{run['devices']} | {run['device_seconds']} | {run['hardware']} |" for label, run in (("NanoFlux", nf), ("baseline", bl))),
+            f"| **ratio** | | {_ratio(_div(bl['rows'], nf['rows']))} | {_ratio(ratios['train_tokens'])} | {_ratio(ratios['steps'])} | | | "
+            f"{_ratio(ratios['device_seconds'])} | |",
+            "",
+            *(f"- Note: {note}" for note in measured["notes"]),
+        ]  # fmt: skip
+        lines += [""] if measured["notes"] else []
+    generation = compute.get("generation")
+    if generation:
+        lines += ["Data generation (the NanoFlux build, from its `summary.json`):", "", "| role | prompt tokens | completion tokens |", "|---|---|---|"]
+        lines += [f"| {role} | {t.get('prompt')} | {t.get('completion')} |" for role, t in generation["tokens"].items()]
+        sums = [sum(int(t.get(kind) or 0) for t in generation["tokens"].values()) for kind in ("prompt", "completion")]
+        lines += [f"| **total** ({generation['total_tokens']} tokens) | {sums[0]} | {sums[1]} |", ""]
+    estimate = compute.get("estimate") or (compute if "ratio" in compute and "nanoflux" in compute else None)  # older results.json
+    if estimate:
+        nf, bl = estimate["nanoflux"], estimate["baseline"]
+        lines += [
+            f"Estimate, not a measured run ({(estimate.get('label') or 'token counts').removeprefix('estimate: ')}):",
+            "",
+            "| data | rows | training tokens per epoch |",
+            "|---|---|---|",
+            f"| NanoFlux `{nf['data']}` | {nf['rows']} | {nf['tokens']} |",
+            f"| full benchmark `{bl['data']}` [{bl['split']}] | {bl['rows']} | {bl['tokens']} |",
+            f"| **ratio** | {_ratio(_div(bl['rows'], nf['rows']))} | {_ratio(estimate['ratio'])} |",
+            "",
+        ]
+    return lines
+
+
+def _div(a: Any, b: Any) -> float | None:
+    return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+
+
+def _selection_line(bench: dict[str, Any]) -> str:
+    sel = bench.get("selection") or {}
+    parts = [f"`{sel.get('path', bench['path'])}`" + (f" ({sel['subset']})" if sel.get("subset") else "") + f" [{sel.get('split', bench['split'])}]"]
+    if sel.get("ids_file"):
+        parts.append(f"ids in `{sel['ids_file']}` ({sel.get('ids_missing', 0)} of {sel.get('ids_listed')} not found)")
+    if sel.get("exclude_ids_file"):
+        parts.append(f"without the {sel.get('excluded_by_ids')} ids in `{sel['exclude_ids_file']}`")
+    if sel.get("sample"):
+        parts.append(f"seeded sample of {sel['sample']['size']} (seed {sel['sample']['seed']})")
+    if sel.get("excluded_dev_rows"):
+        parts.append(f"without its {sel['excluded_dev_rows']} dev rows")
+    if sel.get("limit"):
+        parts.append(f"first {sel['limit']}")
+    dropped = (sel.get("dropped") or {}).get("count")
+    parts.append(f"{bench['rows']} rows" + (f", {dropped} dropped (no gold answer or options)" if dropped else ""))
+    return f"- {bench['title']}: " + ", ".join(parts) + f"; scoring: {bench.get('scoring', 'exact match')}"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """`results.md`: what was evaluated, how, the scores, the paired comparisons, the aggregates and the compute."""
+    gen = results["generation"]
+    lines = [
+        "# NanoFlux evaluation",
+        "",
+        f"- Base model: `{results['model']}`",
+        f"- Adapter: `{results['adapter']}`" if results.get("adapter") else "- Adapter: none (base model only)",
+    ]
+    if results.get("baseline_adapter"):
+        lines.append(f"- Baseline adapter (full-benchmark fine-tuning): `{results['baseline_adapter']}`")
+    lines += [
+        f"- Partition: **{results.get('partition', 'test')}**" + (" (dev rows: for choosing settings, not for reporting)" if results.get("partition") == "dev" else ""),
+        f"- Generation: greedy, chat template, max {gen['max_new_tokens']} new tokens, batch {gen['batch_size']}, "
+        f"{'step-by-step reasoning' if gen['reasoning'] else 'final answer only'}, {gen['dtype']} on {gen['device']}",
+        f"- Accuracy with a percentile bootstrap {int(100 * results['bootstrap']['level'])}% CI "
+        f"({results['bootstrap']['samples']} resamples, seed {results['bootstrap']['seed']}); unparseable outputs count as wrong",
+        "",
+        "## Data",
+        "",
+        *(_selection_line(b) for b in results["benchmarks"]),
+        "",
+        "## Accuracy",
+        "",
+        results_table(results),
+    ]
+    aggregates = aggregate_table(results)
+    if aggregates:
+        lines += ["## MultiMedQA", "", "Macro: the mean of the subset accuracies; micro: every question pooled (stratified bootstrap CIs).", "", aggregates]
+    paired = paired_table(results)
+    if paired:
+        lines += ["## Paired comparisons", "",
+                  "The same examples in both arms: Δ = accuracy difference with a paired bootstrap 95% CI (examples resampled, the "
+                  "same draws for both); wins / losses = examples only the first / only the second got right; McNemar's exact "
+                  "test (two-sided binomial on those).", "", paired]  # fmt: skip
+    lines += compute_markdown(results.get("compute"))
+    return "\n".join(lines)
+
+
+def console_table(results: dict[str, Any]) -> str:
+    """A plain-text summary for the log: accuracy with CI per benchmark and variant, then every paired difference."""
+    variants = results["variants"]
+    name_width = max([len(b["title"]) for b in results["benchmarks"]] + [9])
+    rows = [f"{'benchmark':<{name_width}}  {'n':>5}  " + "  ".join(f"{v:>22}" for v in variants)]
+    for bench in results["benchmarks"]:
+        scores = results["results"].get(bench["name"], {})
+        cells = [f"{_pct(s['accuracy']):>5} [{_pct(s['ci_low']):>5}, {_pct(s['ci_high']):>5}]" if (s := scores.get(v)) else "–" for v in variants]
+        rows.append(f"{bench['title']:<{name_width}}  {bench['rows']:>5}  " + "  ".join(f"{c:>22}" for c in cells))
+    for agg in (results.get("aggregates") or {}).values():
+        cells = [f"{_pct(s['macro']):>5} [{_pct(s['macro_ci_low']):>5}, {_pct(s['macro_ci_high']):>5}]" if (s := agg["variants"].get(v)) else "–" for v in variants]
+        n = next(iter(agg["variants"].values()))["n"] if agg["variants"] else 0
+        rows.append(f"{agg['title'] + ' macro':<{name_width}}  {n:>5}  " + "  ".join(f"{c:>22}" for c in cells))
+    titles = {b["name"]: b["title"] for b in results["benchmarks"]}
+    for name, pairs in (results.get("paired") or {}).items():
+        for key, r in pairs.items():
+            rows.append(f"  {titles.get(name, name)}: {key} Δ {_signed(r['delta'])} points [{_signed(r['ci_low'])}, {_signed(r['ci_high'])}], McNemar p {_p(r['p_value'])}")
+    for agg in (results.get("aggregates") or {}).values():
+        for key, r in agg["paired"].items():
+            rows.append(f"  {agg['title']} macro: {key} Δ {_signed(r['macro_delta'])} points [{_signed(r['macro_ci_low'])}, {_signed(r['macro_ci_high'])}], "
+                        f"micro Δ {_signed(r['micro_delta'])}, McNemar p {_p(r['p_value'])}")  # fmt: skip
+    return "\n".join(rows)
+
+
+def plot_results(results: dict[str, Any], path: str | Path) -> None:
+    """Accuracy per benchmark and variant with the bootstrap CI as error bars; beside it, when variants were compared,
+    the paired differences (points) with their paired bootstrap CIs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    benchmarks, variants = results["benchmarks"], results["variants"]
+    deltas = [(b["title"], key, r) for b in benchmarks for key, r in (results.get("paired") or {}).get(b["name"], {}).items()]
+    deltas += [(f"{a['title']} (macro)", key, {"delta": r["macro_delta"], "ci_low": r["macro_ci_low"], "ci_high": r["macro_ci_high"]})
+               for a in (results.get("aggregates") or {}).values() for key, r in a["paired"].items()]  # fmt: skip
+    figure = Figure(figsize=(max(6.0, 1.4 * len(benchmarks) + 2) + (6.0 if deltas else 0), max(4.5, 0.35 * len(deltas) + 1.5)))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 2 if deltas else 1, 1)
+    width = 0.8 / max(1, len(variants))
+    for j, variant in enumerate(variants):
+        rows = [results["results"][b["name"]].get(variant) for b in benchmarks]
+        xs = [i + (j - (len(variants) - 1) / 2) * width for i in range(len(benchmarks))]
+        accuracy = [r["accuracy"] if r else 0.0 for r in rows]
+        errors = [[max(0.0, r["accuracy"] - r["ci_low"]) if r else 0.0 for r in rows], [max(0.0, r["ci_high"] - r["accuracy"]) if r else 0.0 for r in rows]]
+        axes.bar(xs, accuracy, width, yerr=errors, capsize=3, label=variant)
+    axes.set_xticks(range(len(benchmarks)), [b["title"] for b in benchmarks], rotation=20, ha="right")
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel("accuracy (95% bootstrap CI)")
+    axes.set_title(f"{results['model']}" + (f" + {results['adapter']}" if results.get("adapter") else "") + f" [{results.get('partition', 'test')}]", fontsize="small")
+    axes.legend()
+    if deltas:
+        right = figure.add_subplot(1, 2, 2)
+        ys = list(range(len(deltas)))[::-1]
+        values = [100 * r["delta"] for _, _, r in deltas]
+        low = [max(0.0, 100 * (r["delta"] - r["ci_low"])) for _, _, r in deltas]
+        high = [max(0.0, 100 * (r["ci_high"] - r["delta"])) for _, _, r in deltas]
+        colors = {key: f"C{i}" for i, key in enumerate(PAIR_TITLES)}
+        for y, value, lo, hi, (_, key, _) in zip(ys, values, low, high, deltas):
+            right.errorbar([value], [y], xerr=[[lo], [hi]], fmt="o", capsize=3, color=colors.get(key, "C3"))
+        right.axvline(0, color="grey", linewidth=0.8)
+        right.set_yticks(ys, [f"{title}: {key}" for title, key, _ in deltas], fontsize="small")
+        right.set_xlabel("Δ accuracy, points (paired bootstrap 95% CI)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+# --- model card ------------------------------------------------------------------------------------------
+
+
+def _eval_results(results: dict[str, Any], variant: str) -> list[Any]:
+    from huggingface_hub import EvalResult
+
+    evals = []
+    for bench in results["benchmarks"]:
+        r = results["results"][bench["name"]].get(variant)
+        if r is None:
+            continue
+        dataset = dict(task_type="text-generation", task_name="Text Generation", dataset_type=bench["path"], dataset_name=bench["title"],
+                       dataset_config=bench["subset"], dataset_split=bench["split"], dataset_revision=bench["revision"])  # fmt: skip
+        evals.append(EvalResult(**dataset, metric_type="accuracy", metric_name="Accuracy", metric_value=round(r["accuracy"], 4)))
+        for key, pair in (results.get("paired") or {}).get(bench["name"], {}).items():
+            if pair["variant"] != variant:
+                continue
+            evals.append(EvalResult(
+                **dataset, metric_type="accuracy_delta", metric_name=f"Accuracy difference vs {pair['reference']} (paired)",
+                metric_value=round(pair["delta"], 4), metric_config=key,
+                metric_args={"ci_low": round(pair["ci_low"], 4), "ci_high": round(pair["ci_high"], 4), "ci_level": 0.95,
+                             "mcnemar_p": pair["p_value"], "n": pair["n"], "reference": pair["reference"]},
+            ))  # fmt: skip
+    if not evals:
+        raise EvalError(f"the results have no {variant!r} variant (have: {results['variants']}). Fix: evaluate with an adapter")
+    return evals
+
+
+def model_index(results: dict[str, Any], adapter_repo: str, *, variant: str = "adapter") -> list[dict[str, Any]]:
+    """The Hub `model-index` metadata for `adapter_repo`: one entry per benchmark (task, dataset {name, type, config,
+    split, revision}, metrics: accuracy, and the paired accuracy differences with their CI and McNemar p in `args`)."""
+    from huggingface_hub.repocard_data import eval_results_to_model_index
+
+    return eval_results_to_model_index(adapter_repo, _eval_results(results, variant))
+
+
+def write_model_index(card_path: str | Path, results: dict[str, Any], *, adapter_repo: str | None = None, variant: str = "adapter") -> Path:
+    """Put the `variant` scores in a model card README.md in place: `model-index` metadata, and the results and paired
+    tables in its `## Evaluation` section (appended when there is none). Dev-partition results are not written."""
+    from huggingface_hub import ModelCard
+
+    card_path = Path(card_path)
+    if results.get("partition", "test") != "test":
+        logger.warning("Not writing %s-partition scores to %s: a card reports test scores (evaluate with --partition test)", results.get("partition"), card_path)
+        return card_path
+    card = ModelCard.load(card_path)
+    name = adapter_repo or card.data.model_name or results.get("adapter") or card_path.parent.name
+    card.data.model_name = name
+    card.data.eval_results = _eval_results(results, variant)
+    subset = {**results, "variants": [variant], "results": {k: {variant: v[variant]} for k, v in results["results"].items() if variant in v}}
+    paired = paired_table({**results, "aggregates": results.get("aggregates")})
+    section = (
+        f"Greedy decoding, chat template, max {results['generation']['max_new_tokens']} new tokens; accuracy with a "
+        f"bootstrap 95% CI; unparseable outputs count as wrong. Base model alone and other variants: `results.json` of "
+        f"the evaluation.\n\n{results_table(subset)}\n"
+        + (f"Paired comparisons on the same questions (Δ with a paired bootstrap 95% CI, McNemar's exact test):\n\n{paired}\n" if paired else "")
+    )
+    text = card.text
+    pattern = re.compile(r"(^## Evaluation[ \t]*\n)(.*?)(?=^## |\Z)", re.M | re.S)
+    card.text = pattern.sub(lambda m: m.group(1) + "\n" + section, text, count=1) if pattern.search(text) else text.rstrip() + "\n\n## Evaluation\n\n" + section
+    card.save(card_path)
+    return card_path

@@ -5,10 +5,16 @@ Usage:
     nanoflux publish outputs/local --repo_id local/nanoflux-medical --hub_dir outputs/hub   # local repository folder
 
 A release is atomic: the data (`data/train-*.parquet`), the card (`README.md`), the resolved build config
-(`nanoflux_config.yaml`) and the provenance manifest (`provenance.json`) go up in a single commit whose parent is
-the head the release was computed from; only then is the tag `vN` created on that commit. A publish that fails
-before the tag leaves no version, and running it again publishes that version. Versions are numbered here, never
-by hand: `vN` follows the highest `v<number>` tag of the repo.
+(`nanoflux_config.yaml`), the provenance manifest (`provenance.json`) and, when decontamination ran, the ids of the
+rows it removed (`contaminated.jsonl`) go up in a single commit whose parent is the head the release was computed
+from; only then is the tag `vN` created on that commit. A publish that fails before the tag leaves no version, and
+running it again publishes that version. Versions are numbered here, never by hand: `vN` follows the highest
+`v<number>` tag of the repo.
+
+A version holds at most `target_size` rows. It re-curates the union of the previous version's rows and the build's
+curated rows (those that are novel against the previous version) under the build's curation policy, after both are
+checked against the evaluation benchmarks (`builder.decontamination`); rows keep the version they first appeared in,
+and the card says which rows of the previous version left and why.
 
 The local repository folder has the Hub's layout and tags: `builder.localhub` serves it over the Hub's HTTP API,
 so both targets go through the same `HfApi` code path.
@@ -33,8 +39,10 @@ import yaml
 from huggingface_hub import CommitOperationAdd, DatasetCard, DatasetCardData, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-from builder.config import public_url
+from builder.config import CurationConfig, from_dict, public_url
+from builder.curation import curate, eligible
 from builder.dataset import COLUMNS, to_dataset
+from builder.decontamination import Decontamination, DecontaminationConfig, Reference, decontaminate, report, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +63,10 @@ class Release:
     commit: str
     num_rows: int
     new_rows: int
+    left_rows: int = 0
+    """Rows of the previous version that this one no longer holds (outranked, contaminated or no longer eligible)."""
+    contaminated_rows: int = 0
+    """Rows (previous version's and this build's) removed because they match an evaluation benchmark."""
 
 
 @dataclass
@@ -179,6 +191,90 @@ def novel_rows(rows: list[dict[str, Any]], earlier: list[dict[str, Any]], novelt
     return kept
 
 
+LEFT_REASONS = {
+    "contaminated": "matching an evaluation benchmark (see Decontamination)",
+    "ineligible": "no longer eligible under this version's curation policy",
+    "outranked": "outranked by new rows under the curation policy",
+}
+
+
+@dataclass
+class Plan:
+    """What a release holds, and what it leaves out and why."""
+
+    rows: list[dict[str, Any]]
+    """The version's rows: the previous version's that stay (in their order), then the new ones (in rank order)."""
+    new: list[dict[str, Any]]
+    decontamination: Decontamination
+    left: dict[str, list[dict[str, Any]]]
+    """Rows of the previous version that left, by reason (a key of LEFT_REASONS)."""
+    not_published: dict[str, int]
+    """This build's curated rows that did not make it: `repeats` (an earlier version's), `contaminated`, `outranked`."""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new) or any(self.left.values())
+
+
+def row_key(row: dict[str, Any]) -> str:
+    """A row's id across versions (ids are unique within a build only): `v1/r0-a3`, or `r0-a3` before publishing."""
+    return f"{row['version']}/{row['id']}" if row.get("version") else str(row["id"])
+
+
+def decontamination_settings(config: dict[str, Any]) -> DecontaminationConfig | None:
+    """The build's `decontamination` block (None when its config predates decontamination)."""
+    block = config.get("decontamination")
+    if block is None:
+        return None
+    settings = from_dict(DecontaminationConfig, block, prefix="decontamination.")
+    settings.validate("decontamination", domain=config["domain"])
+    return settings
+
+
+def plan_release(
+    config: dict[str, Any],
+    curated: list[dict[str, Any]],
+    earlier: list[dict[str, Any]],
+    version: str,
+    *,
+    decontamination: DecontaminationConfig | None = None,
+    reference: Reference | None = None,
+) -> Plan:
+    """Re-curate the previous version's rows with the build's novel rows, after decontaminating both: at most
+    `target_size` rows, ranked by the build's curation policy; rows keep the version they first appeared in."""
+    candidates = [{**row, "version": None} for row in novel_rows(curated, earlier, config["novelty"])]
+    settings = decontamination or decontamination_settings(config)
+    pool = earlier + candidates
+    if settings is None:
+        logger.warning("The build's config.yaml has no decontamination block (it predates decontamination): the rows are not checked against evaluation benchmarks")
+        checked = Decontamination(pool, [], DecontaminationConfig(enabled=False), skipped="the build's config has no decontamination settings (it predates them)")
+    else:
+        embedder = None
+        if settings.enabled and settings.embedding_threshold is not None and pool:
+            from builder.novelty import load_embedder
+
+            embedder = load_embedder(config["novelty"]["model"])
+        checked = decontaminate(pool, settings, domain=config["domain"], embedder=embedder, reference=reference)
+    policy = from_dict(CurationConfig, config["curation"], prefix="curation.")
+    ranked = curate(checked.clean, policy, config["target_size"])
+    kept = {row_key(row) for row in ranked}
+    dirty = {row_key(row) for row in checked.contaminated}
+    new = [{**row, "version": version} for row in ranked if not row.get("version")]
+    left: dict[str, list[dict[str, Any]]] = {reason: [] for reason in LEFT_REASONS}
+    for row in earlier:
+        if row_key(row) not in kept:
+            reason = "contaminated" if row_key(row) in dirty else "ineligible" if not eligible(row, policy) else "outranked"
+            left[reason].append(row)
+    dirty_new = sum(row_key(row) in dirty for row in candidates)
+    return Plan(
+        rows=[row for row in earlier if row_key(row) in kept] + new,
+        new=new,
+        decontamination=checked,
+        left=left,
+        not_published={"repeats": len(curated) - len(candidates), "contaminated": dirty_new, "outranked": len(candidates) - dirty_new - len(new)},
+    )
+
+
 def publish(
     output_dir: str | Path,
     repo_id: str,
@@ -187,18 +283,25 @@ def publish(
     private: bool = False,
     overwrite: bool = False,
     previous: Previous | None = None,
+    decontamination: DecontaminationConfig | None = None,
+    reference: Reference | None = None,
 ) -> Release | None:
-    """Publish `output_dir` as the next version of `repo_id` (see the module docstring); None when the build
-    has no row that is new to the repo (a version identical to the last would be noise)."""
+    """Publish `output_dir` as the next version of `repo_id` (see the module docstring); None when the version
+    would hold exactly the previous version's rows (a version identical to the last would be noise).
+
+    `decontamination` overrides the build's settings; `reference` reuses benchmark questions already loaded.
+    """
     config, summary, curated = read_build(output_dir)
     if previous is None:
         previous = preflight(api, repo_id, private=private, overwrite=overwrite)
     version = f"v{previous.number + 1}"
-    earlier = previous.rows or []
-    new = [{**row, "version": version} for row in novel_rows(curated, earlier, config["novelty"])]
-    rows = earlier + new
-    if not new and not overwrite:
-        logger.warning("%s: the build adds no row that is new to %s; nothing was published", output_dir, repo_id)
+    plan = plan_release(config, curated, previous.rows or [], version, decontamination=decontamination, reference=reference)
+    rows, new = plan.rows, plan.new
+    if plan.decontamination.reference is not None:
+        listed = write_report(plan.decontamination.contaminated, Path(output_dir) / "release-contaminated.jsonl")
+        logger.info("Rows that match an evaluation benchmark: %s", listed)
+    if not plan.changed and not overwrite:
+        logger.warning("%s: the build changes nothing in %s (no new row kept, none left); nothing was published", output_dir, repo_id)
         return None
     if not overwrite and previous.number + 1 in version_tags(api, repo_id):
         # Someone published meanwhile: stop before uploading anything rather than mix two releases.
@@ -210,16 +313,20 @@ def publish(
     head = api.repo_info(repo_id, repo_type="dataset").sha
     files = {
         DATA_PATH: _parquet_bytes(rows),
-        "README.md": render_card(repo_id, version, config, summary, rows, new, previous).encode(),
+        "README.md": render_card(repo_id, version, config, summary, plan, previous).encode(),
         "nanoflux_config.yaml": yaml.safe_dump(public_config(config), sort_keys=False).encode(),
-        "provenance.json": json.dumps(provenance(repo_id, version, config, summary, output_dir, previous, len(rows), len(new)), indent=2).encode(),
+        "provenance.json": json.dumps(provenance(repo_id, version, config, summary, output_dir, previous, plan), indent=2).encode(),
     }
+    if plan.decontamination.reference is not None:
+        # Ids and matches only: the texts would put benchmark questions into the dataset repo.
+        files["contaminated.jsonl"] = report(plan.decontamination.contaminated, texts=False)
+    left = sum(len(v) for v in plan.left.values())
     try:
         commit = api.create_commit(
             repo_id,
             repo_type="dataset",
             operations=[CommitOperationAdd(path, io.BytesIO(content)) for path, content in files.items()],
-            commit_message=f"NanoFlux {version}: {len(new)} new rows, {len(rows)} in all",
+            commit_message=f"NanoFlux {version}: {len(new)} new rows, {len(rows)} in all" + (f", {left} left" if left else ""),
             parent_commit=head,  # someone else published meanwhile: fail rather than mix two releases
         )
         if overwrite and previous.number + 1 in version_tags(api, repo_id):
@@ -230,8 +337,8 @@ def publish(
             f"publishing {repo_id} {version} failed ({_short(err)}); no version was created. "
             f"Fix: run `nanoflux publish {output_dir} --repo_id {repo_id}` again"
         ) from None
-    logger.info("Published %s %s: %d rows (%d new), commit %s", repo_id, version, len(rows), len(new), commit.oid[:12])
-    return Release(repo_id, version, commit.oid, len(rows), len(new))
+    logger.info("Published %s %s: %d rows (%d new, %d left), commit %s", repo_id, version, len(rows), len(new), left, commit.oid[:12])
+    return Release(repo_id, version, commit.oid, len(rows), len(new), left, len(plan.decontamination.contaminated))
 
 
 def public_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -239,7 +346,27 @@ def public_config(config: dict[str, Any]) -> dict[str, Any]:
     public = {**config, "output_dir": None, "hub_dir": None}
     for role in ("player_a", "player_b", "judge"):
         public[role] = {**config[role], "base_url": public_url(config[role]["base_url"])}
+    if isinstance(config.get("decontamination"), dict):
+        public["decontamination"] = {**config["decontamination"], "eval_recipe": _public_path(config["decontamination"].get("eval_recipe"))}
     return public
+
+
+def _public_path(path: str | None) -> str | None:
+    """A path as it may be published: relative ones (configs/eval/medical.yaml) and Hub ids as they are, an absolute
+    local path as its file name only."""
+    return Path(path).name if path and Path(path).is_absolute() else path
+
+
+def public_decontamination(summary: dict[str, Any]) -> dict[str, Any]:
+    """`Decontamination.summary()` without local absolute paths (for the card and provenance)."""
+    if not summary.get("checked"):
+        return summary
+    return {
+        **summary,
+        "eval_recipe": _public_path(summary["eval_recipe"]),
+        "settings": {**summary["settings"], "eval_recipe": _public_path(summary["settings"]["eval_recipe"])},
+        "benchmarks": [{**b, "path": _public_path(b["path"])} for b in summary["benchmarks"]],
+    }
 
 
 def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
@@ -260,9 +387,44 @@ def _fence_safe(text: str) -> str:
     return text.replace("```", "`\u200b``")
 
 
-def render_card(
-    repo_id: str, version: str, config: dict[str, Any], summary: dict[str, Any], rows: list[dict[str, Any]], new: list[dict[str, Any]], previous: Previous
-) -> str:
+MAX_IDS_IN_CHANGELOG = 10
+
+
+def _ids(rows: list[dict[str, Any]]) -> str:
+    keys = [row_key(row) for row in rows]
+    more = len(keys) - MAX_IDS_IN_CHANGELOG
+    return ", ".join(keys[:MAX_IDS_IN_CHANGELOG]) + (f" and {more} more (all in provenance.json)" if more > 0 else "")
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'' if n == 1 else 's'}"
+
+
+def changelog(version: str, config: dict[str, Any], plan: Plan, previous: Previous) -> list[str]:
+    """One line per fact: this version against the previous one."""
+    rows, new = plan.rows, plan.new
+    lines = [f"{version}: {len(new)} new rows, {len(rows)} in all" + (f"; builds on {previous.tag} ({previous.commit[:12]})" if previous.tag else "; first version")]
+    if previous.config:
+        from builder.config import changed_fields
+
+        changed = changed_fields(previous.config, public_config(config))
+        lines.append(f"recipe changes since {previous.tag}: " + ("; ".join(changed) if changed else "none"))
+    if previous.tag:
+        carried = Counter(row["version"] for row in rows if row["version"] != version)
+        by_version = ", ".join(f"{v} {n}" for v, n in sorted(carried.items(), key=lambda kv: int(kv[0][1:])))
+        lines.append(f"kept from {previous.tag}: {sum(carried.values())} of {_rows(len(previous.rows or []))}" + (f" (first appeared: {by_version})" if len(carried) > 1 else ""))
+    for reason, gone in plan.left.items():
+        if gone:
+            lines.append(f"left since {previous.tag}: {_rows(len(gone))} {LEFT_REASONS[reason]}: {_ids(gone)}")
+    dropped = {k: n for k, n in plan.not_published.items() if n}
+    if dropped:
+        names = {"repeats": "repeating an earlier version", "contaminated": "matching an evaluation benchmark", "outranked": "outranked"}
+        lines.append(f"rows of this build not published: {'; '.join(f'{_rows(n)} {names[k]}' for k, n in dropped.items())}")
+    return lines
+
+
+def render_card(repo_id: str, version: str, config: dict[str, Any], summary: dict[str, Any], plan: Plan, previous: Previous) -> str:
+    rows, new = plan.rows, plan.new
     domain = config["domain"]
     pretty_name = f"NanoFlux {domain} reasoning"
     card_data = DatasetCardData(
@@ -278,19 +440,12 @@ def render_card(
     curation_text = (
         f"judge-validated: {curation['require_valid']}, quality levels {', '.join(f'L{q}' for q in curation['quality_levels'])}, "
         f"complexity {curation['complexity_levels'] or 'any'}, defender failures first: {curation['prefer_defender_failed']}, "
-        f"at most {config['target_size']} new rows per build"
+        f"at most {config['target_size']} rows per version"
     )
     by_player: dict[str, list[bool]] = {}
     for row in new:
-        by_player.setdefault(row["defender"], []).append(not row["defender_correct"])
-    changelog = [f"{version}: {len(new)} new rows, {len(rows)} in all" + (f"; builds on {previous.tag} ({previous.commit[:12]})" if previous.tag else "; first version")]
-    if previous.config:
-        from builder.config import changed_fields
-
-        changed = changed_fields(previous.config, public_config(config))
-        changelog.append("recipe changes since " + previous.tag + ": " + ("; ".join(changed) if changed else "none"))
-    versions = Counter(row["version"] for row in rows)
-    changelog += [f"{v}: {n} rows first appeared" for v, n in sorted(versions.items(), key=lambda kv: int(kv[0][1:]))]
+        if row["defender_correct"] is not None:
+            by_player.setdefault(row["defender"], []).append(not row["defender_correct"])
     sample = [{**row, "question": _fence_safe(row["question"]), "reference_answer": _fence_safe(row["reference_answer"])} for row in new[:3]]
     return DatasetCard.from_template(
         card_data,
@@ -301,6 +456,7 @@ def render_card(
         domain=domain,
         num_rows=len(rows),
         new_rows=len(new),
+        target_size=config["target_size"],
         judge_tools=", ".join(config["judge_tools"]),
         curation_text=curation_text,
         summary=summary,
@@ -311,8 +467,9 @@ def render_card(
         role_models={role: _role_id(config[role]) for role in ("player_a", "player_b", "judge")},
         prompt_hashes=summary["prompt_hashes"],
         novelty=config["novelty"],
+        decontamination=public_decontamination(plan.decontamination.summary()),
         reproduce_command=f"nanoflux build --config nanoflux_config.yaml --push_to_hub {shlex.quote(repo_id)}",
-        changelog=changelog,
+        changelog=changelog(version, config, plan, previous),
         sample=sample,
     ).content
 
@@ -334,9 +491,7 @@ def _role_id(role: dict[str, Any]) -> str:
     return RoleConfig(**role).display_id()
 
 
-def provenance(
-    repo_id: str, version: str, config: dict[str, Any], summary: dict[str, Any], output_dir: str | Path, previous: Previous, num_rows: int, new_rows: int
-) -> dict[str, Any]:
+def provenance(repo_id: str, version: str, config: dict[str, Any], summary: dict[str, Any], output_dir: str | Path, previous: Previous, plan: Plan) -> dict[str, Any]:
     """Machine-readable provenance: who played, with which settings and prompts, on which packages; never a key."""
     run = json.loads((Path(output_dir) / "run.json").read_text()) if (Path(output_dir) / "run.json").exists() else {}
     roles = {}
@@ -354,8 +509,11 @@ def provenance(
         "repo_id": repo_id,
         "version": version,
         "parent": {"version": previous.tag, "commit": previous.commit} if previous.tag else None,
-        "rows": num_rows,
-        "new_rows": new_rows,
+        "rows": len(plan.rows),
+        "new_rows": len(plan.new),
+        "target_size": config["target_size"],
+        "left": {reason: [row_key(row) for row in rows] for reason, rows in plan.left.items()},
+        "not_published": plan.not_published,
         "domain": config["domain"],
         "roles": roles,
         "prompt_hashes": summary["prompt_hashes"],
@@ -363,6 +521,7 @@ def provenance(
         "sandbox": config["sandbox"],
         "novelty": config["novelty"],
         "curation": config["curation"],
+        "decontamination": public_decontamination(plan.decontamination.summary()),
         "recipe_fingerprint": run.get("fingerprint"),
         "counts": {k: summary[k] for k in ("attacks", "generated", "novel", "judged_ok", "kept", "judge_status", "tokens", "retries")},
         "packages": packages,
@@ -371,8 +530,20 @@ def provenance(
     }
 
 
-def main(output_dir: str, repo_id: str, *, hub_dir: str | None = None, private: bool = False, overwrite: bool = False) -> Release | None:
-    """`nanoflux publish`: publish (or retry publishing) a finished build."""
-    read_build(output_dir)  # fail on an unfinished build before touching the repo
+def main(
+    output_dir: str,
+    repo_id: str,
+    *,
+    hub_dir: str | None = None,
+    private: bool = False,
+    overwrite: bool = False,
+    decontamination: DecontaminationConfig | None = None,
+) -> Release | None:
+    """`nanoflux publish`: publish (or retry publishing) a finished build (`decontamination` overrides its settings)."""
+    config, _, _ = read_build(output_dir)  # fail on an unfinished build, or bad settings, before touching the repo
+    if decontamination is not None:
+        decontamination.validate("decontamination", domain=config["domain"])
+    else:
+        decontamination_settings(config)
     with open_target(hub_dir) as api:
-        return publish(output_dir, repo_id, api=api, private=private, overwrite=overwrite)
+        return publish(output_dir, repo_id, api=api, private=private, overwrite=overwrite, decontamination=decontamination)

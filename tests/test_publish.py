@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from huggingface_hub import DatasetCard, HfApi
 
 from builder import build, publish
 from builder.config import BuildConfig, from_dict
+from builder.decontamination import DecontaminationConfig
 from builder.localhub import LocalHub
 from tests import scripted_roles
 from tests.tgi_server import ScriptedTGI
@@ -85,6 +87,9 @@ def target(request, tmp_path, hub_endpoint, monkeypatch):
 
 
 def _config(url: str, output_dir, **changes) -> BuildConfig:
+    if "decontamination" in {f.name for f in dataclasses.fields(BuildConfig)}:
+        # Offline: the medical default (MultiMedQA from the Hub) cannot load; the tests that check it set their own.
+        changes.setdefault("decontamination", {"enabled": False})
     config = from_dict(BuildConfig, scripted_roles.recipe(url, str(output_dir), **changes))
     config.validate()
     return config
@@ -109,7 +114,9 @@ def test_two_builds_publish_v1_and_v2_and_each_version_loads_exactly_its_rows(tg
     # v1's questions were in the novelty bank: the cardiology level-2 attack repeats a v1 row and is dropped before
     # judging (level 3 repeats a question that v1 did not keep, so it is new to the repo and judged again).
     assert second["not_novel"] == 1 and second["kept"] == 4
-    assert second["release"] == {"repo_id": REPO, "version": "v2", "commit": second["release"]["commit"], "num_rows": 6, "new_rows": 4}
+    assert second["release"] == {
+        "repo_id": REPO, "version": "v2", "commit": second["release"]["commit"], "num_rows": 6, "new_rows": 4, "left_rows": 0, "contaminated_rows": 0
+    }
 
     v1, v2 = target.load("v1"), target.load("v2")
     expected_v1 = [scripted_roles.QUESTIONS[2], scripted_roles.QUESTIONS[0]]
@@ -161,13 +168,13 @@ def test_each_release_is_one_commit_with_data_card_config_and_provenance(tgi, hu
     assert {"synthetic", "nanoflux", "medical"} <= set(card.data.tags)
     assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
     assert card.data.license == "apache-2.0" and card.data.size_categories == ["n<1K"]
-    for text in ('revision="v1"', "| 8 | 8 | 6 | 3 | 2 |", "not medical advice", "arXiv:2509.23252", "--push_to_hub org/nanoflux-medical", "v1: 2 new rows"):
+    for text in ('revision="v1"', "| 8 | 8 | 6 | 4 | 2 |", "not medical advice", "arXiv:2509.23252", "--push_to_hub org/nanoflux-medical", "v1: 2 new rows"):
         assert text in card.text, text
 
     provenance = json.loads(open(api.hf_hub_download(REPO, "provenance.json", repo_type="dataset", revision="v1")).read())
     assert provenance["version"] == "v1" and provenance["parent"] is None and provenance["rows"] == 2
     assert provenance["roles"]["judge"]["generation"]["temperature"] == 0.0
-    assert set(provenance["prompt_hashes"]) == {"attacker", "defender", "judge", "rubric"}
+    assert {"attacker", "defender", "judge", "rubric"} <= set(provenance["prompt_hashes"])
     assert provenance["packages"]["datasets"] and provenance["novelty"]["threshold"] == 0.85
     config = yaml.safe_load(open(api.hf_hub_download(REPO, "nanoflux_config.yaml", repo_type="dataset", revision="v1")).read())
     assert config["rounds"] == 2 and config["player_a"]["token_env"] == "HF_TOKEN"
@@ -231,3 +238,130 @@ def test_a_tag_that_exists_already_fails_before_any_upload(tgi, hub, tmp_path, m
     with pytest.raises(publish.PublishError, match="already has tag v1.*--overwrite"):
         publish.publish(tmp_path / "b1", REPO, api=api, previous=stale)
     assert len(api.list_repo_commits(REPO, repo_type="dataset")) == commits
+
+
+# --- versions capped at target_size, decontamination ------------------------------------------------------
+
+
+def _download(api: HfApi, name: str, revision: str) -> str:
+    return open(api.hf_hub_download(REPO, name, repo_type="dataset", revision=revision), encoding="utf-8").read()
+
+
+def test_a_rerun_recurates_the_union_and_never_publishes_more_than_target_size(tgi, hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    build.main(_config(tgi.url, tmp_path / "b1", push_to_hub=REPO))  # v1: a Defender failure and a Defender success
+    second = build.main(_later(tgi.url, tmp_path / "b2", push_to_hub=REPO, target_size=3))
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    v1, v2 = _load("v1"), _load("v2")
+    failed, solved = v1  # v1 ranks its Defender failure first
+    assert failed["defender_correct"] is False and solved["defender_correct"] is True
+
+    # The union (2 + the build's 3) re-curated under the same policy: failures first, published ones before new ones.
+    assert second["release"]["num_rows"] == len(v2) == 3 and second["release"]["new_rows"] == 2 and second["release"]["left_rows"] == 1
+    assert v2[0] == failed and [r["version"] for r in v2] == ["v1", "v2", "v2"]  # the v1 row keeps its version
+    assert all(r["defender_correct"] is False for r in v2)
+
+    card = DatasetCard.load(api.hf_hub_download(REPO, "README.md", repo_type="dataset", revision="v2")).text
+    changelog = card.split("## Changelog")[1].split("## Sample")[0]
+    lines = [line for line in changelog.splitlines() if line.startswith("- ")]
+    assert lines[0].startswith("- v2: 2 new rows, 3 in all; builds on v1")
+    assert f"- left since v1: 1 row outranked by new rows under the curation policy: v1/{solved['id']}" in lines
+    assert "- kept from v1: 1 of 2 rows" in lines
+    assert "- rows of this build not published: 1 row outranked" in lines
+    assert len(lines) == len(set(lines)) and "at most 3 rows per version" in card
+    provenance = json.loads(_download(api, "provenance.json", "v2"))
+    assert provenance["target_size"] == 3 and provenance["left"] == {"contaminated": [], "ineligible": [], "outranked": [f"v1/{solved['id']}"]}
+    assert provenance["decontamination"]["checked"] is False
+
+    # Publishing the same build again changes nothing: no v3, and never more than target_size rows.
+    assert publish.main(str(tmp_path / "b2"), REPO) is None
+    assert [t.name for t in api.list_repo_refs(REPO, repo_type="dataset").tags] == ["v1", "v2"]
+
+
+def _plant_benchmark(tmp_path, rows: list[dict]) -> str:
+    """An evaluation recipe whose one benchmark (MedQA's schema) holds `rows`' questions verbatim, plus one unrelated."""
+    items = [{"question": r["question"], "options": dict(zip("ABCDE", r.get("options") or ["yes", "no"])), "answer_idx": "A"} for r in rows]
+    items.append({"question": "Which vitamin deficiency causes scurvy in sailors?", "options": {"A": "C", "B": "D"}, "answer_idx": "A"})
+    bench = tmp_path / "planted.jsonl"
+    bench.write_text("".join(json.dumps(item) + "\n" for item in items))
+    recipe = tmp_path / "planted-eval.yaml"
+    recipe.write_text(yaml.safe_dump({"benchmarks": [{"format": "medqa", "name": "planted", "path": str(bench), "split": "test"}]}))
+    return str(recipe)
+
+
+def test_contaminated_rows_are_dropped_counted_in_the_card_and_listed_in_the_release(tgi, hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    build.main(_config(tgi.url, tmp_path / "b1", push_to_hub=REPO))
+    build.main(_later(tgi.url, tmp_path / "b2"))  # built, not published
+    v1 = _load("v1")
+    curated = [json.loads(line) for line in (tmp_path / "b2" / "curated.jsonl").read_text().splitlines()]
+    # Not pushed, so the build's novelty bank lacked v1: one of its rows repeats a v1 question (publishing drops it).
+    curated = [row for row in curated if row["question"] not in {r["question"] for r in v1}]
+    # A benchmark that holds one v1 question and one of this build's, word for word.
+    recipe = _plant_benchmark(tmp_path, [v1[1], curated[0]])
+    config_path = tmp_path / "b2" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["decontamination"] = dataclasses.asdict(DecontaminationConfig(eval_recipe=recipe))
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    release = publish.main(str(tmp_path / "b2"), REPO)
+    assert (release.version, release.num_rows, release.new_rows, release.left_rows, release.contaminated_rows) == ("v2", 4, 3, 1, 2)
+    v2 = _load("v2")
+    assert {r["question"] for r in v2}.isdisjoint({v1[1]["question"], curated[0]["question"]})
+    assert v2[0] == v1[0] and [r["version"] for r in v2] == ["v1", "v2", "v2", "v2"]
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    assert "contaminated.jsonl" in api.list_repo_files(REPO, repo_type="dataset", revision="v2")
+    listed = [json.loads(line) for line in _download(api, "contaminated.jsonl", "v2").splitlines()]
+    assert [(r["id"], r.get("version")) for r in listed] == [(v1[1]["id"], "v1"), (curated[0]["id"], None)]
+    assert {m["benchmark"] for r in listed for m in r["contamination"]} == {"planted"}
+    released = _download(api, "contaminated.jsonl", "v2")
+    assert v1[1]["question"] not in released and "item_question" not in released  # ids and scores only, no benchmark text
+    local = [json.loads(line) for line in (tmp_path / "b2" / "release-contaminated.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in local] == [v1[1]["question"], curated[0]["question"]]  # the texts stay in the build folder
+
+    card = DatasetCard.load(api.hf_hub_download(REPO, "README.md", repo_type="dataset", revision="v2")).text
+    assert "2 of 6 rows matched a benchmark question and were left out" in card
+    assert "by benchmark: planted 2" in card and "`planted` (planted.jsonl, test, 3 questions)" in card and "of `planted-eval.yaml`" in card
+    assert str(tmp_path) not in card and str(tmp_path) not in _download(api, "nanoflux_config.yaml", "v2")  # no local paths
+    assert f"- left since v1: 1 row matching an evaluation benchmark (see Decontamination): v1/{v1[1]['id']}" in card
+    assert "- rows of this build not published: 1 row repeating an earlier version; 1 row matching an evaluation benchmark" in card
+    provenance = json.loads(_download(api, "provenance.json", "v2"))
+    assert provenance["decontamination"]["contaminated"]["rows"] == 2 and provenance["left"]["contaminated"] == [f"v1/{v1[1]['id']}"]
+    assert provenance["not_published"] == {"repeats": 1, "contaminated": 1, "outranked": 0}
+
+
+def test_plan_release_ranks_the_union_and_says_why_each_earlier_row_left():
+    def row(rid: str, question: str, *, correct: bool, level: int = 4, version: str | None = None) -> dict:
+        return {"id": rid, "question": question, "version": version, "judge_status": "ok", "novel": True, "question_valid": True,
+                "quality_level": level, "judge_complexity": 3, "defender_correct": correct, "round": 0, "attack_index": int(rid[-1]),
+                "capability": "cardiology"}
+
+    earlier = [
+        row("r0-a0", "Which murmur accompanies aortic stenosis in an elderly patient?", correct=False, version="v1"),
+        row("r0-a1", "What electrolyte abnormality does loop diuretic therapy cause most often?", correct=True, version="v1"),
+        row("r0-a2", "Which vaccine is contraindicated during pregnancy?", correct=False, level=3, version="v1"),  # an older policy kept L3
+    ]
+    curated = [
+        row("r0-a0", "A child has a barking cough and a steeple sign on a neck X-ray; what is the diagnosis?", correct=False),
+        row("r0-a1", "Which antibody is most specific for systemic lupus erythematosus?", correct=False),
+    ]
+    config = {"domain": "medical", "target_size": 3, "novelty": {"model": "sentence-transformers/all-MiniLM-L6-v2", "threshold": 0.85},
+              "curation": {"require_valid": True, "prefer_defender_failed": True, "quality_levels": [4], "complexity_levels": None}}
+    plan = publish.plan_release(config, curated, earlier, "v2", decontamination=DecontaminationConfig(enabled=False))
+    assert [publish.row_key(r) for r in plan.rows] == ["v1/r0-a0", "v2/r0-a0", "v2/r0-a1"]
+    assert {reason: [r["id"] for r in rows] for reason, rows in plan.left.items()} == {"contaminated": [], "ineligible": ["r0-a2"], "outranked": ["r0-a1"]}
+    assert plan.not_published == {"repeats": 0, "contaminated": 0, "outranked": 0} and plan.changed
+    assert plan.decontamination.summary() == {"checked": False, "reason": "decontamination.enabled is false", "settings": dataclasses.asdict(DecontaminationConfig(enabled=False))}
+
+    previous = publish.Previous(1, "c0ffee" * 6 + "c0ff", earlier, None)
+    lines = publish.changelog("v2", config, plan, previous)
+    assert lines == [
+        "v2: 2 new rows, 3 in all; builds on v1 (c0ffeec0ffee)",
+        "kept from v1: 1 of 3 rows",
+        "left since v1: 1 row no longer eligible under this version's curation policy: v1/r0-a2",
+        "left since v1: 1 row outranked by new rows under the curation policy: v1/r0-a1",
+    ]
+    # Nothing new and nothing left: the same version again, which publish() refuses as noise.
+    same = publish.plan_release({**config, "target_size": 1}, [], earlier[:1], "v2", decontamination=DecontaminationConfig(enabled=False))
+    assert same.rows == earlier[:1] and not same.changed

@@ -6,6 +6,7 @@ Usage (what `versus_distilabel` runs, in an interpreter that has distilabel; Nan
     LoadDataFromDicts (one row per attack, the Attacker prompt NanoFlux renders)
       -> attacker TextGeneration -> ParseAttack
       -> defender TextGeneration -> ParseDefense
+      -> solver   TextGeneration -> ParseSolution  (the Judge's blind solve)
       -> judge    TextGeneration
 
 Every task uses `OpenAILLM` pointed at the loopback server's `/v1`, with the system prompts and user templates of
@@ -55,6 +56,14 @@ def ParseDefense(inputs: StepInput):  # noqa: N802
     yield inputs
 
 
+@step(inputs=["solution"], outputs=["blind_reasoning", "blind_answer"])
+def ParseSolution(inputs: StepInput):  # noqa: N802
+    for row in inputs:
+        data = _json_object(row["solution"])
+        row.update(blind_reasoning=str(data.get("reasoning", "")), blind_answer=str(data.get("answer", "")))
+    yield inputs
+
+
 def build_pipeline(spec: dict[str, Any]) -> Pipeline:
     batch = spec["input_batch_size"]
 
@@ -78,12 +87,17 @@ def build_pipeline(spec: dict[str, Any]) -> Pipeline:
             name="defender", llm=llm("defender"), system_prompt=spec["system"]["defender"], template=spec["template"]["defender"],
             columns=["question"], output_mappings={"generation": "defense"}, input_batch_size=batch,
         )  # fmt: skip
+        solver = TextGeneration(
+            name="solver", llm=llm("solver"), system_prompt=spec["system"]["solver"], template=spec["template"]["solver"],
+            columns=["question"], output_mappings={"generation": "solution"}, input_batch_size=batch,
+        )  # fmt: skip
         judge = TextGeneration(
             name="judge", llm=llm("judge"), system_prompt=spec["system"]["judge"], template=spec["template"]["judge"],
-            columns=["question", "reference_answer", "explanation", "defender_reasoning", "defender_answer"],
+            columns=["question", "reference_answer", "explanation", "blind_answer", "blind_reasoning", "defender_reasoning", "defender_answer"],
             output_mappings={"generation": "verdict"}, input_batch_size=batch,
         )  # fmt: skip
-        rows >> attacker >> ParseAttack(input_batch_size=batch) >> defender >> ParseDefense(input_batch_size=batch) >> judge
+        parse_attack, parse_defense, parse_solution = (parse(input_batch_size=batch) for parse in (ParseAttack, ParseDefense, ParseSolution))
+        rows >> attacker >> parse_attack >> defender >> parse_defense >> solver >> parse_solution >> judge
     return pipeline
 
 

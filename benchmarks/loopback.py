@@ -28,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 ROLE_MARKERS = {"attacker": "You are the Attacker", "defender": "You are the Defender", "judge": "You are the Judge"}
-# Completion tokens per answer, cycled per role in arrival order (means 240 / 125 / 95).
-DEFAULT_LENGTHS = {"attacker": (180, 260, 220, 300, 240), "defender": (90, 140, 110, 160), "judge": (70, 100, 85, 125)}
-LETTERS = "ABCDE"
+# Completion tokens per answer, cycled per role in arrival order (means 240 / 125 / 125 / 95); `solver` is the Judge's
+# blind solve (a Judge request whose prompt holds no reference answer yet).
+DEFAULT_LENGTHS = {
+    "attacker": (180, 260, 220, 300, 240), "defender": (90, 140, 110, 160), "solver": (90, 140, 110, 160), "judge": (70, 100, 85, 125),
+}  # fmt: skip
+LETTERS = "ABCDEFGHIJ"
 _WORD = re.compile(r"[a-z]{4,}")
 
 
@@ -92,16 +95,21 @@ class RoleWorkload:
         role = next((name for name, marker in ROLE_MARKERS.items() if marker in system), None)
         if role is None:
             return Reply(json.dumps({"error": "no role marker in the system prompt"}), completion_tokens=8)
+        if role == "judge" and "REFERENCE ANSWER" not in messages[-1].get("content", ""):
+            role = "solver"
         length = self._next_length(role)
         key = json.dumps([messages, body.get("seed")], sort_keys=True).encode()
         rng = random.Random(hashlib.sha256(key).digest())
+        # As many options as the recipe asks for: the Attacker's prompt names the last letter, the others' prompts list them.
+        user = messages[1].get("content", "") if len(messages) > 1 else ""
+        last = re.search(r"one of A, (?:[B-J], )*[B-J] or ([B-J])", user)
+        letters = LETTERS[: LETTERS.index(last.group(1)) + 1] if last else LETTERS[: len(re.findall(r"(?m)^[A-J]\. ", user))] or "ABCDE"
         if role == "attacker":
-            options = " ".join(f"({letter}) {self._words(rng, 2)}" for letter in LETTERS)
-            question = f"{self._words(rng, 40)}? {options}"
-            answer = {"question": question, "explanation": "", "reference_answer": rng.choice(LETTERS), "verification_code": ""}
+            options = [self._words(rng, 2) for _ in letters]
+            answer = {"question": f"{self._words(rng, 40)}?", "options": options, "explanation": "", "reference_answer": rng.choice(letters)}
             answer["explanation"] = self._words(rng, length - len(json.dumps(answer).split()))
-        elif role == "defender":
-            answer = {"reasoning": self._words(rng, length - 3), "answer": rng.choice(LETTERS)}
+        elif role in ("defender", "solver"):
+            answer = {"reasoning": self._words(rng, length - 3), "program": "", "answer": rng.choice(letters)}
         else:
             answer = {"rationale": "", "question_valid": True, "defender_correct": rng.random() < 0.5}
             answer.update({name: 4 for name in self.criteria})

@@ -42,7 +42,7 @@ class ThroughputConfig:
 
     rounds: int = 4
     attacks_per_round: int = 50
-    """rounds x attacks_per_round examples, three calls each (Attacker, Defender, Judge)."""
+    """rounds x attacks_per_round examples, four calls each (Attacker, Defender, the Judge's blind solve and verdict)."""
     latency: float = 0.05
     """Server seconds per request (queueing, prefill)."""
     token_latency: float = 0.002
@@ -89,6 +89,7 @@ def build_config(config: ThroughputConfig, url: str, output_dir: Path, concurren
         "player_a": role,
         "player_b": role,
         "judge": role,
+        "allow_shared_judge": True,  # a throughput workload, not a dataset: one model keeps one shared client
         "output_dir": str(output_dir),
     }
     build_config = from_dict(BuildConfig, merge(load_recipe(config.recipe), overrides))
@@ -107,7 +108,7 @@ def measure_build(endpoint: Any, build_config: Any, *, capacity: int) -> dict[st
     cpu = time.process_time() - cpu_start
     stats = endpoint.stats()
     concurrency = build_config.player_a.max_concurrency
-    examples = sum(summary["judge_status"].values())  # examples that went through all three roles
+    examples = sum(summary["judge_status"].values())  # examples that went through every role
     bound = stats.service_seconds / capacity
     return {
         "concurrency": concurrency,
@@ -147,7 +148,7 @@ def main(config: ThroughputConfig, work_dir: Path) -> dict[str, Any]:
         "rounds": config.rounds,
         "attacks_per_round": config.attacks_per_round,
         "examples": config.rounds * config.attacks_per_round,
-        "calls_per_example": 3,
+        "calls_per_example": 4,
         "server": {"latency_s": config.latency, "token_latency_s": config.token_latency, "capacity": config.capacity},
         "completion_tokens_cycle": {role: list(v) for role, v in DEFAULT_LENGTHS.items()},
         "concurrency": config.concurrency,

@@ -91,15 +91,19 @@ def pipeline_spec(build_config: Any, base_url: str, input_batch_size: int, cache
             g = r * build_config.attacks_per_round + i
             attack = roles.attack_messages(
                 prompts, capability=caps[g % len(caps)], complexity=levels[(g // len(caps)) % len(levels)], feedback="",
-                with_code="python" in build_config.judge_tools,
+                answer_format=build_config.answer_format, n_options=build_config.options,
             )  # fmt: skip
             rows.append({"id": f"r{r:02d}-a{i:04d}", "attack_prompt": attack[1]["content"]})
     s = _SENTINEL.format
-    defense = roles.defense_messages(prompts, question=s("question"))
+    fmt, n_options = build_config.answer_format, build_config.options
+    question = roles.Attack(question=s("question"), options=[], explanation=s("explanation"), reference_answer=s("reference_answer"))
+    defense = roles.defense_messages(prompts, attack=question, answer_format=fmt, n_options=n_options)
+    solve = roles.solve_messages(prompts, attack=question, answer_format=fmt, n_options=n_options)
     verdict = roles.verdict_messages(
         prompts,
-        attack=roles.Attack(question=s("question"), explanation=s("explanation"), reference_answer=s("reference_answer"), verification_code=""),
+        attack=question,
         defense=roles.Defense(reasoning=s("defender_reasoning"), answer=s("defender_answer")),
+        solution=roles.Solution(reasoning=s("blind_reasoning"), program="", answer=s("blind_answer")),
         tool_results=format_tool_results([]),
     )
     attacker, defender = build_config.player_a, build_config.player_b
@@ -108,10 +112,10 @@ def pipeline_spec(build_config: Any, base_url: str, input_batch_size: int, cache
         "model": attacker.model,
         "timeout": int(attacker.timeout),
         "max_retries": attacker.max_attempts - 1,
-        "max_tokens": {"attacker": attacker.max_tokens, "defender": defender.max_tokens, "judge": build_config.judge.max_tokens},
-        "temperature": {"attacker": attacker.temperature, "defender": defender.temperature, "judge": build_config.judge.temperature},
-        "system": {"attacker": attack[0]["content"], "defender": defense[0]["content"], "judge": verdict[0]["content"]},
-        "template": {"defender": _jinja(defense[1]["content"]), "judge": _jinja(verdict[1]["content"])},
+        "max_tokens": {"attacker": attacker.max_tokens, "defender": defender.max_tokens, "solver": build_config.judge.max_tokens, "judge": build_config.judge.max_tokens},
+        "temperature": {"attacker": attacker.temperature, "defender": defender.temperature, "solver": build_config.judge.temperature, "judge": build_config.judge.temperature},
+        "system": {"attacker": attack[0]["content"], "defender": defense[0]["content"], "solver": solve[0]["content"], "judge": verdict[0]["content"]},
+        "template": {"defender": _jinja(defense[1]["content"]), "solver": _jinja(solve[1]["content"]), "judge": _jinja(verdict[1]["content"])},
         "rows": rows,
         "input_batch_size": input_batch_size,
         "cache_dir": str(cache_dir),

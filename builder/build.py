@@ -5,9 +5,12 @@ Usage:
     nanoflux build --config configs/medical.yaml                        # endpoints named in the recipe
     nanoflux build --config configs/medical.yaml --rounds 3 --target_size 150 --judge.base_url http://host:8080
 
-In round r player A attacks and player B defends; in round r+1 they swap. Each attack: the Attacker writes a
-question (with reference answer, annotated explanation and optional verification code), the novelty filter
-drops near-duplicates, the Defender answers, the Judge runs its tools and grades. Every finished call is
+In round r player A attacks and player B defends; in round r+1 they swap. Each attack: the Attacker, shown how the
+player it now attacks did on earlier valid questions, writes a question aimed at a capability and complexity chosen
+from that player's failure rates (`targeting`), with reference answer and annotated explanation; the novelty filter
+drops near-duplicates; the Defender answers while the Judge solves the question blind (for numbers it writes the
+verification program that runs in the sandbox); then the Judge sees the reference, both answers and the tool results
+and grades. Tool verdicts override the Judge's word, and each row records what decided. Every finished call is
 journaled, so a killed build resumes where it stopped (`--fresh` starts over).
 """
 
@@ -19,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,8 +36,9 @@ from builder import publish, roles
 from builder.chat import ChatClient, ChatRequest, ChatResponse, EndpointError
 from builder.config import BuildConfig, RoleConfig, changed_fields, to_dict
 from builder.corpus import Corpus, packaged_corpus
-from builder.curation import curate
-from builder.dataset import JUDGE_STATUSES, sft_messages, write_rows
+from builder.curation import curate, eligible
+from builder.decontamination import Reference, decontaminate, load_reference, write_report
+from builder.dataset import DEFENDER_STATUSES, JUDGE_STATUSES, sft_messages, write_rows
 from builder.journal import Journal
 from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
 from builder.sandbox import SandboxLimits
@@ -47,9 +52,13 @@ TRANSPORT_FIELDS = ("max_concurrency", "timeout", "max_attempts", "token_env")
 PUBLISH_FIELDS = ("output_dir", "push_to_hub", "hub_dir", "private")
 # Curation runs after the rounds, on the journaled rows (nothing in a round depends on it): changing it re-curates a
 # finished build without a single new call.
-CURATION_FIELDS = ("curation", "target_size")
-OUTPUT_FILES = ("run.json", "calls.jsonl", "examples.jsonl", "tools.jsonl", "config.yaml", "summary.json", "curated.jsonl", "pool.jsonl")
+CURATION_FIELDS = ("curation", "target_size", "decontamination")
+OUTPUT_FILES = (
+    "run.json", "calls.jsonl", "examples.jsonl", "tools.jsonl", "config.yaml", "summary.json", "curated.jsonl", "pool.jsonl", "contaminated.jsonl",
+)  # fmt: skip
 OUTPUT_DIRS = ("data", "pool")
+# Calls each attack can take: attack, defense, the Judge's blind solve, the verdict (progress counts them).
+CALLS_PER_ATTACK = 4
 # Questions are embedded and checked for novelty in chunks of this many attacks, in attack order, as soon as a chunk's
 # attacks are done. A fixed size (not the concurrency, which may change on resume) keeps every chunk, so every
 # embedding and every novelty decision, the same on a resumed run.
@@ -65,6 +74,8 @@ def recipe_fingerprint(config: BuildConfig, prompt_hashes: dict[str, str]) -> tu
     for name in (*PUBLISH_FIELDS, *CURATION_FIELDS):
         data.pop(name)
     data["prompt_hashes"] = prompt_hashes
+    # Benchmark questions in the novelty bank change which attacks are judged: then (only) it is part of the identity.
+    data["benchmarks_in_novelty_bank"] = config.decontamination.enabled and config.decontamination.seed_novelty_bank
     for role in ("player_a", "player_b", "judge"):
         for name in TRANSPORT_FIELDS:
             data[role].pop(name)
@@ -155,7 +166,7 @@ class Outcome:
     completion_tokens: int = 0
     finished_at: str | None = None
     failure: str | None = None
-    """None when parsed; else `endpoint` (failed for good), `refused` or `unparseable`."""
+    """None when parsed; else `endpoint` (failed for good), `refused` or `unparseable` (why: `error`)."""
     error: str | None = None
 
 
@@ -202,11 +213,15 @@ class Caller:
         return response
 
     async def step(self, key: str, player: str, messages: list[dict[str, str]], schema: dict, parse) -> Outcome:
-        """One role step: call, parse; on an unparseable answer call again with a new seed (`parse_retries`)."""
+        """One role step: call, parse; on an unusable answer ask again (`parse_retries`), with a new seed and the
+        reason it was rejected (an out-of-range score, a missing key), so that even a temperature-0 role can fix it."""
         role: RoleConfig = getattr(self.config, player)
         outcome = Outcome()
+        rejected = None
         try:
             for attempt in range(1 + self.config.parse_retries):
+                if rejected is not None:
+                    messages = roles.retry_messages(messages, outcome.raw, rejected)
                 call_key = f"{key}/try{attempt}"
                 request = ChatRequest(
                     messages=messages,
@@ -221,11 +236,13 @@ class Caller:
                 outcome.prompt_tokens += response.prompt_tokens
                 outcome.completion_tokens += response.completion_tokens
                 outcome.finished_at = response.meta["finished_at"]
-                outcome.value = parse(response.text)
-                if outcome.value is not None:
+                value = parse(response.text)
+                if not isinstance(value, roles.Rejected):
+                    outcome.value = value
                     return outcome
+                rejected = value
             outcome.failure = "refused" if roles.is_refusal(outcome.raw) else "unparseable"
-            outcome.error = f"{outcome.failure} answer (finish_reason={response.finish_reason})"
+            outcome.error = f"{outcome.failure} answer: {rejected.reason} (finish_reason={response.finish_reason})"
         except EndpointError as err:
             self.stats.endpoint_failures[str(err.status or "network")] += 1
             outcome.failure, outcome.error = "endpoint", f"endpoint error: {err}"
@@ -262,29 +279,85 @@ def _players(round_index: int) -> tuple[str, str]:
     return ("player_a", "player_b") if round_index % 2 == 0 else ("player_b", "player_a")
 
 
-async def run_round(ctx: Context, round_index: int, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def defender_record(rows: list[dict[str, Any]], defender: str) -> list[dict[str, Any]]:
+    """What is known about `defender`: its judged answers to valid questions, from every earlier round it defended."""
+    return [
+        row
+        for row in rows
+        if row["defender"] == defender and row.get("judge_status") == "ok" and row["question_valid"] and row.get("defender_correct") is not None
+    ]
+
+
+def failure_rates(record: list[dict[str, Any]], column: str, values: list[Any]) -> dict[Any, float]:
+    """Smoothed failure rate per value of `column`: (failures + 1) / (answers + 2), 0.5 when nothing is known."""
+    return {
+        value: (sum(not r["defender_correct"] for r in record if r[column] == value) + 1) / (sum(r[column] == value for r in record) + 2)
+        for value in values
+    }
+
+
+def _allocate(weights: dict[Any, float], total: int) -> list[Any]:
+    """`total` slots split in proportion to `weights` (largest remainder; ties to the earlier value)."""
+    mass = sum(weights.values())
+    quotas = {value: total * w / mass for value, w in weights.items()}
+    counts = {value: int(q) for value, q in quotas.items()}
+    by_remainder = sorted(weights, key=lambda v: -(quotas[v] - counts[v]))
+    for value in by_remainder[: total - sum(counts.values())]:
+        counts[value] += 1
+    return [value for value in weights for _ in range(counts[value])]
+
+
+def round_targets(config: BuildConfig, round_index: int, record: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(capability, complexity) for each attack of a round.
+
+    `round_robin` cycles through both lists. `adaptive` gives each capability and each complexity level a share of
+    the attacks in proportion to the Defender's smoothed failure rate on it, mixed with an even share
+    (`exploration`) so that nothing stops being probed; the two lists are shuffled with a seed of the round, so the
+    same journal always gives the same targets.
+    """
+    n = config.attacks_per_round
+    if config.targeting == "round_robin":
+        n_caps, n_levels = len(config.capabilities), len(config.complexity_levels)
+        first = round_index * n
+        return [
+            (config.capabilities[g % n_caps], config.complexity_levels[(g // n_caps) % n_levels]) for g in range(first, first + n)
+        ]
+
+    def shares(column: str, values: list[Any]) -> list[Any]:
+        rates = failure_rates(record, column, values)
+        total = sum(rates.values())
+        mix = config.exploration
+        slots = _allocate({v: (1 - mix) * rates[v] / total + mix / len(values) for v in values}, n)
+        random.Random(_seed(config.seed, f"targets/{round_index}/{column}")).shuffle(slots)
+        return slots
+
+    return list(zip(shares("capability", config.capabilities), shares("target_complexity", config.complexity_levels)))
+
+
+async def run_round(ctx: Context, round_index: int, earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Attack concurrently; as each chunk of attacks is done (in attack order), filter it for novelty and send its
     novel questions on to be defended and judged, while the later attacks are still out."""
     config = ctx.config
     attacker, defender = _players(round_index)
-    feedback = roles.feedback_text(history, config.feedback_examples)
-    n_caps, n_levels = len(config.capabilities), len(config.complexity_levels)
+    record = defender_record(earlier, defender)
+    feedback = roles.feedback_text(record, limit=config.feedback_examples, token_budget=config.feedback_tokens)
+    targets = round_targets(config, round_index, record)
+    fmt, n_options = config.answer_format, config.options
 
     async def attack(i: int) -> dict[str, Any] | None:
-        g = round_index * config.attacks_per_round + i
-        capability, complexity = config.capabilities[g % n_caps], config.complexity_levels[(g // n_caps) % n_levels]
+        capability, complexity = targets[i]
         example_id = f"r{round_index:02d}-a{i:04d}"
         messages = roles.attack_messages(
-            ctx.prompts, capability=capability, complexity=complexity, feedback=feedback, with_code="python" in config.judge_tools
+            ctx.prompts, capability=capability, complexity=complexity, feedback=feedback, answer_format=fmt, n_options=n_options
         )
         outcome = await ctx.caller.step(
-            f"{example_id}/attacker", attacker, messages, roles.attack_schema(config.answer_format, "python" in config.judge_tools), lambda t: roles.parse_attack(t, config.answer_format)
+            f"{example_id}/attacker", attacker, messages, roles.attack_schema(fmt, n_options), lambda t: roles.parse_attack(t, fmt, n_options)
         )
         if outcome.value is None:
             kind = {"endpoint": "attack_error", "refused": "attack_refused", "unparseable": "attack_parse_error"}[outcome.failure]
             ctx.counts[kind] += 1
             await _note(ctx, example_id, kind, error=outcome.error, raw=outcome.raw)
-            ctx.caller.progress.update(2)  # no defense or judgement will follow
+            ctx.caller.progress.update(CALLS_PER_ATTACK - 1)  # no defense or judgement will follow
             return None
         a: roles.Attack = outcome.value
         await _note(ctx, example_id, "attacked", question=a.question, reference_answer=a.reference_answer)
@@ -301,13 +374,13 @@ async def run_round(ctx: Context, round_index: int, history: list[dict[str, Any]
             "defender_model": getattr(config, defender).display_id(),
             "judge_model": config.judge.display_id(),
             "question": a.question,
+            "options": a.options,
             "reference_answer": a.reference_answer,
             "explanation": a.explanation,
-            "verification_code": a.verification_code,
             "attacker_prompt_tokens": outcome.prompt_tokens,
             "attacker_completion_tokens": outcome.completion_tokens,
             "created_at": outcome.finished_at,
-            "messages": sft_messages(a.question, a.explanation, a.reference_answer),
+            "messages": sft_messages(a.question, a.explanation, a.reference_answer, options=a.options, answer_format=fmt),
             "_attack": a,
         }
 
@@ -324,7 +397,7 @@ async def run_round(ctx: Context, round_index: int, history: list[dict[str, Any]
             notes.append(_note(ctx, row["id"], "novelty", novel=decision.novel, similarity=decision.nearest_similarity))
             if not decision.novel:
                 ctx.counts["not_novel"] += 1
-                ctx.caller.progress.update(2)  # its defense and judgement will not happen
+                ctx.caller.progress.update(CALLS_PER_ATTACK - 1)  # its defense and judgement will not happen
         await asyncio.gather(*notes)
         judging += [asyncio.ensure_future(defend_and_judge(ctx, row)) for row in chunk if row["novel"]]
         attacked += chunk
@@ -335,68 +408,97 @@ async def run_round(ctx: Context, round_index: int, history: list[dict[str, Any]
 
 
 async def defend_and_judge(ctx: Context, row: dict[str, Any]) -> None:
+    """The Defender answers while the Judge solves the question blind; then the Judge's tools and verdict."""
     config, attack = ctx.config, row["_attack"]
-    outcome = await ctx.caller.step(
-        f"{row['id']}/defender",
-        row["defender"],
-        roles.defense_messages(ctx.prompts, question=attack.question),
-        roles.defense_schema(config.answer_format),
-        lambda t: roles.parse_defense(t, config.answer_format),
+    fmt, n_options = config.answer_format, config.options
+    defended, solved = await asyncio.gather(
+        ctx.caller.step(
+            f"{row['id']}/defender",
+            row["defender"],
+            roles.defense_messages(ctx.prompts, attack=attack, answer_format=fmt, n_options=n_options),
+            roles.defense_schema(fmt, n_options),
+            lambda t: roles.parse_defense(t, fmt, n_options),
+        ),
+        ctx.caller.step(
+            f"{row['id']}/judge-solve",
+            "judge",
+            roles.solve_messages(ctx.prompts, attack=attack, answer_format=fmt, n_options=n_options),
+            roles.solve_schema(fmt, n_options),
+            lambda t: roles.parse_solution(t, fmt, n_options),
+        ),
     )
-    row["defender_prompt_tokens"], row["defender_completion_tokens"] = outcome.prompt_tokens, outcome.completion_tokens
-    if outcome.failure == "endpoint":
+    row["defender_prompt_tokens"], row["defender_completion_tokens"] = defended.prompt_tokens, defended.completion_tokens
+    row["judge_prompt_tokens"], row["judge_completion_tokens"] = solved.prompt_tokens, solved.completion_tokens
+    defense: roles.Defense | None = defended.value
+    # A Defender that gave no usable answer is a format failure, not a wrong answer: it says nothing about how hard
+    # the question is, so the row records it apart (defender_correct stays null) and curation never ranks it a failure.
+    row["defender_status"] = "ok" if defense else {"endpoint": "error"}.get(defended.failure, defended.failure)
+    row["defender_reasoning"] = defense.reasoning if defense else defended.raw[:4000]
+    row["defender_answer"] = defense.answer if defense else None
+    if not defense:
+        ctx.counts[f"defender_{row['defender_status']}"] += 1
+    await _note(ctx, row["id"], "defended", answer=row["defender_answer"], status=row["defender_status"])
+    if solved.value is None:
+        ctx.caller.progress.update(1)  # no verdict without the blind solve
+        status = {"endpoint": "error", "refused": "refused", "unparseable": "parse_error"}[solved.failure]
+        _set_judgement(row, status, error=f"judge blind solve {solved.error}", rationale=solved.raw[:2000])
+    elif defended.failure == "endpoint":
         # The Defender never answered: that is no evidence about the question, so the example is not judged.
         ctx.caller.progress.update(1)
-        _set_judgement(row, "error", error=f"defender {outcome.error}")
-        await _note(ctx, row["id"], "judged", judge_status="error", error=row["error"])
-        return
-    # An unparseable answer counts as a wrong one, as in evaluation.
-    defense = outcome.value or roles.Defense(reasoning=outcome.raw[:4000], answer="(unparseable)")
-    row["defender_reasoning"], row["defender_answer"] = defense.reasoning, defense.answer
-    await _note(ctx, row["id"], "defended", answer=defense.answer)
-    await judge(ctx, row, attack, defense)
+        _set_judgement(row, "error", error=f"defender {defended.error}")
+    else:
+        await judge(ctx, row, attack, defense, solved.value)
     await _note(ctx, row["id"], "judged", judge_status=row["judge_status"], defender_correct=row.get("defender_correct"))
 
 
-async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense: roles.Defense) -> None:
-    """Tools first (sandboxed verification code, corpus lookup, answer checks), then the Judge's LLM grading."""
-    config = ctx.config
+async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense: roles.Defense | None, solution: roles.Solution) -> None:
+    """Tools first (the Judge's blind program in the sandbox, corpus lookup, answer checks), then the verdict call;
+    where a tool gives a verdict it overrides the Judge's word, and the row records which source decided."""
+    config, fmt = ctx.config, ctx.config.answer_format
     calls: list[ToolCall] = []
     verified: bool | None = None
-    if attack.verification_code and "python" in config.judge_tools:
-        call = await _python(ctx, row["id"], attack.verification_code)
+    row["judge_blind_answer"] = solution.answer
+    row["verification_code"] = solution.program
+    if solution.program and "python" in config.judge_tools:
+        call = await _python(ctx, row["id"], solution.program)
         calls.append(call)
-        if not call.ok:
-            ctx.caller.progress.update(1)
-            _set_judgement(row, "tool_error", tool_calls=calls, error=f"verification code: {call.error}")
-            return
-        if config.answer_format == "number":
+        if fmt == "number":
+            if not call.ok:
+                ctx.caller.progress.update(1)
+                _set_judgement(row, "tool_error", tool_calls=calls, error=f"verification program: {call.error}")
+                return
             verified = answers_match(call.output, attack.reference_answer, "number")
-    elif config.answer_format == "number":
-        verified = False  # a numeric reference answer must come with the program that computes it
     if "lookup" in config.judge_tools:
         calls.append(lookup_tool(ctx.corpus, attack.question))
     row["tool_calls"] = [c.to_dict() for c in calls]
 
-    messages = roles.verdict_messages(ctx.prompts, attack=attack, defense=defense, tool_results=format_tool_results(calls))
+    messages = roles.verdict_messages(ctx.prompts, attack=attack, defense=defense, solution=solution, tool_results=format_tool_results(calls))
     outcome = await ctx.caller.step(
         f"{row['id']}/judge", "judge", messages, roles.verdict_schema(ctx.prompts.rubric), lambda t: roles.parse_verdict(t, ctx.prompts.rubric)
     )
-    row["judge_prompt_tokens"], row["judge_completion_tokens"] = outcome.prompt_tokens, outcome.completion_tokens
+    row["judge_prompt_tokens"] += outcome.prompt_tokens
+    row["judge_completion_tokens"] += outcome.completion_tokens
     row["judged_at"] = outcome.finished_at
     verdict: roles.Verdict | None = outcome.value
     if verdict is None:
         status = {"endpoint": "error", "refused": "refused", "unparseable": "parse_error"}[outcome.failure]
         _set_judgement(row, status, tool_calls=calls, error=f"judge {outcome.error}", rationale=outcome.raw[:2000])
         return
-    check = answers_match(defense.answer, attack.reference_answer, config.answer_format)
+    blind_agrees = answers_match(solution.answer, attack.reference_answer, fmt)
+    reference_ok, decided_by = reference_ruling(fmt, attack.reference_answer, verified, blind_agrees, verdict)
+    check = answers_match(defense.answer, attack.reference_answer, fmt) if defense else None
     row.update(
         judge_status="ok",
         judge_rationale=verdict.rationale,
         judge_defender_correct=verdict.defender_correct,
-        defender_correct=verdict.defender_correct if check is None else check,
+        defender_correct=None if defense is None else (verdict.defender_correct if check is None else check),
+        correctness_decided_by=None if defense is None else ("judge" if check is None else "answer_check"),
+        judge_blind_agrees=blind_agrees,
+        judge_reference_correct=verdict.reference_correct,
+        judge_own_error=verdict.own_error or None,
         reference_verified=verified,
-        question_valid=verdict.question_valid and verified is not False,
+        question_valid=verdict.question_valid and reference_ok,
+        validity_decided_by=decided_by,
         judge_scores=[{"name": name, "score": score} for name, score in verdict.scores.items()],
         reasoning_quality=verdict.reasoning_quality,
         quality_level=roles.quality_level(verdict.reasoning_quality),
@@ -404,12 +506,26 @@ async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense
     )
 
 
+def reference_ruling(fmt: str, reference: str, verified: bool | None, blind_agrees: bool | None, verdict: roles.Verdict) -> tuple[bool, str]:
+    """Is the reference answer right, and what decided it: the answer's format, the Judge's program (a tool), its
+    blind answer, or (when its blind answer differed) its explicit ruling with an account of its own error."""
+    if fmt == "number" and not roles.is_numeric_answer(reference):
+        return False, "format"
+    if verified is not None:
+        return verified, "python"
+    if blind_agrees is None:
+        return verdict.reference_correct, "judge"
+    if blind_agrees:
+        return True, "blind_solve"
+    return verdict.reference_correct and bool(verdict.own_error), "judge_ruling"
+
+
 def _set_judgement(row: dict[str, Any], status: str, *, tool_calls: list[ToolCall] = (), error: str, rationale: str | None = None) -> None:
     row.update(judge_status=status, tool_calls=[c.to_dict() for c in tool_calls], error=error, judge_rationale=rationale)
 
 
 async def _python(ctx: Context, example_id: str, code: str) -> ToolCall:
-    """Sandboxed run of the verification code, journaled like a role call (it can take seconds)."""
+    """Sandboxed run of the Judge's verification program, journaled like a role call (it can take seconds)."""
     key = f"{example_id}/python"
     record = ctx.tools.get(key)
     if record is not None and record["input"] == code:
@@ -431,16 +547,18 @@ def summarize(config: BuildConfig, rows: list[dict[str, Any]], kept: list[dict[s
     per_round = []
     for r in range(config.rounds):
         in_round = [row for row in rows if row["round"] == r]
-        ok = [row for row in in_round if row.get("judge_status") == "ok"]
+        answered = defender_record(in_round, _players(r)[1])
         per_round.append(
             {
                 "round": r,
                 "attacker": _players(r)[0],
                 "generated": len(in_round),
                 "novel": sum(row["novel"] for row in in_round),
-                "judged_ok": len(ok),
+                "judged_ok": sum(row.get("judge_status") == "ok" for row in in_round),
+                "valid": sum(bool(row.get("question_valid")) for row in in_round),
                 "kept": sum(row["round"] == r for row in kept),
-                "defender_failure_rate": (sum(not row["defender_correct"] for row in ok) / len(ok)) if ok else None,
+                "defender_failure_rate": (sum(not row["defender_correct"] for row in answered) / len(answered)) if answered else None,
+                "targets": dict(Counter(row["capability"] for row in in_round)),
             }
         )
     return {
@@ -451,8 +569,11 @@ def summarize(config: BuildConfig, rows: list[dict[str, Any]], kept: list[dict[s
         "generated": len(rows),
         "not_novel": ctx.counts["not_novel"],
         "novel": len(rows) - ctx.counts["not_novel"],
+        "defender_status": {status: sum(r.get("defender_status") == status for r in rows) for status in DEFENDER_STATUSES},
         "judge_status": {status: statuses.get(status, 0) for status in JUDGE_STATUSES},
         "judged_ok": statuses.get("ok", 0),
+        "valid": sum(bool(r.get("question_valid")) for r in rows),
+        "validity_decided_by": dict(Counter(r["validity_decided_by"] for r in rows if r.get("validity_decided_by"))),
         "kept": len(kept),
         "target_size": config.target_size,
         "per_round": per_round,
@@ -469,9 +590,14 @@ def summarize(config: BuildConfig, rows: list[dict[str, Any]], kept: list[dict[s
 def log_summary(summary: dict[str, Any], output_dir: Path) -> None:
     s = summary
     logger.info(
-        "Build finished in %.1fs: %d attacks -> %d generated -> %d novel -> %d judged ok -> %d kept (target %d)",
-        s["wall_time_s"], s["attacks"], s["generated"], s["novel"], s["judged_ok"], s["kept"], s["target_size"],
+        "Build finished in %.1fs: %d attacks -> %d generated -> %d novel -> %d judged ok -> %d valid -> %d kept (target %d)",
+        s["wall_time_s"], s["attacks"], s["generated"], s["novel"], s["judged_ok"], s["valid"], s["kept"], s["target_size"],
     )
+    logger.info("Defender answers %s; validity decided by %s", s["defender_status"], s["validity_decided_by"] or "nothing")
+    decontamination = s.get("decontamination") or {}
+    if decontamination.get("checked"):
+        found = decontamination["contaminated"]
+        logger.info("Decontamination against %s: %d of %d candidate rows dropped %s", decontamination["eval_recipe"], found["rows"], decontamination["rows_checked"], found)
     logger.info(
         "Attack errors %d, unparseable %d, refused %d; not novel %d; judge status %s",
         s["attack_errors"], s["attack_parse_errors"], s["attack_refusals"], s["not_novel"], s["judge_status"],
@@ -501,6 +627,12 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
         with publish.open_target(config.hub_dir) as api:
             previous = publish.preflight(api, config.push_to_hub, private=config.private)
         earlier = [row["question"] for row in previous.rows or []]
+    # Pre-flight too: the benchmarks to decontaminate against must load before any call is sent.
+    reference: Reference | None = None
+    if config.decontamination.enabled:
+        reference = load_reference(config.decontamination.recipe_for(config.domain))
+        if config.decontamination.seed_novelty_bank:
+            earlier += reference.texts
     output_dir = prepare_output_dir(config, prompts, fresh)
 
     logger.info("Loading the novelty embedder %s", config.novelty.model)
@@ -510,7 +642,7 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
     clients = make_clients(config)
 
     calls = Journal(output_dir / "calls.jsonl")
-    progress = tqdm(total=config.rounds * config.attacks_per_round * 3, unit="call", desc="calls", disable=None)
+    progress = tqdm(total=config.rounds * config.attacks_per_round * CALLS_PER_ATTACK, unit="call", desc="calls", disable=None)
     ctx = Context(
         config=config,
         prompts=prompts,
@@ -529,8 +661,7 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
         for r in range(config.rounds):
             progress.set_description(f"round {r + 1}/{config.rounds}")
-            history = [row for row in rows if row.get("judge_status") == "ok"]
-            new = await run_round(ctx, r, history)
+            new = await run_round(ctx, r, rows)
             rows += new
             ok = sum(row.get("judge_status") == "ok" for row in new)
             logger.info("Round %d (%s attacks): %d generated, %d novel, %d judged ok", r, _players(r)[0], len(new), sum(x["novel"] for x in new), ok)
@@ -543,16 +674,22 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
         for journal in (calls, ctx.examples, ctx.tools):
             journal.close()
 
-    kept = curate(rows, config.curation, config.target_size)
+    # Only rows curation could keep are checked: a contaminated row must not take a slot a clean one could have had.
+    candidates = [row for row in rows if eligible(row, config.curation)]
+    checked = decontaminate(candidates, config.decontamination, domain=config.domain, embedder=embedder, reference=reference)
+    contaminated_ids = {row["id"] for row in checked.contaminated}
+    kept = curate([row for row in rows if row["id"] not in contaminated_ids], config.curation, config.target_size)
     write_rows(rows, output_dir / "pool" / "pool.parquet", output_dir / "pool.jsonl")
     write_rows(kept, output_dir / "data" / "train-00000-of-00001.parquet", output_dir / "curated.jsonl")
+    write_report(checked.contaminated, output_dir / "contaminated.jsonl")
     summary = summarize(config, rows, kept, ctx, time.perf_counter() - started)
+    summary["decontamination"] = checked.summary()
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log_summary(summary, output_dir)
     if config.push_to_hub:
         # The build is safe on disk; if this fails, `nanoflux publish <output_dir>` retries without rebuilding.
         # publish() reads the repo's latest version again: it may have moved on during a long build.
         with publish.open_target(config.hub_dir) as api:
-            release = publish.publish(output_dir, config.push_to_hub, api=api, private=config.private)
+            release = publish.publish(output_dir, config.push_to_hub, api=api, private=config.private, reference=reference)
         summary["release"] = dataclasses.asdict(release) if release else None
     return summary

@@ -19,11 +19,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from builder.decontamination import DecontaminationConfig
+
 PACKAGED_DOMAINS = ("math", "science", "medical")
 BACKENDS = ("endpoint", "embedded")
 STRUCTURED_OUTPUT_MODES = ("json_schema", "json", "none")
 ANSWER_FORMATS = ("number", "choice", "text")
 JUDGE_TOOLS = ("python", "lookup")
+TARGETING_POLICIES = ("adaptive", "round_robin")
 
 
 class ConfigError(ValueError):
@@ -84,6 +87,14 @@ class RoleConfig:
         check_range(f"{path}.timeout", self.timeout, 0.0, 3600.0, low_open=True)
         check_range(f"{path}.max_attempts", self.max_attempts, 1, 100)
 
+    def same_model(self, other: RoleConfig) -> bool:
+        """Both roles run the same model: same embedded model, or same model id (on any endpoint), or same URL."""
+        if self.backend != other.backend:
+            return False
+        if self.backend == "embedded" or (self.model and self.model == other.model):
+            return (self.model or "") == (other.model or "")
+        return bool(self.base_url) and not (self.model or other.model) and public_url(self.base_url) == public_url(other.base_url)
+
     def display_id(self) -> str:
         """What the dataset records as this role's model: model id and/or URL (never a key: credentials and
         query strings are cut from the URL)."""
@@ -121,6 +132,8 @@ class CurationConfig:
     """Reasoning-quality levels to keep (L1..L5 are bands of the 1-5 judge score; L4 = 3.5-4.49)."""
     complexity_levels: list[int] | None = None
     """Judge-rated complexity levels (1-5) to keep; null keeps all."""
+    balance_capabilities: bool = False
+    """Take the ranked rows in turns across capabilities, so that no capability crowds the others out."""
 
     def validate(self, path: str) -> None:
         check_levels(f"{path}.quality_levels", self.quality_levels)
@@ -163,14 +176,29 @@ class BuildConfig:
     novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
+    """Drop rows that copy an evaluation benchmark's question (n-gram, number-masked and embedding matches) before
+    curation, publishing and training; the benchmarks are those of `eval_recipe` (default configs/eval/<domain>.yaml)."""
     judge_tools: list[str] = field(default_factory=lambda: list(JUDGE_TOOLS))
     """Tools the Judge uses: `python` (runs the Attacker's verification code in the sandbox), `lookup` (corpus)."""
     prompts: str | None = None
     """Folder of prompt/rubric templates; null uses the packaged ones for `domain`."""
     corpus: str | None = None
     """Reference corpus (JSONL) for the Judge's lookup tool; null uses the packaged one for `domain`."""
-    feedback_examples: int = 4
-    """How many judged questions from earlier rounds the Attacker sees as feedback."""
+    options: int = 5
+    """Multiple choice: how many options (A, B, ...) each question has; match the target benchmark (MedQA,
+    MedMCQA and MMLU have 4, Genome-Bench 5), so training shows the layout evaluation asks in."""
+    feedback_examples: int = 6
+    """Most judged questions the Attacker sees as feedback: the current Defender's results from earlier rounds."""
+    feedback_tokens: int = 800
+    """Token budget of that feedback (estimated at 4 characters a token); older results are left out first."""
+    targeting: str = "adaptive"
+    """How the Attacker's capability and complexity targets are chosen each round: `adaptive` (in proportion to the
+    Defender's smoothed failure rate on each, with an `exploration` floor) or `round_robin` (a fixed cycle)."""
+    exploration: float = 0.3
+    """Adaptive targeting: the share of attacks spread evenly, so every capability and level keeps being probed."""
+    allow_shared_judge: bool = False
+    """Let the Judge be the same model as a player (it then grades its own questions); recorded in the card."""
     parse_retries: int = 1
     """Extra calls when a role's answer cannot be parsed (each with a new seed)."""
     answer_format: str = "choice"
@@ -213,12 +241,27 @@ class BuildConfig:
         check_range("attacks_per_round", self.attacks_per_round, 1, 100000)
         check_range("target_size", self.target_size, 1, 100000)
         check_range("feedback_examples", self.feedback_examples, 0, 50)
+        check_range("feedback_tokens", self.feedback_tokens, 0, 100_000)
+        check_range("options", self.options, 2, 10)
+        if self.targeting not in TARGETING_POLICIES:
+            fail("targeting", self.targeting, "unknown policy", f"use one of {', '.join(TARGETING_POLICIES)}")
+        check_range("exploration", self.exploration, 0.0, 1.0)
         check_range("parse_retries", self.parse_retries, 0, 10)
         for name in ("player_a", "player_b", "judge"):
             getattr(self, name).validate(name)
+        shared = [name for name in ("player_a", "player_b") if getattr(self, name).same_model(self.judge)]
+        if shared and not self.allow_shared_judge:
+            fail(
+                "judge",
+                self.judge.display_id(),
+                f"the Judge is the same model as {' and '.join(shared)}, so it would grade its own questions",
+                "give the Judge a different model (or endpoint), or set allow_shared_judge: true to accept it "
+                "(the dataset card says so)",
+            )
         self.novelty.validate("novelty")
         self.curation.validate("curation")
         self.sandbox.validate("sandbox")
+        self.decontamination.validate("decontamination", domain=self.domain)
 
 
 def public_url(url: str | None) -> str | None:

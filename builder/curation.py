@@ -5,12 +5,17 @@ Policy (each step a `curation` recipe field):
 2. `require_valid`: only questions the Judge (and its tools) validated;
 3. `quality_levels`: reasoning-quality level in the listed bands (L4 = score 3.5-4.49 by default);
 4. `complexity_levels`: judge-rated complexity in the listed levels (all when null);
-5. rank: questions the Defender failed first (`prefer_defender_failed`), then by round and attack index;
-6. keep the first `target_size`.
+5. rank: questions the Defender failed first (`prefer_defender_failed`), then the ones it solved, then the ones it
+   gave no usable answer to (a format failure says nothing about the question's difficulty); within each, rows of
+   earlier published versions first (a new version keeps what the last one had unless new rows outrank it), then
+   by round and attack index;
+6. `balance_capabilities`: take the ranked rows in turns across capabilities;
+7. keep the first `target_size`.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from builder.config import CurationConfig
@@ -26,8 +31,39 @@ def eligible(row: dict[str, Any], policy: CurationConfig) -> bool:
     return policy.complexity_levels is None or row["judge_complexity"] in policy.complexity_levels
 
 
+def _outcome_rank(row: dict[str, Any], policy: CurationConfig) -> int:
+    """0: the Defender failed, 1: it solved, 2: it gave no usable answer (never ranked as a failure)."""
+    correct = row.get("defender_correct")
+    if correct is None:
+        return 2
+    return int(bool(correct)) if policy.prefer_defender_failed else 0
+
+
+def _version_rank(row: dict[str, Any]) -> float:
+    """Rows of published versions by version number (v1 first); rows not yet published last."""
+    version = row.get("version") or ""
+    return int(version[1:]) if version[1:].isdigit() else float("inf")
+
+
+def rank_key(row: dict[str, Any], policy: CurationConfig) -> tuple:
+    return (_outcome_rank(row, policy), _version_rank(row), row["round"], row["attack_index"])
+
+
+def _balanced(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ranked rows in turns across capabilities (in order of each capability's best row), each keeping its rank."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["capability"]].append(row)
+    queues = list(groups.values())
+    out = []
+    for turn in range(max((len(q) for q in queues), default=0)):
+        out += [queue[turn] for queue in queues if turn < len(queue)]
+    return out
+
+
 def curate(rows: list[dict[str, Any]], policy: CurationConfig, target_size: int) -> list[dict[str, Any]]:
     """The curated rows: same pool and settings always give the same rows in the same order."""
-    kept = [row for row in rows if eligible(row, policy)]
-    kept.sort(key=lambda row: (policy.prefer_defender_failed and bool(row["defender_correct"]), row["round"], row["attack_index"]))
+    kept = sorted((row for row in rows if eligible(row, policy)), key=lambda row: rank_key(row, policy))
+    if policy.balance_capabilities:
+        kept = _balanced(kept)
     return kept[:target_size]

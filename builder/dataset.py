@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from datasets import Dataset, Features, List, Value
 
+from builder.questions import build_prompt
+
 JUDGE_STATUSES = ("ok", "parse_error", "refused", "error", "tool_error")
+DEFENDER_STATUSES = ("ok", "unparseable", "refused", "error")
 
 # Column -> (feature, description). The descriptions are the README's and the dataset card's column table.
 COLUMNS: dict[str, tuple[Any, str]] = {
@@ -23,16 +26,24 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "attacker_model": (Value("string"), "attacker's model id / endpoint"),
     "defender_model": (Value("string"), "defender's model id / endpoint"),
     "judge_model": (Value("string"), "judge's model id / endpoint"),
-    "question": (Value("string"), "the Attacker's question"),
+    "question": (Value("string"), "the Attacker's question (multiple choice: the stem, without its options)"),
+    "options": (List(Value("string")), "multiple choice: the option texts, A first (empty otherwise)"),
     "reference_answer": (Value("string"), "the Attacker's answer (a number, an option letter or text)"),
     "explanation": (Value("string"), "the Attacker's step-by-step annotated rationale"),
-    "verification_code": (Value("string"), "the Attacker's verification program (may be empty)"),
+    "verification_code": (Value("string"), "the Judge's own verification program, written blind (may be empty)"),
     "defender_reasoning": (Value("string"), "the Defender's reasoning"),
-    "defender_answer": (Value("string"), "the Defender's final answer"),
-    "defender_correct": (Value("bool"), "Defender's answer matches the reference (tool check, else the Judge)"),
+    "defender_answer": (Value("string"), "the Defender's final answer (null: no usable answer)"),
+    "defender_status": (Value("string"), "ok / unparseable / refused / error: whether the Defender gave a usable answer"),
+    "defender_correct": (Value("bool"), "Defender's answer matches the reference (null: no usable answer)"),
+    "correctness_decided_by": (Value("string"), "answer_check (deterministic check against the key) or judge (free text)"),
     "judge_defender_correct": (Value("bool"), "the Judge LLM's own view of the Defender's answer"),
-    "question_valid": (Value("bool"), "the Judge validated the question and its reference answer"),
-    "reference_verified": (Value("bool"), "the verification program's output matched the reference (null: not checkable)"),
+    "judge_blind_answer": (Value("string"), "the Judge's own answer, given before it saw the reference"),
+    "judge_blind_agrees": (Value("bool"), "the Judge's blind answer matches the reference (null: free text)"),
+    "judge_reference_correct": (Value("bool"), "the Judge's ruling on the reference once it saw it"),
+    "judge_own_error": (Value("string"), "when the Judge ruled the reference right against its blind answer: its mistake"),
+    "question_valid": (Value("bool"), "the question is sound and its reference answer right (see validity_decided_by)"),
+    "validity_decided_by": (Value("string"), "python (the Judge's program), blind_solve, judge_ruling, judge or format"),
+    "reference_verified": (Value("bool"), "the Judge's verification program's output matched the reference (null: not run)"),
     "judge_scores": (List({"name": Value("string"), "score": Value("int32")}), "per-criterion rubric scores (1-5)"),
     "reasoning_quality": (Value("float32"), "mean of the rubric scores (1-5)"),
     "quality_level": (Value("int32"), "band of reasoning_quality: L1..L5 as 1..5 (L4 = 3.5-4.49)"),
@@ -61,10 +72,17 @@ COLUMNS: dict[str, tuple[Any, str]] = {
 FEATURES = Features({name: feature for name, (feature, _) in COLUMNS.items()})
 
 
-def sft_messages(question: str, explanation: str, answer: str) -> list[dict[str, str]]:
-    """The `messages` column: the question, then the annotated reasoning ending in the answer."""
+# The evaluation's answer kind for each builder answer format (free text has no evaluation kind: no instruction).
+EVAL_KINDS = {"number": "number", "choice": "choice"}
+
+
+def sft_messages(question: str, explanation: str, answer: str, *, options: Sequence[str] = (), answer_format: str = "choice") -> list[dict[str, str]]:
+    """The `messages` column: the question exactly as evaluation puts it (same option layout, same answer
+    instruction), then the annotated reasoning ending in `Final answer: <answer>`, which evaluation extracts."""
+    kind = EVAL_KINDS.get(answer_format)
+    user = build_prompt(question, options, kind) if kind else question
     return [
-        {"role": "user", "content": question},
+        {"role": "user", "content": user},
         {"role": "assistant", "content": f"{explanation.strip()}\n\nFinal answer: {answer}"},
     ]
 

@@ -1,7 +1,9 @@
 """Role logic: prompts in, structured answers out. No HTTP here (see `transport.py` / `embedded.py`).
 
 Each role is a prompt template (per domain, in `builder/prompts/<domain>/`), a JSON schema for its answer and a
-tolerant parser that returns None instead of raising, so a bad answer becomes data, not a crash.
+tolerant parser that returns the parsed value or a `Rejected` (why it could not be used) instead of raising, so a
+bad answer becomes data, not a crash, and a re-ask can say what was wrong. The Judge has two templates: `solver`
+(it answers the question blind, before it sees the reference) and `judge` (the verdict).
 
 Role outputs are untrusted text: they are only ever *substituted into* templates (`string.Template`, one pass,
 values are never re-parsed as templates) and never evaluated.
@@ -20,7 +22,10 @@ from typing import Any
 
 import yaml
 
+from builder.questions import LETTERS, question_text
+
 ROLE_NAMES = ("attacker", "defender", "judge")
+TEMPLATE_FILES = ("attacker.txt", "defender.txt", "solver.txt", "judge.txt")
 _DECODER = json.JSONDecoder()
 
 # A refusal is data (judge_status="refused"), not a parse error.
@@ -35,11 +40,13 @@ class Template:
     user: str
     sha256: str
 
-    def messages(self, **values: str) -> list[dict[str, str]]:
+    def messages(self, *, reply_format: str = "", **values: str) -> list[dict[str, str]]:
+        """System and user messages; `reply_format` (the JSON keys and an example) ends the user message."""
         # substitute() raises on a missing placeholder: a template bug must not pass silently.
+        user = string.Template(self.user).substitute(values).strip()
         return [
             {"role": "system", "content": string.Template(self.system).substitute(values).strip()},
-            {"role": "user", "content": string.Template(self.user).substitute(values).strip()},
+            {"role": "user", "content": f"{user}\n\n{reply_format}".strip()},
         ]
 
 
@@ -73,6 +80,7 @@ class Rubric:
 class PromptSet:
     attacker: Template
     defender: Template
+    solver: Template
     judge: Template
     rubric: Rubric
 
@@ -81,6 +89,7 @@ class PromptSet:
         return {
             "attacker": self.attacker.sha256,
             "defender": self.defender.sha256,
+            "solver": self.solver.sha256,
             "judge": self.judge.sha256,
             "rubric": self.rubric.sha256,
         }
@@ -111,12 +120,13 @@ def _read_rubric(path: Path) -> Rubric:
 def load_prompts(domain: str, folder: str | None = None) -> PromptSet:
     """Templates from `folder`, or the packaged ones for `domain`."""
     root = Path(folder) if folder else Path(str(resources.files("builder") / "prompts" / domain))
-    missing = [name for name in ("attacker.txt", "defender.txt", "judge.txt", "rubric.yaml") if not (root / name).is_file()]
+    missing = [name for name in (*TEMPLATE_FILES, "rubric.yaml") if not (root / name).is_file()]
     if missing:
         raise ValueError(f"prompts: {root} lacks {', '.join(missing)}; copy builder/prompts/{domain}/ as a start")
     return PromptSet(
         attacker=_read_template(root / "attacker.txt"),
         defender=_read_template(root / "defender.txt"),
+        solver=_read_template(root / "solver.txt"),
         judge=_read_template(root / "judge.txt"),
         rubric=_read_rubric(root / "rubric.yaml"),
     )
@@ -125,39 +135,77 @@ def load_prompts(domain: str, folder: str | None = None) -> PromptSet:
 # --- schemas ---------------------------------------------------------------------------------------------
 
 
-def _answer_schema(answer_format: str) -> dict[str, Any]:
+def _answer_schema(answer_format: str, n_options: int) -> dict[str, Any]:
     if answer_format == "choice":
-        return {"type": "string", "enum": ["A", "B", "C", "D", "E"]}
+        return {"type": "string", "enum": list(LETTERS[:n_options])}
     return {"type": "string"}
 
 
-def attack_schema(answer_format: str, with_code: bool = True) -> dict[str, Any]:
-    """The Attacker's answer. The explanation comes before the reference answer so the model reasons first;
-    `verification_code` is asked for only when the Judge will run it."""
-    properties = {
-        "question": {"type": "string"},
-        "explanation": {"type": "string"},
-        "reference_answer": _answer_schema(answer_format),
-    }
-    if with_code:
-        properties["verification_code"] = {"type": "string"}
-    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+def attack_schema(answer_format: str, n_options: int = 5) -> dict[str, Any]:
+    """The Attacker's answer. A multiple-choice question keeps its stem and its options apart, so the dataset can put
+    it to a model exactly as evaluation does; the explanation comes before the reference answer so the model reasons
+    first."""
+    properties: dict[str, Any] = {"question": {"type": "string"}}
+    if answer_format == "choice":
+        properties["options"] = {"type": "array", "items": {"type": "string"}, "minItems": n_options, "maxItems": n_options}
+    properties["explanation"] = {"type": "string"}
+    properties["reference_answer"] = _answer_schema(answer_format, n_options)
+    return _object(properties)
 
 
-def defense_schema(answer_format: str) -> dict[str, Any]:
-    properties = {"reasoning": {"type": "string"}, "answer": _answer_schema(answer_format)}
-    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+def defense_schema(answer_format: str, n_options: int = 5) -> dict[str, Any]:
+    return _object({"reasoning": {"type": "string"}, "answer": _answer_schema(answer_format, n_options)})
+
+
+def solve_schema(answer_format: str, n_options: int = 5) -> dict[str, Any]:
+    """The Judge's blind solution: reasoning, a program for the sandbox (required for numeric answers), its answer."""
+    return _object({"reasoning": {"type": "string"}, "program": {"type": "string"}, "answer": _answer_schema(answer_format, n_options)})
 
 
 def verdict_schema(rubric: Rubric) -> dict[str, Any]:
     score = {"type": "integer", "minimum": 1, "maximum": 5}
-    properties: dict[str, Any] = {"rationale": {"type": "string"}, "question_valid": {"type": "boolean"}, "defender_correct": {"type": "boolean"}}
+    properties: dict[str, Any] = {
+        "rationale": {"type": "string"},
+        "question_valid": {"type": "boolean"},
+        "reference_correct": {"type": "boolean"},
+        "own_error": {"type": "string"},
+        "defender_correct": {"type": "boolean"},
+    }
     properties.update({c.name: score for c in rubric.quality})
     properties["complexity"] = score
+    return _object(properties)
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
+_EXAMPLES = {"string": "...", "boolean": True, "integer": 4}
+
+
+def reply_format(schema: dict[str, Any]) -> str:
+    """The reply's keys and a minimal example, spelled out in the prompt, so that a server that ignores the schema
+    (or a role without structured output) still gets a parseable answer."""
+    example: dict[str, Any] = {}
+    for name, spec in schema["properties"].items():
+        if "enum" in spec:
+            example[name] = spec["enum"][0]
+        elif spec["type"] == "array":
+            example[name] = ["..."] * spec.get("minItems", 1)
+        else:
+            example[name] = _EXAMPLES[spec["type"]]
+    keys = ", ".join(f'"{name}"' for name in schema["properties"])
+    return f"Reply with one JSON object with exactly these keys: {keys}. For example:\n{json.dumps(example)}"
+
+
 # --- parsing ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Why a reply could not be used; said back to the role when it is asked again."""
+
+    reason: str
 
 
 def extract_json(text: str) -> dict[str, Any] | None:
@@ -188,37 +236,69 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def normalize_choice(value: str | None) -> str | None:
-    """'B', '(b)', 'B) Aspirin', 'Option B' -> 'B'; anything else -> None."""
+def normalize_choice(value: str | None, n_options: int = 5) -> str | None:
+    """'B', '(b)', 'B) Aspirin', 'Option B' -> 'B'; anything else, or a letter past the options -> None."""
     if value is None:
         return None
-    match = re.match(r"^\s*(?:option\s*)?\(?([A-Ea-e])\)?(?:[\s.:)\-]|$)", value, re.I)
-    return match.group(1).upper() if match else None
+    match = re.match(r"^\s*(?:option\s*)?\(?([A-Ja-j])\)?(?:[\s.:)\-]|$)", value, re.I)
+    letter = match.group(1).upper() if match else None
+    return letter if letter and LETTERS.index(letter) < n_options else None
 
 
-def _answer(value: Any, answer_format: str) -> str | None:
+def _answer(value: Any, answer_format: str, n_options: int) -> str | None:
     text = _text(value)
-    return normalize_choice(text) if answer_format == "choice" else text
+    return normalize_choice(text, n_options) if answer_format == "choice" else text
+
+
+_NO_JSON = Rejected("the reply holds no JSON object")
+_INLINE_OPTION = re.compile(r"\(([A-J])\)\s*")
+
+
+def _options(data: dict[str, Any], question: str) -> tuple[str, list[str]]:
+    """The options as a list of texts: from `options` (a list, or a mapping {A: text}), else from the stem when a
+    model wrote them inline as `(A) x (B) y`, labels in order."""
+    value = data.get("options")
+    if isinstance(value, dict):
+        value = [value[k] for k in sorted(value, key=str)]
+    if isinstance(value, list):
+        texts = [_text(v) for v in value]
+        return question, [re.sub(r"^\(?[A-J][.)]\s+", "", t) for t in texts if t]
+    labels = list(_INLINE_OPTION.finditer(question))
+    if len(labels) < 2 or "".join(m.group(1) for m in labels) != LETTERS[: len(labels)]:
+        return question, []
+    bounds = [m.start() for m in labels[1:]] + [len(question)]
+    return question[: labels[0].start()].strip(), [question[m.end() : end].strip() for m, end in zip(labels, bounds)]
 
 
 @dataclass
 class Attack:
     question: str
+    """The stem (multiple choice: without its options)."""
+    options: list[str]
+    """Multiple choice: the option texts, A first; empty otherwise."""
     explanation: str
     reference_answer: str
-    verification_code: str
 
 
-def parse_attack(text: str, answer_format: str) -> Attack | None:
+def parse_attack(text: str, answer_format: str, n_options: int = 5) -> Attack | Rejected:
     data = extract_json(text)
     if data is None:
-        return None
+        return _NO_JSON
     question, explanation = _text(data.get("question")), _text(data.get("explanation"))
-    answer = _answer(data.get("reference_answer"), answer_format)
-    if not (question and explanation and answer):
-        return None
-    code = data.get("verification_code")
-    return Attack(question, explanation, answer, code.strip() if isinstance(code, str) else "")
+    if not question:
+        return Rejected('"question" is missing or empty')
+    if not explanation:
+        return Rejected('"explanation" is missing or empty')
+    options: list[str] = []
+    if answer_format == "choice":
+        question, options = _options(data, question)
+        if len(options) != n_options:
+            return Rejected(f'"options" must list exactly {n_options} option texts (got {len(options)})')
+    answer = _answer(data.get("reference_answer"), answer_format, n_options)
+    if not answer:
+        expected = f"one letter {LETTERS[0]}-{LETTERS[n_options - 1]}" if answer_format == "choice" else "the answer"
+        return Rejected(f'"reference_answer" must be {expected} (got {data.get("reference_answer")!r})')
+    return Attack(question, options, explanation, answer)
 
 
 @dataclass
@@ -227,20 +307,43 @@ class Defense:
     answer: str
 
 
-def parse_defense(text: str, answer_format: str) -> Defense | None:
+def parse_defense(text: str, answer_format: str, n_options: int = 5) -> Defense | Rejected:
     data = extract_json(text)
     if data is None:
-        return None
-    answer = _answer(data.get("answer"), answer_format)
+        return _NO_JSON
+    answer = _answer(data.get("answer"), answer_format, n_options)
     if answer is None:
-        return None
+        return Rejected(f'"answer" is missing or not a valid answer (got {data.get("answer")!r})')
     return Defense(_text(data.get("reasoning")) or "", answer)
+
+
+@dataclass
+class Solution:
+    """The Judge's blind solution: written before it sees the reference answer."""
+
+    reasoning: str
+    program: str
+    answer: str
+
+
+def parse_solution(text: str, answer_format: str, n_options: int = 5) -> Solution | Rejected:
+    defense = parse_defense(text, answer_format, n_options)
+    if isinstance(defense, Rejected):
+        return defense
+    program = (extract_json(text) or {}).get("program")
+    program = program.strip() if isinstance(program, str) else ""
+    if answer_format == "number" and not program:
+        return Rejected('"program" must be a Python program that computes and prints the answer')
+    return Solution(defense.reasoning, program, defense.answer)
 
 
 @dataclass
 class Verdict:
     rationale: str
     question_valid: bool
+    reference_correct: bool
+    own_error: str
+    """When its blind answer differed from the reference and it rules the reference right: its own mistake."""
     defender_correct: bool
     scores: dict[str, int]
     complexity: int
@@ -250,21 +353,27 @@ class Verdict:
         return sum(self.scores.values()) / len(self.scores)
 
 
-def parse_verdict(text: str, rubric: Rubric) -> Verdict | None:
+def parse_verdict(text: str, rubric: Rubric) -> Verdict | Rejected:
     data = extract_json(text)
     if data is None:
-        return None
-    flags = [data.get("question_valid"), data.get("defender_correct")]
-    if not all(isinstance(flag, bool) for flag in flags):
-        return None
+        return _NO_JSON
+    for flag in ("question_valid", "defender_correct"):
+        if not isinstance(data.get(flag), bool):
+            return Rejected(f'"{flag}" must be true or false (got {data.get(flag)!r})')
+    reference_correct = data.get("reference_correct", data["question_valid"])
+    if not isinstance(reference_correct, bool):
+        return Rejected(f'"reference_correct" must be true or false (got {reference_correct!r})')
     scores = {}
     for name in [c.name for c in rubric.quality] + ["complexity"]:
         value = data.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 5:
-            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return Rejected(f'"{name}" must be an integer score 1-5 (got {value!r})')
+        if not 1 <= value <= 5:
+            return Rejected(f'"{name}" is {value!r}, outside the rubric\'s 1-5 range')
         scores[name] = int(round(value))
     complexity = scores.pop("complexity")
-    return Verdict(_text(data.get("rationale")) or "", flags[0], flags[1], scores, complexity)
+    own_error = _text(data.get("own_error")) or ""
+    return Verdict(_text(data.get("rationale")) or "", data["question_valid"], reference_correct, own_error, data["defender_correct"], scores, complexity)
 
 
 def quality_level(score: float) -> int:
@@ -272,51 +381,88 @@ def quality_level(score: float) -> int:
     return min(5, max(1, int(score + 0.5)))
 
 
+_PLAIN_NUMBER = re.compile(r"[-+−]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?%?|[-+]?\d+\s*/\s*\d+")
+
+
+def is_numeric_answer(text: str) -> bool:
+    """A reference answer for `answer_format: number` is a number and nothing else ('1,250', '-3.5', '2e6', '3/4')."""
+    return bool(_PLAIN_NUMBER.fullmatch(text.strip()))
+
+
 # --- prompts ---------------------------------------------------------------------------------------------
 
 
-CODE_INSTRUCTION = (
-    'If a calculation is needed, put a short Python program that prints the computed value in "verification_code", '
-    "else leave it empty."
-)
-
-
-def attack_messages(prompts: PromptSet, *, capability: str, complexity: int, feedback: str, with_code: bool = True) -> list[dict[str, str]]:
-    """`$code_instruction` asks for a verification program only when the Judge will run one."""
+def attack_messages(prompts: PromptSet, *, capability: str, complexity: int, feedback: str, answer_format: str, n_options: int) -> list[dict[str, str]]:
     return prompts.attacker.messages(
+        reply_format=reply_format(attack_schema(answer_format, n_options)),
         capability=capability,
         complexity=str(complexity),
         complexity_guide=prompts.rubric.complexity_levels[complexity],
         feedback=feedback,
-        code_instruction=CODE_INSTRUCTION if with_code else "",
+        n_options=str(n_options),
+        letter_list=", ".join(LETTERS[: n_options - 1]) + f" or {LETTERS[n_options - 1]}",
     )
 
 
-def defense_messages(prompts: PromptSet, *, question: str) -> list[dict[str, str]]:
-    return prompts.defender.messages(question=question)
+def defense_messages(prompts: PromptSet, *, attack: Attack, answer_format: str, n_options: int) -> list[dict[str, str]]:
+    return prompts.defender.messages(reply_format=reply_format(defense_schema(answer_format, n_options)), question=question_text(attack.question, attack.options))
 
 
-def verdict_messages(prompts: PromptSet, *, attack: Attack, defense: Defense | None, tool_results: str) -> list[dict[str, str]]:
+def solve_messages(prompts: PromptSet, *, attack: Attack, answer_format: str, n_options: int) -> list[dict[str, str]]:
+    """The Judge's blind solve: the question alone, never the reference or the Attacker's explanation."""
+    return prompts.solver.messages(reply_format=reply_format(solve_schema(answer_format, n_options)), question=question_text(attack.question, attack.options))
+
+
+def verdict_messages(prompts: PromptSet, *, attack: Attack, defense: Defense | None, solution: Solution, tool_results: str) -> list[dict[str, str]]:
     return prompts.judge.messages(
-        question=attack.question,
+        reply_format=reply_format(verdict_schema(prompts.rubric)),
+        question=question_text(attack.question, attack.options),
         reference_answer=attack.reference_answer,
         explanation=attack.explanation,
-        defender_reasoning=defense.reasoning if defense else "(no answer)",
-        defender_answer=defense.answer if defense else "(no answer)",
+        blind_answer=solution.answer,
+        blind_reasoning=solution.reasoning,
+        defender_reasoning=defense.reasoning if defense else "(no usable answer)",
+        defender_answer=defense.answer if defense else "(no usable answer)",
         tool_results=tool_results,
         rubric=prompts.rubric.text(),
     )
 
 
-def feedback_text(history: list[dict[str, Any]], limit: int) -> str:
-    """What the Attacker learns from earlier rounds: recent judged questions, failed or solved, and why."""
-    if limit == 0 or not history:
+def retry_messages(messages: list[dict[str, str]], raw: str, rejected: Rejected) -> list[dict[str, str]]:
+    """Ask again after an unusable reply: the reply, what was wrong with it, and the request to fix it. (A role at
+    temperature 0 would otherwise return the same bytes.)"""
+    return [
+        *messages,
+        {"role": "assistant", "content": raw[:4000]},
+        {"role": "user", "content": f"That reply cannot be used: {rejected.reason}. Reply again with the corrected JSON object only."},
+    ]
+
+
+# Characters per token, to keep feedback within a token budget without a tokenizer for every endpoint's model.
+CHARS_PER_TOKEN = 4
+
+
+def feedback_text(results: list[dict[str, Any]], *, limit: int, token_budget: int) -> str:
+    """What the Attacker learns about the player it attacks: that player's judged answers to valid questions from
+    earlier rounds (its failures first, the most recent first), with the reference and the Judge's rationale."""
+    usable = [r for r in results if r.get("question_valid") and r.get("defender_correct") is not None]
+    if limit == 0 or not usable:
         return ""
-    lines = ["Feedback from earlier rounds (write something new and harder than the solved ones):"]
-    for row in history[-limit:]:
-        outcome = "Defender FAILED" if not row["defender_correct"] else "Defender solved"
-        lines.append(f"- [{outcome}] {_clip(row['question'], 200)} | Judge: {_clip(row['judge_rationale'], 150)}")
-    return "\n".join(lines) + "\n"
+    ordered = sorted(usable, key=lambda r: (r["defender_correct"], -r["round"], -r["attack_index"]))
+    lines = ["How the Defender you face did on earlier valid questions (target what it gets wrong; do not repeat these):"]
+    budget = token_budget * CHARS_PER_TOKEN - len(lines[0])
+    for row in ordered[:limit]:
+        outcome = "FAILED" if not row["defender_correct"] else "solved"
+        line = (
+            f"- [{outcome}, {row['capability']}] {_clip(row['question'], 240)} | Defender answered: "
+            f"{_clip(row['defender_answer'] or '', 40)}; reference: {_clip(row['reference_answer'], 40)} | "
+            f"Judge: {_clip(row.get('judge_rationale') or '', 160)}"
+        )
+        if len(line) > budget:
+            break
+        lines.append(line)
+        budget -= len(line) + 1
+    return "\n".join(lines) + "\n" if len(lines) > 1 else ""
 
 
 def _clip(text: str, limit: int) -> str:

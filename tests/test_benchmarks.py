@@ -70,7 +70,8 @@ def test_the_builder_keeps_the_endpoint_busy_at_the_default_concurrency(smoke):
     assert settings["examples"] == 32 and settings["server"]["capacity"] == CAPACITY
     run = figures["default"]
     # Every example went through all three roles, each judged `ok`, with nothing replayed (a fresh build).
-    assert run["examples"] == 32 and run["calls"] == 96 and run["calls_by_role"] == {"attacker": 32, "defender": 32, "judge": 32}
+    assert run["examples"] == 32 and run["calls"] == 128
+    assert run["calls_by_role"] == {"attacker": 32, "defender": 32, "solver": 32, "judge": 32}
     assert run["judge_status"]["ok"] == 32 and run["calls_replayed"] == 0
     assert run["bound_s"] == pytest.approx(run["service_s"] / CAPACITY, rel=1e-3)
     assert run["wall_s"] >= run["bound_s"] * 0.95, "no client beats the server's own bound"
@@ -86,7 +87,7 @@ def test_the_throughput_check_fails_when_the_builder_sends_one_request_at_a_time
     workload = ThroughputConfig(rounds=1, attacks_per_round=8, latency=0.1, token_latency=0.001)
     with LoopbackEndpoint(latency=workload.latency, token_latency=workload.token_latency, capacity=CAPACITY) as endpoint:
         serial = measure_build(endpoint, build_config(workload, endpoint.url, tmp_path / "serial", 1), capacity=CAPACITY)
-    assert serial["server_max_concurrent"] == 1 and serial["calls"] == 24
+    assert serial["server_max_concurrent"] == 1 and serial["calls"] == 32
     assert serial["ratio_to_bound"] <= 1 / CAPACITY + 0.01  # one slot of eight
     assert serial["ratio_to_client_bound"] > serial["ratio_to_bound"]
     with pytest.raises(AssertionError, match="requests in flight"):

@@ -22,9 +22,9 @@ from tests.tgi_server import Fault, ScriptedTGI
 
 pytestmark = pytest.mark.usefixtures("allow_loopback_offline")
 
-# Per build: 8 attacks, 2 near-duplicates dropped, 6 defended; 5 judged by the LLM (one tool_error), the
-# garbage and the refusing judge answers asked twice (parse_retries=1): 8 + 6 + 7 = 21 requests.
-CALLS_PER_BUILD = 21
+# Per build: 8 attacks, 2 near-duplicates dropped, 6 defended while the Judge solves them blind; 6 verdicts, the
+# garbage and the refusing ones asked twice (parse_retries=1): 8 + 6 + 6 + 8 = 28 requests.
+CALLS_PER_BUILD = 28
 
 
 def _config(url: str, output_dir: Path, **changes) -> BuildConfig:
@@ -47,7 +47,8 @@ def test_build_runs_every_judge_outcome_and_curates_only_validated_l4_rows(serve
     summary = build.main(_config(server.url, tmp_path / "out"))
 
     assert summary["generated"] == 8 and summary["not_novel"] == 2 and summary["novel"] == 6
-    assert summary["judge_status"] == {"ok": 3, "parse_error": 1, "refused": 1, "error": 0, "tool_error": 1}
+    assert summary["judge_status"] == {"ok": 4, "parse_error": 1, "refused": 1, "error": 0, "tool_error": 0}
+    assert summary["valid"] == 3 and summary["validity_decided_by"] == {"blind_solve": 3, "judge_ruling": 1}
     assert summary["kept"] == 2 and server.request_count == CALLS_PER_BUILD == summary["calls_sent"]
     assert [r["defender_failure_rate"] for r in summary["per_round"]] == [pytest.approx(2 / 3), None]
 
@@ -59,14 +60,25 @@ def test_build_runs_every_judge_outcome_and_curates_only_validated_l4_rows(serve
     assert first["judge_status"] == "ok" and first["quality_level"] == 4 and first["defender_correct"] is False
     assert first["attacker"] == "player_a" and first["defender"] == "player_b"
     assert [t["tool"] for t in first["tool_calls"]] == ["lookup"]
-    assert first["messages"][0] == {"role": "user", "content": first["question"]}
+    assert first["options"] == scripted_roles.OPTIONS[2]
+    # The SFT user turn is the question exactly as evaluation asks it: the stem, lettered options, the instruction.
+    user = first["messages"][0]["content"]
+    assert user.startswith(first["question"] + "\n\nA. " + first["options"][0] + "\nB. ") and user.endswith("`Final answer: <letter>`.")
     assert first["messages"][1]["content"].endswith("Final answer: D")
+    assert (first["judge_blind_answer"], first["judge_blind_agrees"], first["validity_decided_by"]) == ("D", True, "blind_solve")
+    assert first["correctness_decided_by"] == "answer_check" and first["defender_status"] == "ok"
     assert first["attacker_prompt_tokens"] > 0 and first["judge_completion_tokens"] > 0
 
     pool = {r["question"]: r for r in _rows(tmp_path / "out" / "pool.jsonl")}
     assert len(_rows(tmp_path / "out" / "pool.jsonl")) == 8
+    # q1: the Judge's blind answer (B) differs from the reference (C) and it explains no error of its own: invalid,
+    # whatever its verdict says. Its blind program loops; in a multiple-choice domain that is shown, not fatal.
     looping = pool[scripted_roles.QUESTIONS[1]]
-    assert looping["judge_status"] == "tool_error" and looping["tool_calls"][0]["ok"] is False
+    assert looping["judge_status"] == "ok" and looping["tool_calls"][0]["ok"] is False
+    assert (looping["question_valid"], looping["validity_decided_by"], looping["judge_reference_correct"]) == (False, "judge_ruling", True)
+    # q4: the Judge LLM says the Defender (B) is right, the key (E) says not: the answer check wins, and says so.
+    checked = pool[scripted_roles.QUESTIONS[4]]
+    assert (checked["judge_defender_correct"], checked["defender_correct"], checked["correctness_decided_by"]) == (True, False, "answer_check")
     assert pool[scripted_roles.QUESTIONS[3]]["judge_status"] == "parse_error"
     assert pool[scripted_roles.QUESTIONS[5]]["judge_status"] == "refused"
     duplicates = [r for r in _rows(tmp_path / "out" / "pool.jsonl") if not r["novel"]]
@@ -90,7 +102,7 @@ def test_endpoint_faults_are_retried_and_the_build_loses_nothing(server, tmp_pat
     summary = build.main(_config(server.url, tmp_path / "out"))
     assert summary["retries"] == 5 and summary["endpoint_failures"] == {}
     assert server.request_count == CALLS_PER_BUILD + 5
-    assert summary["judge_status"]["ok"] == 3 and summary["kept"] == 2
+    assert summary["judge_status"]["ok"] == 4 and summary["kept"] == 2
 
 
 def test_an_endpoint_that_stays_down_marks_examples_as_errors_and_a_rerun_sends_only_those(server, tmp_path):
@@ -106,7 +118,7 @@ def test_an_endpoint_that_stays_down_marks_examples_as_errors_and_a_rerun_sends_
     rerun = build.main(config)  # resumes: only the failed attack, its defense and its judgement go out
     assert rerun["attack_errors"] == 0 and rerun["generated"] == 4 and rerun["kept"] == 2
     assert rerun["calls_replayed"] == summary["calls_sent"]
-    assert server.request_count - sent == rerun["calls_sent"] == 3
+    assert server.request_count - sent == rerun["calls_sent"] == 4
 
 
 def test_changed_recipe_is_refused_unless_fresh(server, tmp_path):
@@ -189,6 +201,7 @@ def test_a_saved_hub_login_is_never_sent_to_a_custom_endpoint(server, tmp_path, 
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(saved))  # what `hf auth login` leaves behind
     monkeypatch.delenv("ENDPOINT_KEY", raising=False)
     role = {"base_url": server.url, "model": "scripted/tgi", "max_tokens": 256, "timeout": 1.0, "token_env": "ENDPOINT_KEY"}
-    build.main(_config(server.url, tmp_path / "out", player_a=role, player_b=role, judge={**role, "temperature": 0.0}))
+    judge = {**role, "model": "scripted/judge", "temperature": 0.0}
+    build.main(_config(server.url, tmp_path / "out", player_a=role, player_b=role, judge=judge))
     sent = {request.authorization for request in server.chat_requests}
     assert server.chat_requests and sent <= {None, ""}, sent  # no credential at all

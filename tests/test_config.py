@@ -72,5 +72,5 @@ def test_missing_recipe_file_and_bad_override_syntax_are_clear_errors():
 
 
 def test_output_dir_defaults_to_the_domain():
-    config = build_config(None, ["--capabilities", "[x]", "--player_a.backend", "embedded", "--player_b.backend", "embedded", "--judge.backend", "embedded"])
+    config = build_config(None, ["--capabilities", "[x]", "--player_a.backend", "embedded", "--player_b.backend", "embedded", "--judge.backend", "embedded", "--allow_shared_judge", "true"])
     assert config.output_dir == "outputs/medical"

@@ -46,6 +46,11 @@ from builder.tools import ToolCall, answers_match, format_tool_results, lookup_t
 
 logger = logging.getLogger(__name__)
 
+
+class BuildError(RuntimeError):
+    """A build that produced nothing useful: the message gives the cause (role, model, the server's own words) and
+    the fix. What was journaled is kept, so a re-run after the fix resumes."""
+
 # Fields that change how requests are sent, not what they return: changing them does not invalidate a journal.
 TRANSPORT_FIELDS = ("max_concurrency", "timeout", "max_attempts", "token_env")
 # Where the result goes, not what it is.
@@ -266,6 +271,8 @@ class Context:
     embedder: Any
     novelty: NoveltyFilter
     counts: Counter = field(default_factory=Counter)
+    causes: Counter = field(default_factory=Counter)
+    """Why calls failed for good, by role, model and error: the first line of a failed build's message."""
 
 
 async def _note(ctx: Context, example_id: str, stage: str, **data: Any) -> None:
@@ -356,6 +363,7 @@ async def run_round(ctx: Context, round_index: int, earlier: list[dict[str, Any]
         if outcome.value is None:
             kind = {"endpoint": "attack_error", "refused": "attack_refused", "unparseable": "attack_parse_error"}[outcome.failure]
             ctx.counts[kind] += 1
+            ctx.causes[f"the Attacker ({attacker}, {getattr(config, attacker).display_id()}): {outcome.error}"] += 1
             await _note(ctx, example_id, kind, error=outcome.error, raw=outcome.raw)
             ctx.caller.progress.update(CALLS_PER_ATTACK - 1)  # no defense or judgement will follow
             return None
@@ -441,6 +449,7 @@ async def defend_and_judge(ctx: Context, row: dict[str, Any]) -> None:
     if solved.value is None:
         ctx.caller.progress.update(1)  # no verdict without the blind solve
         status = {"endpoint": "error", "refused": "refused", "unparseable": "parse_error"}[solved.failure]
+        ctx.causes[f"the Judge's blind solve ({config.judge.display_id()}): {solved.error}"] += 1
         _set_judgement(row, status, error=f"judge blind solve {solved.error}", rationale=solved.raw[:2000])
     elif defended.failure == "endpoint":
         # The Defender never answered: that is no evidence about the question, so the example is not judged.
@@ -482,6 +491,7 @@ async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense
     verdict: roles.Verdict | None = outcome.value
     if verdict is None:
         status = {"endpoint": "error", "refused": "refused", "unparseable": "parse_error"}[outcome.failure]
+        ctx.causes[f"the Judge ({config.judge.display_id()}): {outcome.error}"] += 1
         _set_judgement(row, status, tool_calls=calls, error=f"judge {outcome.error}", rationale=outcome.raw[:2000])
         return
     blind_agrees = answers_match(solution.answer, attack.reference_answer, fmt)
@@ -587,6 +597,31 @@ def summarize(config: BuildConfig, rows: list[dict[str, Any]], kept: list[dict[s
     }
 
 
+def check_outcome(config: BuildConfig, summary: dict[str, Any], causes: Counter) -> None:
+    """Raise BuildError when the build produced nothing useful: more than `max_failed_share` of the attacks failed,
+    or no example was judged, or nothing was kept. The summary is already written, and the journal keeps every
+    finished call."""
+    failed = summary["attack_errors"] + summary["attack_parse_errors"] + summary["attack_refusals"]
+    cause = f" Most common cause ({causes.most_common(1)[0][1]}x): {causes.most_common(1)[0][0]}." if causes else ""
+    if failed > config.max_failed_share * summary["attacks"]:
+        raise BuildError(
+            f"{failed} of {summary['attacks']} attacks failed (max_failed_share {config.max_failed_share}).{cause} "
+            "Fix: check the role's endpoint, model and structured_output, then re-run: finished calls are not sent again."
+        )
+    if summary["judged_ok"] == 0:
+        raise BuildError(
+            f"no example was judged (judge status {summary['judge_status']}, defender {summary['defender_status']}).{cause} "
+            "Fix: check the Judge's endpoint and model (the examples' `error` column in pool.jsonl says what failed)."
+        )
+    if summary["kept"] == 0:
+        raise BuildError(
+            f"nothing was kept: {summary['judged_ok']} judged, {summary['valid']} valid, 0 in the curation bands "
+            f"(quality_levels {config.curation.quality_levels}, require_valid {config.curation.require_valid}). The pool is in "
+            "pool.jsonl. Fix: more rounds or attacks, stronger roles, or another curation (re-curating sends no call: "
+            "e.g. --curation.quality_levels [3,4])."
+        )
+
+
 def log_summary(summary: dict[str, Any], output_dir: Path) -> None:
     s = summary
     logger.info(
@@ -686,6 +721,7 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
     summary["decontamination"] = checked.summary()
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log_summary(summary, output_dir)
+    check_outcome(config, summary, ctx.causes)
     if config.push_to_hub:
         # The build is safe on disk; if this fails, `nanoflux publish <output_dir>` retries without rebuilding.
         # publish() reads the repo's latest version again: it may have moved on during a long build.

@@ -109,10 +109,13 @@ def main(argv: list[str] | None = None) -> None:
             except SweepError as err:
                 sys.exit(f"nanoflux sweep: {err}")
         elif args.command == "build":
-            from builder.build import main as build_main
+            from builder.build import BuildError, main as build_main
             from builder.config import build_config
 
-            build_main(build_config(args.config, overrides), fresh=args.fresh)
+            try:
+                build_main(build_config(args.config, overrides), fresh=args.fresh)
+            except BuildError as err:
+                sys.exit(f"nanoflux build: {err}")
         elif args.command == "publish":
             from builder.publish import main as publish_main
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -200,7 +201,9 @@ class BuildConfig:
     allow_shared_judge: bool = False
     """Let the Judge be the same model as a player (it then grades its own questions); recorded in the card."""
     parse_retries: int = 1
-    """Extra calls when a role's answer cannot be parsed (each with a new seed)."""
+    """Extra calls when a role's answer cannot be used (each with a new seed and the reason it was rejected)."""
+    max_failed_share: float = 0.5
+    """A build in which more than this share of the attacks failed for good exits non-zero with the cause."""
     answer_format: str = "choice"
     """Reference answers are a `number` (checked numerically), a `choice` letter A-E, or free `text`."""
     seed: int = 0
@@ -247,6 +250,7 @@ class BuildConfig:
             fail("targeting", self.targeting, "unknown policy", f"use one of {', '.join(TARGETING_POLICIES)}")
         check_range("exploration", self.exploration, 0.0, 1.0)
         check_range("parse_retries", self.parse_retries, 0, 10)
+        check_range("max_failed_share", self.max_failed_share, 0.0, 1.0)
         for name in ("player_a", "player_b", "judge"):
             getattr(self, name).validate(name)
         shared = [name for name in ("player_a", "player_b") if getattr(self, name).same_model(self.judge)]
@@ -274,6 +278,8 @@ def public_url(url: str | None) -> str | None:
 
 
 def check_range(path: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    if not math.isfinite(value):  # NaN compares false with everything: it would pass every bound
+        fail(path, value, "not a finite number", f"use a number between {low} and {high}")
     too_low = value <= low if low_open else value < low
     if too_low or value > high:
         bound = f"> {low}" if low_open else f">= {low}"

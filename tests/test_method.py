@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from builder import build
-from builder.config import BuildConfig, ConfigError, CurationConfig, from_dict
+from builder.config import BuildConfig, ConfigError, CurationConfig, from_dict, to_dict
 from builder.curation import curate
 from builder.roles import load_prompts
 from tests.tgi_server import ScriptedTGI
@@ -263,3 +263,33 @@ def test_a_question_copied_from_an_evaluation_benchmark_is_dropped_counted_and_l
     assert "nephrology" not in kept
     (listed,) = [json.loads(line) for line in (tmp_path / "out" / "contaminated.jsonl").read_text().splitlines()]
     assert listed["question"] == benchmark["question"] and listed["contamination"][0]["benchmark"] == "medqa"
+
+
+# --- honest failures ------------------------------------------------------------------------------------------
+
+
+def test_a_build_whose_attacks_fail_exits_non_zero_with_the_role_model_and_cause(tmp_path, capsys):
+    from builder.build import BuildError
+    from builder.cli import main as nanoflux
+
+    with ScriptedTGI(responder=lambda body: "I would rather write a poem.") as server:
+        config = _recipe(server.url, tmp_path / "out", rounds=1, attacks_per_round=2, parse_retries=0)
+        with pytest.raises(BuildError, match=r"2 of 2 attacks failed .*the Attacker \(player_a, scripted/player-a @ http://127\.0\.0\.1:\d+/?\): "
+                                             r"unparseable answer: the reply holds no JSON object.*Fix: "):  # fmt: skip
+            build.main(config)
+        assert json.loads((tmp_path / "out" / "summary.json").read_text())["attack_parse_errors"] == 2, "the summary is still written"
+
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(json.dumps({**to_dict(config), "output_dir": str(tmp_path / "cli")}))  # JSON is YAML
+        with pytest.raises(SystemExit) as exit_info:
+            nanoflux(["build", "--config", str(recipe)])
+    assert str(exit_info.value).startswith("nanoflux build: 2 of 2 attacks failed")
+
+
+def test_a_build_that_keeps_nothing_says_why_and_how_to_recurate(tmp_path):
+    from builder.build import BuildError
+
+    with ScriptedTGI(responder=TwoPlayers()) as server:
+        config = _recipe(server.url, tmp_path / "out", rounds=1, attacks_per_round=2, curation={"quality_levels": [1]})
+        with pytest.raises(BuildError, match=r"nothing was kept: 2 judged, 2 valid.*re-curating sends no call"):
+            build.main(config)

@@ -24,6 +24,7 @@ from trainer.train import TrainConfig, TrainError, build_train_config
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 TOKEN = "hf_localhub_write_token"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _jobs_config(*overrides: str) -> TrainConfig:
@@ -35,6 +36,7 @@ def _jobs_config(*overrides: str) -> TrainConfig:
 @pytest.fixture
 def hub(tmp_path, hub_endpoint, monkeypatch):
     """A LocalHub with the two-version dataset repo, a Jobs API that holds jobs (never runs them) and a write token."""
+    monkeypatch.chdir(ROOT)  # the local recipe's eval_recipe names the repository's benchmark fixtures
     make_dataset_repo(tmp_path / "hub")
     with LocalHub(tmp_path / "hub", token=TOKEN, jobs=JobRunner(run=False)) as server:
         hub_endpoint(server.url)
@@ -55,10 +57,12 @@ def test_the_job_runs_the_same_recipe_locally_on_the_requested_hardware():
     assert "pip install --quiet --no-cache-dir nanoflux==0.1.0" in script
     assert script.rstrip().endswith("exec nanoflux train --config nanoflux_train.yaml")
     recipe = yaml.safe_load(spec["env"][RECIPE_ENV])
-    # Inside the job, the run trains where it is, into a folder of the job's own disk.
-    assert (recipe["backend"], recipe["output_dir"]) == ("local", "outputs/qwen3-4b-nanoflux-medical-lora")
-    same = {k: v for k, v in vars(config).items() if k not in ("backend", "output_dir")}
-    assert {k: v for k, v in recipe.items() if k not in ("backend", "output_dir")} == same
+    # Inside the job, the run trains where it is, into a folder of the job's own disk; the test-row check (a recipe file
+    # of this machine) ran before submission.
+    assert (recipe["backend"], recipe["output_dir"], recipe["eval_recipe"]) == ("local", "outputs/qwen3-4b-nanoflux-medical-lora", None)
+    assert config.eval_recipe == "configs/eval/medical.yaml"
+    same = {k: v for k, v in vars(config).items() if k not in ("backend", "output_dir", "eval_recipe")}
+    assert {k: v for k, v in recipe.items() if k not in ("backend", "output_dir", "eval_recipe")} == same
     assert spec["labels"] == {"nanoflux": "train", "adapter": "org--qwen3-4b-nanoflux-medical-lora"}
 
 
@@ -113,6 +117,21 @@ def test_a_missing_version_fails_before_anything_is_submitted(hub):
     assert hub.jobs.list("localhub") == []
 
 
+def test_training_rows_that_are_evaluation_test_rows_are_refused_before_anything_is_submitted(tmp_path, hub_endpoint, monkeypatch):
+    from trainer.benchmarks import test_questions
+    from trainer.evaluate import build_eval_config
+
+    monkeypatch.chdir(ROOT)
+    medqa = next(b for b in build_eval_config(ROOT / "configs" / "eval" / "local.yaml").benchmarks if b.name == "medqa")
+    make_dataset_repo(tmp_path / "hub", questions={2: next(iter(test_questions(medqa).values()))})
+    with LocalHub(tmp_path / "hub", token=TOKEN, jobs=JobRunner(run=False)) as server:
+        hub_endpoint(server.url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        with pytest.raises(TrainError, match=r"eval_recipe: the training data of local/nanoflux-medical holds 1 question\(s\) of the evaluation's test rows"):
+            submit(_jobs_config(), detach=True)
+        assert server.jobs.list("localhub") == [] and not server.store.exists("model", ADAPTER_REPO)
+
+
 def test_no_token_fails_with_the_fix(hub, monkeypatch):
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setenv("HF_TOKEN_PATH", str(hub.root / "no-saved-token"))
@@ -145,6 +164,7 @@ def test_jobs_status_and_logs_show_a_finished_job(tmp_path, hub_endpoint, monkey
 
 @pytest.mark.slow
 def test_a_training_job_pushes_its_adapter_before_its_disk_is_gone(tmp_path, hub_endpoint, monkeypatch, embedded_model_dir, capsys):
+    monkeypatch.chdir(ROOT)  # the test-row check runs here, before submission (the job's recipe has eval_recipe null)
     tags = make_dataset_repo(tmp_path / "hub")
     # The 'image' has NanoFlux installed: this environment's `nanoflux` is first on the job's PATH.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"

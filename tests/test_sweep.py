@@ -1,9 +1,10 @@
-"""Ablation sweeps: recipes, deterministic cell curation, the setup guard, the report — and, marked `slow`, a real 2x2
-sweep on the packaged SmolLM2 over a pool built by the scripted roles: killed with SIGKILL after its first cell and
-resumed, a lost cell marker redone alone, a cell published as the next version with the report under `ablations/`.
+"""Ablation sweeps: recipes, deterministic cell curation, the steps policy, the setup guard, the selection on dev,
+the report — and, marked `slow`, a real 2x2 sweep on the packaged SmolLM2 over a pool built by the scripted roles:
+every cell scored on dev, the selected cells alone on test, killed with SIGKILL after its first cell and resumed, a
+lost cell marker redone alone, a cell published as the next version with the report under `ablations/`.
 
-The pool (tests/scripted_roles.py) has three rows the Judge handled: q2 (L4, Defender failed), q0 (L4, Defender
-right) and q4 (L3). The grid L3/L4 x size 1/2 gives cells of [q4], [q4] (the same rows: reused), [q2] and [q2, q0].
+The pool (tests/scripted_roles.py) has three valid rows the Judge handled: q2 (L4, Defender failed), q0 (L4, Defender
+right) and q4 (L3); q1 was ruled invalid. The grid L3/L4 x size 1/2 gives cells of [q4], [q4] (the same rows: reused), [q2] and [q2, q0].
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,14 +28,17 @@ from builder.config import ConfigError, from_dict
 from builder.curation import curate
 from builder.dataset import write_rows
 from tests import scripted_roles
+from trainer.benchmarks import test_questions
 from trainer.sweep import (
     DIMENSIONS,
-    Pool,
     CellSettings,
+    Pool,
+    Report,
     SweepConfig,
     SweepError,
     build_sweep_config,
     cell_id,
+    cell_steps,
     curate_cell,
     dataset_fingerprint,
     grid_settings,
@@ -43,6 +48,7 @@ from trainer.sweep import (
     with_section,
     write_report,
 )
+from trainer.sweep_select import select_cells
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -50,6 +56,12 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
 REPO = "local/nanoflux-medical"
 BENCHMARKS = [("medqa", "MedQA (USMLE, 4 options)"), ("pubmedqa", "PubMedQA (PQA-L)")]
+# The fixture benchmarks with their dev rows (what cells are chosen on), limited to 2 rows per partition.
+SWEEP_BENCHMARKS = [
+    {"format": "medqa", "path": str(FIXTURES / "medqa.jsonl"), "split": "test", "limit": 2, "dev": {"holdout_from": "test", "size": 3, "seed": 0}},
+    {"format": "pubmedqa", "path": str(FIXTURES / "pubmedqa.parquet"), "split": "train", "limit": 2, "ids_file": str(FIXTURES / "pubmedqa_test_ids.json"),
+     "dev": {"exclude_ids_file": str(FIXTURES / "pubmedqa_test_ids.json")}},
+]  # fmt: skip
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -90,7 +102,7 @@ def test_both_sweep_recipes_load_and_validate(monkeypatch):
     monkeypatch.chdir(ROOT)
     local = build_sweep_config("configs/sweeps/local.yaml")
     assert (local.pool, local.design, local.backend, local.require_valid) == ("outputs/local", "grid", "local", False)
-    assert len(grid_settings(local)) == 4
+    assert len(grid_settings(local)) == 4 and (local.steps_policy, local.steps) == ("fixed_steps", 4)  # two sizes at equal steps
 
     medical = build_sweep_config("configs/sweeps/medical.yaml")
     assert (medical.pool, medical.design, medical.train_recipe, medical.eval_recipe) == (
@@ -103,11 +115,12 @@ def test_both_sweep_recipes_load_and_validate(monkeypatch):
     assert len(settings) == 1 + 4 + 3 + 3 + 1
     assert settings[0] == CellSettings([4], None, 200, True)
     assert sum(s.quality_levels == [4] and s.complexity_levels is None and s.prefer_defender_failed for s in settings) == 4  # the sizes
+    assert (medical.steps_policy, medical.steps) == ("fixed_epochs", None)
 
 
 def test_a_band_written_as_one_level_is_a_band_and_cell_ids_are_a_stable_hash_of_the_settings():
     config = build_sweep_config(None, ["--train_recipe", str(ROOT / "configs/train/local.yaml"), "--eval_recipe", str(ROOT / "configs/eval/local.yaml"),
-                                       "--grid.quality_levels", "[4, [4, 3]]", "--grid.sizes", "[50, 25]"])  # fmt: skip
+                                       "--grid.quality_levels", "[4, [4, 3]]", "--grid.sizes", "[50, 25]", "--steps_policy", "fixed_steps"])  # fmt: skip
     assert config.grid.quality_levels == [[4], [4, 3]]
     ids = [cell_id(s, True) for s in grid_settings(config)]
     assert ids == ["q4-call-n50-failfirst-" + ids[0][-8:], ids[1], "q34-call-n50-failfirst-" + ids[2][-8:], ids[3]]
@@ -132,6 +145,11 @@ def test_a_band_written_as_one_level_is_a_band_and_cell_ids_are_a_stable_hash_of
         (["--train_overrides.lora_rank", "4"], "with train_overrides: lora_rank: unknown field (got 4). Fix: did you mean `lora_r`?"),
         (["--eval_overrides.max_new_tokens", "0"], "with eval_overrides: max_new_tokens: out of range (got 0)"),
         (["--name", "a b"], "name: not usable in folder, repo and tag names (got 'a b')"),
+        (["--steps_policy", "equal"], "steps_policy: unknown steps policy (got 'equal'). Fix: use one of fixed_epochs, fixed_steps"),
+        (["--steps_policy", "fixed_epochs"], "steps: set with steps_policy fixed_epochs (got 4). Fix: set steps_policy: fixed_steps, or remove steps"),
+        (["--steps_policy", "fixed_epochs", "--steps", "null"], "steps_policy: fixed_epochs trains num_train_epochs in every cell, but the training recipe sets max_steps 10"),
+        (["--steps", "0"], "steps: out of range (got 0). Fix: use a value >= 1"),
+        (["--eval_overrides.benchmarks", "[{format: medqa, path: tests/fixtures/benchmarks/medqa.jsonl, split: test}]"], "medqa has no dev split"),
     ],
 )
 def test_bad_values_fail_naming_the_field_the_value_and_the_fix(monkeypatch, args, message):
@@ -216,7 +234,7 @@ def test_a_pool_that_is_not_a_finished_build_fails_before_any_model_loads(tmp_pa
     assert not (tmp_path / "sweep").exists()
 
 
-def _record(cell: str, quality: list[int], size: int, rows: int, accuracies: dict[str, float | None]) -> dict:
+def _record(cell: str, quality: list[int], size: int, rows: int, accuracies: dict[str, float | None], *, same_as: str | None = None) -> dict:
     scores = {
         name: {"title": title, "n": 20, "correct": round(20 * acc), "accuracy": acc, "ci_low": max(0.0, acc - 0.2), "ci_high": min(1.0, acc + 0.2),
                "unparseable": 1, "base": {"accuracy": 0.25, "ci_low": 0.1, "ci_high": 0.45}}
@@ -225,43 +243,133 @@ def _record(cell: str, quality: list[int], size: int, rows: int, accuracies: dic
     settings = {"quality_levels": quality, "complexity_levels": None, "size": size, "prefer_defender_failed": True}
     return {
         "cell_id": cell, "label": f"cell {cell}", "settings": settings, "require_valid": True, "status": "ok" if rows else "empty",
-        "dataset": {"rows": rows, "fingerprint": cell * 8}, "same_data_as": None,
-        "training": {"steps": 4, "train_tokens": 1000 * rows, "wall_time_s": 1.5, "loss_last": 1.0} if rows else None, "scores": scores,
+        "dataset": {"rows": rows, "fingerprint": (same_as or cell) * 8}, "same_data_as": same_as, "partition": "dev",
+        "training": {"steps": 4, "epochs": 0.32, "train_tokens": 1000 * rows, "wall_time_s": 1.5, "loss_last": 1.0} if rows else None, "scores": scores,
     }  # fmt: skip
 
 
-def test_the_report_has_the_table_one_plot_per_swept_dimension_and_the_best_cells(tmp_path):
+def _details(accuracies: dict[str, dict[str, float]], n: int = 20) -> dict:
+    """Per-example dev results matching each cell's accuracy: the first round(n * acc) examples right."""
+    return {(cell, name): [(str(i), i < round(n * acc)) for i in range(n)] for cell, by_bench in accuracies.items() for name, acc in by_bench.items()}
+
+
+DEV = {"a": {"medqa": 0.40, "pubmedqa": 0.60}, "b": {"medqa": 0.55, "pubmedqa": 0.60}, "c": {"medqa": 0.55, "pubmedqa": 0.50}}
+
+
+def _records() -> list[dict]:
+    return [
+        _record("a", [3], 25, 25, DEV["a"]),
+        _record("b", [3], 50, 50, DEV["b"]),  # ties a on pubmedqa with more rows: a is selected
+        _record("c", [4], 25, 25, DEV["c"]),  # ties b on medqa with fewer rows: c is selected
+        _record("d", [4], 50, 0, {}),  # no rows: no scores
+        _record("e", [5], 25, 25, DEV["c"], same_as="c"),  # c's rows: the same adapter, never c's runner-up
+    ]
+
+
+def test_cells_are_selected_on_dev_and_compared_with_their_runner_up():
+    details = _details({**DEV, "e": DEV["c"]})
+    selection = select_cells(_records(), BENCHMARKS, lambda record, name: details.get((record["cell_id"], name)), samples=500)
+    medqa, pubmedqa = selection["benchmarks"]["medqa"], selection["benchmarks"]["pubmedqa"]
+    assert (medqa["cell"], medqa["runner_up"], pubmedqa["cell"], pubmedqa["runner_up"]) == ("c", "b", "a", "b")
+    # Equal dev accuracy on the same examples: a paired difference of 0, not significant.
+    assert medqa["comparison"]["method"] == "paired bootstrap + McNemar" and medqa["comparison"]["delta"] == 0 and not medqa["comparison"]["significant"]
+    overall = selection["overall"]  # macro-mean dev accuracy: a .50, b .575, c .525
+    assert (overall["cell"], overall["runner_up"], overall["dev_macro_accuracy"]) == ("b", "c", pytest.approx(0.575))
+    assert not overall["comparison"]["significant"] and overall["comparison"]["ci_low"] <= 0 <= overall["comparison"]["ci_high"]
+    assert selection["test_cells"] == ["b", "c", "a"]  # overall first, then each benchmark's; d and e are never tested
+
+    # A clear difference on 100 paired examples is significant; without per-example results, the CIs decide.
+    strong = [_record("x", [4], 25, 25, {"medqa": 0.9}), _record("y", [3], 25, 25, {"medqa": 0.5})]
+    for record in strong:
+        record["scores"]["medqa"].update(n=100, ci_low=record["scores"]["medqa"]["accuracy"] - 0.08, ci_high=record["scores"]["medqa"]["accuracy"] + 0.08)
+    details = _details({"x": {"medqa": 0.9}, "y": {"medqa": 0.5}}, n=100)
+    paired = select_cells(strong, BENCHMARKS[:1], lambda record, name: details[(record["cell_id"], name)], samples=500)["benchmarks"]["medqa"]["comparison"]
+    assert paired["significant"] and paired["p_value"] < 1e-6 and paired["ci_low"] > 0.25
+    unpaired = select_cells(strong, BENCHMARKS[:1], lambda record, name: None)["benchmarks"]["medqa"]["comparison"]
+    assert unpaired["method"] == "95% CI overlap" and unpaired["significant"]
+    overlapping = select_cells(_records(), BENCHMARKS, lambda record, name: None)
+    assert overlapping["benchmarks"]["medqa"]["comparison"]["method"] == "95% CI overlap" and not overlapping["benchmarks"]["medqa"]["comparison"]["significant"]
+    assert overlapping["overall"]["comparison"] is None  # reported as not compared, never as a difference
+
+
+def test_the_report_selects_on_dev_and_reports_test_for_the_selected_cells_only(tmp_path):
     import pyarrow.parquet as pq
 
-    records = [
-        _record("a", [3], 25, 25, {"medqa": 0.40, "pubmedqa": 0.60}),
-        _record("b", [3], 50, 50, {"medqa": 0.55, "pubmedqa": 0.60}),  # ties a on pubmedqa with more rows: a wins
-        _record("c", [4], 25, 25, {"medqa": 0.55, "pubmedqa": 0.50}),  # ties b on medqa with fewer rows: c wins
-        _record("d", [4], 50, 0, {}),  # no rows: no scores
-    ]
+    records = _records()
     config = _config(pool=str(tmp_path), output_dir=str(tmp_path / "sweep"), name="demo")
     (tmp_path / "sweep").mkdir()
-    setup = {"train": {"model": "m", "lora_r": 8, "learning_rate": 2e-4, "max_steps": 4, "num_train_epochs": 1, "per_device_train_batch_size": 2,
+    setup = {"train": {"model": "m", "lora_r": 8, "learning_rate": 2e-4, "max_steps": -1, "num_train_epochs": 1, "per_device_train_batch_size": 2,
                        "gradient_accumulation_steps": 1, "seed": 0}, "eval": {"model": "m", "max_new_tokens": 8}}  # fmt: skip
+    details = _details({**DEV, "e": DEV["c"]})
+    selection = select_cells(records, BENCHMARKS, lambda record, name: details.get((record["cell_id"], name)), samples=500)
+    test_score = {"n": 40, "correct": 20, "accuracy": 0.5, "ci_low": 0.35, "ci_high": 0.65, "unparseable": 0, "base": {"accuracy": 0.3, "ci_low": 0.15, "ci_high": 0.45},
+                  "vs_base": {"n": 40, "delta": 0.2, "ci_low": 0.05, "ci_high": 0.35, "wins": 10, "losses": 2, "p_value": 0.039}}  # fmt: skip
+    test = {cell: {name: dict(test_score) for name, _ in BENCHMARKS} for cell in selection["test_cells"]}
     pool = Pool([{}] * 7, "outputs/x", "f" * 64)
-    files = write_report(config, pool, records, BENCHMARKS, setup)
+    files = write_report(Report(config, pool, records, BENCHMARKS, setup, selection, test))
     assert sorted(p.name for p in files) == ["quality_levels.png", "results.md", "results.parquet", "size.png"]
     for png in (tmp_path / "sweep").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
     table = pq.read_table(tmp_path / "sweep" / "results.parquet").to_pylist()
-    assert len(table) == 8 and {tuple(DIMENSIONS)} <= {tuple(k for k in row if k in DIMENSIONS) for row in table}
-    best = {(row["benchmark"], row["cell_id"]) for row in table if row["best"]}
-    assert best == {("medqa", "c"), ("pubmedqa", "a")}
+    dev = [row for row in table if row["partition"] == "dev"]
+    tested = [row for row in table if row["partition"] == "test"]
+    assert len(dev) == 10 and {tuple(DIMENSIONS)} <= {tuple(k for k in row if k in DIMENSIONS) for row in table}
+    assert {row["cell_id"] for row in tested} == {"a", "b", "c"} and len(tested) == 6  # test rows: the selected cells only
+    assert {(row["benchmark"], row["cell_id"]) for row in dev if row["selected"]} == {("medqa", "c"), ("pubmedqa", "a")}
+    assert {row["cell_id"] for row in table if row["selected_overall"]} == {"b"}
     empty = [row for row in table if row["cell_id"] == "d"]
     assert [row["accuracy"] for row in empty] == [None, None] and {row["rows"] for row in empty} == {0}
     assert table[0]["quality_levels"] == [3] and table[0]["complexity_levels"] is None and table[0]["train_tokens"] == 25000
 
     md = (tmp_path / "sweep" / "results.md").read_text()
-    assert "| MedQA (USMLE, 4 options) | `c` | cell c | 25 | 55.0 | 35.0 – 75.0 | 25.0 |" in md
-    assert "| PubMedQA (PQA-L) | `a` | cell a | 25 | 60.0 | 40.0 – 80.0 | 25.0 |" in md
-    assert "★ 55.0 [35.0, 75.0]" in md and "![accuracy vs dataset size (rows requested)](size.png)" in md
+    assert "Selected on dev, reported on test" in md and "test accuracy is reported for the selected cells only" in md
+    assert "| MedQA (USMLE, 4 options) | `c` | cell c | 25 | 55.0 [35.0, 75.0] | no significant difference from the runner-up; `b`: +0.0 [" in md
+    assert "| 50.0 [35.0, 65.0] | 30.0 |" in md  # the selected cell's test accuracy and the base model's on the same rows
+    assert "**Overall** (highest macro-mean dev accuracy over the benchmarks): `b`" in md and "| +20.0 [+5.0, +35.0] points, McNemar p = 0.039 |" in md
+    assert "✓ 55.0 [35.0, 75.0]" in md and "![dev accuracy vs dataset size (rows requested)](size.png)" in md
     assert "swept: reasoning-quality band, dataset size (rows requested); fixed: complexity all, ranking failed first" in md
+    assert "steps policy `fixed_epochs`: 1 epochs in every cell" in md and "dataset size is confounded with training steps" in md
+    assert "--publish_cell b --push_to_hub" in md and "best" not in md.lower()  # the cell chosen on dev, never "the best on test"
+
+
+def test_fixed_steps_trains_every_cell_the_steps_of_the_largest_one(tmp_path):
+    from types import SimpleNamespace
+
+    train = SimpleNamespace(max_steps=-1, num_train_epochs=3.0, per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    cells = [SimpleNamespace(rows=[{}] * n) for n in (5, 25, 17)]
+    config = _config(pool=str(tmp_path), steps_policy="fixed_steps")
+    assert cell_steps(config, train, cells) == 3 * 4  # 25 rows: 7 batches of 4, 4 optimizer steps (accumulation 2) per epoch
+    assert cell_steps(_config(pool=str(tmp_path), steps_policy="fixed_steps", steps=9), train, cells) == 9
+    assert cell_steps(config, SimpleNamespace(**{**vars(train), "max_steps": 6}), cells) == 6
+    assert cell_steps(_config(pool=str(tmp_path)), train, cells) is None  # fixed_epochs: the recipe's epochs
+
+
+def test_a_pool_row_that_asks_a_test_or_dev_question_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    import transformers
+
+    from trainer.benchmarks import load_benchmark
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
+    dev_question = load_benchmark(_medqa(), partition="dev")[0].question
+    for leaked, partition in ((dev_question, "dev"), (next(iter(test_questions(_medqa()).values())), "test")):
+        rows = _hand_made_pool()
+        rows[1]["question"] = leaked  # r00-a0001: L4, Defender failed, in every cell below
+        build = tmp_path / partition / "build"
+        write_rows(rows, build / "pool" / "pool.parquet", build / "pool.jsonl")
+        config = _config(pool=str(build), output_dir=str(tmp_path / partition / "sweep"), steps_policy="fixed_steps",
+                         eval_overrides={"benchmarks": SWEEP_BENCHMARKS}, grid={"quality_levels": [[4]], "sizes": [3]})  # fmt: skip
+        with pytest.raises(SweepError, match=rf"pool: the cells' training data \(3 rows\) holds 1 question\(s\) of the evaluation's test and dev rows \(medqa {partition} row"):
+            main(config)
+        assert not (tmp_path / partition / "sweep").exists()
+
+
+def _medqa() -> Any:
+    from trainer.benchmarks import BenchmarkConfig
+
+    bench = from_dict(BenchmarkConfig, SWEEP_BENCHMARKS[0])
+    bench.validate("medqa")
+    return bench
 
 
 def test_the_card_section_is_replaced_not_repeated():
@@ -297,24 +405,22 @@ def pool_build(tmp_path_factory):
         config = from_dict(BuildConfig, scripted_roles.recipe(server.url, str(out)))
         config.validate()
         summary = build.main(config)
-    assert summary["judged_ok"] == 3
+    assert summary["judged_ok"] == 4  # q0, q1 (ruled invalid: never curated here), q2, q4
     return out
 
 
 def _sweep_recipe(pool: Path, output_dir: Path) -> dict:
-    """A 2x2 grid (quality L3/L4 x size 1/2), 2 training steps per cell, 2 fixture benchmarks of 2 rows."""
-    benchmarks = [
-        {"format": "medqa", "path": str(FIXTURES / "medqa.jsonl"), "split": "test", "limit": 2},
-        {"format": "pubmedqa", "path": str(FIXTURES / "pubmedqa.parquet"), "split": "train", "limit": 2},
-    ]
+    """A 2x2 grid (quality L3/L4 x size 1/2), 2 optimizer steps per cell (fixed_steps), 2 fixture benchmarks of 2 rows
+    per partition (dev: what cells are chosen on; test: the selected cells)."""
     return {
         "name": "tiny",
         "pool": str(pool),
         "grid": {"quality_levels": [3, 4], "sizes": [1, 2]},
+        "steps_policy": "fixed_steps",
         "train_recipe": str(ROOT / "configs/train/local.yaml"),
         "train_overrides": {"max_steps": 2, "max_length": 256},
         "eval_recipe": str(ROOT / "configs/eval/local.yaml"),
-        "eval_overrides": {"benchmarks": benchmarks, "max_new_tokens": 4, "batch_size": 2, "bootstrap_samples": 200},
+        "eval_overrides": {"benchmarks": SWEEP_BENCHMARKS, "max_new_tokens": 4, "batch_size": 2, "bootstrap_samples": 200},
         "output_dir": str(output_dir),
     }
 
@@ -365,13 +471,16 @@ def test_a_killed_sweep_resumes_without_redoing_finished_cells(killed_and_resume
     assert {cell: after[cell] for cell in before} == before  # finished records untouched
     for cell, mtime in state["mtimes"].items():  # and their adapters not retrained
         assert (sweep / "cells" / cell / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
-    # The base model was scored once for the whole sweep (before the kill), never per cell.
-    base = json.loads((sweep / "base.json").read_text())["scores"]
-    assert sorted((sweep / "base-eval" / "details").glob("*-base.jsonl")) and not list((sweep / "cells").glob("*/eval/details/*-base.jsonl"))
+    # The base model was scored once per partition for the whole sweep (dev before the kill), never per cell.
+    base = json.loads((sweep / "base.json").read_text())
+    assert set(base) == {"dev", "test"}
+    for partition in ("dev", "test"):
+        assert sorted((sweep / f"base-eval-{partition}" / "details").glob("*-base.jsonl"))
+    assert not list((sweep / "cells").glob("*/*eval/details/*-base.jsonl"))
     for cell in after:
         record = json.loads(after[cell])
         if record["status"] == "ok":
-            assert {name: score["base"] for name, score in record["scores"].items()} == base
+            assert {name: score["base"] for name, score in record["scores"].items()} == base["dev"]["scores"]
 
 
 @pytest.mark.slow
@@ -388,10 +497,10 @@ def test_each_cell_records_its_settings_rows_compute_and_scores(killed_and_resum
     for key, record in by_settings.items():
         assert [questions[i] for i in record["dataset"]["ids"]] == expected[key], key
         assert record["dataset"]["fingerprint"] == hashlib.sha256("\n".join(record["dataset"]["ids"]).encode()).hexdigest()
-        assert record["status"] == "ok" and set(record["scores"]) == {"medqa", "pubmedqa"}
+        assert record["status"] == "ok" and set(record["scores"]) == {"medqa", "pubmedqa"} and record["partition"] == "dev"
         for score in record["scores"].values():
             assert score["n"] == 2 and score["ci_low"] <= score["accuracy"] <= score["ci_high"] and 0 <= score["base"]["accuracy"] <= 1
-        assert record["training"]["steps"] == 2 and record["training"]["train_tokens"] > 0
+        assert record["training"]["steps"] == 2 and record["training"]["train_tokens"] > 0 and record["training"]["device_seconds"] > 0
         curated = [json.loads(line)["id"] for line in (sweep / "cells" / record["cell_id"] / "curated.jsonl").read_text().splitlines()]
         assert curated == record["dataset"]["ids"]
     # L3 with size 1 and size 2 is the same single row: trained once, the other cell reuses its results.
@@ -409,20 +518,57 @@ def test_each_cell_records_its_settings_rows_compute_and_scores(killed_and_resum
 
 
 @pytest.mark.slow
-def test_the_report_has_the_table_plots_and_best_cells(killed_and_resumed):
+def test_the_sweep_selects_on_dev_and_evaluates_only_the_selected_cells_on_test(killed_and_resumed, pool_build):
+    state = killed_and_resumed
+    sweep, summary = state["sweep"], state["summary"]
+    tested = summary["tested"]
+    assert tested and tested[0] == summary["selected_overall"] and set(summary["selected"].values()) <= set(tested)
+    records = {cell: json.loads((sweep / "cells" / cell / "cell.json").read_text()) for cell in summary["cells"]}
+    trained = {cell for cell, r in records.items() if r["same_data_as"] is None and r["status"] == "ok"}
+    test_ids: dict[str, set[str]] = {}
+    for cell in trained:
+        # Every cell's own evaluation used the dev partition...
+        dev = json.loads((sweep / "cells" / cell / "eval" / "results.json").read_text())
+        assert dev["partition"] == "dev" and dev["variants"] == ["adapter"]
+        # ...and only the selected cells were evaluated on test.
+        test_file = sweep / "cells" / cell / "test-eval" / "results.json"
+        assert test_file.exists() == (cell in {records[c]["same_data_as"] or c for c in tested}), cell
+        if test_file.exists():
+            results = json.loads(test_file.read_text())
+            assert results["partition"] == "test" and json.loads((sweep / "cells" / cell / "test.json").read_text())["partition"] == "test"
+            for name in ("medqa", "pubmedqa"):
+                ids = {d["id"] for d in map(json.loads, (sweep / "cells" / cell / "test-eval" / "details" / f"{name}-adapter.jsonl").read_text().splitlines())}
+                test_ids.setdefault(name, set()).update(ids)
+    base = {p: json.loads((sweep / f"base-eval-{p}" / "results.json").read_text()) for p in ("dev", "test")}
+    assert (base["dev"]["partition"], base["test"]["partition"]) == ("dev", "test")
+    for name in ("medqa", "pubmedqa"):
+        dev_ids = {d["id"] for d in map(json.loads, (sweep / "base-eval-dev" / "details" / f"{name}-base.jsonl").read_text().splitlines())}
+        assert dev_ids and test_ids[name] and not dev_ids & test_ids[name]  # the choice never saw a test row
+    # No training row asks a question of the evaluation's test (or dev) rows.
+    questions = {r["id"]: r["question"] for r in map(json.loads, (pool_build / "pool.jsonl").read_text().splitlines())}
+    trained_on = {questions[i].strip().lower() for r in records.values() for i in r["dataset"]["ids"]}
+    evaluated = {q.strip().lower() for q in test_questions(_medqa()).values()}
+    assert trained_on and not trained_on & evaluated
+
+
+@pytest.mark.slow
+def test_the_report_has_the_table_plots_and_the_selected_cells(killed_and_resumed):
     import pyarrow.parquet as pq
 
     state = killed_and_resumed
     sweep, summary = state["sweep"], state["summary"]
     assert sorted(Path(p).name for p in summary["report"]) == ["quality_levels.png", "results.md", "results.parquet", "size.png"]
     table = pq.read_table(sweep / "results.parquet").to_pylist()
-    assert len(table) == 8 and {row["benchmark"] for row in table} == {"medqa", "pubmedqa"}
+    dev = [row for row in table if row["partition"] == "dev"]
+    assert len(dev) == 8 and {row["benchmark"] for row in table} == {"medqa", "pubmedqa"}
+    assert {row["cell_id"] for row in table if row["partition"] == "test"} == set(summary["tested"])
     for name in ("medqa", "pubmedqa"):
-        scores = [row for row in table if row["benchmark"] == name]
-        (best,) = [row for row in scores if row["best"]]
-        assert best["accuracy"] == max(row["accuracy"] for row in scores) and summary["best"][name] == best["cell_id"]
+        scores = [row for row in dev if row["benchmark"] == name]
+        (selected,) = [row for row in scores if row["selected"]]
+        assert selected["accuracy"] == max(row["accuracy"] for row in scores) and summary["selected"][name] == selected["cell_id"]
     md = (sweep / "results.md").read_text()
-    assert all(cell in md for cell in summary["cells"]) and "## Best cell per benchmark" in md
+    assert all(cell in md for cell in summary["cells"]) and "## Selected cells (chosen on dev)" in md and "Selected on dev, reported on test" in md
+    assert f"--publish_cell {summary['selected_overall']}" in md
     assert (sweep / "quality_levels.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -474,9 +620,10 @@ def test_a_cell_is_published_as_the_next_version_with_the_report_under_ablations
     assert {"ablations/tiny/results.parquet", "ablations/tiny/results.md", "ablations/tiny/quality_levels.png", "ablations/tiny/size.png"} <= set(files)
     uploaded = store.read_file("dataset", REPO, head, "ablations/tiny/results.md").decode()
     assert str(tmp_path) not in uploaded and str(state["sweep"].parent) not in uploaded  # no local folder goes up
-    assert uploaded.split("## Best cell")[1] == (sweep / "results.md").read_text().split("## Best cell")[1].replace(str(sweep / "cells"), "<sweep output_dir>/cells")
+    assert uploaded.split("## Selected cells")[1] == (sweep / "results.md").read_text().split("## Selected cells")[1].replace(str(sweep / "cells"), "<sweep output_dir>/cells")
     card = store.read_file("dataset", REPO, head, "README.md").decode()
     assert card.count("## Ablations: tiny") == 1 and f"Version v1 holds the rows of cell `{chosen}`" in card and "ablations/tiny/results.md" in card
+    assert "Selected on dev, reported on test" in card and "| selected on dev |" in card
     assert card.startswith("---\n") and "NanoFlux medical reasoning" in card  # the release's card, with the section added
     provenance = json.loads(store.read_file("dataset", REPO, "v1", "provenance.json"))
     assert provenance["curation"]["quality_levels"] == records[chosen]["settings"]["quality_levels"] and provenance["rows"] == 2

@@ -1,5 +1,7 @@
-"""LoRA training on a pinned NanoFlux dataset version: recipes, data loading (local folder and Hub), and — marked
-`slow` — real runs of the packaged SmolLM2 on CPU: frozen base, trained adapter, the card's pin, the push and its retry.
+"""LoRA training on a pinned NanoFlux dataset version: recipes, data loading (local folder and Hub) in TRL's
+prompt-completion form, the full-benchmark baseline's rows and the refusals that keep every benchmark's test rows out of
+training, and — marked `slow` — real runs of the packaged SmolLM2 on CPU: the loss on the answer only (prompt labels
+masked), frozen base, trained adapter, the compute record, the card's pin, the push and its retry.
 
 The dataset is a local repository folder with two versions: v1 (8 train + 2 test conversations) and v2 (12 + 2), so
 `main` moves past v1 and a run on v1 proves the tag, not the head, was trained on.
@@ -21,12 +23,17 @@ from builder.config import ConfigError
 from builder.dataset import sft_messages, to_dataset
 from builder.localhub import LocalHub, RepoStore
 from builder.publish import DATA_PATH, PublishError
+from trainer.baseline import baseline_rows, check_no_test_rows, question_key
+from trainer.benchmarks import BenchmarkConfig, load_benchmark, test_questions
 from trainer.train import TrainConfig, TrainError, build_train_config, load_train_data, main, publish_adapter
+from trainer.train_data import has_reasoning, prompt_completion
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
 LOCAL_RECIPE = ROOT / "configs" / "train" / "local.yaml"
+LOCAL_EVAL = ROOT / "configs" / "eval" / "local.yaml"
 QWEN_RECIPE = ROOT / "configs" / "train" / "qwen3-4b-lora.yaml"
 REPO = "local/nanoflux-medical"
 ADAPTER_REPO = "local/smollm2-nanoflux-medical-lora"
@@ -47,10 +54,10 @@ configs:
 # --- a tiny dataset repo ---------------------------------------------------------------------------------
 
 
-def _rows(start: int, n: int) -> list[dict]:
+def _rows(start: int, n: int, questions: dict[int, str] | None = None) -> list[dict]:
     rows = []
     for i in range(start, start + n):
-        question = f"Case {i}: a {30 + i}-year-old has fever, cough and crackles. Most likely? A) pneumonia B) asthma"
+        question = (questions or {}).get(i) or f"Case {i}: a {30 + i}-year-old has fever, cough and crackles. Most likely? A) pneumonia B) asthma"
         rows.append({"id": f"r0-a{i}", "question": question, "reference_answer": "A", "version": "v1",
                      "messages": sft_messages(question, f"Step 1: fever and crackles in case {i}. Step 2: consolidation.", "A")})  # fmt: skip
     return rows
@@ -62,13 +69,14 @@ def _parquet(rows: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-def make_dataset_repo(root: Path, repo: str = REPO, versions: tuple[int, ...] = (8, 12)) -> dict[str, str]:
-    """A NanoFlux-like dataset repo with one tag per version (`versions` = train rows in each); {tag: commit}."""
+def make_dataset_repo(root: Path, repo: str = REPO, versions: tuple[int, ...] = (8, 12), questions: dict[int, str] | None = None) -> dict[str, str]:
+    """A NanoFlux-like dataset repo with one tag per version (`versions` = train rows in each; `questions` replaces some
+    rows' questions); {tag: commit}."""
     store = RepoStore(root)
     store.create_repo("dataset", repo)
     tags = {}
     for number, n in enumerate(versions, start=1):
-        files = {DATA_PATH: _parquet(_rows(0, n)), "data/test-00000-of-00001.parquet": _parquet(_rows(100, 2)), "README.md": README.encode()}
+        files = {DATA_PATH: _parquet(_rows(0, n, questions)), "data/test-00000-of-00001.parquet": _parquet(_rows(100, 2)), "README.md": README.encode()}
         sha = store.create_commit("dataset", repo, "main", add=files, title=f"v{number}")
         tags[f"v{number}"] = store.create_ref("dataset", repo, "tags", f"v{number}", sha)
     return tags
@@ -77,6 +85,12 @@ def make_dataset_repo(root: Path, repo: str = REPO, versions: tuple[int, ...] = 
 def _config(hub_dir: Path, output_dir: Path, *overrides: str) -> TrainConfig:
     """The local recipe, on `hub_dir`, shortened to a few steps."""
     return build_train_config(LOCAL_RECIPE, ["--hub_dir", str(hub_dir), "--output_dir", str(output_dir), "--max_steps", "4", *overrides])
+
+
+@pytest.fixture(autouse=True)
+def _in_the_checkout(monkeypatch):
+    """The recipes name repository paths (the evaluation recipe's fixtures): run from the checkout."""
+    monkeypatch.chdir(ROOT)
 
 
 @pytest.fixture
@@ -101,6 +115,7 @@ def test_both_recipes_load_and_validate():
     assert (local.model, local.hub_dir, local.dataset_name, local.revision) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "outputs/hub", REPO, "v1")
     assert (local.lora_r, local.lora_target_modules, local.max_steps, local.per_device_train_batch_size) == (8, ["q_proj", "v_proj"], 10, 2)
     assert (local.max_length, local.bf16, local.gradient_checkpointing, local.push_to_hub) == (512, False, False, None)
+    assert (local.eval_recipe, local.enable_thinking, local.benchmark_reasoning) == ("configs/eval/local.yaml", None, True)
 
     qwen = build_train_config(QWEN_RECIPE)
     assert (qwen.model, qwen.dataset_name, qwen.revision, qwen.hub_dir) == ("Qwen/Qwen3-4B", "org/nanoflux-medical", "v1", None)
@@ -109,6 +124,7 @@ def test_both_recipes_load_and_validate():
     assert (qwen.learning_rate, qwen.num_train_epochs, qwen.max_steps) == (1e-4, 3.0, -1)
     assert (qwen.per_device_train_batch_size, qwen.gradient_accumulation_steps, qwen.max_length) == (4, 4, 2048)
     assert (qwen.bf16, qwen.gradient_checkpointing, qwen.push_to_hub) == (True, True, "org/qwen3-4b-nanoflux-medical-lora")
+    assert (qwen.eval_recipe, qwen.enable_thinking) == ("configs/eval/medical.yaml", False)  # evaluation's prompt, evaluation's test rows
 
 
 def test_cli_overrides_win_and_learning_rates_may_be_written_1e_4():
@@ -149,10 +165,14 @@ def test_unknown_key_in_a_recipe_file_is_refused(tmp_path):
 def test_a_version_loads_from_the_local_folder_at_its_tagged_commit(tmp_path):
     tags = make_dataset_repo(tmp_path / "hub")
     config = _config(tmp_path / "hub", tmp_path / "out", "--eval_split", "test")
-    train, evaluation, commit = load_train_data(config)
-    assert commit == tags["v1"] != RepoStore(tmp_path / "hub").resolve("dataset", REPO, "main")
-    assert (len(train), len(evaluation), train.column_names) == (8, 2, ["messages"])
-    assert train[0]["messages"][0]["role"] == "user" and train[0]["messages"][1]["role"] == "assistant"
+    data = load_train_data(config)
+    assert data.commit == tags["v1"] != RepoStore(tmp_path / "hub").resolve("dataset", REPO, "main")
+    assert (len(data.train), len(data.evaluation), data.train.column_names) == (8, 2, ["prompt", "completion"])
+    # TRL's prompt-completion form: the question is the prompt (no loss), the annotated answer the completion.
+    row = data.train[0]
+    assert [m["role"] for m in row["prompt"]] == ["user"] and [m["role"] for m in row["completion"]] == ["assistant"]
+    assert row["completion"][0]["content"].endswith("\n\nFinal answer: A") and row["prompt"][0]["content"].startswith("Case 0:")
+    assert (data.targets, data.rows_with_reasoning, data.questions[0]) == ("reasoning", 8, _rows(0, 1)[0]["question"])
 
 
 def test_a_version_loads_from_the_hub_at_its_tagged_commit(tmp_path, hub_endpoint):
@@ -160,8 +180,8 @@ def test_a_version_loads_from_the_hub_at_its_tagged_commit(tmp_path, hub_endpoin
     with LocalHub(tmp_path / "hub") as hub:
         hub_endpoint(hub.url)
         config = build_train_config(LOCAL_RECIPE, ["--hub_dir", "null", "--revision", "v2"])
-        train, evaluation, commit = load_train_data(config)
-        assert (commit, len(train), evaluation) == (tags["v2"], 12, None)
+        data = load_train_data(config)
+        assert (data.commit, len(data.train), data.evaluation) == (tags["v2"], 12, None)
         with pytest.raises(TrainError, match=r"revision: local/nanoflux-medical has no version 'v7' \(versions: v1, v2\)"):
             load_train_data(build_train_config(LOCAL_RECIPE, ["--hub_dir", "null", "--revision", "v7"]))
 
@@ -203,6 +223,119 @@ def test_a_version_without_rows_fails_clearly(tmp_path, no_model_loading):
         main(_config(tmp_path / "hub", tmp_path / "out"))
 
 
+def test_a_conversation_becomes_prompt_and_completion_at_its_last_assistant_turn():
+    system = {"role": "system", "content": "Be brief."}
+    user = {"role": "user", "content": "Q?"}
+    answer = {"role": "assistant", "content": "Because.\n\nFinal answer: B"}
+    assert prompt_completion([system, user, answer], "row 0") == {"prompt": [system, user], "completion": [answer]}
+    with pytest.raises(TrainError, match=r"dataset_name: row 3 has no assistant turn after a user turn \(roles: \['user'\]\)\. Fix: publish rows"):
+        prompt_completion([user], "row 3")
+    assert has_reasoning(answer["content"]) and not has_reasoning("Final answer: B") and not has_reasoning("B")
+
+
+# --- fast: the full-benchmark baseline and the test rows -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "benchmark, message",
+    [
+        ("{format: gsm_hard}", "benchmark.format: training on it would train on evaluation rows: GSM-Hard has one split"),
+        ("{format: gsm8k, split: test}", "benchmark.split: training on it would train on evaluation rows: GSM-Hard's 1,319 questions are GSM8K's test questions"),
+        ("{format: pubmedqa, split: train}", "Fix: train the baseline on PubMedQA's artificial training set: benchmark: {format: pubmedqa, subset: pqa_artificial, split: train}"),
+        ("{format: genome_bench, split: test}", "benchmark.format: training on it would train on evaluation rows: Genome-Bench has one split"),
+        ("{format: medqa, split: test}", "benchmark.split: this is the split nanoflux eval scores MedQA (USMLE, 4 options) on"),
+        ("{format: medmcqa}", "benchmark.split: this is the split nanoflux eval scores MedMCQA on, so the baseline would train on its test rows (got 'validation')"),
+        ("{format: mmlu, subset: anatomy}", "benchmark.split: this is the split nanoflux eval scores MMLU on"),
+    ],
+)
+def test_a_baseline_on_the_rows_evaluation_scores_is_refused_naming_the_field_and_the_fix(benchmark, message):
+    with pytest.raises(ConfigError) as err:
+        build_train_config(LOCAL_RECIPE, ["--benchmark", benchmark])
+    assert message in str(err.value) and "Fix: " in str(err.value)
+
+
+@pytest.mark.parametrize("benchmark", ["{format: gsm8k, split: train}", "{format: pubmedqa, subset: pqa_artificial, split: train}",
+                                       "{format: medqa, split: train}", "{format: medmcqa, split: train}"])  # fmt: skip
+def test_the_baselines_training_splits_are_accepted(benchmark):
+    config = build_train_config(LOCAL_RECIPE, ["--benchmark", benchmark])
+    assert config.benchmark.split == "train"
+
+
+def test_baseline_rows_are_asked_as_evaluation_asks_them_with_the_benchmarks_reasoning_as_target():
+    medmcqa = BenchmarkConfig(format="medmcqa", path=str(FIXTURES / "medmcqa.jsonl"), split="train")
+    medmcqa.validate("benchmark")
+    data = baseline_rows(medmcqa)
+    asked = load_benchmark(medmcqa, reasoning=True)  # the prompt `nanoflux eval` sends (reasoning on)
+    assert [row["prompt"] for row in data.rows] == [[{"role": "user", "content": e.prompt}] for e in asked]
+    assert [row["completion"][0]["content"] for row in data.rows] == [f"{e.explanation}\n\nFinal answer: {e.gold}" for e in asked]
+    assert (data.targets, data.rows_with_reasoning, data.prompt) == ("reasoning", len(asked), "reasoning")
+
+    gsm8k = BenchmarkConfig(format="gsm8k", path=str(FIXTURES / "gsm8k.jsonl"), split="train")
+    gsm8k.validate("benchmark")
+    first = baseline_rows(gsm8k).rows[0]["completion"][0]["content"]
+    assert first == "She makes 24 + 18 = 42 muffins.\nAfter selling, 42 - 35 = 7 muffins are left.\n\nFinal answer: 7"  # no <<>> or ####
+
+    medqa = BenchmarkConfig(format="medqa", path=str(FIXTURES / "medqa.jsonl"), split="train")
+    medqa.validate("benchmark")
+    data = baseline_rows(medqa)
+    assert (data.targets, data.rows_with_reasoning) == ("answer_only", 0)  # MedQA has no explanations: recorded, not hidden
+    assert all(re.fullmatch(r"Final answer: [A-D]", row["completion"][0]["content"]) for row in data.rows)
+    answer_only = baseline_rows(medqa, reasoning=False)
+    assert answer_only.prompt == "answer_only" and all("letter of the correct option only" in r["prompt"][0]["content"] for r in answer_only.rows)
+
+
+def test_a_baseline_whose_questions_are_evaluation_test_rows_is_refused_before_any_model_loads(tmp_path, no_model_loading):
+    # The local evaluation scores medqa.jsonl as MedQA's test rows (all but its 3 dev rows): training on that file is refused.
+    bench = "{format: medqa, path: tests/fixtures/benchmarks/medqa.jsonl, split: train}"
+    config = build_train_config(LOCAL_RECIPE, ["--benchmark", bench, "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(TrainError) as err:
+        main(config)
+    assert re.search(r"^eval_recipe: the training data \(.*medqa\.jsonl@main@local\) holds 5 question\(s\) of the evaluation's test rows \(medqa test row \d+", str(err.value))
+    assert "Fix: train on data the evaluation does not score" in str(err.value) and not (tmp_path / "out").exists()
+
+
+def test_a_nanoflux_row_that_copies_a_test_question_is_refused_before_any_model_loads(tmp_path, no_model_loading):
+    leaked = next(iter(test_questions(_local_benchmark("medqa")).values()))
+    make_dataset_repo(tmp_path / "hub", questions={3: "  " + leaked.upper() + " "})  # case and spacing do not hide it
+    with pytest.raises(TrainError, match=r"eval_recipe: the training data \(local/nanoflux-medical@v1@[0-9a-f]{40}\) holds 1 question\(s\) of the evaluation's test rows \(medqa test row"):
+        main(_config(tmp_path / "hub", tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def _local_benchmark(name: str) -> BenchmarkConfig:
+    from trainer.evaluate import build_eval_config
+
+    return next(b for b in build_eval_config(LOCAL_EVAL).benchmarks if b.name == name)
+
+
+def test_no_test_row_question_enters_a_training_set(tmp_path):
+    """The training sources against every test row of the local evaluation: the NanoFlux rows and GSM8K (the GSM-Hard
+    baseline) share no question with them and pass; a local file the evaluation scores as test rows (the static check
+    cannot tell a file's role) and, when dev rows are checked too, a dev row are caught."""
+    from trainer.baseline import TestRowsInTraining
+    from trainer.evaluate import build_eval_config
+
+    evaluation = build_eval_config(LOCAL_EVAL)
+    tests = {question_key(q) for bench in evaluation.benchmarks for q in test_questions(bench).values()}
+    assert len(tests) >= 6 * 4
+    make_dataset_repo(tmp_path / "hub")
+    sources = {"nanoflux": load_train_data(_config(tmp_path / "hub", tmp_path / "out")).questions}
+    for name in ("gsm8k", "medmcqa"):
+        bench = BenchmarkConfig(format=name, path=str(FIXTURES / f"{name}.jsonl"), split="train")
+        bench.validate("benchmark")
+        sources[name] = [row["question"] for row in baseline_rows(bench).rows]
+    for name in ("nanoflux", "gsm8k"):
+        assert sources[name] and not {question_key(q) for q in sources[name]} & tests, name
+        assert check_no_test_rows(sources[name], evaluation, field_name="eval_recipe", what=name) == len(tests)
+    # medmcqa.jsonl is the local evaluation's MedMCQA file: all but its 3 dev rows are test rows there.
+    assert len({question_key(q) for q in sources["medmcqa"]} & tests) == 5
+    with pytest.raises(TestRowsInTraining, match=r"eval_recipe: medmcqa holds 5 question\(s\) of the evaluation's test rows \(medmcqa test row"):
+        check_no_test_rows(sources["medmcqa"], evaluation, field_name="eval_recipe", what="medmcqa")
+    # gsm8k.jsonl holds GSM-Hard's dev rows there (a seeded sample of 4): caught when dev rows are checked too (a sweep).
+    with pytest.raises(TestRowsInTraining, match=r"holds 4 question\(s\) of the evaluation's test and dev rows \(gsm-hard dev row"):
+        check_no_test_rows(sources["gsm8k"], evaluation, field_name="pool", what="gsm8k", partitions=("test", "dev"))
+
+
 # --- slow: real training on the packaged SmolLM2 ---------------------------------------------------------
 
 
@@ -230,6 +363,7 @@ def run(tmp_path_factory, embedded_model_dir):
         return started
 
     with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)  # the evaluation recipe's fixtures (its test rows are checked before training)
         mp.setattr(trl, "SFTTrainer", CapturedSFTTrainer)
         mp.setattr(LocalHub, "start", start_failing_commits)
         with pytest.raises(PublishError) as err:
@@ -250,6 +384,72 @@ def test_training_logs_a_finite_loss_and_counts_steps_and_tokens(run):
     assert 4 * 2 * 20 < summary["train_tokens"] < 4 * 2 * 512
     assert summary["device"] == "cpu" and summary["gpu"] is None and summary["wall_time_s"] > 0
     assert summary["hyperparameters"]["lora_r"] == 8 and summary["hyperparameters"]["precision"] == "fp32"
+    # What a measured compute ratio needs: 4 steps x batch 2 over 8 rows is one epoch.
+    compute = summary["compute"]
+    assert (compute["optimizer_steps"], compute["epochs_trained"], compute["examples"], compute["devices"], compute["segments"]) == (4, 1.0, 8, 1, 1)
+    assert compute["train_tokens"] == summary["train_tokens"] == compute["tokens_per_epoch"]  # one epoch, padding excluded
+    assert 0 < compute["loss_tokens_per_epoch"] < compute["tokens_per_epoch"]  # the answers only
+    assert compute["device_seconds"] == compute["train_seconds"] == summary["wall_time_s"] and compute["device_name"] not in ("", "cpu")
+    assert summary["dataset"]["test_rows_checked"] > 0 and summary["dataset"]["targets"] == "reasoning"
+
+
+@pytest.mark.slow
+def test_the_loss_covers_the_answer_only_the_prompt_labels_are_masked(run, embedded_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    assert run.trainer.args.completion_only_loss is True
+    dataset = run.trainer.train_dataset
+    assert len(dataset) == 8
+    for row in dataset:
+        ids, labels = row["input_ids"], row["labels"]
+        # The prompt as evaluation renders it (chat template, generation prompt): every one of its labels is -100...
+        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert ids[:n] == tokenizer(prompt, add_special_tokens=False)["input_ids"] and set(labels[:n]) == {-100}
+        # ...and every completion token (the answer and the end-of-turn token) is a label.
+        assert labels[n:] == ids[n:] and -100 not in labels[n:]
+        answer = tokenizer.decode(ids[n:])
+        assert answer.startswith(row["completion"][0]["content"]) and "<|im_end|>" in answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("enable_thinking", [False, None])
+def test_with_qwen3s_chat_template_the_prompt_evaluation_sends_is_masked(tmp_path, embedded_model_dir, enable_thinking):
+    """Qwen3's own template (TRL ships an exact copy) on a tiny random model: with enable_thinking false, as evaluation
+    asks, the empty think block belongs to the masked prompt and the loss starts at the answer."""
+    from pathlib import Path as _Path
+
+    import trl
+    from peft import LoraConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    from trainer.train import make_trainer
+    from trainer.train_data import _dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    tokenizer.chat_template = (_Path(trl.__file__).parent / "chat_templates" / "qwen3.jinja").read_text()
+    tiny = AutoConfig.from_pretrained(embedded_model_dir)
+    tiny.update({"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16})
+    model = AutoModelForCausalLM.from_config(tiny)
+    config = build_train_config(LOCAL_RECIPE, ["--enable_thinking", json.dumps(enable_thinking), "--eval_recipe", "null"])
+    question = "What is 2 + 2?\n\nGive only the final numeric answer, written as `Final answer: <number>`."
+    rows = [prompt_completion(sft_messages(question, "2 and 2 make 4.", "4"), "row 0")]
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", max_length=256, completion_only_loss=True, bf16=False, activation_checkpointing=False, use_cpu=True)
+    trainer = make_trainer(config, model, tokenizer, args, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"), _dataset(rows), None)
+    row = trainer.train_dataset[0]
+    masked = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label == -100])
+    trained = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
+    asked = tokenizer.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=False,
+                                          **({} if enable_thinking is None else {"enable_thinking": enable_thinking}))  # fmt: skip
+    # What evaluation sends, with the same enable_thinking, is masked; only whitespace at the boundary may go to the
+    # completion (this tokenizer merges "\n\n" with the next word; TRL starts the completion where the tokens diverge).
+    assert asked.startswith(masked) and not asked[len(masked):].strip()
+    if enable_thinking is False:
+        assert masked.rstrip().endswith("<|im_start|>assistant\n<think>\n\n</think>") and trained.lstrip() == "2 and 2 make 4.\n\nFinal answer: 4<|im_end|>\n"
+    else:  # without it, the template's empty think block is part of what the model learns to write
+        assert trained.startswith("<think>\n\n</think>\n\n2 and 2 make 4.")
 
 
 @pytest.mark.slow
@@ -310,6 +510,9 @@ def test_the_card_pins_the_dataset_tag_and_commit(run):
     assert "Not evaluated yet" in card.text
     assert f'PeftModel.from_pretrained(base, "{ADAPTER_REPO}")' in card.text
     assert "## Evaluation" in card.text and "model-index" not in yaml.safe_dump(card.data.to_dict())
+    # The epochs actually trained, not the configured limit alone; the loss is on the answer only.
+    assert "| epochs trained | 1.00 (limits: num_train_epochs 1.0, max_steps 4, which stops training first) |" in card.text
+    assert "the loss covers the assistant's answer only" in card.text and "Checked against the" in card.text
     saved = yaml.safe_load((run.out / "nanoflux_train.yaml").read_text())
     assert saved["revision"] == "v1" and saved["max_steps"] == 4 and saved["hub_dir"] is None  # no local paths
 
@@ -381,15 +584,26 @@ def test_a_run_killed_part_way_resumes_from_its_last_checkpoint(tmp_path, embedd
 
 @pytest.mark.slow
 def test_the_full_benchmark_baseline_trains_on_a_benchmark_training_split(tmp_path, embedded_model_dir):
-    bench = "{format: medqa, path: " + str(ROOT / "tests/fixtures/benchmarks/medqa.jsonl") + ", split: train}"
-    config = build_train_config(LOCAL_RECIPE, ["--benchmark", bench, "--output_dir", str(tmp_path / "baseline"), "--max_steps", "2"])
+    from trainer.baseline import evaluation_row_keys
+    from trainer.evaluate import build_eval_config
+
+    # A MedQA-format training file that is no evaluation's test file (the local evaluation scores medqa.jsonl).
+    train_file = tmp_path / "medqa_train.jsonl"
+    rows = [json.loads(line) for line in (FIXTURES / "medqa.jsonl").read_text().splitlines() if line.strip()]
+    train_file.write_text("".join(json.dumps({**row, "question": f"(Training case {i}) {row['question']}"}) + "\n" for i, row in enumerate(rows)))
+    bench = "{format: medqa, path: " + str(train_file) + ", split: train}"
+    config = build_train_config(LOCAL_RECIPE, ["--benchmark", bench, "--output_dir", str(tmp_path / "baseline"), "--max_steps", "5"])
     summary = main(config)
 
     data = summary["dataset"]
-    assert (data["benchmark"], data["split"], data["commit"], summary["steps"]) == ("medqa", "train", "local", 2)
-    assert data["rows"] == sum(1 for line in (ROOT / "tests/fixtures/benchmarks/medqa.jsonl").read_text().splitlines() if line.strip())
+    assert (data["benchmark"], data["split"], data["commit"], summary["steps"], data["rows"]) == ("medqa", "train", "local", 5, len(rows))
+    tests = len(evaluation_row_keys(build_eval_config(LOCAL_EVAL)))
+    assert (data["targets"], data["rows_with_reasoning"], data["prompt"], data["test_rows_checked"]) == ("answer_only", 0, "reasoning", tests)
+    assert summary["compute"]["epochs_trained"] == pytest.approx(10 / 8)  # 5 steps x 2 rows over 8 rows
     card = (tmp_path / "baseline" / "README.md").read_text()
     assert "the full-benchmark fine-tuning baseline" in card and "Benchmark `medqa`" in card
+    assert "- Targets: `answer_only` (0 of 8 carry reasoning)" in card and "**Limitation:**" in card and "--reasoning false" in card
+    assert "| epochs trained | 1.25 (limits: num_train_epochs 1.0, max_steps 5, which stops training first) |" in card
 
 
 def test_the_paper_recipes_load_and_chain_one_step_into_the_next():
@@ -408,3 +622,6 @@ def test_the_paper_recipes_load_and_chain_one_step_into_the_next():
     assert (evaluation.adapter, evaluation.baseline_adapter) == (train.push_to_hub, baseline.push_to_hub)
     assert (baseline.benchmark.format, baseline.benchmark.split) == (evaluation.compute.baseline.format, evaluation.compute.baseline.split) == ("medqa", "train")
     assert evaluation.compute.nanoflux_data == train.dataset_name
+    # Both adapters are trained on what step 4 does not score, and asked as step 4 asks.
+    assert train.eval_recipe == baseline.eval_recipe == "configs/paper/medical-eval.yaml" and evaluation.partition == "test"
+    assert train.enable_thinking == baseline.enable_thinking == evaluation.enable_thinking is False and baseline.benchmark_reasoning == evaluation.reasoning

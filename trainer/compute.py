@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from builder.config import fail, is_repo_id
 from trainer.benchmarks import BenchmarkConfig, EvalError, Example, load_rows, normalise
+from trainer.rows import answer_target
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +153,7 @@ def count_training_tokens(conversations: Iterable[list[dict[str, str]]], tokeniz
 def benchmark_conversations(examples: Sequence[Example]) -> list[list[dict[str, str]]]:
     """A benchmark's training rows as SFT conversations: prompt → (explanation, then) `Final answer: <gold>`."""
 
-    def target(example: Example) -> str:
-        gold = f"{example.gold:g}" if isinstance(example.gold, float) else example.gold
-        return (f"{example.explanation}\n\n" if example.explanation else "") + f"Final answer: {gold}"
-
-    return [[{"role": "user", "content": e.prompt}, {"role": "assistant", "content": target(e)}] for e in examples]
+    return [[{"role": "user", "content": e.prompt}, {"role": "assistant", "content": answer_target(e.explanation, e.gold)}] for e in examples]
 
 
 def estimate_compute(compute: ComputeConfig, tokenizer: Any, *, reasoning: bool = True) -> dict[str, Any]:

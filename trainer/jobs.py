@@ -73,9 +73,10 @@ def check_job_settings(config: Any) -> None:
 
 def job_recipe(config: Any) -> str:
     """The recipe the job runs: the same settings, trained where it runs (backend local), written to a folder of the
-    job's own disk (a path of the submitting machine means nothing there)."""
+    job's own disk (a path of the submitting machine means nothing there). The test-row check (`eval_recipe`, a file
+    of the submitting machine) runs before submission, so the job does not repeat it."""
     output_dir = f"outputs/{Path(config.output_dir).name or 'adapter'}"
-    return yaml.safe_dump({**to_dict(config), "backend": "local", "output_dir": output_dir}, sort_keys=False)
+    return yaml.safe_dump({**to_dict(config), "backend": "local", "output_dir": output_dir, "eval_recipe": None}, sort_keys=False)
 
 
 def job_spec(config: Any, *, package: str, fetch: str | None = None) -> dict[str, Any]:
@@ -123,15 +124,20 @@ def main(config: Any, *, detach: bool = False, on_log: Callable[[str], None] | N
     `config` is a validated TrainConfig with backend jobs (its `validate()` ran `check_job_settings`)."""
     from huggingface_hub import HfApi, get_token
 
-    from trainer.train import _hub_commit, _preflight
+    from trainer.train import _preflight
+    from trainer.train_data import _hub_commit, check_test_rows, load_train_data
 
     token = get_token()
     if not token:
         raise JobsError("HF_TOKEN: not set and not logged in; a job needs a write token (passed to it as a secret). Fix: export HF_TOKEN=hf_... or run `hf auth login`")
     api = HfApi(token=token)
     namespace = config.job_namespace or api.whoami()["name"]
-    # Before anything is uploaded or submitted: the data exists at that version and the adapter repo is writable.
-    if config.benchmark is None:
+    # Before anything is uploaded or submitted: the data exists at that version, asks no question of the evaluation's
+    # test rows (with eval_recipe), and the adapter repo is writable.
+    if config.eval_recipe:
+        data = load_train_data(config)
+        check_test_rows(config, data, f"the training data of {config.benchmark.name if config.benchmark else config.dataset_name}")
+    elif config.benchmark is None:
         commit = _hub_commit(config.dataset_name, config.revision)
         logger.info("Dataset %s@%s = commit %s", config.dataset_name, config.revision, commit[:12])
     _preflight(config)

@@ -231,3 +231,18 @@ def split_inline_options(text: str) -> tuple[str, list[str]]:
     bounds = [m.start() for m in best[1:]] + [len(text)]
     options = [text[m.end() : end].strip().strip("'\"“”").strip() for m, end in zip(best, bounds)]
     return _CHOOSE.sub("", text[: best[0].start()]).strip(), options
+
+
+def format_gold(gold: str | float) -> str:
+    """A gold answer as a target writes it: a letter or yes/no/maybe as is, a number without exponent or trailing .0."""
+    if isinstance(gold, str):
+        return gold
+    if float(gold).is_integer():
+        return str(int(gold))
+    return repr(float(gold))
+
+
+def answer_target(explanation: str | None, gold: str | float) -> str:
+    """A training target: the explanation (when there is one), then `Final answer: <gold>`, which evaluation reads."""
+    explanation = (explanation or "").strip()
+    return (f"{explanation}\n\n" if explanation else "") + f"Final answer: {format_gold(gold)}"

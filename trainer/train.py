@@ -7,12 +7,14 @@ Usage:
     nanoflux publish-adapter outputs/adapter --repo_id org/name        # retry only the push of a trained adapter
 
 `main(config)` reads top to bottom: load the dataset at `revision` and resolve the exact commit it points to (before
-any model is loaded, so a wrong version fails in seconds), check the adapter repo is writable, load the base model,
-train a LoRA adapter with `SFTTrainer(peft_config=LoraConfig(...))` on the `messages` column (conversational format:
-TRL applies the model's chat template), then write to `output_dir`: the adapter (never merged weights),
-`training_summary.json`, the resolved config `nanoflux_train.yaml` and the adapter card `README.md`, which pins the
-data as `repo@tag@commit`. With `push_to_hub`, those files go up in one commit; a failed push leaves them on disk
-and `publish_adapter` (the `publish-adapter` command) retries just the push.
+any model is loaded, so a wrong version fails in seconds), or a benchmark's training rows for the full-benchmark
+baseline (trainer.baseline), as TRL prompt-completion rows (trainer.train_data); with `eval_recipe`, refuse rows that
+ask a question of that evaluation's test rows; check the adapter repo is writable; load the base model; train a LoRA
+adapter with `SFTTrainer(peft_config=LoraConfig(...))` whose loss covers the assistant's answer only (the prompt's
+labels are masked); then write to `output_dir`: the adapter (never merged weights), `training_summary.json` (with the
+`compute` a measured compute ratio needs), the resolved config `nanoflux_train.yaml` and the adapter card `README.md`,
+which pins the data as `repo@tag@commit`. With `push_to_hub`, those files go up in one commit; a failed push leaves
+them on disk and `publish_adapter` (the `publish-adapter` command) retries just the push.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import io
 import json
 import logging
 import math
-import tempfile
 import time
 import typing
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ import yaml
 from builder.config import check_range, check_repo_id, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
 from builder.embedded import DEFAULT_MODEL_ID, model_path
 from builder.publish import PublishError, open_target, package_versions
-from trainer.evaluate import BenchmarkConfig
+from trainer.benchmarks import BenchmarkConfig
+from trainer.train_data import TrainData, TrainError, check_test_rows, load_train_data  # noqa: F401  (TrainError, load_train_data: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +50,6 @@ CARD_TAGS = ["nanoflux", "lora", "sft", "trl"]
 # no pickles (`training_args.bin` is a pickled TrainingArguments) and no folders (checkpoints, logs).
 UPLOAD_SKIP = ("*.bin", "*.pt", "*.pth", "*.pkl")
 VERSIONED_PACKAGES = ("nanoflux", "trl", "peft", "transformers", "torch", "datasets", "huggingface_hub")
-
-
-class TrainError(RuntimeError):
-    """The run cannot go on (e.g. no such dataset version, no rows); the message says why and what to do."""
 
 
 @dataclass
@@ -67,8 +65,18 @@ class TrainConfig:
     benchmark: BenchmarkConfig | None = None
     """Train on this benchmark's own training split instead of a NanoFlux dataset, e.g. {format: medqa, split: train}:
     the paper's full-benchmark fine-tuning baseline (dataset_name and revision are then not used)."""
+    benchmark_reasoning: bool = True
+    """Baseline only: the user turn asks for step-by-step reasoning (as `nanoflux eval` with `reasoning: true`) and the
+    target carries the benchmark's explanation where it has one. false: the answer-only prompt and target, for a
+    benchmark without explanations (MedQA) whose adapters are all evaluated with `--reasoning false`."""
     eval_split: str | None = None
     """A split of the dataset repo to compute an eval loss on after training (null: none)."""
+    eval_recipe: str | None = None
+    """The evaluation recipe the adapter will be scored with: training refuses to start when a training row asks a
+    question of its benchmarks' test rows (null: no check)."""
+    enable_thinking: bool | None = None
+    """Passed to the chat template when set, as `nanoflux eval` passes it (Qwen3: false puts the empty think block in
+    the prompt, as evaluation asks), so that training sees the prompt evaluation sends."""
     model: str = DEFAULT_MODEL_ID
     """Base model: a Hub id or a local folder; the packaged SmolLM2-135M-Instruct needs no download."""
     lora_r: int = 8
@@ -121,9 +129,16 @@ class TrainConfig:
         if not self.model.strip():
             fail("model", self.model, "empty", f"give a Hub model id, e.g. {DEFAULT_MODEL_ID}")
         if self.benchmark is not None:
+            from trainer.baseline import check_baseline_source
+
             self.benchmark.validate("benchmark")
+            check_baseline_source(self.benchmark, "benchmark")
+            if self.eval_split is not None:
+                fail("eval_split", self.eval_split, "a benchmark baseline has no eval split", "remove eval_split")
         if self.eval_split is not None and not self.eval_split.strip():
             fail("eval_split", self.eval_split, "empty", "name a split of the dataset repo, or remove it")
+        if self.eval_recipe is not None and not self.eval_recipe.strip():
+            fail("eval_recipe", self.eval_recipe, "empty", "name the evaluation recipe, e.g. configs/eval/medical.yaml, or null")
         check_range("lora_r", self.lora_r, 1, 1024)
         check_range("lora_alpha", self.lora_alpha, 1, 4096)
         check_range("lora_dropout", self.lora_dropout, 0.0, 0.9)
@@ -172,112 +187,6 @@ def public_config(config: TrainConfig) -> dict[str, Any]:
     return {**to_dict(config), "hub_dir": None, "adapter_hub_dir": None, "output_dir": None}
 
 
-# --- data ------------------------------------------------------------------------------------------------
-
-
-def load_train_data(config: TrainConfig) -> tuple[Any, Any, str]:
-    """(train, eval or None, commit sha): the dataset at `config.revision`, only its `messages` column.
-
-    The revision is resolved to a commit first and the data is read at that commit, so what is trained on is exactly
-    the commit the card names, even if the tag moved meanwhile.
-    """
-    from datasets import load_dataset
-
-    if config.benchmark is not None:
-        return _benchmark_data(config.benchmark)
-    repo, revision = config.dataset_name, config.revision
-    with tempfile.TemporaryDirectory(prefix="nanoflux-train-data-") as checkout:
-        if config.hub_dir is None:
-            commit = _hub_commit(repo, revision)
-            source = {"path": repo, "revision": commit}
-        else:
-            store = _local_store(config.hub_dir, repo)
-            commit = _local_commit(store, repo, revision)
-            # load_dataset copies the parquet into its cache, so the checkout can go when this block ends.
-            source = {"path": str(store.checkout("dataset", repo, commit, checkout))}
-        try:
-            splits = load_dataset(**source)
-        except ValueError as err:  # datasets refuses a split without rows ("Instruction 'train' corresponds to no data!")
-            raise _no_rows(repo, revision, commit, f" ({err})") from None
-
-    def sft(split: str) -> Any:
-        if split not in splits:
-            raise TrainError(f"{repo}@{revision} has no split {split!r} (has: {list(splits)}). Fix: publish it, or pick one of those")
-        data = splits[split]
-        if "messages" not in data.column_names:
-            raise TrainError(f"dataset_name: {repo}@{revision} has no `messages` column, so it is not a NanoFlux dataset. Fix: point at a dataset `nanoflux build` published")
-        # SFT needs only the conversation; TRL applies the chat template to it.
-        return data.select_columns(["messages"]).filter(lambda row: bool(row["messages"]))
-
-    train = sft("train")
-    if len(train) == 0:
-        raise _no_rows(repo, revision, commit)
-    evaluation = sft(config.eval_split) if config.eval_split else None
-    logger.info("Dataset %s@%s = commit %s: %d training conversations", repo, revision, commit[:12], len(train))
-    return train, evaluation, commit
-
-
-def _benchmark_data(bench: BenchmarkConfig) -> tuple[Any, None, str]:
-    """A benchmark's training split as SFT conversations (prompt -> explanation, then `Final answer: <gold>`), the
-    same conversations `nanoflux eval`'s compute accounting counts; the commit is the Hub commit it resolved to."""
-    from datasets import Dataset
-
-    from trainer.evaluate import EvalError, benchmark_conversations, load_benchmark, resolve_revision
-
-    commit = resolve_revision(bench) or "local"
-    try:
-        examples = load_benchmark(bench, revision=None if commit == "local" else commit)
-    except (EvalError, OSError, ValueError) as err:
-        raise TrainError(f"benchmark: cannot read {bench.path} [{bench.split}] ({str(err).splitlines()[0]}). Fix: check benchmark.path, subset and split") from None
-    if not examples:
-        raise TrainError(f"benchmark: {bench.path} [{bench.split}] has no rows with a usable answer. Fix: check benchmark.columns")
-    logger.info("Baseline data: %s [%s], %d training conversations", bench.path, bench.split, len(examples))
-    return Dataset.from_dict({"messages": benchmark_conversations(examples)}), None, commit
-
-
-def _hub_commit(repo: str, revision: str) -> str:
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    api = HfApi()
-    try:
-        return api.dataset_info(repo, revision=revision).sha
-    except RevisionNotFoundError:
-        raise _no_revision(repo, revision, [tag.name for tag in api.list_repo_refs(repo, repo_type="dataset").tags]) from None
-    except RepositoryNotFoundError:
-        raise TrainError(f"dataset_name: no dataset repo {repo!r} on {api.endpoint}. Fix: check the repo id (and HF_TOKEN for a private repo), or set hub_dir for a local folder") from None
-    except HfHubHTTPError as err:
-        raise TrainError(f"dataset_name: cannot read {repo}@{revision} ({str(err).splitlines()[0]}). Fix: check the network and HF_TOKEN") from None
-
-
-def _local_store(hub_dir: str, repo: str) -> Any:
-    from builder.localhub import RepoStore
-
-    if not Path(hub_dir).is_dir():  # RepoStore would create it
-        raise TrainError(f"hub_dir: folder not found (got {hub_dir!r}). Fix: point it at the folder `nanoflux build --hub_dir` published to")
-    store = RepoStore(hub_dir)
-    if not store.exists("dataset", repo):
-        raise TrainError(f"dataset_name: no dataset repo {repo!r} in {hub_dir} (has: {store.list_repos('dataset')}). Fix: check the repo id")
-    return store
-
-
-def _local_commit(store: Any, repo: str, revision: str) -> str:
-    from builder.localhub import HubError
-
-    try:
-        return store.resolve("dataset", repo, revision)
-    except HubError:
-        raise _no_revision(repo, revision, list(store.refs("dataset", repo)["tags"])) from None
-
-
-def _no_rows(repo: str, revision: str, commit: str, detail: str = "") -> TrainError:
-    return TrainError(f"revision: {repo}@{revision} (commit {commit[:12]}) has no rows to train on{detail}. Fix: pick a version that has rows, or publish a build that kept some")
-
-
-def _no_revision(repo: str, revision: str, tags: list[str]) -> TrainError:
-    return TrainError(f"revision: {repo} has no version {revision!r} (versions: {', '.join(sorted(tags)) or 'none'}). Fix: pass --revision with one of those")
-
-
 # --- the run ---------------------------------------------------------------------------------------------
 
 
@@ -292,8 +201,10 @@ def main(config: TrainConfig) -> dict[str, Any]:
     if config.bf16 and not torch.accelerator.is_available():
         raise TrainError("bf16: no GPU or other accelerator found (got True). Fix: pass --bf16 false to train in fp32 on CPU")
     output_dir = Path(config.output_dir)
-    # Data first and the push target second: a wrong version or a read-only token fails before any compute.
-    train_dataset, eval_dataset, commit = load_train_data(config)
+    # Data, the test-row guard and the push target first: a wrong version, a leaked test row or a read-only token
+    # fails before any compute.
+    data = load_train_data(config)
+    checked = check_test_rows(config, data, f"the training data ({_data_record(config, data, None)['pinned']})") if config.eval_recipe else None
     if config.push_to_hub:
         _preflight(config)
 
@@ -318,6 +229,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
         per_device_train_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_length=config.max_length,
+        completion_only_loss=True,  # prompt-completion rows: the loss covers the assistant's answer only
         bf16=config.bf16,  # SFTConfig defaults to bf16 and checkpointing on: always say which
         activation_checkpointing=config.gradient_checkpointing,  # transformers' new name for gradient_checkpointing
         logging_steps=config.logging_steps,
@@ -332,25 +244,26 @@ def main(config: TrainConfig) -> dict[str, Any]:
         report_to="none",
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    trainer = make_trainer(config, model, tokenizer, args, peft_config, data.train, data.evaluation)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     logger.info("LoRA: %d trainable parameters of %d (%.3f%%)", trainable, total, 100 * trainable / total)
+    tokens = epoch_tokens(trainer.train_dataset)
+    examples = len(trainer.train_dataset)  # TRL drops a row whose answer max_length cut off entirely
+    if examples < len(data.train):
+        logger.warning("%d of %d rows lost their whole answer to max_length %d and are not trained on. Fix: raise max_length",
+                       len(data.train) - examples, len(data.train), config.max_length)  # fmt: skip
 
-    # A run killed part-way resumes from its last checkpoint (optimizer, scheduler, data order and step restored).
+    # A run killed part-way resumes from its last checkpoint (optimizer, scheduler, data order and step restored); the
+    # clock carries the seconds the earlier segments trained.
     checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    clock = TrainClock(Path(checkpoint) if checkpoint else None)
     if checkpoint:
-        logger.info("Resuming from %s", checkpoint)
-    start = time.perf_counter()
+        logger.info("Resuming from %s (%.0f s trained before)", checkpoint, clock.before)
+    trainer.add_callback(clock.callback())
+    clock.start()
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    wall = time.perf_counter() - start
-    eval_loss = trainer.evaluate()["eval_loss"] if eval_dataset is not None else None
+    train_seconds = clock.seconds()
+    eval_loss = trainer.evaluate()["eval_loss"] if data.evaluation is not None else None
 
     trainer.save_model(str(output_dir))  # a PeftModel saves the adapter only (+ the tokenizer), never merged weights
     if path != config.model:
@@ -362,22 +275,39 @@ def main(config: TrainConfig) -> dict[str, Any]:
 
     losses = [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
     device = trainer.args.device
+    devices = args.world_size
     summary = {
         "base_model": config.model,
-        "dataset": _data_record(config, commit, len(train_dataset), len(eval_dataset) if eval_dataset is not None else None),
+        "dataset": {**_data_record(config, data, len(data.evaluation) if data.evaluation is not None else None),
+                    "eval_recipe": config.eval_recipe, "test_rows_checked": checked},
         "steps": trainer.state.global_step,
         "resumed_from": Path(checkpoint).name if checkpoint else None,
         "epochs": trainer.state.epoch,
         "train_tokens": trainer.state.num_input_tokens_seen,
-        "wall_time_s": round(wall, 1),
+        "wall_time_s": round(train_seconds, 1),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        # What a measured compute ratio needs, in one place (`nanoflux eval`'s compute section reads it).
+        "compute": {
+            "optimizer_steps": trainer.state.global_step,
+            "epochs_trained": trainer.state.epoch,
+            "examples": examples,
+            "train_tokens": trainer.state.num_input_tokens_seen,
+            "tokens_per_epoch": tokens["input"],
+            "loss_tokens_per_epoch": tokens["loss"],
+            "train_seconds": round(train_seconds, 1),
+            "devices": devices,
+            "device_seconds": round(train_seconds * devices, 1),
+            "device_name": device_name(device),
+            "segments": clock.segments,
+        },
         "loss": {
             "first": losses[0][1] if losses else None,
             "min": min(loss for _, loss in losses) if losses else None,
             "last": losses[-1][1] if losses else None,
             "mean": result.training_loss,
             "curve": [[step, loss] for step, loss in losses],
+            "on": "completion only (the assistant's answer; prompt tokens are masked)",
         },
         "eval_loss": eval_loss,
         "trainable_parameters": trainable,
@@ -388,12 +318,14 @@ def main(config: TrainConfig) -> dict[str, Any]:
             "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
             "num_train_epochs": config.num_train_epochs,
             "max_steps": config.max_steps,
+            "epochs_trained": trainer.state.epoch,
             "per_device_train_batch_size": config.per_device_train_batch_size,
             "gradient_accumulation_steps": config.gradient_accumulation_steps,
-            "effective_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps * args.world_size,
+            "effective_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps * devices,
             "max_length": config.max_length,
             "precision": "bf16" if config.bf16 else "fp32",
             "gradient_checkpointing": config.gradient_checkpointing,
+            "enable_thinking": config.enable_thinking,
             "seed": config.seed,
         },
         "license": config.license,
@@ -407,8 +339,9 @@ def main(config: TrainConfig) -> dict[str, Any]:
     write_card(output_dir, config.push_to_hub)
     loss = summary["loss"]
     logger.info(
-        "Trained %d steps on %d tokens in %.0f s on %s; loss first %s, min %s, last %s. Adapter in %s",
-        summary["steps"], summary["train_tokens"], wall, summary["gpu"] or device, loss["first"], loss["min"], loss["last"], output_dir,
+        "Trained %d steps (%.2f epochs) on %d tokens in %.0f s on %s; loss first %s, min %s, last %s. Adapter in %s",
+        summary["steps"], summary["epochs"], summary["train_tokens"], train_seconds, summary["compute"]["device_name"],
+        loss["first"], loss["min"], loss["last"], output_dir,
     )  # fmt: skip
 
     if config.push_to_hub:
@@ -416,21 +349,96 @@ def main(config: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def _data_record(config: TrainConfig, commit: str, rows: int, eval_rows: int | None) -> dict[str, Any]:
+def make_trainer(config: TrainConfig, model: Any, tokenizer: Any, args: Any, peft_config: Any, train: Any, evaluation: Any | None) -> Any:
+    """TRL's SFTTrainer on prompt-completion rows: it applies the chat template (with `enable_thinking` when set, as
+    evaluation does) and masks the prompt's labels (-100), so the loss is on the assistant's answer only."""
+    from trl import SFTTrainer
+
+    def with_kwargs(dataset: Any) -> Any:
+        if dataset is None or config.enable_thinking is None:
+            return dataset
+        return dataset.add_column("chat_template_kwargs", [{"enable_thinking": config.enable_thinking}] * len(dataset))
+
+    return SFTTrainer(model=model, args=args, train_dataset=with_kwargs(train), eval_dataset=with_kwargs(evaluation),
+                      processing_class=tokenizer, peft_config=peft_config)  # fmt: skip
+
+
+def epoch_tokens(dataset: Any) -> dict[str, int]:
+    """Tokens of one epoch over a prepared (tokenized, truncated) dataset: all of them, and those with a loss."""
+    inputs = loss = 0
+    for labels in dataset["labels"]:
+        inputs += len(labels)
+        loss += sum(label != -100 for label in labels)
+    return {"input": inputs, "loss": loss}
+
+
+class TrainClock:
+    """Training seconds across a run and the earlier segments it resumed from (each checkpoint records the total)."""
+
+    FILE = "nanoflux_clock.json"
+
+    def __init__(self, checkpoint: Path | None) -> None:
+        saved = json.loads((checkpoint / self.FILE).read_text()) if checkpoint and (checkpoint / self.FILE).is_file() else {}
+        self.before: float = float(saved.get("train_seconds", 0.0))
+        self.segments: int = int(saved.get("segments", 0)) + 1
+        self._start = time.perf_counter()
+
+    def start(self) -> None:
+        self._start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self._start
+
+    def callback(self) -> Any:
+        """A TrainerCallback that writes the total so far into every checkpoint transformers saves."""
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class SaveClock(TrainerCallback):
+            def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    (folder / clock.FILE).write_text(json.dumps({"train_seconds": clock.seconds(), "segments": clock.segments}))
+
+        return SaveClock()
+
+
+def device_name(device: Any) -> str:
+    """The hardware a run trained on, in words: the GPU's name, else the CPU's model name."""
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _data_record(config: TrainConfig, data: TrainData, eval_rows: int | None) -> dict[str, Any]:
     """What the adapter was trained on, for the summary and the card."""
+    targets = {"targets": data.targets, "rows_with_reasoning": data.rows_with_reasoning, "prompt": data.prompt}
     bench = config.benchmark
     if bench is not None:
         revision = bench.revision or "main"
         return {"benchmark": bench.name, "repo_id": bench.path, "subset": bench.subset, "split": bench.split, "revision": revision,
-                "commit": commit, "pinned": f"{bench.path}@{revision}@{commit}", "rows": rows, "eval_split": None, "eval_rows": None}  # fmt: skip
+                "commit": data.commit, "pinned": f"{bench.path}@{revision}@{data.commit}", "rows": len(data.train), "eval_split": None,
+                "eval_rows": None, **targets}  # fmt: skip
     return {
         "repo_id": config.dataset_name,
         "revision": config.revision,
-        "commit": commit,
-        "pinned": f"{config.dataset_name}@{config.revision}@{commit}",
-        "rows": rows,
+        "commit": data.commit,
+        "pinned": f"{config.dataset_name}@{config.revision}@{data.commit}",
+        "rows": len(data.train),
         "eval_split": config.eval_split,
         "eval_rows": eval_rows,
+        **targets,
     }
 
 

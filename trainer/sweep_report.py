@@ -1,0 +1,378 @@
+"""A sweep's report: `results.parquet`, `results.md`, one plot per swept dimension, and the dataset card's section
+(`trainer/sweep_report.py`).
+
+Cells are chosen on the dev partition (`trainer.sweep_select`); the report says so, shows every cell's dev accuracy,
+and shows test accuracy for the selected cells only (they alone, with the base model, were evaluated on the test rows).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.sweep_select import verdict
+
+DIMENSIONS = ("quality_levels", "complexity_levels", "size", "prefer_defender_failed")
+DIMENSION_TITLES = {
+    "quality_levels": "reasoning-quality band",
+    "complexity_levels": "judge-rated complexity",
+    "size": "dataset size (rows requested)",
+    "prefer_defender_failed": "ranking",
+}
+REPORT_FILES = ("results.parquet", "results.md")
+SELECTION_NOTE = (
+    "Selected on dev, reported on test: every cell was evaluated on each benchmark's dev rows (never its test rows) and "
+    "the cells were chosen there; only the selected cells and the base model were then evaluated on the test rows, so "
+    "test accuracy is reported for the selected cells only and took no part in the choice."
+)
+
+
+@dataclass
+class Report:
+    """Everything a report shows: the sweep, its cells (dev scores), the selection, and the selected cells' test scores."""
+
+    config: Any
+    pool: Any
+    records: list[dict[str, Any]]
+    benchmarks: list[tuple[str, str]]
+    setup: dict[str, Any]
+    selection: dict[str, Any]
+    test: dict[str, dict[str, Any]]
+    """{selected cell id: {benchmark: test score (n, accuracy, CI, base, vs_base)}}."""
+
+
+# --- how settings read -----------------------------------------------------------------------------------
+
+
+def display(dim: str, value: Any) -> str:
+    """How a setting reads in tables and plots: L3-L4, complexity 2-3 / all, 50, failed first / build order."""
+    if dim == "quality_levels":
+        return _levels(value, "L")
+    if dim == "complexity_levels":
+        return "all" if value is None else _levels(value, "")
+    if dim == "prefer_defender_failed":
+        return "failed first" if value else "build order"
+    return str(value)
+
+
+def _levels(levels: list[int], prefix: str) -> str:
+    if len(levels) > 1 and levels == list(range(levels[0], levels[-1] + 1)):
+        return f"{prefix}{levels[0]}-{prefix}{levels[-1]}" if prefix else f"{levels[0]}-{levels[-1]}"
+    return ",".join(f"{prefix}{level}" for level in levels)
+
+
+def short(dim: str) -> str:
+    return {"quality_levels": "quality", "complexity_levels": "complexity", "size": "size", "prefer_defender_failed": "ranking"}[dim]
+
+
+def cell_label(settings: Any) -> str:
+    return ", ".join(f"{short(dim)} {display(dim, getattr(settings, dim))}" for dim in DIMENSIONS)
+
+
+def _order(dim: str, value: Any) -> tuple:
+    if dim in ("quality_levels", "complexity_levels"):
+        return (1, ()) if value is None else (0, tuple(value))
+    return (0, value)
+
+
+def swept_dimensions(records: list[dict[str, Any]]) -> list[str]:
+    """The dimensions that take more than one value across the cells."""
+    return [dim for dim in DIMENSIONS if len({json.dumps(r["settings"][dim]) for r in records}) > 1]
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _score(score: dict[str, Any] | None) -> str:
+    return "–" if not score or score.get("accuracy") is None else f"{_pct(score['accuracy'])} [{_pct(score['ci_low'])}, {_pct(score['ci_high'])}]"
+
+
+def _delta(comparison: dict[str, Any] | None) -> str:
+    if not comparison:
+        return ""
+    interval = f" [{100 * comparison['ci_low']:+.1f}, {100 * comparison['ci_high']:+.1f}]" if comparison.get("ci_low") is not None else ""
+    return f"{100 * comparison['delta']:+.1f}{interval} points"
+
+
+# --- the table -------------------------------------------------------------------------------------------
+
+
+def results_table(report: Report) -> list[dict[str, Any]]:
+    """One row per cell, benchmark and partition: every cell on `dev`, the selected cells also on `test`. `selected`
+    marks a benchmark's choice on dev, `selected_overall` the overall choice (highest macro-mean dev accuracy)."""
+    chosen = {name: choice["cell"] for name, choice in report.selection["benchmarks"].items()}
+    overall = (report.selection.get("overall") or {}).get("cell")
+    table = []
+    for record in report.records:
+        training = record["training"] or {}
+        partitions = [("dev", record["scores"])] + ([("test", report.test[record["cell_id"]])] if record["cell_id"] in report.test else [])
+        for partition, scores in partitions:
+            for name, title in report.benchmarks:
+                score = scores.get(name) or {}
+                base = score.get("base") or {}
+                table.append({
+                    "cell_id": record["cell_id"], **{dim: record["settings"][dim] for dim in DIMENSIONS}, "require_valid": record["require_valid"],
+                    "status": record["status"], "rows": record["dataset"]["rows"], "dataset_fingerprint": record["dataset"]["fingerprint"],
+                    "same_data_as": record["same_data_as"], "train_steps": training.get("steps"), "train_epochs": training.get("epochs"),
+                    "train_tokens": training.get("train_tokens"), "train_wall_time_s": training.get("wall_time_s"), "train_loss_last": training.get("loss_last"),
+                    "benchmark": name, "benchmark_title": title, "partition": partition, "n": score.get("n"), "accuracy": score.get("accuracy"),
+                    "ci_low": score.get("ci_low"), "ci_high": score.get("ci_high"), "unparseable": score.get("unparseable"),
+                    "base_accuracy": base.get("accuracy"), "base_ci_low": base.get("ci_low"), "base_ci_high": base.get("ci_high"),
+                    "selected": chosen.get(name) == record["cell_id"], "selected_overall": overall == record["cell_id"],
+                })  # fmt: skip
+    return table
+
+
+def _schema() -> Any:
+    import pyarrow as pa
+
+    levels = pa.list_(pa.int32())
+    floats = ("train_epochs", "train_wall_time_s", "train_loss_last", "accuracy", "ci_low", "ci_high", "base_accuracy", "base_ci_low", "base_ci_high")
+    types = {
+        "cell_id": pa.string(), "quality_levels": levels, "complexity_levels": levels, "size": pa.int32(),
+        "prefer_defender_failed": pa.bool_(), "require_valid": pa.bool_(), "status": pa.string(), "rows": pa.int32(),
+        "dataset_fingerprint": pa.string(), "same_data_as": pa.string(), "train_steps": pa.int64(), "train_tokens": pa.int64(),
+        "benchmark": pa.string(), "benchmark_title": pa.string(), "partition": pa.string(), "n": pa.int32(), "unparseable": pa.int32(),
+        "selected": pa.bool_(), "selected_overall": pa.bool_(), **{name: pa.float64() for name in floats},
+    }  # fmt: skip
+    order = [
+        "cell_id", *DIMENSIONS, "require_valid", "status", "rows", "dataset_fingerprint", "same_data_as", "train_steps", "train_epochs",
+        "train_tokens", "train_wall_time_s", "train_loss_last", "benchmark", "benchmark_title", "partition", "n", "accuracy", "ci_low",
+        "ci_high", "unparseable", "base_accuracy", "base_ci_low", "base_ci_high", "selected", "selected_overall",
+    ]  # fmt: skip
+    return pa.schema([(name, types[name]) for name in order])
+
+
+# --- results.md ------------------------------------------------------------------------------------------
+
+
+def steps_line(setup: dict[str, Any], policy: str) -> str:
+    """How much every cell trained, and what that means for comparing sizes."""
+    train = setup["train"]
+    if policy == "fixed_steps":
+        return (f"steps policy `fixed_steps`: {train['max_steps']} optimizer steps in every cell (a smaller cell repeats its rows more "
+                "often), so cells of different sizes are compared at equal optimizer steps")  # fmt: skip
+    return (f"steps policy `fixed_epochs`: {train['num_train_epochs']} epochs in every cell, so a cell with more rows also takes more "
+            "optimizer steps: dataset size is confounded with training steps (`steps_policy: fixed_steps` separates them)")  # fmt: skip
+
+
+def results_markdown(report: Report, *, public: bool = False) -> str:
+    """`results.md`: what was swept on which pool, the cells selected on dev with their test scores, every cell's dev
+    scores, and the plots. The `public` copy (uploaded to the dataset repo) names no local folder."""
+    config, pool, records, selection = report.config, report.pool, report.records, report.selection
+    source = f"a build's pool ({Path(pool.source).name})" if public and pool.build_dir is not None else f"`{pool.source}`"
+    cells_dir = "<sweep output_dir>/cells" if public else str(Path(config.output_dir) / "cells")
+    swept = swept_dimensions(records)
+    train, evaluation = report.setup["train"], report.setup["eval"]
+    fixed = [f"{short(dim)} {display(dim, records[0]['settings'][dim])}" for dim in DIMENSIONS if dim not in swept and records]
+    by_id = {r["cell_id"]: r for r in records}
+    lines = [
+        f"# NanoFlux ablation sweep: {config.name}",
+        "",
+        f"- Pool: {source} ({len(pool.rows)} rows; fingerprint `{pool.fingerprint[:16]}`)",
+        f"- Design: {'every combination of the grid' if config.design == 'grid' else 'one dimension at a time around the reference cell'}, "
+        f"{len(records)} cells; swept: {', '.join(DIMENSION_TITLES[d] for d in swept) or 'nothing'}"
+        + (f"; fixed: {', '.join(fixed)}" if fixed else "")
+        + f"; judge-validated only: {config.require_valid}",
+        "- Curation: the builder's own (`builder.curation.curate`), no new generation; a cell's dataset fingerprint is the sha256 of its rows' ids in order",
+        f"- Training: `{train['model']}`, LoRA r={train['lora_r']}, lr {train['learning_rate']}, batch {train['per_device_train_batch_size']}x"
+        f"{train['gradient_accumulation_steps']}, seed {train['seed']}; {steps_line(report.setup, config.steps_policy)}",
+        f"- Evaluation: `{evaluation['model']}` + each cell's adapter, greedy, max {evaluation['max_new_tokens']} new tokens; accuracy with a 95% "
+        "bootstrap CI; the base model is scored once per partition",
+        f"- **{SELECTION_NOTE}**",
+        "",
+        "## Selected cells (chosen on dev)",
+        "",
+        "| benchmark | selected cell | settings | rows | dev accuracy (%) [95% CI] | vs runner-up on dev | test accuracy (%) [95% CI] | base model on test (%) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, title in report.benchmarks:
+        choice = selection["benchmarks"].get(name)
+        if choice is None:
+            lines.append(f"| {title} | – | no cell had rows to train on | – | – | – | – | – |")
+            continue
+        record, test = by_id[choice["cell"]], report.test.get(choice["cell"], {}).get(name)
+        runner = f" `{choice['runner_up']}`: {_delta(choice['comparison'])}" if choice["runner_up"] and choice["comparison"] else ""
+        lines.append(
+            f"| {title} | `{choice['cell']}` | {record['label']} | {record['dataset']['rows']} | {_score(record['scores'].get(name))} | "
+            f"{verdict(choice)}{';' if runner else ''}{runner} | {_score(test)} | {_pct((test or {}).get('base', {}).get('accuracy'))} |"
+        )
+    overall = selection.get("overall")
+    if overall:
+        record, test = by_id[overall["cell"]], report.test.get(overall["cell"], {})
+        lines += [
+            "",
+            f"**Overall** (highest macro-mean dev accuracy over the benchmarks): `{overall['cell']}` ({record['label']}, {record['dataset']['rows']} rows), "
+            f"dev {_pct(overall['dev_macro_accuracy'])}%; {verdict(overall)}"
+            + (f" (`{overall['runner_up']}`: {_delta(overall['comparison'])})" if overall["comparison"] else "")
+            + ". Its test rows, against the base model on the same rows:",
+            "",
+            "| benchmark | test accuracy (%) [95% CI] | base model (%) [95% CI] | selected cell − base (paired) |",
+            "|---|---|---|---|",
+        ]
+        for name, title in report.benchmarks:
+            score = test.get(name)
+            vs_base = (score or {}).get("vs_base")
+            paired = f"{_delta(vs_base)}, McNemar p = {vs_base['p_value']:.2g}" if vs_base else "–"
+            lines.append(f"| {title} | {_score(score)} | {_score((score or {}).get('base'))} | {paired} |")
+    header = "| cell | quality | complexity | size | ranking | rows | steps | epochs | train tokens | train s |"
+    lines += ["", "## Every cell (dev partition)", "",
+              "Dev accuracy (%) of base + the cell's adapter, [95% CI]; ✓ marks a benchmark's selected cell. Base model on dev: "
+              + ", ".join(f"{title} {_pct(_base_dev(records, name))}" for name, title in report.benchmarks) + ".", ""]  # fmt: skip
+    lines += [header + "".join(f" {title} |" for _, title in report.benchmarks), "|---" * (10 + len(report.benchmarks)) + "|"]
+    chosen = {name: choice["cell"] for name, choice in selection["benchmarks"].items()}
+    for record in records:
+        training, settings = record["training"] or {}, record["settings"]
+        cells = [f"{'✓ ' if chosen.get(name) == record['cell_id'] else ''}{_score(record['scores'].get(name))}" for name, _ in report.benchmarks]
+        epochs = f"{training['epochs']:.2f}" if isinstance(training.get("epochs"), (int, float)) else "–"
+        note = f" (= `{record['same_data_as']}`)" if record["same_data_as"] else ""
+        lines.append(
+            f"| `{record['cell_id']}`{note} | {display('quality_levels', settings['quality_levels'])} | {display('complexity_levels', settings['complexity_levels'])} "
+            f"| {settings['size']} | {display('prefer_defender_failed', settings['prefer_defender_failed'])} | {record['dataset']['rows']} "
+            f"| {training.get('steps', '–')} | {epochs} | {training.get('train_tokens', '–')} | {training.get('wall_time_s', '–')} |" + "".join(f" {c} |" for c in cells)
+        )
+    lines += ["", "A size larger than the rows that fit a cell's bands gives fewer rows (see `rows`); cells with the same rows share one training run.", ""]
+    if swept:
+        lines += ["## Plots", ""] + [f"![dev accuracy vs {DIMENSION_TITLES[dim]}]({dim}.png)" for dim in swept] + [""]
+    publish = overall["cell"] if overall else "<cell_id>"
+    lines += [
+        "## Publish the selected cell",
+        "",
+        "Each cell folder is a finished build of the pool with that cell's curation. Release the cell selected on dev as the next dataset version:",
+        "",
+        "```bash",
+        f"nanoflux publish {cells_dir}/{publish} --repo_id org/name",
+        f"nanoflux sweep --config <this sweep's recipe> --publish_cell {publish} --push_to_hub org/name   # also attaches this report",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _base_dev(records: list[dict[str, Any]], name: str) -> float | None:
+    return next(((r["scores"].get(name) or {}).get("base", {}).get("accuracy") for r in records if r["scores"].get(name)), None)
+
+
+# --- plots -----------------------------------------------------------------------------------------------
+
+
+def plot_dimension(table: list[dict[str, Any]], dim: str, benchmarks: list[tuple[str, str]], path: Path, title: str) -> None:
+    """Dev accuracy (95% CI error bars) against one dimension, one panel per benchmark, one line per combination of
+    the other swept dimensions; the base model dashed (dev) and dotted (test), the selected cell starred, and its test
+    accuracy as an open diamond."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dev = [row for row in table if row["partition"] == "dev" and row["accuracy"] is not None]
+    others = [d for d in DIMENSIONS if d != dim and len({json.dumps(row[d]) for row in table}) > 1]
+    values = sorted({json.dumps(row[dim]) for row in table}, key=lambda v: _order(dim, json.loads(v)))
+    x_of = {value: i for i, value in enumerate(values)}
+    columns = min(3, len(benchmarks))
+    rows_n = math.ceil(len(benchmarks) / columns)
+    figure = Figure(figsize=(4.6 * columns, 3.6 * rows_n + 0.6))
+    FigureCanvasAgg(figure)
+    for index, (name, bench_title) in enumerate(benchmarks):
+        axes = figure.add_subplot(rows_n, columns, index + 1)
+        points = [row for row in dev if row["benchmark"] == name]
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in points:
+            key = ", ".join(f"{short(d)} {display(d, row[d])}" for d in others) or "cells"
+            groups.setdefault(key, []).append(row)
+        # In a one-at-a-time design, cells that vary another dimension are single points here: leave them out.
+        if any(len(group) > 1 for group in groups.values()):
+            groups = {key: group for key, group in groups.items() if len(group) > 1}
+        for g, (label, group) in enumerate(sorted(groups.items())):
+            group.sort(key=lambda row: x_of[json.dumps(row[dim])])
+            offset = (g - (len(groups) - 1) / 2) * 0.06
+            xs = [x_of[json.dumps(row[dim])] + offset for row in group]
+            errors = [[max(0.0, row["accuracy"] - row["ci_low"]) for row in group], [max(0.0, row["ci_high"] - row["accuracy"]) for row in group]]
+            axes.errorbar(xs, [row["accuracy"] for row in group], yerr=errors, marker="o", capsize=3, label=label)
+            for x, row in zip(xs, group):
+                if row["selected"]:
+                    axes.plot([x], [row["accuracy"]], marker="*", markersize=16, color="gold", markeredgecolor="black", zorder=5, linestyle="none", label="selected on dev")
+                    test = next((t for t in table if t["partition"] == "test" and t["cell_id"] == row["cell_id"] and t["benchmark"] == name), None)
+                    if test and test["accuracy"] is not None:
+                        axes.plot([x + 0.12], [test["accuracy"]], marker="D", markersize=7, fillstyle="none", color="black", linestyle="none", label="selected cell on test")
+        for partition, style in (("dev", "--"), ("test", ":")):
+            base = next((row["base_accuracy"] for row in table if row["benchmark"] == name and row["partition"] == partition and row["base_accuracy"] is not None), None)
+            if base is not None:
+                axes.axhline(base, linestyle=style, color="gray", linewidth=1, label=f"base model ({partition})")
+        axes.set_xticks(range(len(values)), [display(dim, json.loads(v)) for v in values])
+        axes.set_xlim(-0.5, len(values) - 0.5)
+        axes.set_ylim(0, 1.05)
+        axes.set_title(bench_title, fontsize=10)
+        axes.set_xlabel(DIMENSION_TITLES[dim])
+        if index % columns == 0:
+            axes.set_ylabel("dev accuracy (95% bootstrap CI)")
+        if index == 0:
+            axes.legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write_report(report: Report) -> list[Path]:
+    """results.parquet, results.md and `<dimension>.png` per swept dimension in the sweep folder; returns the files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    output_dir = Path(report.config.output_dir)
+    table = results_table(report)
+    pq.write_table(pa.Table.from_pylist(table, schema=_schema()), output_dir / "results.parquet")
+    (output_dir / "results.md").write_text(results_markdown(report))
+    files = [output_dir / name for name in REPORT_FILES]
+    for stale in output_dir.glob("*.png"):
+        stale.unlink()
+    for dim in swept_dimensions(report.records):
+        path = output_dir / f"{dim}.png"
+        plot_dimension(table, dim, report.benchmarks, path, f"{report.config.name}: dev accuracy vs {DIMENSION_TITLES[dim]} (selection on dev)")
+        files.append(path)
+    return files
+
+
+# --- the dataset card ------------------------------------------------------------------------------------
+
+
+def card_section(report: Report, release: Any) -> str:
+    """The card's `## Ablations: <name>` section: the cells selected on dev, their test scores, and where the report is."""
+    config, records = report.config, report.records
+    by_id = {r["cell_id"]: r for r in records}
+    folder = f"ablations/{config.name}"
+    lines = [
+        f"## Ablations: {config.name}",
+        "",
+        f"{len(records)} curations of one candidate pool were each used to train a LoRA adapter "
+        f"({'every combination of the grid' if config.design == 'grid' else 'one dimension at a time'}; swept: "
+        f"{', '.join(DIMENSION_TITLES[d] for d in swept_dimensions(records)) or 'nothing'}; {steps_line(report.setup, config.steps_policy)}). "
+        f"{SELECTION_NOTE} Accuracy of the base model + adapter, 95% bootstrap CI:",
+        "",
+        "| benchmark | selected on dev | settings | rows | dev accuracy (%) | vs runner-up on dev | test accuracy (%) | base model on test (%) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, title in report.benchmarks:
+        choice = report.selection["benchmarks"].get(name)
+        if choice is not None:
+            record, test = by_id[choice["cell"]], report.test.get(choice["cell"], {}).get(name)
+            lines.append(f"| {title} | `{choice['cell']}` | {record['label']} | {record['dataset']['rows']} | {_score(record['scores'].get(name))} | "
+                         f"{verdict(choice)} | {_score(test)} | {_pct((test or {}).get('base', {}).get('accuracy'))} |")  # fmt: skip
+    overall = report.selection.get("overall")
+    if overall:
+        lines += ["", f"Overall selection (macro-mean dev accuracy): `{overall['cell']}` ({by_id[overall['cell']]['label']}); {verdict(overall)}."]
+    lines.append("")
+    if release is not None:
+        lines += [f"Version {release.version} holds the rows of cell `{config.publish_cell}` ({by_id[config.publish_cell]['label']}).", ""]
+    lines += [f"Every cell's dev scores, the plots and the results table: [`{folder}/results.md`]({folder}/results.md), `{folder}/results.parquet`.", ""]
+    return "\n".join(lines)
+
+
+def with_section(card: str, heading: str, section: str) -> str:
+    """`card` with its `heading` section replaced by `section` (appended when there is none)."""
+    pattern = re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(card):
+        return pattern.sub(lambda _: section + "\n", card, count=1)
+    return card.rstrip() + "\n\n" + section

@@ -1,0 +1,195 @@
+"""What `nanoflux train` reads: one pinned dataset version, or a benchmark's training rows, in TRL's prompt-completion
+conversational format (`prompt`: the turns before the answer, `completion`: the assistant's answer), so that the loss
+covers the answer only. The revision is resolved to its commit before anything is read; `check_test_rows` refuses
+training rows that ask a question of an evaluation recipe's test rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainer.benchmarks import BenchmarkConfig
+    from trainer.train import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    """The run cannot go on (e.g. no such dataset version, no rows); the message says why and what to do."""
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainData:
+    """What training reads: prompt-completion rows, the exact commit, and what the targets hold (for the summary)."""
+
+    train: Any
+    """`datasets.Dataset` with `prompt` (the turns before the answer) and `completion` (the assistant's answer)."""
+    evaluation: Any | None
+    commit: str
+    questions: list[str]
+    """The training rows' questions, for the test-row guard (`eval_recipe`)."""
+    targets: str
+    """`reasoning` (every target reasons before its final answer), `answer_only` (none does) or `mixed`."""
+    rows_with_reasoning: int
+    prompt: str = "reasoning"
+    """How the user turn asks: `reasoning` (step by step) or `answer_only`."""
+
+
+def load_train_data(config: TrainConfig) -> TrainData:
+    """The dataset at `config.revision` (or the baseline benchmark's training rows) in TRL's prompt-completion format.
+
+    The revision is resolved to a commit first and the data is read at that commit, so what is trained on is exactly
+    the commit the card names, even if the tag moved meanwhile.
+    """
+    from datasets import load_dataset
+
+    if config.benchmark is not None:
+        return _benchmark_data(config.benchmark, reasoning=config.benchmark_reasoning)
+    repo, revision = config.dataset_name, config.revision
+    with tempfile.TemporaryDirectory(prefix="nanoflux-train-data-") as checkout:
+        if config.hub_dir is None:
+            commit = _hub_commit(repo, revision)
+            source = {"path": repo, "revision": commit}
+        else:
+            store = _local_store(config.hub_dir, repo)
+            commit = _local_commit(store, repo, revision)
+            # load_dataset copies the parquet into its cache, so the checkout can go when this block ends.
+            source = {"path": str(store.checkout("dataset", repo, commit, checkout))}
+        try:
+            splits = load_dataset(**source)
+        except ValueError as err:  # datasets refuses a split without rows ("Instruction 'train' corresponds to no data!")
+            raise _no_rows(repo, revision, commit, f" ({err})") from None
+
+    def sft(split: str) -> tuple[Any, list[str]]:
+        if split not in splits:
+            raise TrainError(f"{repo}@{revision} has no split {split!r} (has: {list(splits)}). Fix: publish it, or pick one of those")
+        data = splits[split]
+        if "messages" not in data.column_names:
+            raise TrainError(f"dataset_name: {repo}@{revision} has no `messages` column, so it is not a NanoFlux dataset. Fix: point at a dataset `nanoflux build` published")
+        data = data.filter(lambda row: bool(row["messages"]))
+        rows = [prompt_completion(messages, f"{repo}@{revision} [{split}] row {i}") for i, messages in enumerate(data["messages"])]
+        questions = [str(q) for q in data["question"]] if "question" in data.column_names else [user_turn(row["prompt"]) for row in rows]
+        return rows, questions
+
+    train_rows, questions = sft("train")
+    if not train_rows:
+        raise _no_rows(repo, revision, commit)
+    eval_rows = sft(config.eval_split)[0] if config.eval_split else None
+    explained = sum(has_reasoning(row["completion"][0]["content"]) for row in train_rows)
+    logger.info("Dataset %s@%s = commit %s: %d training conversations", repo, revision, commit[:12], len(train_rows))
+    return TrainData(_dataset(train_rows), _dataset(eval_rows) if eval_rows else None, commit, questions, targets_kind(explained, len(train_rows)), explained)
+
+
+def prompt_completion(messages: list[dict[str, str]], where: str) -> dict[str, list[dict[str, str]]]:
+    """A conversation in TRL's prompt-completion form: every turn before the last assistant turn is the prompt (no
+    loss), that assistant turn the completion (the loss). Later turns, if any, are not trained on."""
+    last = max((i for i, message in enumerate(messages) if message.get("role") == "assistant"), default=None)
+    if not last:  # None, or an assistant turn with nothing before it
+        raise TrainError(f"dataset_name: {where} has no assistant turn after a user turn (roles: {[m.get('role') for m in messages]}). Fix: publish rows whose `messages` end with the assistant's answer")
+    return {"prompt": [dict(m) for m in messages[:last]], "completion": [dict(messages[last])]}
+
+
+def user_turn(prompt: list[dict[str, str]]) -> str:
+    """The last user message of a prompt."""
+    return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+
+
+def has_reasoning(target: str) -> bool:
+    """Whether an assistant target reasons before its `Final answer:` line."""
+    head, found, _ = target.rpartition("Final answer:")
+    return bool(found and head.strip())
+
+
+def targets_kind(explained: int, rows: int) -> str:
+    return "reasoning" if explained == rows else "answer_only" if explained == 0 else "mixed"
+
+
+def _dataset(rows: list[dict[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": row["prompt"], "completion": row["completion"]} for row in rows])
+
+
+def _benchmark_data(bench: BenchmarkConfig, *, reasoning: bool) -> TrainData:
+    """A benchmark's training rows as `nanoflux eval` asks them (trainer.baseline); the commit is the Hub commit it
+    resolved to ("local" for a local file)."""
+    from trainer.baseline import baseline_rows
+    from trainer.benchmarks import EvalError, resolve_revision
+
+    commit = resolve_revision(bench) or "local"
+    try:
+        data = baseline_rows(bench, reasoning=reasoning, revision=None if commit == "local" else commit)
+    except (EvalError, OSError, ValueError) as err:
+        raise TrainError(f"benchmark: cannot read {bench.path} [{bench.split}] ({str(err).splitlines()[0]}). Fix: check benchmark.path, subset and split") from None
+    logger.info("Baseline data: %s [%s], %d training conversations (targets: %s)", bench.path, bench.split, len(data.rows), data.targets)
+    return TrainData(_dataset(data.rows), None, commit, [row["question"] for row in data.rows], data.targets, data.rows_with_reasoning, data.prompt)
+
+
+def check_test_rows(config: TrainConfig, data: TrainData, what: str) -> int:
+    """With `eval_recipe`: refuse training rows that ask a question of that evaluation's test rows (trainer.baseline)."""
+    from builder.config import ConfigError
+    from trainer.baseline import TestRowsInTraining, check_no_test_rows
+    from trainer.benchmarks import EvalError
+    from trainer.evaluate import build_eval_config
+
+    try:
+        evaluation = build_eval_config(config.eval_recipe)
+    except ConfigError as err:
+        raise TrainError(f"eval_recipe: {config.eval_recipe}: {err}") from None
+    try:
+        return check_no_test_rows(data.questions, evaluation, field_name="eval_recipe", what=what)
+    except TestRowsInTraining as err:
+        raise TrainError(str(err)) from None
+    except (EvalError, OSError, ValueError) as err:
+        raise TrainError(f"eval_recipe: cannot read the test rows of {config.eval_recipe} ({str(err).splitlines()[0]}). Fix: check its benchmarks, or set eval_recipe: null") from None
+
+
+def _hub_commit(repo: str, revision: str) -> str:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    api = HfApi()
+    try:
+        return api.dataset_info(repo, revision=revision).sha
+    except RevisionNotFoundError:
+        raise _no_revision(repo, revision, [tag.name for tag in api.list_repo_refs(repo, repo_type="dataset").tags]) from None
+    except RepositoryNotFoundError:
+        raise TrainError(f"dataset_name: no dataset repo {repo!r} on {api.endpoint}. Fix: check the repo id (and HF_TOKEN for a private repo), or set hub_dir for a local folder") from None
+    except HfHubHTTPError as err:
+        raise TrainError(f"dataset_name: cannot read {repo}@{revision} ({str(err).splitlines()[0]}). Fix: check the network and HF_TOKEN") from None
+
+
+def _local_store(hub_dir: str, repo: str) -> Any:
+    from builder.localhub import RepoStore
+
+    if not Path(hub_dir).is_dir():  # RepoStore would create it
+        raise TrainError(f"hub_dir: folder not found (got {hub_dir!r}). Fix: point it at the folder `nanoflux build --hub_dir` published to")
+    store = RepoStore(hub_dir)
+    if not store.exists("dataset", repo):
+        raise TrainError(f"dataset_name: no dataset repo {repo!r} in {hub_dir} (has: {store.list_repos('dataset')}). Fix: check the repo id")
+    return store
+
+
+def _local_commit(store: Any, repo: str, revision: str) -> str:
+    from builder.localhub import HubError
+
+    try:
+        return store.resolve("dataset", repo, revision)
+    except HubError:
+        raise _no_revision(repo, revision, list(store.refs("dataset", repo)["tags"])) from None
+
+
+def _no_rows(repo: str, revision: str, commit: str, detail: str = "") -> TrainError:
+    return TrainError(f"revision: {repo}@{revision} (commit {commit[:12]}) has no rows to train on{detail}. Fix: pick a version that has rows, or publish a build that kept some")
+
+
+def _no_revision(repo: str, revision: str, tags: list[str]) -> TrainError:
+    return TrainError(f"revision: {repo} has no version {revision!r} (versions: {', '.join(sorted(tags)) or 'none'}). Fix: pass --revision with one of those")

@@ -90,6 +90,8 @@ def build_config(config: ThroughputConfig, url: str, output_dir: Path, concurren
         "player_b": role,
         "judge": role,
         "allow_shared_judge": True,  # a throughput workload, not a dataset: one model keeps one shared client
+        # Decontamination runs as in every build, against the offline benchmark fixtures (no Hub here).
+        "decontamination": {"eval_recipe": str(ROOT / "configs" / "eval" / "local.yaml"), "ngram": 13},
         "output_dir": str(output_dir),
     }
     build_config = from_dict(BuildConfig, merge(load_recipe(config.recipe), overrides))

@@ -4,35 +4,63 @@
    steps, on a dataset version published to a local repository folder (NanoFlux conversations from
    `tests/fixtures/benchmarks/nanoflux_messages.jsonl`). It runs in a child process, so its peak RSS is the recipe's
    own. Tokens/s are the trainer's non-padding tokens seen over its training wall time.
-2. GPU (only when `torch.cuda.is_available()`): the 4B recipe's LoRA settings (`configs/train/qwen3-4b-lora.yaml`:
-   r, alpha, target modules, batch size, max_length, bf16, gradient checkpointing) on a model built from the
-   Qwen3-4B architecture written out below, with random weights (nothing is downloaded), for a few optimizer steps
-   on random token ids: tokens/s, MFU and peak memory. Without a GPU it is skipped with the reason recorded, and the
-   same code runs on CPU on a tiny Qwen3 configuration, so that it is known to work.
+2. GPU: the 4B recipe's LoRA settings (`configs/train/qwen3-4b-lora.yaml`: r, alpha, dropout, target modules,
+   per-device batch size, gradient accumulation, max_length, bf16, gradient checkpointing, learning rate) on a model
+   built from the Qwen3-4B architecture written out below, with random weights (nothing is downloaded), trained on
+   random token ids by a plain PyTorch loop (peft LoRA, AdamW on the adapter, bf16 autocast, the optimizer stepping
+   every `gradient_accumulation_steps` micro-batches; not TRL's SFTTrainer, whose data collation it leaves out).
+   After `gpu_warmup_steps` micro-batches, `gpu_steps` micro-batches are timed at the recipe's shape (batch x
+   max_length, full sequences: what packed rows would cost) and again at `gpu_short_seq_lens` (the same batch of
+   short sequences: unpacked rows of a few hundred tokens, which is how the recipe trains, TRL's packing being off):
+   tokens/s, seconds per micro-batch, MFU and peak memory.
 
-       MFU = tokens/s x training FLOPs per token / the GPU's peak dense bf16 FLOPS
-       training FLOPs per token = 2 x forward FLOPs (forward, then the backward pass for activation gradients; the
-           frozen base weights get no weight gradients, and gradient checkpointing's recomputation is not counted)
+       MFU = tokens/s x model training FLOPs per token / the GPU's peak dense bf16 FLOPS (data sheet)
+       model training FLOPs per token = 2 x forward FLOPs (the forward, then the backward pass for activation
+           gradients only: the frozen base weights get no weight gradients; LoRA's own small matmuls, <1%, are not
+           counted)
+       HFU (hardware FLOPs) = the same with 3 x forward FLOPs when gradient checkpointing recomputes the forward
        forward FLOPs per token = 2 x (parameters of every matrix multiply, lm_head included)
-                                 + 4 x layers x sequence length x (heads x head_dim)   (attention scores and values)
+                                 + 4 x layers x sequence length x (heads x head_dim)   (attention scores and values,
+                                 counted without the causal mask's halving, as in PaLM's MFU)
 
-3. Compute ratio (the paper's 3-14x): training tokens of a 200-example NanoFlux dataset against the full GSM-Hard,
-   Genome-Bench and MultiMedQA training sets, counted as `trainer.evaluate` counts them (chat template applied,
-   one epoch). Offline this is an estimate: each set's documented row count x the mean tokens per row of its fixture
-   rows (tests/fixtures/benchmarks/, written in the real schema), and 200 x the mean of the NanoFlux fixture rows.
-   With `from_hub: true` the real training splits are read from the Hub and counted in full.
+   `python -m benchmarks.run --parts training` measures it when `torch.cuda.is_available()`. On a GPU machine
+   without the project's whole stack, `python3 -m benchmarks.gpu_training OUT.json` runs the same code with only
+   torch, transformers, peft, numpy and yaml, and writes the record that `gpu_result` names
+   (benchmarks/results/training_gpu.json). Without a GPU, that record is reported, marked as measured elsewhere
+   (`measured_here: false`, with its machine and date), or, with `gpu_result: null` or no file, the part is skipped
+   with the reason recorded; either way the same code runs on CPU on a tiny Qwen3 configuration, so that it is
+   known to work.
+
+3. Compute ratio (the paper's 3-14x): training tokens of a 200-example NanoFlux dataset against the training set each
+   benchmark's full fine-tuning baseline trains on (trainer/baseline.py): GSM-Hard's is GSM8K's train split,
+   PubMedQA's is PQA-A (`pqa_artificial`), MedQA's and MedMCQA's are their train splits, each less the 500 rows the
+   project holds out of it as the benchmark's dev split. Genome-Bench has no training split (its one split is its
+   test set, and trainer/baseline.py refuses it as a baseline): its entry is the benchmark itself, marked
+   `baseline: false`, and left out of every aggregate. Targets carry the benchmark's reasoning where it has one
+   (GSM8K's solution, MedMCQA's `exp`, PubMedQA's `long_answer`, Genome-Bench's explanation; MedQA has none), as
+   `trainer.compute.benchmark_conversations` writes them, counted as `trainer.compute.count_training_tokens` counts
+   them (chat template applied, one epoch). Offline this is an ESTIMATE: each set's documented row count x the mean
+   tokens per row of its fixture rows (tests/fixtures/benchmarks/, written for this project in the real schema;
+   PubMedQA's fixture is pqa_labeled rows, the same schema as pqa_artificial), and 200 x the mean of the NanoFlux
+   fixture rows. With `from_hub: true` the real training splits are read from the Hub and counted in full.
+
+4. GPU-seconds (when there is a GPU measurement): each dataset's counted (or estimated) training tokens / a measured
+   tokens/s, at each measured shape, one epoch. The rates are measured; the token counts are those of part 3 (an
+   estimate offline, and counted with the SmolLM2 tokenizer, not Qwen3's); padding is not modelled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,21 +88,35 @@ TINY_QWEN3 = dict(
 # Peak dense bf16 tensor FLOPS by device name (vendor data sheets); another GPU: set gpu_peak_tflops.
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
 
-# The full training sets the paper fine-tunes its baselines on: documented row counts, and the fixture in the same
-# schema whose rows give the tokens per row. `split` is the fixture's split name (as configs/eval/local.yaml reads it).
+# The training set each benchmark's full fine-tuning baseline trains on (trainer/baseline.py): documented row counts
+# (`split_rows`, less the `dev_rows` the project holds out of that split as the benchmark's dev split), and the fixture
+# in the same schema whose rows give the tokens per row. `split` is the fixture's split name (as configs/eval/local.yaml
+# reads it). `baseline: false`: no baseline can train on it (Genome-Bench has no training split); it is reported, marked,
+# and left out of every aggregate.
 FULL_SETS = [
-    {"name": "gsm_hard", "title": "GSM-Hard", "format": "gsm_hard", "rows": 1319, "fixture": "gsm_hard.jsonl", "split": "train",
-     "hub": {"path": "reasoning-machines/gsm-hard", "split": "train"}, "rows_source": "reasoning-machines/gsm-hard: one split, 1,319 rows"},
-    {"name": "genome_bench", "title": "Genome-Bench", "format": "genome_bench", "rows": 3332, "fixture": "genome_bench.jsonl", "split": "test",
-     "hub": {"path": "Mingyin0312/Genome-Bench", "split": "train"}, "rows_source": "Genome-Bench: 3,332 questions in all"},
-    {"name": "medqa", "title": "MedQA (MultiMedQA)", "format": "medqa", "rows": 10178, "fixture": "medqa.jsonl", "split": "test",
-     "hub": {"path": "GBaker/MedQA-USMLE-4-options", "split": "train"}, "rows_source": "GBaker/MedQA-USMLE-4-options train: 10,178 rows"},
-    {"name": "medmcqa", "title": "MedMCQA (MultiMedQA)", "format": "medmcqa", "rows": 182822, "fixture": "medmcqa.jsonl", "split": "validation",
-     "hub": {"path": "openlifescienceai/medmcqa", "split": "train"}, "rows_source": "openlifescienceai/medmcqa train: 182,822 rows"},
-    {"name": "pubmedqa", "title": "PubMedQA PQA-L (MultiMedQA)", "format": "pubmedqa", "rows": 1000, "fixture": "pubmedqa.parquet", "split": "train",
-     "hub": {"path": "qiaojin/PubMedQA", "subset": "pqa_labeled", "split": "train"}, "rows_source": "qiaojin/PubMedQA pqa_labeled: 1,000 rows"},
+    {"name": "gsm_hard", "title": "GSM-Hard baseline: GSM8K train", "baseline": True, "format": "gsm8k",
+     "split_rows": 7473, "dev_rows": 500, "fixture": "gsm8k.jsonl", "split": "train",
+     "hub": {"path": "openai/gsm8k", "subset": "main", "split": "train"},
+     "rows_source": "openai/gsm8k main train: 7,473 rows, less the 500 held out as GSM-Hard's dev split"},
+    {"name": "genome_bench", "title": "Genome-Bench itself (no training split)", "baseline": False, "format": "genome_bench",
+     "split_rows": 3332, "dev_rows": 0, "fixture": "genome_bench.jsonl", "split": "test",
+     "hub": {"path": "Mingyin0312/Genome-Bench", "split": "test"},
+     "rows_source": "Mingyin0312/Genome-Bench: 3,332 questions, its one split (the test set: not a baseline, trainer/baseline.py refuses it)"},
+    {"name": "medqa", "title": "MedQA baseline: MedQA train", "baseline": True, "format": "medqa",
+     "split_rows": 10178, "dev_rows": 500, "fixture": "medqa.jsonl", "split": "test",
+     "hub": {"path": "GBaker/MedQA-USMLE-4-options", "split": "train"},
+     "rows_source": "GBaker/MedQA-USMLE-4-options train: 10,178 rows, less the 500 held out as its dev split"},
+    {"name": "medmcqa", "title": "MedMCQA baseline: MedMCQA train", "baseline": True, "format": "medmcqa",
+     "split_rows": 182822, "dev_rows": 500, "fixture": "medmcqa.jsonl", "split": "validation",
+     "hub": {"path": "openlifescienceai/medmcqa", "split": "train"},
+     "rows_source": "openlifescienceai/medmcqa train: 182,822 rows, less the 500 held out as its dev split"},
+    {"name": "pubmedqa", "title": "PubMedQA baseline: PQA-A (pqa_artificial) train", "baseline": True, "format": "pubmedqa",
+     "split_rows": 211269, "dev_rows": 0, "fixture": "pubmedqa.parquet", "split": "train",
+     "hub": {"path": "qiaojin/PubMedQA", "subset": "pqa_artificial", "split": "train"},
+     "rows_source": "qiaojin/PubMedQA pqa_artificial train: 211,269 rows (the fixture holds pqa_labeled rows, the same schema)"},
 ]  # fmt: skip
 MULTIMEDQA = ("medqa", "medmcqa", "pubmedqa")
+GPU_RESULT = ROOT / "benchmarks" / "results" / "training_gpu.json"
 
 
 @dataclass
@@ -87,10 +129,17 @@ class TrainingCostConfig:
     cpu_rows: int = 24
     """Conversations in the dataset version trained on."""
     gpu_recipe: str = str(GPU_RECIPE)
-    gpu_steps: int = 8
-    gpu_warmup_steps: int = 2
+    gpu_steps: int = 32
+    """Micro-batches timed at each shape on a GPU (the optimizer steps every gradient_accumulation_steps of them)."""
+    gpu_warmup_steps: int = 4
+    """Micro-batches run before the timing starts, at each shape."""
+    gpu_short_seq_lens: list[int] = field(default_factory=lambda: [256, 512])
+    """Sequence lengths measured besides the recipe's max_length, at its batch size (unpacked short rows)."""
     gpu_peak_tflops: float | None = None
     """The GPU's peak dense bf16 TFLOPS for MFU; null: looked up by device name."""
+    gpu_result: str | None = str(GPU_RESULT)
+    """Without a GPU: the record `python3 -m benchmarks.gpu_training` wrote on a GPU machine, reported as measured
+    there (null, or no such file: the GPU part is skipped)."""
     tiny_steps: int = 3
     """Steps of the GPU code on a tiny Qwen3 configuration on CPU, when there is no GPU (0: skip)."""
     nanoflux_rows: int = 200
@@ -106,6 +155,8 @@ class TrainingCostConfig:
         check_range(f"{path}.cpu_rows", self.cpu_rows, 1, 100_000)
         check_range(f"{path}.gpu_steps", self.gpu_steps, 1, 10_000)
         check_range(f"{path}.gpu_warmup_steps", self.gpu_warmup_steps, 0, 1000)
+        for i, seq_len in enumerate(self.gpu_short_seq_lens):
+            check_range(f"{path}.gpu_short_seq_lens[{i}]", seq_len, 16, 1_048_576)
         if self.gpu_peak_tflops is not None:
             check_range(f"{path}.gpu_peak_tflops", self.gpu_peak_tflops, 0.0, 100_000.0, low_open=True)
         check_range(f"{path}.tiny_steps", self.tiny_steps, 0, 1000)
@@ -201,6 +252,52 @@ def measure_cpu_recipe(config: TrainingCostConfig, work_dir: Path) -> dict[str, 
 
 # --- 2. the 4B recipe on a GPU -----------------------------------------------------------------------------
 
+# What the GPU measurement takes from a training recipe.
+RECIPE_FIELDS = (
+    "model", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "max_length", "bf16", "gradient_checkpointing", "num_train_epochs",
+)  # fmt: skip
+GPU_PACKAGES = ("torch", "transformers", "peft", "accelerate", "trl", "datasets", "numpy")
+
+
+@dataclass(frozen=True)
+class LoraRecipe:
+    """The LoRA settings of a training recipe (`RECIPE_FIELDS`), and how they were read."""
+
+    model: str
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: list[str]
+    learning_rate: float
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    max_length: int
+    bf16: bool
+    gradient_checkpointing: bool
+    num_train_epochs: float
+    resolved_by: str = ""
+
+
+def read_lora_recipe(path: str) -> LoraRecipe:
+    """The recipe's LoRA settings as `trainer.train.build_train_config` resolves them; where trainer.train does not
+    import (a GPU machine without datasets / trl), from the YAML file itself, which must then name every one of them."""
+    try:
+        from trainer.train import build_train_config
+    except ImportError as err:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        missing = [name for name in RECIPE_FIELDS if name not in data]
+        if missing:
+            fail(path, sorted(data), f"trainer.train does not import here ({err}) and the recipe does not name {missing}",
+                 "name every LoRA setting in the recipe, or install the training stack (datasets, trl)")  # fmt: skip
+        kinds = {"lora_dropout": float, "learning_rate": float, "num_train_epochs": float}
+        values = {name: kinds.get(name, lambda v: v)(data[name]) for name in RECIPE_FIELDS}
+        return LoraRecipe(**values, resolved_by=f"the recipe's YAML (trainer.train does not import here: {type(err).__name__}: {err})")
+    recipe = build_train_config(str(path))
+    return LoraRecipe(**{name: getattr(recipe, name) for name in RECIPE_FIELDS}, resolved_by="trainer.train.build_train_config")
+
 
 def qwen3_config(dimensions: dict[str, Any]) -> Any:
     from transformers import Qwen3Config
@@ -227,22 +324,25 @@ def peak_tflops(device_name: str, override: float | None) -> tuple[float | None,
     return None, f"unknown GPU {device_name!r}: set training.gpu_peak_tflops to get an MFU"
 
 
-def lora_step_cost(model_config: Any, recipe: Any, *, device: str, steps: int, warmup_steps: int, batch_size: int | None = None, seq_len: int | None = None) -> dict[str, Any]:
-    """Tokens/s and peak memory of LoRA training with `recipe`'s settings on a random-weight model of `model_config`."""
+def lora_step_cost(model_config: Any, recipe: LoraRecipe, *, device: str, steps: int, warmup_steps: int,
+                   shapes: list[tuple[int, int]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """LoRA training with `recipe`'s settings on a random-weight model of `model_config`, built once and timed at each
+    (batch size, sequence length) of `shapes` (default: the recipe's); the first shape's figures are also the top-level
+    ones. Each shape: `warmup_steps` micro-batches, then `steps` timed, the optimizer stepping every
+    gradient_accumulation_steps micro-batches."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    batch_size = batch_size or recipe.per_device_train_batch_size
-    seq_len = seq_len or recipe.max_length
+    shapes = shapes or [(recipe.per_device_train_batch_size, recipe.max_length)]
     dtype = torch.bfloat16 if recipe.bf16 else torch.float32
     torch.manual_seed(0)
     cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+    if cuda:
+        torch.cuda.synchronize()
     build_s = time.perf_counter() - started
     parameters = sum(p.numel() for p in model.parameters())
     if recipe.gradient_checkpointing:
@@ -251,108 +351,198 @@ def lora_step_cost(model_config: Any, recipe: Any, *, device: str, steps: int, w
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    targets = recipe.lora_target_modules
+    targets = list(recipe.lora_target_modules)
     model = get_peft_model(model, LoraConfig(
         r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM",
     ))  # fmt: skip
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.learning_rate)
+    accumulation = max(1, recipe.gradient_accumulation_steps)
     generator = torch.Generator(device="cpu").manual_seed(0)
-    ids = torch.randint(0, model_config.vocab_size, (batch_size, seq_len), generator=generator).to(device)
     model.train()
-    losses = []
-    for step in range(warmup_steps + steps):
-        if step == warmup_steps:
-            if cuda:
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=dtype, enabled=recipe.bf16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
+    runs = []
+    for batch_size, seq_len in shapes:
+        ids = torch.randint(0, model_config.vocab_size, (batch_size, seq_len), generator=generator).to(device)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        losses = []
+        for step in range(warmup_steps + steps):
+            if step == warmup_steps:
+                if cuda:
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+            with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=dtype, enabled=recipe.bf16):
+                loss = model(input_ids=ids, labels=ids).loss
+            (loss / accumulation).backward()
+            if (step + 1) % accumulation == 0:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())  # no host sync inside the timed loop
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - started
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-    if cuda:
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - started
-    tokens = batch_size * seq_len * steps
-    flops_per_token = 2 * forward_flops_per_token(model_config, seq_len)
+        tokens = batch_size * seq_len * steps
+        forward = forward_flops_per_token(model_config, seq_len)
+        model_flops = 2 * forward
+        hardware_flops = (3 if recipe.gradient_checkpointing else 2) * forward
+        runs.append({
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "steps": steps,
+            "warmup_steps": warmup_steps,
+            "wall_s": round(wall, 3),
+            "tokens": tokens,
+            "tokens_per_s": round(tokens / wall, 1),
+            "s_per_micro_step": round(wall / steps, 4),
+            "s_per_optimizer_step": round(wall / steps * accumulation, 4),
+            "training_flops_per_token": model_flops,
+            "hardware_flops_per_token": hardware_flops,
+            "achieved_tflops": round(tokens * model_flops / wall / 1e12, 3),
+            "achieved_hardware_tflops": round(tokens * hardware_flops / wall / 1e12, 3),
+            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
+            "loss_first_last": [round(float(losses[0]), 4), round(float(losses[-1]), 4)],
+        })  # fmt: skip
+        del ids, losses, loss
     return {
         "parameters": parameters,
         "trainable_parameters": trainable,
         "precision": "bf16" if recipe.bf16 else "fp32",
         "gradient_checkpointing": recipe.gradient_checkpointing,
-        "lora": {"r": recipe.lora_r, "alpha": recipe.lora_alpha, "target_modules": recipe.lora_target_modules},
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "steps": steps,
-        "warmup_steps": warmup_steps,
+        "lora": {"r": recipe.lora_r, "alpha": recipe.lora_alpha, "dropout": recipe.lora_dropout, "target_modules": targets},
+        "learning_rate": recipe.learning_rate,
+        "gradient_accumulation_steps": accumulation,
         "model_build_s": round(build_s, 2),
-        "wall_s": round(wall, 3),
-        "tokens": tokens,
-        "tokens_per_s": round(tokens / wall, 1),
-        "training_flops_per_token": flops_per_token,
-        "achieved_tflops": round(tokens * flops_per_token / wall / 1e12, 3),
-        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-        "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
+        **runs[0],
+        "shapes": runs,
+    }
+
+
+def gpu_shapes(config: TrainingCostConfig, recipe: LoraRecipe) -> list[tuple[int, int]]:
+    """The recipe's (batch, max_length) first, then the same batch at each shorter `gpu_short_seq_lens`."""
+    batch = recipe.per_device_train_batch_size
+    short = sorted({n for n in config.gpu_short_seq_lens if n < recipe.max_length})
+    return [(batch, recipe.max_length), *((batch, n) for n in short)]
+
+
+def gpu_environment() -> dict[str, Any]:
+    """The GPU and the versions its figures depend on (trl and datasets: not used by this code, recorded if present)."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    versions: dict[str, str | None] = {}
+    for name in GPU_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+                            "packages": versions, "torch_cuda": torch.version.cuda}  # fmt: skip
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1), compute_capability=f"{props.major}.{props.minor}",
+                    multiprocessors=props.multi_processor_count)  # fmt: skip
+    return info
+
+
+def measure_4b(config: TrainingCostConfig, *, model_dimensions: dict[str, Any] | None = None, device: str = "cuda") -> dict[str, Any]:
+    """The 4B recipe's LoRA training on a random-weight Qwen3-4B on this machine's GPU (or `model_dimensions` on
+    `device`: the tiny check), at each of `gpu_shapes`, with MFU and HFU per shape."""
+    recipe = read_lora_recipe(config.gpu_recipe)
+    dimensions = model_dimensions or QWEN3_4B
+    if device == "cpu":
+        recipe = dataclasses.replace(recipe, bf16=False)
+    figures = lora_step_cost(qwen3_config(dimensions), recipe, device=device, steps=config.gpu_steps,
+                             warmup_steps=config.gpu_warmup_steps, shapes=gpu_shapes(config, recipe))  # fmt: skip
+    env = gpu_environment()
+    name = env.get("gpu") or "cpu"
+    peak, source = peak_tflops(name, config.gpu_peak_tflops) if device != "cpu" else (None, "CPU: no MFU")
+    for run in [figures, *figures["shapes"]]:
+        run["mfu"] = round(run["achieved_tflops"] / peak, 4) if peak else None
+        run["hfu"] = round(run["achieved_hardware_tflops"] / peak, 4) if peak else None
+    return {
+        "skipped": False,
+        "measured_here": True,
+        "gpu": name,
+        "model": {"architecture": "Qwen3-4B (Qwen3Config written out in benchmarks/training_cost.py), random weights",
+                  "parameters": figures["parameters"]} if model_dimensions is None else {"config": dimensions, "parameters": figures["parameters"]},
+        "recipe": display_path(config.gpu_recipe),
+        "recipe_resolved_by": recipe.resolved_by,
+        "num_train_epochs": recipe.num_train_epochs,
+        "loop": "plain PyTorch: peft LoRA, AdamW on the adapter, bf16 autocast, random token ids as inputs and labels; not TRL's SFTTrainer",
+        **figures,
+        "peak_tflops": peak,
+        "peak_tflops_source": source,
+        "flops": "model FLOPs/token = 2 x forward (no weight gradients for the frozen base); hardware = 3 x forward with "
+                 "gradient checkpointing's recomputation; forward = 2 x matmul parameters + 4 x layers x seq_len x heads x head_dim",
+        "environment": env,
+    }  # fmt: skip
+
+
+def stored_gpu_result(path: str | None) -> dict[str, Any] | None:
+    """The GPU figures of a record `benchmarks.gpu_training` wrote on a GPU machine, marked as measured there."""
+    if not path or not Path(path).is_file():
+        return None
+    record = json.loads(Path(path).read_text())
+    gpu = record["figures"]["gpu"]
+    return {
+        **gpu,
+        "measured_here": False,
+        "source": f"{display_path(path)}: measured on {gpu['gpu']} at {record['created_at']} by `{record['command']}`, not on this machine",
+        "measured_at": record["created_at"],
+        "device_machine": record["machine"],
     }
 
 
 def measure_gpu(config: TrainingCostConfig) -> dict[str, Any]:
-    """The 4B recipe on a random-weight Qwen3-4B when a GPU is here; otherwise the reason, and the code run on a tiny
-    Qwen3 configuration on CPU."""
+    """The 4B recipe on a random-weight Qwen3-4B when a GPU is here; otherwise the stored record of a GPU machine's
+    run (`gpu_result`) or the reason it is skipped, and the code run on a tiny Qwen3 configuration on CPU."""
     import torch
 
-    from trainer.train import build_train_config
-
-    recipe = build_train_config(config.gpu_recipe)
-    full = qwen3_config(QWEN3_4B)
-    with torch.device("meta"):  # the parameter count, without allocating 4B parameters
+    if torch.cuda.is_available():
+        return measure_4b(config)
+    reason = "torch.cuda.is_available() is False: no GPU on this machine"
+    result = stored_gpu_result(config.gpu_result)
+    if result is not None:
+        result["not_measured_here_because"] = reason
+    else:
         from transformers import AutoModelForCausalLM
 
-        parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(full).parameters())
-    model = {"architecture": "Qwen3-4B (Qwen3Config written out in benchmarks/training_cost.py), random weights", "parameters": parameters}
-    if not torch.cuda.is_available():
-        result: dict[str, Any] = {"skipped": True, "reason": "torch.cuda.is_available() is False: no GPU on this machine", "model": model}
-        if config.tiny_steps:
-            cpu_recipe = _replace(recipe, bf16=False)
-            result["code_path_check"] = {
-                "what": "the same training code, on a tiny Qwen3 configuration on CPU (fp32): proves it runs, measures nothing of the 4B",
-                "config": TINY_QWEN3,
-                **lora_step_cost(qwen3_config(TINY_QWEN3), cpu_recipe, device="cpu", steps=config.tiny_steps, warmup_steps=1, batch_size=2, seq_len=64),
-            }
-        return result
-    name = torch.cuda.get_device_name(0)
-    figures = lora_step_cost(full, recipe, device="cuda", steps=config.gpu_steps, warmup_steps=config.gpu_warmup_steps)
-    peak, source = peak_tflops(name, config.gpu_peak_tflops)
-    return {
-        "skipped": False,
-        "gpu": name,
-        "model": model,
-        "recipe": display_path(config.gpu_recipe),
-        **figures,
-        "peak_tflops": peak,
-        "peak_tflops_source": source,
-        "mfu": round(figures["achieved_tflops"] / peak, 4) if peak else None,
-    }
-
-
-def _replace(recipe: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(recipe, **changes)
+        with torch.device("meta"):  # the parameter count, without allocating 4B parameters
+            parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(qwen3_config(QWEN3_4B)).parameters())
+        model = {"architecture": "Qwen3-4B (Qwen3Config written out in benchmarks/training_cost.py), random weights", "parameters": parameters}
+        result = {"skipped": True, "reason": reason, "model": model}
+    if config.tiny_steps:
+        recipe = dataclasses.replace(read_lora_recipe(config.gpu_recipe), bf16=False)
+        check = lora_step_cost(qwen3_config(TINY_QWEN3), recipe, device="cpu", steps=config.tiny_steps, warmup_steps=1, shapes=[(2, 64), (2, 32)])
+        result["code_path_check"] = {
+            "what": "the same training code, on a tiny Qwen3 configuration on CPU (fp32): proves it runs, measures nothing of the 4B",
+            "config": TINY_QWEN3,
+            **check,
+        }
+    return result
 
 
 # --- 3. the compute ratio ----------------------------------------------------------------------------------
 
 
+def _targets(examples: Any) -> str:
+    """`reasoning` (every target carries the benchmark's explanation), `answer_only` (none does) or `mixed`."""
+    explained = sum(bool((e.explanation or "").strip()) for e in examples)
+    return "reasoning" if explained == len(examples) else "answer_only" if explained == 0 else "mixed"
+
+
 def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
-    """Training tokens of a `nanoflux_rows`-row NanoFlux dataset against each full training set (see the docstring)."""
+    """Training tokens of a `nanoflux_rows`-row NanoFlux dataset against each baseline's training set (see the docstring)."""
     from transformers import AutoTokenizer
 
-    from trainer.evaluate import BenchmarkConfig, benchmark_conversations, count_training_tokens, load_rows, normalise
     from builder.embedded import model_path
+    from trainer.evaluate import BenchmarkConfig, benchmark_conversations, count_training_tokens, load_benchmark, load_rows, normalise
 
     tokenizer_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
     tokenizer = AutoTokenizer.from_pretrained(model_path(tokenizer_id))
@@ -361,31 +551,41 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
     nanoflux_tokens = nanoflux_per_row * config.nanoflux_rows
     sets = []
     for entry in FULL_SETS:
+        common = {"name": entry["name"], "title": entry["title"], "baseline": entry["baseline"], "format": entry["format"]}
         if config.from_hub:
             hub = entry["hub"]
             bench = BenchmarkConfig(format=entry["format"], path=hub["path"], subset=hub.get("subset"), split=hub["split"])
             bench.validate(entry["name"])
-            rows = normalise(load_rows(bench.path, subset=bench.subset, split=bench.split), bench)
-            tokens = count_training_tokens(benchmark_conversations(rows), tokenizer)
-            counted = {"rows": len(rows), "tokens": tokens, "method": f"counted: every row of {hub['path']} [{hub['split']}]"}
+            if entry["baseline"]:  # the rows a baseline trains on: the split less its held-out dev rows
+                examples = load_benchmark(bench)
+            else:  # all of it: there is no training split
+                examples = normalise(load_rows(bench.path, subset=bench.subset, split=bench.split), bench)
+            tokens = count_training_tokens(benchmark_conversations(examples), tokenizer)
+            where = f"{hub['path']}{' ' + hub['subset'] if hub.get('subset') else ''} [{hub['split']}]"
+            counted = {"rows": len(examples), "tokens": tokens, "tokens_per_row": round(tokens / len(examples), 1), "targets": _targets(examples),
+                       "method": f"counted: every training row of {where}"}  # fmt: skip
         else:
             bench = BenchmarkConfig(format=entry["format"], path=str(FIXTURES / entry["fixture"]), split=entry["split"])
             bench.validate(entry["name"])
             examples = normalise(load_rows(bench.path, subset=bench.subset, split=bench.split), bench)
             per_row = count_training_tokens(benchmark_conversations(examples), tokenizer) / len(examples)
+            rows = entry["split_rows"] - entry["dev_rows"]
             counted = {
-                "rows": entry["rows"],
-                "tokens": round(per_row * entry["rows"]),
+                "rows": rows,
+                "split_rows": entry["split_rows"],
+                "dev_rows_held_out": entry["dev_rows"],
+                "tokens": round(per_row * rows),
                 "tokens_per_row": round(per_row, 1),
                 "fixture_rows": len(examples),
+                "targets": _targets(examples),
                 "method": f"estimate: {entry['rows_source']} x mean tokens per row of tests/fixtures/benchmarks/{entry['fixture']}",
             }
-        sets.append({"name": entry["name"], "title": entry["title"], **counted, "ratio": round(counted["tokens"] / nanoflux_tokens, 2)})
+        sets.append({**common, **counted, "ratio": round(counted["tokens"] / nanoflux_tokens, 2)})
     medical = [s for s in sets if s["name"] in MULTIMEDQA]
     multimedqa_tokens = sum(s["tokens"] for s in medical)
     return {
         "tokenizer": f"{tokenizer_id} (packaged; the ratio barely depends on the tokenizer, both sides use the same one)",
-        "unit": "training tokens per epoch (chat template applied), as trainer.evaluate.count_training_tokens counts them",
+        "unit": "training tokens per epoch (chat template applied), as trainer.compute.count_training_tokens counts them",
         "estimate": not config.from_hub,
         "nanoflux": {
             "rows": config.nanoflux_rows,
@@ -394,9 +594,54 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
             "method": f"{config.nanoflux_rows} x mean tokens per row of tests/fixtures/benchmarks/nanoflux_messages.jsonl ({len(conversations)} rows)",
         },
         "full_sets": sets,
-        "multimedqa": {"sets": list(MULTIMEDQA), "tokens": multimedqa_tokens, "ratio": round(multimedqa_tokens / nanoflux_tokens, 2)},
+        "multimedqa": {"sets": list(MULTIMEDQA), "rows": sum(s["rows"] for s in medical), "tokens": multimedqa_tokens,
+                       "ratio": round(multimedqa_tokens / nanoflux_tokens, 2)},  # fmt: skip
+        "targets": "the benchmark's reasoning, then `Final answer: <gold>` (trainer.compute.benchmark_conversations); "
+                   "answer-only where the benchmark has none (MedQA)",
         "paper": "3-14x less compute than full-benchmark fine-tuning",
-    }
+    }  # fmt: skip
+
+
+# --- 4. GPU-seconds ----------------------------------------------------------------------------------------
+
+
+def gpu_seconds(gpu: dict[str, Any], ratio: dict[str, Any]) -> dict[str, Any]:
+    """One epoch of each dataset in GPU-seconds at the measured rates (see the docstring, part 4): `packed` = training
+    tokens / tokens/s at the recipe's shape (rows packed into full sequences: a lower bound; the recipe does not pack);
+    `unpacked` = ceil(rows / batch) micro-batches x the measured seconds per micro-batch at the shortest measured
+    sequence length that holds the set's mean row (one row per sequence, as the recipe trains)."""
+    if gpu.get("skipped") or not gpu.get("shapes"):
+        return {"skipped": True, "reason": "no GPU measurement"}
+    recipe_shape, *short = gpu["shapes"]
+    by_length = sorted([recipe_shape, *short], key=lambda run: run["seq_len"])
+
+    def cost(rows: int, tokens: float, tokens_per_row: float) -> dict[str, Any]:
+        shape = next((run for run in by_length if run["seq_len"] >= tokens_per_row), by_length[-1])
+        batches = math.ceil(rows / shape["batch_size"])
+        return {"packed_s": round(tokens / recipe_shape["tokens_per_s"], 1), "unpacked_s": round(batches * shape["s_per_micro_step"], 1),
+                "unpacked_shape": f"{shape['batch_size']}x{shape['seq_len']}"}  # fmt: skip
+
+    nanoflux = ratio["nanoflux"]
+    sets = [{"name": s["name"], "title": s["title"], "baseline": s["baseline"], "rows": s["rows"], "tokens": s["tokens"],
+             **cost(s["rows"], s["tokens"], s["tokens_per_row"])} for s in ratio["full_sets"]]  # fmt: skip
+    medical = [s for s in sets if s["name"] in MULTIMEDQA]
+    return {
+        "gpu": gpu["gpu"],
+        "measured_here": gpu.get("measured_here", True),
+        "unit": "GPU-seconds per epoch (the recipe trains num_train_epochs of them)",
+        "epochs_in_recipe": gpu.get("num_train_epochs"),
+        "measured": {f"{run['batch_size']}x{run['seq_len']}": {"tokens_per_s": run["tokens_per_s"], "s_per_micro_step": run["s_per_micro_step"]}
+                     for run in gpu["shapes"]},  # fmt: skip
+        "method": f"estimate from rates measured on {gpu['gpu']} (measured: tokens/s and seconds per micro-batch at each shape) and "
+                  "the training tokens and rows of part 3 (" + ("themselves an estimate" if ratio["estimate"] else "counted") + ", SmolLM2 "
+                  "tokenizer). packed_s = tokens / tokens/s at the recipe's max_length (a lower bound: the recipe does not pack); "
+                  "unpacked_s = ceil(rows / batch) x seconds per micro-batch at the shortest measured length holding the mean row "
+                  "(one row per sequence, padded to that length). Data loading, evaluation and saving not counted",
+        "nanoflux": {"rows": nanoflux["rows"], "tokens": nanoflux["tokens"], **cost(nanoflux["rows"], nanoflux["tokens"], nanoflux["tokens_per_row"])},
+        "full_sets": sets,
+        "multimedqa": {"rows": sum(s["rows"] for s in medical), "tokens": sum(s["tokens"] for s in medical),
+                       "packed_s": round(sum(s["packed_s"] for s in medical), 1), "unpacked_s": round(sum(s["unpacked_s"] for s in medical), 1)},
+    }  # fmt: skip
 
 
 def main(config: TrainingCostConfig, work_dir: Path) -> dict[str, Any]:
@@ -404,7 +649,7 @@ def main(config: TrainingCostConfig, work_dir: Path) -> dict[str, Any]:
     if "tokens_per_s" in cpu:
         logger.info("training: local recipe on CPU: %.0f tokens/s, peak RSS %.0f MB", cpu["tokens_per_s"], cpu["peak_rss_mb"])
     gpu = measure_gpu(config)
-    logger.info("training: GPU: %s", gpu.get("reason") or f"{gpu['tokens_per_s']:.0f} tokens/s, MFU {gpu['mfu']}")
+    logger.info("training: GPU: %s", gpu.get("reason") or f"{gpu['gpu']}: {gpu['tokens_per_s']:.0f} tokens/s, MFU {gpu['mfu']}")
     ratio = compute_ratio(config)
     return {
         "settings": {
@@ -412,12 +657,16 @@ def main(config: TrainingCostConfig, work_dir: Path) -> dict[str, Any]:
             "cpu_steps": config.cpu_steps,
             "gpu_recipe": str(Path(config.gpu_recipe).name),
             "gpu_steps": config.gpu_steps,
+            "gpu_warmup_steps": config.gpu_warmup_steps,
+            "gpu_short_seq_lens": config.gpu_short_seq_lens,
+            "gpu_result": display_path(config.gpu_result) if config.gpu_result else None,
             "nanoflux_rows": config.nanoflux_rows,
             "from_hub": config.from_hub,
         },
         "cpu": cpu,
         "gpu": gpu,
         "compute_ratio": ratio,
+        "gpu_seconds": gpu_seconds(gpu, ratio),
     }
 
 

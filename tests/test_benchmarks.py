@@ -193,7 +193,8 @@ def test_unknown_parts_and_fields_fail_before_anything_runs():
 def test_training_cost_runs_the_local_recipe_and_the_gpu_code_and_counts_the_compute_ratio(tmp_path):
     import torch
 
-    args = ["--smoke", "--parts", "training", "--training.cpu_steps", "1", "--results_dir", str(tmp_path / "results"), "--work_dir", str(tmp_path / "work")]
+    args = ["--smoke", "--parts", "training", "--training.cpu_steps", "1", "--training.gpu_result", "null",
+            "--results_dir", str(tmp_path / "results"), "--work_dir", str(tmp_path / "work")]  # fmt: skip
     config, parts, smoke = build_bench_config(args)
     main(config, parts, smoke=smoke)
     figures = _read(tmp_path / "results", "training")["figures"]
@@ -204,18 +205,106 @@ def test_training_cost_runs_the_local_recipe_and_the_gpu_code_and_counts_the_com
     assert gpu["model"]["parameters"] == 4_022_468_096  # Qwen3-4B, built on the meta device
     if torch.cuda.is_available():
         assert gpu["skipped"] is False and gpu["tokens_per_s"] > 0 and gpu["peak_memory_gb"] > 8
+        assert figures["gpu_seconds"]["nanoflux"]["packed_s"] > 0
     else:
         assert gpu["skipped"] is True and "torch.cuda.is_available() is False" in gpu["reason"]
         check = gpu["code_path_check"]
         assert check["tokens_per_s"] > 0 and 0 < check["trainable_parameters"] < check["parameters"]
         assert check["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    ratio = figures["compute_ratio"]
+        assert [(run["batch_size"], run["seq_len"]) for run in check["shapes"]] == [(2, 64), (2, 32)]
+        assert figures["gpu_seconds"] == {"skipped": True, "reason": "no GPU measurement"}
+    check_compute_ratio(figures["compute_ratio"])
+
+
+def check_compute_ratio(ratio: dict) -> None:
+    """The offline estimate: every baseline's real training split (documented rows less the dev holdout x fixture
+    tokens per row), the ratios consistent with the token counts, MultiMedQA the sum of its three baselines."""
+    from benchmarks.training_cost import FULL_SETS
+
     assert ratio["estimate"] is True and ratio["nanoflux"]["rows"] == 200
-    assert {s["name"] for s in ratio["full_sets"]} == {"gsm_hard", "genome_bench", "medqa", "medmcqa", "pubmedqa"}
+    sets = {s["name"]: s for s in ratio["full_sets"]}
+    assert set(sets) == {"gsm_hard", "genome_bench", "medqa", "medmcqa", "pubmedqa"}
+    assert {name: s["rows"] for name, s in sets.items()} == {
+        "gsm_hard": 7473 - 500, "genome_bench": 3332, "medqa": 10178 - 500, "medmcqa": 182822 - 500, "pubmedqa": 211269,
+    }  # fmt: skip
+    assert [entry["name"] for entry in FULL_SETS if not entry["baseline"]] == ["genome_bench"] and sets["genome_bench"]["baseline"] is False
+    # Targets carry the benchmark's reasoning where it has one (MedQA has none).
+    assert {name: s["targets"] for name, s in sets.items()} == {
+        "gsm_hard": "reasoning", "genome_bench": "reasoning", "medqa": "answer_only", "medmcqa": "reasoning", "pubmedqa": "reasoning",
+    }  # fmt: skip
     for entry in ratio["full_sets"]:
         assert entry["tokens"] == pytest.approx(entry["tokens_per_row"] * entry["rows"], rel=1e-3)
         assert entry["ratio"] == pytest.approx(entry["tokens"] / ratio["nanoflux"]["tokens"], rel=0.01) and entry["ratio"] > 1
         assert entry["method"].startswith("estimate:")
+    assert "openai/gsm8k main train" in sets["gsm_hard"]["method"] and "pqa_artificial" in sets["pubmedqa"]["method"]
+    medical = ratio["multimedqa"]
+    assert medical["tokens"] == sum(sets[name]["tokens"] for name in ("medqa", "medmcqa", "pubmedqa"))
+    assert medical["ratio"] == pytest.approx(medical["tokens"] / ratio["nanoflux"]["tokens"], rel=0.01)
+
+
+def test_the_full_sets_are_the_baselines_training_splits_never_a_test_set():
+    from benchmarks.training_cost import FULL_SETS
+    from trainer.baseline import check_baseline_source
+    from trainer.benchmarks import BenchmarkConfig
+
+    for entry in FULL_SETS:
+        hub = entry["hub"]
+        bench = BenchmarkConfig(format=entry["format"], path=hub["path"], subset=hub.get("subset"), split=hub["split"])
+        bench.validate(entry["name"])
+        if entry["baseline"]:
+            check_baseline_source(bench)  # raises for a split nanoflux eval scores
+        else:
+            with pytest.raises(ConfigError, match="training on it would train on evaluation rows"):
+                check_baseline_source(bench)
+    by_name = {entry["name"]: entry for entry in FULL_SETS}
+    assert by_name["gsm_hard"]["hub"] == {"path": "openai/gsm8k", "subset": "main", "split": "train"}
+    assert by_name["pubmedqa"]["hub"] == {"path": "qiaojin/PubMedQA", "subset": "pqa_artificial", "split": "train"}
+
+
+def test_the_gpu_path_reads_the_recipe_without_the_training_stack_exactly_as_the_trainer_does(monkeypatch):
+    import builtins
+
+    from benchmarks.training_cost import GPU_RECIPE, read_lora_recipe
+
+    resolved = read_lora_recipe(str(GPU_RECIPE))
+    assert resolved.resolved_by == "trainer.train.build_train_config"
+    real_import = builtins.__import__
+
+    def no_trainer(name, *args, **kwargs):
+        if name == "trainer.train":
+            raise ModuleNotFoundError("No module named 'datasets'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_trainer)
+    from_yaml = read_lora_recipe(str(GPU_RECIPE))
+    assert from_yaml.resolved_by.startswith("the recipe's YAML")
+    assert {k: v for k, v in vars(from_yaml).items() if k != "resolved_by"} == {k: v for k, v in vars(resolved).items() if k != "resolved_by"}
+    assert (resolved.per_device_train_batch_size, resolved.max_length, resolved.lora_r, resolved.bf16) == (4, 2048, 16, True)
+
+
+def test_without_a_gpu_the_stored_gpu_record_is_reported_as_measured_elsewhere_with_gpu_seconds(tmp_path):
+    import torch
+
+    from benchmarks.training_cost import GPU_RESULT, TrainingCostConfig, gpu_seconds, measure_gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: it is measured, not read")
+    stored = json.loads(GPU_RESULT.read_text())
+    assert stored["benchmark"] == "training-gpu" and stored["figures"]["gpu"]["skipped"] is False
+    gpu = measure_gpu(TrainingCostConfig(tiny_steps=0, gpu_result=str(GPU_RESULT)))
+    assert gpu["measured_here"] is False and gpu["skipped"] is False and "not on this machine" in gpu["source"]
+    assert gpu["tokens_per_s"] > 0 and gpu["mfu"] > 0 and gpu["parameters"] == 4_022_468_096 and "code_path_check" not in gpu
+    assert measure_gpu(TrainingCostConfig(tiny_steps=0, gpu_result=str(tmp_path / "none.json")))["skipped"] is True
+    # GPU-seconds: packed = tokens / tokens/s at the recipe's shape; unpacked = batches x s per micro-batch.
+    shapes = [{"batch_size": 4, "seq_len": 2048, "tokens_per_s": 8000.0, "s_per_micro_step": 1.024},
+              {"batch_size": 4, "seq_len": 256, "tokens_per_s": 2000.0, "s_per_micro_step": 0.5}]  # fmt: skip
+    ratio = {"estimate": True, "nanoflux": {"rows": 200, "tokens": 40000, "tokens_per_row": 200.0},
+             "full_sets": [{"name": "medqa", "title": "MedQA", "baseline": True, "rows": 1001, "tokens": 800000, "tokens_per_row": 800.0}]}  # fmt: skip
+    cost = gpu_seconds({"gpu": "X", "shapes": shapes}, ratio)
+    assert cost["nanoflux"] == {"rows": 200, "tokens": 40000, "packed_s": 5.0, "unpacked_s": 25.0, "unpacked_shape": "4x256"}
+    medqa = cost["full_sets"][0]  # rows of 800 tokens do not fit 256: the recipe's 2048 is the shortest that holds them
+    assert (medqa["packed_s"], medqa["unpacked_s"], medqa["unpacked_shape"]) == (100.0, round(251 * 1.024, 1), "4x2048")
+    assert cost["multimedqa"]["packed_s"] == 100.0 and "estimate" in cost["method"]
 
 
 @pytest.mark.slow
@@ -235,3 +324,20 @@ def test_distilabel_runs_the_same_workload_against_the_same_server(tmp_path):
     assert distilabel["examples"] == 16 and 0 < distilabel["ratio_to_bound"] <= 1.05
     assert figures["vs_distilabel"] == pytest.approx(nanoflux["wall_s"] / distilabel["wall_s"], abs=1e-3)
     assert figures["vs_distilabel"] > 0
+
+
+@pytest.mark.slow
+def test_the_gpu_entry_point_writes_a_record_that_the_training_part_reads(tmp_path):
+    from benchmarks.gpu_training import run
+    from benchmarks.training_cost import TrainingCostConfig, stored_gpu_result
+
+    overrides = ["--training.gpu_steps", "1", "--training.gpu_warmup_steps", "0", "--training.gpu_short_seq_lens", "[32]"]
+    record = run(tmp_path / "gpu.json", overrides, tiny=True)  # the GPU code on a tiny Qwen3 on CPU
+    gpu = record["figures"]["gpu"]
+    assert record["benchmark"] == "training-gpu" and record["settings"]["gpu_steps"] == 1
+    assert [(r["batch_size"], r["seq_len"]) for r in gpu["shapes"]] == [(4, 2048), (4, 32)] and gpu["gradient_accumulation_steps"] == 4
+    assert all(r["tokens_per_s"] > 0 and r["steps"] == 1 for r in gpu["shapes"])
+    assert set(record["machine"]["packages"]) >= {"torch", "transformers", "peft", "trl"}
+    stored = stored_gpu_result(str(tmp_path / "gpu.json"))
+    assert stored["measured_here"] is False and stored["tokens_per_s"] == gpu["tokens_per_s"]
+    assert TrainingCostConfig().gpu_result.endswith("benchmarks/results/training_gpu.json")

@@ -302,6 +302,18 @@ def test_a_nanoflux_row_that_copies_a_test_question_is_refused_before_any_model_
     assert not (tmp_path / "out").exists()
 
 
+def test_a_nanoflux_row_that_nearly_copies_a_benchmark_question_is_refused_before_any_model_loads(tmp_path, no_model_loading):
+    # Not the same question (the exact-match guard lets it through): a GSM-Hard problem with its numbers changed, the
+    # GSM-Hard-style swap that decontamination's n-gram detectors catch.
+    original = json.loads(Path("tests/fixtures/benchmarks/gsm_hard.jsonl").read_text().splitlines()[0])["input"]
+    swapped = re.sub(r"\d+", lambda m: str(int(m.group()) * 7 + 3), original)
+    assert swapped != original
+    make_dataset_repo(tmp_path / "hub", questions={2: swapped})
+    with pytest.raises(TrainError, match=r"eval_recipe: the training data .* holds 1 question\(s\) that nearly copy .*\(gsm-hard \d+ \((ngram|numbers)\)\).*Fix: rebuild or re-publish"):
+        main(_config(tmp_path / "hub", tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def _local_benchmark(name: str) -> BenchmarkConfig:
     from trainer.evaluate import build_eval_config
 

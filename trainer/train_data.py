@@ -145,11 +145,41 @@ def check_test_rows(config: TrainConfig, data: TrainData, what: str) -> int:
     except ConfigError as err:
         raise TrainError(f"eval_recipe: {config.eval_recipe}: {err}") from None
     try:
-        return check_no_test_rows(data.questions, evaluation, field_name="eval_recipe", what=what)
+        checked = check_no_test_rows(data.questions, evaluation, field_name="eval_recipe", what=what)
+        if config.benchmark is None:
+            check_near_copies(config.eval_recipe, data.questions, what)
+        return checked
     except TestRowsInTraining as err:
         raise TrainError(str(err)) from None
     except (EvalError, OSError, ValueError) as err:
         raise TrainError(f"eval_recipe: cannot read the test rows of {config.eval_recipe} ({str(err).splitlines()[0]}). Fix: check its benchmarks, or set eval_recipe: null") from None
+
+
+# At train time near copies are looked for with 13-grams (GPT-3 / OLMo) and number-masked n-grams: no embedding model
+# is loaded here. The builder's own decontamination (8-grams and embeddings too) ran before the version was published.
+TRAIN_TIME_CHECK = {"ngram": 13, "embedding_threshold": None}
+
+
+def check_near_copies(eval_recipe: str, questions: list[str], what: str) -> None:
+    """Refuse NanoFlux training rows that nearly copy a question of the evaluation's benchmarks (builder's
+    decontamination detectors), so that no pool is trained on unchecked. A benchmark's own training split is not
+    checked this way: its near-duplicates of the test split are the benchmark's, and the exact-match guard applies.
+
+    Raises:
+        TrainError: naming the rows, the benchmark questions they match, and the fix.
+    """
+    from builder.decontamination import DecontaminationConfig, check, load_reference
+
+    settings = DecontaminationConfig(eval_recipe=eval_recipe, **TRAIN_TIME_CHECK)
+    _, contaminated = check([{"question": q} for q in questions], load_reference(eval_recipe), settings, None)
+    if contaminated:
+        matches = [f"{m['benchmark']} {m['item_id']} ({m['detector']})" for row in contaminated for m in row["contamination"][:1]]
+        raise TrainError(
+            f"eval_recipe: {what} holds {len(contaminated)} question(s) that nearly copy the evaluation's benchmark questions "
+            f"({', '.join(matches[:5])}). Fix: rebuild or re-publish the dataset with decontamination on (it drops them), "
+            "or train on another version"
+        )
+    logger.info("No training question nearly copies a question of the evaluation's benchmarks (%s)", ", ".join(f"{k}={v}" for k, v in TRAIN_TIME_CHECK.items()))
 
 
 def _hub_commit(repo: str, revision: str) -> str:

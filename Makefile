@@ -12,6 +12,8 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
+	# The sandbox for the Judge's programs prefers bubblewrap; without it (and without root) the kernel layers are used.
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } || echo "bubblewrap not installed: the sandbox uses the kernel's layers (Landlock, seccomp) where they are available"
 	# torch first, so that the project's `torch>=2.4` is already satisfied and pip pulls no CUDA build.
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test]"

@@ -32,14 +32,14 @@ from typing import Any
 
 import yaml
 
-from builder import publish, roles
+from builder import publish, roles, runfolder, sandbox
 from builder.chat import ChatClient, ChatRequest, ChatResponse, EndpointError
 from builder.config import BuildConfig, RoleConfig, changed_fields, to_dict
 from builder.corpus import Corpus, packaged_corpus
 from builder.curation import curate, eligible
 from builder.decontamination import Reference, decontaminate, load_reference, write_report
 from builder.dataset import DEFENDER_STATUSES, JUDGE_STATUSES, sft_messages, write_rows
-from builder.journal import Journal
+from builder.journal import Journal, write_atomic
 from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
 from builder.sandbox import SandboxLimits
 from builder.tools import ToolCall, answers_match, format_tool_results, lookup_tool, python_tool
@@ -52,7 +52,7 @@ class BuildError(RuntimeError):
     the fix. What was journaled is kept, so a re-run after the fix resumes."""
 
 # Fields that change how requests are sent, not what they return: changing them does not invalidate a journal.
-TRANSPORT_FIELDS = ("max_concurrency", "timeout", "max_attempts", "token_env")
+TRANSPORT_FIELDS = ("max_concurrency", "timeout", "max_attempts", "token_env", "structured_output")
 # Where the result goes, not what it is.
 PUBLISH_FIELDS = ("output_dir", "push_to_hub", "hub_dir", "private")
 # Curation runs after the rounds, on the journaled rows (nothing in a round depends on it): changing it re-curates a
@@ -88,28 +88,39 @@ def recipe_fingerprint(config: BuildConfig, prompt_hashes: dict[str, str]) -> tu
 
 
 def prepare_output_dir(config: BuildConfig, prompts: roles.PromptSet, fresh: bool) -> Path:
-    """Create or reopen the output dir; refuse to resume a different recipe unless `fresh`."""
+    """Create or reopen the output dir, locked for this run (one writer per folder: `runfolder.hold`; main releases
+    it with `runfolder.release`); refuse to resume a different recipe unless `fresh`. State files are written
+    atomically; a damaged run.json raises runfolder.DamagedStateFile (path and fix)."""
+    # --- run folder: lock, atomic state (builder/runfolder.py) ---
+    from builder.journal import write_atomic
+
     output_dir = Path(config.output_dir)
     run_file = output_dir / "run.json"
     fingerprint, content = recipe_fingerprint(config, prompts.hashes())
-    if fresh:
-        for name in OUTPUT_FILES:
-            (output_dir / name).unlink(missing_ok=True)
-        for name in OUTPUT_DIRS:
-            for path in sorted((output_dir / name).glob("**/*"), reverse=True):
-                path.unlink() if path.is_file() else path.rmdir()
-    elif run_file.exists():
-        previous = json.loads(run_file.read_text())
-        if previous["fingerprint"] != fingerprint:
-            changed = changed_fields(previous["recipe"], content)
-            raise SystemExit(
-                f"output_dir {output_dir} holds a build of a different recipe (changed: {', '.join(changed)}). "
-                "Fix: re-run with --fresh to start over, or pass another --output_dir."
-            )
-        logger.info("Resuming the build in %s", output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps({"fingerprint": fingerprint, "recipe": content}, indent=2, sort_keys=True))
-    (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    runfolder.hold(output_dir, "build")  # FolderBusy at once when another process builds or publishes here
+    try:
+        if fresh:
+            for name in OUTPUT_FILES:
+                (output_dir / name).unlink(missing_ok=True)
+            for name in OUTPUT_DIRS:
+                for path in sorted((output_dir / name).glob("**/*"), reverse=True):
+                    path.unlink() if path.is_file() else path.rmdir()
+            runfolder.clear(output_dir)
+        elif run_file.exists():
+            previous = runfolder.read_json(run_file, runfolder.RUN_SHAPE)
+            if previous["fingerprint"] != fingerprint:
+                changed = changed_fields(previous["recipe"], content)
+                raise SystemExit(
+                    f"output_dir {output_dir} holds a build of a different recipe (changed: {', '.join(changed)}). "
+                    "Fix: re-run with --fresh to start over, or pass another --output_dir."
+                )
+            logger.info("Resuming the build in %s", output_dir)
+        runfolder.write_json(run_file, {"fingerprint": fingerprint, "recipe": content})
+        write_atomic(output_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
+    except BaseException:
+        runfolder.release(output_dir)
+        raise
+    # --- end run folder ---
     return output_dir
 
 
@@ -143,7 +154,7 @@ def _make_client(name: str, role: RoleConfig) -> ChatClient:
         name=name,
         base_url=role.base_url,
         model=role.model,
-        token=os.environ.get(role.token_env) or None,
+        token_env=role.token_env,
         max_concurrency=role.max_concurrency,
         retry=RetryPolicy(max_attempts=role.max_attempts, timeout=role.timeout),
         structured_output=role.structured_output,
@@ -193,7 +204,9 @@ class Caller:
         self.stats = Stats()
 
     async def _call(self, key: str, player: str, request: ChatRequest) -> ChatResponse:
-        fingerprint = hashlib.sha256(json.dumps(dataclasses.asdict(request), sort_keys=True).encode()).hexdigest()
+        # What is asked, not who asks: `role` only labels logs and counters.
+        asked = {k: v for k, v in dataclasses.asdict(request).items() if k != "role"}
+        fingerprint = hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
         record = self.journal.get(key)
         if record is not None and record["fingerprint"] == fingerprint:
             self.stats.calls_replayed += 1
@@ -235,6 +248,7 @@ class Caller:
                     top_p=role.top_p,
                     seed=_seed(self.config.seed, call_key),
                     json_schema=schema,
+                    role=player,
                 )
                 response = await self._call(call_key, player, request)
                 outcome.raw = response.text
@@ -548,7 +562,34 @@ async def _python(ctx: Context, example_id: str, code: str) -> ToolCall:
 # --- summary ---------------------------------------------------------------------------------------------
 
 
+def endpoint_report(clients: dict[str, ChatClient]) -> list[dict[str, Any]]:
+    """Per endpoint client (roles on one endpoint share one): what serves it, the structured-output mode sent, the
+    HTTP attempts it made (retries included), tokens, and what the adaptive concurrency limit did."""
+    report = []
+    for client in {id(c): c for c in clients.values()}.values():
+        stats = getattr(client, "stats", None)
+        if stats is None or not hasattr(stats, "attempts"):  # the embedded model: no HTTP
+            continue
+        server, limit = getattr(client, "server", None), getattr(client, "concurrency", None)
+        report.append(
+            {
+                "roles": sorted(name for name, c in clients.items() if c is client),
+                "server": dataclasses.asdict(server) if server else None,
+                "attempts": stats.attempts,
+                "attempts_by_role": dict(stats.attempts_by_role),
+                "retries": stats.retries,
+                "errors_by_kind": dict(stats.errors_by_kind),
+                "probes": stats.probes,
+                "prompt_tokens": stats.prompt_tokens,
+                "completion_tokens": stats.completion_tokens,
+                "concurrency": dataclasses.asdict(limit.stats) if limit is not None else None,
+            }
+        )
+    return report
+
+
 def summarize(config: BuildConfig, rows: list[dict[str, Any]], kept: list[dict[str, Any]], ctx: Context, wall_s: float) -> dict[str, Any]:
+    endpoints = endpoint_report(ctx.caller.clients)
     judged = [r for r in rows if r.get("judge_status")]
     statuses = Counter(r["judge_status"] for r in judged)
     tokens: dict[str, dict[str, int]] = {}
@@ -588,8 +629,10 @@ def summarize(config: BuildConfig, rows: list[dict[str, Any]], kept: list[dict[s
         "target_size": config.target_size,
         "per_round": per_round,
         "tokens": tokens,
-        "calls_sent": ctx.caller.stats.calls_sent,
+        "calls_answered": ctx.caller.stats.calls_sent,
+        "calls_sent": sum(e["attempts"] for e in endpoints) if endpoints else ctx.caller.stats.calls_sent,
         "calls_replayed": ctx.caller.stats.calls_replayed,
+        "endpoints": endpoints,
         "retries": sum(rec.get("retries", 0) for rec in ctx.caller.journal.records.values()),
         "endpoint_failures": dict(ctx.caller.stats.endpoint_failures),
         "prompt_hashes": ctx.prompts.hashes(),
@@ -615,7 +658,8 @@ def check_outcome(config: BuildConfig, summary: dict[str, Any], causes: Counter)
         )
     if summary["kept"] == 0:
         raise BuildError(
-            f"nothing was kept: {summary['judged_ok']} judged, {summary['valid']} valid, 0 in the curation bands "
+            f"nothing was kept: {summary['generated']} generated, {summary['not_novel']} near-duplicates (of this build, the "
+            f"novelty bank or earlier versions), {summary['judged_ok']} judged, {summary['valid']} valid, 0 in the curation bands "
             f"(quality_levels {config.curation.quality_levels}, require_valid {config.curation.require_valid}). The pool is in "
             "pool.jsonl. Fix: more rounds or attacks, stronger roles, or another curation (re-curating sends no call: "
             "e.g. --curation.quality_levels [3,4])."
@@ -638,9 +682,16 @@ def log_summary(summary: dict[str, Any], output_dir: Path) -> None:
         s["attack_errors"], s["attack_parse_errors"], s["attack_refusals"], s["not_novel"], s["judge_status"],
     )
     logger.info(
-        "Calls sent %d, replayed from journal %d, retries %d, endpoint failures %s",
-        s["calls_sent"], s["calls_replayed"], s["retries"], s["endpoint_failures"] or "none",
+        "HTTP attempts %d (answered calls %d), replayed from journal %d, retries %d, endpoint failures %s",
+        s["calls_sent"], s["calls_answered"], s["calls_replayed"], s["retries"], s["endpoint_failures"] or "none",
     )
+    for endpoint in s["endpoints"]:
+        server = endpoint["server"] or {}
+        logger.info(
+            "Endpoint of %s: %s, structured output %s (%s); peak concurrency %s",
+            "/".join(endpoint["roles"]), server.get("server", "?"), server.get("mode", "?"), server.get("evidence", "?"),
+            (endpoint["concurrency"] or {}).get("peak_in_flight", "?"),
+        )
     for role, t in s["tokens"].items():
         logger.info("Tokens %-8s in %7d  out %7d", role, t["prompt"], t["completion"])
     logger.info("Dataset: %s (curated.jsonl, data/train-*.parquet; every example in pool/)", output_dir)
@@ -662,70 +713,78 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
         with publish.open_target(config.hub_dir) as api:
             previous = publish.preflight(api, config.push_to_hub, private=config.private)
         earlier = [row["question"] for row in previous.rows or []]
-    # Pre-flight too: the benchmarks to decontaminate against must load before any call is sent.
+    # Pre-flight: untrusted programs run only under real confinement (bubblewrap or the kernel's layers), decided
+    # before any call is sent; and the benchmarks to decontaminate against must load.
+    sandbox_mode = sandbox.require_confinement(config.sandbox) if "python" in config.judge_tools else None
     reference: Reference | None = None
     if config.decontamination.enabled:
         reference = load_reference(config.decontamination.recipe_for(config.domain))
         if config.decontamination.seed_novelty_bank:
             earlier += reference.texts
     output_dir = prepare_output_dir(config, prompts, fresh)
-
-    logger.info("Loading the novelty embedder %s", config.novelty.model)
-    embedder = load_embedder(config.novelty.model)
-    bank = (read_bank(config.novelty.bank) if config.novelty.bank else []) + earlier
-    novelty = NoveltyFilter(config.novelty.threshold, bank=embed(embedder, bank) if bank else None)
-    clients = make_clients(config)
-
-    calls = Journal(output_dir / "calls.jsonl")
-    progress = tqdm(total=config.rounds * config.attacks_per_round * CALLS_PER_ATTACK, unit="call", desc="calls", disable=None)
-    ctx = Context(
-        config=config,
-        prompts=prompts,
-        corpus=corpus,
-        caller=Caller(config, clients, calls, progress),
-        examples=Journal(output_dir / "examples.jsonl"),
-        tools=Journal(output_dir / "tools.jsonl"),
-        limits=SandboxLimits(
-            wall_seconds=config.sandbox.wall_seconds, cpu_seconds=config.sandbox.cpu_seconds, memory_bytes=config.sandbox.memory_mb * 1024**2
-        ),
-        embedder=embedder,
-        novelty=novelty,
-    )
-
-    async def run_all() -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for r in range(config.rounds):
-            progress.set_description(f"round {r + 1}/{config.rounds}")
-            new = await run_round(ctx, r, rows)
-            rows += new
-            ok = sum(row.get("judge_status") == "ok" for row in new)
-            logger.info("Round %d (%s attacks): %d generated, %d novel, %d judged ok", r, _players(r)[0], len(new), sum(x["novel"] for x in new), ok)
-        return rows
-
     try:
-        rows = asyncio.run(run_all())
-    finally:
-        progress.close()
-        for journal in (calls, ctx.examples, ctx.tools):
-            journal.close()
+        logger.info("Loading the novelty embedder %s", config.novelty.model)
+        embedder = load_embedder(config.novelty.model)
+        bank = (read_bank(config.novelty.bank) if config.novelty.bank else []) + earlier
+        novelty = NoveltyFilter(config.novelty.threshold, bank=embed(embedder, bank) if bank else None)
+        clients = make_clients(config)
 
-    # Only rows curation could keep are checked: a contaminated row must not take a slot a clean one could have had.
-    candidates = [row for row in rows if eligible(row, config.curation)]
-    checked = decontaminate(candidates, config.decontamination, domain=config.domain, embedder=embedder, reference=reference)
-    contaminated_ids = {row["id"] for row in checked.contaminated}
-    kept = curate([row for row in rows if row["id"] not in contaminated_ids], config.curation, config.target_size)
-    write_rows(rows, output_dir / "pool" / "pool.parquet", output_dir / "pool.jsonl")
-    write_rows(kept, output_dir / "data" / "train-00000-of-00001.parquet", output_dir / "curated.jsonl")
-    write_report(checked.contaminated, output_dir / "contaminated.jsonl")
-    summary = summarize(config, rows, kept, ctx, time.perf_counter() - started)
-    summary["decontamination"] = checked.summary()
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log_summary(summary, output_dir)
-    check_outcome(config, summary, ctx.causes)
-    if config.push_to_hub:
-        # The build is safe on disk; if this fails, `nanoflux publish <output_dir>` retries without rebuilding.
-        # publish() reads the repo's latest version again: it may have moved on during a long build.
-        with publish.open_target(config.hub_dir) as api:
-            release = publish.publish(output_dir, config.push_to_hub, api=api, private=config.private, reference=reference)
-        summary["release"] = dataclasses.asdict(release) if release else None
-    return summary
+        calls = Journal(output_dir / "calls.jsonl")
+        progress = tqdm(total=config.rounds * config.attacks_per_round * CALLS_PER_ATTACK, unit="call", desc="calls", disable=None)
+        ctx = Context(
+            config=config,
+            prompts=prompts,
+            corpus=corpus,
+            caller=Caller(config, clients, calls, progress),
+            examples=Journal(output_dir / "examples.jsonl"),
+            tools=Journal(output_dir / "tools.jsonl"),
+            limits=SandboxLimits(
+                wall_seconds=config.sandbox.wall_seconds,
+                cpu_seconds=config.sandbox.cpu_seconds,
+                memory_bytes=config.sandbox.memory_mb * 1024**2,
+                allow_unconfined=config.sandbox.allow_unconfined,
+            ),
+            embedder=embedder,
+            novelty=novelty,
+        )
+
+        async def run_all() -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = []
+            for r in range(config.rounds):
+                progress.set_description(f"round {r + 1}/{config.rounds}")
+                new = await run_round(ctx, r, rows)
+                rows += new
+                ok = sum(row.get("judge_status") == "ok" for row in new)
+                logger.info("Round %d (%s attacks): %d generated, %d novel, %d judged ok", r, _players(r)[0], len(new), sum(x["novel"] for x in new), ok)
+            return rows
+
+        try:
+            rows = asyncio.run(run_all())
+        finally:
+            progress.close()
+            for journal in (calls, ctx.examples, ctx.tools):
+                journal.close()
+
+        # Only rows curation could keep are checked: a contaminated row must not take a slot a clean one could have had.
+        candidates = [row for row in rows if eligible(row, config.curation)]
+        checked = decontaminate(candidates, config.decontamination, domain=config.domain, embedder=embedder, reference=reference)
+        contaminated_ids = {row["id"] for row in checked.contaminated}
+        kept = curate([row for row in rows if row["id"] not in contaminated_ids], config.curation, config.target_size)
+        write_rows(rows, output_dir / "pool" / "pool.parquet", output_dir / "pool.jsonl")
+        write_rows(kept, output_dir / "data" / "train-00000-of-00001.parquet", output_dir / "curated.jsonl")
+        write_report(checked.contaminated, output_dir / "contaminated.jsonl")
+        summary = summarize(config, rows, kept, ctx, time.perf_counter() - started)
+        summary["decontamination"] = checked.summary()
+        summary["sandbox"] = sandbox_mode
+        write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        log_summary(summary, output_dir)
+        check_outcome(config, summary, ctx.causes)
+        if config.push_to_hub:
+            # The build is safe on disk; if this fails, `nanoflux publish <output_dir>` retries without rebuilding.
+            # publish() reads the repo's latest version again: it may have moved on during a long build.
+            with publish.open_target(config.hub_dir) as api:
+                release = publish.publish(output_dir, config.push_to_hub, api=api, private=config.private, reference=reference)
+            summary["release"] = dataclasses.asdict(release) if release else None
+        return summary
+    finally:
+        runfolder.release(output_dir)  # the folder's lock, taken by prepare_output_dir, is held for the whole run

@@ -17,6 +17,10 @@ class ChatRequest:
     seed: int | None = None
     # JSON schema the answer must follow; backends constrain generation to it where they can.
     json_schema: dict[str, Any] | None = None
+    # The role asking (player_a, judge, ...): named in logs and errors, and counted per role. Roles on one endpoint
+    # share a client, so the client's own name cannot say which role a request came from. Not part of what is asked:
+    # leave it out of request fingerprints.
+    role: str | None = None
 
 
 @dataclass
@@ -33,12 +37,30 @@ class ChatResponse:
 
 
 class EndpointError(RuntimeError):
-    """A request that failed for good: a non-retryable status, or every attempt used up."""
+    """A request that failed for good: a non-retryable status, or every attempt used up.
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1):
+    `role` and `endpoint` (a public URL or model id: never a key) say who asked whom; `server_message` is the server's
+    own error text; `kind` the failure class ("429", "500", "timeout", "connection", "offline", ...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        attempts: int = 1,
+        role: str | None = None,
+        endpoint: str | None = None,
+        server_message: str | None = None,
+        kind: str | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.attempts = attempts
+        self.role = role
+        self.endpoint = endpoint
+        self.server_message = server_message
+        self.kind = kind
 
 
 class ChatClient(Protocol):

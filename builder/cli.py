@@ -76,7 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--config", help="YAML recipe, e.g. configs/sweeps/local.yaml")
     sweep.add_argument("--fresh", action="store_true", help="discard the sweep folder's cells and start over")
 
-    for sub in (build, release, train, evaluate, adapter, sweep, jobs):
+    doctor = commands.add_parser(
+        "doctor",
+        help="check a build folder's journals and state files; --repair keeps every intact record",
+        description="Report damaged journal lines (records lost, calls a resume sends again) and state files.",
+    )
+    doctor.add_argument("output_dir", help="a build's output dir")
+    doctor.add_argument("--repair", action="store_true", help="rewrite damaged journals keeping every intact record")
+
+    for sub in (build, release, train, evaluate, adapter, sweep, jobs, doctor):
         sub.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     # builder/space.py parses its own arguments (`nanoflux space [--port N]`, `nanoflux space deploy org/name`).
     commands.add_parser("space", add_help=False, help="run the Gradio Space locally, or `space deploy org/name` to a Space repo")
@@ -99,9 +107,17 @@ def main(argv: list[str] | None = None) -> None:
 
     from builder.config import ConfigError
     from builder.publish import PublishError
+    from builder.runfolder import RunFolderError
 
     try:
-        if args.command == "sweep":
+        if args.command == "doctor":
+            from builder.runfolder import doctor
+
+            report, healthy = doctor(args.output_dir, repair=args.repair)
+            print(report)
+            if not healthy:
+                sys.exit(1)
+        elif args.command == "sweep":
             from trainer.sweep import SweepError, build_sweep_config, main as sweep_main
 
             try:
@@ -111,10 +127,11 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "build":
             from builder.build import BuildError, main as build_main
             from builder.config import build_config
+            from builder.sandbox import SandboxUnavailableError
 
             try:
                 build_main(build_config(args.config, overrides), fresh=args.fresh)
-            except BuildError as err:
+            except (BuildError, SandboxUnavailableError) as err:
                 sys.exit(f"nanoflux build: {err}")
         elif args.command == "publish":
             from builder.publish import main as publish_main
@@ -168,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         sys.exit(f"nanoflux {args.command}: invalid recipe: {err}")
     except PublishError as err:
+        sys.exit(f"nanoflux {args.command}: {err}")
+    except RunFolderError as err:
         sys.exit(f"nanoflux {args.command}: {err}")
 
 

@@ -24,7 +24,7 @@ from builder.decontamination import DecontaminationConfig
 
 PACKAGED_DOMAINS = ("math", "science", "medical")
 BACKENDS = ("endpoint", "embedded")
-STRUCTURED_OUTPUT_MODES = ("json_schema", "json", "none")
+STRUCTURED_OUTPUT_MODES = ("auto", "openai", "tgi", "llama_cpp", "none")
 ANSWER_FORMATS = ("number", "choice", "text")
 JUDGE_TOOLS = ("python", "lookup")
 TARGETING_POLICIES = ("adaptive", "round_robin")
@@ -48,15 +48,20 @@ class RoleConfig:
     """TGI, Inference Endpoint, vLLM or llama.cpp server URL, e.g. `http://localhost:8080`."""
     model: str | None = None
     """Hub model id (Inference Providers when no base_url; sent as the `model` field otherwise)."""
-    token_env: str = "HF_TOKEN"
-    """Name of the environment variable that holds the endpoint key. The key itself never goes in a recipe."""
+    token_env: str | None = None
+    """Name of the environment variable that holds this endpoint's key (the key itself never goes in a recipe). A server
+    that is not on a Hugging Face host gets a key only from here; null: Hugging Face hosts (Inference Providers,
+    Inference Endpoints, Spaces) get the Hub login (HF_TOKEN or `hf auth login`), any other server gets no key."""
     max_tokens: int = 1024
     temperature: float = 0.7
     top_p: float | None = None
-    max_concurrency: int = 8
-    """Requests in flight to this endpoint at once."""
-    structured_output: str = "json_schema"
-    """How to ask for JSON: `json_schema` (OpenAI/vLLM/TGI>=3), `json` (TGI grammar), `none` (parse tolerantly)."""
+    max_concurrency: int = 256
+    """Upper bound on requests in flight to this endpoint. Below it NanoFlux seeks the server's capacity (more while
+    answers keep their pace, fewer on 429/503, timeouts or slower tokens); roles on one endpoint share the smallest."""
+    structured_output: str = "auto"
+    """How to ask for JSON: `auto` (ask the server what it is, once), `openai` (json_schema: vLLM, OpenAI-compatible,
+    Inference Providers), `tgi` (TGI's grammar), `llama_cpp` (llama.cpp's json_object + schema), `none` (no
+    response_format; parse tolerantly). The old names `json_schema` and `json` still mean `openai` and `tgi`."""
     timeout: float = 120.0
     max_attempts: int = 6
 
@@ -73,13 +78,20 @@ class RoleConfig:
             )
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             fail(f"{path}.base_url", self.base_url, "not an http(s) URL", "write it as http://host:port")
-        if self.structured_output not in STRUCTURED_OUTPUT_MODES:
+        if self.structured_output not in (*STRUCTURED_OUTPUT_MODES, "json_schema", "json"):
             fail(
                 f"{path}.structured_output",
                 self.structured_output,
                 "unknown mode",
-                f"use one of {', '.join(STRUCTURED_OUTPUT_MODES)}",
+                f"use one of {', '.join(STRUCTURED_OUTPUT_MODES)} (auto asks the server; json_schema and json are the "
+                "old names of openai and tgi)",
             )
+        if self.token_env is not None:
+            if self.token_env.startswith(("hf_", "sk-")) or len(self.token_env) > 40:
+                fail(f"{path}.token_env", "<hidden>", "looks like a key, not the name of a variable", f"export the key as a variable and write its name, e.g. {path}.token_env: ENDPOINT_KEY")
+            name = self.token_env
+            if not (name and name.isascii() and name.replace("_", "a").isalnum() and not name[0].isdigit()):
+                fail(f"{path}.token_env", self.token_env, "not an environment variable name", "use letters, digits and _, e.g. HF_TOKEN")
         check_range(f"{path}.max_tokens", self.max_tokens, 16, 32768)
         check_range(f"{path}.temperature", self.temperature, 0.0, 2.0)
         if self.top_p is not None:
@@ -149,6 +161,9 @@ class SandboxConfig:
     wall_seconds: float = 5.0
     cpu_seconds: int = 3
     memory_mb: int = 512
+    allow_unconfined: bool = False
+    """Run the Judge's programs with the audit hook only when neither bubblewrap nor Landlock + seccomp is
+    available. Off by default: the build then refuses to start; the hook alone is not a security boundary."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.wall_seconds", self.wall_seconds, 0.0, 600.0, low_open=True)

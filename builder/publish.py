@@ -39,6 +39,7 @@ import yaml
 from huggingface_hub import CommitOperationAdd, DatasetCard, DatasetCardData, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+from builder import runfolder
 from builder.config import CurationConfig, from_dict, public_url
 from builder.curation import curate, eligible
 from builder.dataset import COLUMNS, to_dataset
@@ -545,5 +546,6 @@ def main(
         decontamination.validate("decontamination", domain=config["domain"])
     else:
         decontamination_settings(config)
-    with open_target(hub_dir) as api:
+    # One writer per folder: a build still writing it (or another publish) makes this fail at once, naming the holder.
+    with runfolder.locked(output_dir, "publish"), open_target(hub_dir) as api:
         return publish(output_dir, repo_id, api=api, private=private, overwrite=overwrite, decontamination=decontamination)

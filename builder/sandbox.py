@@ -1,34 +1,40 @@
-"""Run untrusted, LLM-written Python (the Judge's verification programs) in a locked-down child process.
+"""Run untrusted, LLM-written Python (the Judge's verification programs) in a confined child process.
 
-Layers, each independent of the others (the kernel ones are best effort and fall back silently):
+The sandbox fails closed: untrusted code runs only under real isolation, one of these modes
+(``confinement_mode()`` says which this machine offers, ``require_confinement()`` refuses before any compute):
 
-* a fresh interpreter (``python -I -S -B -u``: isolated mode, no site-packages, clean environment),
-  in its own session, with a private temporary directory as cwd, ``HOME`` and ``TMPDIR``;
-* resource limits: ``RLIMIT_CPU`` (soft; hard = soft + 1), ``RLIMIT_AS``, ``RLIMIT_FSIZE``,
-  ``RLIMIT_NOFILE``, ``RLIMIT_CORE = 0`` (and ``RLIMIT_NPROC = 0`` for non-root without seccomp),
-  plus a wall-clock timeout enforced by the parent, which SIGKILLs the whole process group;
-* a private network namespace (``unshare(CLONE_NEWNET)``, or with ``CLONE_NEWUSER`` when not root);
-* Landlock: writes allowed only under the sandbox directory, reads only under the interpreter's
-  prefix, ``/usr``, ``/lib*`` and a few device files; TCP bind/connect denied (ABI >= 4); signals and
-  abstract unix sockets scoped to the sandbox (ABI >= 6); ptrace of outside processes denied
-  (so ``/proc/<parent>/environ`` and its secrets are unreadable);
-* all capabilities dropped (root keeps uid 0 but cannot raise hard limits or bypass file modes);
-* seccomp (x86-64): kills the process on fork/vfork/non-thread clone, exec, socket, ptrace, mount,
-  namespace, module, kexec, bpf, io_uring ... and on kill/tgkill aimed at another process;
-* a ``sys.addaudithook`` policy installed before the untrusted code runs: it blocks sockets,
-  subprocesses, fork/exec/spawn, signals, ctypes, sub-interpreters, tracing hooks, rlimit changes,
-  writes (and file creation beyond a small budget) outside the sandbox directory and reads outside
-  the allowed roots.  A violation is first written to a private result pipe (so catching the
-  exception does not hide it) and then raised as ``SandboxViolation("blocked: ...")``.
+* ``bwrap`` (preferred): bubblewrap with ``--unshare-all`` (user, mount, PID, network, IPC, UTS, cgroup
+  namespaces), ``--die-with-parent``, ``--new-session``, uid 65534, no capabilities, read-only binds of ``/usr``,
+  ``/lib*`` and the interpreter's prefix only, a fresh ``/proc`` and ``/dev``, and a private size-capped tmpfs as
+  working directory (nothing of the sandbox lives on the host's disk); the kernel layers below apply inside too;
+* ``kernel``: the child confines itself: Landlock (reads only under the interpreter's prefix, ``/usr``,
+  ``/lib*``, a few device files and its own directory; writes of regular files and directories only there; TCP
+  and signals scoped where the ABI allows), seccomp on x86-64 (kills fork, exec, socket, ptrace, mount, mknod,
+  setsid, namespaces ...), a private network namespace, all capabilities dropped, ``PR_SET_PDEATHSIG``;
+  both Landlock and seccomp must take effect or the child refuses to run the program;
+* neither: ``SandboxUnavailableError`` naming the fix (install bubblewrap), unless ``allow_unconfined`` is set, in
+  which case the run is logged as unconfined (``audit`` mode: best-effort kernel layers, the audit hook, native
+  loaders and fifo/device creation removed).
 
-The parent alone decides ``ok``: exit status 0, no wall timeout, and no failure record on the pipe.
+In every mode: a fresh ``python -I -S -B -u``, ``RLIMIT_CPU/AS/FSIZE/NOFILE/CORE``, a wall-clock timeout
+(SIGKILL of the process group), and the audit hook of ``builder.sandbox_child`` as a last layer: it resolves
+paths with realpath semantics, blocks sockets, processes, ctypes, fifos and writes outside, keeps no state the
+program can reach, and ends the process with ``VIOLATION_EXIT`` on a violation, so the verdict survives a
+closed or redirected result pipe. The parent alone decides ``ok``: exit status 0, no timeout, the child's layer
+report present, and no failure record.
+
+Host working folders (``kernel`` and ``audit`` modes) are named ``nanoflux-sandbox-<pid>-*``: they are removed
+after each run and at exit, and folders of dead processes are swept on the first run of a process.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -38,24 +44,44 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from builder.sandbox_child import VIOLATION_EXIT
+
+if TYPE_CHECKING:
+    from builder.config import SandboxConfig
 
 log = logging.getLogger(__name__)
 
-_CODE_FILE = "main.py"
+MODES = ("bwrap", "kernel")
+_PREFIX = "nanoflux-sandbox-"
+_BWRAP_ROOT = "/sandbox"
+_BWRAP_UID = 65534
 _MAX_FILE_BYTES = 8 * 1024**2  # RLIMIT_FSIZE: any file the child writes, its stdout/stderr included
+_TMPFS_BYTES = 64 * 1024**2
 _MAX_OPEN_FILES = 64
 _MAX_CREATED_FILES = 64  # new files/directories the audit hook lets the code create
 _MAX_CHANNEL_BYTES = 64 * 1024
+_CHILD_SOURCE = (Path(__file__).parent / "sandbox_child.py").read_text(encoding="utf-8")
+_FIX = ("install bubblewrap (`apt-get install -y bubblewrap`; it needs user namespaces) or run on Linux >= 5.13 "
+        "x86-64 with Landlock and seccomp; or, knowing the Judge's programs then run with the audit hook only, "
+        "set `sandbox.allow_unconfined: true`")
+
+
+class SandboxUnavailableError(RuntimeError):
+    """No real confinement on this machine and ``allow_unconfined`` is not set."""
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Resource limits for one sandboxed run."""
+    """Resource limits for one sandboxed run; ``allow_unconfined`` permits the audit-hook-only fallback."""
 
     wall_seconds: float = 5.0
     cpu_seconds: int = 3
     memory_bytes: int = 512 * 1024**2
     max_output_bytes: int = 8192
+    allow_unconfined: bool = False
 
 
 @dataclass
@@ -69,424 +95,124 @@ class SandboxResult:
     duration_s: float
 
 
-# --------------------------------------------------------------------------------------------------
-# Child bootstrap.  Passed with ``-c``; its configuration arrives as JSON in argv[1] and the untrusted
-# source is read from a file in the sandbox directory, never interpolated into this text.
-# --------------------------------------------------------------------------------------------------
-_BOOTSTRAP = r'''
-import os, sys
+# --- confinement detection --------------------------------------------------------------------------------
 
 
-def _read_roots():
-    roots = ["/usr", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/localtime",
-             "/dev/null", "/dev/zero", "/dev/urandom", "/dev/random",
-             sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix]
-    out = []
-    for p in roots:
-        for q in (p, os.path.realpath(p)):
-            if q and q not in out:
-                out.append(q)
-    return out
+def _bwrap_argv(bwrap: str) -> list[str]:
+    """bubblewrap's command line: every namespace, read-only system and interpreter, private tmpfs cwd."""
+    argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(_BWRAP_UID), "--gid", str(_BWRAP_UID),
+            "--die-with-parent", "--new-session", "--hostname", "sandbox",
+            "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    for path in ("/etc/ld.so.cache", "/etc/localtime"):
+        argv += ["--ro-bind-try", path, path]
+    prefixes = {os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)}
+    prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+    for p in sorted(prefixes):
+        if p != "/" and not p.startswith("/usr/") and p != "/usr":
+            argv += ["--ro-bind", p, p]
+    argv += ["--size", str(_TMPFS_BYTES), "--tmpfs", _BWRAP_ROOT, "--chdir", _BWRAP_ROOT,
+             "--setenv", "HOME", _BWRAP_ROOT, "--setenv", "TMPDIR", _BWRAP_ROOT, "--"]
+    return argv
 
 
-def _landlock(ctypes, syscall, root, read_roots):
-    import stat, struct
-    L = ctypes.c_long
-    abi = syscall(L(444), None, L(0), L(1))  # landlock_create_ruleset(NULL, 0, VERSION)
-    if abi < 1:
+@functools.lru_cache(maxsize=1)
+def confinement_mode() -> str | None:
+    """The real confinement this machine offers: ``"bwrap"``, ``"kernel"``, or None (probed once per process)."""
+    if not sys.platform.startswith("linux"):
         return None
-    write = (1 << 1) | (1 << 4) | (1 << 5) | (0x7F << 6)  # WRITE_FILE, REMOVE_*, MAKE_*
-    if abi >= 2:
-        write |= 1 << 13  # REFER
-    if abi >= 3:
-        write |= 1 << 14  # TRUNCATE
-    read = (1 << 2) | (1 << 3)  # READ_FILE, READ_DIR
-    handled = write | read
-    size = 8 if abi < 4 else 16 if abi < 6 else 24
-    attr = struct.pack("QQQ", handled, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)[:size]
-    attr_buf = ctypes.create_string_buffer(attr, size)
-    rfd = syscall(L(444), attr_buf, L(size), L(0))
-    if rfd < 0:
-        return None
-    try:
-        def allow(path, access):
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                return
-            try:
-                if not stat.S_ISDIR(os.fstat(fd).st_mode):
-                    access &= (1 << 1) | (1 << 2) | (1 << 14)
-                rule = ctypes.create_string_buffer(struct.pack("=Qi", access, fd), 12)
-                syscall(L(445), L(rfd), L(1), rule, L(0))  # LANDLOCK_RULE_PATH_BENEATH
-            finally:
-                os.close(fd)
-
-        allow(root, handled)
-        allow("/proc/self", read)
-        for p in read_roots:
-            allow(p, read)
-        if syscall(L(446), L(rfd), L(0)) != 0:
-            return None
-    finally:
-        os.close(rfd)
-    return "landlock%d" % abi
+    probe = SandboxLimits(wall_seconds=10.0, cpu_seconds=5)
+    for mode in MODES:
+        if mode == "bwrap" and shutil.which("bwrap") is None:
+            log.info("sandbox: bubblewrap not installed")
+            continue
+        res, layers = _run("print('ok')", probe, mode=mode)
+        if res.ok and res.stdout == "ok\n":
+            log.info("sandbox confinement: %s (layers: %s)", mode, ",".join(sorted(layers)))
+            return mode
+        log.info("sandbox: %s confinement unavailable: %s %s", mode, res.error, res.stderr.strip()[-300:])
+    return None
 
 
-def _seccomp(ctypes, syscall):
-    import struct
-    if os.uname().machine != "x86_64" or struct.calcsize("P") != 8:
-        return None
-    LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
-    ALLOW, KILL, ENOSYS = 0x7FFF0000, 0x80000000, 0x00050000 | 38
-    deny = (41, 53, 57, 58, 59, 322,  # socket socketpair fork vfork execve execveat
-            101, 200, 129, 297, 424, 434, 438,  # ptrace tkill rt_(tg)sigqueueinfo pidfd_*
-            310, 311, 165, 166, 155, 161, 272, 308,  # process_vm_* mount umount2 pivot_root chroot unshare setns
-            175, 176, 313, 246, 320, 169, 167, 168,  # modules kexec reboot swap
-            321, 323, 298, 300, 303, 304, 425, 426, 427,  # bpf userfaultfd perf fanotify handles io_uring
-            428, 429, 430, 431, 432, 433, 442, 179, 163,  # new mount API quotactl acct
-            248, 249, 250, 170, 171, 164, 227, 159, 172, 173, 103)  # keys hostname clock iopl syslog
-    ins, labels = [], {}
+def require_confinement(config: SandboxConfig | None = None, *, allow_unconfined: bool | None = None) -> str:
+    """The mode untrusted code will run in; raises before any compute when there is none and none is allowed.
 
-    def op(code, k, jt=0, jf=0):
-        ins.append([code, jt, jf, k])
-
-    op(LD, 4)
-    op(JEQ, 0xC000003E, 0, "kill")  # AUDIT_ARCH_X86_64 only (no int 0x80 / x32 tricks)
-    op(LD, 0)
-    op(JGE, 0x40000000, "kill", 0)
-    for nr in deny:
-        op(JEQ, nr, "kill", 0)
-    op(JEQ, 435, "enosys", 0)  # clone3: let libc fall back to clone, whose flags we can inspect
-    op(JEQ, 56, "clone", 0)
-    op(JEQ, 62, "self", 0)  # kill
-    op(JEQ, 234, "self", 0)  # tgkill
-    op(RET, ALLOW)
-    labels["kill"] = len(ins)
-    op(RET, KILL)
-    labels["enosys"] = len(ins)
-    op(RET, ENOSYS)
-    labels["clone"] = len(ins)
-    op(LD, 16)
-    op(JSET, 0x00010000, 0, 1)  # CLONE_THREAD: threads yes, processes no
-    op(RET, ALLOW)
-    op(RET, KILL)
-    labels["self"] = len(ins)
-    op(LD, 16)
-    op(JEQ, os.getpid(), 0, 1)
-    op(RET, ALLOW)
-    op(RET, KILL)
-    code = b""
-    for i, (c, jt, jf, k) in enumerate(ins):
-        jt = labels[jt] - i - 1 if isinstance(jt, str) else jt
-        jf = labels[jf] - i - 1 if isinstance(jf, str) else jf
-        code += struct.pack("HBBI", c, jt, jf, k)
-
-    class Prog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    buf = ctypes.create_string_buffer(code, len(code))
-    prog = Prog(len(ins), ctypes.addressof(buf))
-    L = ctypes.c_long
-    if syscall(L(317), L(1), L(0), ctypes.byref(prog)) != 0:  # seccomp(SET_MODE_FILTER)
-        return None
-    return "seccomp"
+    Raises:
+        SandboxUnavailableError: no bubblewrap and no kernel layers, and ``allow_unconfined`` is false.
+    """
+    allowed = allow_unconfined if allow_unconfined is not None else bool(config and config.allow_unconfined)
+    mode = confinement_mode()
+    if mode is not None:
+        return mode
+    if not allowed:
+        raise SandboxUnavailableError(f"no sandbox confinement is available on this machine. Fix: {_FIX}")
+    log.warning("sandbox: NO confinement available; running untrusted code with the audit hook only "
+                "(sandbox.allow_unconfined is true)")
+    return "audit"
 
 
-def _set_rlimits(cfg, nproc):
-    import resource
-    R = resource
-    lim = [(R.RLIMIT_CPU, cfg["cpu"], cfg["cpu"] + 1), (R.RLIMIT_AS, cfg["mem"], cfg["mem"]),
-           (R.RLIMIT_FSIZE, cfg["fsize"], cfg["fsize"]), (R.RLIMIT_CORE, 0, 0),
-           (R.RLIMIT_NOFILE, cfg["nofile"], cfg["nofile"])]
-    if nproc:
-        lim.append((R.RLIMIT_NPROC, 0, 0))
-    for res, soft, hard in lim:
-        try:
-            cur_soft, cur_hard = R.getrlimit(res)
-            if cur_hard != R.RLIM_INFINITY:
-                hard = min(hard, cur_hard)
-                soft = min(soft, hard)
-            R.setrlimit(res, (soft, hard))
-        except (ValueError, OSError):
-            pass
-
-
-def _harden(cfg, read_roots):
-    layers = []
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        syscall = libc.syscall
-        syscall.restype = ctypes.c_long
-        linux = sys.platform.startswith("linux")
-    except Exception:
-        linux = False
-    if linux:
-        for flags in (0x40000000, 0x40000000 | 0x10000000):  # CLONE_NEWNET [| CLONE_NEWUSER]
-            if libc.unshare(ctypes.c_int(flags)) == 0:
-                layers.append("netns")
-                break
-        try:
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("1000")
-        except OSError:
-            pass
-        L = ctypes.c_long
-        if libc.prctl(ctypes.c_int(38), L(1), L(0), L(0), L(0)) == 0:  # PR_SET_NO_NEW_PRIVS
-            layer = _landlock(ctypes, syscall, cfg["root"], read_roots)
-            if layer:
-                layers.append(layer)
-        else:
-            linux = False
-    if linux:
-        if os.getuid() == 0:
-            import struct
-            hdr = ctypes.create_string_buffer(struct.pack("Ii", 0x20080522, 0), 8)
-            if libc.capset(hdr, ctypes.create_string_buffer(24)) == 0:  # drop every capability
-                layers.append("nocaps")
-        layer = _seccomp(ctypes, syscall)
-        if layer:
-            layers.append(layer)
-    # Without seccomp, a non-root child gets RLIMIT_NPROC = 0 as its fork ban (root ignores it).
-    _set_rlimits(cfg, nproc=os.getuid() != 0 and "seccomp" not in layers)
-    return layers
-
-
-def _install_hook(root, fd, read_roots, max_created, fork_guarded):
-    """Audit-hook policy.  Everything it uses is captured in its closure: rebinding builtins or
-    module attributes from the untrusted code cannot change its decisions."""
-    import posix
-    _type, _str, _bytes, _int, _tuple, _len = type, str, bytes, int, tuple, len
-    _write, _getcwd, _readlink, _stat = posix.write, posix.getcwd, posix.readlink, posix.stat
-    _fspath, _pid = posix.fspath, posix.getpid()
-
-    class SandboxViolation(BaseException):
-        """Raised by the sandbox policy; BaseException so that `except Exception` does not swallow it."""
-
-    SandboxViolation.__qualname__ = SandboxViolation.__name__ = "SandboxViolation"
-    SandboxViolation.__module__ = "sandbox"
-
-    O_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    O_CREAT = os.O_CREAT
-    write_roots = (root,)
-    read_ok = _tuple([root, "/proc/self", "/proc/thread-self", "/proc/%d" % _pid] + read_roots)
-    state = [0, False]  # files created, violation recorded
-    block_exact = frozenset((
-        "subprocess.Popen", "os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg",
-        "os.startfile", "os.link", "os.symlink", "pty.spawn", "signal.pthread_kill",
-        "sys.settrace", "sys.setprofile", "resource.setrlimit", "resource.prlimit",
-        "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-        "urllib.Request", "webbrowser.open", "sqlite3.enable_load_extension",
-        "sqlite3.load_extension", "cpython.PyInterpreterState_New",
-    ))
-    block_prefix = ("socket.", "ctypes.", "os.exec", "os.spawn", "os.posix_spawn", "sys.monitoring",
-                    "http.client.", "ftplib.", "smtplib.", "poplib.", "imaplib.", "nntplib.",
-                    "telnetlib.", "syslog.", "winreg.", "_winapi.", "msvcrt.")
-    block_import = {"ctypes", "_ctypes", "_xxsubinterpreters", "_xxinterpchannels", "_interpreters",
-                    "_interpchannels", "_interpqueues", "_lsprof"}
-    if not fork_guarded:  # _posixsubprocess.fork_exec has no audit event; without seccomp, refuse it
-        block_import |= {"_posixsubprocess", "multiprocessing", "_multiprocessing"}
-    # event -> ((path arg index, dir_fd arg index or None), ...) for paths that get modified
-    write_events = {
-        "os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.mkdir": ((0, 2),),
-        "os.rename": ((0, 2), (1, 3)), "os.chmod": ((0, 2),), "os.chown": ((0, 3),),
-        "os.utime": ((0, 3),), "os.truncate": ((0, None),), "os.setxattr": ((0, None),),
-        "os.removexattr": ((0, None),), "shutil.copyfile": ((1, None),),
-        "shutil.copymode": ((1, None),), "shutil.copystat": ((1, None),),
-        "shutil.copytree": ((1, None),), "shutil.rmtree": ((0, 1),), "shutil.move": ((0, None), (1, None)),
-        "shutil.chown": ((0, None),), "shutil.unpack_archive": ((1, None),),
-        "shutil.make_archive": ((0, None),),
-    }
-    read_events = {"os.listdir": 0, "os.scandir": 0, "os.getxattr": 0, "os.listxattr": 0}
-
-    def deny(what):
-        if not state[1]:
-            state[1] = True
-            line = ("E blocked: " + what).replace("\n", " ")[:500] + "\n"
-            _write(fd, line.encode("utf-8", "replace"))
-        raise SandboxViolation("blocked: " + what)
-
-    def norm(path, dir_fd):
-        """Absolute, lexically normalised path (symlinks cannot be created, Landlock backs this up)."""
-        if _type(path) is not _str and _type(path) is not _bytes:
-            path = _fspath(path)
-        if _type(path) is _bytes:
-            path = path.decode("utf-8", "surrogateescape")
-        if _type(path) is not _str:
-            return None
-        if not path.startswith("/"):
-            if _type(dir_fd) is _int and dir_fd >= 0:
-                base = _readlink("/proc/self/fd/%d" % dir_fd)
-            else:
-                base = _getcwd()
-            path = base + "/" + path
-        parts = []
-        for part in path.split("/"):
-            if part == "" or part == ".":
-                continue
-            if part == "..":
-                if parts:
-                    parts.pop()
-            else:
-                parts.append(part)
-        return "/" + "/".join(parts)
-
-    def under(path, roots):
-        for r in roots:
-            if path == r or path.startswith(r + "/"):
-                return True
-        return False
-
-    def check_write(event, path, dir_fd, creating):
-        if _type(path) is _int:  # an already open descriptor
-            return
-        p = norm(path, dir_fd)
-        if p is None or not (under(p, write_roots) or p == "/dev/null"):
-            deny("%s (write) %s" % (event, p if p is not None else "?"))
-        if creating and p != "/dev/null":
-            try:
-                _stat(p)
-            except OSError:
-                state[0] += 1
-                if state[0] > max_created:
-                    deny("%s (too many files created)" % event)
-
-    def check_read(event, path, dir_fd):
-        if _type(path) is _int:
-            return
-        p = norm(path if path is not None else ".", dir_fd)
-        if p is None or not under(p, read_ok):
-            deny("%s (read) %s" % (event, p if p is not None else "?"))
-
-    def hook(event, args):
-        if event == "open":
-            path, mode, flags = args[0], args[1], args[2] if _len(args) > 2 else None
-            if _type(flags) is not _int or flags & O_WRITE:
-                if mode is None and (_type(path) is _str or _type(path) is _bytes) and not path.startswith(
-                        "/" if _type(path) is _str else b"/"):
-                    deny("open (write via relative os.open; its dir_fd is invisible) %r" % (path,))
-                check_write(event, path, None, _type(flags) is not _int or flags & O_CREAT)
-            else:
-                check_read(event, path, None)
-        elif event in block_exact or event.startswith(block_prefix):
-            deny(event)
-        elif event == "import":
-            name = args[0]
-            if _type(name) is _str and (name in block_import or name.startswith("ctypes.")
-                                        or name.startswith("_test")):
-                deny("import " + name)
-        elif event in write_events:
-            for idx, dfd in write_events[event]:
-                if idx < _len(args):
-                    check_write(event, args[idx], args[dfd] if dfd is not None and dfd < _len(args) else None,
-                                event == "os.mkdir")
-        elif event in read_events:
-            check_read(event, args[0] if args else None, None)
-        elif event == "sqlite3.connect":
-            db = args[0] if args else None
-            if not (db == ":memory:" or db == "" or db == b":memory:"):
-                if _type(db) is _str and db.startswith("file:"):
-                    deny("sqlite3.connect (uri)")
-                check_write(event, db, None, True)
-
-    sys.addaudithook(hook)
-
-
-def _exec_untrusted(src, fd):
-    mod = type(sys)("__main__")
-    mod.__dict__["__builtins__"] = __builtins__
-    sys.modules["__main__"] = mod
-    sys.argv[:] = ["main.py"]
-    try:
-        exec(compile(src, "main.py", "exec", dont_inherit=True), mod.__dict__)
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        tb = exc.__traceback__
-        tb = tb.tb_next if tb is not None else None  # drop this frame
-        prev, cur = None, tb
-        while cur is not None:  # and the policy's frames at the end (the bootstrap is "<string>")
-            if prev is not None and cur.tb_frame.f_code.co_filename == "<string>":
-                prev.tb_next = None
-                break
-            prev, cur = cur, cur.tb_next
-        exc.__traceback__ = tb
-        if isinstance(exc, MemoryError):
-            try:
-                os.write(fd, b"E memory_limit\n")
-            except OSError:
-                pass
-            mod.__dict__.clear()
-            tb = exc.__traceback__ = None
-        try:
-            sys.__excepthook__(type(exc), exc, tb)
-        except BaseException:
-            pass
-        del exc, tb
-        sys.exit(1)
-
-
-def _main():
-    import json
-    cfg = json.loads(sys.argv[1])
-    fd = cfg["fd"]
-    try:
-        read_roots = _read_roots()
-        layers = _harden(cfg, read_roots)
-        os.write(fd, ("L " + ",".join(layers) + "\n").encode())
-        for name in list(sys.modules):
-            if name == "ctypes" or name.startswith(("ctypes.", "_ctypes")):
-                del sys.modules[name]
-        with open(cfg["code"], "rb") as f:
-            src = f.read()
-        if cfg["audit"]:
-            _install_hook(cfg["root"], fd, read_roots, cfg["max_created"], "seccomp" in layers)
-    except BaseException as exc:
-        os.write(fd, ("E sandbox_error: %r\n" % (exc,)).encode("utf-8", "replace"))
-        raise
-    del cfg, read_roots, layers
-    _exec_untrusted(src, fd)
-
-
-_main()
-'''
-
-_reported_layers: set[str] = set()
-_reported_lock = threading.Lock()
+# --- running ----------------------------------------------------------------------------------------------
 
 
 def run_python(code: str, *, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
-    """Run ``code`` in the sandbox and report what happened; never raises for what the code does."""
-    return _run(code, limits)[0]
+    """Run ``code`` in the sandbox and report what happened; never raises for what the code does.
+
+    Raises:
+        SandboxUnavailableError: no confinement is available and ``limits.allow_unconfined`` is false.
+    """
+    mode = require_confinement(allow_unconfined=limits.allow_unconfined)
+    return _run(code, limits, mode=mode)[0]
 
 
-def _run(code: str, limits: SandboxLimits, *, audit: bool = True) -> tuple[SandboxResult, frozenset[str]]:
-    """``run_python`` plus the confinement layers that took effect (``audit=False`` is for tests only)."""
+def _run(code: str, limits: SandboxLimits, *, mode: str, audit: bool = True,
+         kernel: bool = True) -> tuple[SandboxResult, frozenset[str]]:
+    """One run in ``mode`` plus the layers that took effect (``audit``/``kernel=False``: tests only)."""
+    _sweep_once()
     start = time.monotonic()
     root: str | None = None
     r_fd = w_fd = -1
-    out_f = err_f = None
+    files = []
     try:
-        root = os.path.realpath(tempfile.mkdtemp(prefix="nanoflux-sandbox-"))
-        code_path = os.path.join(root, _CODE_FILE)
-        with open(code_path, "w", encoding="utf-8", errors="backslashreplace") as f:
-            f.write(code)
+        code_f, out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        files = [code_f, out_f, err_f]
+        code_f.write(code.encode("utf-8", "backslashreplace"))
+        code_f.seek(0)
+        if mode == "bwrap":
+            root = None
+            child_root = _BWRAP_ROOT
+            env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        else:
+            root = _make_root()
+            child_root = root
+            env = {"PATH": "/usr/bin:/bin", "HOME": root, "TMPDIR": root, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         r_fd, w_fd = os.pipe()
-        out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        is_root = os.getuid() == 0
+        require = {"bwrap": ["pdeathsig"], "kernel": ["pdeathsig", "landlock", "seccomp"] + (["nocaps"] if is_root else [])}
         cfg = {
-            "root": root, "fd": w_fd, "code": code_path, "audit": audit,
+            "root": child_root, "fd": w_fd, "code_fd": code_f.fileno(), "audit": audit,
+            "kernel": kernel, "bwrap": mode == "bwrap", "lockdown": mode == "audit",
+            "require": require.get(mode, []) if kernel else [],
+            "ppid": 0 if mode == "bwrap" else os.getpid(),
             "cpu": max(1, int(limits.cpu_seconds)), "mem": int(limits.memory_bytes),
             "fsize": _MAX_FILE_BYTES, "nofile": _MAX_OPEN_FILES, "max_created": _MAX_CREATED_FILES,
         }
-        env = {"PATH": "/usr/bin:/bin", "HOME": root, "TMPDIR": root, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        argv = [sys.executable, "-I", "-S", "-B", "-u", "-X", "utf8", "-c", _BOOTSTRAP, json.dumps(cfg)]
+        argv = [sys.executable, "-I", "-S", "-B", "-u", "-X", "utf8", "-c", _CHILD_SOURCE, json.dumps(cfg)]
+        if mode == "bwrap":
+            bwrap = shutil.which("bwrap")
+            if bwrap is None:
+                raise SandboxUnavailableError(f"bubblewrap is not installed. Fix: {_FIX}")
+            argv = _bwrap_argv(bwrap) + [os.path.realpath(sys.executable)] + argv[1:]  # the venv is not bound
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f, cwd=root, env=env,
-            pass_fds=(w_fd,), start_new_session=True,
+            argv, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f, cwd=root or "/", env=env,
+            pass_fds=(w_fd, code_f.fileno()), start_new_session=True,
         )
         os.close(w_fd)
         w_fd = -1
+        code_f.close()
         try:
             timed_out, cpu_used = _wait(proc, limits.wall_seconds)
         finally:
@@ -494,16 +220,21 @@ def _run(code: str, limits: SandboxLimits, *, audit: bool = True) -> tuple[Sandb
                 _killpg(proc.pid)
                 proc.wait()
         duration = time.monotonic() - start
+        rc = proc.returncode
+        if mode == "bwrap" and 128 < rc < 128 + 65:  # bwrap reports its command's death by signal N as 128 + N
+            rc = 128 - rc
+            cpu_used = duration  # bwrap's rusage leaves out its grandchild; wall time bounds the CPU time from above
         layers, reasons = _read_channel(r_fd)
         stdout, out_size = _tail(out_f, limits.max_output_bytes)
         stderr, err_size = _tail(err_f, limits.max_output_bytes)
         error = _classify(
-            proc.returncode, timed_out=timed_out, reasons=reasons, stderr=stderr, cpu_used=cpu_used,
-            limits=limits, output_full=max(out_size, err_size) >= _MAX_FILE_BYTES,
+            rc, timed_out=timed_out, reasons=reasons, stderr=stderr, cpu_used=cpu_used,
+            limits=limits, output_full=max(out_size, err_size) >= _MAX_FILE_BYTES, reported=layers is not None,
         )
-        _report_layers(layers)
-        log.debug("sandbox run: rc=%s error=%s %.2fs layers=%s", proc.returncode, error, duration, ",".join(layers))
-        return SandboxResult(error is None, stdout, stderr, error, duration), frozenset(layers)
+        log.debug("sandbox run (%s): rc=%s error=%s %.2fs layers=%s", mode, rc, error, duration, layers)
+        return SandboxResult(error is None, stdout, stderr, error, duration), frozenset(layers or ())
+    except SandboxUnavailableError:
+        raise
     except Exception as exc:  # infrastructure failure (fork, disk, ...): report, do not raise
         log.exception("sandbox failed to run code")
         return SandboxResult(False, "", "", f"sandbox_error: {exc}", time.monotonic() - start), frozenset()
@@ -511,11 +242,10 @@ def _run(code: str, limits: SandboxLimits, *, audit: bool = True) -> tuple[Sandb
         for fd in (r_fd, w_fd):
             if fd >= 0:
                 os.close(fd)
-        for f in (out_f, err_f):
-            if f is not None:
-                f.close()
+        for f in files:
+            f.close()
         if root is not None:
-            shutil.rmtree(root, ignore_errors=True)
+            _remove_root(root)
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> tuple[bool, float | None]:
@@ -552,8 +282,8 @@ def _killpg(pgid: int) -> None:
         pass
 
 
-def _read_channel(fd: int) -> tuple[list[str], list[str]]:
-    """Parse the result pipe: the bootstrap's layer line and any failure records."""
+def _read_channel(fd: int) -> tuple[list[str] | None, list[str]]:
+    """Parse the result pipe: the child's layer line (None when missing) and any failure records."""
     os.set_blocking(fd, False)
     data = b""
     while len(data) < _MAX_CHANNEL_BYTES:
@@ -567,11 +297,11 @@ def _read_channel(fd: int) -> tuple[list[str], list[str]]:
     layers: list[str] | None = None
     reasons: list[str] = []
     for line in data.decode("utf-8", "replace").splitlines():
-        if line.startswith("L ") and layers is None:  # the first one is the bootstrap's own
+        if line.startswith("L ") and layers is None:  # the first one is the child's own, before any program
             layers = [x for x in line[2:].split(",") if x]
         elif line.startswith("E "):
             reasons.append(line[2:].strip()[:300])
-    return layers or [], reasons
+    return layers, reasons
 
 
 def _tail(f, limit: int) -> tuple[str, int]:
@@ -586,7 +316,7 @@ def _tail(f, limit: int) -> tuple[str, int]:
 
 def _classify(
     rc: int, *, timed_out: bool, reasons: list[str], stderr: str, cpu_used: float | None,
-    limits: SandboxLimits, output_full: bool,
+    limits: SandboxLimits, output_full: bool, reported: bool = True,
 ) -> str | None:
     """The short failure reason, or None for a clean run."""
     if timed_out:
@@ -594,8 +324,10 @@ def _classify(
     if reasons:
         blocked = [r for r in reasons if r.startswith("blocked:")]
         return (blocked or reasons)[0]
+    if rc == VIOLATION_EXIT:
+        return "blocked: policy violation (its record was lost)"
     if rc == 0:
-        return None
+        return None if reported else "sandbox_error: the child never reported its confinement"
     if rc < 0:
         sig = -rc
         if sig == signal.SIGSYS:
@@ -610,6 +342,8 @@ def _classify(
             return f"signal {signal.Signals(sig).name}"
         except ValueError:
             return f"signal {sig}"
+    if not reported:
+        return f"sandbox_error: the child never reported its confinement (exit code {rc}): {stderr.strip()[-200:]}"
     last = stderr.rstrip().rsplit("\n", 1)[-1]
     if last.startswith("MemoryError"):
         return "memory_limit"
@@ -618,14 +352,76 @@ def _classify(
     return f"exit code {rc}"
 
 
-def _report_layers(layers: list[str]) -> None:
-    key = ",".join(layers)
-    with _reported_lock:
-        if key in _reported_layers:
-            return
-        _reported_layers.add(key)
-    if not any(x.startswith("landlock") for x in layers) or "seccomp" not in layers:
-        log.warning("sandbox: kernel confinement partly unavailable (active: %s); the audit hook remains",
-                    key or "none")
-    else:
-        log.info("sandbox confinement layers: %s", key)
+# --- host working folders ---------------------------------------------------------------------------------
+
+_live_roots: set[str] = set()
+_roots_lock = threading.Lock()
+_swept = threading.Event()
+_STALE_PATTERN = re.compile(re.escape(_PREFIX) + r"(\d+)-")
+
+
+def _make_root() -> str:
+    root = os.path.realpath(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
+    with _roots_lock:
+        _live_roots.add(root)
+    return root
+
+
+def _remove_root(root: str) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    with _roots_lock:
+        _live_roots.discard(root)
+
+
+@atexit.register
+def _remove_live_roots() -> None:
+    with _roots_lock:
+        roots = list(_live_roots)
+    for root in roots:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_dirs(tmp: str | None = None) -> list[str]:
+    """Remove ``nanoflux-sandbox-<pid>-*`` folders whose process is gone (a build killed with SIGKILL);
+    folders of the old format (no pid) older than an hour go too. Returns the removed paths."""
+    tmp = tmp or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(_PREFIX):
+            continue
+        path = os.path.join(tmp, name)
+        match = _STALE_PATTERN.match(name)
+        try:
+            if match:
+                pid = int(match.group(1))
+                stale = pid != os.getpid() and not _pid_alive(pid)
+            else:
+                stale = time.time() - os.lstat(path).st_mtime > 3600
+        except OSError:
+            continue
+        if stale and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("sandbox: removed %d stale working folder(s) of dead processes", len(removed))
+    return removed
+
+
+def _sweep_once() -> None:
+    if not _swept.is_set():
+        _swept.set()
+        sweep_stale_dirs()

@@ -117,7 +117,7 @@ def test_an_endpoint_that_stays_down_marks_examples_as_errors_and_a_rerun_sends_
     server.fault_for = None  # the endpoint is back
     rerun = build.main(config)  # resumes: only the failed attack, its defense and its judgement go out
     assert rerun["attack_errors"] == 0 and rerun["generated"] == 4 and rerun["kept"] == 2
-    assert rerun["calls_replayed"] == summary["calls_sent"]
+    assert rerun["calls_replayed"] == summary["calls_answered"] and summary["calls_sent"] == summary["calls_answered"] + 6  # 6 attempts at the call that stayed down
     assert server.request_count - sent == rerun["calls_sent"] == 4
 
 
@@ -185,7 +185,9 @@ def test_the_endpoint_token_reaches_the_server_but_no_file_or_log(server, tmp_pa
     monkeypatch.setenv("HF_TOKEN", secret)
     caplog.set_level(logging.DEBUG)
     server.script(Fault.status(503))  # a retry gets logged too
-    build.main(_config(server.url, tmp_path / "out"))
+    # A custom host gets a key only from a token_env the recipe names (here, explicitly, HF_TOKEN).
+    roles = {name: {**role, "token_env": "HF_TOKEN"} for name, role in scripted_roles.recipe(server.url, "").items() if name in ("player_a", "player_b", "judge")}
+    build.main(_config(server.url, tmp_path / "out", **roles))
     assert server.chat_requests[0].authorization == f"Bearer {secret}"
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():

@@ -291,5 +291,5 @@ def test_a_build_that_keeps_nothing_says_why_and_how_to_recurate(tmp_path):
 
     with ScriptedTGI(responder=TwoPlayers()) as server:
         config = _recipe(server.url, tmp_path / "out", rounds=1, attacks_per_round=2, curation={"quality_levels": [1]})
-        with pytest.raises(BuildError, match=r"nothing was kept: 2 judged, 2 valid.*re-curating sends no call"):
+        with pytest.raises(BuildError, match=r"nothing was kept: 2 generated, 0 near-duplicates .*, 2 judged, 2 valid.*re-curating sends no call"):
             build.main(config)

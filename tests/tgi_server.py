@@ -4,6 +4,12 @@ Serves what NanoFlux uses from TGI (stdlib only, one thread per connection):
 - `POST /v1/chat/completions` in the OpenAI chat-completions shape, as TGI answers it;
 - `GET /health` (200, empty body) and `GET /info` (minimal TGI-style JSON); `GET /v1/models`.
 
+`kind` makes it look like another server to NanoFlux's detection and validates `response_format` as that server does:
+`tgi` (default: /info; the grammar `{"type": "json"|"json_object"|"json_schema", "value": ...}`, else 422),
+`vllm` (/version, /v1/models `owned_by: "vllm"`; OpenAI's text/json_object/json_schema, else 400), `llama_cpp`
+(llama-cpp-python: /v1/models `owned_by: "me"`, FastAPI 404s; text/json_object only, else HTTP 500 with the pydantic
+message, as the real one answers), `openai` (a generic OpenAI-compatible server: /v1/models only, nothing validated).
+
 Behaviour is scripted:
 - `responder(request_json) -> str | Reply` decides each normal answer (default: a deterministic echo);
 - `server.script(Fault.status(429, retry_after=1), Fault.truncated(), ...)` queues faults, consumed one per
@@ -14,6 +20,8 @@ Behaviour is scripted:
   throughput for concurrency tests and benchmarks. `service_seconds` sums the time requests held a capacity slot
   as scripted (latency + tokens x token_latency): divided by `capacity`, it is the shortest wall time in which
   the server could have answered them, the bound a benchmark compares a client against.
+- `queue_limit`: with `capacity`, how many requests may wait for a slot; past `capacity + queue_limit` in progress,
+  a request gets 429 "Model is overloaded" at once (TGI's `max_concurrent_requests`). `rejected` counts them.
 
 Every request is recorded (`server.requests`, `server.chat_requests`), including the Authorization header
 so tests can check a token was sent. Usage:
@@ -40,7 +48,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["Fault", "RecordedRequest", "Reply", "ScriptedTGI", "allow_loopback_offline", "loopback_reachable", "tgi_server"]
+__all__ = ["SERVER_KINDS", "Fault", "RecordedRequest", "Reply", "ScriptedTGI", "allow_loopback_offline", "loopback_reachable", "tgi_server"]
 
 
 @dataclass(frozen=True)
@@ -135,15 +143,23 @@ class ScriptedTGI:
         latency: float = 0.0,
         token_latency: float = 0.0,
         capacity: int | None = None,
+        queue_limit: int | None = None,
+        kind: str = "tgi",
         model_id: str = "scripted/tgi",
         host: str = "127.0.0.1",
     ):
+        if kind not in SERVER_KINDS:
+            raise ValueError(f"kind must be one of {SERVER_KINDS}, got {kind!r}")
+        if queue_limit is not None and not capacity:
+            raise ValueError("queue_limit needs a capacity")
         self.responder = responder or echo_responder
         # Content-keyed faults (e.g. "this question always gets a 503"), used when no scripted fault is queued.
         self.fault_for = fault_for
         self.latency = latency
         self.token_latency = token_latency
         self.capacity = capacity
+        self.queue_limit = queue_limit
+        self.kind = kind
         self.model_id = model_id
         self._host = host
         self._lock = threading.Lock()
@@ -153,6 +169,7 @@ class ScriptedTGI:
         self._requests: list[RecordedRequest] = []
         self._in_flight = 0
         self._max_in_flight = 0
+        self._rejected = 0
         self._service_seconds = 0.0
         self._completion_tokens = 0
         self._connections: set[socket.socket] = set()
@@ -235,6 +252,12 @@ class ScriptedTGI:
             return self._max_in_flight
 
     @property
+    def rejected(self) -> int:
+        """Chat requests answered 429 because `capacity + queue_limit` were in progress."""
+        with self._lock:
+            return self._rejected
+
+    @property
     def service_seconds(self) -> float:
         """Scripted service time of every chat request so far: latency, plus tokens x token_latency when answered."""
         with self._lock:
@@ -252,6 +275,7 @@ class ScriptedTGI:
             self._requests.clear()
             self._faults.clear()
             self._max_in_flight = self._in_flight
+            self._rejected = 0
             self._service_seconds = 0.0
             self._completion_tokens = 0
 
@@ -265,10 +289,15 @@ class ScriptedTGI:
         with self._lock:
             return self._faults.popleft() if self._faults else None
 
-    def _enter(self) -> None:
+    def _enter(self) -> bool:
+        """Admit a chat request; False when `capacity + queue_limit` are already in progress (answer 429)."""
         with self._lock:
+            if self.queue_limit is not None and self.capacity and self._in_flight >= self.capacity + self.queue_limit:
+                self._rejected += 1
+                return False
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            return True
 
     def _leave(self) -> None:
         with self._lock:
@@ -318,6 +347,40 @@ class ScriptedTGI:
             },
         }
 
+    def _format_error(self, body: dict[str, Any]) -> tuple[int, Any] | None:
+        """The error this server kind answers to a `response_format` it cannot read; None when it reads it."""
+        fmt = body.get("response_format")
+        if fmt is None or self.kind == "openai":
+            return None
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if self.kind == "tgi" and (kind not in ("json", "json_object", "json_schema", "regex") or "value" not in fmt):
+            message = "Failed to deserialize the JSON body into the target type: response_format: missing field `value`"
+            return 422, {"error": message, "error_type": "validation"}
+        if self.kind == "vllm" and kind not in ("text", "json_object", "json_schema", "structural_tag"):
+            message = f"1 validation error for ChatCompletionRequest\nresponse_format.type\n  Input should be 'text', 'json_object', 'json_schema' or 'structural_tag' [type=literal_error, input_value={kind!r}]"
+            return 400, {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
+        if self.kind == "llama_cpp" and kind not in ("text", "json_object"):
+            message = (
+                "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': "
+                f"\"Input should be 'text' or 'json_object'\", 'input': {kind!r}}}\n\n  File \"app.py\", line 376"
+            )
+            return 500, {"error": {"message": message, "type": "internal_server_error", "param": None, "code": None}}
+        return None
+
+    def _get(self, path: str) -> tuple[int, Any]:
+        """Status and JSON body of a GET route, as this server kind answers it."""
+        models = {"object": "list", "data": [{"id": self.model_id, "object": "model", "owned_by": OWNERS[self.kind]}]}
+        routes: dict[str, Any] = {"/v1/models": models}
+        if self.kind == "tgi":
+            routes["/info"] = self._info()
+        elif self.kind == "vllm":
+            routes["/version"] = {"version": "0.0.0-scripted"}
+        if path in routes:
+            return 200, routes[path]
+        if self.kind == "llama_cpp":
+            return 404, {"detail": "Not Found"}
+        return 404, {"error": f"no route for GET {path}", "error_type": "not_found"}
+
     def _info(self) -> dict[str, Any]:
         return {
             "model_id": self.model_id,
@@ -329,6 +392,10 @@ class ScriptedTGI:
             "router": "text-generation-router",
             "version": "scripted",
         }
+
+
+SERVER_KINDS = ("tgi", "vllm", "llama_cpp", "openai")
+OWNERS = {"tgi": "scripted/tgi", "vllm": "vllm", "llama_cpp": "me", "openai": "system"}
 
 
 class _Server(ThreadingHTTPServer):
@@ -407,14 +474,10 @@ def _make_handler(server: ScriptedTGI) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802 - http.server naming
             self._record(b"")
-            if self.path == "/health":
+            if self.path == "/health" and server.kind == "tgi":
                 self._send(200, b"", content_type="text/plain")
-            elif self.path == "/info":
-                self._send_json(200, server._info())
-            elif self.path == "/v1/models":
-                self._send_json(200, {"object": "list", "data": [{"id": server.model_id, "object": "model"}]})
             else:
-                self._send_json(404, {"error": f"no route for GET {self.path}", "error_type": "not_found"})
+                self._send_json(*server._get(self.path.split("?", 1)[0]))
 
         def do_POST(self) -> None:  # noqa: N802
             raw = self._read_body()
@@ -429,7 +492,9 @@ def _make_handler(server: ScriptedTGI) -> type[BaseHTTPRequestHandler]:
                 except ValueError:
                     fault = None
             request = self._record(raw, fault)
-            server._enter()
+            if not server._enter():
+                self._send_json(429, {"error": "Model is overloaded", "error_type": "overloaded"})
+                return
             try:
                 if server._capacity_gate is not None:
                     server._capacity_gate.acquire()
@@ -464,6 +529,10 @@ def _make_handler(server: ScriptedTGI) -> type[BaseHTTPRequestHandler]:
                 return
             if not isinstance(body, dict):
                 self._send_json(422, {"error": "Failed to deserialize the JSON body", "error_type": "validation"})
+                return
+            rejected = server._format_error(body)
+            if rejected is not None:
+                self._send_json(*rejected)
                 return
             if kind == "delay":
                 assert fault is not None

@@ -704,6 +704,9 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
     """Run (or resume) a build and write the curated dataset; returns the summary."""
     from tqdm.auto import tqdm
 
+    from builder.preflight import validate_inputs
+
+    validate_inputs(config)  # every input readable and usable before any request or output file
     started = time.perf_counter()
     prompts = roles.load_prompts(config.domain, config.prompts)
     corpus = Corpus.load(config.corpus or packaged_corpus(config.domain))

@@ -20,6 +20,46 @@ def _add_release_target(sub: argparse.ArgumentParser, what: str, repo: str) -> N
     sub.add_argument("--private", action="store_true", help="create the repo as private")
 
 
+# Every error class of the project: its message says what is wrong and the fix, so the command prints it as one line and
+# exits non-zero, never with a traceback. Looked up in sys.modules when an error is caught: a module that was never
+# imported cannot have raised its error, and `nanoflux build` never pays for the trainer's imports.
+PROJECT_ERRORS = (
+    ("builder.config", "ConfigError"),
+    ("builder.build", "BuildError"),
+    ("builder.publish", "PublishError"),
+    ("builder.runfolder", "RunFolderError"),
+    ("builder.sandbox", "SandboxUnavailableError"),
+    ("builder.decontamination", "DecontaminationError"),
+    ("builder.chat", "EndpointError"),
+    ("builder.localhub", "HubError"),
+    ("builder.localjobs", "JobError"),
+    ("trainer.rows", "EvalError"),
+    ("trainer.train_data", "TrainError"),
+    ("trainer.sweep_config", "SweepError"),
+    ("trainer.jobs", "JobsError"),
+    ("trainer.baseline", "TestRowsInTraining"),
+)
+
+
+def project_error(err: BaseException) -> bool:
+    """`err` is one of the project's own error classes (a message meant for the user)."""
+    for module, name in PROJECT_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(err, cls):
+            return True
+    return False
+
+
+def one_line(command: str, err: BaseException) -> str:
+    """`nanoflux <command>: <message>` on one line."""
+    from builder.config import ConfigError
+
+    message = " ".join(part.strip() for part in str(err).splitlines() if part.strip()) or type(err).__name__
+    if isinstance(err, ConfigError):
+        message = f"invalid recipe: {message}"
+    return f"nanoflux {command}: {message}"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanoflux", description="NanoFlux: adversarial dual-LLM dataset building and distillation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,13 +141,14 @@ def main(argv: list[str] | None = None) -> None:
     if overrides and args.command not in ("build", "train", "eval", "sweep"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from builder.config import LOG_LEVELS
+
+    level = str(args.log_level).strip().upper()
+    if level not in LOG_LEVELS:
+        sys.exit(f"nanoflux {args.command}: --log_level: unknown level (got {args.log_level!r}). Fix: use one of {', '.join(LOG_LEVELS)}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpx2"):  # one INFO line per HTTP request drowns the stage's own progress
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-
-    from builder.config import ConfigError
-    from builder.publish import PublishError
-    from builder.runfolder import RunFolderError
 
     try:
         if args.command == "doctor":
@@ -118,21 +159,14 @@ def main(argv: list[str] | None = None) -> None:
             if not healthy:
                 sys.exit(1)
         elif args.command == "sweep":
-            from trainer.sweep import SweepError, build_sweep_config, main as sweep_main
+            from trainer.sweep import build_sweep_config, main as sweep_main
 
-            try:
-                sweep_main(build_sweep_config(args.config, overrides), fresh=args.fresh)
-            except SweepError as err:
-                sys.exit(f"nanoflux sweep: {err}")
+            sweep_main(build_sweep_config(args.config, overrides), fresh=args.fresh)
         elif args.command == "build":
-            from builder.build import BuildError, main as build_main
+            from builder.build import main as build_main
             from builder.config import build_config
-            from builder.sandbox import SandboxUnavailableError
 
-            try:
-                build_main(build_config(args.config, overrides), fresh=args.fresh)
-            except (BuildError, SandboxUnavailableError) as err:
-                sys.exit(f"nanoflux build: {err}")
+            build_main(build_config(args.config, overrides), fresh=args.fresh)
         elif args.command == "publish":
             from builder.publish import main as publish_main
 
@@ -140,18 +174,15 @@ def main(argv: list[str] | None = None) -> None:
             if release:
                 print(f"{release.repo_id} {release.version}: {release.num_rows} rows ({release.new_rows} new), commit {release.commit}")
         elif args.command == "train":
-            from trainer.jobs import JobsError, main as jobs_main
-            from trainer.train import TrainError, build_train_config, main as train_main
+            from trainer.jobs import main as jobs_main
+            from trainer.train import build_train_config, main as train_main
 
             config = build_train_config(args.config, overrides)
-            try:
-                if config.backend == "jobs":
-                    job = jobs_main(config, detach=args.detach, on_log=print)
-                    print(f"job {job.id}: {job.status.stage} ({job.url})")
-                else:
-                    train_main(config)
-            except (TrainError, JobsError) as err:
-                sys.exit(f"nanoflux train: {err}")
+            if config.backend == "jobs":
+                job = jobs_main(config, detach=args.detach, on_log=print)
+                print(f"job {job.id}: {job.status.stage} ({job.url})")
+            else:
+                train_main(config)
         elif args.command == "jobs":
             from huggingface_hub.errors import HfHubHTTPError
 
@@ -166,13 +197,10 @@ def main(argv: list[str] | None = None) -> None:
             except HfHubHTTPError as err:
                 sys.exit(f"nanoflux jobs: job {args.job_id}: {str(err).splitlines()[0]}")
         elif args.command == "eval":
-            from trainer.evaluate import EvalError, build_eval_config, main as eval_main, write_model_index
+            from trainer.evaluate import build_eval_config, main as eval_main, write_model_index
 
             config = build_eval_config(args.config, overrides)
-            try:
-                results = eval_main(config)
-            except EvalError as err:
-                sys.exit(f"nanoflux eval: {err}")
+            results = eval_main(config)
             card = Path(config.adapter or "") / "README.md"
             if card.is_file() and "adapter" in results["variants"]:
                 # A local adapter's card carries its own scores (model-index); `publish-adapter` then pushes them.
@@ -182,12 +210,10 @@ def main(argv: list[str] | None = None) -> None:
 
             commit = publish_adapter(args.output_dir, args.repo_id, hub_dir=args.hub_dir, private=args.private)
             print(f"{args.repo_id}: adapter pushed, commit {commit}")
-    except ConfigError as err:
-        sys.exit(f"nanoflux {args.command}: invalid recipe: {err}")
-    except PublishError as err:
-        sys.exit(f"nanoflux {args.command}: {err}")
-    except RunFolderError as err:
-        sys.exit(f"nanoflux {args.command}: {err}")
+    except Exception as err:
+        if not project_error(err):
+            raise  # a bug: its traceback is what a report needs
+        sys.exit(one_line(args.command, err))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,16 @@ class ConfigError(ValueError):
 
 
 def fail(path: str, value: Any, problem: str, fix: str) -> typing.NoReturn:
-    raise ConfigError(f"{path}: {problem} (got {value!r}). Fix: {fix}")
+    shown = repr(value)
+    if len(shown) > 200:  # a whole mapping pasted in the wrong place: the start says enough
+        shown = shown[:200] + "..."
+    raise ConfigError(f"{path}: {problem} (got {shown}). Fix: {fix}")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MIN_WALL_SECONDS = 1.0
+"""The sandbox starts a fresh, confined Python for each program; below about a second that start alone can use up the
+wall clock, and every run of the Judge's tool would end as a timeout."""
 
 
 @dataclass
@@ -167,6 +176,13 @@ class SandboxConfig:
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.wall_seconds", self.wall_seconds, 0.0, 600.0, low_open=True)
+        if self.wall_seconds < MIN_WALL_SECONDS:
+            fail(
+                f"{path}.wall_seconds",
+                self.wall_seconds,
+                "too short to start Python in the sandbox (every program would time out)",
+                f"use at least {MIN_WALL_SECONDS:g} (the default is 5)",
+            )
         check_range(f"{path}.cpu_seconds", self.cpu_seconds, 1, 600)
         check_range(f"{path}.memory_mb", self.memory_mb, 32, 65536)
 
@@ -281,6 +297,12 @@ class BuildConfig:
         self.curation.validate("curation")
         self.sandbox.validate("sandbox")
         self.decontamination.validate("decontamination", domain=self.domain)
+        if self.push_to_hub is not None:
+            check_repo_id("push_to_hub", self.push_to_hub)
+        if not str(self.output_dir).strip():
+            fail("output_dir", self.output_dir, "empty path", "name a folder, e.g. outputs/medical, or remove the field")
+        if self.hub_dir is not None and Path(self.hub_dir).is_file():
+            fail("hub_dir", self.hub_dir, "is a file, not a folder", "point it at a local repository folder (it is created if missing)")
 
 
 def public_url(url: str | None) -> str | None:
@@ -309,10 +331,17 @@ def is_repo_id(value: str) -> bool:
 def check_repo_id(path: str, value: str) -> None:
     if not is_repo_id(value):
         fail(path, value, "not a repo id", "write it as org/name")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError as err:
+        reason = str(err).splitlines()[0].rstrip(".")
+        fail(path, value, f"not a valid Hub repo id ({reason})", "write it as org/name: letters, digits, '-', '_' and '.', no '..' or '--'")
 
 
 def check_levels(path: str, levels: list[int]) -> None:
-    if not levels or any(not 1 <= level <= 5 for level in levels):
+    if not levels or any(isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 5 for level in levels):
         fail(path, levels, "levels must be a non-empty list of integers 1-5", "e.g. [3, 4]")
 
 
@@ -321,17 +350,24 @@ def check_levels(path: str, levels: list[int]) -> None:
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass `cls` from a plain dict, refusing unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        fail(prefix or "recipe", data, "expected a mapping of fields", f"write {prefix or 'the recipe'} as `key: value` lines")
+    where = prefix.rstrip(".")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if not isinstance(data, dict):
+        example = ", ".join(f"{name}: ..." for name in list(fields)[:2])
+        fail(
+            where or "recipe",
+            data,
+            f"expected a mapping of fields, not {_kind(data)}",
+            f"write {where} as a mapping, e.g. {where}: {{{example}}}" if where else "write the recipe as `field: value` lines",
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f"did you mean `{prefix}{close[0]}`?" if close else f"valid fields: {', '.join(fields)}"
-            fail(path, value, "unknown field", hint)
+            hint = f"did you mean `{prefix}{close[0]}`?" if close else f"use one of the fields {', '.join(fields)}"
+            fail(path, value, f"unknown field{f' of {where}' if where else ''}", hint)
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)
 
@@ -349,16 +385,44 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return from_dict(tp, value, prefix=f"{path}.")
     if origin is list:
         if not isinstance(value, list):
-            fail(path, value, "expected a list", "write it as [a, b, ...]")
+            fail(path, value, f"expected a list, not {_kind(value)}", f"write it as a list, e.g. {path}: [a, b]")
         (item,) = typing.get_args(tp)
         return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as text
+            return float(value)
+        except ValueError:
+            pass
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        fail(path, value, f"expected {tp.__name__}", f"give a {tp.__name__} value")
+        expected, example = _TYPE_WORDS.get(tp, (tp.__name__, "..."))
+        fail(path, value, f"expected {expected}, not {_kind(value)}", f"write it as {expected}, e.g. {path.rsplit('.', 1)[-1]}: {example}")
     return value
+
+
+_TYPE_WORDS = {int: ("an integer", "3"), float: ("a number", "0.5"), str: ("a string", "text"), bool: ("true or false", "true")}
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in words."""
+    if value is None:
+        return "null (empty)"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -378,9 +442,17 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         i += 1
         node = overrides
         *parents, leaf = key.replace("-", "_").split(".")
+        if not key or not all(parents) or not leaf:
+            raise ConfigError(f"--{key}: not a field name. Fix: write --field value or --section.field value, e.g. --judge.base_url URL")
         for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node.setdefault(part, {}), dict):
+                raise ConfigError(f"--{key}: {part} was given a value and a sub-field. Fix: pass one of them")
+            node = node[part]
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            problem = str(err).splitlines()[0]
+            raise ConfigError(f"--{key}: the value {raw!r} is not valid YAML ({problem}). Fix: quote it or correct the brackets") from None
     return overrides
 
 
@@ -400,14 +472,31 @@ def load_recipe(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config: {path} is a folder, not a recipe file. Fix: pass a YAML file like configs/medical.yaml")
     if not path.is_file():
         raise ConfigError(f"--config: recipe file not found (got {str(path)!r}). Fix: pass a path like configs/medical.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config: cannot read {path} ({type(err).__name__}: {err}). Fix: pass a readable UTF-8 YAML file") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"--config: {path} is not valid YAML ({err}). Fix: correct the YAML syntax") from err
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--config: {path} is not valid YAML{at} ({problem}). Fix: correct the YAML syntax there") from None
+    if data is None:
+        raise ConfigError(f"--config: {path} is empty. Fix: write the recipe's fields in it (start from configs/local.yaml)")
     if not isinstance(data, dict):
-        raise ConfigError(f"--config: {path} must be a mapping of fields (got {type(data).__name__})")
+        raise ConfigError(
+            f"--config: {path} must be a mapping of fields (got {_kind(data)}). Fix: write `field: value` lines, "
+            "e.g. `domain: medical`, not a list or a bare value"
+        )
+    bad = [key for key in data if not isinstance(key, str)]
+    if bad:
+        raise ConfigError(f"--config: {path}: field names must be text (got {bad[0]!r}). Fix: use the field names of the recipe table")
     return data
 
 

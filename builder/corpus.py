@@ -89,27 +89,36 @@ class Corpus:
         path = Path(path)
         passages: list[Passage] = []
         seen: dict[str, int] = {}
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: invalid JSON ({e.msg})") from e
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-                for field in ("id", "title", "text"):
-                    value = obj.get(field)
-                    if not isinstance(value, str) or not value.strip():
-                        raise ValueError(f"{where}: field {field!r} is missing, empty or not a string")
-                if obj["id"] in seen:
-                    raise ValueError(f"{where}: duplicate id {obj['id']!r} (first on line {seen[obj['id']]})")
-                seen[obj["id"]] = lineno
-                passages.append(Passage(obj["id"], obj["title"], obj["text"]))
+        fix = 'Fix: write one JSON object a line: {"id": "...", "title": "...", "text": "..."}'
+        if path.is_dir():
+            raise ValueError(f"{path}: is a folder, not a JSONL file. Fix: point corpus at a .jsonl file")
+        try:
+            with path.open(encoding="utf-8") as f:
+                lines = list(f)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}). {fix}, saved as UTF-8") from None
+        except OSError as e:
+            raise ValueError(f"{path}: cannot be read ({e.strerror or e}). Fix: point corpus at a readable .jsonl file") from None
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON ({e.msg}). {fix}") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}. {fix}")
+            for field in ("id", "title", "text"):
+                value = obj.get(field)
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"{where}: field {field!r} is missing, empty or not a string. {fix}")
+            if obj["id"] in seen:
+                raise ValueError(f"{where}: duplicate id {obj['id']!r} (first on line {seen[obj['id']]}). Fix: give every passage its own id")
+            seen[obj["id"]] = lineno
+            passages.append(Passage(obj["id"], obj["title"], obj["text"]))
         if not passages:
-            raise ValueError(f"{path}: no passages")
+            raise ValueError(f"{path}: no passages (the file is empty). {fix}")
         log.debug("loaded %d passages from %s", len(passages), path)
         return cls(passages)
 

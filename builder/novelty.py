@@ -99,11 +99,46 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def read_bank(path: str | Path) -> list[str]:
-    """Questions from a JSONL or parquet file with a `question` column."""
+    """Questions from a JSONL or parquet file with a `question` column.
+
+    Raises ValueError naming the file (and line) and the fix for a file that cannot be read, malformed JSON, a row
+    that is not an object, or a `question` that is not text."""
     path = Path(path)
+    fix = 'Fix: write one JSON object a line with a "question" string (or a parquet file with a question column)'
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder. Fix: point novelty.bank at a .jsonl or .parquet file")
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return [q for q in pq.read_table(path, columns=["question"]).column("question").to_pylist() if q]
-    with path.open(encoding="utf-8") as f:
-        return [row["question"] for row in map(json.loads, filter(str.strip, f)) if row.get("question")]
+        try:
+            column = pq.read_table(path, columns=["question"]).column("question")
+        except (pa.ArrowException, OSError, KeyError) as err:
+            raise ValueError(f"{path}: not a parquet file with a question column ({str(err).splitlines()[0]}). {fix}") from None
+        values = column.to_pylist()
+        if any(q is not None and not isinstance(q, str) for q in values):
+            raise ValueError(f"{path}: the question column is not text (type {column.type}). {fix}")
+        return [q for q in values if q]
+    try:
+        with path.open(encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}). {fix}") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err}). Fix: point novelty.bank at a readable file") from None
+    questions = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg}). {fix}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}. {fix}")
+        question = row.get("question")
+        if question is not None and not isinstance(question, str):
+            raise ValueError(f"{path}:{lineno}: \"question\" is {type(question).__name__}, not text. {fix}")
+        if question:
+            questions.append(question)
+    return questions

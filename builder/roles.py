@@ -95,34 +95,66 @@ class PromptSet:
         }
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}). Fix: save the file as UTF-8") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err}). Fix: make the file readable") from None
+
+
 def _read_template(path: Path) -> Template:
-    text = path.read_text()
+    text = _read_text(path)
     match = re.fullmatch(r"\s*### system\n(.*?)### user\n(.*)", text, re.S)
     if not match:
-        raise ValueError(f"{path}: a prompt template needs a '### system' section then a '### user' section")
+        lacking = [header for header in ("### system", "### user") if not re.search(rf"^{header}\s*$", text, re.M)]
+        problem = f"lacks the {' and the '.join(repr(h) for h in lacking)} section" if lacking else "has its sections out of order"
+        raise ValueError(
+            f"{path}: {problem}. Fix: start the file with a line '### system', then the system prompt, "
+            "then a line '### user' and the user prompt"
+        )
+    if not match.group(2).strip():
+        raise ValueError(f"{path}: the '### user' section is empty. Fix: write the user prompt under '### user'")
     return Template(match.group(1), match.group(2), hashlib.sha256(text.encode()).hexdigest())
 
 
 def _read_rubric(path: Path) -> Rubric:
-    text = path.read_text()
-    data = yaml.safe_load(text)
+    text = _read_text(path)
+    shape = "quality: [{name, description, levels: {1: ..., 5: ...}}], complexity: {description, levels: {1: ..., 5: ...}}"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ValueError(f"{path}: not valid YAML{at} ({getattr(err, 'problem', None) or err}). Fix: correct the YAML syntax") from None
     try:
         quality = [Criterion(c["name"], c["description"], {int(k): v for k, v in c["levels"].items()}) for c in data["quality"]]
         complexity = data["complexity"]
         levels = {int(k): v for k, v in complexity["levels"].items()}
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{path}: rubric needs quality[name, description, levels] and complexity[description, levels] ({err})") from err
+        complexity_description = complexity["description"]
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        what = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        raise ValueError(f"{path}: not a rubric ({what}). Fix: write it as {shape}, like builder/prompts/medical/rubric.yaml") from None
     if not quality or sorted(levels) != [1, 2, 3, 4, 5]:
-        raise ValueError(f"{path}: rubric needs at least one quality criterion and complexity levels 1-5")
-    return Rubric(quality, complexity["description"], levels, hashlib.sha256(text.encode()).hexdigest())
+        raise ValueError(f"{path}: a rubric needs at least one quality criterion and complexity levels 1-5 (got {sorted(levels)}). Fix: write it as {shape}")
+    names = [c.name for c in quality]
+    reserved = {"rationale", "question_valid", "reference_correct", "own_error", "defender_correct", "complexity"}
+    bad = [n for n in names if not isinstance(n, str) or not n.strip() or n in reserved]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"{path}: quality criterion names must be distinct non-empty strings, not {sorted(reserved)} (got {names}). Fix: rename them, e.g. clinical_accuracy")
+    return Rubric(quality, complexity_description, levels, hashlib.sha256(text.encode()).hexdigest())
 
 
 def load_prompts(domain: str, folder: str | None = None) -> PromptSet:
     """Templates from `folder`, or the packaged ones for `domain`."""
     root = Path(folder) if folder else Path(str(resources.files("builder") / "prompts" / domain))
+    if not root.is_dir():
+        raise ValueError(f"prompts: {root} is not a folder. Fix: point prompts at a copy of builder/prompts/medical/")
     missing = [name for name in (*TEMPLATE_FILES, "rubric.yaml") if not (root / name).is_file()]
     if missing:
-        raise ValueError(f"prompts: {root} lacks {', '.join(missing)}; copy builder/prompts/{domain}/ as a start")
+        source = domain if domain in ("math", "science", "medical") else "medical"
+        raise ValueError(f"prompts: {root} lacks {', '.join(missing)}. Fix: copy them from builder/prompts/{source}/ and edit them")
     return PromptSet(
         attacker=_read_template(root / "attacker.txt"),
         defender=_read_template(root / "defender.txt"),
@@ -130,6 +162,54 @@ def load_prompts(domain: str, folder: str | None = None) -> PromptSet:
         judge=_read_template(root / "judge.txt"),
         rubric=_read_rubric(root / "rubric.yaml"),
     )
+
+
+# The placeholders each template may use: the keyword arguments attack_messages, defense_messages, solve_messages and
+# verdict_messages pass (reply_format is appended to the user message, not a placeholder); and the ones it must use.
+PLACEHOLDERS = {
+    "attacker": ("capability", "complexity", "complexity_guide", "feedback", "n_options", "letter_list"),
+    "defender": ("question",),
+    "solver": ("question",),
+    "judge": ("question", "reference_answer", "explanation", "blind_answer", "blind_reasoning", "defender_reasoning",
+              "defender_answer", "tool_results", "rubric"),
+}  # fmt: skip
+REQUIRED_PLACEHOLDERS = {
+    "attacker": ("capability",),
+    "defender": ("question",),
+    "solver": ("question",),
+    "judge": ("question", "reference_answer", "defender_answer"),
+}
+
+
+def check_templates(prompts: PromptSet, folder: str | Path | None = None) -> None:
+    """Render every template once with stand-in values, so that an unknown `$placeholder`, a stray `$` or a missing
+    required placeholder fails at start (ValueError naming the file and the fix), not mid-build after requests."""
+    where = Path(folder) if folder else Path("builder/prompts")
+    for role, allowed in PLACEHOLDERS.items():
+        template: Template = getattr(prompts, role)
+        path = where / f"{role}.txt"
+        used: set[str] = set()
+        for part in (template.system, template.user):
+            t = string.Template(part)
+            if not t.is_valid():
+                bad = next(m for m in t.pattern.finditer(part) if m.group("invalid") is not None)
+                line = part[: bad.start("invalid")].count("\n") + 1
+                snippet = part[bad.start("invalid") : bad.start("invalid") + 12].splitlines()[0]
+                raise ValueError(
+                    f"{path}: a '$' that starts no placeholder ({snippet!r}, line {line} of its section). "
+                    f"Fix: write $$ for a literal dollar sign, or use one of ${', $'.join(allowed)}"
+                )
+            used |= set(t.get_identifiers())
+        unknown = sorted(used - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown placeholder(s) {', '.join('$' + u for u in unknown)}. "
+                f"Fix: use only ${', $'.join(allowed)} (write $$ for a literal dollar sign)"
+            )
+        missing = [name for name in REQUIRED_PLACEHOLDERS[role] if name not in used]
+        if missing:
+            raise ValueError(f"{path}: the template never uses {', '.join('$' + m for m in missing)}. Fix: put it in the '### user' section")
+        template.messages(reply_format="(reply format)", **{name: f"<{name}>" for name in allowed})
 
 
 # --- schemas ---------------------------------------------------------------------------------------------

@@ -319,7 +319,7 @@ def test_distilabel_runs_the_same_workload_against_the_same_server(tmp_path):
     figures = _read(tmp_path / "results", "distilabel")["figures"]
     nanoflux, (distilabel,) = figures["nanoflux"], figures["distilabel"]
     # The server saw the same calls per role from both, so both had exactly the same work to wait for.
-    assert nanoflux["calls_by_role"] == distilabel["calls_by_role"] == {"attacker": 16, "defender": 16, "judge": 16}
+    assert nanoflux["calls_by_role"] == distilabel["calls_by_role"] == {"attacker": 16, "defender": 16, "solver": 16, "judge": 16}
     assert nanoflux["bound_s"] == pytest.approx(distilabel["bound_s"], rel=1e-6)
     assert distilabel["examples"] == 16 and 0 < distilabel["ratio_to_bound"] <= 1.05
     assert figures["vs_distilabel"] == pytest.approx(nanoflux["wall_s"] / distilabel["wall_s"], abs=1e-3)

@@ -40,7 +40,7 @@ def _base() -> dict:
     "change, field, fix",
     [
         ({"roundz": 3}, "roundz", "did you mean `rounds`"),
-        ({"rounds": "three"}, "rounds", "give a int value"),
+        ({"rounds": "three"}, "rounds", "write it as an integer"),
         ({"novelty": {"threshold": 1.5}}, "novelty.threshold", "<= 1.0"),
         ({"novelty": {"threshold": 0}}, "novelty.threshold", "> 0.0"),
         ({"player_a": {"backend": "endpoint", "model": None}}, "player_a", "set player_a.base_url"),

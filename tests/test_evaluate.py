@@ -465,7 +465,7 @@ def test_cli_overrides_reach_benchmark_entries_by_index_or_name():
     [
         ({"max_new_tokns": 64}, "max_new_tokns", "did you mean `max_new_tokens`"),
         ({"max_new_tokens": 0}, "max_new_tokens", ">= 1"),
-        ({"batch_size": "eight"}, "batch_size", "give a int value"),
+        ({"batch_size": "eight"}, "batch_size", "expected an integer, not a string"),
         ({"dtype": "fp8"}, "dtype", "use auto, float32"),
         ({"benchmarks": []}, "benchmarks", "list at least one"),
         ({"benchmarks": [{"format": "medqaa"}]}, "benchmarks[0].format", "use one of gsm_hard, medqa"),

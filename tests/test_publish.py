@@ -10,7 +10,7 @@ import yaml
 from huggingface_hub import DatasetCard, HfApi
 
 from builder import build, publish
-from builder.config import BuildConfig, from_dict
+from builder.config import BuildConfig, ConfigError, from_dict
 from builder.decontamination import DecontaminationConfig
 from builder.localhub import LocalHub
 from tests import scripted_roles
@@ -208,8 +208,8 @@ def test_preflight_fails_before_any_model_call_when_the_token_cannot_write(tgi, 
     with pytest.raises(publish.PublishError, match="repo_id: cannot write to dataset repo org/nanoflux-medical"):
         build.main(_config(tgi.url, tmp_path / "b1", push_to_hub=REPO))
     assert tgi.request_count == 0 and not (tmp_path / "b1" / "calls.jsonl").exists()
-    with pytest.raises(publish.PublishError, match="org/name"):
-        build.main(_config(tgi.url, tmp_path / "b1", push_to_hub="no-slash"))
+    with pytest.raises(ConfigError, match="push_to_hub: not a repo id .*org/name"):  # refused with the recipe itself
+        _config(tgi.url, tmp_path / "b1", push_to_hub="no-slash")
 
 
 def test_unfinished_build_is_refused_before_touching_the_repo(hub, tmp_path):

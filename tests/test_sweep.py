@@ -136,7 +136,7 @@ def test_a_band_written_as_one_level_is_a_band_and_cell_ids_are_a_stable_hash_of
     [
         (["--grid.sizes", "[0]"], "grid.sizes[0]: out of range (got 0). Fix: use a value >= 1"),
         (["--grid.quality_levels", "[6]"], "grid.quality_levels[0]: levels must be a non-empty list of integers 1-5 (got [6])"),
-        (["--grid.size", "[5]"], "grid.size: unknown field (got [5]). Fix: did you mean `grid.sizes`?"),
+        (["--grid.size", "[5]"], "grid.size: unknown field of grid (got [5]). Fix: did you mean `grid.sizes`?"),
         (["--design", "random"], "design: unknown design (got 'random'). Fix: use one of grid, one_at_a_time"),
         (["--publish_cell", "abc"], "publish_cell: publishing needs a dataset repo (got 'abc'). Fix: set push_to_hub"),
         (["--hub_dir", "outputs/hub"], "hub_dir: set without push_to_hub"),

@@ -137,10 +137,10 @@ def test_cli_overrides_win_and_learning_rates_may_be_written_1e_4():
     [
         (["--lora_r", "0"], "lora_r: out of range (got 0). Fix: use a value >= 1"),
         (["--learning_rat", "1e-4"], "learning_rat: unknown field (got '1e-4'). Fix: did you mean `learning_rate`?"),
-        (["--max_steps", "ten"], "max_steps: expected int (got 'ten')"),
+        (["--max_steps", "ten"], "max_steps: expected an integer, not a string (got 'ten')"),
         (["--max_steps", "0"], "max_steps: out of range (got 0). Fix: use -1"),
         (["--lora_dropout", "1.5"], "lora_dropout: out of range (got 1.5)"),
-        (["--bf16", "maybe"], "bf16: expected bool (got 'maybe')"),
+        (["--bf16", "maybe"], "bf16: expected true or false, not a string (got 'maybe')"),
         (["--push_to_hub", "just-a-name"], "push_to_hub: not a repo id (got 'just-a-name'). Fix: write it as org/name"),
         (["--adapter_hub_dir", "outputs/models"], "adapter_hub_dir: set without push_to_hub"),
         (["--lora_target_modules", "[]"], "lora_target_modules: needs module names"),

@@ -571,7 +571,7 @@ async def _saturate(client: EndpointClient, workers: int, seconds: float, every:
     ("capacity", "latency", "seconds"),
     [
         (8, 0.2, 4.0),
-        (64, 1.0, 8.0),
+        (64, 1.0, 12.0),
         # ~85 requests a second: what one Python process (client and server) keeps up on a shared 2-core machine.
         pytest.param(256, 3.0, 27.0, marks=pytest.mark.slow),
     ],

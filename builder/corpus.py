@@ -33,6 +33,17 @@ def tokenize(text: str) -> list[str]:
     return [w for w in words if w not in _STOPWORDS]
 
 
+
+def read_lines(path: Path, *, field: str, fix: str) -> list[str]:
+    """The lines of a user-supplied UTF-8 text file; ValueError naming the file, the recipe `field` and the fix."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            return list(f)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}). {fix}") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err}). Fix: point {field} at a readable file") from None
+
 @dataclass(frozen=True)
 class Passage:
     """One reference passage."""
@@ -92,13 +103,7 @@ class Corpus:
         fix = 'Fix: write one JSON object a line: {"id": "...", "title": "...", "text": "..."}'
         if path.is_dir():
             raise ValueError(f"{path}: is a folder, not a JSONL file. Fix: point corpus at a .jsonl file")
-        try:
-            with path.open(encoding="utf-8") as f:
-                lines = list(f)
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}). {fix}, saved as UTF-8") from None
-        except OSError as e:
-            raise ValueError(f"{path}: cannot be read ({e.strerror or e}). Fix: point corpus at a readable .jsonl file") from None
+        lines = read_lines(path, field="corpus", fix=f"{fix}, saved as UTF-8")
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue

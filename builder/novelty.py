@@ -119,13 +119,9 @@ def read_bank(path: str | Path) -> list[str]:
         if any(q is not None and not isinstance(q, str) for q in values):
             raise ValueError(f"{path}: the question column is not text (type {column.type}). {fix}")
         return [q for q in values if q]
-    try:
-        with path.open(encoding="utf-8") as f:
-            lines = list(f)
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}). {fix}") from None
-    except OSError as err:
-        raise ValueError(f"{path}: cannot be read ({err.strerror or err}). Fix: point novelty.bank at a readable file") from None
+    from builder.corpus import read_lines
+
+    lines = read_lines(path, field="novelty.bank", fix=fix)
     questions = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():

@@ -682,7 +682,7 @@ def log_summary(summary: dict[str, Any], output_dir: Path) -> None:
         s["attack_errors"], s["attack_parse_errors"], s["attack_refusals"], s["not_novel"], s["judge_status"],
     )
     logger.info(
-        "HTTP attempts %d (answered calls %d), replayed from journal %d, retries %d, endpoint failures %s",
+        "Calls sent %d (HTTP attempts to endpoints, retries included; answered %d), replayed from journal %d, retries %d, endpoint failures %s",
         s["calls_sent"], s["calls_answered"], s["calls_replayed"], s["retries"], s["endpoint_failures"] or "none",
     )
     for endpoint in s["endpoints"]:

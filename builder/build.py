@@ -41,6 +41,7 @@ from builder.decontamination import Reference, decontaminate, load_reference, wr
 from builder.dataset import DEFENDER_STATUSES, JUDGE_STATUSES, sft_messages, write_rows
 from builder.journal import Journal, write_atomic
 from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
+from builder.progress import Progress
 from builder.sandbox import SandboxLimits
 from builder.tools import ToolCall, answers_match, format_tool_results, lookup_tool, python_tool
 
@@ -702,8 +703,6 @@ def log_summary(summary: dict[str, Any], output_dir: Path) -> None:
 
 def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
     """Run (or resume) a build and write the curated dataset; returns the summary."""
-    from tqdm.auto import tqdm
-
     from builder.preflight import validate_inputs
 
     validate_inputs(config)  # every input readable and usable before any request or output file
@@ -733,7 +732,7 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
         clients = make_clients(config)
 
         calls = Journal(output_dir / "calls.jsonl")
-        progress = tqdm(total=config.rounds * config.attacks_per_round * CALLS_PER_ATTACK, unit="call", desc="calls", disable=None)
+        progress = Progress(config.rounds * config.attacks_per_round * CALLS_PER_ATTACK, desc="calls")
         ctx = Context(
             config=config,
             prompts=prompts,

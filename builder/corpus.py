@@ -34,15 +34,30 @@ def tokenize(text: str) -> list[str]:
 
 
 
-def read_lines(path: Path, *, field: str, fix: str) -> list[str]:
-    """The lines of a user-supplied UTF-8 text file; ValueError naming the file, the recipe `field` and the fix."""
+def read_json_lines(path: Path, *, field: str, fix: str) -> list[tuple[str, dict]]:
+    """(`path:line`, object) for each non-blank line of a user-supplied UTF-8 JSONL file; ValueError naming the file
+    (and line), the recipe `field` and the fix for an unreadable file, invalid JSON or a line that is not an object."""
     try:
         with path.open(encoding="utf-8") as f:
-            return list(f)
+            lines = list(f)
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}). {fix}") from None
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}). {fix}, saved as UTF-8") from None
     except OSError as err:
         raise ValueError(f"{path}: cannot be read ({err.strerror or err}). Fix: point {field} at a readable file") from None
+    objects = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: invalid JSON ({err.msg}). {fix}") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}. {fix}")
+        objects.append((where, obj))
+    return objects
+
 
 @dataclass(frozen=True)
 class Passage:
@@ -103,24 +118,14 @@ class Corpus:
         fix = 'Fix: write one JSON object a line: {"id": "...", "title": "...", "text": "..."}'
         if path.is_dir():
             raise ValueError(f"{path}: is a folder, not a JSONL file. Fix: point corpus at a .jsonl file")
-        lines = read_lines(path, field="corpus", fix=f"{fix}, saved as UTF-8")
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg}). {fix}") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}. {fix}")
+        for where, obj in read_json_lines(path, field="corpus", fix=fix):
             for field in ("id", "title", "text"):
                 value = obj.get(field)
                 if not isinstance(value, str) or not value.strip():
                     raise ValueError(f"{where}: field {field!r} is missing, empty or not a string. {fix}")
             if obj["id"] in seen:
                 raise ValueError(f"{where}: duplicate id {obj['id']!r} (first on line {seen[obj['id']]}). Fix: give every passage its own id")
-            seen[obj["id"]] = lineno
+            seen[obj["id"]] = where.rsplit(":", 1)[1]
             passages.append(Passage(obj["id"], obj["title"], obj["text"]))
         if not passages:
             raise ValueError(f"{path}: no passages (the file is empty). {fix}")

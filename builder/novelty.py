@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,22 +118,13 @@ def read_bank(path: str | Path) -> list[str]:
         if any(q is not None and not isinstance(q, str) for q in values):
             raise ValueError(f"{path}: the question column is not text (type {column.type}). {fix}")
         return [q for q in values if q]
-    from builder.corpus import read_lines
+    from builder.corpus import read_json_lines
 
-    lines = read_lines(path, field="novelty.bank", fix=fix)
     questions = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg}). {fix}") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}. {fix}")
+    for where, row in read_json_lines(path, field="novelty.bank", fix=fix):
         question = row.get("question")
         if question is not None and not isinstance(question, str):
-            raise ValueError(f"{path}:{lineno}: \"question\" is {type(question).__name__}, not text. {fix}")
+            raise ValueError(f"{where}: \"question\" is {type(question).__name__}, not text. {fix}")
         if question:
             questions.append(question)
     return questions

@@ -6,11 +6,38 @@ Stage modules are imported only when their subcommand runs, so `nanoflux build` 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
+
+
+class _StageParser(argparse.ArgumentParser):
+    """A subcommand's parser; `--help` of a stage with a recipe lists the recipe's fields, generated from its config
+    dataclass (imported only when help is asked for, so that `nanoflux build` never imports the trainer)."""
+
+    recipe: tuple[str, str] | None = None
+
+    def format_help(self) -> str:
+        if self.recipe is not None:
+            from builder.recipe_fields import fields_help
+
+            module, name = self.recipe
+            self.epilog = fields_help(getattr(importlib.import_module(module), name))
+        return super().format_help()
+
+
+# The config dataclass behind each stage's recipe.
+RECIPES = {
+    "build": ("builder.config", "BuildConfig"),
+    "train": ("trainer.train", "TrainConfig"),
+    "eval": ("trainer.evaluate", "EvalConfig"),
+    "sweep": ("trainer.sweep_config", "SweepConfig"),
+}
 
 
 def _add_release_target(sub: argparse.ArgumentParser, what: str, repo: str) -> None:
@@ -62,7 +89,7 @@ def one_line(command: str, err: BaseException) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanoflux", description="NanoFlux: adversarial dual-LLM dataset building and distillation.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_StageParser)
 
     build = commands.add_parser(
         "build",
@@ -126,12 +153,40 @@ def _parser() -> argparse.ArgumentParser:
 
     for sub in (build, release, train, evaluate, adapter, sweep, jobs, doctor):
         sub.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    for name, sub in (("build", build), ("train", train), ("eval", evaluate), ("sweep", sweep)):
+        sub.recipe = RECIPES[name]
+        sub.formatter_class = argparse.RawDescriptionHelpFormatter
     # builder/space.py parses its own arguments (`nanoflux space [--port N]`, `nanoflux space deploy org/name`).
     commands.add_parser("space", add_help=False, help="run the Gradio Space locally, or `space deploy org/name` to a Space repo")
     return parser
 
 
+class _DropMessages(logging.Filter):
+    """Drops a library logger's records that contain one of `fragments`."""
+
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in record.getMessage() for fragment in self.fragments)
+
+
+def quiet_third_parties() -> None:
+    """The console shows NanoFlux's own progress and messages only. Known third-party noise is silenced here, at the one
+    place every stage starts, each for a stated reason; an environment variable the user set still wins."""
+    # Progress bars of datasets' parquet writes and the Hub's downloads/uploads interleave with the stage's own bar.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # PEFT (not NanoFlux) still calls transformers' deprecated name on every adapter load.
+    warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # Commits built from in-memory files (cards, parquet) take the HTTP upload path, which is right for them; the Hub
+    # client warns once per commit that Xet storage is not used.
+    logging.getLogger("huggingface_hub._commit_api").addFilter(_DropMessages("not supported by Xet Storage"))
+
+
 def main(argv: list[str] | None = None) -> None:
+    quiet_third_parties()
     parser = _parser()
     args, overrides = parser.parse_known_args(argv)
     if args.command == "space":

@@ -38,7 +38,7 @@ def embed(embedder, texts: list[str]) -> np.ndarray:
     """Unit-norm embeddings, so that a dot product is the cosine similarity."""
     if not texts:
         return np.zeros((0, embedder.get_sentence_embedding_dimension()), dtype=np.float32)
-    return np.asarray(embedder.encode(texts, normalize_embeddings=True, batch_size=64), dtype=np.float32)
+    return np.asarray(embedder.encode(texts, normalize_embeddings=True, batch_size=64, show_progress_bar=False), dtype=np.float32)
 
 
 @dataclass

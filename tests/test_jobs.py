@@ -1,5 +1,5 @@
 """Training as a Hugging Face Job (`--backend jobs`), through huggingface_hub's real jobs client against LocalHub's
-Jobs API (builder.localjobs): the job spec built from a recipe, the token passed only as a secret, the checks made
+Jobs API (localhub.jobs): the job spec built from a recipe, the token passed only as a secret, the checks made
 before anything is submitted, `nanoflux jobs status|logs`, and — marked `slow` — a real training job that pushes its
 adapter before its (ephemeral) disk goes away.
 """
@@ -16,7 +16,7 @@ import yaml
 
 from builder.cli import main as cli_main
 from builder.config import ConfigError
-from builder.localhub import JobRunner, LocalHub
+from localhub import JobRunner, LocalHub
 from tests.test_train import ADAPTER_REPO, LOCAL_RECIPE, QWEN_RECIPE, REPO, make_dataset_repo
 from trainer.jobs import RECIPE_ENV, JobsError, job_spec, main as submit
 from trainer.train import TrainConfig, TrainError, build_train_config

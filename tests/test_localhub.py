@@ -23,7 +23,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from builder.localhub import LocalHub, RepoStore
+from localhub import LocalHub, RepoStore
+from localhub.testing import FaultyHub
 from tests.hub_clients import point_clients_at
 
 # huggingface_hub's LFS upload passes a file object as `data=`, which httpx2 deprecates: not ours to fix.
@@ -54,12 +55,12 @@ def clients_cache(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clients_cache: Path) -> Iterator[LocalHub]:
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clients_cache: Path) -> Iterator[FaultyHub]:
     from huggingface_hub import set_client_factory
     from huggingface_hub.utils import _http
 
     previous_factory = _http._GLOBAL_CLIENT_FACTORY  # the offline-enforcing default, normally
-    with LocalHub(tmp_path / "hub-root", token=TOKEN, user="alice", orgs=["nanoflux"]) as server:
+    with FaultyHub(tmp_path / "hub-root", token=TOKEN, user="alice", orgs=["nanoflux"]) as server:
         point_clients_at(monkeypatch, server.url, clients_cache)
         try:
             yield server
@@ -116,7 +117,7 @@ def test_whoami_accepts_the_configured_token_and_rejects_others(hub: LocalHub) -
     assert err.value.response.status_code == 401
 
 
-def test_writes_need_the_token_but_public_reads_do_not(hub: LocalHub, api: HfApi) -> None:
+def test_writes_need_the_token_but_public_reads_do_not(hub: FaultyHub, api: HfApi) -> None:
     anonymous = HfApi(endpoint=hub.url, token=False)
     with pytest.raises(HfHubHTTPError) as err:
         anonymous.create_repo(REPO, repo_type="dataset")
@@ -137,7 +138,7 @@ def test_create_repo_conflicts_unless_exist_ok(api: HfApi) -> None:
     assert api.create_repo(REPO, repo_type="dataset", exist_ok=True).repo_id == REPO
 
 
-def test_private_repo_is_hidden_from_anonymous_readers(hub: LocalHub, api: HfApi) -> None:
+def test_private_repo_is_hidden_from_anonymous_readers(hub: FaultyHub, api: HfApi) -> None:
     api.create_repo("alice/secret", repo_type="dataset", private=True)
     assert api.dataset_info("alice/secret").private is True
     with pytest.raises(RepositoryNotFoundError):
@@ -258,7 +259,7 @@ def test_branches_can_be_created_committed_to_and_deleted(api: HfApi, versions: 
 # -- failures -------------------------------------------------------------------------------------------------
 
 
-def test_a_failed_commit_leaves_refs_unchanged(hub: LocalHub, api: HfApi, versions: dict[str, str]) -> None:
+def test_a_failed_commit_leaves_refs_unchanged(hub: FaultyHub, api: HfApi, versions: dict[str, str]) -> None:
     before = (hub.root / "datasets" / REPO / "refs.json").read_text()
     hub.fail_next("POST", r"/api/datasets/.*/commit/", status=500, times=1)
     with pytest.raises(HfHubHTTPError) as err:
@@ -271,7 +272,7 @@ def test_a_failed_commit_leaves_refs_unchanged(hub: LocalHub, api: HfApi, versio
     assert api.dataset_info(REPO, revision="v3").sha == v3
 
 
-def test_a_lost_commit_response_still_lands_the_commit(hub: LocalHub, api: HfApi, versions: dict[str, str]) -> None:
+def test_a_lost_commit_response_still_lands_the_commit(hub: FaultyHub, api: HfApi, versions: dict[str, str]) -> None:
     hub.fail_next("POST", r"/commit/", status=502, after=True)
     with pytest.raises(HfHubHTTPError):
         api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=REPO, repo_type="dataset")
@@ -372,7 +373,7 @@ def test_concurrent_commits_are_serialized_and_none_is_lost(api: HfApi) -> None:
     assert len(api.list_repo_commits(REPO, repo_type="dataset")) == 1 + 8  # a linear history
 
 
-def test_tree_listing_follows_pagination(hub: LocalHub, api: HfApi) -> None:
+def test_tree_listing_follows_pagination(hub: FaultyHub, api: HfApi) -> None:
     api.create_repo(REPO, repo_type="dataset")
     api.create_commit(REPO, repo_type="dataset", commit_message="many",
                       operations=[CommitOperationAdd(f"rows/{i:03d}.txt", b"x") for i in range(120)])  # fmt: skip
@@ -399,7 +400,7 @@ def test_cli_serves_a_folder_until_interrupted(tmp_path: Path) -> None:
     import urllib.request
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "builder.localhub", "--root", str(tmp_path), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "localhub", "--root", str(tmp_path), "--port", "0"],
                             cwd=root, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         lines = [proc.stderr.readline() for _ in range(2)]

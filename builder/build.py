@@ -38,7 +38,7 @@ from builder.config import BuildConfig, RoleConfig, changed_fields, to_dict
 from builder.corpus import Corpus, packaged_corpus
 from builder.curation import curate, eligible
 from builder.decontamination import Reference, decontaminate, load_reference, write_report
-from builder.dataset import DEFENDER_STATUSES, JUDGE_STATUSES, sft_messages, write_rows
+from builder.dataset import DEFENDER_STATUSES, JUDGE_STATUSES, assign_ids, sft_messages, write_rows
 from builder.journal import Journal, write_atomic
 from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
 from builder.progress import Progress
@@ -146,9 +146,11 @@ def make_clients(config: BuildConfig) -> dict[str, ChatClient]:
 
 def _make_client(name: str, role: RoleConfig) -> ChatClient:
     if role.backend == "embedded":
-        from builder.embedded import EmbeddedClient
+        # The packaged GGUF under a managed llama.cpp server on loopback (one per process and model), reached through
+        # the same EndpointClient as any endpoint; at most llama_engine.SLOTS requests in flight (it serves one at a time).
+        from builder.llama_engine import engine_client
 
-        return EmbeddedClient(model_id=role.model) if role.model else EmbeddedClient()
+        return engine_client(name, role.model, max_concurrency=role.max_concurrency, timeout=role.timeout, max_attempts=role.max_attempts)
     from builder.transport import EndpointClient, RetryPolicy
 
     return EndpointClient(
@@ -191,6 +193,8 @@ class Outcome:
 class Stats:
     calls_sent: int = 0
     calls_replayed: int = 0
+    tokens_sent: Counter = field(default_factory=Counter)
+    """Prompt / completion tokens of the calls this run sent (not replayed): the run's record in runs.json."""
     endpoint_failures: Counter = field(default_factory=Counter)
 
 
@@ -228,6 +232,7 @@ class Caller:
             }
         )
         self.stats.calls_sent += 1
+        self.stats.tokens_sent.update(prompt=response.prompt_tokens, completion=response.completion_tokens)
         response.meta["finished_at"] = finished_at
         return response
 
@@ -290,11 +295,11 @@ class Context:
     """Why calls failed for good, by role, model and error: the first line of a failed build's message."""
 
 
-async def _note(ctx: Context, example_id: str, stage: str, **data: Any) -> None:
+async def _note(ctx: Context, attack_key: str, stage: str, **data: Any) -> None:
     """Journal an example's state change (once: a replayed stage is not written again)."""
-    key = f"{example_id}/{stage}"
+    key = f"{attack_key}/{stage}"
     if key not in ctx.examples:
-        await ctx.examples.aput({"key": key, "id": example_id, "stage": stage, **data})
+        await ctx.examples.aput({"key": key, "id": attack_key, "stage": stage, **data})
 
 
 def _players(round_index: int) -> tuple[str, str]:
@@ -368,6 +373,7 @@ async def run_round(ctx: Context, round_index: int, earlier: list[dict[str, Any]
 
     async def attack(i: int) -> dict[str, Any] | None:
         capability, complexity = targets[i]
+        # The journal key of the attack's calls (the row's `id`, a content hash, is set once the rounds are done).
         example_id = f"r{round_index:02d}-a{i:04d}"
         messages = roles.attack_messages(
             ctx.prompts, capability=capability, complexity=complexity, feedback=feedback, answer_format=fmt, n_options=n_options
@@ -385,7 +391,7 @@ async def run_round(ctx: Context, round_index: int, earlier: list[dict[str, Any]
         a: roles.Attack = outcome.value
         await _note(ctx, example_id, "attacked", question=a.question, reference_answer=a.reference_answer)
         return {
-            "id": example_id,
+            "attack_key": example_id,
             "round": round_index,
             "attack_index": i,
             "domain": config.domain,
@@ -417,7 +423,7 @@ async def run_round(ctx: Context, round_index: int, earlier: list[dict[str, Any]
         notes = []
         for row, decision in zip(chunk, ctx.novelty.check(vectors)):
             row["novel"], row["novelty_similarity"] = decision.novel, decision.nearest_similarity
-            notes.append(_note(ctx, row["id"], "novelty", novel=decision.novel, similarity=decision.nearest_similarity))
+            notes.append(_note(ctx, row["attack_key"], "novelty", novel=decision.novel, similarity=decision.nearest_similarity))
             if not decision.novel:
                 ctx.counts["not_novel"] += 1
                 ctx.caller.progress.update(CALLS_PER_ATTACK - 1)  # its defense and judgement will not happen
@@ -436,14 +442,14 @@ async def defend_and_judge(ctx: Context, row: dict[str, Any]) -> None:
     fmt, n_options = config.answer_format, config.options
     defended, solved = await asyncio.gather(
         ctx.caller.step(
-            f"{row['id']}/defender",
+            f"{row['attack_key']}/defender",
             row["defender"],
             roles.defense_messages(ctx.prompts, attack=attack, answer_format=fmt, n_options=n_options),
             roles.defense_schema(fmt, n_options),
             lambda t: roles.parse_defense(t, fmt, n_options),
         ),
         ctx.caller.step(
-            f"{row['id']}/judge-solve",
+            f"{row['attack_key']}/judge-solve",
             "judge",
             roles.solve_messages(ctx.prompts, attack=attack, answer_format=fmt, n_options=n_options),
             roles.solve_schema(fmt, n_options),
@@ -460,7 +466,7 @@ async def defend_and_judge(ctx: Context, row: dict[str, Any]) -> None:
     row["defender_answer"] = defense.answer if defense else None
     if not defense:
         ctx.counts[f"defender_{row['defender_status']}"] += 1
-    await _note(ctx, row["id"], "defended", answer=row["defender_answer"], status=row["defender_status"])
+    await _note(ctx, row["attack_key"], "defended", answer=row["defender_answer"], status=row["defender_status"])
     if solved.value is None:
         ctx.caller.progress.update(1)  # no verdict without the blind solve
         status = {"endpoint": "error", "refused": "refused", "unparseable": "parse_error"}[solved.failure]
@@ -472,7 +478,7 @@ async def defend_and_judge(ctx: Context, row: dict[str, Any]) -> None:
         _set_judgement(row, "error", error=f"defender {defended.error}")
     else:
         await judge(ctx, row, attack, defense, solved.value)
-    await _note(ctx, row["id"], "judged", judge_status=row["judge_status"], defender_correct=row.get("defender_correct"))
+    await _note(ctx, row["attack_key"], "judged", judge_status=row["judge_status"], defender_correct=row.get("defender_correct"))
 
 
 async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense: roles.Defense | None, solution: roles.Solution) -> None:
@@ -484,7 +490,7 @@ async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense
     row["judge_blind_answer"] = solution.answer
     row["verification_code"] = solution.program
     if solution.program and "python" in config.judge_tools:
-        call = await _python(ctx, row["id"], solution.program)
+        call = await _python(ctx, row["attack_key"], solution.program)
         calls.append(call)
         if fmt == "number":
             if not call.ok:
@@ -498,7 +504,7 @@ async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense
 
     messages = roles.verdict_messages(ctx.prompts, attack=attack, defense=defense, solution=solution, tool_results=format_tool_results(calls))
     outcome = await ctx.caller.step(
-        f"{row['id']}/judge", "judge", messages, roles.verdict_schema(ctx.prompts.rubric), lambda t: roles.parse_verdict(t, ctx.prompts.rubric)
+        f"{row['attack_key']}/judge", "judge", messages, roles.verdict_schema(ctx.prompts.rubric), lambda t: roles.parse_verdict(t, ctx.prompts.rubric)
     )
     row["judge_prompt_tokens"] += outcome.prompt_tokens
     row["judge_completion_tokens"] += outcome.completion_tokens
@@ -725,6 +731,7 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
             earlier += reference.texts
     output_dir = prepare_output_dir(config, prompts, fresh)
     try:
+        run_index = runfolder.begin_run(output_dir)  # this run's record: a resume adds its time and tokens to the earlier runs'
         logger.info("Loading the novelty embedder %s", config.novelty.model)
         embedder = load_embedder(config.novelty.model)
         bank = (read_bank(config.novelty.bank) if config.novelty.bank else []) + earlier
@@ -767,6 +774,7 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
             for journal in (calls, ctx.examples, ctx.tools):
                 journal.close()
 
+        assign_ids(rows, recipe_fingerprint(config, prompts.hashes())[0])  # stable: the same journal gives the same ids
         # Only rows curation could keep are checked: a contaminated row must not take a slot a clean one could have had.
         candidates = [row for row in rows if eligible(row, config.curation)]
         checked = decontaminate(candidates, config.decontamination, domain=config.domain, embedder=embedder, reference=reference)
@@ -778,6 +786,10 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
         summary = summarize(config, rows, kept, ctx, time.perf_counter() - started)
         summary["decontamination"] = checked.summary()
         summary["sandbox"] = sandbox_mode
+        summary["novelty_bank_version"] = previous.tag if config.push_to_hub else None  # earlier questions it was novel against
+        runs = runfolder.end_run(output_dir, run_index, wall_time_s=summary["wall_time_s"], calls_sent=ctx.caller.stats.calls_sent,
+                                 tokens={kind: ctx.caller.stats.tokens_sent[kind] for kind in ("prompt", "completion")})  # fmt: skip
+        summary["runs"], summary["build"] = runs, runfolder.run_totals(runs)
         write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2).encode())
         log_summary(summary, output_dir)
         check_outcome(config, summary, ctx.causes)

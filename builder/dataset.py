@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,9 +17,9 @@ DEFENDER_STATUSES = ("ok", "unparseable", "refused", "error")
 
 # Column -> (feature, description). The descriptions are the README's and the dataset card's column table.
 COLUMNS: dict[str, tuple[Any, str]] = {
-    "id": (Value("string"), "`r<round>-a<attack>`, unique in a build"),
+    "id": (Value("string"), "stable row id: a hash of the question (normalised) and the build's recipe fingerprint; unique across versions"),
     "round": (Value("int32"), "round number, from 0"),
-    "attack_index": (Value("int32"), "attack number within the round"),
+    "attack_index": (Value("int32"), "attack number within the round (with `round`: where in its build the row was made)"),
     "domain": (Value("string"), "math, science, medical, ..."),
     "capability": (Value("string"), "reasoning skill the Attacker was asked to target"),
     "target_complexity": (Value("int32"), "complexity level (1-5) the Attacker was asked for"),
@@ -70,6 +72,37 @@ COLUMNS: dict[str, tuple[Any, str]] = {
 }
 
 FEATURES = Features({name: feature for name, (feature, _) in COLUMNS.items()})
+
+
+ID_LENGTH = 16
+"""Hex digits of a row id: 64 bits, so two different questions share an id with odds of about n²/2⁶⁵."""
+
+
+def normalise_question(question: str, options: Sequence[str] = ()) -> str:
+    """What a row id hashes: the question and its options, NFKC, case-folded, whitespace collapsed (so a re-typed
+    copy of the same question is the same question)."""
+    text = "\n".join([question, *options])
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def row_id(question: str, fingerprint: str, options: Sequence[str] = (), repeat: int = 0) -> str:
+    """A row's id: sha256 of the build's recipe fingerprint and the normalised question, `ID_LENGTH` hex digits.
+
+    The same question from another recipe gets another id; a resumed build (same fingerprint, same journaled
+    questions) gets the same ids. `repeat` counts earlier rows of the same build with the same question (the novelty
+    filter drops them, but the pool keeps them), so ids stay unique within a build too.
+    """
+    key = f"{fingerprint}\n{normalise_question(question, options)}" + (f"\n#{repeat}" if repeat else "")
+    return hashlib.sha256(key.encode()).hexdigest()[:ID_LENGTH]
+
+
+def assign_ids(rows: list[dict[str, Any]], fingerprint: str) -> None:
+    """Set every row's `id` (rows in build order: round, then attack)."""
+    seen: dict[str, int] = {}
+    for row in rows:
+        text = normalise_question(row["question"], row.get("options") or ())
+        row["id"] = row_id(row["question"], fingerprint, row.get("options") or (), repeat=seen.get(text, 0))
+        seen[text] = seen.get(text, 0) + 1
 
 
 # The evaluation's answer kind for each builder answer format (free text has no evaluation kind: no instruction).

@@ -27,8 +27,6 @@ import io
 import json
 import logging
 import re
-import shlex
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -36,20 +34,19 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
-from huggingface_hub import CommitOperationAdd, DatasetCard, DatasetCardData, HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 from builder import runfolder
 from builder.config import CurationConfig, from_dict, public_url
 from builder.curation import curate, eligible
-from builder.dataset import COLUMNS, to_dataset
+from builder.dataset import to_dataset
 from builder.decontamination import Decontamination, DecontaminationConfig, Reference, decontaminate, report, write_report
 
 logger = logging.getLogger(__name__)
 
-CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "dataset_cards" / "dataset_card.md"
 DATA_PATH = "data/train-00000-of-00001.parquet"
-PROVENANCE_PACKAGES = ("nanoflux", "huggingface_hub", "datasets", "transformers", "sentence-transformers", "torch", "xgrammar")
+PROVENANCE_PACKAGES = ("nanoflux", "huggingface_hub", "datasets", "transformers", "sentence-transformers", "torch", "llama-cpp-python")
 _VERSION_TAG = re.compile(r"^v(\d+)$")
 
 
@@ -78,6 +75,8 @@ class Previous:
     commit: str | None = None
     rows: list[dict[str, Any]] | None = None
     config: dict[str, Any] | None = None
+    history: dict[str, list[str]] | None = None
+    """The changelog of every earlier version ({version: lines}), from the previous version's provenance.json."""
 
     @property
     def tag(self) -> str | None:
@@ -138,6 +137,7 @@ def preflight(api: HfApi, repo_id: str, *, private: bool = False, overwrite: boo
     if base:
         previous.rows = _download_rows(api, repo_id, previous.commit)
         previous.config = _download_yaml(api, repo_id, previous.commit, "nanoflux_config.yaml")
+        previous.history = (_download_yaml(api, repo_id, previous.commit, "provenance.json") or {}).get("changelog")
     logger.info("Publishing to %s as v%d (%s)", repo_id, base + 1, f"builds on v{base}" if base else "first version")
     return previous
 
@@ -217,9 +217,14 @@ class Plan:
         return bool(self.new) or any(self.left.values())
 
 
+_BUILD_LOCAL_ID = re.compile(r"^r\d+-a\d+$")
+
+
 def row_key(row: dict[str, Any]) -> str:
-    """A row's id across versions (ids are unique within a build only): `v1/r0-a3`, or `r0-a3` before publishing."""
-    return f"{row['version']}/{row['id']}" if row.get("version") else str(row["id"])
+    """A row's id across versions: its `id` (a content hash, unique across versions). Rows published before ids were
+    content hashes carry a build-local `r<round>-a<attack>` id, which is qualified with its version: `v1/r00-a0003`."""
+    rid = str(row["id"])
+    return f"{row['version']}/{rid}" if row.get("version") and _BUILD_LOCAL_ID.match(rid) else rid
 
 
 def decontamination_settings(config: dict[str, Any]) -> DecontaminationConfig | None:
@@ -243,7 +248,9 @@ def plan_release(
 ) -> Plan:
     """Re-curate the previous version's rows with the build's novel rows, after decontaminating both: at most
     `target_size` rows, ranked by the build's curation policy; rows keep the version they first appeared in."""
-    candidates = [{**row, "version": None} for row in novel_rows(curated, earlier, config["novelty"])]
+    # A row whose id an earlier version holds is that row again (same recipe, same question): never published twice.
+    published = {row_key(row) for row in earlier}
+    candidates = [{**row, "version": None} for row in novel_rows(curated, earlier, config["novelty"]) if row_key(row) not in published]
     settings = decontamination or decontamination_settings(config)
     pool = earlier + candidates
     if settings is None:
@@ -286,13 +293,16 @@ def publish(
     previous: Previous | None = None,
     decontamination: DecontaminationConfig | None = None,
     reference: Reference | None = None,
+    hub_dir: str | None = None,
 ) -> Release | None:
     """Publish `output_dir` as the next version of `repo_id` (see the module docstring); None when the version
     would hold exactly the previous version's rows (a version identical to the last would be noise).
 
-    `decontamination` overrides the build's settings; `reference` reuses benchmark questions already loaded.
+    `decontamination` overrides the build's settings; `reference` reuses benchmark questions already loaded;
+    `hub_dir` (default: the build's own) is the local repository folder, for the card's commands.
     """
     config, summary, curated = read_build(output_dir)
+    hub_dir = hub_dir or config.get("hub_dir")
     if previous is None:
         previous = preflight(api, repo_id, private=private, overwrite=overwrite)
     version = f"v{previous.number + 1}"
@@ -311,12 +321,17 @@ def publish(
             "or pass --overwrite to publish that tag again"
         )
 
+    from builder import dataset_card  # the card module reads this one's Plan and Previous
+
     head = api.repo_info(repo_id, repo_type="dataset").sha
     files = {
         DATA_PATH: _parquet_bytes(rows),
-        "README.md": render_card(repo_id, version, config, summary, plan, previous).encode(),
+        "README.md": dataset_card.render(repo_id, version, config, summary, plan, previous, hub_dir=hub_dir).encode(),
         "nanoflux_config.yaml": yaml.safe_dump(public_config(config), sort_keys=False).encode(),
-        "provenance.json": json.dumps(provenance(repo_id, version, config, summary, output_dir, previous, plan), indent=2).encode(),
+        "provenance.json": json.dumps(
+            provenance(repo_id, version, config, summary, output_dir, previous, plan, dataset_card.history(version, config, plan, previous)),
+            indent=2, ensure_ascii=False,
+        ).encode(),
     }
     if plan.decontamination.reference is not None:
         # Ids and matches only: the texts would put benchmark questions into the dataset repo.
@@ -343,8 +358,11 @@ def publish(
 
 
 def public_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The build config as uploaded: endpoint URLs without credentials or query strings, no local paths."""
-    public = {**config, "output_dir": None, "hub_dir": None}
+    """The build config as uploaded: endpoint URLs without credentials or query strings, no local paths, and no
+    publish target, so that `nanoflux build --config nanoflux_config.yaml` rebuilds and never publishes."""
+    public = {**config, "output_dir": None, "hub_dir": None, "push_to_hub": None}
+    if isinstance(config.get("novelty"), dict):
+        public["novelty"] = {**config["novelty"], "bank": _public_path(config["novelty"].get("bank"))}
     for role in ("player_a", "player_b", "judge"):
         public[role] = {**config[role], "base_url": public_url(config[role]["base_url"])}
     if isinstance(config.get("decontamination"), dict):
@@ -379,102 +397,6 @@ def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
 # --- card and provenance ---------------------------------------------------------------------------------
 
 
-def _size_category(n: int) -> str:
-    return "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"
-
-
-def _fence_safe(text: str) -> str:
-    """Untrusted text goes into ```text blocks: break up any fence it contains so it cannot end the block."""
-    return text.replace("```", "`\u200b``")
-
-
-MAX_IDS_IN_CHANGELOG = 10
-
-
-def _ids(rows: list[dict[str, Any]]) -> str:
-    keys = [row_key(row) for row in rows]
-    more = len(keys) - MAX_IDS_IN_CHANGELOG
-    return ", ".join(keys[:MAX_IDS_IN_CHANGELOG]) + (f" and {more} more (all in provenance.json)" if more > 0 else "")
-
-
-def _rows(n: int) -> str:
-    return f"{n} row{'' if n == 1 else 's'}"
-
-
-def changelog(version: str, config: dict[str, Any], plan: Plan, previous: Previous) -> list[str]:
-    """One line per fact: this version against the previous one."""
-    rows, new = plan.rows, plan.new
-    lines = [f"{version}: {len(new)} new rows, {len(rows)} in all" + (f"; builds on {previous.tag} ({previous.commit[:12]})" if previous.tag else "; first version")]
-    if previous.config:
-        from builder.config import changed_fields
-
-        changed = changed_fields(previous.config, public_config(config))
-        lines.append(f"recipe changes since {previous.tag}: " + ("; ".join(changed) if changed else "none"))
-    if previous.tag:
-        carried = Counter(row["version"] for row in rows if row["version"] != version)
-        by_version = ", ".join(f"{v} {n}" for v, n in sorted(carried.items(), key=lambda kv: int(kv[0][1:])))
-        lines.append(f"kept from {previous.tag}: {sum(carried.values())} of {_rows(len(previous.rows or []))}" + (f" (first appeared: {by_version})" if len(carried) > 1 else ""))
-    for reason, gone in plan.left.items():
-        if gone:
-            lines.append(f"left since {previous.tag}: {_rows(len(gone))} {LEFT_REASONS[reason]}: {_ids(gone)}")
-    dropped = {k: n for k, n in plan.not_published.items() if n}
-    if dropped:
-        names = {"repeats": "repeating an earlier version", "contaminated": "matching an evaluation benchmark", "outranked": "outranked"}
-        lines.append(f"rows of this build not published: {'; '.join(f'{_rows(n)} {names[k]}' for k, n in dropped.items())}")
-    return lines
-
-
-def render_card(repo_id: str, version: str, config: dict[str, Any], summary: dict[str, Any], plan: Plan, previous: Previous) -> str:
-    rows, new = plan.rows, plan.new
-    domain = config["domain"]
-    pretty_name = f"NanoFlux {domain} reasoning"
-    card_data = DatasetCardData(
-        pretty_name=pretty_name,
-        license="apache-2.0",
-        language=["en"],
-        tags=["synthetic", "nanoflux", domain, "reasoning"],
-        task_categories=["question-answering"],
-        size_categories=[_size_category(len(rows))],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}],
-    )
-    curation = config["curation"]
-    curation_text = (
-        f"judge-validated: {curation['require_valid']}, quality levels {', '.join(f'L{q}' for q in curation['quality_levels'])}, "
-        f"complexity {curation['complexity_levels'] or 'any'}, defender failures first: {curation['prefer_defender_failed']}, "
-        f"at most {config['target_size']} rows per version"
-    )
-    by_player: dict[str, list[bool]] = {}
-    for row in new:
-        if row["defender_correct"] is not None:
-            by_player.setdefault(row["defender"], []).append(not row["defender_correct"])
-    sample = [{**row, "question": _fence_safe(row["question"]), "reference_answer": _fence_safe(row["reference_answer"])} for row in new[:3]]
-    return DatasetCard.from_template(
-        card_data,
-        template_path=str(CARD_TEMPLATE),
-        pretty_name=pretty_name,
-        repo_id=repo_id,
-        version=version,
-        domain=domain,
-        num_rows=len(rows),
-        new_rows=len(new),
-        target_size=config["target_size"],
-        judge_tools=", ".join(config["judge_tools"]),
-        curation_text=curation_text,
-        summary=summary,
-        defender_failure_by_player={p: f"{100 * sum(v) / len(v):.0f}%" for p, v in sorted(by_player.items())} or {"(no rows)": "–"},
-        quality_counts=Counter(row["quality_level"] for row in rows),
-        complexity_counts=Counter(row["judge_complexity"] for row in rows),
-        columns=[(name, description) for name, (_, description) in COLUMNS.items()],
-        role_models={role: _role_id(config[role]) for role in ("player_a", "player_b", "judge")},
-        prompt_hashes=summary["prompt_hashes"],
-        novelty=config["novelty"],
-        decontamination=public_decontamination(plan.decontamination.summary()),
-        reproduce_command=f"nanoflux build --config nanoflux_config.yaml --push_to_hub {shlex.quote(repo_id)}",
-        changelog=changelog(version, config, plan, previous),
-        sample=sample,
-    ).content
-
-
 def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     """Installed versions of `names` (None for one that is not installed), for provenance records."""
     versions: dict[str, str | None] = {}
@@ -492,8 +414,12 @@ def _role_id(role: dict[str, Any]) -> str:
     return RoleConfig(**role).display_id()
 
 
-def provenance(repo_id: str, version: str, config: dict[str, Any], summary: dict[str, Any], output_dir: str | Path, previous: Previous, plan: Plan) -> dict[str, Any]:
-    """Machine-readable provenance: who played, with which settings and prompts, on which packages; never a key."""
+def provenance(
+    repo_id: str, version: str, config: dict[str, Any], summary: dict[str, Any], output_dir: str | Path, previous: Previous, plan: Plan,
+    changelog: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Machine-readable provenance: who played, with which settings and prompts, on which packages; never a key.
+    `changelog` ({version: lines}, every version so far) is what the next version's card continues."""
     run = json.loads((Path(output_dir) / "run.json").read_text()) if (Path(output_dir) / "run.json").exists() else {}
     roles = {}
     for name in ("player_a", "player_b", "judge"):
@@ -520,13 +446,16 @@ def provenance(repo_id: str, version: str, config: dict[str, Any], summary: dict
         "prompt_hashes": summary["prompt_hashes"],
         "judge_tools": config["judge_tools"],
         "sandbox": config["sandbox"],
-        "novelty": config["novelty"],
+        "novelty": public_config(config)["novelty"],
         "curation": config["curation"],
+        "seed": config.get("seed"),
         "decontamination": public_decontamination(plan.decontamination.summary()),
         "recipe_fingerprint": run.get("fingerprint"),
         "counts": {k: summary[k] for k in ("attacks", "generated", "novel", "judged_ok", "kept", "judge_status", "tokens", "retries")},
         "packages": packages,
-        "build_wall_time_s": summary["wall_time_s"],
+        "build_wall_time_s": (summary.get("build") or {}).get("wall_time_s", summary["wall_time_s"]),  # every run of the build
+        "build_runs": summary.get("runs"),
+        "changelog": changelog,
         "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -548,4 +477,4 @@ def main(
         decontamination_settings(config)
     # One writer per folder: a build still writing it (or another publish) makes this fail at once, naming the holder.
     with runfolder.locked(output_dir, "publish"), open_target(hub_dir) as api:
-        return publish(output_dir, repo_id, api=api, private=private, overwrite=overwrite, decontamination=decontamination)
+        return publish(output_dir, repo_id, api=api, private=private, overwrite=overwrite, decontamination=decontamination, hub_dir=hub_dir)

@@ -8,6 +8,9 @@
   `DamagedStateFile` with its path and the fix, never a traceback.
 - `diagnose` / `doctor`: `nanoflux doctor <dir> [--repair]`: damaged journal lines (records lost, which calls will be
   sent again) and state files; `--repair` rewrites the journals keeping every intact record.
+- `begin_run` / `end_run` / `run_history`: one record per run of the build in `runs.json` (when it started, its wall
+  time, the calls it sent and their tokens), so a resumed build's totals add its runs up instead of reporting the last
+  one. A run that never finished (killed) is accounted from the calls it journaled.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
 JOURNALS = ("calls.jsonl", "tools.jsonl", "examples.jsonl")
+RUNS_FILE = "runs.json"
 RUN_SHAPE: dict[str, type] = {"fingerprint": str, "recipe": dict}
 
 
@@ -221,6 +225,87 @@ def clear(folder: Path) -> None:
         for extra in (journals.seal_path(path), journals.damaged_path(path)):
             extra.unlink(missing_ok=True)
     (folder / "run.json.damaged").unlink(missing_ok=True)
+    (folder / RUNS_FILE).unlink(missing_ok=True)  # a fresh build's time and tokens start from zero
+
+
+# --- run records -----------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_runs(folder: Path) -> list[dict[str, Any]]:
+    path = folder / RUNS_FILE
+    if not path.exists():
+        return []
+    runs = read_json(path, {"runs": list}, fix=f"delete {path} (only the build's time and token totals are lost)")["runs"]
+    return [run for run in runs if isinstance(run, dict) and isinstance(run.get("started_at"), str)]
+
+
+def _calls(folder: Path) -> list[dict[str, Any]]:
+    """The calls journal's intact records in file order (it is append-only: each run's calls follow the last run's)."""
+    path = folder / "calls.jsonl"
+    return [record for _, _, record in journals.scan(path).lines] if path.exists() else []
+
+
+def begin_run(folder: str | Path) -> int:
+    """Record that a run of the build starts now, and how many calls the journal holds; returns its index."""
+    folder = Path(folder)
+    runs = _read_runs(folder)
+    runs.append({"started_at": _now(), "finished_at": None, "journal_records_before": len(_calls(folder))})
+    write_json(folder / RUNS_FILE, {"runs": runs})
+    return len(runs) - 1
+
+
+def end_run(folder: str | Path, index: int, *, wall_time_s: float, calls_sent: int, tokens: dict[str, int]) -> list[dict[str, Any]]:
+    """Record run `index` as finished: its wall time, the calls it sent and their tokens. Returns `run_history`."""
+    folder = Path(folder)
+    runs = _read_runs(folder)
+    runs[index].update(finished_at=_now(), wall_time_s=round(wall_time_s, 2), calls_sent=calls_sent, tokens=dict(tokens), interrupted=False)
+    write_json(folder / RUNS_FILE, {"runs": runs})
+    return run_history(folder)
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def run_history(folder: str | Path) -> list[dict[str, Any]]:
+    """Every run of the build, oldest first. A run without `finished_at` was killed (or crashed): its calls and tokens
+    are the journal records it appended (between its start's count and the next run's), its wall time runs from its
+    start to the last of them; it is marked `interrupted`."""
+    folder = Path(folder)
+    runs = _read_runs(folder)
+    records = _calls(folder) if any(r.get("finished_at") is None for r in runs) else []
+    history = []
+    for i, run in enumerate(runs):
+        if run.get("finished_at") is not None:
+            history.append(run)
+            continue
+        start = _when(run["started_at"])
+        end = runs[i + 1].get("journal_records_before") if i + 1 < len(runs) else None
+        mine = records[run.get("journal_records_before", 0) : end]
+        last = max((_when(r["finished_at"]) for r in mine if r.get("finished_at")), default=start)
+        history.append({
+            **run,
+            "interrupted": True,
+            "wall_time_s": round((last - start).total_seconds(), 2),
+            "calls_sent": len(mine),
+            "tokens": {kind: sum(int(r.get(f"{kind}_tokens") or 0) for r in mine) for kind in ("prompt", "completion")},
+        })  # fmt: skip
+    return history
+
+
+def run_totals(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The build's totals over its runs: wall time, calls sent and tokens added up."""
+    return {
+        "runs": len(history),
+        "interrupted": sum(bool(run.get("interrupted")) for run in history),
+        "wall_time_s": round(sum(run.get("wall_time_s") or 0.0 for run in history), 2),
+        "calls_sent": sum(run.get("calls_sent") or 0 for run in history),
+        "tokens": {kind: sum((run.get("tokens") or {}).get(kind, 0) for run in history) for kind in ("prompt", "completion")},
+    }
 
 
 # --- doctor ----------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_build_runs_every_judge_outcome_and_curates_only_validated_l4_rows(serve
     assert pool[scripted_roles.QUESTIONS[3]]["judge_status"] == "parse_error"
     assert pool[scripted_roles.QUESTIONS[5]]["judge_status"] == "refused"
     duplicates = [r for r in _rows(tmp_path / "out" / "pool.jsonl") if not r["novel"]]
-    assert [r["id"] for r in duplicates] == ["r01-a0002", "r01-a0003"]
+    assert [(r["round"], r["attack_index"]) for r in duplicates] == [(1, 2), (1, 3)]
     assert all(r["novelty_similarity"] > 0.99 and r["judge_status"] is None for r in duplicates)
 
     from datasets import load_dataset
@@ -170,8 +170,9 @@ def test_a_build_killed_mid_round_resumes_to_the_same_dataset_without_repeating_
         assert summary["calls_replayed"] == journaled
 
     def content(path: Path) -> list[dict]:
-        # Timestamps and the servers' ports (in *_model) differ between the two runs; everything else must not.
-        volatile = ("created_at", "judged_at", "attacker_model", "defender_model", "judge_model")
+        # Timestamps and the servers' ports (in *_model, and in the recipe that ids hash) differ between the two runs;
+        # everything else must not.
+        volatile = ("id", "created_at", "judged_at", "attacker_model", "defender_model", "judge_model")
         return [{k: v for k, v in row.items() if k not in volatile} for row in _rows(path)]
 
     assert content(out / "curated.jsonl") == content(tmp_path / "reference" / "curated.jsonl")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from huggingface_hub import DatasetCard, HfApi
 
-from builder import build, publish
+from builder import build, dataset_card, publish
 from builder.config import BuildConfig, ConfigError, from_dict
 from builder.decontamination import DecontaminationConfig
 from builder.localhub import LocalHub
@@ -170,8 +170,10 @@ def test_each_release_is_one_commit_with_data_card_config_and_provenance(tgi, hu
     assert {"synthetic", "nanoflux", "medical"} <= set(card.data.tags)
     assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
     assert card.data.license == "apache-2.0" and card.data.size_categories == ["n<1K"]
-    for text in ('revision="v1"', "| 8 | 8 | 6 | 4 | 2 |", "not medical advice", "arXiv:2509.23252", "--push_to_hub org/nanoflux-medical", "v1: 2 new rows"):
+    for text in ('revision="v1"', "| 8 | 8 | 6 | 4 | 3 | 2 | 2 |", "not medical advice", "arXiv:2509.23252", "### v1\n\n- 2 new rows, 2 in all; first version",
+                 "nanoflux publish nanoflux-medical-v1/build --repo_id org/nanoflux-medical\n"):
         assert text in card.text, text
+    assert "--push_to_hub" not in card.text  # the reproduce command rebuilds, it never publishes
 
     provenance = json.loads(open(api.hf_hub_download(REPO, "provenance.json", repo_type="dataset", revision="v1")).read())
     assert provenance["version"] == "v1" and provenance["parent"] is None and provenance["rows"] == 2
@@ -180,6 +182,7 @@ def test_each_release_is_one_commit_with_data_card_config_and_provenance(tgi, hu
     assert provenance["packages"]["datasets"] and provenance["novelty"]["threshold"] == 0.85
     config = yaml.safe_load(open(api.hf_hub_download(REPO, "nanoflux_config.yaml", repo_type="dataset", revision="v1")).read())
     assert config["rounds"] == 2 and "token_env" in config["player_a"] and TOKEN not in json.dumps(config)  # the name, never the key
+    assert config["push_to_hub"] is None and config["output_dir"] is None  # building from it never publishes
 
 
 def test_a_failed_tag_leaves_no_version_and_publishing_again_tags_a_complete_commit(tgi, hub, tmp_path, monkeypatch):
@@ -265,14 +268,15 @@ def test_a_rerun_recurates_the_union_and_never_publishes_more_than_target_size(t
 
     card = DatasetCard.load(api.hf_hub_download(REPO, "README.md", repo_type="dataset", revision="v2")).text
     changelog = card.split("## Changelog")[1].split("## Sample")[0]
-    lines = [line for line in changelog.splitlines() if line.startswith("- ")]
-    assert lines[0].startswith("- v2: 2 new rows, 3 in all; builds on v1")
-    assert f"- left since v1: 1 row outranked by new rows under the curation policy: v1/{solved['id']}" in lines
+    v2_section = changelog.split("### v2")[1].split("### v1")[0]
+    lines = [line for line in v2_section.splitlines() if line.startswith("- ")]
+    assert lines[0].startswith("- 2 new rows, 3 in all; builds on v1")
+    assert f"- left since v1: 1 row outranked by new rows under the curation policy: {solved['id']}" in lines
     assert "- kept from v1: 1 of 2 rows" in lines
     assert "- rows of this build not published: 1 row outranked" in lines
     assert len(lines) == len(set(lines)) and "at most 3 rows per version" in card
     provenance = json.loads(_download(api, "provenance.json", "v2"))
-    assert provenance["target_size"] == 3 and provenance["left"] == {"contaminated": [], "ineligible": [], "outranked": [f"v1/{solved['id']}"]}
+    assert provenance["target_size"] == 3 and provenance["left"] == {"contaminated": [], "ineligible": [], "outranked": [solved["id"]]}
     assert provenance["decontamination"]["checked"] is False
 
     # Publishing the same build again changes nothing: no v3, and never more than target_size rows.
@@ -316,6 +320,7 @@ def test_contaminated_rows_are_dropped_counted_in_the_card_and_listed_in_the_rel
     assert "contaminated.jsonl" in api.list_repo_files(REPO, repo_type="dataset", revision="v2")
     listed = [json.loads(line) for line in _download(api, "contaminated.jsonl", "v2").splitlines()]
     assert [(r["id"], r.get("version")) for r in listed] == [(v1[1]["id"], "v1"), (curated[0]["id"], None)]
+    assert len({r["id"] for r in v1 + curated}) == len(v1) + len(curated)  # ids of two builds never collide
     assert {m["benchmark"] for r in listed for m in r["contamination"]} == {"planted"}
     released = _download(api, "contaminated.jsonl", "v2")
     assert v1[1]["question"] not in released and "item_question" not in released  # ids and scores only, no benchmark text
@@ -326,10 +331,10 @@ def test_contaminated_rows_are_dropped_counted_in_the_card_and_listed_in_the_rel
     assert "2 of 6 rows matched a benchmark question and were left out" in card
     assert "by benchmark: planted 2" in card and "`planted` (planted.jsonl, test, 3 questions)" in card and "of `planted-eval.yaml`" in card
     assert str(tmp_path) not in card and str(tmp_path) not in _download(api, "nanoflux_config.yaml", "v2")  # no local paths
-    assert f"- left since v1: 1 row matching an evaluation benchmark (see Decontamination): v1/{v1[1]['id']}" in card
+    assert f"- left since v1: 1 row matching an evaluation benchmark (see Decontamination): {v1[1]['id']}" in card
     assert "- rows of this build not published: 1 row repeating an earlier version; 1 row matching an evaluation benchmark" in card
     provenance = json.loads(_download(api, "provenance.json", "v2"))
-    assert provenance["decontamination"]["contaminated"]["rows"] == 2 and provenance["left"]["contaminated"] == [f"v1/{v1[1]['id']}"]
+    assert provenance["decontamination"]["contaminated"]["rows"] == 2 and provenance["left"]["contaminated"] == [v1[1]["id"]]
     assert provenance["not_published"] == {"repeats": 1, "contaminated": 1, "outranked": 0}
 
 
@@ -357,9 +362,9 @@ def test_plan_release_ranks_the_union_and_says_why_each_earlier_row_left():
     assert plan.decontamination.summary() == {"checked": False, "reason": "decontamination.enabled is false", "settings": dataclasses.asdict(DecontaminationConfig(enabled=False))}
 
     previous = publish.Previous(1, "c0ffee" * 6 + "c0ff", earlier, None)
-    lines = publish.changelog("v2", config, plan, previous)
+    lines = dataset_card.changelog("v2", config, plan, previous)
     assert lines == [
-        "v2: 2 new rows, 3 in all; builds on v1 (c0ffeec0ffee)",
+        "2 new rows, 3 in all; builds on v1 (commit c0ffeec0ffee)",
         "kept from v1: 1 of 3 rows",
         "left since v1: 1 row no longer eligible under this version's curation policy: v1/r0-a2",
         "left since v1: 1 row outranked by new rows under the curation policy: v1/r0-a1",

@@ -523,7 +523,7 @@ def test_the_card_pins_the_dataset_tag_and_commit(run):
     assert f'PeftModel.from_pretrained(base, "{ADAPTER_REPO}")' in card.text
     assert "## Evaluation" in card.text and "model-index" not in yaml.safe_dump(card.data.to_dict())
     # The epochs actually trained, not the configured limit alone; the loss is on the answer only.
-    assert "| epochs trained | 1.00 (limits: num_train_epochs 1.0, max_steps 4, which stops training first) |" in card.text
+    assert "| epochs trained | 1.00 (set by max_steps 4, which overrides num_train_epochs) |" in card.text
     assert "the loss covers the assistant's answer only" in card.text and "Checked against the" in card.text
     saved = yaml.safe_load((run.out / "nanoflux_train.yaml").read_text())
     assert saved["revision"] == "v1" and saved["max_steps"] == 4 and saved["hub_dir"] is None  # no local paths
@@ -615,7 +615,7 @@ def test_the_full_benchmark_baseline_trains_on_a_benchmark_training_split(tmp_pa
     card = (tmp_path / "baseline" / "README.md").read_text()
     assert "the full-benchmark fine-tuning baseline" in card and "Benchmark `medqa`" in card
     assert "- Targets: `answer_only` (0 of 8 carry reasoning)" in card and "**Limitation:**" in card and "--reasoning false" in card
-    assert "| epochs trained | 1.25 (limits: num_train_epochs 1.0, max_steps 5, which stops training first) |" in card
+    assert "| epochs trained | 1.25 (set by max_steps 5, which overrides num_train_epochs) |" in card
 
 
 def test_the_paper_recipes_load_and_chain_one_step_into_the_next():

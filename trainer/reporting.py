@@ -162,8 +162,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines.append(f"- Baseline adapter (full-benchmark fine-tuning): `{results['baseline_adapter']}`")
     lines += [
         f"- Partition: **{results.get('partition', 'test')}**" + (" (dev rows: for choosing settings, not for reporting)" if results.get("partition") == "dev" else ""),
-        f"- Generation: greedy, chat template, max {gen['max_new_tokens']} new tokens, batch {gen['batch_size']}, "
-        f"{'step-by-step reasoning' if gen['reasoning'] else 'final answer only'}, {gen['dtype']} on {gen['device']}",
+        f"- Generation: greedy, chat template, max {gen['max_new_tokens']} new tokens, "
+        f"{'step-by-step reasoning' if gen['reasoning'] else 'final answer only'}, {_engine_words(gen)}",
         f"- Accuracy with a percentile bootstrap {int(100 * results['bootstrap']['level'])}% CI "
         f"({results['bootstrap']['samples']} resamples, seed {results['bootstrap']['seed']}); unparseable outputs count as wrong",
         "",
@@ -186,6 +186,30 @@ def results_markdown(results: dict[str, Any]) -> str:
                   "test (two-sided binomial on those).", "", paired]  # fmt: skip
     lines += compute_markdown(results.get("compute"))
     return "\n".join(lines)
+
+
+def _engine_words(gen: dict[str, Any]) -> str:
+    """How the answers were generated, in words: in-process batches, or the endpoint and its served names."""
+    if gen.get("engine") == "endpoint":
+        served = ", ".join(f"{variant} as `{name}`" for variant, name in gen["served_models"].items())
+        return f"served by {gen['server']} ({served})"
+    return f"batch {gen['batch_size']}, {gen['dtype']} on {gen['device']}"
+
+
+def eval_summary(results: dict[str, Any], output_dir: str | Path) -> str:
+    """What `nanoflux eval` prints at the end: how the answers were generated, the accuracy table with bootstrap 95% CIs,
+    the paired differences between variants (paired bootstrap CI, McNemar p) and where the files are."""
+    gen = results["generation"]
+    rate = f", {gen['questions_per_s']:.2f} questions/s" if gen.get("questions_per_s") else ""
+    replayed = f" ({gen['replayed']} more from the journal)" if gen.get("replayed") else ""
+    how = f"endpoint {gen['server']}" if gen.get("engine") == "endpoint" else f"in-process, {gen.get('dtype')} on {gen.get('device')}"
+    return "\n".join([
+        f"Evaluation of {results['model']} ({', '.join(results['variants'])}) on the {results.get('partition', 'test')} rows: "
+        f"{gen.get('asked', '?')} questions answered{replayed} by {how}{rate}; {results['wall_time_s']:.0f} s in all",
+        "Accuracy % [95% bootstrap CI]; paired differences in points [paired bootstrap 95% CI]:",
+        console_table(results),
+        f"Results in {output_dir}: results.json, results.md, results.png, details/",
+    ])  # fmt: skip
 
 
 def console_table(results: dict[str, Any]) -> str:
@@ -256,6 +280,23 @@ def plot_results(results: dict[str, Any], path: str | Path) -> None:
 # --- model card ------------------------------------------------------------------------------------------
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt")
+
+
+def is_hub_id(path: str | None) -> bool:
+    """`path` names a Hub repo (`org/name`), not a local file or folder (which a card must never show)."""
+    return bool(path) and bool(_HUB_ID.match(path)) and not path.lower().endswith(_DATA_SUFFIXES) and not Path(path).exists()
+
+
+def benchmark_dataset(bench: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark as `model-index` names it: its Hub id and revision, or, for a local copy, the benchmark's name
+    (its path on the evaluating machine means nothing elsewhere)."""
+    if is_hub_id(bench["path"]):
+        return {"dataset_type": bench["path"], "dataset_name": bench["title"], "dataset_revision": bench["revision"]}
+    return {"dataset_type": bench["name"], "dataset_name": f"{bench['title']} (a local copy)", "dataset_revision": None}
+
+
 def _eval_results(results: dict[str, Any], variant: str) -> list[Any]:
     from huggingface_hub import EvalResult
 
@@ -264,8 +305,8 @@ def _eval_results(results: dict[str, Any], variant: str) -> list[Any]:
         r = results["results"][bench["name"]].get(variant)
         if r is None:
             continue
-        dataset = dict(task_type="text-generation", task_name="Text Generation", dataset_type=bench["path"], dataset_name=bench["title"],
-                       dataset_config=bench["subset"], dataset_split=bench["split"], dataset_revision=bench["revision"])  # fmt: skip
+        dataset = dict(task_type="text-generation", task_name="Text Generation", dataset_config=bench["subset"], dataset_split=bench["split"],
+                       **benchmark_dataset(bench))  # fmt: skip
         evals.append(EvalResult(**dataset, metric_type="accuracy", metric_name="Accuracy", metric_value=round(r["accuracy"], 4)))
         for key, pair in (results.get("paired") or {}).get(bench["name"], {}).items():
             if pair["variant"] != variant:
@@ -299,7 +340,9 @@ def write_model_index(card_path: str | Path, results: dict[str, Any], *, adapter
         logger.warning("Not writing %s-partition scores to %s: a card reports test scores (evaluate with --partition test)", results.get("partition"), card_path)
         return card_path
     card = ModelCard.load(card_path)
-    name = adapter_repo or card.data.model_name or results.get("adapter") or card_path.parent.name
+    # The card's name (the adapter's repo id, or the placeholder the training card chose), never a local folder.
+    adapter = results.get("adapter")
+    name = adapter_repo or card.data.model_name or (adapter if is_hub_id(adapter) else "nanoflux-lora-adapter")
     card.data.model_name = name
     card.data.eval_results = _eval_results(results, variant)
     subset = {**results, "variants": [variant], "results": {k: {variant: v[variant]} for k, v in results["results"].items() if variant in v}}

@@ -17,6 +17,7 @@ class Progress:
     def __init__(self, total: int, *, desc: str, unit: str = "call", interval: float = 30.0, stream: Any = None):
         self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
         self.done = 0
+        self._logged_at = -1  # `done` when the last line was logged: close() does not repeat it
         self.started = self._last = time.monotonic()
         stream = stream if stream is not None else sys.stderr
         self._bar = None
@@ -46,11 +47,11 @@ class Progress:
         return f"{self.desc}: {self.done}/{self.total} {self.unit}s ({share:.0f}%), {rate:.2f} {self.unit}s/s, {eta}"
 
     def _log(self) -> None:
-        self._last = time.monotonic()
+        self._last, self._logged_at = time.monotonic(), self.done
         logger.info("%s", self.line())
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        else:
+        elif self.done != self._logged_at:
             self._log()

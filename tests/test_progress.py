@@ -28,3 +28,17 @@ def test_lines_are_spaced_by_the_interval():
     for _ in range(50):
         progress.update()
     assert logged == [] and progress.done == 50
+
+
+def test_close_does_not_repeat_the_line_just_logged(caplog):
+    import io
+    import logging
+
+    from builder.progress import Progress
+
+    progress = Progress(2, desc="sweep", unit="cell", interval=0.0, stream=io.StringIO())
+    with caplog.at_level(logging.INFO, logger="builder.progress"):
+        progress.update()
+        progress.update()
+        progress.close()
+    assert [r.getMessage().split(":")[1].split()[0] for r in caplog.records] == ["1/2", "2/2"]

@@ -10,9 +10,11 @@ right) and q4 (L3); q1 was ruled invalid. The grid L3/L4 x size 1/2 gives cells 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -42,13 +44,14 @@ from trainer.sweep import (
     curate_cell,
     dataset_fingerprint,
     grid_settings,
+    hub_name,
     main,
     prepare_output_dir,
     read_pool,
     with_section,
     write_report,
 )
-from trainer.sweep_select import select_cells
+from trainer.sweep_select import TIE_BREAK, finding, select_cells, verdict
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -118,17 +121,32 @@ def test_both_sweep_recipes_load_and_validate(monkeypatch):
     assert (medical.steps_policy, medical.steps) == ("fixed_epochs", None)
 
 
-def test_a_band_written_as_one_level_is_a_band_and_cell_ids_are_a_stable_hash_of_the_settings():
+def test_a_band_written_as_one_level_is_a_band_and_cell_ids_name_the_settings():
     config = build_sweep_config(None, ["--train_recipe", str(ROOT / "configs/train/local.yaml"), "--eval_recipe", str(ROOT / "configs/eval/local.yaml"),
                                        "--grid.quality_levels", "[4, [4, 3]]", "--grid.sizes", "[50, 25]", "--steps_policy", "fixed_steps"])  # fmt: skip
     assert config.grid.quality_levels == [[4], [4, 3]]
-    ids = [cell_id(s, True) for s in grid_settings(config)]
-    assert ids == ["q4-call-n50-failfirst-" + ids[0][-8:], ids[1], "q34-call-n50-failfirst-" + ids[2][-8:], ids[3]]
+    assert [cell_id(s) for s in grid_settings(config)] == ["L4-n50-fail-first", "L4-n25-fail-first", "L3+L4-n50-fail-first", "L3+L4-n25-fail-first"]
     # The same settings name the same cell, whatever their spelling or position in the grid.
-    same = CellSettings([3, 4, 4], None, 50, True)
+    same = CellSettings([3, 4, 4], [3], 200, False)
     same.validate("cell")
-    assert cell_id(same, True) == ids[2] != cell_id(same, False)
-    assert len(set(ids)) == 4
+    assert cell_id(same) == "L3+L4-c3-n200-build-order"
+    multi = CellSettings([4], [2, 1, 2], 25, True)
+    multi.validate("cell")
+    assert cell_id(multi) == "L4-c1+c2-n25-fail-first"
+
+
+def test_cell_ids_are_unique_and_safe_in_folders_and_hub_repo_names():
+    from itertools import chain, combinations
+
+    from builder.config import is_repo_id
+
+    bands = [list(c) for c in chain.from_iterable(combinations(range(1, 6), k) for k in range(1, 6))]  # every non-empty band: 31
+    ids = [cell_id(CellSettings(q, c, n, ranking)) for q in bands for c in [None, *bands] for n in (1, 20, 200) for ranking in (True, False)]
+    assert len(ids) == 31 * 32 * 3 * 2 == len(set(ids))  # one name per setting
+    for name in ids:
+        assert re.fullmatch(r"L[1-5](\+L[1-5])*(-c[1-5](\+c[1-5])*)?-n\d+-(fail-first|build-order)", name), name
+        assert name == Path(name).name and is_repo_id(f"org/lora-{hub_name(name)}"), name  # a folder name; a Hub repo name (jobs)
+    assert len({hub_name(name) for name in ids}) == len(ids)
 
 
 @pytest.mark.parametrize(
@@ -277,6 +295,27 @@ def test_cells_are_selected_on_dev_and_compared_with_their_runner_up():
     assert (overall["cell"], overall["runner_up"], overall["dev_macro_accuracy"]) == ("b", "c", pytest.approx(0.575))
     assert not overall["comparison"]["significant"] and overall["comparison"]["ci_low"] <= 0 <= overall["comparison"]["ci_high"]
     assert selection["test_cells"] == ["b", "c", "a"]  # overall first, then each benchmark's; d and e are never tested
+    # Every other trained cell is compared (e is c's adapter: named as sharing it, never compared), ties are named, and
+    # the rule that decided is recorded.
+    assert selection["tie_break"] == TIE_BREAK
+    assert (medqa["decided_by"], medqa["tied"], medqa["same_adapter"], medqa["not_significant"]) == ("rows", ["b"], ["e"], ["b", "a"])
+    assert (pubmedqa["decided_by"], pubmedqa["tied"], pubmedqa["not_significant"]) == ("rows", ["b"], ["b", "c"])
+    assert set(medqa["comparisons"]) == {"b", "a"} and medqa["comparisons"]["a"]["delta"] == pytest.approx(0.15)
+    assert (overall["decided_by"], overall["tied"], overall["not_significant"]) == ("accuracy", [], ["c", "a"])
+    assert verdict(medqa) == "no significant difference from `b`, `a`"
+    said = finding(medqa, "MedQA", medqa["dev_accuracy"])
+    assert said.startswith("MedQA: `c` (`e` shares its training: the same rows) ties with `b` at 55.0% on dev; it was chosen by the tie-break: fewer rows.")
+    assert "**No significant difference** from `b` (+0.0 [+0.0, +0.0] points, McNemar p = 1), `a` (+15.0 [" in said
+    # The choice does not depend on the order of the records (the tie-break is rows, then the cell id, never position).
+    for seed in range(3):
+        shuffled = random.Random(seed).sample(_records(), 5)
+        again = select_cells(shuffled, BENCHMARKS, lambda record, name: details.get((record["cell_id"], name)), samples=500)
+        assert {k: v["cell"] for k, v in again["benchmarks"].items()} == {"medqa": "c", "pubmedqa": "a"} and again["overall"]["cell"] == "b"
+    # Equal accuracy and equal rows on another adapter: the first cell id in alphabetical order, said so.
+    twins = [_record("z", [3], 25, 25, {"medqa": 0.5}), _record("y", [4], 25, 25, {"medqa": 0.5})]
+    twin = select_cells(twins, BENCHMARKS[:1], lambda record, name: None)["benchmarks"]["medqa"]
+    assert (twin["cell"], twin["decided_by"], twin["tied"]) == ("y", "cell_id", ["z"])
+    assert "chosen by the tie-break: the first cell id in alphabetical order" in finding(twin, "MedQA", 0.5) and "the 95% CIs overlap" in finding(twin, "MedQA", 0.5)
 
     # A clear difference on 100 paired examples is significant; without per-example results, the CIs decide.
     strong = [_record("x", [4], 25, 25, {"medqa": 0.9}), _record("y", [3], 25, 25, {"medqa": 0.5})]
@@ -285,11 +324,15 @@ def test_cells_are_selected_on_dev_and_compared_with_their_runner_up():
     details = _details({"x": {"medqa": 0.9}, "y": {"medqa": 0.5}}, n=100)
     paired = select_cells(strong, BENCHMARKS[:1], lambda record, name: details[(record["cell_id"], name)], samples=500)["benchmarks"]["medqa"]["comparison"]
     assert paired["significant"] and paired["p_value"] < 1e-6 and paired["ci_low"] > 0.25
+    clear = select_cells(strong, BENCHMARKS[:1], lambda record, name: details[(record["cell_id"], name)], samples=500)["benchmarks"]["medqa"]
+    assert clear["not_significant"] == [] and verdict(clear).startswith("significantly better than every other cell (runner-up `y`: McNemar p = ")
+    assert "It is significantly better than every other cell on dev (runner-up `y`: +40.0 [" in finding(clear, "MedQA", 0.9)
     unpaired = select_cells(strong, BENCHMARKS[:1], lambda record, name: None)["benchmarks"]["medqa"]["comparison"]
     assert unpaired["method"] == "95% CI overlap" and unpaired["significant"]
     overlapping = select_cells(_records(), BENCHMARKS, lambda record, name: None)
     assert overlapping["benchmarks"]["medqa"]["comparison"]["method"] == "95% CI overlap" and not overlapping["benchmarks"]["medqa"]["comparison"]["significant"]
     assert overlapping["overall"]["comparison"] is None  # reported as not compared, never as a difference
+    assert verdict(overlapping["overall"]).startswith("not compared with `c`") and "the data do not show it is better" in finding(overlapping["overall"], "Overall", 0.575)
 
 
 def test_the_report_selects_on_dev_and_reports_test_for_the_selected_cells_only(tmp_path):
@@ -307,7 +350,7 @@ def test_the_report_selects_on_dev_and_reports_test_for_the_selected_cells_only(
     test = {cell: {name: dict(test_score) for name, _ in BENCHMARKS} for cell in selection["test_cells"]}
     pool = Pool([{}] * 7, "outputs/x", "f" * 64)
     files = write_report(Report(config, pool, records, BENCHMARKS, setup, selection, test))
-    assert sorted(p.name for p in files) == ["quality_levels.png", "results.md", "results.parquet", "size.png"]
+    assert sorted(p.name for p in files) == ["quality_levels.png", "results.md", "results.parquet", "selection.json", "size.png"]
     for png in (tmp_path / "sweep").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
@@ -324,13 +367,166 @@ def test_the_report_selects_on_dev_and_reports_test_for_the_selected_cells_only(
 
     md = (tmp_path / "sweep" / "results.md").read_text()
     assert "Selected on dev, reported on test" in md and "test accuracy is reported for the selected cells only" in md
-    assert "| MedQA (USMLE, 4 options) | `c` | cell c | 25 | 55.0 [35.0, 75.0] | no significant difference from the runner-up; `b`: +0.0 [" in md
+    assert "| MedQA (USMLE, 4 options) | `c` | cell c | 25 | 55.0 [35.0, 75.0] | no significant difference from `b`, `a`; runner-up `b`: +0.0 [" in md
+    # What the dev data support: the tie, the rule that broke it, every cell within the noise; which cells shared a training.
+    assert f"Selection rule: the highest dev accuracy (overall: the highest macro-mean dev accuracy over the benchmarks); {TIE_BREAK}." in md
+    assert "- **MedQA (USMLE, 4 options)**: `c` (`e` shares its training: the same rows) ties with `b` at 55.0% on dev; it was chosen by the tie-break: fewer rows." in md
+    assert "- **Overall** (macro-mean): `b` has the highest dev score (57.5%). **No significant difference** from `c` (+5.0 [" in md
+    assert "## Shared training" in md and "- `c` trained on 25 rows; shared by `e` (the same order)" in md and "| `e` (shares `c`'s training) |" in md
+    chosen = json.loads((tmp_path / "sweep" / "selection.json").read_text())
+    assert chosen["tie_break"] == TIE_BREAK and chosen["benchmarks"]["medqa"]["not_significant"] == ["b", "a"]
+    assert chosen["shared_training"] == [{"trained": "c", "rows": 25, "shared_by": [{"cell": "e", "same_order": True}]}]
     assert "| 50.0 [35.0, 65.0] | 30.0 |" in md  # the selected cell's test accuracy and the base model's on the same rows
     assert "**Overall** (highest macro-mean dev accuracy over the benchmarks): `b`" in md and "| +20.0 [+5.0, +35.0] points, McNemar p = 0.039 |" in md
     assert "✓ 55.0 [35.0, 75.0]" in md and "![dev accuracy vs dataset size (rows requested)](size.png)" in md
     assert "swept: reasoning-quality band, dataset size (rows requested); fixed: complexity all, ranking failed first" in md
     assert "steps policy `fixed_epochs`: 1 epochs in every cell" in md and "dataset size is confounded with training steps" in md
     assert "--publish_cell b --push_to_hub" in md and "best" not in md.lower()  # the cell chosen on dev, never "the best on test"
+
+
+def test_plot_grids_fit_the_benchmarks_and_a_score_of_zero_stays_visible():
+    from trainer.sweep_report import Y_LIMITS, dimension_figure, panel_grid
+
+    # No empty slot where a grid of at most 5 columns has none: 4 benchmarks are 2x2, never 3 columns with 2 empty.
+    assert [panel_grid(n) for n in range(1, 13)] == [(1, 1), (1, 2), (1, 3), (2, 2), (1, 5), (2, 3), (2, 4), (2, 4), (3, 3), (2, 5), (3, 4), (3, 4)]
+    for count in (3, 4, 7):
+        benchmarks = [(f"b{i}", f"Bench {i}") for i in range(count)]
+        table = [
+            {"cell_id": f"L4-n{size}-fail-first", "quality_levels": [4], "complexity_levels": None, "size": size, "prefer_defender_failed": True,
+             "benchmark": name, "partition": "dev", "accuracy": accuracy, "ci_low": 0.0, "ci_high": accuracy + 0.1, "base_accuracy": 0.0,
+             "selected": size == 50}
+            for name, _ in benchmarks for size, accuracy in ((25, 0.0), (50, 0.4))
+        ]  # fmt: skip
+        figure = dimension_figure(table, "size", benchmarks, "demo")
+        figure.canvas.draw()
+        rows, columns = panel_grid(count)
+        panels = [axes for axes in figure.axes if axes.axison]
+        assert len(panels) == count and len(figure.axes) == rows * columns, count  # every slot used; a spare one holds the legend
+        assert {axes.get_subplotspec().get_geometry()[:2] for axes in figure.axes} == {(rows, columns)}
+        if rows * columns > count:
+            (spare,) = [axes for axes in figure.axes if not axes.axison]
+            assert spare.get_legend() is not None
+        for axes in panels:
+            assert axes.get_ylim() == Y_LIMITS and Y_LIMITS[0] < 0
+            assert any(list(line.get_ydata()) == [0, 0] and line.get_color() == "black" for line in axes.lines)  # the line at 0
+            (points,) = [line for line in axes.lines if line.get_marker() == "o"]  # every point has a marker
+            zero = axes.transData.transform((points.get_xdata()[0], 0.0))[1] - axes.bbox.y0
+            radius = points.get_markersize() * figure.dpi / 72 / 2
+            assert list(points.get_ydata())[0] == 0.0 and zero > radius, (zero, radius)  # a 0 point is drawn whole, above the axis
+            assert [t.get_text() for t in axes.texts] == ["L4-n50-fail-first"]  # the selected cell, named by its id
+
+
+# --- fast: the whole sweep with stand-ins for training and evaluation ------------------------------------
+
+# Dev and test accuracy of an adapter trained on this many rows (the base model: 20%), on 20 examples per benchmark: the
+# 2-row and 4-row cells tie, the 1-row cell is clearly behind.
+FAKE_ACCURACY = {None: 0.2, 1: 0.3, 2: 0.6, 4: 0.6}
+
+
+@pytest.fixture
+def fake_compute(monkeypatch):
+    """`trainer.sweep_cells` with training and evaluation replaced by deterministic stand-ins (the rest is real: curation,
+    cell folders, the cells repo, the selection, the report): returns the list of trainings, one cell folder each."""
+    import trainer.sweep_cells as sweep_cells
+
+    trainings: list[str] = []
+
+    def train(config, train_config):
+        cell_dir = Path(train_config.output_dir).parent
+        trainings.append(cell_dir.name)
+        rows = len((cell_dir / "curated.jsonl").read_text().splitlines())
+        adapter = Path(train_config.output_dir)
+        adapter.mkdir(parents=True)
+        (adapter / "fake.json").write_text(json.dumps({"rows": rows}))
+        return {"steps": train_config.max_steps, "epochs": 1.0, "train_tokens": 100 * rows, "wall_time_s": 0.1, "device": "cpu", "gpu": None,
+                "compute": {"device_seconds": 0.1, "device_name": "cpu"}, "loss": {"first": 2.0, "last": 1.0},
+                "dataset": {"pinned": f"{train_config.dataset_name}@{train_config.revision}"}}  # fmt: skip
+
+    def evaluate(eval_config, what):
+        variant = "adapter" if eval_config.adapter else "base"
+        rows = json.loads((Path(eval_config.adapter) / "fake.json").read_text())["rows"] if eval_config.adapter else None
+        right = round(20 * FAKE_ACCURACY[rows])
+        details = Path(eval_config.output_dir) / "details"
+        details.mkdir(parents=True, exist_ok=True)
+        results = {"partition": eval_config.partition, "benchmarks": [], "results": {}}
+        for bench in eval_config.benchmarks:
+            lines = [json.dumps({"id": f"{eval_config.partition}-{i}", "correct": i < right}) for i in range(20)]
+            (details / f"{bench.name}-{variant}.jsonl").write_text("\n".join(lines) + "\n")
+            score = {"n": 20, "correct": right, "accuracy": right / 20, "ci_low": max(0.0, right / 20 - 0.2), "ci_high": min(1.0, right / 20 + 0.2), "unparseable": 0}
+            results["benchmarks"].append({"name": bench.name, "title": bench.title})
+            results["results"][bench.name] = {variant: score}
+        return results
+
+    monkeypatch.setattr(sweep_cells, "train_cell", train)
+    monkeypatch.setattr(sweep_cells, "_evaluate", evaluate)
+    monkeypatch.setattr(sweep_cells, "write_build_files", lambda *args: None)  # the hand-made pool has no build recipe
+    return trainings
+
+
+def test_cells_with_the_same_set_of_rows_train_once_and_the_sweep_shows_its_progress(tmp_path, fake_compute, caplog, monkeypatch):
+    import trainer.sweep
+
+    build = tmp_path / "build"
+    write_rows(_hand_made_pool(), build / "pool" / "pool.parquet", build / "pool.jsonl")
+    config = _config(pool=str(build), output_dir=str(tmp_path / "sweep"), name="fake", steps_policy="fixed_steps", steps=2,
+                     eval_overrides={"benchmarks": SWEEP_BENCHMARKS}, grid={"quality_levels": [[3], [4]], "sizes": [2, 10], "prefer_defender_failed": [True, False]})  # fmt: skip
+    monkeypatch.setattr(trainer.sweep, "PROGRESS_INTERVAL_S", 0.0)  # a line per finished cell
+    with caplog.at_level("INFO"):
+        summary = main(config)
+
+    # 8 cells, 4 sets of rows: L3 is the one row r00-a0002 in every cell; L4 at size 10 is the same 4 rows in two orders.
+    cells = ["L3-n2-fail-first", "L3-n2-build-order", "L3-n10-fail-first", "L3-n10-build-order",
+             "L4-n2-fail-first", "L4-n2-build-order", "L4-n10-fail-first", "L4-n10-build-order"]  # fmt: skip
+    assert summary["cells"] == cells and sorted(p.name for p in (tmp_path / "sweep" / "cells").iterdir()) == sorted(cells)
+    assert fake_compute == summary["ran"] == ["L3-n2-fail-first", "L4-n2-fail-first", "L4-n2-build-order", "L4-n10-fail-first"]  # 4 trainings
+    assert summary["reused"] == ["L3-n2-build-order", "L3-n10-fail-first", "L3-n10-build-order", "L4-n10-build-order"]
+    records = {cell: json.loads((tmp_path / "sweep" / "cells" / cell / "cell.json").read_text()) for cell in cells}
+    shared = records["L4-n10-build-order"]
+    assert shared["same_data_as"] == "L4-n10-fail-first" and shared["training_key"] == records["L4-n10-fail-first"]["training_key"]
+    assert shared["dataset"]["ids"] == ["r00-a0000", "r00-a0001", "r01-a0000", "r01-a0003"] != records["L4-n10-fail-first"]["dataset"]["ids"]
+    assert shared["dataset"]["fingerprint"] != records["L4-n10-fail-first"]["dataset"]["fingerprint"]  # its own rows, in its order
+    assert shared["scores"] == records["L4-n10-fail-first"]["scores"] and not (tmp_path / "sweep" / "cells" / "L4-n10-build-order" / "adapter").exists()
+    assert records["L4-n2-build-order"]["training_key"] != records["L4-n2-fail-first"]["training_key"]  # other rows: trained
+
+    # The report: the three 60% cells tie on dev; the 2-row cells win on rows, then by cell id; every tie is named.
+    chosen = json.loads((tmp_path / "sweep" / "selection.json").read_text())
+    medqa = chosen["benchmarks"]["medqa"]
+    assert (medqa["cell"], medqa["decided_by"], medqa["tied"]) == ("L4-n2-build-order", "cell_id", ["L4-n2-fail-first", "L4-n10-build-order", "L4-n10-fail-first"])
+    assert medqa["not_significant"] == ["L4-n2-fail-first", "L4-n10-build-order"] and list(medqa["comparisons"]) == medqa["not_significant"] + ["L3-n10-build-order"]
+    assert medqa["comparisons"]["L3-n10-build-order"]["significant"]  # 60% vs 30% on the same 20 examples (one comparison per adapter)
+    md = (tmp_path / "sweep" / "results.md").read_text()
+    assert "- `L4-n10-fail-first` trained on 4 rows; shared by `L4-n10-build-order` (another order)" in md
+    assert "- `L3-n2-fail-first` trained on 1 row; shared by `L3-n2-build-order` (the same order), `L3-n10-fail-first` (the same order)" in md
+    assert "ties with `L4-n2-fail-first`, `L4-n10-build-order`, `L4-n10-fail-first` at 60.0% on dev; it was chosen by the tie-break: the first cell id" in md
+    assert sorted(p.name for p in (tmp_path / "sweep").glob("*.png")) == ["prefer_defender_failed.png", "quality_levels.png", "size.png"]
+
+    # Progress across the cells: a log line per finished cell off a terminal (cells done / total, the cell, an ETA).
+    lines = [r.getMessage() for r in caplog.records if r.name == "builder.progress"]
+    assert lines[0].startswith("sweep fake [L3-n2-fail-first]: 1/8 cells (12%), ") and "ETA " in lines[0]
+    assert any(line.startswith("sweep fake [L4-n10-build-order]: 8/8 cells (100%)") for line in lines)
+    assert "Sweep fake: 8 cells, 0 finished before, 8 to run now (4 trainings" in caplog.text
+
+    # Resumed: nothing to do. A lost marker of a shared training: that cell trains again, the cell sharing it follows.
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        again = main(config)
+    assert (again["ran"], again["reused"], len(again["skipped"])) == ([], [], 8) and len(fake_compute) == 4
+    assert "8 finished before, 0 to run now (0 trainings" in caplog.text
+    (tmp_path / "sweep" / "cells" / "L4-n10-fail-first" / "cell.json").unlink()
+    shutil.rmtree(tmp_path / "sweep" / "cells" / "L4-n10-fail-first" / "adapter")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())  # on a terminal: a tqdm bar, no log lines
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        third = main(config)
+    assert (third["ran"], third["reused"], len(fake_compute)) == (["L4-n10-fail-first"], ["L4-n10-build-order"], 5)
+    bar = sys.stderr.getvalue()
+    assert "sweep fake [L4-n10-build-order]" in bar and "2/2" in bar and "cell/s" in bar
+    assert not [r for r in caplog.records if r.name == "builder.progress"]
 
 
 def test_fixed_steps_trains_every_cell_the_steps_of_the_largest_one(tmp_path):
@@ -444,7 +640,7 @@ def killed_and_resumed(pool_build, tmp_path_factory, embedded_model_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "builder.cli", "sweep", "--config", str(recipe)], env=env, cwd=tmp,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900  # a loaded 2-core machine can take minutes for the first cell
     while time.monotonic() < deadline and not _cell_files(sweep):
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
         time.sleep(0.05)
@@ -557,7 +753,7 @@ def test_the_report_has_the_table_plots_and_the_selected_cells(killed_and_resume
 
     state = killed_and_resumed
     sweep, summary = state["sweep"], state["summary"]
-    assert sorted(Path(p).name for p in summary["report"]) == ["quality_levels.png", "results.md", "results.parquet", "size.png"]
+    assert sorted(Path(p).name for p in summary["report"]) == ["quality_levels.png", "results.md", "results.parquet", "selection.json", "size.png"]
     table = pq.read_table(sweep / "results.parquet").to_pylist()
     dev = [row for row in table if row["partition"] == "dev"]
     assert len(dev) == 8 and {row["benchmark"] for row in table} == {"medqa", "pubmedqa"}
@@ -568,6 +764,8 @@ def test_the_report_has_the_table_plots_and_the_selected_cells(killed_and_resume
         assert selected["accuracy"] == max(row["accuracy"] for row in scores) and summary["selected"][name] == selected["cell_id"]
     md = (sweep / "results.md").read_text()
     assert all(cell in md for cell in summary["cells"]) and "## Selected cells (chosen on dev)" in md and "Selected on dev, reported on test" in md
+    assert summary["cells"] == ["L3-n1-fail-first", "L3-n2-fail-first", "L4-n1-fail-first", "L4-n2-fail-first"]  # readable ids, in the folders too
+    assert "- `L3-n1-fail-first` trained on 1 row; shared by `L3-n2-fail-first` (the same order)" in md and "What the dev data support:" in md
     assert f"--publish_cell {summary['selected_overall']}" in md
     assert (sweep / "quality_levels.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -585,7 +783,9 @@ def test_a_lost_cell_marker_redoes_only_that_cell_and_the_report_is_the_same(kil
     (sweep / "cells" / lost / "cell.json").unlink()
     config = build_sweep_config(state["recipe"], ["--output_dir", str(sweep)])
     summary = main(config)
-    assert summary["ran"] == [lost] and sorted(summary["skipped"]) == sorted(c for c in state["summary"]["cells"] if c != lost)
+    sharing = [c for c in state["summary"]["cells"] if json.loads((sweep / "cells" / c / "cell.json").read_text())["same_data_as"] == lost]
+    assert summary["ran"] == [lost] and summary["reused"] == sharing  # a cell that shared its training takes the new results
+    assert sorted(summary["skipped"] + sharing) == sorted(c for c in state["summary"]["cells"] if c != lost)
     assert _stable(pq.read_table(sweep / "results.parquet").to_pylist()) == _stable(reference)
 
 
@@ -693,7 +893,8 @@ def test_a_changed_eval_recipe_re_evaluates_the_adapters_without_training_again(
     before = {c: json.loads((sweep / "cells" / c / "cell.json").read_text()) for c in state["summary"]["cells"]}
     monkeypatch.setattr(trl, "SFTTrainer", None)  # nothing is trained again
     summary = main(build_sweep_config(state["recipe"], ["--output_dir", str(sweep), "--eval_overrides.max_new_tokens", "6"]))
-    assert summary["ran"] == [] and summary["skipped"] == [] and sorted(summary["reevaluated"]) == sorted(before)
+    assert summary["ran"] == [] and summary["skipped"] == [] and sorted(summary["reevaluated"] + summary["reused"]) == sorted(before)
+    assert summary["reused"] == [cell for cell, record in before.items() if record["same_data_as"]]  # copied from the re-evaluated cell
     for cell, old in before.items():
         new = json.loads((sweep / "cells" / cell / "cell.json").read_text())
         assert new["eval_fingerprint"] != old["eval_fingerprint"] and new["training"] == old["training"]

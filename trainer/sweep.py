@@ -10,13 +10,16 @@ Usage:
 full grid, or one dimension at a time around a reference cell) and curate each one's rows with the builder's own
 `curate` (no new generation); refuse, before any compute, rows that ask a question of the evaluation's test or dev
 rows; fix how many optimizer steps each cell trains (`steps_policy`); check that the sweep folder holds this setup
-(pool and training recipe) or nothing. Then, for each cell not finished yet (trainer.sweep_cells): write its rows as
-a build-shaped folder (so `nanoflux publish` can release it), put them in the cells repo as a commit tagged by their
-fingerprint, train an adapter on that tag (`trainer.train`, or an HF Job), evaluate it on the dev rows, and write
-`cell.json` last, atomically: a killed sweep redoes only the cells without one. Cells whose rows equal a finished
-cell's reuse its results; a changed evaluation recipe re-evaluates the finished cells' adapters without training.
-Then the selection on dev (trainer.sweep_select): per benchmark and overall, each compared with its runner-up; only
-the selected cells (and the base model) are evaluated on the test rows. Finally the report (trainer.sweep_report):
+(pool and training recipe) or nothing. Then, for each cell not finished yet (trainer.sweep_cells), with progress across
+the cells (a bar on a terminal, log lines elsewhere): write its rows as a build-shaped folder (so `nanoflux publish`
+can release it), put them in the cells repo as a commit tagged by their fingerprint, train an adapter on that tag
+(`trainer.train`, or an HF Job), evaluate it on the dev rows, and write `cell.json` last, atomically: a killed sweep
+redoes only the cells without one. Training is keyed by the *set* of a cell's rows plus the training recipe: a cell
+with the same rows as an earlier one, in any order, shares its adapter and results (the trainer shuffles the rows with
+its seed, so their order in the file is not what it trains on); a changed evaluation recipe re-evaluates the finished
+cells' adapters without training. Then the selection on dev (trainer.sweep_select): per benchmark and overall, each
+compared with every other trained cell, ties and differences within the noise named as such; only the selected cells
+(and the base model) are evaluated on the test rows. Finally the report (trainer.sweep_report):
 `results.parquet`, `results.md` and one plot per swept dimension. With `push_to_hub`, the report goes to the dataset
 repo under `ablations/<name>/` in one commit and is summarised in its card; with `publish_cell`, that cell's rows are
 first released as the repo's next version by the same code as `nanoflux publish`.
@@ -39,6 +42,7 @@ from typing import Any
 from builder.config import ConfigError, changed_fields, to_dict
 from builder.curation import curate
 from builder.journal import write_atomic
+from builder.progress import Progress
 from trainer.sweep_cells import (  # noqa: F401  (re-exported)
     Cell,
     Pool,
@@ -62,13 +66,17 @@ from trainer.sweep_config import (  # noqa: F401  (re-exported: `from trainer.sw
     SweepConfig,
     SweepError,
     build_sweep_config,
+    cell_id,
     check_steps_policy,
+    hub_name,
     stage_configs,
 )
 from trainer.sweep_report import DIMENSION_TITLES, DIMENSIONS, REPORT_FILES, Report, card_section, cell_label, display, results_markdown, results_table, with_section, write_report  # noqa: F401
-from trainer.sweep_select import select_cells
+from trainer.sweep_select import TIE_BREAK, select_cells, verdict  # noqa: F401
 
 logger = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 30.0  # off a terminal: at most one progress line per 30 s (a cell finishing later logs at once)
 
 # --- pool and cells --------------------------------------------------------------------------------------
 
@@ -98,19 +106,25 @@ def read_pool(config: SweepConfig) -> Pool:
     return Pool(pq.read_table(path).to_pylist(), f"{repo}@{revision}", commit)
 
 
-def cell_id(settings: CellSettings, require_valid: bool) -> str:
-    """A readable name plus a stable hash of the settings: the same settings always name the same cell."""
-    key = json.dumps({**dataclasses.asdict(settings), "require_valid": require_valid}, sort_keys=True)
-    quality = "".join(map(str, settings.quality_levels))
-    complexity = "".join(map(str, settings.complexity_levels)) if settings.complexity_levels is not None else "all"
-    ranking = "failfirst" if settings.prefer_defender_failed else "buildorder"
-    return f"q{quality}-c{complexity}-n{settings.size}-{ranking}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+def _row_ids(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows' ids (`version/id` for published rows, whose ids repeat across versions)."""
+    return [f"{row['version']}/{row['id']}" if row.get("version") else row["id"] for row in rows]
 
 
 def dataset_fingerprint(rows: list[dict[str, Any]]) -> str:
-    """sha256 of the rows' ids in order (`version/id` for published rows, whose ids repeat across versions)."""
-    ids = [f"{row['version']}/{row['id']}" if row.get("version") else row["id"] for row in rows]
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    """sha256 of the rows' ids in order: what a cell's data file holds (and its tag in the cells repo)."""
+    return hashlib.sha256("\n".join(_row_ids(rows)).encode()).hexdigest()
+
+
+def row_set_fingerprint(rows: list[dict[str, Any]]) -> str:
+    """sha256 of the rows' ids sorted: the same for the same rows in any order."""
+    return hashlib.sha256("\n".join(sorted(_row_ids(rows))).encode()).hexdigest()
+
+
+def training_key(cell: Cell, train_setup: dict[str, Any]) -> str:
+    """What a cell's training depends on: its set of rows and the training recipe (steps included). Cells with the same
+    key train once; the trainer shuffles the rows with its seed, so their order is not what it trains on."""
+    return digest({"rows": cell.row_set, "train": train_setup})
 
 
 def grid_settings(config: SweepConfig) -> list[CellSettings]:
@@ -125,7 +139,7 @@ def grid_settings(config: SweepConfig) -> list[CellSettings]:
     for combo in combos:
         cell = CellSettings(**combo)
         cell.validate("grid")
-        if (key := cell_id(cell, config.require_valid)) not in seen:
+        if (key := cell_id(cell)) not in seen:
             seen.add(key)
             settings.append(cell)
     return settings
@@ -134,7 +148,7 @@ def grid_settings(config: SweepConfig) -> list[CellSettings]:
 def curate_cell(pool_rows: list[dict[str, Any]], settings: CellSettings, require_valid: bool) -> Cell:
     """A cell's rows: the builder's `curate` with the cell's policy and size (same pool, same rows, same order)."""
     rows = curate(pool_rows, settings.curation(require_valid), settings.size)
-    return Cell(cell_id(settings, require_valid), settings, rows, dataset_fingerprint(rows))
+    return Cell(cell_id(settings), settings, rows, dataset_fingerprint(rows), row_set_fingerprint(rows))
 
 
 # --- the sweep folder ------------------------------------------------------------------------------------
@@ -184,6 +198,26 @@ def read_record(cell_dir: Path, cell: Cell) -> dict[str, Any] | None:
         logger.warning("Cell %s was finished on other rows: running it again", cell.id)
         return None
     return record
+
+
+def finished_cells(output_dir: Path, cells: list[Cell], keys: dict[str, str], current_eval: str) -> tuple[dict[str, dict[str, Any]], list[tuple[Cell, dict[str, Any] | None]]]:
+    """Without compute: the records of the cells a previous run finished with this evaluation recipe, and the cells left
+    to do, in order, each with its record when it has one (to re-evaluate, or a shared training to copy again)."""
+    records: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[Cell, dict[str, Any] | None]] = []
+    for cell in cells:
+        record = read_record(output_dir / "cells" / cell.id, cell)
+        if record is not None and record.get("training_key") != keys[cell.id]:
+            record = None  # trained on another set of rows or recipe (or by an older NanoFlux): run it again
+        source = records.get(record["same_data_as"]) if record is not None and record["same_data_as"] else None
+        if record is not None and record["same_data_as"] and (source is None or source["training_key"] != keys[cell.id]):
+            todo.append((cell, record))  # the cell whose training it shared runs again (or is gone): copy anew below
+        elif record is not None and (record["status"] != "ok" or record.get("eval_fingerprint") == current_eval):
+            logger.info("Cell %s: finished already", cell.id)
+            records[cell.id] = record
+        else:
+            todo.append((cell, record))
+    return records, todo
 
 
 def cell_steps(config: SweepConfig, train: Any, cells: list[Cell]) -> int | None:
@@ -297,51 +331,56 @@ def main(config: SweepConfig, *, fresh: bool = False) -> dict[str, Any]:
     logger.info("Sweep %s: pool %s (%d rows, %d judged ok), %d cells, %s", config.name, pool.source, len(pool.rows), judged_ok, len(cells),
                 f"{steps} optimizer steps each" if steps else f"{train_setup.num_train_epochs} epochs each")  # fmt: skip
     for cell in cells:
-        logger.info("  %-48s %4d rows  (%s)", cell.id, len(cell.rows), cell_label(cell.settings))
+        logger.info("  %-32s %5d rows  (%s)", cell.id, len(cell.rows), cell_label(cell.settings))
 
     current_eval = eval_fingerprint(eval_setup)
-    ran, skipped, reused, empty, reevaluated = [], [], [], [], []
-    records: dict[str, dict[str, Any]] = {}
-    for cell in cells:
+    keys = {cell.id: training_key(cell, setup["train"]) for cell in cells}
+    records, todo = finished_cells(output_dir, cells, keys, current_eval)
+    outcome: dict[str, list[str]] = {"ran": [], "reused": [], "empty": [], "skipped": [cell.id for cell in cells if cell.id in records], "reevaluated": []}
+    trainings = len({keys[cell.id] for cell, _ in todo if cell.rows} - {r["training_key"] for r in records.values()})
+    logger.info("Sweep %s: %d cells, %d finished before, %d to run now (%d trainings: cells with the same set of rows train once)",
+                config.name, len(cells), len(records), len(todo), trainings)  # fmt: skip
+
+    progress = Progress(len(todo), desc=f"sweep {config.name}", unit="cell", interval=PROGRESS_INTERVAL_S) if todo else None
+    for index, (cell, record) in enumerate(todo, 1):
+        progress.set_description(f"sweep {config.name} [{cell.id}]")
         cell_dir = output_dir / "cells" / cell.id
-        record = read_record(cell_dir, cell)
-        source = records.get(record["same_data_as"]) if record and record["same_data_as"] else None
-        if record is not None and record["same_data_as"] and source is None:
-            record = None  # the cell it reused is no longer in the sweep: run it on its own
-        if record is not None and record["status"] == "ok" and record.get("eval_fingerprint") != current_eval:
-            logger.info("Cell %s: the evaluation recipe changed; evaluating its adapter again", cell.id)
-            keys = ("scores", "partition", "eval_fingerprint")
-            update = {k: source.get(k) for k in keys} if source else evaluate_cell(config, cell_dir, record["dataset"]["tag"])
-            record = finish(cell_dir, {**record, **update})
-            reevaluated.append(cell.id)
-        elif record is not None:
-            logger.info("Cell %s: finished already", cell.id)
-            skipped.append(cell.id)
+        if record is not None and not record["same_data_as"]:  # finished, but under another evaluation recipe
+            logger.info("Cell %s (%d/%d): the evaluation recipe changed; evaluating its adapter again", cell.id, index, len(todo))
+            record = finish(cell_dir, {**record, **evaluate_cell(config, cell_dir, record["dataset"]["tag"])})
+            outcome["reevaluated"].append(cell.id)
         else:
-            same = next((r for r in records.values() if r["dataset"]["fingerprint"] == cell.fingerprint and r["status"] == "ok"), None)
-            logger.info("Cell %s: %d rows", cell.id, len(cell.rows))
-            record = run_cell(config, pool, cell, cell_dir, same, steps)
-            (reused if record["same_data_as"] else empty if record["status"] == "empty" else ran).append(cell.id)
+            # A cell that shared a training takes that cell's results anew (it may just have run or been re-evaluated).
+            same = next((r for r in records.values() if r["training_key"] == keys[cell.id] and r["status"] == "ok" and not r["same_data_as"]), None)
+            logger.info("Cell %s (%d/%d): %d rows%s", cell.id, index, len(todo), len(cell.rows), f", the same set as {same['cell_id']}" if same else "")
+            record = run_cell(config, pool, cell, cell_dir, same, steps, keys[cell.id])
+            outcome["reused" if record["same_data_as"] else "empty" if record["status"] == "empty" else "ran"].append(cell.id)
         records[cell.id] = record
+        progress.update()
+    if progress is not None:
+        progress.close()
 
     ordered = [records[cell.id] for cell in cells]
     selection = select_cells(ordered, benchmarks, dev_details(output_dir), samples=eval_setup.bootstrap_samples, seed=eval_setup.seed)
-    test = {cell: evaluate_test(config, records[cell]) for cell in selection["test_cells"]}
+    test: dict[str, dict[str, Any]] = {}
+    if selection["test_cells"]:
+        progress = Progress(len(selection["test_cells"]), desc=f"sweep {config.name}: test rows", unit="cell", interval=PROGRESS_INTERVAL_S)
+        for cell_name in selection["test_cells"]:
+            progress.set_description(f"sweep {config.name}: test rows [{cell_name}]")
+            test[cell_name] = evaluate_test(config, records[cell_name])
+            progress.update()
+        progress.close()
     report = Report(config, pool, ordered, benchmarks, setup, selection, test)
     files = write_report(report)
     for name, title in benchmarks:
         choice = selection["benchmarks"].get(name)
         if choice is not None:
             score = test[choice["cell"]][name]
-            logger.info("%s: selected on dev %s (dev %.3f), test %.3f [%.3f, %.3f] (base on test %.3f)", title, choice["cell"], choice["dev_accuracy"],
-                        score["accuracy"], score["ci_low"], score["ci_high"], score["base"]["accuracy"])  # fmt: skip
+            logger.info("%s: selected on dev %s (dev %.3f; %s), test %.3f [%.3f, %.3f] (base on test %.3f)", title, choice["cell"], choice["dev_accuracy"],
+                        verdict(choice), score["accuracy"], score["ci_low"], score["ci_high"], score["base"]["accuracy"])  # fmt: skip
     summary = {
         "cells": [cell.id for cell in cells],
-        "ran": ran,
-        "reused": reused,
-        "empty": empty,
-        "skipped": skipped,
-        "reevaluated": reevaluated,
+        **outcome,
         "steps_policy": config.steps_policy,
         "steps": steps,
         "selected": {name: choice["cell"] for name, choice in selection["benchmarks"].items()},
@@ -356,6 +395,6 @@ def main(config: SweepConfig, *, fresh: bool = False) -> dict[str, Any]:
     logger.info(
         "Sweep finished in %.0f s: %d cells trained, %d reused, %d empty, %d re-evaluated, %d finished before; %d selected on dev and "
         "evaluated on test. Report: %s",
-        summary["wall_time_s"], len(ran), len(reused), len(empty), len(reevaluated), len(skipped), len(test), output_dir / "results.md",
+        summary["wall_time_s"], *(len(outcome[k]) for k in ("ran", "reused", "empty", "reevaluated", "skipped")), len(test), output_dir / "results.md",
     )  # fmt: skip
     return summary

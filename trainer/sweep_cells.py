@@ -24,6 +24,7 @@ from builder.dataset import write_rows
 from builder.journal import write_atomic
 from trainer.sweep_config import BASE_SCORES, CELL_FILE, DATA_FILE, EVAL_CELL_FIELDS, TEST_FILE, CellSettings, SweepConfig, SweepError, stage_configs
 from trainer.sweep_report import cell_label
+from trainer.sweep_select import adapter_of
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class Cell:
     rows: list[dict[str, Any]]
     fingerprint: str
     """sha256 of the curated rows' ids, in order."""
+    row_set: str
+    """sha256 of the curated rows' ids, sorted: cells with the same set of rows (in any order) share one training."""
 
 
 def digest(data: Any) -> str:
@@ -206,9 +209,12 @@ def eval_fingerprint(eval_config: Any) -> str:
     return digest({k: v for k, v in to_dict(eval_config).items() if k not in EVAL_CELL_FIELDS})
 
 
-def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_data: dict[str, Any] | None, max_steps: int | None) -> dict[str, Any]:
+def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_data: dict[str, Any] | None, max_steps: int | None,
+             training_key: str) -> dict[str, Any]:
     """Curated rows → cell folder → cells repo → adapter (`max_steps` under fixed_steps) → evaluation on the dev rows
-    → `cell.json` (written last)."""
+    → `cell.json` (written last). With `same_data` (a finished cell of the same `training_key`: the same set of rows
+    and training recipe), the cell's own rows are written (in its order, publishable) and that cell's adapter, training
+    and scores are reused: nothing is trained or evaluated."""
     from trainer.train import TrainError
 
     # What a killed run left behind is overwritten; its training checkpoints (save_steps) are resumed from. A test
@@ -226,7 +232,8 @@ def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_d
         "settings": dataclasses.asdict(cell.settings),
         "require_valid": config.require_valid,
         "pool": {"source": pool.source, "fingerprint": pool.fingerprint},
-        "dataset": {"rows": len(cell.rows), "fingerprint": cell.fingerprint, "ids": [row["id"] for row in cell.rows]},
+        "dataset": {"rows": len(cell.rows), "fingerprint": cell.fingerprint, "row_set": cell.row_set, "ids": [row["id"] for row in cell.rows]},
+        "training_key": training_key,
         "same_data_as": None,
         "training": None,
         "scores": {},
@@ -237,7 +244,8 @@ def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_d
         logger.warning("Cell %s: no pool row fits its settings; nothing to train", cell.id)
         record["status"] = "empty"
     elif same_data is not None:
-        logger.info("Cell %s: the same rows as cell %s, whose results it reuses", cell.id, same_data["cell_id"])
+        order = "in the same order" if same_data["dataset"]["fingerprint"] == cell.fingerprint else "in another order"
+        logger.info("Cell %s: the same %d rows as cell %s (%s): shares its training and results", cell.id, len(cell.rows), same_data["cell_id"], order)
         record.update(status="ok", same_data_as=same_data["cell_id"], **{k: same_data[k] for k in ("training", "scores", "partition", "eval_fingerprint")})
         record["dataset"].update({k: same_data["dataset"][k] for k in ("repo", "tag", "commit")})
     else:
@@ -270,14 +278,9 @@ def read_details(path: Path) -> list[tuple[str, bool]] | None:
     return [(str(d["id"]), bool(d["correct"])) for d in map(json.loads, path.read_text().splitlines()) if d]
 
 
-def trained_cell(record: dict[str, Any]) -> str:
-    """The cell whose adapter a record's scores come from (itself, or the cell with the same rows it reused)."""
-    return record["same_data_as"] or record["cell_id"]
-
-
 def dev_details(output_dir: Path) -> Any:
     """(record, benchmark) -> the cell's per-example dev results, for the paired comparisons of the selection."""
-    return lambda record, name: read_details(output_dir / "cells" / trained_cell(record) / "eval" / "details" / f"{name}-adapter.jsonl")
+    return lambda record, name: read_details(output_dir / "cells" / adapter_of(record) / "eval" / "details" / f"{name}-adapter.jsonl")
 
 
 def evaluate_test(config: SweepConfig, record: dict[str, Any]) -> dict[str, Any]:
@@ -286,7 +289,7 @@ def evaluate_test(config: SweepConfig, record: dict[str, Any]) -> dict[str, Any]
     from trainer.scoring import paired_comparison
 
     output_dir = Path(config.output_dir)
-    cell_dir = output_dir / "cells" / trained_cell(record)
+    cell_dir = output_dir / "cells" / adapter_of(record)
     _, eval_config = stage_configs(config, cell_dir, tag=record["dataset"]["tag"], partition="test")
     current = eval_fingerprint(eval_config)
     path = cell_dir / TEST_FILE

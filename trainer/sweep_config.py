@@ -70,6 +70,23 @@ class CellSettings:
         )
 
 
+def cell_id(settings: CellSettings) -> str:
+    """A cell's readable, filesystem-safe name, e.g. `L4-c3-n200-fail-first` or `L3+L4-n50-build-order`: the quality
+    levels, the complexity levels (no `c` part: every complexity), the size and the ranking. Settings are canonical
+    after `validate` (levels sorted, each once), so the same settings always name the same cell and two cells of a
+    sweep never share a name (a sweep's `require_valid` is the same for every cell)."""
+    parts = ["+".join(f"L{level}" for level in settings.quality_levels)]
+    if settings.complexity_levels is not None:
+        parts.append("+".join(f"c{level}" for level in settings.complexity_levels))
+    parts += [f"n{settings.size}", "fail-first" if settings.prefer_defender_failed else "build-order"]
+    return "-".join(parts)
+
+
+def hub_name(cell: str) -> str:
+    """A cell id as part of a Hub repo name, which allows no `+` (`L3+L4-n50` -> `L3_L4-n50`; ids hold no `_`)."""
+    return cell.replace("+", "_")
+
+
 @dataclass
 class GridConfig:
     """The values each swept dimension takes. A band may be written as one level (`4`) or a list (`[3, 4]`)."""
@@ -256,7 +273,7 @@ def stage_configs(config: SweepConfig, cell_dir: Path, *, tag: str, partition: s
         "eval_split": None,
         "eval_recipe": None,  # the sweep checks every cell's rows against the evaluation's test and dev rows itself
         "output_dir": str(cell_dir / "adapter"),
-        "push_to_hub": f"{config.adapter_repo}-{cell_dir.name}" if jobs else None,
+        "push_to_hub": f"{config.adapter_repo}-{hub_name(cell_dir.name)}" if jobs else None,
         "adapter_hub_dir": None,
         "private": True,
         **({"max_steps": max_steps} if max_steps is not None else {}),

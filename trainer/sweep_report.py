@@ -1,8 +1,12 @@
 """A sweep's report: `results.parquet`, `results.md`, one plot per swept dimension, and the dataset card's section
 (`trainer/sweep_report.py`).
 
-Cells are chosen on the dev partition (`trainer.sweep_select`); the report says so, shows every cell's dev accuracy,
-and shows test accuracy for the selected cells only (they alone, with the base model, were evaluated on the test rows).
+Cells are chosen on the dev partition (`trainer.sweep_select`); the report says so, states the selection and tie-break
+rule, names every cell the selected one is not significantly different from (a tie never reads as a winner), says which
+cells shared a training (the same set of rows), shows every cell's dev accuracy, and shows test accuracy for the
+selected cells only (they alone, with the base model, were evaluated on the test rows). Plots have one panel per
+benchmark on a grid with no empty slot where one exists (4 benchmarks: 2x2), and a y axis that starts below 0 so a
+point or line at 0 stays visible.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.sweep_select import verdict
+from trainer.sweep_select import TIE_BREAK, adapter_of, finding, verdict
 
 DIMENSIONS = ("quality_levels", "complexity_levels", "size", "prefer_defender_failed")
 DIMENSION_TITLES = {
@@ -23,7 +27,7 @@ DIMENSION_TITLES = {
     "size": "dataset size (rows requested)",
     "prefer_defender_failed": "ranking",
 }
-REPORT_FILES = ("results.parquet", "results.md")
+REPORT_FILES = ("results.parquet", "results.md", "selection.json")
 SELECTION_NOTE = (
     "Selected on dev, reported on test: every cell was evaluated on each benchmark's dev rows (never its test rows) and "
     "the cells were chosen there; only the selected cells and the base model were then evaluated on the test rows, so "
@@ -99,6 +103,49 @@ def _delta(comparison: dict[str, Any] | None) -> str:
     return f"{100 * comparison['delta']:+.1f}{interval} points"
 
 
+def selection_rule() -> str:
+    """How the cells were chosen and compared, in one paragraph (results.md and the card)."""
+    return (f"Selection rule: the highest dev accuracy (overall: the highest macro-mean dev accuracy over the benchmarks); {TIE_BREAK}. "
+            "The selected cell is then compared with every other trained cell on the same dev examples (paired bootstrap 95% CI of the "
+            "accuracy difference and McNemar's exact test, as `nanoflux eval` compares variants); a cell whose CI includes 0 is "
+            "**not significantly different** from it, and is named.")  # fmt: skip
+
+
+def findings(report: Report) -> list[str]:
+    """One bullet per benchmark and overall: what the dev data support about the selected cell."""
+    lines = []
+    for name, title in report.benchmarks:
+        choice = report.selection["benchmarks"].get(name)
+        if choice is not None:
+            lines.append(f"- {finding(choice, f'**{title}**', choice['dev_accuracy'])}")
+    overall = report.selection.get("overall")
+    if overall:
+        lines.append(f"- {finding(overall, '**Overall** (macro-mean)', overall['dev_macro_accuracy'])}")
+    return lines
+
+
+def shared_trainings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every training shared by several cells (the same set of rows): the cell that trained, and each cell that reused
+    its adapter with whether its rows came in the same order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if record["status"] == "ok":
+            groups.setdefault(adapter_of(record), []).append(record)
+    shared = []
+    for trained, group in groups.items():
+        source = next((r for r in group if r["cell_id"] == trained), None)
+        if source is not None and len(group) > 1:
+            shared.append({"trained": trained, "rows": source["dataset"]["rows"], "shared_by": [
+                {"cell": r["cell_id"], "same_order": r["dataset"]["fingerprint"] == source["dataset"]["fingerprint"]} for r in group if r is not source]})  # fmt: skip
+    return shared
+
+
+def _shared_lines(records: list[dict[str, Any]]) -> list[str]:
+    return [f"- `{group['trained']}` trained on {group['rows']} row{'' if group['rows'] == 1 else 's'}; shared by "
+            + ", ".join(f"`{cell['cell']}` ({'the same order' if cell['same_order'] else 'another order'})" for cell in group["shared_by"])
+            for group in shared_trainings(records)]  # fmt: skip
+
+
 # --- the table -------------------------------------------------------------------------------------------
 
 
@@ -118,6 +165,7 @@ def results_table(report: Report) -> list[dict[str, Any]]:
                 table.append({
                     "cell_id": record["cell_id"], **{dim: record["settings"][dim] for dim in DIMENSIONS}, "require_valid": record["require_valid"],
                     "status": record["status"], "rows": record["dataset"]["rows"], "dataset_fingerprint": record["dataset"]["fingerprint"],
+                    "row_set_fingerprint": record["dataset"].get("row_set"), "training_key": record.get("training_key"),
                     "same_data_as": record["same_data_as"], "train_steps": training.get("steps"), "train_epochs": training.get("epochs"),
                     "train_tokens": training.get("train_tokens"), "train_wall_time_s": training.get("wall_time_s"), "train_loss_last": training.get("loss_last"),
                     "benchmark": name, "benchmark_title": title, "partition": partition, "n": score.get("n"), "accuracy": score.get("accuracy"),
@@ -136,12 +184,12 @@ def _schema() -> Any:
     types = {
         "cell_id": pa.string(), "quality_levels": levels, "complexity_levels": levels, "size": pa.int32(),
         "prefer_defender_failed": pa.bool_(), "require_valid": pa.bool_(), "status": pa.string(), "rows": pa.int32(),
-        "dataset_fingerprint": pa.string(), "same_data_as": pa.string(), "train_steps": pa.int64(), "train_tokens": pa.int64(),
+        "dataset_fingerprint": pa.string(), "row_set_fingerprint": pa.string(), "training_key": pa.string(), "same_data_as": pa.string(), "train_steps": pa.int64(), "train_tokens": pa.int64(),
         "benchmark": pa.string(), "benchmark_title": pa.string(), "partition": pa.string(), "n": pa.int32(), "unparseable": pa.int32(),
         "selected": pa.bool_(), "selected_overall": pa.bool_(), **{name: pa.float64() for name in floats},
     }  # fmt: skip
     order = [
-        "cell_id", *DIMENSIONS, "require_valid", "status", "rows", "dataset_fingerprint", "same_data_as", "train_steps", "train_epochs",
+        "cell_id", *DIMENSIONS, "require_valid", "status", "rows", "dataset_fingerprint", "row_set_fingerprint", "training_key", "same_data_as", "train_steps", "train_epochs",
         "train_tokens", "train_wall_time_s", "train_loss_last", "benchmark", "benchmark_title", "partition", "n", "accuracy", "ci_low",
         "ci_high", "unparseable", "base_accuracy", "base_ci_low", "base_ci_high", "selected", "selected_overall",
     ]  # fmt: skip
@@ -188,20 +236,23 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
         "",
         "## Selected cells (chosen on dev)",
         "",
-        "| benchmark | selected cell | settings | rows | dev accuracy (%) [95% CI] | vs runner-up on dev | test accuracy (%) [95% CI] | base model on test (%) |",
+        selection_rule(),
+        "",
+        "| benchmark | selected cell | settings | rows | dev accuracy (%) [95% CI] | against the other cells on dev | test accuracy (%) [95% CI] | base model on test (%) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, title in report.benchmarks:
         choice = selection["benchmarks"].get(name)
         if choice is None:
-            lines.append(f"| {title} | – | no cell had rows to train on | – | – | – | – | – |")
+            lines.append(f"| {title} | – | no cell has a dev score | – | – | – | – | – |")
             continue
         record, test = by_id[choice["cell"]], report.test.get(choice["cell"], {}).get(name)
-        runner = f" `{choice['runner_up']}`: {_delta(choice['comparison'])}" if choice["runner_up"] and choice["comparison"] else ""
+        runner = f" runner-up `{choice['runner_up']}`: {_delta(choice['comparison'])}" if choice["runner_up"] and choice["comparison"] else ""
         lines.append(
             f"| {title} | `{choice['cell']}` | {record['label']} | {record['dataset']['rows']} | {_score(record['scores'].get(name))} | "
             f"{verdict(choice)}{';' if runner else ''}{runner} | {_score(test)} | {_pct((test or {}).get('base', {}).get('accuracy'))} |"
         )
+    lines += ["", "What the dev data support:", "", *findings(report)]
     overall = selection.get("overall")
     if overall:
         record, test = by_id[overall["cell"]], report.test.get(overall["cell"], {})
@@ -209,7 +260,7 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
             "",
             f"**Overall** (highest macro-mean dev accuracy over the benchmarks): `{overall['cell']}` ({record['label']}, {record['dataset']['rows']} rows), "
             f"dev {_pct(overall['dev_macro_accuracy'])}%; {verdict(overall)}"
-            + (f" (`{overall['runner_up']}`: {_delta(overall['comparison'])})" if overall["comparison"] else "")
+            + (f" (runner-up `{overall['runner_up']}`: {_delta(overall['comparison'])})" if overall["comparison"] else "")
             + ". Its test rows, against the base model on the same rows:",
             "",
             "| benchmark | test accuracy (%) [95% CI] | base model (%) [95% CI] | selected cell − base (paired) |",
@@ -230,13 +281,18 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
         training, settings = record["training"] or {}, record["settings"]
         cells = [f"{'✓ ' if chosen.get(name) == record['cell_id'] else ''}{_score(record['scores'].get(name))}" for name, _ in report.benchmarks]
         epochs = f"{training['epochs']:.2f}" if isinstance(training.get("epochs"), (int, float)) else "–"
-        note = f" (= `{record['same_data_as']}`)" if record["same_data_as"] else ""
+        note = f" (shares `{record['same_data_as']}`'s training)" if record["same_data_as"] else ""
         lines.append(
             f"| `{record['cell_id']}`{note} | {display('quality_levels', settings['quality_levels'])} | {display('complexity_levels', settings['complexity_levels'])} "
             f"| {settings['size']} | {display('prefer_defender_failed', settings['prefer_defender_failed'])} | {record['dataset']['rows']} "
             f"| {training.get('steps', '–')} | {epochs} | {training.get('train_tokens', '–')} | {training.get('wall_time_s', '–')} |" + "".join(f" {c} |" for c in cells)
         )
-    lines += ["", "A size larger than the rows that fit a cell's bands gives fewer rows (see `rows`); cells with the same rows share one training run.", ""]
+    lines += ["", "A size larger than the rows that fit a cell's bands gives fewer rows (see `rows`).", ""]
+    shared = _shared_lines(records)
+    lines += ["## Shared training", "",
+              "Training is keyed by the *set* of a cell's rows (plus the training recipe): cells with the same rows, in any order, train once "
+              "and share that adapter and its scores (the trainer shuffles the rows with its seed, so their order is not what it trains on).", "",
+              *(shared or ["No two cells had the same rows: every cell with rows trained on its own."]), ""]  # fmt: skip
     if swept:
         lines += ["## Plots", ""] + [f"![dev accuracy vs {DIMENSION_TITLES[dim]}]({dim}.png)" for dim in swept] + [""]
     publish = overall["cell"] if overall else "<cell_id>"
@@ -261,10 +317,24 @@ def _base_dev(records: list[dict[str, Any]], name: str) -> float | None:
 # --- plots -----------------------------------------------------------------------------------------------
 
 
-def plot_dimension(table: list[dict[str, Any]], dim: str, benchmarks: list[tuple[str, str]], path: Path, title: str) -> None:
-    """Dev accuracy (95% CI error bars) against one dimension, one panel per benchmark, one line per combination of
-    the other swept dimensions; the base model dashed (dev) and dotted (test), the selected cell starred, and its test
-    accuracy as an open diamond."""
+def panel_grid(count: int, max_columns: int = 5) -> tuple[int, int]:
+    """(rows, columns) for `count` panels: a grid with no empty slot where one of at most `max_columns` columns exists
+    (4 -> 2x2, 5 -> 1x5, 6 -> 2x3, 9 -> 3x3), else the fewest empty slots (7 -> 2x4, the legend takes the spare one);
+    among equals the squarest, then the wider."""
+    if count <= 3:
+        return 1, max(count, 1)
+    options = [(rows * columns - count, abs(columns - rows), -columns, rows, columns) for columns in range(2, max_columns + 1) for rows in [math.ceil(count / columns)]]
+    _, _, _, rows, columns = min(options)
+    return rows, columns
+
+
+Y_LIMITS = (-0.06, 1.06)  # below 0: a cell, base model or test point at 0 accuracy is drawn above the axis, not on it
+
+
+def dimension_figure(table: list[dict[str, Any]], dim: str, benchmarks: list[tuple[str, str]], title: str) -> Any:
+    """Dev accuracy (95% CI error bars, a marker on every point) against one dimension, one panel per benchmark, one line
+    per combination of the other swept dimensions; the base model dashed (dev) and dotted (test), a thin line at 0, the
+    selected cell starred and named by its cell id, and its test accuracy as an open diamond. Returns the Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -272,12 +342,13 @@ def plot_dimension(table: list[dict[str, Any]], dim: str, benchmarks: list[tuple
     others = [d for d in DIMENSIONS if d != dim and len({json.dumps(row[d]) for row in table}) > 1]
     values = sorted({json.dumps(row[dim]) for row in table}, key=lambda v: _order(dim, json.loads(v)))
     x_of = {value: i for i, value in enumerate(values)}
-    columns = min(3, len(benchmarks))
-    rows_n = math.ceil(len(benchmarks) / columns)
+    rows_n, columns = panel_grid(len(benchmarks))
     figure = Figure(figsize=(4.6 * columns, 3.6 * rows_n + 0.6))
     FigureCanvasAgg(figure)
+    legend: dict[str, Any] = {}
     for index, (name, bench_title) in enumerate(benchmarks):
         axes = figure.add_subplot(rows_n, columns, index + 1)
+        axes.axhline(0, color="black", linewidth=0.6, zorder=1)
         points = [row for row in dev if row["benchmark"] == name]
         groups: dict[str, list[dict[str, Any]]] = {}
         for row in points:
@@ -291,33 +362,46 @@ def plot_dimension(table: list[dict[str, Any]], dim: str, benchmarks: list[tuple
             offset = (g - (len(groups) - 1) / 2) * 0.06
             xs = [x_of[json.dumps(row[dim])] + offset for row in group]
             errors = [[max(0.0, row["accuracy"] - row["ci_low"]) for row in group], [max(0.0, row["ci_high"] - row["accuracy"]) for row in group]]
-            axes.errorbar(xs, [row["accuracy"] for row in group], yerr=errors, marker="o", capsize=3, label=label)
+            axes.errorbar(xs, [row["accuracy"] for row in group], yerr=errors, marker="o", markersize=5, capsize=3, label=label, zorder=3)
             for x, row in zip(xs, group):
                 if row["selected"]:
                     axes.plot([x], [row["accuracy"]], marker="*", markersize=16, color="gold", markeredgecolor="black", zorder=5, linestyle="none", label="selected on dev")
+                    axes.annotate(row["cell_id"], (x, row["accuracy"]), textcoords="offset points", xytext=(7, 7), fontsize=7, zorder=6)
                     test = next((t for t in table if t["partition"] == "test" and t["cell_id"] == row["cell_id"] and t["benchmark"] == name), None)
                     if test and test["accuracy"] is not None:
-                        axes.plot([x + 0.12], [test["accuracy"]], marker="D", markersize=7, fillstyle="none", color="black", linestyle="none", label="selected cell on test")
+                        axes.plot([x + 0.12], [test["accuracy"]], marker="D", markersize=7, fillstyle="none", color="black", linestyle="none", label="selected cell on test", zorder=5)
         for partition, style in (("dev", "--"), ("test", ":")):
             base = next((row["base_accuracy"] for row in table if row["benchmark"] == name and row["partition"] == partition and row["base_accuracy"] is not None), None)
             if base is not None:
-                axes.axhline(base, linestyle=style, color="gray", linewidth=1, label=f"base model ({partition})")
+                axes.axhline(base, linestyle=style, color="gray", linewidth=1.2, label=f"base model ({partition})", zorder=2)
         axes.set_xticks(range(len(values)), [display(dim, json.loads(v)) for v in values])
         axes.set_xlim(-0.5, len(values) - 0.5)
-        axes.set_ylim(0, 1.05)
+        axes.set_ylim(*Y_LIMITS)
         axes.set_title(bench_title, fontsize=10)
         axes.set_xlabel(DIMENSION_TITLES[dim])
         if index % columns == 0:
             axes.set_ylabel("dev accuracy (95% bootstrap CI)")
-        if index == 0:
-            axes.legend(fontsize=7)
+        for handle, label in zip(*axes.get_legend_handles_labels()):
+            legend.setdefault(label, handle)  # each entry once, whichever panel drew it
+    if rows_n * columns > len(benchmarks):  # the spare slot holds the legend: no empty panel
+        spare = figure.add_subplot(rows_n, columns, len(benchmarks) + 1)
+        spare.axis("off")
+        spare.legend(legend.values(), legend.keys(), loc="center", fontsize=8, frameon=False)
+    elif legend:
+        figure.axes[0].legend(legend.values(), legend.keys(), fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    return figure
+
+
+def plot_dimension(table: list[dict[str, Any]], dim: str, benchmarks: list[tuple[str, str]], path: Path, title: str) -> None:
+    """`dimension_figure` saved as a PNG."""
+    dimension_figure(table, dim, benchmarks, title).savefig(path, dpi=110)
 
 
 def write_report(report: Report) -> list[Path]:
-    """results.parquet, results.md and `<dimension>.png` per swept dimension in the sweep folder; returns the files."""
+    """results.parquet, results.md, selection.json (the choices on dev, every comparison, the tie-break rule and the
+    shared trainings) and `<dimension>.png` per swept dimension in the sweep folder; returns the files."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -325,6 +409,8 @@ def write_report(report: Report) -> list[Path]:
     table = results_table(report)
     pq.write_table(pa.Table.from_pylist(table, schema=_schema()), output_dir / "results.parquet")
     (output_dir / "results.md").write_text(results_markdown(report))
+    selection = {**report.selection, "shared_training": shared_trainings(report.records)}
+    (output_dir / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
     files = [output_dir / name for name in REPORT_FILES]
     for stale in output_dir.glob("*.png"):
         stale.unlink()
@@ -351,7 +437,7 @@ def card_section(report: Report, release: Any) -> str:
         f"{', '.join(DIMENSION_TITLES[d] for d in swept_dimensions(records)) or 'nothing'}; {steps_line(report.setup, config.steps_policy)}). "
         f"{SELECTION_NOTE} Accuracy of the base model + adapter, 95% bootstrap CI:",
         "",
-        "| benchmark | selected on dev | settings | rows | dev accuracy (%) | vs runner-up on dev | test accuracy (%) | base model on test (%) |",
+        "| benchmark | selected on dev | settings | rows | dev accuracy (%) | against the other cells on dev | test accuracy (%) | base model on test (%) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, title in report.benchmarks:
@@ -363,7 +449,7 @@ def card_section(report: Report, release: Any) -> str:
     overall = report.selection.get("overall")
     if overall:
         lines += ["", f"Overall selection (macro-mean dev accuracy): `{overall['cell']}` ({by_id[overall['cell']]['label']}); {verdict(overall)}."]
-    lines.append("")
+    lines += ["", selection_rule(), "", *findings(report), ""]
     if release is not None:
         lines += [f"Version {release.version} holds the rows of cell `{config.publish_cell}` ({by_id[config.publish_cell]['label']}).", ""]
     lines += [f"Every cell's dev scores, the plots and the results table: [`{folder}/results.md`]({folder}/results.md), `{folder}/results.parquet`.", ""]

@@ -6,10 +6,17 @@ looks for the capacity the way TCP congestion control and Netflix's `concurrency
 
 - slow start: +1 per answered request (the limit doubles every round trip) until the first sign of congestion;
 - then additive increase: +1/limit per answered request (+1 per round trip), only while the limit is in use;
-- multiplicative decrease (x `backoff_ratio` of the requests the server took) on 429/503/504, timeouts, or a latency per completion token above
-  `tolerance` x the lowest seen for that role and answer length (the server is queueing); at most once per round trip:
-  a signal from a request sent before the last cut is already accounted for;
+- multiplicative decrease (x `backoff_ratio` of the requests the server took) on 429/503/504, timeouts, or a latency
+  per completion token above `tolerance` x the lowest seen for that role and answer length, scaled by how much more
+  this client had in flight than when that lowest was seen; at most once per round trip: a signal from a request sent
+  before the last cut is already accounted for;
 - `Retry-After` on a 429/503 pauses new requests to the endpoint (`pause`, `pause_remaining`).
+
+Why the latency is scaled by the load: a batching server (vLLM, TGI) makes every step slower as its batch grows, so
+latency per token rises with the client's own concurrency long before anything queues (an 8B model on an H100: ~3x
+from 16 to 256 sequences), and an unscaled rule stops far below the capacity. Latency that grows no faster than the
+requests in flight is the client's own load, which the server's 429s and the timeouts bound; latency beyond that
+(the same load, slower answers) is congestion from elsewhere, and is cut.
 
 The limit stays within [1, ceiling] (`max_concurrency`). Roles on one endpoint share one `AdaptiveLimit`
 (`shared_limit`), so its bound applies to all of their requests together. Not thread-safe: one event loop uses it.
@@ -64,7 +71,7 @@ class AdaptiveLimit:
         ceiling: int,
         initial: int = INITIAL_LIMIT,
         backoff_ratio: float = 0.9,
-        tolerance: float = 2.0,
+        tolerance: float = 3.0,  # not 2: on a batching server a request's latency doubles when prefills join its steps
         clock: Callable[[], float] = time.monotonic,
     ):
         if ceiling < 1:
@@ -84,8 +91,8 @@ class AdaptiveLimit:
         self._cut_in_flight = 0  # requests in flight at the last cut, and how many of them the server refused since
         self._cut_refused = 0
         self._resume_at = float("-inf")
-        # Lowest latency per completion token seen, per (role, answer-length band): the no-queue reference.
-        self._baselines: dict[tuple[str, int], float] = {}
+        # Lowest latency per completion token seen, per (role, answer-length band), and the requests in flight then.
+        self._baselines: dict[tuple[str, int], tuple[float, int]] = {}
 
     @property
     def limit(self) -> int:
@@ -137,7 +144,7 @@ class AdaptiveLimit:
             self.stats.timeouts += 1
             self._cut(slot.started, now, in_flight)
         elif outcome == "ok":
-            if self._queueing(slot.started, now, tokens, key):
+            if self._queueing(slot.started, now, tokens, key, max(slot.in_flight, in_flight)):
                 if self._cut(slot.started, now, in_flight):
                     self.stats.latency_cuts += 1
             elif max(slot.in_flight, in_flight) * 2 >= slot.limit:  # only grow a limit in use (half of it, at least)
@@ -191,20 +198,21 @@ class AdaptiveLimit:
         logger.debug("concurrency limit %d -> %d", before, self.limit)
         return True
 
-    def _queueing(self, started: float, now: float, tokens: int, key: str) -> bool:
-        """Whether this answer's latency per token says the server is queueing; updates the reference."""
+    def _queueing(self, started: float, now: float, tokens: int, key: str, load: int) -> bool:
+        """Whether this answer's latency per token, sent with `load` requests in flight, says the server is congested
+        beyond what that load explains; updates the reference."""
         if tokens <= 0:
             return False
         sample = (now - started) / tokens
         band = (key, tokens.bit_length())  # answers of similar length: fixed costs weigh alike
-        reference = self._baselines.get(band)
+        reference, reference_load = self._baselines.get(band, (None, 0))
         if reference is None or sample <= reference:
-            self._baselines[band] = sample
+            self._baselines[band] = (sample, max(1, load))
             return False
         # Drift up slowly (about 5% of the gap per round trip), so that a server that got slower for good is
         # eventually taken as it is rather than cut down to one request.
-        self._baselines[band] = reference + (sample - reference) * 0.05 / max(1.0, self._limit)
-        return sample > self.tolerance * reference
+        self._baselines[band] = (reference + (sample - reference) * 0.05 / max(1.0, self._limit), reference_load)
+        return sample > self.tolerance * reference * max(1.0, load / reference_load)
 
 
 # One limit per endpoint and event loop: roles on one endpoint share it, whichever client they use.

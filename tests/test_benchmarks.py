@@ -2,14 +2,14 @@
 novelty filter and the training-cost code at tiny sizes. It checks the results files' stable keys and sane values, and
 that the throughput check fails for a builder that sends one request at a time.
 
-The distilabel comparison and the CPU LoRA run are `slow` (the first also needs distilabel installed, which the
+The throughput part runs the medical and the math recipe (the sandbox on every example) against the simulated
+batching server at default builder settings. The distilabel comparison and the CPU LoRA run are `slow` (the first also needs distilabel installed, which the
 project does not depend on, so CI skips it); the full benchmark is `make bench`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -19,17 +19,20 @@ from builder.config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("allow_loopback_offline")
 
-CAPACITY = 8  # the loopback server's, and the recipe's default max_concurrency
-# At capacity 8, a builder that sends one request at a time reaches at most 1/8 = 0.125 of the bound; the smoke
-# workload (calls of 0.2-0.4 s) leaves the concurrent builder well above this even on a loaded 2-core machine.
-MIN_RATIO_TO_BOUND = 0.3
+SLOTS = [8, 32]  # the smoke run's server capacities (the full benchmark: 8, 64 and 256)
+# The smoke floor. The full benchmark asks 0.9 of the bound with the server at twice the speed of an 8B model on an
+# H100, as the smoke run's server; but the smoke builds are tiny (16-64 examples: the build's fixed costs and the round's
+# fill and drain weigh), and the test machine may be loaded, so only a builder that keeps the server far from busy
+# (a serialised one, a limit stuck below the slots) falls under it.
+MIN_RATIO_TO_BOUND = 0.05
 
 
-def check_throughput(figures: dict) -> None:
-    """What the smoke run asks of the builder at the default concurrency (AssertionError names the failing figure)."""
-    run = figures["default"]
-    assert run["server_max_concurrent"] == run["concurrency"] == CAPACITY, f"requests in flight at the server: {run['server_max_concurrent']}"
-    assert 0 < run["ratio_to_bound"] <= 1.05, f"ratio_to_bound {run['ratio_to_bound']} is not a fraction of the bound"
+def check_throughput(run: dict) -> None:
+    """What the smoke run asks of one build at default settings (AssertionError names the failing figure)."""
+    # Most of the slots ran at once (a loaded test machine may keep the builder from sending the last few in time).
+    assert run["server_max_running"] >= 0.75 * run["slots"], f"requests running at the server: {run['server_max_running']} of {run['slots']} slots"
+    assert run["adaptive_limit"]["peak_limit"] >= run["slots"], f"the adaptive limit peaked at {run['adaptive_limit']['peak_limit']}"
+    assert 0 < run["ratio_to_bound"] <= 1.0, f"ratio_to_bound {run['ratio_to_bound']} is not a fraction of the bound"
     assert run["ratio_to_bound"] >= MIN_RATIO_TO_BOUND, f"ratio_to_bound {run['ratio_to_bound']} < {MIN_RATIO_TO_BOUND}: is the builder serialised?"
 
 
@@ -63,37 +66,38 @@ def test_each_part_writes_a_results_file_with_machine_settings_and_figures(smoke
     assert all(line.count("|") == 5 for line in table.splitlines()), "one row per figure, four columns"
 
 
-def test_the_builder_keeps_the_endpoint_busy_at_the_default_concurrency(smoke):
-    config, results, _ = smoke
+def test_the_builder_at_default_settings_fills_the_batching_server_for_both_recipes(smoke):
+    _, results, _ = smoke
     record = _read(results, "throughput")
     figures, settings = record["figures"], record["settings"]
-    assert settings["examples"] == 32 and settings["server"]["capacity"] == CAPACITY
-    run = figures["default"]
-    # Every example went through all three roles, each judged `ok`, with nothing replayed (a fresh build).
-    assert run["examples"] == 32 and run["calls"] == 128
-    assert run["calls_by_role"] == {"attacker": 32, "defender": 32, "solver": 32, "judge": 32}
-    assert run["judge_status"]["ok"] == 32 and run["calls_replayed"] == 0
-    assert run["bound_s"] == pytest.approx(run["service_s"] / CAPACITY, rel=1e-3)
-    assert run["wall_s"] >= run["bound_s"] * 0.95, "no client beats the server's own bound"
-    assert 0 < run["cpu_ms_per_example"] <= 1000 * run["wall_s"] / run["examples"] * os.cpu_count()
-    assert figures["ratio_to_bound"] == run["ratio_to_bound"] and figures["goal"]["ratio_to_bound_min"] == 0.9
-    check_throughput(figures)
+    assert settings["recipes"] == ["configs/medical.yaml", "configs/math.yaml"] and settings["slots"] == SLOTS
+    assert [(run["domain"], run["slots"]) for run in figures["runs"]] == [("medical", 8), ("medical", 32), ("math", 8), ("math", 32)]
+    for run in figures["runs"]:
+        n = run["examples"]
+        assert n == max(16, 2 * run["slots"]) and run["max_concurrency"] == 256  # the default: the adaptive limit's ceiling
+        # Every example went through all four calls, each judged `ok` (math: the sandbox ran the Judge's program and
+        # it printed the reference, else the status is tool_error), with nothing replayed (a fresh build).
+        assert run["calls_by_role"] == {"attacker": n, "defender": n, "solver": n, "judge": n}
+        assert run["judge_status"]["ok"] == n and run["calls_replayed"] == 0
+        assert run["wall_s"] >= run["bound_s"] and run["server_busy_s"] >= run["bound_s"] * 0.999, "no client beats the server's bound"
+        assert 0 < run["batch_fill"] <= 1 and 0 < run["cpu_ms_per_example"]
+        check_throughput(run)
+    assert figures["ratio_to_bound"]["math"]["32"] == figures["runs"][3]["ratio_to_bound"]
+    assert figures["goal"]["ratio_to_bound_min"] == 0.9 and figures["goal"]["lowest"] == min(r["ratio_to_bound"] for r in figures["runs"])
 
 
 def test_the_throughput_check_fails_when_the_builder_sends_one_request_at_a_time(tmp_path):
+    from benchmarks.batching_server import ServerModel
     from benchmarks.loopback import LoopbackEndpoint
-    from benchmarks.throughput import ThroughputConfig, build_config, measure_build
+    from benchmarks.throughput import RECIPES, build_config, measure_build
 
-    workload = ThroughputConfig(rounds=1, attacks_per_round=8, latency=0.1, token_latency=0.001)
-    with LoopbackEndpoint(latency=workload.latency, token_latency=workload.token_latency, capacity=CAPACITY) as endpoint:
-        serial = measure_build(endpoint, build_config(workload, endpoint.url, tmp_path / "serial", 1), capacity=CAPACITY)
-    assert serial["server_max_concurrent"] == 1 and serial["calls"] == 32
-    assert serial["ratio_to_bound"] <= 1 / CAPACITY + 0.01  # one slot of eight
-    assert serial["ratio_to_client_bound"] > serial["ratio_to_bound"]
-    with pytest.raises(AssertionError, match="requests in flight"):
-        check_throughput({"default": serial})
+    with LoopbackEndpoint(server=ServerModel(slots=8, speed=8.0)) as endpoint:
+        serial = measure_build(endpoint, build_config(RECIPES[0], endpoint.url, tmp_path / "serial", rounds=1, attacks_per_round=8, max_concurrency=1))
+    assert serial["server_max_running"] == 1 and serial["calls"] == 32
+    with pytest.raises(AssertionError, match="requests running at the server: 1 of 8"):
+        check_throughput(serial)
     with pytest.raises(AssertionError, match="serialised"):
-        check_throughput({"default": {**serial, "concurrency": CAPACITY, "server_max_concurrent": CAPACITY}})
+        check_throughput({**serial, "server_max_running": 8, "adaptive_limit": {"peak_limit": 8}, "ratio_to_bound": 0.01})
 
 
 def test_novelty_scaling_reports_time_memory_and_growth_per_bank_size(smoke):
@@ -181,12 +185,15 @@ def test_flops_per_token_of_the_written_out_qwen3_4b_match_its_parameter_count()
 def test_unknown_parts_and_fields_fail_before_anything_runs():
     with pytest.raises(ConfigError, match=r"--parts: unknown part\(s\) \['speed'\]"):
         build_bench_config(["--parts", "throughput,speed"])
-    with pytest.raises(ConfigError, match="did you mean `throughput.latency`"):
-        build_bench_config(["--throughput.latncy", "0.1"])
-    with pytest.raises(ConfigError, match="throughput.capacity: out of range"):
-        build_bench_config(["--throughput.capacity", "0"])
+    with pytest.raises(ConfigError, match="did you mean `throughput.speed`"):
+        build_bench_config(["--throughput.sped", "0.1"])
+    with pytest.raises(ConfigError, match="throughput.slots"):
+        build_bench_config(["--throughput.slots", "[0]"])
+    with pytest.raises(ConfigError, match="distilabel.examples"):
+        build_bench_config(["--distilabel.examples", "999", "--distilabel.rounds", "2"])
     config, parts, smoke = build_bench_config([])
-    assert parts == list(PARTS) and not smoke and config.throughput.default_concurrency == CAPACITY
+    assert parts == list(PARTS) and not smoke and config.throughput.slots == [8, 64, 256]
+    assert config.distilabel.examples >= 1000 and config.distilabel.repeats == 3 and config.distilabel.server_model().slots >= 64
 
 
 @pytest.mark.slow
@@ -285,7 +292,12 @@ def test_the_gpu_path_reads_the_recipe_without_the_training_stack_exactly_as_the
 def test_without_a_gpu_the_stored_gpu_record_is_reported_as_measured_elsewhere_with_gpu_seconds(tmp_path):
     import torch
 
-    from benchmarks.training_cost import GPU_RESULT, TrainingCostConfig, gpu_seconds, measure_gpu
+    from benchmarks.training_cost import (
+        GPU_RESULT,
+        TrainingCostConfig,
+        gpu_seconds,
+        measure_gpu,
+    )
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: it is measured, not read")
@@ -310,20 +322,26 @@ def test_without_a_gpu_the_stored_gpu_record_is_reported_as_measured_elsewhere_w
 @pytest.mark.slow
 def test_distilabel_runs_the_same_workload_against_the_same_server(tmp_path):
     args = [
-        "--parts", "distilabel", "--throughput.rounds", "1", "--throughput.attacks_per_round", "16", "--throughput.latency", "0.1",
-        "--throughput.token_latency", "0.001", "--distilabel.input_batch_sizes", "[8]",
-        "--results_dir", str(tmp_path / "results"), "--work_dir", str(tmp_path / "work"),
+        "--parts", "distilabel", "--distilabel.examples", "16", "--distilabel.rounds", "1", "--distilabel.repeats", "2",
+        "--distilabel.slots", "16", "--distilabel.speed", "8", "--results_dir", str(tmp_path / "results"), "--work_dir", str(tmp_path / "work"),
     ]  # fmt: skip
     config, parts, smoke = build_bench_config(args)
     main(config, parts, smoke=smoke)
-    figures = _read(tmp_path / "results", "distilabel")["figures"]
-    nanoflux, (distilabel,) = figures["nanoflux"], figures["distilabel"]
-    # The server saw the same calls per role from both, so both had exactly the same work to wait for.
-    assert nanoflux["calls_by_role"] == distilabel["calls_by_role"] == {"attacker": 16, "defender": 16, "solver": 16, "judge": 16}
-    assert nanoflux["bound_s"] == pytest.approx(distilabel["bound_s"], rel=1e-6)
-    assert distilabel["examples"] == 16 and 0 < distilabel["ratio_to_bound"] <= 1.05
-    assert figures["vs_distilabel"] == pytest.approx(nanoflux["wall_s"] / distilabel["wall_s"], abs=1e-3)
-    assert figures["vs_distilabel"] > 0
+    record = _read(tmp_path / "results", "distilabel")
+    figures, settings = record["figures"], record["settings"]
+    nanoflux, distilabel = figures["nanoflux"], figures["distilabel"]
+    assert len(nanoflux["runs"]) == len(distilabel["runs"]) == 2
+    for ours, theirs in zip(nanoflux["runs"], distilabel["runs"]):
+        # The server saw the same calls per role from both, so both had exactly the same work to wait for.
+        assert ours["calls_by_role"] == theirs["calls_by_role"] == {"attacker": 16, "defender": 16, "solver": 16, "judge": 16}
+        assert ours["completion_tokens"] == theirs["completion_tokens"]
+        # NanoFlux's verdict prompts also carry its judge tools' results (corpus lookup): a little more prefill.
+        assert theirs["bound_s"] <= ours["bound_s"] <= 1.15 * theirs["bound_s"]
+        assert theirs["examples"] == 16 and 0 < theirs["ratio_to_bound"] <= 1.0
+    walls = [run["wall_s"] for run in distilabel["runs"]]
+    assert distilabel["wall_s"] == {"median": pytest.approx(sum(walls) / 2, abs=1e-3), "min": min(walls), "max": max(walls)}
+    assert figures["vs_distilabel"] == pytest.approx(nanoflux["wall_s"]["median"] / distilabel["wall_s"]["median"], abs=1e-3)
+    assert settings["distilabel_input_batch_size"] == 16 and "novelty filter" in settings["not_in_distilabel"]
 
 
 @pytest.mark.slow

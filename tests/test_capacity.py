@@ -94,18 +94,24 @@ def test_a_signal_from_a_request_sent_before_the_cut_does_not_cut_again():
     asyncio.run(go(limit, clock))
 
 
-def test_latency_per_token_above_tolerance_cuts_and_below_it_grows():
+def test_latency_rising_with_the_load_grows_and_rising_at_the_same_load_cuts():
     limit, clock = make(initial=16)
-    round_trip(limit, clock, seconds=1.0, tokens=100)  # reference: 0.01 s/token
-    grown = limit.limit
-    round_trip(limit, clock, seconds=1.5, tokens=100)  # 1.5x: within tolerance 2
-    assert limit.limit > grown and limit.stats.latency_cuts == 0
-    grown = limit.limit
-    round_trip(limit, clock, seconds=3.0, tokens=100)  # 3x: the server is queueing
-    assert limit.stats.latency_cuts == 1 and limit.limit == int(grown * 0.9)
-    # Answer lengths are compared within their band: a short answer's fixed costs are not queueing.
+    round_trip(limit, clock, seconds=1.0, tokens=100)  # reference: 0.01 s/token with up to 16 in flight
+    # A batching server: each doubling of the requests in flight makes every step slower (here 2x per doubling, the
+    # worst a linear step-time model can do). That is the client's own load, not congestion: the limit keeps growing.
+    for seconds in (2.0, 4.0, 8.0):
+        before = limit.limit
+        round_trip(limit, clock, seconds=seconds, tokens=100)
+        assert limit.limit > before
+    assert limit.stats.latency_cuts == 0 and limit.stats.decreases == 0
+    # The same load and answers 3.5x slower than the reference for that load: the server is congested: cut.
+    limit, clock = make(initial=16)
+    round_trip(limit, clock, seconds=1.0, tokens=100, n=16)
+    round_trip(limit, clock, seconds=3.5, tokens=100, n=16)
+    assert limit.stats.latency_cuts == 1 and limit.limit == int(16 * 0.9)
+    # Answer lengths are compared within their band: a short answer's fixed costs are not congestion.
     before = limit.stats.latency_cuts
-    round_trip(limit, clock, seconds=1.0, tokens=5)
+    round_trip(limit, clock, seconds=1.0, tokens=5, n=8)
     assert limit.stats.latency_cuts == before
 
 
@@ -168,3 +174,64 @@ def test_one_limit_per_endpoint_and_loop():
     assert first is same and first.ceiling == 4 and other is not first
     again, _, _ = asyncio.run(go())  # another loop: another limit
     assert again is not first
+
+
+# --- against the simulated continuous-batching server (benchmarks/batching_server.py) -----------------------------
+
+
+def drive(slots: int, *, seconds: float, queue_limit: int | None = None, ceiling: int = 256) -> tuple[AdaptiveLimit, list[int], object]:
+    """Keep `ceiling` + 50 callers sending requests through one AdaptiveLimit to an in-process batching server with
+    `slots` (an 8B-on-H100 cost model, 40x faster) for `seconds`; returns the limit, its value sampled every 20 ms
+    over the second half, and the server's stats. A 429 is handed back as `overload` and retried after 10 ms."""
+    from benchmarks.batching_server import BatchingEngine, Overloaded, ServerModel
+
+    async def go():
+        engine = BatchingEngine(ServerModel(slots=slots, queue_limit=queue_limit, speed=40.0))
+        engine.start()
+        limit = AdaptiveLimit(ceiling=ceiling)
+        loop = asyncio.get_running_loop()
+        stop, samples, n = loop.time() + seconds, [], [0]
+        shapes = [("attacker", 240, 600), ("defender", 125, 700), ("solver", 125, 700), ("judge", 95, 1200)]
+
+        async def caller() -> None:
+            while loop.time() < stop:
+                n[0] += 1
+                role, tokens, prompt = shapes[n[0] % 4]
+                tokens += n[0] % 50 - 25
+                slot = await limit.acquire()
+                try:
+                    engine.admit()
+                except Overloaded:
+                    limit.release(slot, "overload")
+                    await asyncio.sleep(0.01)
+                    continue
+                await engine.generate(prompt, tokens)
+                limit.release(slot, "ok", tokens=tokens, key=role)
+
+        async def sample() -> None:
+            while loop.time() < stop:
+                if loop.time() > stop - seconds / 2:
+                    samples.append(limit.limit)
+                await asyncio.sleep(0.02)
+
+        await asyncio.gather(*(caller() for _ in range(ceiling + 50)), sample())
+        await engine.stop()
+        return limit, samples, engine.stats
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("slots", [8, 64, 256])
+def test_the_limit_converges_within_10_percent_of_the_server_slots(slots):
+    limit, samples, stats = drive(slots, seconds=6.0)
+    mean = sum(samples) / len(samples)
+    assert abs(mean - slots) <= 0.1 * slots, f"limit {mean:.1f} (range {min(samples)}-{max(samples)}) for {slots} slots; {limit.stats}"
+    assert stats.max_running == slots  # the server's batch ran full
+    assert limit.stats.latency_cuts <= 2, "a batching server's step time rising with the batch is not congestion"
+
+
+def test_the_limit_backs_off_on_429s_and_stays_near_what_the_server_takes():
+    limit, samples, stats = drive(32, seconds=4.0, queue_limit=2)  # the server takes 32 running + 2 waiting
+    assert stats.rejected > 0 and limit.stats.overloads == stats.rejected
+    assert limit.stats.decreases >= 1 and limit.stats.peak_limit < 256  # it did not run to the ceiling
+    assert max(samples) <= 34 + 2 and min(samples) >= 0.9 * 0.9 * 34 - 1, f"limit {min(samples)}-{max(samples)}"

@@ -26,7 +26,9 @@ from builder.questions import LETTERS, question_text
 
 ROLE_NAMES = ("attacker", "defender", "judge")
 TEMPLATE_FILES = ("attacker.txt", "defender.txt", "solver.txt", "judge.txt")
-_DECODER = json.JSONDecoder()
+# strict=False: raw control characters (a newline) inside a string are accepted. llama-cpp-python's JSON-schema grammar
+# allows them (its `char` rule is `[^"\\]`), so a schema-constrained reply can hold them; strict JSON would refuse it.
+_DECODER = json.JSONDecoder(strict=False)
 
 # A refusal is data (judge_status="refused"), not a parse error.
 _REFUSAL = re.compile(r"\b(I can(?:no|')t|I cannot|I'm sorry|I am sorry|I won't|as an AI|I am unable|I'm unable)\b", re.I)
@@ -215,20 +217,26 @@ def check_templates(prompts: PromptSet, folder: str | Path | None = None) -> Non
 # --- schemas ---------------------------------------------------------------------------------------------
 
 
+# A text the parser requires to be non-empty. Said in the schema too, so that a server that constrains decoding to it
+# cannot return `""` where a question, an option or an answer must be: llama.cpp's grammar otherwise allows it, and the
+# 135M model, shown weak feedback, filled the keys of half its attacks with empty strings.
+_REQUIRED_TEXT: dict[str, Any] = {"type": "string", "minLength": 1}
+
+
 def _answer_schema(answer_format: str, n_options: int) -> dict[str, Any]:
     if answer_format == "choice":
         return {"type": "string", "enum": list(LETTERS[:n_options])}
-    return {"type": "string"}
+    return dict(_REQUIRED_TEXT)
 
 
 def attack_schema(answer_format: str, n_options: int = 5) -> dict[str, Any]:
     """The Attacker's answer. A multiple-choice question keeps its stem and its options apart, so the dataset can put
     it to a model exactly as evaluation does; the explanation comes before the reference answer so the model reasons
     first."""
-    properties: dict[str, Any] = {"question": {"type": "string"}}
+    properties: dict[str, Any] = {"question": dict(_REQUIRED_TEXT)}
     if answer_format == "choice":
-        properties["options"] = {"type": "array", "items": {"type": "string"}, "minItems": n_options, "maxItems": n_options}
-    properties["explanation"] = {"type": "string"}
+        properties["options"] = {"type": "array", "items": dict(_REQUIRED_TEXT), "minItems": n_options, "maxItems": n_options}
+    properties["explanation"] = dict(_REQUIRED_TEXT)
     properties["reference_answer"] = _answer_schema(answer_format, n_options)
     return _object(properties)
 
@@ -239,7 +247,8 @@ def defense_schema(answer_format: str, n_options: int = 5) -> dict[str, Any]:
 
 def solve_schema(answer_format: str, n_options: int = 5) -> dict[str, Any]:
     """The Judge's blind solution: reasoning, a program for the sandbox (required for numeric answers), its answer."""
-    return _object({"reasoning": {"type": "string"}, "program": {"type": "string"}, "answer": _answer_schema(answer_format, n_options)})
+    program = dict(_REQUIRED_TEXT) if answer_format == "number" else {"type": "string"}  # optional for the other formats
+    return _object({"reasoning": {"type": "string"}, "program": program, "answer": _answer_schema(answer_format, n_options)})
 
 
 def verdict_schema(rubric: Rubric) -> dict[str, Any]:
@@ -289,7 +298,8 @@ class Rejected:
 
 
 def extract_json(text: str) -> dict[str, Any] | None:
-    """The first JSON object in `text` (code fences, prose around it and trailing commas tolerated), else None."""
+    """The first JSON object in `text` (code fences, prose around it, trailing commas and raw newlines in strings
+    tolerated), else None."""
     text = re.sub(r"```(?:json)?", "", text)
     for candidate in (text, re.sub(r",\s*([}\]])", r"\1", text)):
         position = candidate.find("{")

@@ -466,7 +466,7 @@ class EndpointClient:
 
     async def _attempt(self, state: _LoopState, request: ChatRequest, role: str) -> ChatResponse:
         """One HTTP attempt under the endpoint's limit; every failure becomes `_AttemptFailed`."""
-        if self.base_url and constants.HF_HUB_OFFLINE and is_hugging_face_host(self.base_url):
+        if constants.HF_HUB_OFFLINE and is_hugging_face_host(self.base_url):  # None: a Hub model id (Inference Providers)
             raise _AttemptFailed("offline", "HF_HUB_OFFLINE is set and this is a Hugging Face host", retryable=False)
         server = await self._resolve_server(state)
         fmt = response_format(server.mode, request.json_schema)

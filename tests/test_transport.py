@@ -258,12 +258,14 @@ def test_rejected_response_format_fails_fast_and_suggests_structured_output_auto
     assert server.request_count == 1
 
 
-def test_offline_mode_fails_fast_for_hugging_face_hosts(monkeypatch):
+@pytest.mark.parametrize("where", [{"base_url": "https://x1.us-east-1.aws.endpoints.huggingface.cloud"}, {"model": "org/model"}], ids=["endpoint", "hub-model-id"])
+def test_offline_mode_fails_fast_for_hugging_face_hosts(monkeypatch, where):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # with no token at all, the cause is still the offline mode
     sleep = RecordingSleep()
-    client = EndpointClient(name="remote", base_url="https://x1.us-east-1.aws.endpoints.huggingface.cloud", sleep=sleep)
+    client = EndpointClient(name="remote", sleep=sleep, **where)
     with pytest.raises(EndpointError, match="HF_HUB_OFFLINE") as excinfo:
         asyncio.run(chat_once(client, ask()))
     assert excinfo.value.attempts == 1

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.training_cost import TINY_QWEN3, TrainingCostConfig, gpu_environment, measure_4b
-from builder.config import ConfigError, from_dict, parse_overrides
+from nanoflux.recipe import ConfigError, from_dict, parse_overrides
 
 logger = logging.getLogger("benchmarks.gpu_training")
 

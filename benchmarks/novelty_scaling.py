@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from builder.config import check_range, fail
+from nanoflux.recipe import check_range, fail
 
 logger = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.throughput import display_path
-from builder.config import check_range, fail
+from nanoflux.recipe import check_range, fail
 
 logger = logging.getLogger(__name__)
 

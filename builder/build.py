@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from collections import Counter
@@ -34,21 +33,41 @@ import yaml
 
 from builder import publish, roles, runfolder, sandbox
 from builder.chat import ChatClient, ChatRequest, ChatResponse, EndpointError
-from builder.config import BuildConfig, RoleConfig, changed_fields, to_dict
+from builder.config import BuildConfig, RoleConfig
 from builder.corpus import Corpus, packaged_corpus
 from builder.curation import curate, eligible
-from builder.decontamination import Reference, decontaminate, load_reference, write_report
-from builder.dataset import DEFENDER_STATUSES, JUDGE_STATUSES, assign_ids, sft_messages, write_rows
-from builder.journal import Journal, write_atomic
+from builder.dataset import (
+    DEFENDER_STATUSES,
+    JUDGE_STATUSES,
+    assign_ids,
+    sft_messages,
+    write_rows,
+)
+from builder.decontamination import (
+    Reference,
+    decontaminate,
+    load_reference,
+    write_report,
+)
+from nanoflux.journal import Journal
+from nanoflux.runfolder import claim, fingerprint, write_atomic
 from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
 from builder.progress import Progress
 from builder.sandbox import SandboxLimits
-from builder.tools import ToolCall, answers_match, format_tool_results, lookup_tool, python_tool
+from builder.tools import (
+    ToolCall,
+    answers_match,
+    format_tool_results,
+    lookup_tool,
+    python_tool,
+)
+from nanoflux.errors import NanoFluxError
+from nanoflux.recipe import to_dict
 
 logger = logging.getLogger(__name__)
 
 
-class BuildError(RuntimeError):
+class BuildError(NanoFluxError, RuntimeError):
     """A build that produced nothing useful: the message gives the cause (role, model, the server's own words) and
     the fix. What was journaled is kept, so a re-run after the fix resumes."""
 
@@ -85,43 +104,32 @@ def recipe_fingerprint(config: BuildConfig, prompt_hashes: dict[str, str]) -> tu
     for role in ("player_a", "player_b", "judge"):
         for name in TRANSPORT_FIELDS:
             data[role].pop(name)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(), data
+    return fingerprint(data), data
 
 
 def prepare_output_dir(config: BuildConfig, prompts: roles.PromptSet, fresh: bool) -> Path:
     """Create or reopen the output dir, locked for this run (one writer per folder: `runfolder.hold`; main releases
-    it with `runfolder.release`); refuse to resume a different recipe unless `fresh`. State files are written
-    atomically; a damaged run.json raises runfolder.DamagedStateFile (path and fix)."""
-    # --- run folder: lock, atomic state (builder/runfolder.py) ---
-    from builder.journal import write_atomic
-
+    it with `runfolder.release`); refuse to resume a different recipe unless `fresh` (the kernel's `claim`). State
+    files are written atomically; a damaged run.json raises runfolder.DamagedStateFile (path and fix)."""
     output_dir = Path(config.output_dir)
-    run_file = output_dir / "run.json"
-    fingerprint, content = recipe_fingerprint(config, prompts.hashes())
+    _, identity = recipe_fingerprint(config, prompts.hashes())
     runfolder.hold(output_dir, "build")  # FolderBusy at once when another process builds or publishes here
+
+    def discard() -> None:
+        for name in OUTPUT_FILES:
+            (output_dir / name).unlink(missing_ok=True)
+        for name in OUTPUT_DIRS:
+            for path in sorted((output_dir / name).glob("**/*"), reverse=True):
+                path.unlink() if path.is_file() else path.rmdir()
+        runfolder.clear(output_dir)
+
     try:
-        if fresh:
-            for name in OUTPUT_FILES:
-                (output_dir / name).unlink(missing_ok=True)
-            for name in OUTPUT_DIRS:
-                for path in sorted((output_dir / name).glob("**/*"), reverse=True):
-                    path.unlink() if path.is_file() else path.rmdir()
-            runfolder.clear(output_dir)
-        elif run_file.exists():
-            previous = runfolder.read_json(run_file, runfolder.RUN_SHAPE)
-            if previous["fingerprint"] != fingerprint:
-                changed = changed_fields(previous["recipe"], content)
-                raise SystemExit(
-                    f"output_dir {output_dir} holds a build of a different recipe (changed: {', '.join(changed)}). "
-                    "Fix: re-run with --fresh to start over, or pass another --output_dir."
-                )
+        if claim(output_dir, identity, fresh=fresh, discard=discard, what="a build", damaged_fix=runfolder.doctor_fix(output_dir)):
             logger.info("Resuming the build in %s", output_dir)
-        runfolder.write_json(run_file, {"fingerprint": fingerprint, "recipe": content})
         write_atomic(output_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     except BaseException:
         runfolder.release(output_dir)
         raise
-    # --- end run folder ---
     return output_dir
 
 

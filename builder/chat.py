@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from nanoflux.errors import NanoFluxError
+
 
 @dataclass
 class ChatRequest:
@@ -36,7 +38,7 @@ class ChatResponse:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class EndpointError(RuntimeError):
+class EndpointError(NanoFluxError, RuntimeError):
     """A request that failed for good: a non-retryable status, or every attempt used up.
 
     `role` and `endpoint` (a public URL or model id: never a key) say who asked whom; `server_message` is the server's

@@ -80,7 +80,7 @@ def project_error(err: BaseException) -> bool:
 
 def one_line(command: str, err: BaseException) -> str:
     """`nanoflux <command>: <message>` on one line."""
-    from builder.config import ConfigError
+    from nanoflux.recipe import ConfigError
 
     message = " ".join(part.strip() for part in str(err).splitlines() if part.strip()) or type(err).__name__
     if isinstance(err, ConfigError):
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     if overrides and args.command not in ("build", "train", "eval", "sweep"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
 
-    from builder.config import LOG_LEVELS
+    from nanoflux.recipe import LOG_LEVELS
 
     level = str(args.log_level).strip().upper()
     if level not in LOG_LEVELS:

@@ -75,7 +75,7 @@ def changelog(
         )
     ]
     if previous.config:
-        from builder.config import changed_fields
+        from nanoflux.recipe import changed_fields
 
         def recipe(c: dict[str, Any]) -> dict[str, Any]:
             return {

@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from nanoflux.errors import NanoFluxError
+
 logger = logging.getLogger(__name__)
 
 DETECTORS = ("ngram", "numbers", "embedding")
@@ -48,7 +50,7 @@ _NOT_WORD = re.compile(r"[^\w\s]|_")
 OPTION_LETTERS = "ABCDEFGHIJ"
 
 
-class DecontaminationError(RuntimeError):
+class DecontaminationError(NanoFluxError, RuntimeError):
     """The reference benchmarks cannot be loaded; the message names the benchmark, what failed and the fix."""
 
 
@@ -77,7 +79,7 @@ class DecontaminationConfig:
 
     def validate(self, path: str = "decontamination", domain: str | None = None) -> None:
         """Check the fields (errors name the field, the value and the fix); with `domain`, that a recipe is found."""
-        from builder.config import check_range, fail
+        from nanoflux.recipe import check_range, fail
 
         if self.ngram is not None:
             check_range(f"{path}.ngram", self.ngram, 3, 50)
@@ -239,7 +241,7 @@ def _cached_embeddings(embedder: Any, texts: list[str]) -> np.ndarray:
     import hashlib
 
     from builder.embedded import cache_root
-    from builder.journal import write_atomic
+    from nanoflux.runfolder import write_atomic
     from builder.novelty import embed
 
     if not texts:
@@ -269,7 +271,10 @@ def _cached_embeddings(embedder: Any, texts: list[str]) -> np.ndarray:
 def load_reference(recipe: str | Path, cli_args: list[str] | None = None) -> Reference:
     """The benchmark questions (raw question plus options) of evaluation recipe `recipe`: local files offline, Hub
     ids online (`datasets` cache honoured). Raises DecontaminationError when a benchmark cannot be read."""
-    from trainer.evaluate import build_eval_config, load_rows  # lazily: builder must not import trainer at import time
+    from trainer.evaluate import (  # lazily: builder must not import trainer at import time
+        build_eval_config,
+        load_rows,
+    )
 
     eval_config = build_eval_config(recipe, cli_args)
     items: list[ReferenceItem] = []
@@ -484,7 +489,7 @@ def report(contaminated: list[dict[str, Any]], *, texts: bool = True) -> bytes:
 
 def write_report(contaminated: list[dict[str, Any]], path: str | Path, *, texts: bool = True) -> Path:
     """Write `report(contaminated)` to `path` atomically."""
-    from builder.journal import write_atomic
+    from nanoflux.runfolder import write_atomic
 
     path = Path(path)
     write_atomic(path, report(contaminated, texts=texts))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from nanoflux.errors import NanoFluxError
+
 # Importable module -> the extra that installs it.
 EXTRA_OF_MODULE = {
     "trl": "train",
@@ -24,7 +26,7 @@ EXTRA_OF_MODULE = {
 }
 
 
-class MissingExtraError(ModuleNotFoundError):
+class MissingExtraError(NanoFluxError, ModuleNotFoundError):
     """An optional package is not installed: the message names the extra that installs it."""
 
 

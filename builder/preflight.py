@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from builder import roles
-from builder.config import BuildConfig, ConfigError, check_repo_id
+from builder.config import BuildConfig
+from nanoflux.recipe import check_repo_id, ConfigError
 from builder.corpus import Corpus, packaged_corpus
 from builder.novelty import read_bank
 

@@ -38,10 +38,19 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 from builder import runfolder
-from builder.config import CurationConfig, from_dict, public_url
+from builder.config import CurationConfig
 from builder.curation import curate, eligible
 from builder.dataset import to_dataset
-from builder.decontamination import Decontamination, DecontaminationConfig, Reference, decontaminate, report, write_report
+from builder.decontamination import (
+    Decontamination,
+    DecontaminationConfig,
+    Reference,
+    decontaminate,
+    report,
+    write_report,
+)
+from nanoflux.errors import NanoFluxError
+from nanoflux.recipe import from_dict, public_url
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +59,7 @@ PROVENANCE_PACKAGES = ("nanoflux", "huggingface_hub", "datasets", "transformers"
 _VERSION_TAG = re.compile(r"^v(\d+)$")
 
 
-class PublishError(RuntimeError):
+class PublishError(NanoFluxError, RuntimeError):
     """A release that cannot be made; the message says why and what to do."""
 
 
@@ -321,7 +330,9 @@ def publish(
             "or pass --overwrite to publish that tag again"
         )
 
-    from builder import dataset_card  # the card module reads this one's Plan and Previous
+    from builder import (
+        dataset_card,  # the card module reads this one's Plan and Previous
+    )
 
     head = api.repo_info(repo_id, repo_type="dataset").sha
     files = {

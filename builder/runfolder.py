@@ -1,11 +1,6 @@
-"""The build's output folder: one writer at a time, state files written whole, damage reported with its fix.
+"""The build's output folder, on top of the kernel's run-folder contract (`nanoflux.runfolder`: one writer, atomic
+state files, the run's identity):
 
-- `hold` / `locked`: an OS file lock (`fcntl.flock` on `run.lock` in the folder) for the whole run. A second build or
-  publish into the same folder fails at once, naming the holder's pid, host, command and start time. The kernel drops
-  the lock when its process ends, even on `kill -9`, so a stale `run.lock` file never blocks anyone (it is kept: the
-  file is the lock's identity). Local file systems only: flock over NFS may not exclude another host.
-- `read_json` / `write_json`: state files (`run.json`, seals) written atomically; a damaged one raises
-  `DamagedStateFile` with its path and the fix, never a traceback.
 - `diagnose` / `doctor`: `nanoflux doctor <dir> [--repair]`: damaged journal lines (records lost, which calls will be
   sent again) and state files; `--repair` rewrites the journals keeping every intact record.
 - `begin_run` / `end_run` / `run_history`: one record per run of the build in `runs.json` (when it started, its wall
@@ -15,178 +10,38 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import socket
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from builder import journal as journals
-from builder.journal import write_atomic
+from nanoflux import journal as journals
+from nanoflux.runfolder import (  # noqa: F401 (hold, locked, ...: the contract build and publish use, re-exported)
+    LOCK_FILE,
+    RUN_FILE,
+    RUN_SHAPE,
+    DamagedStateFile,
+    FolderBusy,
+    RunFolderError,
+    describe_holder,
+    hold,
+    holder,
+    locked,
+    read_json,
+    release,
+    utc_now,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
-LOCK_FILE = "run.lock"
 JOURNALS = ("calls.jsonl", "tools.jsonl", "examples.jsonl")
 RUNS_FILE = "runs.json"
-RUN_SHAPE: dict[str, type] = {"fingerprint": str, "recipe": dict}
-
-
-class RunFolderError(Exception):
-    """A problem with an output folder that the message fully explains (shown as one line, no traceback)."""
-
-
-class FolderBusy(RunFolderError):
-    """Another process holds the folder's lock."""
-
-
-class DamagedStateFile(RunFolderError):
-    """A state file that cannot be read back."""
-
-    def __init__(self, path: Path, problem: str, fix: str):
-        self.path, self.problem, self.fix = path, problem, fix
-        super().__init__(f"{path} is damaged ({problem}). Fix: {fix}")
-
-
-# --- one writer per folder -------------------------------------------------------------------------------
-
-
-@dataclass
-class RunLock:
-    """An exclusive flock on `<folder>/run.lock`, held until `release` (or the process ends)."""
-
-    folder: Path
-    purpose: str
-    fd: int | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def acquire(self) -> RunLock:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            raise FolderBusy(
-                f"output_dir {self.folder} is in use by {describe_holder(holder)}: one writer per output folder, so this "
-                f"{self.purpose} did not start. Fix: wait for it to finish (or stop it), or use another output_dir."
-            ) from None
-        self.fd = fd
-        self.info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "purpose": self.purpose,
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv else "",
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        data = (json.dumps(self.info) + "\n").encode()
-        os.ftruncate(fd, 0)  # written in place: replacing the file would give it a new inode, and a second lock
-        os.pwrite(fd, data, 0)
-        os.fsync(fd)
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
-def _holder(fd: int) -> dict[str, Any]:
-    """Who holds the lock, as its holder wrote it (re-read once: a holder that has just taken it may be mid-write)."""
-    for attempt in range(2):
-        try:
-            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            if isinstance(info, dict) and info.get("pid") and _alive(info["pid"]):
-                return info
-        except ValueError:
-            info = {}
-        if attempt == 0:
-            time.sleep(0.1)
-    return info if isinstance(info, dict) else {}
-
-
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except PermissionError:
-        return True
-    except (OSError, ValueError, OverflowError):
-        return False
-    return True
-
-
-def describe_holder(info: dict[str, Any]) -> str:
-    if not info.get("pid"):
-        return "another process (it has not written its pid yet)"
-    text = f"a running nanoflux {info.get('purpose', 'process')} (pid {info['pid']} on {info.get('host', '?')}, started {info.get('started_at', '?')}"
-    return text + (f", `{info['command']}`)" if info.get("command") else ")")
-
-
-_HELD: dict[Path, RunLock] = {}
-
-
-def hold(folder: str | Path, purpose: str = "build") -> RunLock:
-    """Lock `folder` for this process until `release(folder)` or exit; another process gets FolderBusy at once.
-    If this process already holds it (an earlier run that did not release it), that lock is taken over."""
-    key = Path(folder).resolve()
-    if key in _HELD:
-        held = _HELD[key]
-        held.purpose = held.info["purpose"] = purpose
-        return held
-    lock = RunLock(Path(folder), purpose).acquire()
-    _HELD[key] = lock
-    return lock
-
-
-def release(folder: str | Path) -> None:
-    """Release this process's lock on `folder` (a no-op when it holds none)."""
-    lock = _HELD.pop(Path(folder).resolve(), None)
-    if lock is not None:
-        lock.release()
-
-
-@contextmanager
-def locked(folder: str | Path, purpose: str) -> Iterator[RunLock]:
-    """`with locked(output_dir, "publish"):` the folder is this process's until the block ends (re-entrant)."""
-    key = Path(folder).resolve()
-    if key in _HELD:
-        yield _HELD[key]
-        return
-    lock = hold(folder, purpose)
-    try:
-        yield lock
-    finally:
-        release(folder)
-
-
-def holder(folder: str | Path) -> dict[str, Any] | None:
-    """Who holds `folder`'s lock right now (None: nobody). Never takes it for longer than the test."""
-    path = Path(folder) / LOCK_FILE
-    if not path.exists() or Path(folder).resolve() in _HELD:
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _holder(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 # --- state files -----------------------------------------------------------------------------------------
@@ -194,28 +49,6 @@ def holder(folder: str | Path) -> dict[str, Any] | None:
 
 def doctor_fix(folder: Path) -> str:
     return f"run `nanoflux doctor {folder} --repair` (keeps every intact journal record), or re-run with --fresh to start over"
-
-
-def read_json(path: Path, shape: dict[str, type] | None = None, fix: str | None = None) -> dict[str, Any]:
-    """A JSON object state file, checked against `shape` (field -> type); DamagedStateFile when it is not one."""
-    fix = fix or doctor_fix(path.parent)
-    try:
-        data = json.loads(path.read_bytes())
-    except UnicodeDecodeError as err:
-        raise DamagedStateFile(path, f"not valid UTF-8 at byte {err.start}", fix) from None
-    except ValueError as err:
-        raise DamagedStateFile(path, f"not valid JSON: {err}", fix) from None
-    if not isinstance(data, dict):
-        raise DamagedStateFile(path, f"a JSON {type(data).__name__} where an object belongs", fix)
-    for name, kind in (shape or {}).items():
-        if not isinstance(data.get(name), kind):
-            raise DamagedStateFile(path, f"`{name}` is {data.get(name)!r:.60}, not a {kind.__name__}", fix)
-    return data
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write a JSON state file atomically (whole or not at all)."""
-    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def clear(folder: Path) -> None:
@@ -229,10 +62,6 @@ def clear(folder: Path) -> None:
 
 
 # --- run records -----------------------------------------------------------------------------------------
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _read_runs(folder: Path) -> list[dict[str, Any]]:
@@ -253,7 +82,7 @@ def begin_run(folder: str | Path) -> int:
     """Record that a run of the build starts now, and how many calls the journal holds; returns its index."""
     folder = Path(folder)
     runs = _read_runs(folder)
-    runs.append({"started_at": _now(), "finished_at": None, "journal_records_before": len(_calls(folder))})
+    runs.append({"started_at": utc_now(), "finished_at": None, "journal_records_before": len(_calls(folder))})
     write_json(folder / RUNS_FILE, {"runs": runs})
     return len(runs) - 1
 
@@ -262,7 +91,7 @@ def end_run(folder: str | Path, index: int, *, wall_time_s: float, calls_sent: i
     """Record run `index` as finished: its wall time, the calls it sent and their tokens. Returns `run_history`."""
     folder = Path(folder)
     runs = _read_runs(folder)
-    runs[index].update(finished_at=_now(), wall_time_s=round(wall_time_s, 2), calls_sent=calls_sent, tokens=dict(tokens), interrupted=False)
+    runs[index].update(finished_at=utc_now(), wall_time_s=round(wall_time_s, 2), calls_sent=calls_sent, tokens=dict(tokens), interrupted=False)
     write_json(folder / RUNS_FILE, {"runs": runs})
     return run_history(folder)
 
@@ -325,14 +154,14 @@ def _check_state(folder: Path) -> list[Finding]:
     run = folder / "run.json"
     if run.exists():
         try:
-            read_json(run, RUN_SHAPE)
+            read_json(run, RUN_SHAPE, fix=doctor_fix(folder))
             findings.append(Finding(run, None))
         except DamagedStateFile as err:
             findings.append(Finding(run, err.problem, fix="--repair sets it aside; the next build writes it again (every journaled call is still checked against its request)"))
     summary = folder / "summary.json"
     if summary.exists():
         try:
-            read_json(summary)
+            read_json(summary, fix=doctor_fix(folder))
             findings.append(Finding(summary, None))
         except DamagedStateFile as err:
             findings.append(Finding(summary, err.problem, fix="re-run the same `nanoflux build`: it replays the journal and rewrites it"))

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder.sandbox_child import VIOLATION_EXIT
+from nanoflux.errors import NanoFluxError
 
 if TYPE_CHECKING:
     from builder.config import SandboxConfig
@@ -69,7 +70,7 @@ _FIX = ("install bubblewrap (`apt-get install -y bubblewrap`; it needs user name
         "set `sandbox.allow_unconfined: true`")
 
 
-class SandboxUnavailableError(RuntimeError):
+class SandboxUnavailableError(NanoFluxError, RuntimeError):
     """No real confinement on this machine and ``allow_unconfined`` is not set."""
 
 

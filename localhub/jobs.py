@@ -31,6 +31,8 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from nanoflux.errors import NanoFluxError
+
 logger = logging.getLogger(__name__)
 
 KEEP_ALIVE_S = 10.0  # longer than a non-following client's 5 s read timeout, which is how it knows the past is over
@@ -43,7 +45,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class JobError(Exception):
+class JobError(NanoFluxError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message

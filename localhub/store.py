@@ -30,7 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from builder.journal import write_atomic
+from nanoflux.runfolder import write_atomic
+from nanoflux.errors import NanoFluxError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ _INITIAL_GITATTRIBUTES = (
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024  # the Hub refuses regular files above this size
 
 
-class HubError(Exception):
+class HubError(NanoFluxError):
     """An error answered in the Hub's shape: `{"error": message}`, status, and `X-Error-Code` when relevant."""
 
     def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):

@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from builder import build
-from builder.config import BuildConfig, from_dict
+from builder.config import BuildConfig
 from builder.dataset import COLUMNS
+from nanoflux.recipe import from_dict
+from nanoflux.runfolder import DifferentRun
 from tests import scripted_roles
 from tests.tgi_server import Fault, ScriptedTGI
 
@@ -123,7 +125,7 @@ def test_an_endpoint_that_stays_down_marks_examples_as_errors_and_a_rerun_sends_
 
 def test_changed_recipe_is_refused_unless_fresh(server, tmp_path):
     build.main(_config(server.url, tmp_path / "out"))
-    with pytest.raises(SystemExit, match=r"different recipe \(changed: rounds: 2 -> 1\).*--fresh"):
+    with pytest.raises(DifferentRun, match=r"different recipe \(changed: rounds: 2 -> 1\).*--fresh"):
         build.main(_config(server.url, tmp_path / "out", rounds=1))
     # Transport settings are not part of the recipe's identity: the same build resumes with all calls replayed.
     again = build.main(_config(server.url, tmp_path / "out", judge={**scripted_roles.recipe(server.url, "")["judge"], "max_concurrency": 2}))

@@ -23,9 +23,10 @@ from huggingface_hub import DatasetCard, ModelCard
 from huggingface_hub.repocard import metadata_load
 
 from builder import build, runfolder
-from builder.config import BuildConfig, build_config, from_dict
+from builder.config import BuildConfig, build_config
+from nanoflux.recipe import from_dict
 from builder.dataset import row_id
-from builder.journal import scan
+from nanoflux.journal import scan
 from builder.localhub import RepoStore, load_version
 from tests import scripted_roles
 from tests.tgi_server import ScriptedTGI

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.config import BuildConfig, ConfigError, build_config, parse_overrides
+from builder.config import BuildConfig, build_config
+from nanoflux.recipe import ConfigError, parse_overrides
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
 

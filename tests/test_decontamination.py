@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.config import ConfigError, from_dict
+from nanoflux.recipe import ConfigError, from_dict
 from builder.decontamination import (
     DecontaminationConfig,
     DecontaminationError,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.config import ConfigError
+from nanoflux.recipe import ConfigError
 from trainer.evaluate import (
     FORMATS,
     PUBMEDQA_TEST_IDS,

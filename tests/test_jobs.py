@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from builder.cli import main as cli_main
-from builder.config import ConfigError
+from nanoflux.recipe import ConfigError
 from localhub import JobRunner, LocalHub
 from tests.test_train import ADAPTER_REPO, LOCAL_RECIPE, QWEN_RECIPE, REPO, make_dataset_repo
 from trainer.jobs import RECIPE_ENV, JobsError, job_spec, main as submit

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from builder.journal import Journal, damaged_path, scan, seal_path
+from nanoflux.journal import Journal, damaged_path, scan, seal_path
 
 
 def _lines(path):

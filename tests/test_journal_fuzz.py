@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from builder.journal import Journal, scan
+from nanoflux.journal import Journal, scan
 
 RECORDS = [{"key": f"r00-a{i:04d}/attack/try0", "fingerprint": f"{i:016x}", "text": "Final answer: é — " + "x" * (i % 5), "retries": i % 2} for i in range(12)]
 
@@ -16,9 +16,9 @@ RECORDS = [{"key": f"r00-a{i:04d}/attack/try0", "fingerprint": f"{i:016x}", "tex
 @pytest.fixture(autouse=True)
 def _no_fsync(monkeypatch):
     """Durability is not under test here, and thousands of fsyncs make the fuzz slow."""
-    import builder.journal
+    import nanoflux.journal
 
-    monkeypatch.setattr(builder.journal.os, "fsync", lambda fd: None)
+    monkeypatch.setattr(nanoflux.journal.os, "fsync", lambda fd: None)
 
 
 @pytest.fixture

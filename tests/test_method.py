@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from builder import build
-from builder.config import BuildConfig, ConfigError, CurationConfig, from_dict, to_dict
+from builder.config import BuildConfig, CurationConfig
+from nanoflux.recipe import ConfigError, from_dict, to_dict
 from builder.curation import curate
 from builder.roles import load_prompts
 from tests.tgi_server import ScriptedTGI

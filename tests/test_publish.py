@@ -10,7 +10,8 @@ import yaml
 from huggingface_hub import DatasetCard, HfApi
 
 from builder import build, dataset_card, publish
-from builder.config import BuildConfig, ConfigError, from_dict
+from builder.config import BuildConfig
+from nanoflux.recipe import ConfigError, from_dict
 from builder.decontamination import DecontaminationConfig
 from builder.localhub import LocalHub
 from tests import scripted_roles

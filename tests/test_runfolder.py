@@ -13,15 +13,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder import build, roles, runfolder
+from builder import build, roles
 from builder.cli import main as cli_main
-from builder.config import BuildConfig, from_dict
-from builder.journal import Journal, damaged_path, scan
+from builder.config import BuildConfig
+from nanoflux import runfolder
+from nanoflux.journal import Journal, damaged_path, scan
+from nanoflux.recipe import from_dict
 from tests import scripted_roles
 from tests.tgi_server import ScriptedTGI
 
 ROOT = Path(__file__).parent.parent
-HOLDER = "import sys, time; from builder import runfolder; runfolder.hold(sys.argv[1], 'build'); print('held', flush=True); sys.stdin.read()"
+HOLDER = "import sys, time; from nanoflux import runfolder; runfolder.hold(sys.argv[1], 'build'); print('held', flush=True); sys.stdin.read()"
 
 
 def _config(url: str, output_dir: Path, **changes) -> BuildConfig:

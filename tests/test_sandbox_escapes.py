@@ -271,7 +271,8 @@ def test_confinement_mode_reports_what_the_machine_offers():
 
 
 def test_sandbox_config_validation():
-    from builder.config import ConfigError, SandboxConfig
+    from builder.config import SandboxConfig
+    from nanoflux.recipe import ConfigError
 
     SandboxConfig(allow_unconfined=True).validate("sandbox")
     for bad in (SandboxConfig(wall_seconds=float("nan")), SandboxConfig(wall_seconds=float("inf")),

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from builder.config import ConfigError
+from nanoflux.recipe import ConfigError
 from builder.dataset import sft_messages, to_dataset
 from builder.localhub import LocalHub, RepoStore
 from builder.publish import DATA_PATH, PublishError

@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from builder.config import fail
+from nanoflux.errors import NanoFluxError
+from nanoflux.recipe import fail
 from trainer.rows import answer_target
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def check_no_test_rows(
     return len(keys)
 
 
-class TestRowsInTraining(RuntimeError):
+class TestRowsInTraining(NanoFluxError, RuntimeError):
     """A training set holds evaluation test rows; the message names them and the fix."""
 
     __test__ = False  # not a pytest test class

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.config import check_range, fail, from_dict
+from nanoflux.recipe import check_range, fail, from_dict
 from builder.questions import LETTERS
 from trainer.rows import EvalError, Example, ExampleSet, normalise, parse_gold, split_inline_options  # noqa: F401  (re-exported)
 

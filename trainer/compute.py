@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from builder.config import fail, is_repo_id
+from nanoflux.recipe import fail, is_repo_id
 from trainer.benchmarks import BenchmarkConfig, EvalError, Example, load_rows, normalise
 from trainer.rows import answer_target
 

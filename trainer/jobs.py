@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from builder.config import fail, to_dict
+from nanoflux.errors import NanoFluxError
+from nanoflux.recipe import fail, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ exec nanoflux train --config nanoflux_train.yaml
 """
 
 
-class JobsError(RuntimeError):
+class JobsError(NanoFluxError, RuntimeError):
     """A job could not be submitted or did not finish; the message says why and what to do."""
 
 

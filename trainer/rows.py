@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from builder.questions import LETTERS, build_prompt
+from nanoflux.errors import NanoFluxError
 from trainer.scoring import extract_number
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class EvalError(RuntimeError):
+class EvalError(NanoFluxError, RuntimeError):
     """The evaluation cannot go on (no such adapter, column or label); the message says why and what to do."""
 
 

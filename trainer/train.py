@@ -27,7 +27,6 @@ import logging
 import math
 import re
 import time
-import typing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from builder.config import check_range, check_repo_id, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
+from nanoflux.recipe import check_range, check_repo_id, fail, load_config, to_dict
 from builder.embedded import DEFAULT_MODEL_ID, model_path
 from builder.publish import PublishError, open_target, package_versions
 from trainer.benchmarks import BenchmarkConfig
@@ -170,16 +169,7 @@ class TrainConfig:
 
 def build_train_config(recipe: str | Path | None, cli_args: list[str] | None = None) -> TrainConfig:
     """Recipe + `--field value` overrides → a validated TrainConfig (errors name the field, the value and the fix)."""
-    data = merge(load_recipe(recipe), parse_overrides(cli_args or []))
-    # YAML 1.1 reads `1e-4` (no dot) as a string; accept it for float fields, since that is how learning rates are written.
-    hints = typing.get_type_hints(TrainConfig)
-    for key, value in list(data.items()):
-        if hints.get(key) is float and isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                data[key] = float(value)
-    config = from_dict(TrainConfig, data)
-    config.validate()
-    return config
+    return load_config(TrainConfig, recipe, cli_args)  # `1e-4` (YAML 1.1 text) is read as a float for every stage
 
 
 def public_config(config: TrainConfig) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nanoflux.errors import NanoFluxError
+
 if TYPE_CHECKING:
     from trainer.benchmarks import BenchmarkConfig
     from trainer.train import TrainConfig
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class TrainError(RuntimeError):
+class TrainError(NanoFluxError, RuntimeError):
     """The run cannot go on (e.g. no such dataset version, no rows); the message says why and what to do."""
 
 
@@ -135,7 +137,7 @@ def _benchmark_data(bench: BenchmarkConfig, *, reasoning: bool) -> TrainData:
 
 def check_test_rows(config: TrainConfig, data: TrainData, what: str) -> int:
     """With `eval_recipe`: refuse training rows that ask a question of that evaluation's test rows (trainer.baseline)."""
-    from builder.config import ConfigError
+    from nanoflux.recipe import ConfigError
     from trainer.baseline import TestRowsInTraining, check_no_test_rows
     from trainer.benchmarks import EvalError
     from trainer.evaluate import build_eval_config
@@ -184,7 +186,11 @@ def check_near_copies(eval_recipe: str, questions: list[str], what: str) -> None
 
 def _hub_commit(repo: str, revision: str) -> str:
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     api = HfApi()
     try:

@@ -2,14 +2,15 @@
 
 Usage:
     nanoflux space                                       # local dataset folder, packaged SmolLM2, local adapter, local results
-    nanoflux space --port 7861 --adapter outputs/adapter-local --adapter local/smollm2-nanoflux-medical-lora
+    nanoflux space --port 7870 --adapter outputs/adapter-local --adapter local/smollm2-nanoflux-medical-lora
     nanoflux space --hub_dir none --dataset org/nanoflux-medical --adapter org/smollm2-nanoflux-lora    # read from the Hub
     nanoflux space deploy org/nanoflux-demo --dataset org/nanoflux-medical --adapter org/smollm2-nanoflux-lora --results outputs/eval
     nanoflux space deploy local/nanoflux-demo --hub_dir outputs/hub                                     # a local repository folder
 
 The Space reads its settings from environment variables (Space variables on the Hub; see spaces/app.py). The local
 run sets them: the dataset repo of the local repository folder (`hub_dir`, served on loopback by
-`builder.localhub.LocalHub` and named in HF_ENDPOINT), the packaged SmolLM2 converted to a model folder, the adapter
+`localhub.LocalHub` and named in HF_ENDPOINT), the packaged SmolLM2 converted to a model folder (the page names it
+by its Hub id: the folder goes in NANOFLUX_BASE_MODEL_FOLDER, the id in NANOFLUX_BASE_MODEL), the adapter
 `nanoflux train --config configs/train/local.yaml` wrote and the results `nanoflux eval --config
 configs/eval/local.yaml` wrote; then it runs `spaces/app.py` until Ctrl-C. Anything missing is reported by the
 page itself, with the command that makes it.
@@ -36,14 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.config import ConfigError, check_range, fail
 from builder.embedded import DEFAULT_MODEL_ID
+from nanoflux.recipe import ConfigError, check_range, fail
 
 logger = logging.getLogger(__name__)
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "spaces"
 # Files of spaces/ that a deploy replaces or removes: the app's modules and the results of an earlier deploy.
 DEPLOY_DELETE_PATTERNS = ["*.py", "results/*"]
+DEFAULT_PORT = 7860
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -63,7 +65,8 @@ class SpaceConfig:
     results: str | None = "outputs/eval-local"
     """`nanoflux eval` output folder (results.json + details/) or a results.json."""
     host: str = "127.0.0.1"
-    port: int = 7860
+    port: int = DEFAULT_PORT
+    """Gradio's usual port; the local Hub server (`python -m localhub`) defaults to 7861, so both can run at once."""
     max_new_tokens: int = 256
 
     def validate(self) -> None:
@@ -116,12 +119,14 @@ def space_env(config: SpaceConfig, hub_url: str | None, environ: dict[str, str] 
     from builder.embedded import cache_root, model_path
 
     env = dict(os.environ if environ is None else environ)
-    base_model = model_path(config.base_model)
+    # A packaged model loads from its converted folder, but the page names it by its id, never by a cache path.
+    folder = model_path(config.base_model)
     adapters = [str(Path(a).resolve()) if Path(a).exists() else a for a in config.adapters]
     results = str(Path(config.results).resolve()) if config.results and Path(config.results).exists() else config.results
     env.update(
         NANOFLUX_DATASET=config.dataset or "",
-        NANOFLUX_BASE_MODEL=base_model,
+        NANOFLUX_BASE_MODEL=config.base_model,
+        NANOFLUX_BASE_MODEL_FOLDER=folder if folder != config.base_model else "",
         NANOFLUX_ADAPTERS=",".join(adapters),
         NANOFLUX_RESULTS=results or "",
         NANOFLUX_MAX_NEW_TOKENS=str(config.max_new_tokens),
@@ -157,7 +162,7 @@ def run_local(config: SpaceConfig) -> int:
     if not app.is_file():
         raise ConfigError(f"spaces/app.py not found next to the builder package ({SPACE_DIR}). Fix: run `nanoflux space` from a NanoFlux checkout (pip install -e .)")
     _warn_missing(config)
-    from builder.localhub import LocalHub
+    from localhub import LocalHub
 
     hub, empty, process = None, None, None
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a terminated `nanoflux space` stops its app too
@@ -267,7 +272,7 @@ def _parser(deploying: bool) -> argparse.ArgumentParser:
     else:
         defaults = SpaceConfig()
         parser = argparse.ArgumentParser(prog="nanoflux space", description="Run the NanoFlux Space locally (`nanoflux space deploy org/name` deploys it).")
-        parser.add_argument("--port", type=int, default=defaults.port)
+        parser.add_argument("--port", type=int, default=defaults.port, help="default: %(default)s (the local Hub server's is 7861)")
         parser.add_argument("--host", default=defaults.host, help="0.0.0.0 to serve beyond this machine")
         parser.add_argument("--dataset", default=defaults.dataset, help="dataset repo (default: %(default)s)")
         parser.add_argument("--hub_dir", type=_hub_dir, default=defaults.hub_dir, help="local repository folder; `none` reads the Hub (default: %(default)s)")

@@ -11,6 +11,7 @@ Settings: a Space variable (environment variable) wins over the README front mat
 |---|---|---|
 | NANOFLUX_DATASET | `datasets[0]` | the NanoFlux dataset repo (org/name); its versions are the `vN` tags |
 | NANOFLUX_BASE_MODEL | `models[0]` | the base model: a Hub model id or a folder |
+| NANOFLUX_BASE_MODEL_FOLDER | | a local copy of the base model to load instead (the local run's packaged SmolLM2); the page names the id |
 | NANOFLUX_ADAPTERS | `models[1:]` | comma-separated LoRA adapters: a folder, a Hub repo (its tags and `main`), or repo@revision |
 | NANOFLUX_RESULTS | | `results.json` of `nanoflux eval`, or its folder (default: `results/` beside this file) |
 | NANOFLUX_MAX_PROMPT_CHARS, NANOFLUX_MAX_PROMPT_TOKENS | | prompt limits (4000 characters, 1024 tokens) |
@@ -19,10 +20,13 @@ Settings: a Space variable (environment variable) wins over the README front mat
 
 A private dataset or adapter needs the Space secret HF_TOKEN; huggingface_hub reads it, nothing here shows it.
 Model text (questions, answers, rationales) is shown as plain text only, never as markdown or HTML.
+A bad input (an empty prompt, a version that is gone) is answered on the page, and logged as one line without a
+traceback: it is the user's to fix, not a server fault.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -37,9 +41,11 @@ from huggingface_hub import HfApi
 
 from comparison import Comparison, ModelError, adapter_versions
 from evaluation import ResultsError, benchmark_questions, load_results, paired_table, results_figure, results_summary, results_table
+from tables import data_table, sized
 from versions import (
     DEFENDER_CHOICES,
     LEVELS,
+    TEXT_COLUMNS,
     DatasetVersions,
     VersionError,
     diff_summary,
@@ -52,6 +58,7 @@ from versions import (
     row_label,
     rows_table,
     scores_table,
+    tool_call,
     tools_table,
 )
 
@@ -60,6 +67,10 @@ logger = logging.getLogger("nanoflux.space")
 APP_DIR = Path(__file__).resolve().parent
 DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
+# What the local run's converted packaged model carries (builder/embedded.py): the Hub id it was made from.
+_PACKAGED_MARKER = "nanoflux_embedded.json"
+# Row fields too bulky for the row's JSON view (the chat messages repeat the question and the explanation).
+_NOT_IN_JSON = ("messages",)
 
 
 class SettingsError(ValueError):
@@ -75,6 +86,7 @@ class Settings:
 
     dataset: str | None = None
     base_model: str = DEFAULT_BASE_MODEL
+    base_model_folder: str | None = None
     adapters: list[str] = field(default_factory=list)
     results: str | None = None
     max_prompt_chars: int = 4000
@@ -95,6 +107,7 @@ class Settings:
         settings = cls(
             dataset=environ.get("NANOFLUX_DATASET") or (datasets[0] if datasets else None),
             base_model=environ.get("NANOFLUX_BASE_MODEL") or (models[0] if models else DEFAULT_BASE_MODEL),
+            base_model_folder=environ.get("NANOFLUX_BASE_MODEL_FOLDER") or None,
             adapters=[a.strip() for a in adapters.split(",") if a.strip()] if adapters is not None else models[1:],
             results=environ.get("NANOFLUX_RESULTS") or (str(default_results) if default_results.is_file() else None),
             max_prompt_chars=_int(environ, "NANOFLUX_MAX_PROMPT_CHARS", 4000, 1, 100_000),
@@ -126,6 +139,32 @@ def _int(environ: Mapping[str, str], name: str, default: int, low: int, high: in
     return value
 
 
+def model_label(model: str, folder: str | None = None) -> str:
+    """The base model as the page names it: its Hub id, never a cache path. A local copy (`folder`) or a model
+    folder that is a converted packaged model (its marker names the id) reads `<id> (packaged)`; another local copy
+    `<id> (local copy)`; a plain folder its name."""
+    for candidate in (folder, model):
+        if candidate and (Path(candidate) / _PACKAGED_MARKER).is_file():
+            try:
+                model_id = json.loads((Path(candidate) / _PACKAGED_MARKER).read_text(encoding="utf-8")).get("model_id")
+            except (OSError, ValueError):
+                model_id = None
+            if candidate == folder or model_id:
+                return f"{model_id or model} (packaged)"
+    if folder:
+        return f"{model} (local copy)"
+    if Path(model).is_dir():
+        return f"{Path(model).name} (local folder)"
+    return model
+
+
+def refused(message: str) -> gr.Error:
+    """An error the page shows (a toast) for an input or a setting the user can fix: logged as one line, with no
+    server traceback (Gradio prints one for every other exception)."""
+    logger.info("Refused: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
 def redact(text: str) -> str:
     """A message safe to show: no Hub token, whatever raised it."""
     token = os.environ.get("HF_TOKEN")
@@ -144,7 +183,8 @@ class NanoFluxSpace:
         self.settings = settings
         self.api = api or HfApi()
         self.versions = DatasetVersions(settings.dataset, self.api)
-        self.comparison = Comparison(settings.base_model, max_prompt_tokens=settings.max_prompt_tokens)
+        self.base_model_label = model_label(settings.base_model, settings.base_model_folder)
+        self.comparison = Comparison(settings.base_model_folder or settings.base_model, name=self.base_model_label, max_prompt_tokens=settings.max_prompt_tokens)
         self.adapter_choices: list[tuple[str, str]] = []
         self.problems: list[str] = []
         self.adapter_problems: list[str] = []
@@ -183,7 +223,7 @@ class NanoFluxSpace:
         adapters = ", ".join(f"`{label}`" for label, _ in self.adapter_choices) or "none"
         lines = [
             f"**Dataset** `{self.settings.dataset or '–'}`" + (f" ({len(tags)} version{'s' if len(tags) > 1 else ''}: {', '.join(tags)})" if tags else ""),
-            f"**Base model** `{self.settings.base_model}` · **Adapters** {adapters}",
+            f"**Base model** `{self.base_model_label}` · **Adapters** {adapters}",
         ]
         lines += [f"⚠️ {p}" for p in self.problems]
         return "\n\n".join(lines)
@@ -230,7 +270,7 @@ class NanoFluxSpace:
             return gr.update(), gr.update()
         index = int(choice.rpartition("#")[2])
         if not 0 <= index < len(self.benchmarks):
-            raise gr.Error("That benchmark question is no longer listed. Reload the page.")
+            raise refused("That benchmark question is no longer listed. Reload the page.")
         question = self.benchmarks[index]
         return question["prompt"], f"Gold answer ({question['title']}, {question['id']}): {question['gold']}"
 
@@ -238,18 +278,18 @@ class NanoFluxSpace:
         """Stream (base answer, tuned answer, status) for `prompt`, greedy, at most `max_new_tokens` each."""
         prompt = (prompt or "").strip()
         if not prompt:
-            raise gr.Error("Write a prompt, or pick a question from the dataset or a benchmark.")
+            raise refused("Write a prompt, or pick a question from the dataset or a benchmark.")
         if len(prompt) > self.settings.max_prompt_chars:
-            raise gr.Error(f"The prompt is {len(prompt)} characters; the limit is {self.settings.max_prompt_chars}. Shorten it.")
+            raise refused(f"The prompt is {len(prompt)} characters; the limit is {self.settings.max_prompt_chars}. Shorten it.")
         try:
             tokens = int(max_new_tokens)
         except (TypeError, ValueError):
-            raise gr.Error(f"max_new_tokens must be a whole number from 1 to {self.settings.max_new_tokens} (got {max_new_tokens!r}).") from None
+            raise refused(f"max_new_tokens must be a whole number from 1 to {self.settings.max_new_tokens} (got {max_new_tokens!r}).") from None
         if not 1 <= tokens <= self.settings.max_new_tokens:
-            raise gr.Error(f"max_new_tokens must be from 1 to {self.settings.max_new_tokens} (got {tokens}).")
+            raise refused(f"max_new_tokens must be from 1 to {self.settings.max_new_tokens} (got {tokens}).")
         specs = {spec for _, spec in self.adapter_choices}
         if adapter and adapter not in specs:
-            raise gr.Error(f"Adapter version {adapter!r} is not offered by this Space. Pick one of the list (reload the page if it changed).")
+            raise refused(f"Adapter version {adapter!r} is not offered by this Space. Pick one of the list (reload the page if it changed).")
         no_adapter = "(no adapter selected: pick an adapter version)" if specs else f"(no adapter available: {' '.join(self.adapter_problems) or 'set NANOFLUX_ADAPTERS'})"
         start = time.perf_counter()
         base, tuned = "", None
@@ -258,7 +298,7 @@ class NanoFluxSpace:
             for base, tuned in self.comparison.stream(prompt, adapter or None, tokens):
                 yield base, tuned if tuned is not None else no_adapter, f"Generating… {time.perf_counter() - start:.1f} s"
         except ModelError as err:
-            raise gr.Error(redact(str(err))) from None
+            raise refused(redact(str(err))) from None
         yield base, tuned if tuned is not None else no_adapter, f"Done in {time.perf_counter() - start:.1f} s (greedy, at most {tokens} new tokens each)."
 
     # Explore
@@ -267,14 +307,14 @@ class NanoFluxSpace:
         try:
             return self.versions.rows(tag)
         except VersionError as err:
-            raise gr.Error(redact(str(err))) from None
+            raise refused(redact(str(err))) from None
 
     def _row(self, tag: str, index: str | int) -> dict[str, Any]:
         rows = self._rows(tag)
         try:
             return rows[int(index)]
         except (ValueError, IndexError):
-            raise gr.Error(f"Version {tag} has no row #{index}.") from None
+            raise refused(f"Version {tag} has no row #{index}.") from None
 
     def explore_options(self, tag: str | None) -> tuple[Any, Any]:
         """The round and capability filters for version `tag` (reset to everything)."""
@@ -285,16 +325,17 @@ class NanoFluxSpace:
                 quality_levels: list[str] | None, defender: str | None) -> tuple[str, Any, Any]:  # fmt: skip
         """(summary, table, row dropdown) for the rows of version `tag` that pass the filters."""
         if not tag:
-            return "Pick a dataset version.", rows_table([], []), gr.update(choices=[], value=None)
+            return "Pick a dataset version.", sized(rows_table([], []), text=TEXT_COLUMNS["rows"]), gr.update(choices=[], value=None)
         rows = self._rows(tag)
         levels = [int(str(q).lstrip("L")) for q in quality_levels or []]
         try:
             kept = filter_rows(rows, rounds=rounds, capabilities=capabilities, complexities=complexities, quality_levels=levels, defender=defender or "any")
         except ValueError as err:
-            raise gr.Error(str(err)) from None
+            raise refused(str(err)) from None
         failed = sum(rows[i].get("defender_correct") is False for i in kept)
         summary = f"**{len(kept)}** of {len(rows)} rows of {tag}; the Defender failed {failed} of them."
-        return summary, rows_table(rows, kept), gr.update(choices=[(row_label(i, rows[i]), str(i)) for i in kept], value=str(kept[0]) if kept else None)
+        choices = [(row_label(i, rows[i]), str(i)) for i in kept]
+        return summary, sized(rows_table(rows, kept), text=TEXT_COLUMNS["rows"]), gr.update(choices=choices, value=str(kept[0]) if kept else None)
 
     def select_row(self, evt: gr.SelectData) -> Any:
         """A click on the table selects that row (its `#` column)."""
@@ -302,9 +343,10 @@ class NanoFluxSpace:
         return gr.update(value=str(row[0])) if row else gr.update()
 
     def row_details(self, tag: str | None, index: str | None) -> tuple[Any, ...]:
-        """Question, reference, explanation, Defender answer and reasoning, Judge rationale, rubric scores, tool results."""
+        """Question, reference, explanation, Defender answer and reasoning, Judge rationale, rubric scores, tool
+        results, the first tool call in full (input, output), and every field of the row (JSON)."""
         if not tag or index in (None, ""):
-            return ("",) * 6 + (scores_table({}), tools_table({}))
+            return ("",) * 6 + (sized(scores_table({})), sized(tools_table({}), text=TEXT_COLUMNS["tools"]), "", "", None)
         row = self._row(tag, index)
         defender = {True: "correct", False: "failed"}.get(row.get("defender_correct"), "not judged")
         return (
@@ -314,17 +356,26 @@ class NanoFluxSpace:
             f"{row.get('defender_answer') or ''} ({defender}; {row.get('defender') or '?'}: {row.get('defender_model') or '?'})",
             row.get("defender_reasoning") or "",
             f"[{row.get('judge_status') or 'not judged'}] {row.get('judge_rationale') or ''}",
-            scores_table(row),
-            tools_table(row),
+            sized(scores_table(row)),
+            sized(tools_table(row), text=TEXT_COLUMNS["tools"]),
+            *tool_call(row, 1),
+            json.loads(json.dumps({k: v for k, v in row.items() if k not in _NOT_IN_JSON}, default=str)),  # dates, bytes: as text
         )
+
+    def select_tool_call(self, tag: str | None, index: str | None, evt: gr.SelectData) -> tuple[Any, Any]:
+        """A click on the tool table shows that call's input and output in full (its `#` column)."""
+        number = (evt.row_value or [None])[0]
+        if not tag or index in (None, "") or number is None:
+            return gr.update(), gr.update()
+        return tool_call(self._row(tag, index), int(number))
 
     def diff(self, old: str | None, new: str | None) -> tuple[str, Any]:
         """(summary, table) of what changed from version `old` to version `new`."""
         if not old or not new:
-            return "Pick two versions to compare.", diff_table({"added": [], "removed": [], "changed": []})
+            return "Pick two versions to compare.", sized(diff_table({"added": [], "removed": [], "changed": []}), text=TEXT_COLUMNS["diff"])
         old_rows, new_rows = self._rows(old), self._rows(new)
         changes = diff_versions(old_rows, new_rows)
-        return diff_summary(old, new, old_rows, new_rows, changes), diff_table(changes)
+        return diff_summary(old, new, old_rows, new_rows, changes), sized(diff_table(changes), text=TEXT_COLUMNS["diff"])
 
     # Results
 
@@ -333,20 +384,22 @@ class NanoFluxSpace:
         (summary, chart, table)."""
         try:
             results = load_results(self.settings.results)
-            evaluation = (redact(results_summary(results)), results_figure(results), results_table(results), paired_table(results))
+            evaluation = (redact(results_summary(results)), results_figure(results), sized(results_table(results)), sized(paired_table(results)))
         except ResultsError as err:
             evaluation = (f"⚠️ {redact(str(err))}", None, None, None)
         try:
             by_version = {tag: self.versions.rows(tag) for tag in self.versions.tags()}
             table = distributions(by_version)
             dataset = (f"Reasoning-quality levels (L4 = judge score 3.5-4.49) and judge-rated complexity of every row, per version of `{self.settings.dataset}`.",
-                       distributions_figure(table), table)  # fmt: skip
+                       distributions_figure(table), sized(table))  # fmt: skip
         except VersionError as err:
             dataset = (f"⚠️ {redact(str(err))}", None, None)
         return evaluation + dataset
 
 
 # --- the page --------------------------------------------------------------------------------------------
+
+_NO_RESULTS: dict[str, Any] = {"benchmarks": [], "variants": [], "results": {}}  # the results tables' columns before the page load
 
 
 def build_demo(space: NanoFluxSpace) -> gr.Blocks:
@@ -386,35 +439,42 @@ def build_demo(space: NanoFluxSpace) -> gr.Blocks:
                 quality_levels = gr.CheckboxGroup([f"L{level}" for level in LEVELS], label="Reasoning-quality level")
                 defender = gr.Radio(list(DEFENDER_CHOICES), value="any", label="Defender")
             summary = gr.Markdown()
-            table = gr.Dataframe(interactive=False, wrap=True, max_height=360, label="Rows (click one)")
+            table = data_table(rows_table([], []), text=TEXT_COLUMNS["rows"], max_height=420, label="Rows (click one to read it below)", elem_id="rows")
             row = gr.Dropdown([], label="Row")
             with gr.Row():
-                question = gr.Textbox(label="Question", lines=5, interactive=False)
-                explanation = gr.Textbox(label="Explanation (annotated reasoning)", lines=5, interactive=False)
+                question = gr.Textbox(label="Question", lines=5, max_lines=20, interactive=False)
+                explanation = gr.Textbox(label="Explanation (annotated reasoning)", lines=5, max_lines=20, interactive=False)
             with gr.Row():
                 reference_answer = gr.Textbox(label="Reference answer", interactive=False)
                 defender_answer = gr.Textbox(label="Defender answer", interactive=False)
-            defender_reasoning = gr.Textbox(label="Defender reasoning", lines=3, interactive=False)
-            rationale = gr.Textbox(label="Judge rationale", lines=3, interactive=False)
             with gr.Row():
-                scores = gr.Dataframe(scores_table({}), interactive=False, label="Judge scores", scale=1)
-                tools = gr.Dataframe(tools_table({}), interactive=False, wrap=True, label="Judge tool results", scale=3)
+                scores = data_table(scores_table({}), label="Judge scores", scale=1, elem_id="scores")
+                with gr.Column(scale=2):
+                    defender_reasoning = gr.Textbox(label="Defender reasoning", lines=3, max_lines=12, interactive=False)
+                    rationale = gr.Textbox(label="Judge rationale", lines=3, max_lines=12, interactive=False)
+            tools = data_table(tools_table({}), text=TEXT_COLUMNS["tools"], max_height=320, label="Judge tool calls (click one to read it in full)", elem_id="tools")
+            with gr.Row():
+                tool_input = gr.Textbox(label="Tool call: input", lines=4, max_lines=24, interactive=False, elem_id="tool-input")
+                tool_output = gr.Textbox(label="Tool call: output", lines=4, max_lines=24, interactive=False, elem_id="tool-output")
+            with gr.Accordion("Every field of this row (JSON)", open=False):
+                row_json = gr.JSON(label="Row", show_label=False)
             gr.Markdown("### What changed between two versions")
             with gr.Row():
                 diff_old = gr.Dropdown(tags, value=tags[1] if len(tags) > 1 else (tags[0] if tags else None), label="From")
                 diff_new = gr.Dropdown(tags, value=tags[0] if tags else None, label="To")
                 diff_run = gr.Button("Compare versions")
-            diff_summary_md = gr.Markdown()
-            diff_rows = gr.Dataframe(diff_table({"added": [], "removed": [], "changed": []}), interactive=False, wrap=True, label="Changes")
+            diff_summary_md = gr.Markdown(elem_id="diff-summary")
+            diff_rows = data_table(diff_table({"added": [], "removed": [], "changed": []}), text=TEXT_COLUMNS["diff"], label="Changes", elem_id="changes")
 
         with gr.Tab("Results"):
             eval_summary = gr.Markdown()
-            eval_plot = gr.Plot(label="Accuracy per benchmark")
-            eval_table = gr.Dataframe(interactive=False, label="Scores")
-            eval_paired = gr.Dataframe(interactive=False, label="Paired comparisons (same questions): Δ accuracy, paired bootstrap CI, McNemar's exact test")
+            eval_plot = gr.Plot(label="Accuracy per benchmark", show_label=False)  # the figure has its own titles
+            eval_table = data_table(results_table(_NO_RESULTS), label="Scores", elem_id="scores-table")
+            eval_paired = data_table(paired_table(_NO_RESULTS), label="Paired comparisons (same questions): Δ accuracy, paired bootstrap CI, McNemar's exact test",
+                                     elem_id="paired-table")  # fmt: skip
             dist_summary = gr.Markdown()
-            dist_plot = gr.Plot(label="Quality and complexity per dataset version")
-            dist_table = gr.Dataframe(interactive=False, label="Counts per version")
+            dist_plot = gr.Plot(label="Quality and complexity per dataset version", show_label=False)
+            dist_table = data_table(distributions({}), label="Counts per version", elem_id="counts-table")
 
         # Compare
         question_version.change(space.dataset_questions, question_version, dataset_question, api_name="dataset_questions")
@@ -433,8 +493,10 @@ def build_demo(space: NanoFluxSpace) -> gr.Blocks:
         for control in filters[1:]:
             control.input(space.explore, filters, explored, api_visibility="private")
         table.select(space.select_row, None, row, api_visibility="private")
-        row.change(space.row_details, [version, row], [question, reference_answer, explanation, defender_answer, defender_reasoning, rationale, scores, tools],
+        row.change(space.row_details, [version, row],
+                   [question, reference_answer, explanation, defender_answer, defender_reasoning, rationale, scores, tools, tool_input, tool_output, row_json],
                    api_name="row_details")  # fmt: skip
+        tools.select(space.select_tool_call, [version, row], [tool_input, tool_output], api_visibility="private")
         diff_run.click(space.diff, [diff_old, diff_new], [diff_summary_md, diff_rows], api_name="diff")
 
         # Page load: fresh choices, the latest version's rows, its changes since the one before, the results.

@@ -36,6 +36,16 @@ class ModelError(RuntimeError):
     """A model or adapter that cannot be used; the message says why and what to do."""
 
 
+def shown_path(path: str) -> str:
+    """A folder as the page names it: relative to the working directory when it is inside it (the absolute path
+    says where this machine keeps things, not what the folder is)."""
+    try:
+        relative = Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+    return str(relative) if str(relative) != "." else path
+
+
 def adapter_versions(refs: list[str], api: HfApi | None = None) -> tuple[list[tuple[str, str]], list[str]]:
     """([(label, spec)], problems) for the configured adapters: every version that can be selected, and a message
     for each adapter that cannot be found. A spec is a folder, or `repo_id@revision`."""
@@ -45,7 +55,7 @@ def adapter_versions(refs: list[str], api: HfApi | None = None) -> tuple[list[tu
     for ref in refs:
         if Path(ref).is_dir():
             if (Path(ref) / "adapter_config.json").is_file():
-                choices.append((f"{ref} (local folder)", ref))
+                choices.append((f"{shown_path(ref)} (local folder)", ref))
             else:
                 problems.append(f"Adapter folder {ref} holds no adapter_config.json. Fix: point it at the folder `nanoflux train` wrote")
             continue
@@ -122,8 +132,9 @@ class _PairStreamer:
 class Comparison:
     """The base model (loaded on first use) and the adapters loaded into it."""
 
-    def __init__(self, base_model: str, *, max_prompt_tokens: int = 1024, dtype: str = "auto"):
+    def __init__(self, base_model: str, *, name: str | None = None, max_prompt_tokens: int = 1024, dtype: str = "auto"):
         self.base_model = base_model
+        self.name = name or base_model  # what messages call it (a Hub id, where `base_model` is a local copy)
         self.max_prompt_tokens = max_prompt_tokens
         self.dtype = dtype
         self.model: Any = None
@@ -147,12 +158,12 @@ class Comparison:
                 model = AutoModelForCausalLM.from_pretrained(self.base_model, dtype=dtype).to(device)
             except (OSError, ValueError, HfHubHTTPError, OfflineModeIsEnabled) as err:
                 raise ModelError(
-                    f"The base model {self.base_model} could not be loaded ({type(err).__name__}). "
+                    f"The base model {self.name} could not be loaded ({type(err).__name__}). "
                     "Fix: set NANOFLUX_BASE_MODEL to a Hub model id or a model folder"
                 ) from None
             model.eval()
             self.model, self.tokenizer = model, tokenizer
-            logger.info("Loaded %s (%s, %s)", self.base_model, dtype, device)
+            logger.info("Loaded %s from %s (%s, %s)", self.name, self.base_model, dtype, device)
 
     def _activate(self, spec: str) -> str:
         """The adapter name of `spec`, loading it into the model first if needed (caller holds the lock)."""
@@ -169,7 +180,7 @@ class Comparison:
             else:
                 self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ModelError(f"Adapter {spec} does not fit the base model {self.base_model} ({type(err).__name__}: {str(err)[:200]}). Fix: pick an adapter trained on this base model") from None
+            raise ModelError(f"Adapter {spec} does not fit the base model {self.name} ({type(err).__name__}: {str(err)[:200]}). Fix: pick an adapter trained on this base model") from None
         self.model.eval()
         self._count += 1
         self._adapters[spec] = name

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -139,48 +140,60 @@ def _compute_lines(compute: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pct_label(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
 def results_figure(results: dict[str, Any]) -> Any:
-    """Accuracy per benchmark, one bar per variant (base, tuned, baseline), the bootstrap CI as error bars; beside it,
-    when variants were compared, each paired difference (points) with its paired bootstrap CI."""
+    """Accuracy per benchmark, one labelled bar per variant (base, tuned, baseline), the bootstrap CI as error bars;
+    a 0% bar shows as a stub labelled 0%, a variant not evaluated on a benchmark as "n/a". Beside it, when variants
+    were compared, each paired difference (points) with its paired bootstrap CI, its value in the label."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from charts import floor_below_zero, labelled_bars
+
     benchmarks, variants = results["benchmarks"], results["variants"]
     paired = paired_table(results)
-    figure = Figure(figsize=(max(6.0, 1.5 * len(benchmarks) + 2) + (5.5 if len(paired) else 0), max(4.2, 0.35 * len(paired) + 1.5)))
+    left = max(5.0, 1.6 * len(benchmarks) + 2)
+    figure = Figure(figsize=(left + (6.0 if len(paired) else 0), max(4.8, 0.55 * len(paired) + 1.5)), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 2 if len(paired) else 1, 1)
+    grid = figure.add_gridspec(1, 2, width_ratios=[left, 6.0]) if len(paired) else figure.add_gridspec(1, 1)
+    axes = figure.add_subplot(grid[0, 0])
     width = 0.8 / max(1, len(variants))
     for j, variant in enumerate(variants):
         rows = [results["results"].get(b["name"], {}).get(variant) for b in benchmarks]
         xs = [i + (j - (len(variants) - 1) / 2) * width for i in range(len(benchmarks))]
-        accuracy = [r["accuracy"] if r and not math.isnan(r["accuracy"]) else 0.0 for r in rows]
-        low = [max(0.0, a - r["ci_low"]) if r and not math.isnan(r["ci_low"]) else 0.0 for a, r in zip(accuracy, rows)]
-        high = [max(0.0, r["ci_high"] - a) if r and not math.isnan(r["ci_high"]) else 0.0 for a, r in zip(accuracy, rows)]
-        axes.bar(xs, accuracy, width, yerr=[low, high], capsize=3, label=VARIANT_LABELS.get(variant, variant))
-    axes.set_xticks(range(len(benchmarks)), [b.get("title") or b["name"] for b in benchmarks], rotation=15, ha="right")
-    axes.set_ylim(0, 1.05)
+        accuracy = [None if r is None or math.isnan(r["accuracy"]) else r["accuracy"] for r in rows]
+        low = [max(0.0, a - r["ci_low"]) if a is not None and not math.isnan(r["ci_low"]) else 0.0 for a, r in zip(accuracy, rows)]
+        high = [max(0.0, r["ci_high"] - a) if a is not None and not math.isnan(r["ci_high"]) else 0.0 for a, r in zip(accuracy, rows)]
+        labelled_bars(axes, xs, accuracy, width, fmt=_pct_label, yerr=[low, high], label=VARIANT_LABELS.get(variant, variant), color=f"C{j}")
+    axes.set_xticks(range(len(benchmarks)), [textwrap.fill(b.get("title") or b["name"], 16) for b in benchmarks], fontsize="small")
+    floor_below_zero(axes, top=1.15)
+    axes.set_yticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
     axes.set_ylabel("accuracy (95% bootstrap CI)")
-    axes.legend(fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(variants), frameon=False)
+    axes.set_title("Accuracy per benchmark", fontsize="medium")
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1, frameon=False)
     if len(paired):
-        _plot_deltas(figure.add_subplot(1, 2, 2), results)
-    figure.tight_layout()
+        _plot_deltas(figure.add_subplot(grid[0, 1]), results)
     return figure
 
 
 def _plot_deltas(axes: Any, results: dict[str, Any]) -> None:
     titles = {b["name"]: b.get("title") or b["name"] for b in results["benchmarks"]}
-    points = [(f"{titles.get(name, name)}: {key}", key, r["delta"], r["ci_low"], r["ci_high"])
+    points = [(titles.get(name, name), key, r["delta"], r["ci_low"], r["ci_high"])
               for name, pairs in (results.get("paired") or {}).items() for key, r in pairs.items()]
-    points += [(f"{agg.get('title', 'aggregate')} (macro): {key}", key, r["macro_delta"], r["macro_ci_low"], r["macro_ci_high"])
+    points += [(f"{agg.get('title', 'aggregate')} (macro)", key, r["macro_delta"], r["macro_ci_low"], r["macro_ci_high"])
                for agg in (results.get("aggregates") or {}).values() for key, r in agg.get("paired", {}).items()]  # fmt: skip
     colors = {key: f"C{i}" for i, key in enumerate(PAIR_LABELS)}
     ys = list(range(len(points)))[::-1]
     for y, (_, key, delta, low, high) in zip(ys, points):
         axes.errorbar([100 * delta], [y], xerr=[[max(0.0, 100 * (delta - low))], [max(0.0, 100 * (high - delta))]], fmt="o", capsize=3, color=colors.get(key, "C3"))
     axes.axvline(0, color="grey", linewidth=0.8)
-    axes.set_yticks(ys, [label for label, *_ in points], fontsize="small")
+    labels = [f"{textwrap.shorten(title, 28, placeholder='…')}\n{PAIR_LABELS.get(key, key)}: {100 * delta:+.1f}" for title, key, delta, *_ in points]
+    axes.set_yticks(ys, labels, fontsize="small")
     axes.set_xlabel("Δ accuracy, points (paired bootstrap 95% CI)")
+    axes.set_title("Paired differences (same questions)", fontsize="medium")
 
 
 def benchmark_questions(path: str | Path, results: dict[str, Any], *, per_benchmark: int = QUESTIONS_PER_BENCHMARK) -> list[dict[str, Any]]:

@@ -24,6 +24,10 @@ VERSION_TAG = re.compile(r"^v(\d+)$")
 LEVELS = (1, 2, 3, 4, 5)
 DEFENDER_CHOICES = ("any", "failed", "correct")
 TABLE_COLUMNS = ["#", "version", "id", "round", "capability", "complexity", "quality", "defender", "judge", "question"]
+TOOL_COLUMNS = ["#", "tool", "ok", "input", "output", "error"]
+DIFF_COLUMNS = ["change", "id", "first in", "capability", "quality", "defender", "fields", "question"]
+# Free-text columns: a wide column where they wrap (the narrow ones are sized to their values; see tables.py).
+TEXT_COLUMNS: dict[str, dict[str, float]] = {"rows": {"question": 1}, "tools": {"input": 2, "output": 3, "error": 1}, "diff": {"fields": 1, "question": 2}}
 # Fields that say nothing about the example itself when two versions are compared.
 _NOT_COMPARED = {"version"}
 
@@ -150,7 +154,7 @@ def rows_table(rows: list[dict[str, Any]], indices: list[int]) -> pd.DataFrame:
     Defender's outcome, the Judge's status and the question (shortened)."""
     data = [
         [i, rows[i].get("version") or "", rows[i].get("id"), rows[i].get("round"), rows[i].get("capability"), rows[i].get("judge_complexity"),
-         _level(rows[i].get("quality_level")), _defender(rows[i]), rows[i].get("judge_status") or "–", _short(rows[i].get("question"))]
+         _level(rows[i].get("quality_level")), _defender(rows[i]), rows[i].get("judge_status") or "–", _short(rows[i].get("question"), 120)]
         for i in indices
     ]  # fmt: skip
     return pd.DataFrame(data, columns=TABLE_COLUMNS)
@@ -171,32 +175,73 @@ def scores_table(row: dict[str, Any]) -> pd.DataFrame:
 
 
 def tools_table(row: dict[str, Any]) -> pd.DataFrame:
-    """The Judge's tool uses: tool, ok, input, output, error."""
-    data = [[c.get("tool"), c.get("ok"), c.get("input") or "", c.get("output") or "", c.get("error") or ""] for c in row.get("tool_calls") or []]
-    return pd.DataFrame(data, columns=["tool", "ok", "input", "output", "error"])
+    """The Judge's tool uses: number (from 1), tool, ok, input, output, error (in full; the table cuts long cells and
+    `tool_call` gives one call's full text)."""
+    data = [[n, c.get("tool"), c.get("ok"), c.get("input") or "", c.get("output") or "", c.get("error") or ""] for n, c in enumerate(row.get("tool_calls") or [], start=1)]
+    return pd.DataFrame(data, columns=TOOL_COLUMNS)
+
+
+def tool_call(row: dict[str, Any], number: int) -> tuple[str, str]:
+    """(input, output) of the row's tool use `number` (from 1) in full, the tool and its outcome on top, an error
+    after the output; ("", "") when there is no such call."""
+    calls = row.get("tool_calls") or []
+    if not 1 <= number <= len(calls):
+        return "", ""
+    call = calls[number - 1]
+    outcome = {True: "ok", False: "failed"}.get(call.get("ok"), "?")
+    output = str(call.get("output") or "")
+    if call.get("error"):
+        output = f"{output}\n\nError: {call['error']}".strip()
+    return f"Call {number} of {len(calls)}: {call.get('tool') or '?'} ({outcome})\n\n{call.get('input') or ''}", output
 
 
 # --- changes between versions ----------------------------------------------------------------------------
 
 
-def _key(row: dict[str, Any]) -> str:
-    # Ids restart with every build, so two versions' rows are matched by their question.
+def _question(row: dict[str, Any]) -> str:
     return " ".join(str(row.get("question") or "").split())
 
 
+def match_key(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str:
+    """What two versions' rows are matched on: "id" when the ids can be trusted, else "question".
+
+    Ids are content ids (a hash of the question and the build), unique across the versions of a repo, so one id is
+    one example in every version. Rows of older builds carry ids that restarted in every build (`r<round>-a<attack>`)
+    or none at all; those are matched by their question text (whitespace-normalised). The ids are trusted only when
+    every row of both versions has one, no id repeats within a version, and an id present in both versions names
+    the same question in both; anything else falls back to the question text for the whole comparison."""
+    ids: dict[str, str] = {}
+    for rows in (old, new):
+        seen = set()
+        for row in rows:
+            id_, question = row.get("id"), _question(row)
+            if not id_ or id_ in seen or ids.setdefault(id_, question) != question:
+                return "question"
+            seen.add(id_)
+    return "id"
+
+
 def diff_versions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> dict[str, Any]:
-    """What changed from `old` to `new`: rows added, removed and changed (with the changed fields), matched by question."""
-    old_by_key, new_by_key = {_key(r): r for r in old}, {_key(r): r for r in new}
+    """What changed from `old` to `new`: rows added, removed and changed (with the changed fields), matched on their
+    `id` (or their question text, see `match_key`), and the columns only one of them has. A changed row is one whose
+    value differs in a column both versions have: a column added by a newer build changes no row by itself, and
+    neither does an id that cannot be trusted."""
+    by = match_key(old, new)
+    key = (lambda r: str(r["id"])) if by == "id" else _question
+    old_by_key, new_by_key = {key(r): r for r in old}, {key(r): r for r in new}
+    old_columns, new_columns = {c for r in old for c in r}, {c for r in new for c in r}
+    compared = (old_columns & new_columns) - _NOT_COMPARED - ({"id"} if by == "question" else set())
     added = [r for k, r in new_by_key.items() if k not in old_by_key]
     removed = [r for k, r in old_by_key.items() if k not in new_by_key]
     changed = []
-    for key, row in new_by_key.items():
-        before = old_by_key.get(key)
+    for k, row in new_by_key.items():
+        before = old_by_key.get(k)
         if before is not None:
-            fields = sorted(f for f in set(before) | set(row) if f not in _NOT_COMPARED and before.get(f) != row.get(f))
+            fields = sorted(f for f in compared if before.get(f) != row.get(f))
             if fields:
                 changed.append((before, row, fields))
-    return {"added": added, "removed": removed, "changed": changed, "unchanged": len(new_by_key) - len(added) - len(changed)}
+    return {"added": added, "removed": removed, "changed": changed, "unchanged": len(new_by_key) - len(added) - len(changed), "matched_by": by,
+            "columns_added": sorted(new_columns - old_columns), "columns_removed": sorted(old_columns - new_columns)}  # fmt: skip
 
 
 def diff_table(diff: dict[str, Any]) -> pd.DataFrame:
@@ -205,7 +250,7 @@ def diff_table(diff: dict[str, Any]) -> pd.DataFrame:
     data += [["removed", r.get("id"), r.get("version") or "", r.get("capability"), _level(r.get("quality_level")), _defender(r), "", _short(r.get("question"))] for r in diff["removed"]]
     data += [["changed", new.get("id"), new.get("version") or "", new.get("capability"), _level(new.get("quality_level")), _defender(new), ", ".join(fields), _short(new.get("question"))]
              for _, new, fields in diff["changed"]]  # fmt: skip
-    return pd.DataFrame(data, columns=["change", "id", "first in", "capability", "quality", "defender", "fields", "question"])
+    return pd.DataFrame(data, columns=DIFF_COLUMNS)
 
 
 def diff_summary(old_tag: str, new_tag: str, old: list[dict[str, Any]], new: list[dict[str, Any]], diff: dict[str, Any]) -> str:
@@ -217,7 +262,10 @@ def diff_summary(old_tag: str, new_tag: str, old: list[dict[str, Any]], new: lis
     return (
         f"**{old_tag} → {new_tag}**: {len(old)} → {len(new)} rows; **{len(diff['added'])} added**, "
         f"{len(diff['removed'])} removed, {len(diff['changed'])} changed, {diff['unchanged']} unchanged. "
-        f"Defender failed {failed(old)} of {old_tag} and {failed(new)} of {new_tag}."
+        f"Defender failed {failed(old)} of {old_tag} and {failed(new)} of {new_tag}. "
+        + ("Rows matched by id." if diff.get("matched_by", "id") == "id" else "Rows matched by question text (these versions' ids are missing or not unique).")
+        + (f" Columns new in {new_tag}: {', '.join(diff['columns_added'])}." if diff.get("columns_added") else "")
+        + (f" Columns gone from {new_tag}: {', '.join(diff['columns_removed'])}." if diff.get("columns_removed") else "")
     )
 
 
@@ -235,9 +283,13 @@ def distributions(by_version: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
 
 
 def distributions_figure(table: pd.DataFrame) -> Any:
-    """Two grouped bar charts, quality level and complexity, one bar per version."""
+    """Two grouped bar charts, quality level and complexity, one labelled bar per version (a zero count shows as a
+    stub labelled 0)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from charts import floor_below_zero, labelled_bars
 
     figure = Figure(figsize=(10, 3.8))
     FigureCanvasAgg(figure)
@@ -247,11 +299,14 @@ def distributions_figure(table: pd.DataFrame) -> Any:
         width = 0.8 / max(1, len(versions))
         for j, tag in enumerate(reversed(versions)):  # oldest first
             counts = table.loc[table["version"] == tag, [f"{prefix}{level}" for level in LEVELS]].iloc[0].tolist()
-            axes.bar([i + (j - (len(versions) - 1) / 2) * width for i in range(len(LEVELS))], counts, width, label=tag)
+            xs = [i + (j - (len(versions) - 1) / 2) * width for i in range(len(LEVELS))]
+            labelled_bars(axes, xs, counts, width, fmt=lambda v: f"{v:.0f}", label=tag, color=f"C{j}")
         axes.set_xticks(range(len(LEVELS)), [f"{prefix.strip() if prefix == 'L' else ''}{level}" for level in LEVELS])
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        floor_below_zero(axes)
         axes.set_title(title)
         axes.set_ylabel("rows")
         if versions:
-            axes.legend(fontsize="small")
+            axes.legend(fontsize="small", loc="upper left")
     figure.tight_layout()
     return figure

@@ -3,7 +3,9 @@ app built without launching, `nanoflux space deploy` through huggingface_hub to 
 repository folder, and — marked `slow` — the comparison on the packaged SmolLM2 with LoRA adapters, then
 `nanoflux space` launched for real and driven by gradio_client and by Debian's headless Chromium (Selenium).
 
-The browser test fails when Chromium is missing and NANOFLUX_REQUIRE_BROWSER is set (CI sets it), else it is skipped.
+The browser test screenshots every tab (NANOFLUX_SCREENSHOTS=<dir> keeps copies) and fails on a table header narrower
+than its longest word, or a server traceback after an input error. It fails when Chromium is missing and
+NANOFLUX_REQUIRE_BROWSER is set (CI sets it), else it is skipped.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from builder.dataset import sft_messages, to_dataset
-from builder.localhub import LocalHub, RepoStore
+from localhub import LocalHub, RepoStore
 from builder.publish import DATA_PATH, PublishError
 from tests import scripted_roles
 
@@ -55,12 +58,28 @@ ROWS = [
 ]
 
 
+def rid(q: int) -> str:
+    """Row q's id, shaped like a content id (a hash of the question): stable across versions, longer than r0-a0."""
+    import hashlib
+
+    return "q" + hashlib.sha256(scripted_roles.QUESTIONS[q].encode()).hexdigest()[:15]
+
+
+# Row 0's Judge ran a long program with a long output: the tool table cuts it, the detail view shows it in full.
+LONG_INPUT = "import math\n" + "\n".join(f"dose_{i} = 5 * 70 * math.exp(-{i} / 8)  # mg after {i} h" for i in range(12)) + "\nprint(dose_11)"
+LONG_OUTPUT = " ".join(f"t={i}h: {5 * 70 * 2.718 ** (-i / 8):.3f} mg;" for i in range(60)) + " END-OF-OUTPUT"
+
+
 def make_row(q: int, round_: int, capability: str, complexity: int, quality: int, correct: bool, version: str) -> dict:
     question = scripted_roles.QUESTIONS[q]
     reference = scripted_roles.REFERENCES[q]
     answer = reference if correct else "E"
+    calls = [{"tool": "lookup", "input": f"query {q}", "output": f"corpus passage {q}", "ok": True, "error": None}]
+    if q == 0:
+        calls += [{"tool": "python", "input": LONG_INPUT, "output": LONG_OUTPUT, "ok": True, "error": None},
+                  {"tool": "python", "input": "1/0", "output": "", "ok": False, "error": "ZeroDivisionError: division by zero"}]  # fmt: skip
     return {
-        "id": f"r{round_}-a{q}", "round": round_, "attack_index": q, "domain": "medical", "capability": capability,
+        "id": rid(q), "round": round_, "attack_index": q, "domain": "medical", "capability": capability,
         "target_complexity": complexity, "attacker": "player_a", "defender": "player_b", "attacker_model": "scripted-a",
         "defender_model": "scripted-b", "judge_model": "scripted-judge", "question": question, "reference_answer": reference,
         "explanation": f"1. Step one for question {q}. 2. Step two links the facts.", "verification_code": "",
@@ -69,7 +88,7 @@ def make_row(q: int, round_: int, capability: str, complexity: int, quality: int
         "judge_scores": [{"name": "clinical_accuracy", "score": quality}, {"name": "multi_hop", "score": quality}],
         "reasoning_quality": float(quality), "quality_level": quality, "judge_complexity": complexity,
         "judge_rationale": f"Judge rationale {q}.", "judge_status": "ok",
-        "tool_calls": [{"tool": "lookup", "input": f"query {q}", "output": f"corpus passage {q}", "ok": True, "error": None}],
+        "tool_calls": calls,
         "novel": True, "novelty_similarity": 0.1, "version": version, "messages": sft_messages(question, "Because.", reference),
     }  # fmt: skip
 
@@ -214,39 +233,97 @@ def test_explore_filters_by_round_capability_complexity_quality_and_defender(hub
     assert rounds["choices"] == [0, 1] and capabilities["choices"] == ["biostatistics", "cardiology", "pharmacology"]
 
     summary, table, row = space.explore("v2", [], [], [], [], "any")
-    assert summary.startswith("**5** of 5 rows of v2") and list(table["version"]) == ["v1", "v1", "v1", "v2", "v2"]
+    assert summary.startswith("**5** of 5 rows of v2") and list(table["value"]["version"]) == ["v1", "v1", "v1", "v2", "v2"]
 
     cases = {
-        ("failed",): ["r0-a2", "r1-a4", "r1-a1"],
-        ("correct",): ["r0-a0", "r1-a3"],
+        ("failed",): [rid(2), rid(4), rid(1)],
+        ("correct",): [rid(0), rid(3)],
     }
     for (defender,), ids in cases.items():
-        assert list(space.explore("v2", [], [], [], [], defender)[1]["id"]) == ids
-    assert list(space.explore("v2", [1], ["pharmacology"], [], [], "any")[1]["id"]) == ["r1-a1", "r1-a3"]
-    assert list(space.explore("v2", [], [], [4], ["L4", "L5"], "failed")[1]["id"]) == ["r0-a2", "r1-a1"]
+        assert list(space.explore("v2", [], [], [], [], defender)[1]["value"]["id"]) == ids
+    assert list(space.explore("v2", [1], ["pharmacology"], [], [], "any")[1]["value"]["id"]) == [rid(1), rid(3)]
+    assert list(space.explore("v2", [], [], [4], ["L4", "L5"], "failed")[1]["value"]["id"]) == [rid(2), rid(1)]
     summary, table, row = space.explore("v2", [], [], [], ["L3"], "correct")
-    assert summary.startswith("**0** of 5") and table.empty and row["value"] is None
+    assert summary.startswith("**0** of 5") and table["value"].empty and row["value"] is None
 
 
 def test_a_row_shows_question_explanation_defender_answer_judge_rationale_and_tool_results(hub):
     space = _space(hub)
     _, table, row = space.explore("v1", [], [], [], [], "failed")
     index = row["value"]
-    question, reference, explanation, defender, reasoning, rationale, scores, tools = space.row_details("v1", index)
+    question, reference, explanation, defender, reasoning, rationale, scores, tools, tool_input, tool_output, fields = space.row_details("v1", index)
     assert question == scripted_roles.QUESTIONS[2] and reference == "D"
     assert explanation.startswith("1. Step one for question 2") and defender.startswith("E (failed; player_b: scripted-b)")
     assert reasoning == "Defender reasoning 2." and rationale == "[ok] Judge rationale 2."
-    assert tools.to_dict("records") == [{"tool": "lookup", "ok": True, "input": "query 2", "output": "corpus passage 2", "error": ""}]
-    assert dict(zip(scores["criterion"], scores["score"]))["quality level"] == "L4"
+    assert tools["value"].to_dict("records") == [{"#": 1, "tool": "lookup", "ok": True, "input": "query 2", "output": "corpus passage 2", "error": ""}]
+    assert (tool_input, tool_output) == ("Call 1 of 1: lookup (ok)\n\nquery 2", "corpus passage 2")  # the first call, in full
+    assert dict(zip(scores["value"]["criterion"], scores["value"]["score"]))["quality level"] == "L4"
+    assert fields["id"] == rid(2) and fields["judge_rationale"] == "Judge rationale 2." and "messages" not in fields
+
+
+def test_a_long_tool_output_is_cut_in_the_table_and_shown_in_full_when_its_call_is_selected(hub):
+    from tables import MAX_CHARS, MIN_TEXT_PX
+
+    space = _space(hub)
+    *_, tools, tool_input, tool_output, _ = space.row_details("v1", "0")
+    assert list(tools["value"]["#"]) == [1, 2, 3] and tools["value"]["output"][1] == LONG_OUTPUT  # the frontend cuts it
+    widths = dict(zip(tools["value"].columns, tools["column_widths"]))
+    px = {column: int(width.removesuffix("px")) for column, width in widths.items()}
+    assert px["output"] > px["input"] >= MIN_TEXT_PX and px["ok"] < 100 and len(LONG_OUTPUT) > MAX_CHARS
+    assert (tool_input, tool_output) == ("Call 1 of 3: lookup (ok)\n\nquery 0", "corpus passage 0")  # before any click: the first call
+
+    def select(number: int) -> gr.SelectData:  # a click on call `number`'s output cell
+        return gr.SelectData(None, {"index": [number - 1, 4], "value": "", "row_value": [number], "selected": True})
+
+    assert space.select_tool_call("v1", "0", select(2)) == (f"Call 2 of 3: python (ok)\n\n{LONG_INPUT}", LONG_OUTPUT)
+    assert space.select_tool_call("v1", "0", select(3)) == ("Call 3 of 3: python (failed)\n\n1/0", "Error: ZeroDivisionError: division by zero")
+    assert space.select_tool_call("v1", None, select(1)) == (gr.update(), gr.update())
 
 
 def test_what_changed_between_two_versions(hub):
     space = _space(hub)
     summary, table = space.diff("v1", "v2")
-    assert summary.startswith("**v1 → v2**: 3 → 5 rows; **2 added**, 0 removed, 1 changed, 2 unchanged.")
+    assert summary.startswith("**v1 → v2**: 3 → 5 rows; **2 added**, 0 removed, 1 changed, 2 unchanged.") and summary.endswith("Rows matched by id.")
+    table = table["value"]
     assert sorted(table["change"]) == ["added", "added", "changed"]
     assert table.loc[table["change"] == "changed", "fields"].tolist() == ["judge_rationale"]
+    assert table.loc[table["change"] == "added", "id"].tolist() == [rid(1), rid(3)]
     assert space.diff("v2", "v1")[0].startswith("**v2 → v1**: 5 → 3 rows; **0 added**, 2 removed, 1 changed")
+
+
+def _rows(*specs) -> list[dict]:
+    return [make_row(*ROWS[i]) for i in specs]
+
+
+def test_the_diff_matches_rows_on_their_id_so_a_question_asked_again_by_a_later_build_is_a_new_row():
+    from versions import diff_versions
+
+    old = _rows(0, 1)
+    again = {**make_row(*ROWS[0]), "id": "q-asked-again-in-build-2", "version": "v2", "defender_answer": "C"}
+    changes = diff_versions(old, [*old, again])
+    assert changes["matched_by"] == "id" and changes["added"] == [again] and not changes["changed"] and changes["unchanged"] == 2
+
+
+@pytest.mark.parametrize("older", ["no ids", "ids restarted per build", "an id reused for another question"])
+def test_the_diff_falls_back_to_the_question_text_when_the_ids_cannot_be_trusted(older):
+    from versions import diff_versions, match_key
+
+    old, new = _rows(0, 1, 2), _rows(0, 1, 2, 3)
+    new[2] = {**new[2], "judge_rationale": "Re-judged."}
+    if older == "no ids":  # a build from before ids existed
+        old = [{k: v for k, v in r.items() if k != "id"} for r in old]
+    elif older == "ids restarted per build":  # r<round>-a<attack>: the second build's rows repeat the first build's ids
+        for rows in (old, new):
+            for i, r in enumerate(rows):
+                r["id"] = f"r0-a{i % 3}"
+    else:  # unique within each version, but the same id names different questions in the two versions
+        old = [{**r, "id": f"r0-a{i}"} for i, r in enumerate(old)]
+        new = [{**r, "id": f"r0-a{(i + 1) % 4}"} for i, r in enumerate(new)]
+    assert match_key(old, new) == "question"
+    changes = diff_versions(old, new)
+    assert [r["question"] for r in changes["added"]] == [scripted_roles.QUESTIONS[ROWS[3][0]]] and not changes["removed"]
+    assert [fields for _, _, fields in changes["changed"]] == [["judge_rationale"]]  # an untrusted id is no change
+    assert changes["columns_added"] == (["id"] if older == "no ids" else [])  # said once, not as a change of every row
 
 
 def test_a_missing_dataset_or_version_gives_a_clear_message(hub, tmp_path):
@@ -273,7 +350,7 @@ def test_a_dataset_question_fills_the_prompt_with_its_reference_and_a_benchmark_
     assert len(choices) == 5 and choices[3][1] == "v2#3"
     prompt, reference = space.pick_dataset_question("v2#3")
     assert prompt == scripted_roles.QUESTIONS[1]
-    assert reference.startswith(f"Reference answer (v2, r1-a1): {scripted_roles.REFERENCES[1]}\n\n1. Step one for question 1")
+    assert reference.startswith(f"Reference answer (v2, {rid(1)}): {scripted_roles.REFERENCES[1]}\n\n1. Step one for question 1")
 
     label, value = space.benchmark_choices()[0]
     prompt, gold = space.pick_benchmark_question(value)
@@ -331,11 +408,17 @@ def test_a_base_model_that_cannot_be_loaded_is_named_with_the_fix(hub):
 def test_results_show_each_benchmark_base_vs_tuned_vs_baseline_and_distributions_per_version(hub, results_dir):
     space = _space(hub, results_dir)
     eval_summary, eval_figure, eval_table, eval_paired, dist_summary, dist_figure, dist_table = space.results()
+    eval_table, eval_paired, dist_table = eval_table["value"], eval_paired["value"], dist_table["value"]
     assert "measured (baseline / NanoFlux training run): **12.0×** training tokens, **12.0×** optimizer steps, **7.5×** device seconds" in eval_summary
     assert "estimated from token counts: the full benchmark processes **9.0×**" in eval_summary
     assert list(eval_table["variant"]) == ["base", "base + NanoFlux adapter", "base + full-benchmark adapter (baseline)"] * 2
     assert list(eval_table["accuracy (%)"]) == [33.3, 66.7, 100.0, 0.0, 33.3, 33.3]
     assert len(eval_figure.axes[0].patches) == 6  # a bar per benchmark and variant
+    # Every bar carries its value; GSM-Hard's base model scored 0: a labelled stub at 0, visible above the axis.
+    assert sorted(t.get_text() for t in eval_figure.axes[0].texts) == sorted(["33%", "67%", "100%", "0%", "33%", "33%"])
+    assert eval_figure.axes[0].get_ylim()[0] < 0
+    stubs = [line for line in eval_figure.axes[0].lines if list(line.get_ydata()) == [0, 0] and line.get_linewidth() >= 2]
+    assert len(stubs) == 1
     assert len(eval_figure.axes) == 2 and len(eval_figure.axes[1].lines) >= 6  # beside it, a paired difference per pair
     medqa = eval_paired[eval_paired["benchmark"] == "MedQA (USMLE, 4 options)"].set_index("comparison")
     assert medqa.loc["NanoFlux adapter − base", ["n", "Δ accuracy (points)", "wins / losses", "McNemar p"]].tolist() == [3, 33.3, "1 / 0", "1"]
@@ -345,6 +428,9 @@ def test_results_show_each_benchmark_base_vs_tuned_vs_baseline_and_distributions
     assert by_version.loc["v1", ["rows", "L3", "L4", "L5"]].tolist() == [3, 1, 2, 0]
     assert by_version.loc["v2", ["rows", "L3", "L4", "L5", "complexity 3", "complexity 4"]].tolist() == [5, 1, 3, 1, 2, 2]
     assert len(dist_figure.axes) == 2
+    quality = dist_figure.axes[0]
+    assert [t.get_text() for t in quality.texts] == ["0", "0", "1", "2", "0", "0", "0", "1", "3", "1"]  # v1 then v2, L1-L5
+    assert quality.get_ylim()[0] < 0 and sum(1 for line in quality.lines if line.get_linewidth() >= 2) == 5  # a stub per zero
 
     missing = _space(hub, results="/nowhere/results.json").results()
     assert missing[0].startswith("⚠️ No evaluation results at /nowhere/results.json. Fix: run `nanoflux eval --config configs/eval/local.yaml`")
@@ -410,6 +496,34 @@ def test_the_space_folder_is_self_contained_and_pins_what_it_imports():
                 assert distribution.get(top) in requirements, f"{path.name} imports {name}, which requirements.txt does not pin"
 
 
+def test_an_input_error_is_a_message_on_the_page_and_one_log_line_without_a_traceback(hub, caplog):
+    space = _space(hub)
+    with caplog.at_level("INFO", logger="nanoflux.space"), pytest.raises(gr.Error) as err:
+        next(space.compare("  ", None, 8))
+    assert err.value.print_exception is False  # Gradio prints a traceback for every error but these
+    assert [r.getMessage() for r in caplog.records if r.name == "nanoflux.space"] == [f"Refused: {err.value.message}"]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+
+def test_table_columns_are_never_narrower_than_their_longest_header_word_and_free_text_gets_the_rest():
+    import pandas as pd
+    from tables import CHAR_PX, MAX_PX, PAD_PX, TABLE_PX, column_widths
+    from versions import TEXT_COLUMNS, diff_table, rows_table
+
+    rows = [make_row(*r) for r in ROWS]
+    for frame, text in ((rows_table(rows, [0, 1, 2, 3, 4]), TEXT_COLUMNS["rows"]), (rows_table([], []), TEXT_COLUMNS["rows"]),
+                        (diff_table({"added": rows, "removed": [], "changed": []}), TEXT_COLUMNS["diff"])):  # fmt: skip
+        px = dict(zip(frame.columns, (int(w.removesuffix("px")) for w in column_widths(frame, text=text))))
+        for column, width in px.items():
+            assert width >= max(len(word) for word in column.split()) * CHAR_PX, (column, width)
+        assert all(width <= MAX_PX for column, width in px.items() if column not in text)
+        assert px["question"] == max(px.values()) and abs(sum(px.values()) - TABLE_PX) <= len(px)  # the page's width, no more
+    frame = pd.DataFrame({"reasoning-quality-level": [1], "x": ["y" * 500], "Δ accuracy (points)": [1.5], "a header far too long for one line": [2]})
+    # A long cell is capped, a header word never; a header of up to 20 characters stays on one line.
+    assert column_widths(frame) == [f"{round(23 * CHAR_PX + PAD_PX)}px", f"{MAX_PX}px", f"{round(19 * CHAR_PX + PAD_PX)}px", f"{round(20 * CHAR_PX + PAD_PX)}px"]
+
+
 def test_no_token_reaches_a_message_the_page_shows(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "secret-value-123")
     assert space_app.redact("401 for secret-value-123 and hf_abcdefghij1234 at /api") == "401 for *** and hf_*** at /api"
@@ -431,8 +545,42 @@ def test_the_local_run_points_the_app_at_the_local_folder_without_the_token(tmp_
     assert (env["NANOFLUX_DATASET"], env["NANOFLUX_BASE_MODEL"], env["NANOFLUX_ADAPTERS"]) == (DATASET, "/models/base", f"{adapter.resolve()},org/lora")
     assert env["NANOFLUX_RESULTS"] == "missing"  # the page says it is missing, with the command that makes it
     assert (env["GRADIO_SERVER_NAME"], env["GRADIO_SERVER_PORT"], env["GRADIO_ANALYTICS_ENABLED"]) == ("127.0.0.1", "7999", "False")
+    assert env["NANOFLUX_BASE_MODEL_FOLDER"] == ""  # a folder or Hub id is loaded as given
     from_hub = space.space_env(config, None, {"HF_TOKEN": TOKEN})
     assert from_hub["HF_TOKEN"] == TOKEN and "HF_ENDPOINT" not in from_hub  # the Hub itself: the token is the user's to use
+
+
+def test_the_packaged_model_is_loaded_from_its_cache_folder_but_named_by_its_id(tmp_path, monkeypatch):
+    from builder import embedded, space
+
+    folder = tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct"  # where the conversion would put it
+    folder.mkdir(parents=True)
+    (folder / space_app._PACKAGED_MARKER).write_text(json.dumps({"model_id": embedded.DEFAULT_MODEL_ID}))
+    monkeypatch.setattr(embedded, "model_path", lambda model: str(folder) if model == embedded.DEFAULT_MODEL_ID else model)
+    env = space.space_env(space.SpaceConfig(), None, {})
+    assert (env["NANOFLUX_BASE_MODEL"], env["NANOFLUX_BASE_MODEL_FOLDER"]) == (embedded.DEFAULT_MODEL_ID, str(folder))
+
+    settings = space_app.Settings.from_env({**env, "NANOFLUX_DATASET": ""}, tmp_path / "README.md")
+    status = space_app.NanoFluxSpace(settings).status()
+    assert f"**Base model** `{embedded.DEFAULT_MODEL_ID} (packaged)`" in status and str(tmp_path) not in status
+    # The page never shows a cache path, however the model was given.
+    assert space_app.model_label(str(folder)) == f"{embedded.DEFAULT_MODEL_ID} (packaged)"  # the cache folder itself
+    assert space_app.model_label("org/base", str(tmp_path)) == "org/base (local copy)"  # a copy without the marker
+    assert space_app.model_label(str(tmp_path)) == f"{tmp_path.name} (local folder)"
+    assert space_app.model_label("org/base") == "org/base"
+
+
+def test_the_space_and_the_local_hub_server_have_their_own_default_ports():
+    from builder import space
+
+    import inspect
+    import re
+
+    from localhub import server
+
+    assert space.SpaceConfig().port == space.DEFAULT_PORT == 7860 and space._parser(False).get_default("port") == 7860
+    hub_port = re.search(r'"--port", type=int, default=(\d+)', inspect.getsource(server.main))  # the local Hub server's CLI default
+    assert hub_port and int(hub_port.group(1)) != space.DEFAULT_PORT
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -502,7 +650,7 @@ def _front_matter_of(files: dict[str, bytes]) -> dict:
 
 def test_deploy_refuses_local_paths_and_bad_repo_ids_before_uploading(hub, tmp_path):
     from builder import space
-    from builder.config import ConfigError
+    from nanoflux.recipe import ConfigError
 
     with pytest.raises(ConfigError, match=r"adapter: a local path: the Space on the Hub cannot read it \(got '.*'\). Fix: push it first"):
         space.deploy(space.DeployConfig(repo_id="org/demo", adapters=[str(tmp_path)]))
@@ -600,6 +748,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Launched:
+    url: str
+    log: Path  # what `nanoflux space` and its app printed (stdout and stderr)
+
+
 @pytest.fixture(scope="module")
 def launched(hub_root, adapters, results_dir, tmp_path_factory):
     """`nanoflux space` as a user runs it (its own LocalHub over the folder, the packaged SmolLM2), on loopback."""
@@ -623,7 +777,7 @@ def launched(hub_root, adapters, results_dir, tmp_path_factory):
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        yield url
+        yield Launched(url, workdir / "space.log")
     finally:
         if process.poll() is None:
             process.terminate()  # the CLI stops its app
@@ -643,7 +797,7 @@ def launched(hub_root, adapters, results_dir, tmp_path_factory):
 def test_gradio_client_gets_both_answers_from_the_launched_space(launched, adapters, embedded_model_dir):
     from gradio_client import Client
 
-    client = Client(launched, verbose=False, download_files=False, analytics_enabled=False)
+    client = Client(launched.url, verbose=False, download_files=False, analytics_enabled=False)
     job = client.submit(PROMPT, str(adapters), 12, api_name="/compare")
     base, tuned, status = job.result(timeout=180)
     assert base == greedy_base_answer(embedded_model_dir, PROMPT, 12)
@@ -651,7 +805,8 @@ def test_gradio_client_gets_both_answers_from_the_launched_space(launched, adapt
     assert len(job.outputs()) >= 3  # streamed: several partial answers before the final ones
 
     summary, table, _ = client.predict("v2", [], [], [], ["L4"], "failed", api_name="/explore")
-    assert summary.startswith("**1** of 5 rows of v2") and [row[2] for row in table["data"]] == ["r0-a2"]
+    # Tables come as updates (rows and column widths), as the page gets them.
+    assert summary.startswith("**1** of 5 rows of v2") and [row[2] for row in table["value"]["data"]] == [rid(2)] and len(table["column_widths"]) == 10
     with pytest.raises(Exception, match="greater than maximum value 16"):  # the slider bounds the API too
         client.predict(PROMPT, str(adapters), 17, api_name="/compare")
 
@@ -679,8 +834,48 @@ def chromium():
     _require_browser()  # before `launched`, so that a skip costs nothing
 
 
+# For each visible table header: its text, the width of its longest word and the width the header's text got (both
+# in CSS pixels, the word measured in the header's own font). A header narrower than its longest word breaks inside
+# that word ("ver/sio/n"), which is what this test refuses.
+HEADER_WIDTHS_JS = """
+const context = document.createElement('canvas').getContext('2d');
+return [...document.querySelectorAll('th.header-cell')].filter(th => th.offsetParent !== null).map(th => {
+  const span = th.querySelector('span.header') || th;
+  const text = span.textContent.trim();
+  context.font = getComputedStyle(span).font;
+  const word = Math.max(0, ...text.split(/\\s+/).map(w => context.measureText(w).width));
+  return {table: th.closest('.block')?.id || '?', text: text, word: word, width: span.getBoundingClientRect().width};
+});
+"""
+
+
+def unreadable_headers(driver) -> tuple[list[dict], list[dict]]:
+    """(every visible header, those narrower than their longest word)."""
+    headers = driver.execute_script(HEADER_WIDTHS_JS)
+    return headers, [h for h in headers if h["width"] + 0.5 < h["word"]]
+
+
+def full_page_screenshot(driver, path: Path) -> Path:
+    """The whole page, not only the window: the window is made as tall as the page first."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, min(height + 40, 8000))
+    driver.execute_script("window.scrollTo(0, 0)")
+    time.sleep(0.5)  # let the tables re-measure their columns at the new size
+    driver.save_screenshot(str(path))
+    if os.environ.get("NANOFLUX_SCREENSHOTS"):
+        import shutil
+
+        folder = Path(os.environ["NANOFLUX_SCREENSHOTS"])
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, folder / path.name)
+    return path
+
+
 @pytest.mark.slow
-def test_a_browser_runs_a_comparison_and_sees_both_answers(chromium, launched, embedded_model_dir, tmp_path):
+def test_a_browser_runs_a_comparison_and_every_tab_reads_well(chromium, launched, embedded_model_dir, tmp_path):
+    """Compare (an empty prompt refused on the page, then both answers), Explore (a long tool output read in full)
+    and Results, each screenshotted (NANOFLUX_SCREENSHOTS=<dir> keeps them), with no table header narrower than its
+    longest word and no server traceback."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -691,11 +886,21 @@ def test_a_browser_runs_a_comparison_and_sees_both_answers(chromium, launched, e
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    shots, checked = {}, {}
+    log_start = launched.log.stat().st_size  # the app is shared with the other tests: judge what this one causes
     try:
-        driver.get(launched)
+        driver.get(launched.url)
         wait = WebDriverWait(driver, 120, poll_frequency=0.5)
         prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
         wait.until(lambda d: "2 versions: v2, v1" in d.find_element(By.ID, "status").text)  # the page load has run
+        status = driver.find_element(By.ID, "status").text
+        assert "HuggingFaceTB/SmolLM2-135M-Instruct (packaged)" in status and ".cache" not in status and "nanoflux-cache" not in status
+
+        # An empty prompt: refused on the page (a toast), with no traceback on the server (checked at the end).
+        driver.find_element(By.ID, "compare").click()
+        wait.until(lambda d: "Write a prompt, or pick a question" in " ".join(t.text for t in d.find_elements(By.CSS_SELECTOR, "[data-testid=toast-text]")))
+        driver.find_element(By.CSS_SELECTOR, "[data-testid=toast-close]").click()
+
         prompt.send_keys(PROMPT)
         slider = driver.find_element(By.CSS_SELECTOR, "input[type=number]")  # max new tokens: 12, as in the other tests
         slider.clear()
@@ -704,11 +909,42 @@ def test_a_browser_runs_a_comparison_and_sees_both_answers(chromium, launched, e
         wait.until(lambda d: "Done in" in d.find_element(By.ID, "compare-status").text)
         base = driver.find_element(By.CSS_SELECTOR, "#base-answer textarea").get_attribute("value")
         tuned = driver.find_element(By.CSS_SELECTOR, "#tuned-answer textarea").get_attribute("value")
-        driver.save_screenshot(str(tmp_path / "space-compare.png"))
-        if os.environ.get("NANOFLUX_SCREENSHOTS"):
-            driver.save_screenshot(str(Path(os.environ["NANOFLUX_SCREENSHOTS"]) / "space-compare.png"))
+        shots["compare"] = full_page_screenshot(driver, tmp_path / "space-compare.png")
+
+        def open_tab(name: str) -> None:
+            next(b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text.strip() == name).click()
+
+        open_tab("Explore")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#rows .virtual-row")) >= 3 and len(d.find_elements(By.CSS_SELECTOR, "#tools .virtual-row")) >= 3)
+        # Row 0 (selected on load) has a long tool output: cut in the table, in full once its call is clicked.
+        cell = next(td for td in driver.find_elements(By.CSS_SELECTOR, "#tools [role=gridcell]") if td.text.startswith("t=0h"))
+        assert "END-OF-OUTPUT" not in cell.text
+        cell.click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#tool-output textarea").get_attribute("value") == LONG_OUTPUT)
+        assert driver.find_element(By.CSS_SELECTOR, "#tool-input textarea").get_attribute("value").startswith("Call 2 of 3: python (ok)")
+        wait.until(lambda d: "Rows matched by id" in d.find_element(By.ID, "diff-summary").text and len(d.find_elements(By.CSS_SELECTOR, "#changes .virtual-row")) >= 3)
+        checked["explore"] = unreadable_headers(driver)
+        shots["explore"] = full_page_screenshot(driver, tmp_path / "space-explore.png")
+
+        open_tab("Results")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#counts-table .virtual-row")) >= 2 and len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot, img[src^='data:image']")) >= 2)
+        checked["results"] = unreadable_headers(driver)
+        shots["results"] = full_page_screenshot(driver, tmp_path / "space-results.png")
+
+        # The check itself can fail: a header squeezed to 2 letters is reported.
+        squeezed = driver.execute_script(
+            "const th = [...document.querySelectorAll('th.header-cell')].find(t => t.offsetParent && t.textContent.includes('variant'));"
+            "for (const el of [th, th.querySelector('span.header')]) { el.style.cssText += ';width:20px!important;min-width:20px!important;max-width:20px!important;white-space:normal!important;word-break:break-all!important'; }"
+            "return th.querySelector('span.header').textContent.trim();"
+        )  # fmt: skip
+        assert squeezed == "variant" and [h["text"] for h in unreadable_headers(driver)[1]] == ["variant"]
     finally:
         driver.quit()
     assert base == greedy_base_answer(embedded_model_dir, PROMPT, 12)
     assert tuned and tuned != base
-    assert (tmp_path / "space-compare.png").stat().st_size > 10_000
+    for tab, (headers, unreadable) in checked.items():
+        assert len(headers) >= {"explore": 20, "results": 20}[tab], (tab, headers)  # every table of the tab was measured
+        assert not unreadable, f"{tab}: headers narrower than their longest word: {unreadable}"
+    assert all(path.stat().st_size > 20_000 for path in shots.values()) and set(shots) == {"compare", "explore", "results"}
+    log = launched.log.read_bytes()[log_start:].decode(errors="replace")
+    assert "Refused: Write a prompt" in log and "Traceback" not in log, log[-3000:]

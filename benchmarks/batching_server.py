@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from builder.config import check_range
+from nanoflux.recipe import check_range
 
 logger = logging.getLogger(__name__)
 

@@ -82,7 +82,7 @@ def engine(name: str, threads: int | None) -> Iterator[None]:
 
 def _embedded_role() -> Any:
     from builder.config import RoleConfig
-    from builder.embedded import DEFAULT_MODEL_ID
+    from nanoflux.models import DEFAULT_MODEL_ID
 
     return RoleConfig(backend="embedded", model=DEFAULT_MODEL_ID)
 
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_in_flight": llama_engine.SLOTS,
             "model_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
         },
-        "transformers": {"dtype": "float32", "batch_size": 8, "batch_wait_s": 0.01, "model": "the GGUF dequantized (builder.embedded.embedded_model_path)"},
+        "transformers": {"dtype": "float32", "batch_size": 8, "batch_wait_s": 0.01, "model": "the GGUF dequantized (nanoflux.models.embedded_model_path)"},
     }
     return figures
 

@@ -40,7 +40,7 @@ from benchmarks.novelty_scaling import NoveltyScalingConfig
 from benchmarks.throughput import ThroughputConfig
 from benchmarks.training_cost import TrainingCostConfig
 from benchmarks.versus_distilabel import VersusConfig
-from builder.config import ConfigError, from_dict, merge, parse_overrides
+from nanoflux.recipe import ConfigError, from_dict, merge, parse_overrides
 
 logger = logging.getLogger("benchmarks")
 
@@ -97,7 +97,7 @@ def machine_info() -> dict[str, Any]:
     """What the figures depend on: the machine, its load while measuring, and the package versions."""
     import torch
 
-    from builder.publish import package_versions
+    from nanoflux.hub import package_versions
 
     return {
         "platform": platform.platform(),
@@ -137,7 +137,7 @@ def run_part(part: str, config: BenchConfig, smoke: bool) -> dict[str, Any]:
         figures = versus_distilabel.main(config.distilabel, work_dir)
     elif part == "novelty":
         from benchmarks import novelty_scaling
-        from builder.embedded import cache_root
+        from nanoflux.models import cache_root
 
         figures = novelty_scaling.main(config.novelty, cache_root() / "benchmarks")
     else:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.batching_server import ServerModel
-from builder.config import check_range, fail
+from nanoflux.recipe import check_range, fail
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def display_path(path: str | Path) -> str:
 
 def build_config(recipe: str, url: str, output_dir: Path, *, rounds: int, attacks_per_round: int, max_concurrency: int | None = None) -> Any:
     """`recipe` with every role on the loopback server; the builder's default concurrency unless `max_concurrency`."""
-    from builder.config import BuildConfig, from_dict, load_recipe, merge
+    from builder.config import BuildConfig
+    from nanoflux.recipe import from_dict, load_recipe, merge
 
     role: dict[str, Any] = {"base_url": url, "model": MODEL, "timeout": 600.0}
     if max_concurrency is not None:

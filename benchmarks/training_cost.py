@@ -177,7 +177,7 @@ def publish_dataset(hub_dir: Path, rows: int) -> None:
     import io
 
     from builder.dataset import to_dataset
-    from builder.localhub import RepoStore
+    from localhub import RepoStore
     from builder.publish import DATA_PATH
 
     conversations = nanoflux_conversations()
@@ -541,7 +541,7 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
     """Training tokens of a `nanoflux_rows`-row NanoFlux dataset against each baseline's training set (see the docstring)."""
     from transformers import AutoTokenizer
 
-    from builder.embedded import model_path
+    from nanoflux.models import model_path
     from trainer.evaluate import BenchmarkConfig, benchmark_conversations, count_training_tokens, load_benchmark, load_rows, normalise
 
     tokenizer_id = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -1,8 +1,8 @@
 """NanoFlux's former in-process embedded engine (transformers, fp32, micro-batching, xgrammar masks), kept here only so
 that benchmarks/embedded_engine.py can compare it with the llama.cpp engine that replaced it. Not used by the package.
 
-As it was in builder/embedded.py before llama.cpp became the embedded engine (issue 12): one model per process,
-loaded from the converted plain HF folder (`builder.embedded.embedded_model_path`); `chat` requests queue per event
+As it was in nanoflux/models.py before llama.cpp became the embedded engine (issue 12): one model per process,
+loaded from the converted plain HF folder (`nanoflux.models.embedded_model_path`); `chat` requests queue per event
 loop, a worker takes up to `batch_size` of them after `batch_wait_s` and runs ONE `model.generate` with left padding in
 a single-thread executor; a per-row logits processor applies each row's xgrammar JSON-schema mask and its own
 sampling (argmax at temperature 0, else temperature + top-p with a generator seeded from the request's seed); a
@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from builder.chat import ChatRequest, ChatResponse
-from builder.embedded import (
+from nanoflux.models import (
     DEFAULT_MODEL_ID,
     SMOLLM2_CHAT_TEMPLATE,
     cache_root,
     embedded_model_path,
     packaged,
 )
-from builder.extras import require_extra
+from nanoflux.extras import require_extra
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.batching_server import ServerModel
-from builder.config import check_range, fail
+from nanoflux.recipe import check_range, fail
 
 logger = logging.getLogger(__name__)
 

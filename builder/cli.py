@@ -60,7 +60,7 @@ PROJECT_ERRORS = (
     ("builder.chat", "EndpointError"),
     ("localhub.store", "HubError"),
     ("localhub.jobs", "JobError"),
-    ("builder.extras", "MissingExtraError"),
+    ("nanoflux.extras", "MissingExtraError"),
     ("trainer.rows", "EvalError"),
     ("trainer.train_data", "TrainError"),
     ("trainer.sweep_config", "SweepError"),
@@ -157,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, sub in (("build", build), ("train", train), ("eval", evaluate), ("sweep", sweep)):
         sub.recipe = RECIPES[name]
         sub.formatter_class = argparse.RawDescriptionHelpFormatter
-    # builder/space.py parses its own arguments (`nanoflux space [--port N]`, `nanoflux space deploy org/name`).
+    # nanoflux/space.py parses its own arguments (`nanoflux space [--port N]`, `nanoflux space deploy org/name`).
     commands.add_parser("space", add_help=False, help="run the Gradio Space locally, or `space deploy org/name` to a Space repo")
     return parser
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args, overrides = parser.parse_known_args(argv)
     if args.command == "space":
-        from builder.space import main as space_main
+        from nanoflux.space import main as space_main
 
         return space_main(overrides)
     if overrides and args.command not in ("build", "train", "eval", "sweep"):
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{args.repo_id}: adapter pushed, commit {commit}")
     except Exception as err:
         if isinstance(err, ModuleNotFoundError) and not project_error(err):
-            from builder.extras import hint_for
+            from nanoflux.extras import hint_for
 
             hint = hint_for(err)  # an optional package of an install extra: name the extra, no traceback
             if hint:

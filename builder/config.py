@@ -243,7 +243,7 @@ class BuildConfig:
     push_to_hub: str | None = None
     """Publish the result as the next version of this dataset repo (`org/name`); pre-flight checks run first."""
     hub_dir: str | None = None
-    """Publish to this local repository folder (the Hub's layout and tags, served by `builder.localhub`) instead."""
+    """Publish to this local repository folder (the Hub's layout and tags, served by `localhub`) instead."""
     private: bool = False
     """Create the dataset repo as private."""
     output_dir: str | None = None

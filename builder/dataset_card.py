@@ -152,7 +152,7 @@ def reproduce(
         if shown is None:
             return f"hf download {shlex.quote(repo_id)} {' '.join(files)} --repo-type dataset --revision {revision} --local-dir {dest}"
         args = ", ".join(json.dumps(a) for a in ("dataset", repo_id, revision, dest))
-        code = f"from builder.localhub import RepoStore; RepoStore({json.dumps(shown)}).checkout({args})"
+        code = f"from localhub import RepoStore; RepoStore({json.dumps(shown)}).checkout({args})"
         return f"python -c {shlex.quote(code)}"
 
     commands = [fetch(version, [CONFIG_FILE], folder)]

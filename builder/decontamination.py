@@ -240,7 +240,7 @@ def _cached_embeddings(embedder: Any, texts: list[str]) -> np.ndarray:
     a probe sentence, so that any change of model or weights misses the cache)."""
     import hashlib
 
-    from builder.embedded import cache_root
+    from nanoflux.models import cache_root
     from nanoflux.runfolder import write_atomic
     from builder.novelty import embed
 

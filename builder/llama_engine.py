@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.chat import ChatRequest, ChatResponse, EndpointError
-from builder.embedded import DEFAULT_MODEL_ID, cache_root, gguf_path, packaged
+from nanoflux.models import DEFAULT_MODEL_ID, cache_root, gguf_path, packaged
 from builder.transport import EndpointClient, RetryPolicy
 
 logger = logging.getLogger(__name__)

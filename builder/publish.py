@@ -16,22 +16,20 @@ curated rows (those that are novel against the previous version) under the build
 checked against the evaluation benchmarks (`builder.decontamination`); rows keep the version they first appeared in,
 and the card says which rows of the previous version left and why.
 
-The local repository folder has the Hub's layout and tags: `builder.localhub` serves it over the Hub's HTTP API,
+The local repository folder has the Hub's layout and tags: `localhub` serves it over the Hub's HTTP API,
 so both targets go through the same `HfApi` code path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 from huggingface_hub import CommitOperationAdd, HfApi
@@ -50,6 +48,7 @@ from builder.decontamination import (
     write_report,
 )
 from nanoflux.errors import NanoFluxError
+from nanoflux.hub import open_target, package_versions  # noqa: F401 (open_target: re-exported until importers move)
 from nanoflux.recipe import from_dict, public_url
 
 logger = logging.getLogger(__name__)
@@ -93,25 +92,6 @@ class Previous:
 
 
 # --- targets ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def open_target(hub_dir: str | None, token: str | None = None) -> Iterator[HfApi]:
-    """An HfApi for the real Hub (token from the usual places), or for the local repository folder `hub_dir`."""
-    if hub_dir is None:
-        yield HfApi(token=token)
-        return
-    from huggingface_hub import constants
-
-    from builder.localhub import LocalHub
-
-    # The local folder is served on loopback; HF_HUB_OFFLINE (set for the embedded default) must not block it.
-    offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, False
-    try:
-        with LocalHub(hub_dir) as hub:
-            yield HfApi(endpoint=hub.url, token=False)
-    finally:
-        constants.HF_HUB_OFFLINE = offline
 
 
 def version_tags(api: HfApi, repo_id: str) -> dict[int, str]:
@@ -406,17 +386,6 @@ def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
 
 
 # --- card and provenance ---------------------------------------------------------------------------------
-
-
-def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
-    """Installed versions of `names` (None for one that is not installed), for provenance records."""
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def _role_id(role: dict[str, Any]) -> str:

@@ -43,6 +43,9 @@ class HubFault:
     after: bool
 
 
+DEFAULT_PORT = 7861  # not the Space's 7860: both can run at once
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -289,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localhub", description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="folder holding the repos (created if missing)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7861)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--token", default=os.environ.get("LOCALHUB_TOKEN"),
                         help="require this bearer token for writes (default: $LOCALHUB_TOKEN, else open)")  # fmt: skip
     parser.add_argument("--user", default="localhub", help="user name reported by whoami and used as author")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.extras import require_extra
+from nanoflux.extras import require_extra
 
 log = logging.getLogger(__name__)
 

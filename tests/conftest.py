@@ -32,7 +32,7 @@ def _no_token_leaks_between_tests(monkeypatch):
 @pytest.fixture(scope="session")
 def embedded_model_dir():
     """The packaged SmolLM2 converted to a plain HF folder (in this session's NANOFLUX_CACHE)."""
-    from builder.embedded import embedded_model_path
+    from nanoflux.models import embedded_model_path
 
     return embedded_model_path()
 

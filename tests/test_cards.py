@@ -27,7 +27,7 @@ from builder.config import BuildConfig, build_config
 from nanoflux.recipe import from_dict
 from builder.dataset import row_id
 from nanoflux.journal import scan
-from builder.localhub import RepoStore, load_version
+from localhub import RepoStore, load_version
 from tests import scripted_roles
 from tests.tgi_server import ScriptedTGI
 
@@ -535,7 +535,7 @@ def test_the_adapter_card_states_what_training_recorded(adapter):
     )
     assert (
         f"{REPO}@v2@" in card.text
-        and "from builder.embedded import model_path" in card.text
+        and "from nanoflux.models import model_path" in card.text
     )
     assert (
         'AutoModelForCausalLM.from_pretrained(model_path("HuggingFaceTB/SmolLM2-135M-Instruct"))'

@@ -1,5 +1,5 @@
 """The embedded default: the packaged GGUF served by a managed llama.cpp server (builder/llama_engine.py), reached
-through the same EndpointClient as any endpoint; and the GGUF -> plain HF cache the trainer uses (builder/embedded.py).
+through the same EndpointClient as any endpoint; and the GGUF -> plain HF cache the trainer uses (nanoflux/models.py).
 
 The `slow` tests start the real `llama_cpp.server` on the packaged SmolLM2-135M (one per test session, shared) or
 convert the GGUF (once per session, into the session's NANOFLUX_CACHE).
@@ -18,12 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from builder import build, embedded, llama_engine
+from builder import build, llama_engine
 from builder.chat import ChatRequest
 from builder.config import build_config
-from builder.embedded import DEFAULT_MODEL_ID, embedded_model_path
-from builder.llama_engine import EngineError, EngineSettings, LlamaServer, engine_client, engine_for
+from builder.llama_engine import (
+    EngineError,
+    EngineSettings,
+    LlamaServer,
+    engine_client,
+    engine_for,
+)
 from builder.transport import EndpointClient
+from nanoflux import models as embedded
+from nanoflux.models import DEFAULT_MODEL_ID, embedded_model_path
 
 SCHEMA = {
     "type": "object",
@@ -289,7 +296,7 @@ def test_cache_is_a_plain_trainable_model(embedded_model_dir, tmp_path):
 
 
 def test_a_missing_extra_names_the_pip_command():
-    from builder.extras import MissingExtraError, hint_for, require_extra
+    from nanoflux.extras import MissingExtraError, hint_for, require_extra
 
     with pytest.raises(MissingExtraError, match=r"no_such_module_xyz is not installed\. Fix: pip install 'nanoflux\[train\]'"):
         require_extra("train", "no_such_module_xyz")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from builder.cli import main as nanoflux
-from builder.localhub import RepoStore
+from localhub import RepoStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
 

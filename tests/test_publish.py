@@ -9,11 +9,12 @@ import pytest
 import yaml
 from huggingface_hub import DatasetCard, HfApi
 
+import nanoflux.hub
 from builder import build, dataset_card, publish
 from builder.config import BuildConfig
-from nanoflux.recipe import ConfigError, from_dict
 from builder.decontamination import DecontaminationConfig
-from builder.localhub import LocalHub
+from localhub.testing import FaultyHub
+from nanoflux.recipe import ConfigError, from_dict
 from tests import scripted_roles
 from tests.tgi_server import ScriptedTGI
 
@@ -32,7 +33,7 @@ def tgi():
 
 @pytest.fixture
 def hub(tmp_path, hub_endpoint):
-    with LocalHub(tmp_path / "hub", token=TOKEN) as server:
+    with FaultyHub(tmp_path / "hub", token=TOKEN) as server:
         hub_endpoint(server.url)
         yield server
 
@@ -44,7 +45,7 @@ class Target:
     def __init__(self, kind: str, tmp_path, hub_endpoint, monkeypatch):
         self.kind, self.monkeypatch = kind, monkeypatch
         self.folder = tmp_path / ("hub" if kind == "hub" else "local-hub")
-        self.server = LocalHub(self.folder, token=TOKEN if kind == "hub" else None).start()
+        self.server = FaultyHub(self.folder, token=TOKEN if kind == "hub" else None).start()
         hub_endpoint(self.server.url)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
         self.api = HfApi(endpoint=self.server.url, token=TOKEN)
@@ -57,7 +58,7 @@ class Target:
 
     def load(self, revision: str) -> list[dict]:
         if self.kind == "local":
-            from builder.localhub import load_version
+            from localhub import load_version
 
             return load_version(self.folder, REPO, revision).to_list()  # the README's one-liner
         return _load(revision)
@@ -69,15 +70,16 @@ class Target:
         if self.kind == "hub":
             self.server.fail_next("POST", r"/api/datasets/.*/commit/", status=500)
             return
-        original, armed = LocalHub.start, [True]
+        armed = [True]
 
-        def start(hub):  # the in-process LocalHub that `hub_dir` publishing starts: its first commit fails
-            started = original(hub)
-            if armed.pop() if armed else False:
-                started.fail_next("POST", r"/api/datasets/.*/commit/", status=500)
-            return started
+        class FirstCommitFails(FaultyHub):  # the in-process Hub that `hub_dir` publishing starts: its first commit fails
+            def start(self):
+                started = super().start()
+                if armed.pop() if armed else False:
+                    started.fail_next("POST", r"/api/datasets/.*/commit/", status=500)
+                return started
 
-        self.monkeypatch.setattr(LocalHub, "start", start)
+        self.monkeypatch.setattr(nanoflux.hub, "LocalHub", FirstCommitFails)
 
 
 @pytest.fixture(params=["hub", "local"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.localhub import RepoStore
+from localhub import RepoStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "runs" / "local.sh"

@@ -18,7 +18,7 @@ from builder import roles
 from builder.build import Caller
 from builder.chat import ChatRequest, EndpointError
 from builder.config import BuildConfig, RoleConfig
-from builder.journal import Journal
+from nanoflux.journal import Journal
 from builder.progress import Progress
 from builder.roles import Rejected, attack_schema, parse_attack
 from builder.transport import EndpointClient, RetryPolicy

@@ -25,7 +25,7 @@ import pytest
 
 from builder.dataset import sft_messages, to_dataset
 from localhub import LocalHub, RepoStore
-from builder.publish import DATA_PATH, PublishError
+from builder.publish import DATA_PATH
 from tests import scripted_roles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -533,7 +533,7 @@ def test_no_token_reaches_a_message_the_page_shows(monkeypatch):
 
 
 def test_the_local_run_points_the_app_at_the_local_folder_without_the_token(tmp_path, monkeypatch):
-    from builder import space
+    from nanoflux import space
 
     monkeypatch.chdir(tmp_path)  # relative folders are made absolute: the app may run elsewhere
     adapter = tmp_path / "adapter"
@@ -551,7 +551,7 @@ def test_the_local_run_points_the_app_at_the_local_folder_without_the_token(tmp_
 
 
 def test_the_packaged_model_is_loaded_from_its_cache_folder_but_named_by_its_id(tmp_path, monkeypatch):
-    from builder import embedded, space
+    from nanoflux import models as embedded, space
 
     folder = tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct"  # where the conversion would put it
     folder.mkdir(parents=True)
@@ -571,16 +571,12 @@ def test_the_packaged_model_is_loaded_from_its_cache_folder_but_named_by_its_id(
 
 
 def test_the_space_and_the_local_hub_server_have_their_own_default_ports():
-    from builder import space
-
-    import inspect
-    import re
-
     from localhub import server
+    from nanoflux import space
 
     assert space.SpaceConfig().port == space.DEFAULT_PORT == 7860 and space._parser(False).get_default("port") == 7860
-    hub_port = re.search(r'"--port", type=int, default=(\d+)', inspect.getsource(server.main))  # the local Hub server's CLI default
-    assert hub_port and int(hub_port.group(1)) != space.DEFAULT_PORT
+    assert server.DEFAULT_PORT != space.DEFAULT_PORT
+    assert f"the local Hub server's is {server.DEFAULT_PORT}" in space._parser(False).format_help()
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -589,7 +585,7 @@ def test_the_space_and_the_local_hub_server_have_their_own_default_ports():
     (["deploy", "org/demo", "--base_model", "/"], "nanoflux space deploy: base_model: a local path: the Space on the Hub cannot read it (got '/')"),
 ])  # fmt: skip
 def test_the_command_refuses_bad_arguments_with_the_fix(argv, message):
-    from builder import space
+    from nanoflux import space
 
     with pytest.raises(SystemExit) as exit_:
         space.main(argv)
@@ -607,7 +603,7 @@ def _space_files(api, repo: str) -> dict[str, bytes]:
 def test_deploy_uploads_the_space_in_one_commit_with_its_settings_results_and_no_token(target, hub, results_dir, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
-    from builder import space
+    from nanoflux import space
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     folder = tmp_path / "local-hub"
@@ -649,7 +645,7 @@ def _front_matter_of(files: dict[str, bytes]) -> dict:
 
 
 def test_deploy_refuses_local_paths_and_bad_repo_ids_before_uploading(hub, tmp_path):
-    from builder import space
+    from nanoflux import space
     from nanoflux.recipe import ConfigError
 
     with pytest.raises(ConfigError, match=r"adapter: a local path: the Space on the Hub cannot read it \(got '.*'\). Fix: push it first"):
@@ -660,7 +656,7 @@ def test_deploy_refuses_local_paths_and_bad_repo_ids_before_uploading(hub, tmp_p
         space.deploy(space.DeployConfig(repo_id="demo"))
     with pytest.raises(ConfigError, match=r"results: no results.json there"):
         space.deploy(space.DeployConfig(repo_id="org/demo", results=str(tmp_path)))
-    with pytest.raises(PublishError, match=r"repo_id: cannot write to Space repo org/demo at .*Fix: check HF_TOKEN"):
+    with pytest.raises(space.SpaceError, match=r"repo_id: cannot write to Space repo org/demo at .*Fix: check HF_TOKEN"):
         space.deploy(space.DeployConfig(repo_id="org/demo"))  # no token: the loopback Hub refuses the write
     assert not RepoStore(hub.root).exists("space", "org/demo")
 

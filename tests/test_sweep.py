@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.config import ConfigError, from_dict
+from nanoflux.recipe import ConfigError, from_dict
 from builder.curation import curate
 from builder.dataset import write_rows
 from tests import scripted_roles
@@ -138,7 +138,7 @@ def test_a_band_written_as_one_level_is_a_band_and_cell_ids_name_the_settings():
 def test_cell_ids_are_unique_and_safe_in_folders_and_hub_repo_names():
     from itertools import chain, combinations
 
-    from builder.config import is_repo_id
+    from nanoflux.recipe import is_repo_id
 
     bands = [list(c) for c in chain.from_iterable(combinations(range(1, 6), k) for k in range(1, 6))]  # every non-empty band: 31
     ids = [cell_id(CellSettings(q, c, n, ranking)) for q in bands for c in [None, *bands] for n in (1, 20, 200) for ranking in (True, False)]
@@ -681,7 +681,7 @@ def test_a_killed_sweep_resumes_without_redoing_finished_cells(killed_and_resume
 
 @pytest.mark.slow
 def test_each_cell_records_its_settings_rows_compute_and_scores(killed_and_resumed, pool_build):
-    from builder.localhub import RepoStore
+    from localhub import RepoStore
 
     state = killed_and_resumed
     sweep, cells = state["sweep"], state["summary"]["cells"]
@@ -793,7 +793,7 @@ def test_a_lost_cell_marker_redoes_only_that_cell_and_the_report_is_the_same(kil
 def test_a_cell_is_published_as_the_next_version_with_the_report_under_ablations(killed_and_resumed, tmp_path, monkeypatch):
     import transformers
 
-    from builder.localhub import RepoStore, load_version
+    from localhub import RepoStore, load_version
 
     state = killed_and_resumed
     sweep = tmp_path / "sweep"
@@ -840,7 +840,7 @@ def test_the_jobs_backend_trains_each_cell_as_a_job_reading_and_pushing_through_
     through huggingface_hub's jobs client, and the job (`nanoflux train` in a process of its own, in a temporary
     folder) reads the cell's rows from the Hub and pushes its adapter there."""
     import trainer.jobs
-    from builder.localhub import JobRunner, LocalHub, RepoStore
+    from localhub import JobRunner, LocalHub, RepoStore
 
     submitted = []
     submit = trainer.jobs.main

@@ -19,13 +19,22 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from nanoflux.recipe import ConfigError
+import nanoflux.hub
 from builder.dataset import sft_messages, to_dataset
-from builder.localhub import LocalHub, RepoStore
 from builder.publish import DATA_PATH, PublishError
+from localhub import LocalHub, RepoStore
+from localhub.testing import FaultyHub
+from nanoflux.recipe import ConfigError
 from trainer.baseline import baseline_rows, check_no_test_rows, question_key
 from trainer.benchmarks import BenchmarkConfig, load_benchmark, test_questions
-from trainer.train import TrainConfig, TrainError, build_train_config, load_train_data, main, publish_adapter
+from trainer.train import (
+    TrainConfig,
+    TrainError,
+    build_train_config,
+    load_train_data,
+    main,
+    publish_adapter,
+)
 from trainer.train_data import has_reasoning, prompt_completion
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -98,13 +107,13 @@ def no_model_loading(monkeypatch):
     """Any attempt to load (or convert) a model fails the test."""
     import transformers
 
-    import builder.embedded
+    import nanoflux.models
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-    monkeypatch.setattr(builder.embedded, "embedded_model_path", refuse)
+    monkeypatch.setattr(nanoflux.models, "embedded_model_path", refuse)
 
 
 # --- fast: recipes ---------------------------------------------------------------------------------------
@@ -367,17 +376,16 @@ def run(tmp_path_factory, embedded_model_dir):
             super().__init__(*args, **kwargs)
             trainers.append(self)
 
-    start = LocalHub.start
-
-    def start_failing_commits(hub):  # every LocalHub the push starts answers its commit with a 500
-        started = start(hub)
-        started.fail_next("POST", COMMIT_PATH, status=500)
-        return started
+    class FailingCommits(FaultyHub):  # every Hub the push starts answers its commit with a 500
+        def start(self):
+            started = super().start()
+            started.fail_next("POST", COMMIT_PATH, status=500)
+            return started
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ROOT)  # the evaluation recipe's fixtures (its test rows are checked before training)
         mp.setattr(trl, "SFTTrainer", CapturedSFTTrainer)
-        mp.setattr(LocalHub, "start", start_failing_commits)
+        mp.setattr(nanoflux.hub, "LocalHub", FailingCommits)
         with pytest.raises(PublishError) as err:
             main(config)
     (trainer,) = trainers

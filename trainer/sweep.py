@@ -39,10 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from builder.config import ConfigError, changed_fields, to_dict
+from nanoflux.recipe import changed_fields, ConfigError, to_dict
 from builder.curation import curate
-from builder.journal import write_atomic
+from nanoflux.runfolder import write_atomic
 from builder.progress import Progress
+from nanoflux.hub import open_target
 from trainer.sweep_cells import (  # noqa: F401  (re-exported)
     Cell,
     Pool,
@@ -94,7 +95,7 @@ def read_pool(config: SweepConfig) -> Pool:
 
     from huggingface_hub.errors import HfHubHTTPError
 
-    from builder.publish import DATA_PATH, open_target
+    from builder.publish import DATA_PATH
 
     repo, revision = config.pool, config.pool_revision
     try:
@@ -263,7 +264,7 @@ def publish_report(report: Report, files: list[Path]) -> dict[str, Any]:
 
     config = report.config
     repo = config.push_to_hub
-    with publish.open_target(config.hub_dir) as api:
+    with open_target(config.hub_dir) as api:
         release = None
         if config.publish_cell:
             release = publish.publish(Path(config.output_dir) / "cells" / config.publish_cell, repo, api=api, private=config.private)
@@ -323,7 +324,7 @@ def main(config: SweepConfig, *, fresh: bool = False) -> dict[str, Any]:
         from builder import publish
 
         # Pre-flight before any compute: the dataset repo is writable.
-        with publish.open_target(config.hub_dir) as api:
+        with open_target(config.hub_dir) as api:
             publish.preflight(api, config.push_to_hub, private=config.private)
     output_dir = prepare_output_dir(config, setup, fresh)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from builder.config import from_dict, to_dict
+from nanoflux.recipe import from_dict, to_dict
 from builder.dataset import write_rows
-from builder.journal import write_atomic
+from nanoflux.runfolder import write_atomic
 from trainer.sweep_config import BASE_SCORES, CELL_FILE, DATA_FILE, EVAL_CELL_FIELDS, TEST_FILE, CellSettings, SweepConfig, SweepError, stage_configs
 from trainer.sweep_report import cell_label
 from trainer.sweep_select import adapter_of
@@ -84,7 +84,8 @@ def put_cell_data(config: SweepConfig, cell: Cell, cell_dir: Path) -> tuple[str,
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import HfHubHTTPError
 
-    from builder.publish import DATA_PATH, open_target
+    from builder.publish import DATA_PATH
+    from nanoflux.hub import open_target
 
     repo = config.cells_repo or f"local/{config.name}-cells"
     tag = f"cell-{cell.fingerprint[:16]}"

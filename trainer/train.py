@@ -35,8 +35,9 @@ from typing import Any
 import yaml
 
 from nanoflux.recipe import check_range, check_repo_id, fail, load_config, to_dict
-from builder.embedded import DEFAULT_MODEL_ID, model_path
-from builder.publish import PublishError, open_target, package_versions
+from nanoflux.models import DEFAULT_MODEL_ID, model_path
+from builder.publish import PublishError
+from nanoflux.hub import open_target, package_versions
 from trainer.benchmarks import BenchmarkConfig
 from trainer.train_data import TrainData, TrainError, check_test_rows, load_train_data  # noqa: F401  (TrainError, load_train_data: re-exported)
 
@@ -61,7 +62,7 @@ class TrainConfig:
     revision: str = "v1"
     """Dataset version: a tag (`v1`, `v2`, ...) or a commit sha. The card pins the commit it resolves to."""
     hub_dir: str | None = None
-    """Read the dataset from this local repository folder (see `builder.localhub`) instead of the Hub."""
+    """Read the dataset from this local repository folder (see `localhub`) instead of the Hub."""
     benchmark: BenchmarkConfig | None = None
     """Train on this benchmark's own training split instead of a NanoFlux dataset, e.g. {format: medqa, split: train}:
     the paper's full-benchmark fine-tuning baseline (dataset_name and revision are then not used)."""
@@ -449,7 +450,7 @@ def write_card(output_dir: str | Path, adapter_id: str | None = None) -> Path:
     see trainer/reporting.py) is kept, under the new name."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from builder.embedded import PACKAGED_MODELS
+    from nanoflux.models import PACKAGED_MODELS
 
     output_dir = Path(output_dir)
     path = output_dir / "README.md"

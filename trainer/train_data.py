@@ -204,7 +204,7 @@ def _hub_commit(repo: str, revision: str) -> str:
 
 
 def _local_store(hub_dir: str, repo: str) -> Any:
-    from builder.localhub import RepoStore
+    from localhub import RepoStore
 
     if not Path(hub_dir).is_dir():  # RepoStore would create it
         raise TrainError(f"hub_dir: folder not found (got {hub_dir!r}). Fix: point it at the folder `nanoflux build --hub_dir` published to")
@@ -215,7 +215,7 @@ def _local_store(hub_dir: str, repo: str) -> Any:
 
 
 def _local_commit(store: Any, repo: str, revision: str) -> str:
-    from builder.localhub import HubError
+    from localhub import HubError
 
     try:
         return store.resolve("dataset", repo, revision)

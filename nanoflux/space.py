@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.embedded import DEFAULT_MODEL_ID
+from localhub.server import DEFAULT_PORT as HUB_PORT
+from nanoflux.errors import NanoFluxError
+from nanoflux.models import DEFAULT_MODEL_ID
 from nanoflux.recipe import ConfigError, check_range, fail
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,10 @@ SPACE_DIR = Path(__file__).resolve().parent.parent / "spaces"
 DEPLOY_DELETE_PATTERNS = ["*.py", "results/*"]
 DEFAULT_PORT = 7860
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class SpaceError(NanoFluxError):
+    """The Space could not be deployed; the message names the repo, the endpoint and the fix."""
 
 
 @dataclass
@@ -116,7 +122,7 @@ def _results_file(path: str | Path) -> Path:
 
 def space_env(config: SpaceConfig, hub_url: str | None, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment `spaces/app.py` runs with locally: its settings, and huggingface_hub pointed at `hub_url`."""
-    from builder.embedded import cache_root, model_path
+    from nanoflux.models import cache_root, model_path
 
     env = dict(os.environ if environ is None else environ)
     # A packaged model loads from its converted folder, but the page names it by its id, never by a cache path.
@@ -160,7 +166,7 @@ def run_local(config: SpaceConfig) -> int:
     config.validate()
     app = SPACE_DIR / "app.py"
     if not app.is_file():
-        raise ConfigError(f"spaces/app.py not found next to the builder package ({SPACE_DIR}). Fix: run `nanoflux space` from a NanoFlux checkout (pip install -e .)")
+        raise ConfigError(f"spaces/app.py not found next to the nanoflux package ({SPACE_DIR}). Fix: run `nanoflux space` from a NanoFlux checkout (pip install -e .)")
     _warn_missing(config)
     from localhub import LocalHub
 
@@ -231,7 +237,7 @@ def deploy(config: DeployConfig) -> str:
     """Create (if needed) and update the Space repo in one commit; returns the commit id."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    from builder.publish import PublishError, open_target
+    from nanoflux.hub import open_target
 
     config.validate()
     with tempfile.TemporaryDirectory(prefix="nanoflux-space-") as tmp, open_target(config.hub_dir) as api:
@@ -244,7 +250,7 @@ def deploy(config: DeployConfig) -> str:
                 commit_message="NanoFlux Space" + (f": dataset {config.dataset}" if config.dataset else "") + (", with evaluation results" if config.results else ""),
             )  # fmt: skip
         except HfHubHTTPError as err:
-            raise PublishError(
+            raise SpaceError(
                 f"repo_id: cannot write to Space repo {config.repo_id} at {api.endpoint} ({str(err).splitlines()[0][:300]}). "
                 "Fix: check HF_TOKEN (a write token) and the repo id"
             ) from None
@@ -272,7 +278,7 @@ def _parser(deploying: bool) -> argparse.ArgumentParser:
     else:
         defaults = SpaceConfig()
         parser = argparse.ArgumentParser(prog="nanoflux space", description="Run the NanoFlux Space locally (`nanoflux space deploy org/name` deploys it).")
-        parser.add_argument("--port", type=int, default=defaults.port, help="default: %(default)s (the local Hub server's is 7861)")
+        parser.add_argument("--port", type=int, default=defaults.port, help=f"default: %(default)s (the local Hub server's is {HUB_PORT})")
         parser.add_argument("--host", default=defaults.host, help="0.0.0.0 to serve beyond this machine")
         parser.add_argument("--dataset", default=defaults.dataset, help="dataset repo (default: %(default)s)")
         parser.add_argument("--hub_dir", type=_hub_dir, default=defaults.hub_dir, help="local repository folder; `none` reads the Hub (default: %(default)s)")
@@ -286,8 +292,6 @@ def _parser(deploying: bool) -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> Any:
     """`nanoflux space [...]` / `nanoflux space deploy REPO_ID [...]`."""
-    from builder.publish import PublishError
-
     deploying = bool(argv) and argv[0] == "deploy"
     args = vars(_parser(deploying).parse_args(argv[1:] if deploying else argv))
     logging.basicConfig(level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -298,5 +302,5 @@ def main(argv: list[str]) -> Any:
             return None
         config = SpaceConfig(**{**args, "adapters": args["adapters"] or SpaceConfig().adapters})
         sys.exit(run_local(config))
-    except (ConfigError, PublishError) as err:
+    except (ConfigError, SpaceError) as err:
         sys.exit(f"nanoflux space{' deploy' if deploying else ''}: {err}")

@@ -16,6 +16,7 @@ journaled, so a killed build resumes where it stopped (`--fresh` starts over).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import hashlib
@@ -33,7 +34,7 @@ import yaml
 
 from builder import publish, roles, runfolder, sandbox
 from builder.chat import ChatClient, ChatRequest, ChatResponse, EndpointError
-from builder.config import BuildConfig, RoleConfig
+from builder.config import BuildConfig, RoleConfig, build_config
 from builder.corpus import Corpus, packaged_corpus
 from builder.curation import curate, eligible
 from builder.dataset import (
@@ -810,3 +811,8 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
         return summary
     finally:
         runfolder.release(output_dir)  # the folder's lock, taken by prepare_output_dir, is held for the whole run
+
+
+def command(args: argparse.Namespace, overrides: list[str]) -> None:
+    """`nanoflux build [--config RECIPE] [--fresh] [--field value ...]`."""
+    main(build_config(args.config, overrides), fresh=args.fresh)

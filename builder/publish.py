@@ -22,6 +22,7 @@ so both targets go through the same `HfApi` code path.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
@@ -458,3 +459,10 @@ def main(
     # One writer per folder: a build still writing it (or another publish) makes this fail at once, naming the holder.
     with runfolder.locked(output_dir, "publish"), open_target(hub_dir) as api:
         return publish(output_dir, repo_id, api=api, private=private, overwrite=overwrite, decontamination=decontamination, hub_dir=hub_dir)
+
+
+def command(args: argparse.Namespace, overrides: list[str]) -> None:
+    """`nanoflux publish OUTPUT_DIR --repo_id ORG/NAME [--hub_dir DIR] [--private] [--overwrite]`."""
+    release = main(args.output_dir, args.repo_id, hub_dir=args.hub_dir, private=args.private, overwrite=args.overwrite)
+    if release:
+        print(f"{release.repo_id} {release.version}: {release.num_rows} rows ({release.new_rows} new), commit {release.commit}")

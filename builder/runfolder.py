@@ -10,6 +10,8 @@ state files, the run's identity):
 
 from __future__ import annotations
 
+import argparse
+import sys
 import json
 import logging
 import os
@@ -256,3 +258,11 @@ def doctor(folder: str | Path, repair: bool = False) -> tuple[str, bool]:
     else:
         out.append("healthy" if not repair or not any(f.problem for f in findings) else "repaired: a resumed build sends the lost calls again")
     return "\n".join(out), not remaining
+
+
+def doctor_command(args: argparse.Namespace, overrides: list[str]) -> None:
+    """`nanoflux doctor OUTPUT_DIR [--repair]`: the report; exit 1 when something is damaged."""
+    report, healthy = doctor(args.output_dir, repair=args.repair)
+    print(report)
+    if not healthy:
+        sys.exit(1)

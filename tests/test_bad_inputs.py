@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import builder.build as build_module
-from builder.cli import main
+from nanoflux.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOSED = "http://127.0.0.1:9"  # discard port: nothing listens, so any request would fail loudly
@@ -267,7 +267,7 @@ def test_as_a_subprocess_no_traceback(tmp_path, extra, names):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(_base(out)))
     proc = subprocess.run(
-        [sys.executable, "-m", "builder.cli", "build", "--config", str(recipe), *extra],
+        [sys.executable, "-m", "nanoflux.cli", "build", "--config", str(recipe), *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0

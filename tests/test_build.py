@@ -152,7 +152,7 @@ def test_a_build_killed_mid_round_resumes_to_the_same_dataset_without_repeating_
         recipe.write_text(yaml.safe_dump(scripted_roles.recipe(server.url, str(out))))
         env = {**os.environ, "HF_HUB_OFFLINE": "0", "PYTHONPATH": str(Path(__file__).parent.parent)}
         process = subprocess.Popen(
-            [sys.executable, "-m", "builder.cli", "build", "--config", str(recipe)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [sys.executable, "-m", "nanoflux.cli", "build", "--config", str(recipe)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         calls = out / "calls.jsonl"
         deadline = time.monotonic() + 120

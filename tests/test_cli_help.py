@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import subprocess
 import sys
 import typing
 
 import pytest
 
-from builder.cli import RECIPES, main
-from builder.recipe_fields import field_docs, recipe_fields
+from nanoflux.cli import COMMANDS, load, main
+from nanoflux.recipe_fields import field_docs, recipe_fields
+
+RECIPES = {c.name: c.recipe for c in COMMANDS if c.recipe}
 
 
 def _all_names(cls: type, prefix: str = "") -> list[str]:
@@ -29,8 +30,7 @@ def _all_names(cls: type, prefix: str = "") -> list[str]:
 
 @pytest.mark.parametrize("stage", sorted(RECIPES))
 def test_help_lists_every_recipe_field_with_its_description(stage, capsys):
-    module, name = RECIPES[stage]
-    cls = getattr(importlib.import_module(module), name)
+    cls = load(RECIPES[stage])
     with pytest.raises(SystemExit) as exit_info:
         main([stage, "--help"])
     assert exit_info.value.code == 0
@@ -40,7 +40,7 @@ def test_help_lists_every_recipe_field_with_its_description(stage, capsys):
     assert not missing, f"`nanoflux {stage} --help` does not list {missing}"
     # Descriptions come from the attribute docstrings, not a copy kept elsewhere.
     documented = [(n, doc) for n, _, doc in recipe_fields(cls) if doc]
-    assert documented, f"{name} has no documented field"
+    assert documented, f"{cls.__name__} has no documented field"
     field_name, doc = documented[0]
     assert doc.split()[0] in out.split(f"  {field_name}", 1)[1]
 
@@ -68,6 +68,6 @@ def test_field_docs_reads_the_string_after_each_annotation():
 
 
 def test_build_help_does_not_import_the_trainer():
-    code = "import sys\nfrom builder.cli import main\ntry:\n    main(['build', '--help'])\nexcept SystemExit:\n    pass\nprint(any(m.startswith('trainer') or m == 'trl' for m in sys.modules))"
+    code = "import sys\nfrom nanoflux.cli import main\ntry:\n    main(['build', '--help'])\nexcept SystemExit:\n    pass\nprint(any(m.startswith('trainer') or m == 'trl' for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from builder.cli import quiet_third_parties
+from nanoflux.cli import quiet_third_parties
 from builder.novelty import embed
 
 
@@ -47,15 +47,15 @@ def test_a_missing_optional_package_names_its_extra_without_a_traceback(monkeypa
 
     import pytest
 
-    from builder.cli import main
+    from nanoflux.cli import main
 
     class WithoutTrl(types.ModuleType):
         def __getattr__(self, name):
-            if name == "main":  # what `from trainer.jobs import main` reaches first, as if the module imported trl
+            if name == "command":  # the stage's entry, as if its module's import had failed on trl
                 raise ModuleNotFoundError("No module named 'trl'", name="trl")
             raise AttributeError(name)
 
-    monkeypatch.setitem(sys.modules, "trainer.jobs", WithoutTrl("trainer.jobs"))
+    monkeypatch.setitem(sys.modules, "trainer.train", WithoutTrl("trainer.train"))
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", "configs/train/local.yaml"])
     assert exit_info.value.code == "nanoflux train: trl is not installed. Fix: pip install 'nanoflux[train]' (from a clone: pip install -e '.[train]')"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.cli import main as cli_main
+from nanoflux.cli import main as cli_main
 from nanoflux.recipe import ConfigError
 from localhub import JobRunner, LocalHub
 from tests.test_train import ADAPTER_REPO, LOCAL_RECIPE, QWEN_RECIPE, REPO, make_dataset_repo

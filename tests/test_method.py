@@ -271,7 +271,7 @@ def test_a_question_copied_from_an_evaluation_benchmark_is_dropped_counted_and_l
 
 def test_a_build_whose_attacks_fail_exits_non_zero_with_the_role_model_and_cause(tmp_path, capsys):
     from builder.build import BuildError
-    from builder.cli import main as nanoflux
+    from nanoflux.cli import main as nanoflux
 
     with ScriptedTGI(responder=lambda body: "I would rather write a poem.") as server:
         config = _recipe(server.url, tmp_path / "out", rounds=1, attacks_per_round=2, parse_retries=0)

@@ -70,7 +70,7 @@ def start_build(recipe: dict[str, Any], where: Path, **env: str) -> tuple[subpro
     log = where / f"console-{time.monotonic_ns()}.log"
     environment = {**os.environ, "PYTHONPATH": str(REPO), **env}
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "builder.cli", "build", "--config", str(path)], cwd=REPO, env=environment, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "nanoflux.cli", "build", "--config", str(path)], cwd=REPO, env=environment, stdout=out, stderr=subprocess.STDOUT)
     return process, log
 
 

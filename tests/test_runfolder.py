@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from builder import build, roles
-from builder.cli import main as cli_main
+from nanoflux.cli import main as cli_main
 from builder.config import BuildConfig
 from nanoflux import runfolder
 from nanoflux.journal import Journal, damaged_path, scan
@@ -75,7 +75,7 @@ def test_a_second_build_command_into_a_busy_folder_exits_with_one_line(tmp_path,
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(scripted_roles.recipe("http://127.0.0.1:9", str(folder), decontamination={"enabled": False})))
     result = subprocess.run(
-        [sys.executable, "-m", "builder.cli", "build", "--config", str(recipe)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=120
+        [sys.executable, "-m", "nanoflux.cli", "build", "--config", str(recipe)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=120
     )
     message = result.stderr.decode().strip().splitlines()[-1]
     assert result.returncode == 1 and "Traceback" not in result.stderr.decode()

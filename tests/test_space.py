@@ -757,7 +757,7 @@ def launched(hub_root, adapters, results_dir, tmp_path_factory):
 
     port, workdir = _free_port(), tmp_path_factory.mktemp("space-run")
     log = open(workdir / "space.log", "w")
-    command = [sys.executable, "-m", "builder.cli", "space", "--port", str(port), "--hub_dir", str(hub_root), "--dataset", DATASET,
+    command = [sys.executable, "-m", "nanoflux.cli", "space", "--port", str(port), "--hub_dir", str(hub_root), "--dataset", DATASET,
                "--adapter", str(adapters), "--adapter", ADAPTER_REPO, "--results", str(results_dir), "--max_new_tokens", "16"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

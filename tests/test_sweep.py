@@ -638,7 +638,7 @@ def killed_and_resumed(pool_build, tmp_path_factory, embedded_model_dir):
     recipe = tmp / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(_sweep_recipe(pool_build, sweep)))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "builder.cli", "sweep", "--config", str(recipe)], env=env, cwd=tmp,
+    process = subprocess.Popen([sys.executable, "-m", "nanoflux.cli", "sweep", "--config", str(recipe)], env=env, cwd=tmp,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 900  # a loaded 2-core machine can take minutes for the first cell
     while time.monotonic() < deadline and not _cell_files(sweep):

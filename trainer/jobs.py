@@ -19,6 +19,7 @@ ephemeral, so the recipe must push the adapter (`push_to_hub`): the push is the 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import re
@@ -186,3 +187,18 @@ def logs(job_id: str, *, namespace: str | None = None, follow: bool = False) -> 
     from huggingface_hub import HfApi
 
     yield from HfApi().fetch_job_logs(job_id=job_id, namespace=namespace, follow=follow)
+
+
+def command(args: argparse.Namespace, overrides: list[str]) -> None:
+    """`nanoflux jobs status|logs JOB_ID [--namespace NS] [--follow]`."""
+    import yaml
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        if args.action == "status":
+            print(yaml.safe_dump(status(args.job_id, namespace=args.namespace), sort_keys=False), end="")
+        else:
+            for line in logs(args.job_id, namespace=args.namespace, follow=args.follow):
+                print(line, flush=True)
+    except HfHubHTTPError as err:
+        raise JobsError(f"job {args.job_id}: {str(err).splitlines()[0]}") from None

@@ -27,6 +27,7 @@ first released as the repo's next version by the same code as `nanoflux publish`
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import io
@@ -399,3 +400,8 @@ def main(config: SweepConfig, *, fresh: bool = False) -> dict[str, Any]:
         summary["wall_time_s"], *(len(outcome[k]) for k in ("ran", "reused", "empty", "reevaluated", "skipped")), len(test), output_dir / "results.md",
     )  # fmt: skip
     return summary
+
+
+def command(args: argparse.Namespace, overrides: list[str]) -> None:
+    """`nanoflux sweep [--config RECIPE] [--fresh] [--field value ...]`."""
+    main(build_sweep_config(args.config, overrides), fresh=args.fresh)

@@ -19,6 +19,7 @@ them on disk and `publish_adapter` (the `publish-adapter` command) retries just 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fnmatch
 import io
@@ -533,3 +534,21 @@ def publish_adapter(output_dir: str | Path, repo_id: str, hub_dir: str | None = 
         ) from None
     logger.info("Pushed the adapter to %s: commit %s", repo_id, commit.oid[:12])
     return commit.oid
+
+
+def command(args: argparse.Namespace, overrides: list[str]) -> None:
+    """`nanoflux train [--config RECIPE] [--detach] [--field value ...]`: here, or as a Hugging Face Job."""
+    config = build_train_config(args.config, overrides)
+    if config.backend != "jobs":
+        main(config)
+        return
+    from trainer.jobs import main as submit
+
+    job = submit(config, detach=args.detach, on_log=print)
+    print(f"job {job.id}: {job.status.stage} ({job.url})")
+
+
+def publish_adapter_command(args: argparse.Namespace, overrides: list[str]) -> None:
+    """`nanoflux publish-adapter OUTPUT_DIR --repo_id ORG/NAME [--hub_dir DIR] [--private]`."""
+    commit = publish_adapter(args.output_dir, args.repo_id, hub_dir=args.hub_dir, private=args.private)
+    print(f"{args.repo_id}: adapter pushed, commit {commit}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.config import ConfigError
+from nanoflux.recipe import ConfigError
 from trainer.evaluate import (
     BenchmarkConfig,
     ColumnsConfig,
@@ -481,6 +481,12 @@ def test_cli_overrides_reach_benchmark_entries_by_index_or_name():
         ({"benchmarks": [{"format": "medmcqa", "columns": {"answer_base": 2}}]}, "benchmarks[0].columns.answer_base", "HF MedMCQA cop"),
         ({"benchmarks": [{"format": "medqa", "dev": {"split": "validation", "holdout_from": "train", "size": 5}}]}, "benchmarks[0].dev", "not both"),
         ({"bootstrap_samples": 10}, "bootstrap_samples", ">= 100"),
+        ({"engine": "vllm"}, "engine", "use transformers (in-process) or endpoint"),
+        ({"engine": "endpoint"}, "endpoint", "add endpoint: {base_url: http://localhost:8000}"),
+        ({"engine": "endpoint", "endpoint": {"base_url": "localhost:8000"}}, "endpoint.base_url", "http://host:port"),
+        ({"endpoint": {"base_url": "http://h:8000", "models": {"adaptr": "x"}}}, "endpoint.models.adaptr", "did you mean `endpoint.models.adapter`"),
+        ({"endpoint": {"base_url": "http://h:8000", "models": {"adapter": " "}}}, "endpoint.models.adapter", "--lora-modules NAME=path"),
+        ({"endpoint": {"base_url": "http://h:8000", "token_env": "hf_abcdefghijklmnop"}}, "endpoint.token_env", "write its name"),
     ],
 )
 def test_malformed_recipe_fails_naming_the_field_the_value_and_the_fix(tmp_path, change, field, fix):

@@ -6,31 +6,38 @@ Usage:
     nanoflux eval --config configs/eval/medical.yaml --partition dev    # the dev rows (choosing settings), never test rows
     nanoflux eval --config configs/eval/medical.yaml --limit 50 --benchmarks.medqa.split test
 
+    nanoflux eval --config configs/eval/medical.yaml --engine endpoint --endpoint.base_url http://localhost:8000
+
 `main(config)` reads top to bottom: load every benchmark's `partition` (test, or dev) with `datasets.load_dataset` (a
 Hub id, or a local file or folder) and normalise its rows into `Example(id, prompt, options, gold)` (trainer.benchmarks);
-check the adapters exist (before any model is loaded); load the base model; account for the training compute if asked
-(trainer.compute); then for each variant (`base`, `adapter` = base + the NanoFlux LoRA, `baseline` = base + a LoRA
-fine-tuned on a full benchmark training set) generate greedily in left-padded batches with the chat template, extract
-the answer and score it as the benchmark's authors do (trainer.scoring), with a bootstrap 95% CI. Variants evaluated on
-the same examples are compared pairwise (paired bootstrap CI of the difference, McNemar's exact test), and the
-MultiMedQA benchmarks of a run are aggregated (macro and micro). Writes `results.json`, `results.md`, `results.png` and
-`details/<benchmark>-<variant>.jsonl` to `output_dir` and logs a results table (trainer.reporting);
-`write_model_index(card_path, results)` then puts the adapter's scores in its model card's `model-index` metadata.
+check the adapters exist (before any model is loaded or request sent); account for the training compute if asked
+(trainer.compute); then answer every question of each variant (`base`, `adapter` = base + the NanoFlux LoRA,
+`baseline` = base + a LoRA fine-tuned on a full benchmark training set) greedily with the configured engine
+(trainer.generation: in-process transformers, or an endpoint serving the adapters by name, journaled and resumable),
+extract the answer and score it as the benchmark's authors do (trainer.scoring), with a bootstrap 95% CI. Variants
+evaluated on the same examples are compared pairwise (paired bootstrap CI of the difference, McNemar's exact test),
+and the MultiMedQA benchmarks of a run are aggregated (macro and micro). Writes `results.json`, `results.md`,
+`results.png` and `details/<benchmark>-<variant>.jsonl` to `output_dir` and logs the summary: the results table with
+CIs and the paired differences (trainer.reporting). A failed evaluation removes what it wrote (no empty folder is left),
+except an endpoint journal with answers, which the next run resumes from. `write_model_index(card_path, results)` then
+puts the adapter's scores in its model card's `model-index` metadata.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from builder.config import ConfigError, check_range, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
-from builder.embedded import DEFAULT_MODEL_ID, model_path
-from builder.publish import package_versions
+from nanoflux.recipe import check_range, ConfigError, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
+from nanoflux.models import DEFAULT_MODEL_ID
+from nanoflux.hub import package_versions
 from builder.questions import INSTRUCTIONS, LETTERS, build_prompt  # noqa: F401  (re-exported: the shared prompt format)
 from trainer.benchmarks import (  # noqa: F401  (re-exported: `from trainer.evaluate import ...` is the public surface)
     FORMATS,
@@ -56,7 +63,10 @@ from trainer.benchmarks import (  # noqa: F401  (re-exported: `from trainer.eval
     test_questions,
 )
 from trainer.compute import ComputeConfig, benchmark_conversations, compute_accounting, count_training_tokens  # noqa: F401
-from trainer.reporting import console_table, model_index, plot_results, results_markdown, results_table, write_model_index, write_results  # noqa: F401
+from trainer.generation import (  # noqa: F401  (re-exported: the engines and their config)
+    ENGINES, Answers, EndpointConfig, Group, OutputFolder, ServedModels, activate, chat_prompts, generate, generate_answers, load_model, load_tokenizer,
+)  # fmt: skip
+from trainer.reporting import console_table, eval_summary, model_index, plot_results, results_markdown, results_table, write_model_index, write_results  # noqa: F401
 from trainer.scoring import (  # noqa: F401
     CI_LEVEL,
     NUMBER_ABS_TOL,
@@ -113,6 +123,12 @@ class EvalConfig:
     bootstrap_samples: int = 1000
     compute: ComputeConfig | None = None
     """The training-compute comparison: measured from the adapters' training summaries (and an optional estimate)."""
+    engine: str = "transformers"
+    """`transformers`: generate in-process (CPU, tests, one GPU). `endpoint`: send every prompt to the server named
+    under `endpoint` (vLLM, TGI, an Inference Endpoint, llama.cpp) that serves the base model and the adapters by name;
+    answers are journaled, so a killed evaluation resumes (see trainer/generation.py)."""
+    endpoint: EndpointConfig | None = None
+    """The server of `engine: endpoint`: base_url, token_env, the served name of each variant, max_concurrency."""
     output_dir: str = "outputs/eval"
 
     def validate(self) -> None:
@@ -148,6 +164,12 @@ class EvalConfig:
             fail("output_dir", self.output_dir, "empty", "name a folder, e.g. outputs/eval")
         if self.compute is not None:
             self.compute.validate("compute", adapter=self.adapter, baseline_adapter=self.baseline_adapter)
+        if self.engine not in ENGINES:
+            fail("engine", self.engine, "unknown engine", "use transformers (in-process) or endpoint (a vLLM / TGI / llama.cpp server)")
+        if self.engine == "endpoint" and self.endpoint is None:
+            fail("endpoint", None, "engine endpoint needs a server", "add endpoint: {base_url: http://localhost:8000} (see README: Evaluation through an endpoint)")
+        if self.endpoint is not None:  # checked even when unused: a recipe's endpoint block is one --engine away
+            self.endpoint.validate("endpoint")
 
 
 def build_eval_config(recipe: str | Path | None, cli_args: list[str] | None = None) -> EvalConfig:
@@ -178,7 +200,7 @@ def _override_entries(entries: list[Any], overrides: dict[str, Any]) -> list[Any
     return entries
 
 
-# --- models and generation -------------------------------------------------------------------------------
+# --- adapters --------------------------------------------------------------------------------------------
 
 
 def resolve_adapter(ref: str, *, field_name: str, optional: bool = False, base_model: str | None = None) -> str | None:
@@ -208,73 +230,6 @@ def resolve_adapter(ref: str, *, field_name: str, optional: bool = False, base_m
     return ref
 
 
-def load_model(model: str, dtype: str = "auto") -> tuple[Any, Any]:
-    """(model, tokenizer) for greedy batched generation: eval mode, on the GPU if there is one, left padding."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = model_path(model)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32}.get(dtype) or getattr(torch, dtype)
-    logger.info("Loading %s%s (%s, %s)", model, f" from {path}" if path != model else "", torch_dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
-    base.eval()
-    return base, tokenizer
-
-
-def activate(model: Any, variant: str, adapter: str | None) -> Any:
-    """The model for `variant`: the plain base model, or base + that LoRA (loaded once, then switched to)."""
-    if adapter is None:
-        return model
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        model.load_adapter(adapter, adapter_name=variant)
-        model.set_adapter(variant)
-    else:
-        model = PeftModel.from_pretrained(model, adapter, adapter_name=variant)
-    logger.info("Variant %s: LoRA adapter %s", variant, adapter)
-    model.eval()
-    return model
-
-
-def chat_prompts(tokenizer: Any, prompts: Sequence[str], enable_thinking: bool | None = None) -> list[str]:
-    """Each prompt as one user turn through the tokenizer's chat template, ready for the assistant's answer."""
-    kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True, **kwargs)
-        for p in prompts
-    ]
-
-
-def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int, enable_thinking: bool | None = None, label: str = "") -> list[str]:
-    """Greedy completions of `prompts`, in left-padded batches of similar length; returned in input order."""
-    import torch
-    from transformers import GenerationConfig
-
-    texts = chat_prompts(tokenizer, prompts, enable_thinking)
-    generation_config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id,
-    )
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    outputs: list[str] = [""] * len(texts)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        inputs = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        with torch.inference_mode():
-            generated = model.generate(**inputs, generation_config=generation_config)
-        for i, row in zip(batch, generated[:, inputs["input_ids"].shape[1] :]):
-            outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-        logger.info("%s: %d/%d generated", label, min(start + batch_size, len(order)), len(order))
-    return outputs
-
-
 # --- the run ---------------------------------------------------------------------------------------------
 
 
@@ -288,12 +243,10 @@ def scoring_rule(bench: BenchmarkConfig) -> str:
     return "yes / no / maybe must equal the gold label"
 
 
-def evaluate_variant(model: Any, tokenizer: Any, bench: BenchmarkConfig, examples: Sequence[Example], config: EvalConfig, label: str) -> list[dict[str, Any]]:
-    """Generate for every example of one benchmark and judge each output: the per-example details records."""
-    outputs = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=config.max_new_tokens,
-                       batch_size=config.batch_size, enable_thinking=config.enable_thinking, label=label)  # fmt: skip
+def judge(bench: BenchmarkConfig, examples: Sequence[Example], outputs: Sequence[str]) -> list[dict[str, Any]]:
+    """Extract the answer of every output and judge it as the benchmark's authors do: the per-example details records."""
     details = []
-    for example, output in zip(examples, outputs):
+    for example, output in zip(examples, outputs, strict=True):
         extracted = extract_answer(output, example, bench.kind)
         details.append({
             "id": example.id, "prompt": example.prompt, "output": output, "extracted": extracted, "gold": example.gold,
@@ -302,57 +255,75 @@ def evaluate_variant(model: Any, tokenizer: Any, bench: BenchmarkConfig, example
     return details
 
 
-def main(config: EvalConfig) -> dict[str, Any]:
-    """`nanoflux eval`: evaluate every variant on every benchmark and write the results. Returns results.json's content."""
-    import torch
-
-    started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    output_dir = Path(config.output_dir)
-    (output_dir / "details").mkdir(parents=True, exist_ok=True)
-
-    # Data, adapters and training summaries first: a wrong dataset id, column or adapter fails before the model loads.
-    targets = {bench.name: partition_benchmark(bench, config.partition) for bench in config.benchmarks}
-    revisions = {name: resolve_revision(target) for name, target in targets.items()}
-    data = {
-        bench.name: load_benchmark(bench, reasoning=config.reasoning, limit=config.limit, revision=revisions[bench.name], partition=config.partition)
-        for bench in config.benchmarks
-    }
+def evaluation_variants(config: EvalConfig) -> dict[str, str | None]:
+    """Variant -> its adapter reference (None: the base model). In-process, each adapter is checked to exist before any
+    model loads; an endpoint serves them by name, so the server is the judge of that (a missing name fails the first
+    request on vLLM; TGI and llama.cpp answer it with the base model, which `generation` warns about)."""
     variants: dict[str, str | None] = {"base": None} if config.evaluate_base else {}
+    in_process = config.engine == "transformers"
     if config.adapter:
-        adapter = resolve_adapter(config.adapter, field_name="adapter", optional=config.adapter_optional, base_model=config.model)
+        adapter = resolve_adapter(config.adapter, field_name="adapter", optional=config.adapter_optional, base_model=config.model) if in_process else config.adapter
         if adapter:
             variants["adapter"] = adapter
     if config.baseline_adapter:
-        variants["baseline"] = resolve_adapter(config.baseline_adapter, field_name="baseline_adapter", base_model=config.model)
+        variants["baseline"] = resolve_adapter(config.baseline_adapter, field_name="baseline_adapter", base_model=config.model) if in_process else config.baseline_adapter
     if not variants:
         raise EvalError("nothing to evaluate: evaluate_base is false and no adapter was found. Fix: name an adapter, or set evaluate_base true")
-    compute = None
-    if config.compute:
-        compute = compute_accounting(config.compute, reasoning=config.reasoning, adapter=variants.get("adapter"), baseline_adapter=variants.get("baseline"))
+    return variants
 
-    model, tokenizer = load_model(config.model, config.dtype)
-    if compute is not None and config.compute.nanoflux_data:
-        compute["estimate"] = compute_accounting(config.compute, tokenizer, reasoning=config.reasoning)["estimate"]
 
-    scores: dict[str, dict[str, Any]] = {bench.name: {} for bench in config.benchmarks}
-    details: dict[str, dict[str, list[dict[str, Any]]]] = {bench.name: {} for bench in config.benchmarks}
-    for variant, adapter in variants.items():
-        model = activate(model, variant, adapter)
-        for bench in config.benchmarks:
-            start = time.perf_counter()
-            records = evaluate_variant(model, tokenizer, targets[bench.name], data[bench.name], config, f"{bench.name}/{variant}")
-            with open(output_dir / "details" / f"{bench.name}-{variant}.jsonl", "w") as f:
+def main(config: EvalConfig, *, fresh: bool = False) -> dict[str, Any]:
+    """`nanoflux eval`: evaluate every variant on every benchmark and write the results. Returns results.json's content.
+
+    `fresh` discards the answers an earlier endpoint evaluation journaled in `output_dir` (instead of resuming).
+    A failed evaluation removes what it wrote, except a journal with answers (trainer.generation.OutputFolder)."""
+    started = time.perf_counter()
+    output_dir = Path(config.output_dir)
+    with OutputFolder(output_dir):
+        # Data, adapters and training summaries first: a wrong dataset id, column or adapter fails before any model
+        # loads or any request goes out.
+        targets = {bench.name: partition_benchmark(bench, config.partition) for bench in config.benchmarks}
+        revisions = {name: resolve_revision(target) for name, target in targets.items()}
+        data = {
+            bench.name: load_benchmark(bench, reasoning=config.reasoning, limit=config.limit, revision=revisions[bench.name], partition=config.partition)
+            for bench in config.benchmarks
+        }
+        variants = evaluation_variants(config)
+        compute = None
+        if config.compute:
+            tokenizer = load_tokenizer(config.model) if config.compute.nanoflux_data else None
+            compute = compute_accounting(config.compute, tokenizer, reasoning=config.reasoning, adapter=variants.get("adapter"), baseline_adapter=variants.get("baseline"))
+
+        groups = [Group(variant, adapter, bench.name, data[bench.name]) for variant, adapter in variants.items() for bench in config.benchmarks]
+        answers = generate_answers(config, groups, output_dir, fresh=fresh)
+
+        scores: dict[str, dict[str, Any]] = {bench.name: {} for bench in config.benchmarks}
+        details: dict[str, dict[str, list[dict[str, Any]]]] = {bench.name: {} for bench in config.benchmarks}
+        (output_dir / "details").mkdir(parents=True, exist_ok=True)
+        for group in groups:
+            records = judge(targets[group.benchmark], group.examples, answers.texts[(group.variant, group.benchmark)])
+            with open(output_dir / "details" / f"{group.benchmark}-{group.variant}.jsonl", "w") as f:
                 f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in records)
             result = score([d["correct"] for d in records], sum(d["extracted"] is None for d in records), samples=config.bootstrap_samples, seed=config.seed)
-            result["wall_time_s"] = round(time.perf_counter() - start, 1)
-            scores[bench.name][variant], details[bench.name][variant] = result, records
-            logger.info("%s / %s: accuracy %.3f [%.3f, %.3f] on %d, %d unparseable",
-                        bench.name, variant, result["accuracy"], result["ci_low"], result["ci_high"], result["n"], result["unparseable"])  # fmt: skip
+            seconds = answers.seconds.get((group.variant, group.benchmark))
+            result["wall_time_s"] = None if seconds is None else round(seconds, 1)  # None: every answer came from the journal
+            scores[group.benchmark][group.variant], details[group.benchmark][group.variant] = result, records
+            logger.info("%s: accuracy %.3f [%.3f, %.3f] on %d, %d unparseable",
+                        group.label, result["accuracy"], result["ci_low"], result["ci_high"], result["n"], result["unparseable"])  # fmt: skip
 
+        results = results_record(config, variants, targets, revisions, data, scores, details, answers, compute, started)
+        write_results(results, output_dir)
+    logger.info("%s", eval_summary(results, output_dir))
+    return results
+
+
+def results_record(config: EvalConfig, variants: dict[str, str | None], targets: dict[str, BenchmarkConfig], revisions: dict[str, str | None],
+                   data: dict[str, ExampleSet], scores: dict[str, dict[str, Any]], details: dict[str, dict[str, list[dict[str, Any]]]],
+                   answers: Answers, compute: dict[str, Any] | None, started: float) -> dict[str, Any]:  # fmt: skip
+    """results.json's content: what was evaluated on which rows, the scores, the paired comparisons and aggregates."""
     stats = {"samples": config.bootstrap_samples, "seed": config.seed}
     members = [bench.name for bench in config.benchmarks if bench.multimedqa]
-    results = {
+    return {
         "model": config.model,
         "adapter": variants.get("adapter"),
         "baseline_adapter": variants.get("baseline"),
@@ -363,16 +334,12 @@ def main(config: EvalConfig) -> dict[str, Any]:
              "split": targets[b.name].split, "revision": revisions[b.name], "rows": len(data[b.name]), "multimedqa": b.multimedqa,
              "scoring": scoring_rule(targets[b.name]), "selection": data[b.name].selection}
             for b in config.benchmarks
-        ],  # fmt: skip
+        ],
         "results": scores,
         "paired": {name: pairs for name, by_variant in details.items() if (pairs := paired_comparisons(by_variant, **stats))},
         "aggregates": {"multimedqa": {"title": "MultiMedQA", **aggregate_results("multimedqa", members, {m: details[m] for m in members}, **stats)}}
         if len(members) >= 2 else {},
-        "generation": {
-            "greedy": True, "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
-            "reasoning": config.reasoning, "enable_thinking": config.enable_thinking, "chat_template": True,
-            "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
-        },  # fmt: skip
+        "generation": {"greedy": True, "max_new_tokens": config.max_new_tokens, "reasoning": config.reasoning, "enable_thinking": config.enable_thinking, **answers.info},
         "bootstrap": {**stats, "level": CI_LEVEL, "paired": "examples resampled with the same indices for both variants; McNemar's exact test"},
         "compute": compute,
         "config": to_dict(config),
@@ -380,7 +347,13 @@ def main(config: EvalConfig) -> dict[str, Any]:
         "wall_time_s": round(time.perf_counter() - started, 1),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_results(results, output_dir)
-    logger.info("Results (%s partition, accuracy %% [95%% CI]):\n%s", config.partition, console_table(results))
-    logger.info("Results in %s (%.0f s)", output_dir, results["wall_time_s"])
-    return results
+
+
+def command(args: argparse.Namespace, overrides: list[str]) -> None:
+    """`nanoflux eval [--config RECIPE] [--fresh] [--field value ...]`."""
+    config = build_eval_config(args.config, overrides)
+    results = main(config, fresh=args.fresh)
+    card = Path(config.adapter or "") / "README.md"
+    if card.is_file() and "adapter" in results["variants"]:
+        # A local adapter's card carries its own scores (model-index); `publish-adapter` then pushes them.
+        write_model_index(card, results)

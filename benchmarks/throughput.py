@@ -170,7 +170,7 @@ def warm_up(recipes: list[str], server: ServerModel, work_dir: Path) -> float:
 def main(config: ThroughputConfig, work_dir: Path) -> dict[str, Any]:
     """Every recipe at every capacity, default settings; returns settings, the runs and ratio_to_bound per capacity."""
     from benchmarks.loopback import DEFAULT_LENGTHS, LoopbackEndpoint
-    from tests.tgi_server import loopback_reachable
+    from localhub.testing import loopback_reachable
 
     settings = {
         "recipes": [display_path(r) for r in config.recipes],

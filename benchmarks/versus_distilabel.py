@@ -187,7 +187,7 @@ def main(config: VersusConfig, work_dir: Path) -> dict[str, Any]:
     """Both warmed up, then `repeats` x (NanoFlux, distilabel) against one loopback server; medians and spreads."""
     from benchmarks.loopback import LoopbackEndpoint
     from benchmarks.throughput import build_config, display_path, measure_build, warm_up
-    from tests.tgi_server import loopback_reachable
+    from localhub.testing import loopback_reachable
 
     python, where = distilabel_python(config)
     server = config.server_model()

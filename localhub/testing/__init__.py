@@ -1,5 +1,7 @@
-"""Test doubles that tests and benchmarks both import (no pytest here): fault injection for the Hub stand-in."""
+"""Test doubles that tests and benchmarks both import (no pytest here): fault injection for the Hub stand-in, and a
+scripted TGI/OpenAI-compatible chat server."""
 
-from localhub.testing.hub_faults import FaultyHub, HubFault
+from localhub.testing.hub_faults import FaultyHub
+from localhub.testing.tgi import Fault, Reply, ScriptedTGI, loopback_reachable
 
-__all__ = ["FaultyHub", "HubFault"]
+__all__ = ["Fault", "FaultyHub", "Reply", "ScriptedTGI", "loopback_reachable"]

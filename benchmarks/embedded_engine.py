@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--attacks_per_round", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--engines", default=",".join(ENGINES), type=lambda s: [e for e in s.split(",") if e])
-    parser.add_argument("--llama_threads", type=int, default=None, help="llama.cpp threads (default: the engine's, CPUs - 1)")
+    parser.add_argument("--llama_threads", type=int, default=None, help="llama.cpp threads (default: the engine's: the idle CPUs when it starts)")
     parser.add_argument("--work_dir", default=str(ROOT / "outputs" / "bench" / "embedded_engine"))
     parser.add_argument("--results", default=str(RESULT_FILE))
     args = parser.parse_args(argv)

@@ -25,11 +25,11 @@ Settings (and why; measured in benchmarks/embedded_engine.py)
 - llama-cpp-python's server answers one request at a time (one llama context behind a lock): the client keeps at most
   `SLOTS` (2) requests in flight, one decoding and the next one waiting in the server so that no HTTP round trip
   separates them. More would only queue there, and the adaptive limit would read the queueing as congestion.
-- `n_threads` = `n_threads_batch` = the CPUs this process may use, less one (at least one). llama.cpp's threads
-  meet at a barrier after every layer and spin while they wait, so one thread that loses its core stalls them all.
-  The build process needs a core of its own meanwhile (HTTP, JSON, the novelty embedder's torch threads, the
-  sandbox), and on a shared machine other processes take cores too. Measured on a 2-vCPU machine at load ~9:
-  1 thread decoded 23 tokens/s, 2 threads 0.7-1.6 tokens/s. (The server's own default is half the CPUs.)
+- `n_threads` = `n_threads_batch` = the CPUs this process may use that are idle when the server starts (the
+  1-minute load average taken off, at least one). llama.cpp's threads meet at a barrier after every layer and spin
+  while they wait, so one thread that loses its core stalls them all: on a busy machine fewer threads are faster,
+  on a quiet one every core helps. Measured on a 2-vCPU machine: quiet, 2 threads decoded 122 tokens/s and 1 thread
+  80; at load ~9, 1 thread 23 tokens/s and 2 threads 0.7-1.6. (The server's own default is half the CPUs.)
 - `n_ctx` 8192, SmolLM2's trained context: every role's prompt plus its `max_tokens` fits (llama.cpp would answer a
   longer one with HTTP 400). The KV cache is allocated once (~190 MB); attention only reads the cells in use, so a
   short prompt costs no more than with a small context.
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import re
 import socket
@@ -79,12 +80,15 @@ class EngineSettings:
     """How the managed llama.cpp server runs (see the module docstring for why these values)."""
 
     n_ctx: int = 8192
-    n_threads: int | None = None  # None: cpu_count() - 1, at least 1
+    n_threads: int | None = None  # None: the idle CPUs (cpu_count() less the 1-minute load average), at least 1
     n_batch: int = 512
     startup_timeout: float = 120.0  # seconds until `GET /v1/models` answers (a loaded machine is slow to import)
 
     def threads(self) -> int:
-        return self.n_threads or max(1, cpu_count() - 1)
+        if self.n_threads:
+            return self.n_threads
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        return max(1, cpu_count() - math.ceil(busy - 0.5))
 
 
 def _free_port() -> int:

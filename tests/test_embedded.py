@@ -118,7 +118,7 @@ def test_the_server_command_is_llama_cpp_server_sized_for_this_machine(tmp_path)
     args = dict(zip(command[3::2], command[4::2]))
     assert args["--model"] == str(embedded.gguf_path()) and args["--model_alias"] == DEFAULT_MODEL_ID
     assert (args["--host"], args["--port"]) == ("127.0.0.1", "8123")
-    threads = str(max(1, llama_engine.cpu_count() - 1))
+    threads = str(server.settings.threads())
     assert args["--n_threads"] == args["--n_threads_batch"] == threads
     assert int(args["--n_ctx"]) == 8192 and int(args["--n_batch"]) == 512
     assert server.log_path.parent == tmp_path  # the server's output goes to a file, not the console
@@ -304,3 +304,11 @@ def test_a_missing_extra_names_the_pip_command():
     assert "pip install 'nanoflux[train]'" in hint_for(ModuleNotFoundError("No module named 'peft'", name="peft"))
     assert "nanoflux[space]" in hint_for(ModuleNotFoundError(name="gradio.blocks"))
     assert hint_for(ModuleNotFoundError(name="something_else")) is None
+
+
+def test_the_engine_uses_the_idle_cpus(monkeypatch):
+    monkeypatch.setattr(llama_engine, "cpu_count", lambda: 4)
+    for load, threads in ((0.2, 4), (1.3, 3), (2.6, 1), (40.0, 1)):
+        monkeypatch.setattr(llama_engine.os, "getloadavg", lambda load=load: (load, load, load))
+        assert EngineSettings().threads() == threads
+    assert EngineSettings(n_threads=2).threads() == 2

@@ -46,7 +46,7 @@ logger = logging.getLogger("benchmarks.embedded_engine")
 def engine(name: str, threads: int | None) -> Iterator[None]:
     """Builds inside run `backend: embedded` roles on engine `name` (warm before the first timing)."""
     from builder import build, llama_engine
-    from builder.chat import ChatRequest
+    from nanoflux.chat import ChatRequest
 
     warm = ChatRequest(messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0.0)
     original = build._make_client

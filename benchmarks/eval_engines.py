@@ -10,7 +10,7 @@ SmolLM2-135M-Instruct on the six benchmark fixtures (`limit` rows each), the bas
 - transformers: in-process, fp32 on the CPU (the dequantized GGUF), left-padded batches of the recipe's batch_size.
 - endpoint: llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`, installed with the `test` extra)
   serving the packaged Q4_1 GGUF on loopback, started here; every question one chat request through
-  builder.transport.EndpointClient (adaptive concurrency; that server decodes one request at a time).
+  nanoflux.transport.EndpointClient (adaptive concurrency; that server decodes one request at a time).
 Figures per engine: questions, questions/s (answers over the generation time: model load and server start excluded,
 reported apart as `load_s` / `server_start_s`), the evaluation's whole wall time, accuracy per benchmark; and the
 agreement of the two engines (share of questions with the same extracted answer, and with the same text). llama.cpp

@@ -1,6 +1,6 @@
 """Build throughput against the endpoint's bound: the real builder (`builder.build.main`) against a simulated
 continuous-batching server (`benchmarks/batching_server.py`), for the medical and the math recipe, at 8, 64 and 256
-slots, with the builder's DEFAULT settings: no `max_concurrency` set, so the adaptive limit (`builder/capacity.py`)
+slots, with the builder's DEFAULT settings: no `max_concurrency` set, so the adaptive limit (`nanoflux/capacity.py`)
 must find the server's capacity by itself.
 
     bound_s = the shortest time in which the server could have done the work it was given (every step full)

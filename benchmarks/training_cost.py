@@ -2,7 +2,7 @@
 
 1. CPU: `trainer.train.main` with `configs/train/local.yaml` (LoRA on the packaged SmolLM2-135M, fp32) for a few
    steps, on a dataset version published to a local repository folder (NanoFlux conversations from
-   `tests/fixtures/benchmarks/nanoflux_messages.jsonl`). It runs in a child process, so its peak RSS is the recipe's
+   `samples/benchmarks/nanoflux_messages.jsonl`). It runs in a child process, so its peak RSS is the recipe's
    own. Tokens/s are the trainer's non-padding tokens seen over its training wall time.
 2. GPU: the 4B recipe's LoRA settings (`configs/train/qwen3-4b-lora.yaml`: r, alpha, dropout, target modules,
    per-device batch size, gradient accumulation, max_length, bf16, gradient checkpointing, learning rate) on a model
@@ -40,7 +40,7 @@
    (GSM8K's solution, MedMCQA's `exp`, PubMedQA's `long_answer`, Genome-Bench's explanation; MedQA has none), as
    `trainer.compute.benchmark_conversations` writes them, counted as `trainer.compute.count_training_tokens` counts
    them (chat template applied, one epoch). Offline this is an ESTIMATE: each set's documented row count x the mean
-   tokens per row of its fixture rows (tests/fixtures/benchmarks/, written for this project in the real schema;
+   tokens per row of its fixture rows (samples/benchmarks/, written for this project in the real schema;
    PubMedQA's fixture is pqa_labeled rows, the same schema as pqa_artificial), and 200 x the mean of the NanoFlux
    fixture rows. With `from_hub: true` the real training splits are read from the Hub and counted in full.
 
@@ -70,7 +70,7 @@ from nanoflux.recipe import check_range, fail
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
+FIXTURES = ROOT / "samples" / "benchmarks"
 LOCAL_RECIPE = ROOT / "configs" / "train" / "local.yaml"
 GPU_RECIPE = ROOT / "configs" / "train" / "qwen3-4b-lora.yaml"
 BENCH_REPO = "local/nanoflux-bench"
@@ -578,7 +578,7 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
                 "tokens_per_row": round(per_row, 1),
                 "fixture_rows": len(examples),
                 "targets": _targets(examples),
-                "method": f"estimate: {entry['rows_source']} x mean tokens per row of tests/fixtures/benchmarks/{entry['fixture']}",
+                "method": f"estimate: {entry['rows_source']} x mean tokens per row of samples/benchmarks/{entry['fixture']}",
             }
         sets.append({**common, **counted, "ratio": round(counted["tokens"] / nanoflux_tokens, 2)})
     medical = [s for s in sets if s["name"] in MULTIMEDQA]
@@ -591,7 +591,7 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
             "rows": config.nanoflux_rows,
             "tokens_per_row": round(nanoflux_per_row, 1),
             "tokens": round(nanoflux_tokens),
-            "method": f"{config.nanoflux_rows} x mean tokens per row of tests/fixtures/benchmarks/nanoflux_messages.jsonl ({len(conversations)} rows)",
+            "method": f"{config.nanoflux_rows} x mean tokens per row of samples/benchmarks/nanoflux_messages.jsonl ({len(conversations)} rows)",
         },
         "full_sets": sets,
         "multimedqa": {"sets": list(MULTIMEDQA), "rows": sum(s["rows"] for s in medical), "tokens": multimedqa_tokens,

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from builder.chat import ChatRequest, ChatResponse
+from nanoflux.chat import ChatRequest, ChatResponse
 from nanoflux.models import (
     DEFAULT_MODEL_ID,
     SMOLLM2_CHAT_TEMPLATE,

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from builder import publish, roles, runfolder, sandbox
-from builder.chat import ChatClient, ChatRequest, ChatResponse, EndpointError
+from nanoflux.chat import ChatClient, ChatRequest, ChatResponse, EndpointError
 from builder.config import BuildConfig, RoleConfig, build_config
 from builder.corpus import Corpus, packaged_corpus
 from builder.curation import curate, eligible
@@ -53,7 +53,7 @@ from builder.decontamination import (
 from nanoflux.journal import Journal
 from nanoflux.runfolder import claim, fingerprint, write_atomic
 from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
-from builder.progress import Progress
+from nanoflux.progress import Progress
 from builder.sandbox import SandboxLimits
 from builder.tools import (
     ToolCall,
@@ -160,7 +160,7 @@ def _make_client(name: str, role: RoleConfig) -> ChatClient:
         from builder.llama_engine import engine_client
 
         return engine_client(name, role.model, max_concurrency=role.max_concurrency, timeout=role.timeout, max_attempts=role.max_attempts)
-    from builder.transport import EndpointClient, RetryPolicy
+    from nanoflux.transport import EndpointClient, RetryPolicy
 
     return EndpointClient(
         name=name,

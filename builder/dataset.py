@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from datasets import Dataset, Features, List, Value
 
-from builder.questions import build_prompt
+from nanoflux.questions import build_prompt
 
 JUDGE_STATUSES = ("ok", "parse_error", "refused", "error", "tool_error")
 DEFENDER_STATUSES = ("ok", "unparseable", "refused", "error")

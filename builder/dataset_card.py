@@ -10,6 +10,7 @@ publish command that follows carries every flag the target needs (`--hub_dir` fo
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import shlex
 from collections import Counter
@@ -29,7 +30,7 @@ from builder.publish import (
     row_key,
 )
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "dataset_cards" / "dataset_card.md"
+TEMPLATE = Path(str(importlib.resources.files("dataset_cards") / "dataset_card.md"))  # package data: a wheel install has it
 CONFIG_FILE = "nanoflux_config.yaml"
 MAX_IDS_IN_CHANGELOG = 10
 HUB_DIR_PLACEHOLDER = "HUB_DIR"

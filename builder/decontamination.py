@@ -268,18 +268,14 @@ def _cached_embeddings(embedder: Any, texts: list[str]) -> np.ndarray:
     return vectors
 
 
-def load_reference(recipe: str | Path, cli_args: list[str] | None = None) -> Reference:
+def load_reference(recipe: str | Path) -> Reference:
     """The benchmark questions (raw question plus options) of evaluation recipe `recipe`: local files offline, Hub
     ids online (`datasets` cache honoured). Raises DecontaminationError when a benchmark cannot be read."""
-    from trainer.evaluate import (  # lazily: builder must not import trainer at import time
-        build_eval_config,
-        load_rows,
-    )
+    from nanoflux.benchmarks import load_rows, recipe_benchmarks
 
-    eval_config = build_eval_config(recipe, cli_args)
     items: list[ReferenceItem] = []
     sources = []
-    for bench in eval_config.benchmarks:
+    for bench in recipe_benchmarks(recipe):
         try:
             rows = load_rows(bench.path, subset=bench.subset, split=bench.split, revision=bench.revision)
         except Exception as err:  # datasets raises many types (not found, offline, bad file): all end here

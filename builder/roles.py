@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from builder.questions import LETTERS, question_text
+from nanoflux.questions import LETTERS, question_text
 
 ROLE_NAMES = ("attacker", "defender", "judge")
 TEMPLATE_FILES = ("attacker.txt", "defender.txt", "solver.txt", "judge.txt")

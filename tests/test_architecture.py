@@ -22,7 +22,7 @@ CEILING = 600
 # Over the ceiling today (lines): each is to be split; a size may not grow.
 OVERSIZE = {
     "builder/build.py": 850,
-    "builder/transport.py": 650,
+    "nanoflux/transport.py": 650,
     "benchmarks/training_cost.py": 675,
 }
 

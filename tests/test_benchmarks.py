@@ -148,7 +148,7 @@ def test_journal_writes_from_the_event_loop_share_fsyncs_and_lose_nothing(tmp_pa
     import asyncio
     import time
 
-    import builder.journal as journal
+    import nanoflux.journal as journal
 
     synced = []
 
@@ -252,7 +252,7 @@ def check_compute_ratio(ratio: dict) -> None:
 def test_the_full_sets_are_the_baselines_training_splits_never_a_test_set():
     from benchmarks.training_cost import FULL_SETS
     from trainer.baseline import check_baseline_source
-    from trainer.benchmarks import BenchmarkConfig
+    from nanoflux.benchmarks import BenchmarkConfig
 
     for entry in FULL_SETS:
         hub = entry["hub"]

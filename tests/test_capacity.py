@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from builder.capacity import AdaptiveLimit, shared_limit
+from nanoflux.capacity import AdaptiveLimit, shared_limit
 
 
 class Clock:

@@ -130,7 +130,7 @@ def _card(hub: Path, revision: str) -> str:
 
 def _local_paths(tmp: Path) -> list[str]:
     """What no pushed card may contain: this machine's paths, the local output and fixture folders."""
-    return [str(tmp), str(ROOT), "outputs/", "tests/fixtures", "/tmp/", "/root/"]
+    return [str(tmp), str(ROOT), "outputs/", "samples/", "tests/fixtures", "/tmp/", "/root/"]
 
 
 @pytest.fixture(scope="module")
@@ -491,7 +491,7 @@ def _results(adapter_dir: Path) -> dict:
         v: [{"id": str(i), "correct": c} for i, c in enumerate(f)]
         for v, f in flags.items()
     }
-    bench = {"name": "medqa", "title": "MedQA (USMLE, 4 options)", "format": "medqa", "kind": "choice", "path": "tests/fixtures/benchmarks/medqa.jsonl",
+    bench = {"name": "medqa", "title": "MedQA (USMLE, 4 options)", "format": "medqa", "kind": "choice", "path": "samples/benchmarks/medqa.jsonl",
              "subset": None, "split": "test", "revision": None, "rows": 4, "multimedqa": True, "scoring": "letter", "selection": {}}  # fmt: skip
     return {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "adapter": str(adapter_dir), "baseline_adapter": None, "variants": ["base", "adapter"],
             "partition": "test", "benchmarks": [bench], "results": {"medqa": {v: score(f, 0) for v, f in flags.items()}},

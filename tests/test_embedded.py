@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from builder import build, llama_engine
-from builder.chat import ChatRequest
+from nanoflux.chat import ChatRequest
 from builder.config import build_config
 from builder.llama_engine import (
     EngineError,
@@ -28,7 +28,7 @@ from builder.llama_engine import (
     engine_client,
     engine_for,
 )
-from builder.transport import EndpointClient
+from nanoflux.transport import EndpointClient
 from nanoflux import models as embedded
 from nanoflux.models import DEFAULT_MODEL_ID, embedded_model_path
 

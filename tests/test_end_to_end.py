@@ -36,7 +36,7 @@ def test_build_publish_train_eval_and_the_card_carries_the_scores(tmp_path, embe
     assert summary["dataset"]["pinned"] == f"{REPO}@v1@{v1}" and summary["dataset"]["rows"] == kept
 
     nanoflux(["eval", "--config", "configs/eval/local.yaml", "--adapter", str(adapter), "--limit", "2",
-              "--benchmarks", "[{format: medqa, path: tests/fixtures/benchmarks/medqa.jsonl, split: test}]",
+              "--benchmarks", "[{format: medqa, path: samples/benchmarks/medqa.jsonl, split: test}]",
               "--compute", "null", "--output_dir", str(evaluation)])  # fmt: skip
     results = json.loads((evaluation / "results.json").read_text())
     assert results["variants"] == ["base", "adapter"]

@@ -25,7 +25,7 @@ from trainer.evaluate import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
+FIXTURES = ROOT / "samples" / "benchmarks"
 
 
 def _bench(**fields) -> BenchmarkConfig:
@@ -162,7 +162,7 @@ def test_a_headerless_csv_read_with_a_header_fails_with_the_working_fix():
 
 
 def test_the_packaged_pubmedqa_test_ids_are_the_500_of_test_ground_truth():
-    from trainer.benchmarks import PACKAGE_DATA
+    from nanoflux.benchmarks import PACKAGE_DATA
 
     truth = json.loads((PACKAGE_DATA / PUBMEDQA_TEST_IDS.removeprefix("package:")).read_text())
     assert len(truth) == 500 and all(key.isdigit() for key in truth)

@@ -39,7 +39,7 @@ from trainer.evaluate import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
+FIXTURES = ROOT / "samples" / "benchmarks"
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -297,7 +297,7 @@ def test_progress_lines_and_the_summary_reach_the_log_off_a_terminal(lora_server
     monkeypatch.setattr(trainer.generation, "PROGRESS_INTERVAL", 0.0)
     with caplog.at_level(logging.INFO):
         results = main(_lora_config(tmp_path, lora_server.url))
-    progress = [r.getMessage() for r in caplog.records if r.name == "builder.progress"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "nanoflux.progress"]
     assert progress and progress[-1].startswith("eval (endpoint): 21/21 questions (100%), ")
     assert any(" questions/s, ETA " in line for line in progress)
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Evaluation of "))

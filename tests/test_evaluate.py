@@ -41,7 +41,7 @@ from trainer.evaluate import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
+FIXTURES = ROOT / "samples" / "benchmarks"
 RECIPES = sorted((ROOT / "configs" / "eval").glob("*.yaml"))
 
 

@@ -118,7 +118,7 @@ def test_a_missing_version_fails_before_anything_is_submitted(hub):
 
 
 def test_training_rows_that_are_evaluation_test_rows_are_refused_before_anything_is_submitted(tmp_path, hub_endpoint, monkeypatch):
-    from trainer.benchmarks import test_questions
+    from nanoflux.benchmarks import test_questions
     from trainer.evaluate import build_eval_config
 
     monkeypatch.chdir(ROOT)

@@ -236,7 +236,7 @@ def test_an_out_of_range_score_is_asked_again_with_the_reason_and_a_format_failu
 
 
 def test_a_question_copied_from_an_evaluation_benchmark_is_dropped_counted_and_listed(tmp_path):
-    benchmark = json.loads(Path("tests/fixtures/benchmarks/medqa.jsonl").read_text().splitlines()[0])
+    benchmark = json.loads(Path("samples/benchmarks/medqa.jsonl").read_text().splitlines()[0])
 
     def responder(body: dict) -> str:
         model, system, user = _role(body)

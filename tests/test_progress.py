@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import logging
 
-from builder.progress import Progress
+from nanoflux.progress import Progress
 
 
 def test_off_a_terminal_progress_is_logged_with_counts_rate_and_eta(caplog):
-    caplog.set_level(logging.INFO, logger="builder.progress")
+    caplog.set_level(logging.INFO, logger="nanoflux.progress")
     progress = Progress(8, desc="round 1/2", interval=0.0, stream=io.StringIO())  # not a TTY: no bar
     progress.update(2)
     progress.set_description("round 2/2")
@@ -34,10 +34,10 @@ def test_close_does_not_repeat_the_line_just_logged(caplog):
     import io
     import logging
 
-    from builder.progress import Progress
+    from nanoflux.progress import Progress
 
     progress = Progress(2, desc="sweep", unit="cell", interval=0.0, stream=io.StringIO())
-    with caplog.at_level(logging.INFO, logger="builder.progress"):
+    with caplog.at_level(logging.INFO, logger="nanoflux.progress"):
         progress.update()
         progress.update()
         progress.close()

@@ -59,7 +59,7 @@ def test_the_quickstart_commands_exist():
 @pytest.mark.slow
 def test_runs_local_sh_runs_the_whole_loop(tmp_path):
     """build -> publish -> train -> eval -> sweep on the embedded default, in a copy of the recipes and fixtures."""
-    for folder in ("configs", "runs", "tests/fixtures"):
+    for folder in ("configs", "runs", "samples"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}

@@ -16,12 +16,12 @@ import pytest
 
 from builder import roles
 from builder.build import Caller
-from builder.chat import ChatRequest, EndpointError
+from nanoflux.chat import ChatRequest, EndpointError
 from builder.config import BuildConfig, RoleConfig
 from nanoflux.journal import Journal
-from builder.progress import Progress
+from nanoflux.progress import Progress
 from builder.roles import Rejected, attack_schema, parse_attack
-from builder.transport import EndpointClient, RetryPolicy
+from nanoflux.transport import EndpointClient, RetryPolicy
 from tests.llama_server import RecordingProxy, llama_server  # noqa: F401 (the session's one server, shared with test_real_builds)
 
 pytestmark = pytest.mark.slow

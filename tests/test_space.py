@@ -122,7 +122,7 @@ def make_results(folder: Path) -> Path:
 
     benchmarks, scores, paired = [], {}, {}
     for fmt, path, split, correct in (("medqa", "medqa.jsonl", "test", [[1, 0, 0], [1, 1, 0], [1, 1, 1]]), ("gsm_hard", "gsm_hard.jsonl", "train", [[0, 0, 0], [1, 0, 0], [0, 1, 0]])):
-        bench = BenchmarkConfig(format=fmt, path=str(ROOT / "tests" / "fixtures" / "benchmarks" / path), split=split, limit=3)
+        bench = BenchmarkConfig(format=fmt, path=str(ROOT / "samples" / "benchmarks" / path), split=split, limit=3)
         bench.validate(fmt)
         examples = load_benchmark(bench, reasoning=False)
         benchmarks.append({"name": bench.name, "title": bench.title, "format": fmt, "kind": bench.kind, "path": bench.path, "subset": None,

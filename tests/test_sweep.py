@@ -30,7 +30,7 @@ from nanoflux.recipe import ConfigError, from_dict
 from builder.curation import curate
 from builder.dataset import write_rows
 from tests import scripted_roles
-from trainer.benchmarks import test_questions
+from nanoflux.benchmarks import test_questions
 from trainer.sweep import (
     DIMENSIONS,
     CellSettings,
@@ -56,7 +56,7 @@ from trainer.sweep_select import TIE_BREAK, finding, select_cells, verdict
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
+FIXTURES = ROOT / "samples" / "benchmarks"
 REPO = "local/nanoflux-medical"
 BENCHMARKS = [("medqa", "MedQA (USMLE, 4 options)"), ("pubmedqa", "PubMedQA (PQA-L)")]
 # The fixture benchmarks with their dev rows (what cells are chosen on), limited to 2 rows per partition.
@@ -167,7 +167,7 @@ def test_cell_ids_are_unique_and_safe_in_folders_and_hub_repo_names():
         (["--steps_policy", "fixed_epochs"], "steps: set with steps_policy fixed_epochs (got 4). Fix: set steps_policy: fixed_steps, or remove steps"),
         (["--steps_policy", "fixed_epochs", "--steps", "null"], "steps_policy: fixed_epochs trains num_train_epochs in every cell, but the training recipe sets max_steps 10"),
         (["--steps", "0"], "steps: out of range (got 0). Fix: use a value >= 1"),
-        (["--eval_overrides.benchmarks", "[{format: medqa, path: tests/fixtures/benchmarks/medqa.jsonl, split: test}]"], "medqa has no dev split"),
+        (["--eval_overrides.benchmarks", "[{format: medqa, path: samples/benchmarks/medqa.jsonl, split: test}]"], "medqa has no dev split"),
     ],
 )
 def test_bad_values_fail_naming_the_field_the_value_and_the_fix(monkeypatch, args, message):
@@ -501,7 +501,7 @@ def test_cells_with_the_same_set_of_rows_train_once_and_the_sweep_shows_its_prog
     assert sorted(p.name for p in (tmp_path / "sweep").glob("*.png")) == ["prefer_defender_failed.png", "quality_levels.png", "size.png"]
 
     # Progress across the cells: a log line per finished cell off a terminal (cells done / total, the cell, an ETA).
-    lines = [r.getMessage() for r in caplog.records if r.name == "builder.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "nanoflux.progress"]
     assert lines[0].startswith("sweep fake [L3-n2-fail-first]: 1/8 cells (12%), ") and "ETA " in lines[0]
     assert any(line.startswith("sweep fake [L4-n10-build-order]: 8/8 cells (100%)") for line in lines)
     assert "Sweep fake: 8 cells, 0 finished before, 8 to run now (4 trainings" in caplog.text
@@ -526,7 +526,7 @@ def test_cells_with_the_same_set_of_rows_train_once_and_the_sweep_shows_its_prog
     assert (third["ran"], third["reused"], len(fake_compute)) == (["L4-n10-fail-first"], ["L4-n10-build-order"], 5)
     bar = sys.stderr.getvalue()
     assert "sweep fake [L4-n10-build-order]" in bar and "2/2" in bar and "cell/s" in bar
-    assert not [r for r in caplog.records if r.name == "builder.progress"]
+    assert not [r for r in caplog.records if r.name == "nanoflux.progress"]
 
 
 def test_fixed_steps_trains_every_cell_the_steps_of_the_largest_one(tmp_path):
@@ -544,7 +544,7 @@ def test_fixed_steps_trains_every_cell_the_steps_of_the_largest_one(tmp_path):
 def test_a_pool_row_that_asks_a_test_or_dev_question_is_refused_before_any_model_loads(tmp_path, monkeypatch):
     import transformers
 
-    from trainer.benchmarks import load_benchmark
+    from nanoflux.benchmarks import load_benchmark
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
     dev_question = load_benchmark(_medqa(), partition="dev")[0].question
@@ -561,7 +561,7 @@ def test_a_pool_row_that_asks_a_test_or_dev_question_is_refused_before_any_model
 
 
 def _medqa() -> Any:
-    from trainer.benchmarks import BenchmarkConfig
+    from nanoflux.benchmarks import BenchmarkConfig
 
     bench = from_dict(BenchmarkConfig, SWEEP_BENCHMARKS[0])
     bench.validate("medqa")

@@ -26,7 +26,7 @@ from localhub import LocalHub, RepoStore
 from localhub.testing import FaultyHub
 from nanoflux.recipe import ConfigError
 from trainer.baseline import baseline_rows, check_no_test_rows, question_key
-from trainer.benchmarks import BenchmarkConfig, load_benchmark, test_questions
+from nanoflux.benchmarks import BenchmarkConfig, load_benchmark, test_questions
 from trainer.train import (
     TrainConfig,
     TrainError,
@@ -40,7 +40,7 @@ from trainer.train_data import has_reasoning, prompt_completion
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
+FIXTURES = ROOT / "samples" / "benchmarks"
 LOCAL_RECIPE = ROOT / "configs" / "train" / "local.yaml"
 LOCAL_EVAL = ROOT / "configs" / "eval" / "local.yaml"
 QWEN_RECIPE = ROOT / "configs" / "train" / "qwen3-4b-lora.yaml"
@@ -295,7 +295,7 @@ def test_baseline_rows_are_asked_as_evaluation_asks_them_with_the_benchmarks_rea
 
 def test_a_baseline_whose_questions_are_evaluation_test_rows_is_refused_before_any_model_loads(tmp_path, no_model_loading):
     # The local evaluation scores medqa.jsonl as MedQA's test rows (all but its 3 dev rows): training on that file is refused.
-    bench = "{format: medqa, path: tests/fixtures/benchmarks/medqa.jsonl, split: train}"
+    bench = "{format: medqa, path: samples/benchmarks/medqa.jsonl, split: train}"
     config = build_train_config(LOCAL_RECIPE, ["--benchmark", bench, "--output_dir", str(tmp_path / "out")])
     with pytest.raises(TrainError) as err:
         main(config)
@@ -314,7 +314,7 @@ def test_a_nanoflux_row_that_copies_a_test_question_is_refused_before_any_model_
 def test_a_nanoflux_row_that_nearly_copies_a_benchmark_question_is_refused_before_any_model_loads(tmp_path, no_model_loading):
     # Not the same question (the exact-match guard lets it through): a GSM-Hard problem with its numbers changed, the
     # GSM-Hard-style swap that decontamination's n-gram detectors catch.
-    original = json.loads(Path("tests/fixtures/benchmarks/gsm_hard.jsonl").read_text().splitlines()[0])["input"]
+    original = json.loads(Path("samples/benchmarks/gsm_hard.jsonl").read_text().splitlines()[0])["input"]
     swapped = re.sub(r"\d+", lambda m: str(int(m.group()) * 7 + 3), original)
     assert swapped != original
     make_dataset_repo(tmp_path / "hub", questions={2: swapped})

@@ -12,8 +12,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from builder.chat import ChatRequest, EndpointError
-from builder.transport import EndpointClient, RetryPolicy, backoff_delay, is_hugging_face_host, parse_retry_after, resolve_token
+from nanoflux.chat import ChatRequest, EndpointError
+from nanoflux.transport import EndpointClient, RetryPolicy, backoff_delay, is_hugging_face_host, parse_retry_after, resolve_token
 from tests.tgi_server import Fault, Reply, ScriptedTGI
 
 # tests/conftest.py sets HF_HUB_OFFLINE=1; the loopback server must stay reachable.
@@ -128,7 +128,7 @@ def test_health_and_info_answer_like_tgi(server):
 
 
 def test_429_with_retry_after_is_retried_after_the_advertised_delay(server, caplog):
-    caplog.set_level(logging.INFO, logger="builder.transport")
+    caplog.set_level(logging.INFO, logger="nanoflux.transport")
     server.script(Fault.status(429, retry_after=2))
     sleep = RecordingSleep()
     client = make_client(server, sleep)
@@ -141,7 +141,7 @@ def test_429_with_retry_after_is_retried_after_the_advertised_delay(server, capl
     assert client.stats.retries == 1
     assert client.stats.errors_by_kind == {"429": 1}
     assert server.request_count == 2
-    [record] = [r for r in caplog.records if r.name == "builder.transport" and "attempt" in r.getMessage()]
+    [record] = [r for r in caplog.records if r.name == "nanoflux.transport" and "attempt" in r.getMessage()]
     assert record.levelno == logging.INFO  # an overloaded server is what the adaptive limit handles
     assert "tgi-test" in record.getMessage() and "429" in record.getMessage() and "2.00s" in record.getMessage()
 
@@ -367,7 +367,7 @@ SHAPES = {
     [("tgi", "tgi", "tgi"), ("vllm", "vllm", "openai"), ("llama_cpp", "llama-cpp-python", "llama_cpp"), ("openai", "openai-compatible", "openai")],
 )
 def test_auto_detects_the_server_once_and_sends_its_shape(kind, server_name, mode, caplog):
-    caplog.set_level(logging.INFO, logger="builder.transport")
+    caplog.set_level(logging.INFO, logger="nanoflux.transport")
     with ScriptedTGI(kind=kind, model_id="org/served-7b") as server:
         client = make_client(server)
         assert client.server is None and client.structured_output_mode is None
@@ -432,7 +432,7 @@ def test_a_500_that_is_not_a_validation_error_is_still_retried(server):
 
 
 def test_legacy_mode_names_still_work_and_are_logged(server, caplog):
-    caplog.set_level(logging.WARNING, logger="builder.transport")
+    caplog.set_level(logging.WARNING, logger="nanoflux.transport")
     client = make_client(server, structured_output="json_schema")
     assert client.structured_output == "openai"
     assert "'json_schema' is now called 'openai'" in caplog.text
@@ -442,7 +442,7 @@ def test_legacy_mode_names_still_work_and_are_logged(server, caplog):
 
 
 def test_roles_sharing_a_client_are_named_in_retries_and_counted_per_role(server, caplog):
-    caplog.set_level(logging.INFO, logger="builder.transport")
+    caplog.set_level(logging.INFO, logger="nanoflux.transport")
     server.script(Fault.status(503), Fault.ok(), Fault.status(502))
     client = make_client(server, name="player_a")
 
@@ -517,7 +517,7 @@ def test_the_hub_login_goes_only_to_hugging_face_hosts(monkeypatch, base_url, hu
 
 def test_a_key_in_the_base_url_query_is_used_but_never_logged(server, caplog):
     caplog.set_level(logging.DEBUG)
-    for name in ("httpx2", "builder.transport"):  # whatever level an earlier `nanoflux` command left them at
+    for name in ("httpx2", "nanoflux.transport"):  # whatever level an earlier `nanoflux` command left them at
         caplog.set_level(logging.DEBUG, logger=name)
     server.script(Fault.status(429, retry_after=0), Fault.status(400, message="nope"))
     retry = RetryPolicy(max_attempts=4, backoff_base=0.01, timeout=5.0)

@@ -1,7 +1,7 @@
 """The full-benchmark fine-tuning baseline's data, and the guard that keeps every benchmark's test rows out of training.
 
 A baseline trains on a benchmark's own training data, asked exactly as `nanoflux eval` asks (the same
-`builder.questions.build_prompt`), with the benchmark's reasoning as the target where it has one (MedMCQA `exp`,
+`nanoflux.questions.build_prompt`), with the benchmark's reasoning as the target where it has one (MedMCQA `exp`,
 PubMedQA `long_answer`, GSM8K's solution): `<explanation>\\n\\nFinal answer: <gold>`. A benchmark without reasoning
 (MedQA) gives answer-only targets; the training summary and the card record `targets: answer_only`.
 
@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from nanoflux.errors import NanoFluxError
 from nanoflux.recipe import fail
-from trainer.rows import answer_target
+from nanoflux.rows import answer_target
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def check_baseline_source(bench: Any, field_name: str = "benchmark") -> None:
     Raises:
         ConfigError: naming the field, the value and the training data to use instead.
     """
-    from trainer.benchmarks import FORMATS
+    from nanoflux.benchmarks import FORMATS
 
     preset = FORMATS[bench.format]
     if preset.path is None or bench.path != preset.path:
@@ -112,7 +112,7 @@ def question_key(question: str) -> str:
 def evaluation_row_keys(eval_config: Any, partitions: Iterable[str] = ("test",)) -> dict[str, tuple[str, str, str]]:
     """{question key: (benchmark name, partition, row id)} of every row of the evaluation recipe's benchmarks in
     `partitions` (their `limit`s ignored: a row outside the evaluated slice is still a test row)."""
-    from trainer.benchmarks import load_benchmark, test_questions
+    from nanoflux.benchmarks import load_benchmark, test_questions
 
     keys: dict[str, tuple[str, str, str]] = {}
     for bench in eval_config.benchmarks:

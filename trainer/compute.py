@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from nanoflux.recipe import fail, is_repo_id
-from trainer.benchmarks import BenchmarkConfig, EvalError, Example, load_rows, normalise
-from trainer.rows import answer_target
+from nanoflux.benchmarks import BenchmarkConfig, EvalError, Example, load_rows, normalise
+from nanoflux.rows import answer_target
 
 logger = logging.getLogger(__name__)
 

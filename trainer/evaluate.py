@@ -9,12 +9,12 @@ Usage:
     nanoflux eval --config configs/eval/medical.yaml --engine endpoint --endpoint.base_url http://localhost:8000
 
 `main(config)` reads top to bottom: load every benchmark's `partition` (test, or dev) with `datasets.load_dataset` (a
-Hub id, or a local file or folder) and normalise its rows into `Example(id, prompt, options, gold)` (trainer.benchmarks);
+Hub id, or a local file or folder) and normalise its rows into `Example(id, prompt, options, gold)` (nanoflux.benchmarks);
 check the adapters exist (before any model is loaded or request sent); account for the training compute if asked
 (trainer.compute); then answer every question of each variant (`base`, `adapter` = base + the NanoFlux LoRA,
 `baseline` = base + a LoRA fine-tuned on a full benchmark training set) greedily with the configured engine
 (trainer.generation: in-process transformers, or an endpoint serving the adapters by name, journaled and resumable),
-extract the answer and score it as the benchmark's authors do (trainer.scoring), with a bootstrap 95% CI. Variants
+extract the answer and score it as the benchmark's authors do (nanoflux.scoring), with a bootstrap 95% CI. Variants
 evaluated on the same examples are compared pairwise (paired bootstrap CI of the difference, McNemar's exact test),
 and the MultiMedQA benchmarks of a run are aggregated (macro and micro). Writes `results.json`, `results.md`,
 `results.png` and `details/<benchmark>-<variant>.jsonl` to `output_dir` and logs the summary: the results table with
@@ -38,8 +38,8 @@ from typing import Any
 from nanoflux.recipe import check_range, ConfigError, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
 from nanoflux.models import DEFAULT_MODEL_ID
 from nanoflux.hub import package_versions
-from builder.questions import INSTRUCTIONS, LETTERS, build_prompt  # noqa: F401  (re-exported: the shared prompt format)
-from trainer.benchmarks import (  # noqa: F401  (re-exported: `from trainer.evaluate import ...` is the public surface)
+from nanoflux.questions import INSTRUCTIONS, LETTERS, build_prompt  # noqa: F401  (re-exported: the shared prompt format)
+from nanoflux.benchmarks import (  # noqa: F401  (re-exported: `from trainer.evaluate import ...` is the public surface)
     FORMATS,
     MULTIMEDQA_MMLU,
     PARTITIONS,
@@ -67,7 +67,7 @@ from trainer.generation import (  # noqa: F401  (re-exported: the engines and th
     ENGINES, Answers, EndpointConfig, Group, OutputFolder, ServedModels, activate, chat_prompts, generate, generate_answers, load_model, load_tokenizer,
 )  # fmt: skip
 from trainer.reporting import console_table, eval_summary, model_index, plot_results, results_markdown, results_table, write_model_index, write_results  # noqa: F401
-from trainer.scoring import (  # noqa: F401
+from nanoflux.scoring import (  # noqa: F401
     CI_LEVEL,
     NUMBER_ABS_TOL,
     NUMBER_REL_TOL,

@@ -2,12 +2,12 @@
 
 `generate_answers(config, groups, output_dir)` answers every group (one variant on one benchmark's examples) greedily
 and returns the texts in example order; evaluation then extracts and scores them the same way whichever engine wrote
-them (trainer.evaluate, trainer.scoring).
+them (trainer.evaluate, nanoflux.scoring).
 
 - `engine: transformers` (the default, for CPU and tests): the base model in-process, left-padded batches of similar
   length through the tokenizer's chat template; each variant's LoRA is loaded once onto the one base model and
   switched to (`activate`).
-- `engine: endpoint`: every prompt is one chat request through the builder's transport (`builder.transport.
+- `engine: endpoint`: every prompt is one chat request through the builder's transport (`nanoflux.transport.
   EndpointClient`: adaptive concurrency shared by every variant on the endpoint, retries honouring Retry-After) to a
   vLLM / TGI / Inference Endpoint / llama.cpp server that serves the base model and the adapters by name: a
   variant's request names its served model in the OpenAI `model` field (vLLM: a `--lora-modules` name; TGI: an id
@@ -36,15 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from builder.chat import ChatRequest, EndpointError
-from builder.config import RoleConfig
+from nanoflux.chat import ChatRequest, EndpointError
+from builder import RoleConfig
 from nanoflux.recipe import fail
 from nanoflux.models import model_path
-from builder.progress import Progress
-from builder.transport import EndpointClient, RetryPolicy, public_url
+from nanoflux.progress import Progress
+from nanoflux.transport import EndpointClient, RetryPolicy, public_url
 from nanoflux import journal as journals
 from nanoflux import runfolder
-from trainer.rows import EvalError, Example
+from nanoflux.rows import EvalError, Example
 
 if TYPE_CHECKING:
     from trainer.evaluate import EvalConfig
@@ -85,7 +85,7 @@ class EndpointConfig:
     `--lora-modules` name, a TGI `LORA_ADAPTERS` id. Unset: base = `model`, adapter = `adapter`, baseline =
     `baseline_adapter` (the names TGI gives adapters listed by repo id)."""
     max_concurrency: int = 256
-    """Upper bound on requests in flight; below it the client seeks the server's capacity (builder.capacity)."""
+    """Upper bound on requests in flight; below it the client seeks the server's capacity (nanoflux.capacity)."""
     timeout: float = 600.0
     """Seconds per attempt (a long greedy answer on a busy server takes minutes)."""
     max_attempts: int = 6

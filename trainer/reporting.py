@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from trainer.benchmarks import EvalError
+from nanoflux.benchmarks import EvalError
 
 logger = logging.getLogger(__name__)
 

@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from nanoflux.recipe import changed_fields, ConfigError, to_dict
-from builder.curation import curate
+from builder import curate
 from nanoflux.runfolder import write_atomic
-from builder.progress import Progress
+from nanoflux.progress import Progress
 from nanoflux.hub import open_target
 from trainer.sweep_cells import (  # noqa: F401  (re-exported)
     Cell,
@@ -96,7 +96,7 @@ def read_pool(config: SweepConfig) -> Pool:
 
     from huggingface_hub.errors import HfHubHTTPError
 
-    from builder.publish import DATA_PATH
+    from builder import DATA_PATH
 
     repo, revision = config.pool, config.pool_revision
     try:
@@ -240,7 +240,7 @@ def check_training_rows(cells: list[Cell], evaluation: Any) -> None:
     """Refuse, before any compute, cell rows that ask a question of the evaluation's test rows or dev rows (a dev row
     in training would make the choice on dev optimistic; a test row, the reported score)."""
     from trainer.baseline import TestRowsInTraining, check_no_test_rows
-    from trainer.benchmarks import EvalError
+    from nanoflux.benchmarks import EvalError
 
     questions = {row["id"]: str(row.get("question") or "") for cell in cells for row in cell.rows}
     try:
@@ -261,14 +261,14 @@ def publish_report(report: Report, files: list[Path]) -> dict[str, Any]:
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
-    from builder import publish
+    from builder import publish_version
 
     config = report.config
     repo = config.push_to_hub
     with open_target(config.hub_dir) as api:
         release = None
         if config.publish_cell:
-            release = publish.publish(Path(config.output_dir) / "cells" / config.publish_cell, repo, api=api, private=config.private)
+            release = publish_version(Path(config.output_dir) / "cells" / config.publish_cell, repo, api=api, private=config.private)
             if release is None:
                 logger.warning("Cell %s adds no row that is new to %s: no version was published", config.publish_cell, repo)
         try:
@@ -322,11 +322,11 @@ def main(config: SweepConfig, *, fresh: bool = False) -> dict[str, Any]:
     benchmarks = [(bench.name, bench.title) for bench in eval_setup.benchmarks]
     check_training_rows(cells, eval_setup)
     if config.push_to_hub:
-        from builder import publish
+        from builder import publish_preflight
 
         # Pre-flight before any compute: the dataset repo is writable.
         with open_target(config.hub_dir) as api:
-            publish.preflight(api, config.push_to_hub, private=config.private)
+            publish_preflight(api, config.push_to_hub, private=config.private)
     output_dir = prepare_output_dir(config, setup, fresh)
 
     judged_ok = sum(row.get("judge_status") == "ok" for row in pool.rows)

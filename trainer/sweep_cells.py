@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from nanoflux.recipe import from_dict, to_dict
-from builder.dataset import write_rows
+from builder import write_rows
 from nanoflux.runfolder import write_atomic
 from trainer.sweep_config import BASE_SCORES, CELL_FILE, DATA_FILE, EVAL_CELL_FIELDS, TEST_FILE, CellSettings, SweepConfig, SweepError, stage_configs
 from trainer.sweep_report import cell_label
@@ -62,8 +62,7 @@ def digest(data: Any) -> str:
 def write_build_files(pool: Pool, cell: Cell, cell_dir: Path, config: SweepConfig) -> None:
     """config.yaml, summary.json and run.json of the build the cell's rows would have come out of (the pool's build
     with the cell's curation): the cell folder is then a finished build that `nanoflux publish` releases."""
-    from builder.build import recipe_fingerprint
-    from builder.config import BuildConfig
+    from builder import BuildConfig, recipe_fingerprint
 
     build_config = yaml.safe_load((pool.build_dir / "config.yaml").read_text())
     build_config.update(curation=dataclasses.asdict(cell.settings.curation(config.require_valid)), target_size=cell.settings.size, output_dir=str(cell_dir))
@@ -84,7 +83,7 @@ def put_cell_data(config: SweepConfig, cell: Cell, cell_dir: Path) -> tuple[str,
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import HfHubHTTPError
 
-    from builder.publish import DATA_PATH
+    from builder import DATA_PATH
     from nanoflux.hub import open_target
 
     repo = config.cells_repo or f"local/{config.name}-cells"
@@ -287,7 +286,7 @@ def dev_details(output_dir: Path) -> Any:
 def evaluate_test(config: SweepConfig, record: dict[str, Any]) -> dict[str, Any]:
     """A selected cell's adapter on the test rows (kept in its `test.json`, so a resumed sweep does not evaluate it
     again): per benchmark its scores, the base model's test scores, and the paired difference to the base model."""
-    from trainer.scoring import paired_comparison
+    from nanoflux.scoring import paired_comparison
 
     output_dir = Path(config.output_dir)
     cell_dir = output_dir / "cells" / adapter_of(record)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.config import CurationConfig
+from builder import CurationConfig
 from nanoflux.recipe import check_levels, check_range, check_repo_id, ConfigError, fail, from_dict, is_repo_id, load_recipe, merge, parse_overrides
 
 DESIGNS = ("grid", "one_at_a_time")

@@ -6,7 +6,7 @@ alphabetical order (`TIE_BREAK`: deterministic, and independent of the order the
 overall selected cell is chosen the same way on the macro-mean dev accuracy over the benchmarks.
 
 A selection is then compared with *every* other trained cell on the same dev examples: a paired bootstrap CI of the
-accuracy difference and McNemar's exact test (`trainer.scoring`, as `nanoflux eval` compares variants; for the overall
+accuracy difference and McNemar's exact test (`nanoflux.scoring`, as `nanoflux eval` compares variants; for the overall
 choice a stratified paired bootstrap over the benchmarks), or, when the per-example results are missing, whether the
 two 95% CIs overlap. A cell whose difference CI includes 0 (or whose CI overlaps) is "not significantly different":
 the report names every such cell, so a tie or a difference within the noise never reads as a winner. Cells that share
@@ -61,7 +61,7 @@ def _paired(a: list[tuple[str, bool]] | None, b: list[tuple[str, bool]] | None) 
 
 def compare(best: dict[str, Any], other: dict[str, Any], name: str, correct: Correct, *, samples: int, seed: int) -> dict[str, Any]:
     """The selected cell against another cell on one benchmark's dev rows (difference = selected - other)."""
-    from trainer.scoring import paired_comparison
+    from nanoflux.scoring import paired_comparison
 
     pair = _paired(correct(best, name), correct(other, name))
     if pair is not None:
@@ -75,7 +75,7 @@ def compare(best: dict[str, Any], other: dict[str, Any], name: str, correct: Cor
 def compare_overall(best: dict[str, Any], other: dict[str, Any], names: Sequence[str], correct: Correct, *, samples: int, seed: int) -> dict[str, Any] | None:
     """Macro-mean dev accuracy of the selected cell against another cell: a stratified paired bootstrap over the
     benchmarks' per-example differences; None when some per-example results are missing."""
-    from trainer.scoring import aggregate, mcnemar_exact
+    from nanoflux.scoring import aggregate, mcnemar_exact
 
     pairs = [_paired(correct(best, name), correct(other, name)) for name in names]
     if any(pair is None for pair in pairs):

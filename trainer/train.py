@@ -37,9 +37,9 @@ import yaml
 
 from nanoflux.recipe import check_range, check_repo_id, fail, load_config, to_dict
 from nanoflux.models import DEFAULT_MODEL_ID, model_path
-from builder.publish import PublishError
+from builder import PublishError
 from nanoflux.hub import open_target, package_versions
-from trainer.benchmarks import BenchmarkConfig
+from nanoflux.benchmarks import BenchmarkConfig
 from trainer.train_data import TrainData, TrainError, check_test_rows, load_train_data  # noqa: F401  (TrainError, load_train_data: re-exported)
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from nanoflux.errors import NanoFluxError
 
 if TYPE_CHECKING:
-    from trainer.benchmarks import BenchmarkConfig
+    from nanoflux.benchmarks import BenchmarkConfig
     from trainer.train import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _benchmark_data(bench: BenchmarkConfig, *, reasoning: bool) -> TrainData:
     """A benchmark's training rows as `nanoflux eval` asks them (trainer.baseline); the commit is the Hub commit it
     resolved to ("local" for a local file)."""
     from trainer.baseline import baseline_rows
-    from trainer.benchmarks import EvalError, resolve_revision
+    from nanoflux.benchmarks import EvalError, resolve_revision
 
     commit = resolve_revision(bench) or "local"
     try:
@@ -139,7 +139,7 @@ def check_test_rows(config: TrainConfig, data: TrainData, what: str) -> int:
     """With `eval_recipe`: refuse training rows that ask a question of that evaluation's test rows (trainer.baseline)."""
     from nanoflux.recipe import ConfigError
     from trainer.baseline import TestRowsInTraining, check_no_test_rows
-    from trainer.benchmarks import EvalError
+    from nanoflux.benchmarks import EvalError
     from trainer.evaluate import build_eval_config
 
     try:
@@ -170,7 +170,8 @@ def check_near_copies(eval_recipe: str, questions: list[str], what: str) -> None
     Raises:
         TrainError: naming the rows, the benchmark questions they match, and the fix.
     """
-    from builder.decontamination import DecontaminationConfig, check, load_reference
+    from builder import DecontaminationConfig, load_reference
+    from builder import check_contamination as check
 
     settings = DecontaminationConfig(eval_recipe=eval_recipe, **TRAIN_TIME_CHECK)
     _, contaminated = check([{"question": q} for q in questions], load_reference(eval_recipe), settings, None)

@@ -1,4 +1,4 @@
-"""Benchmarks: their formats, where their test and dev rows are, and loading them (`trainer/benchmarks.py`).
+"""Benchmarks: their formats, where their test and dev rows are, and loading them (`nanoflux/benchmarks.py`).
 
 A benchmark entry (`BenchmarkConfig`) names a format (answer kind, Hub location, column mapping: `FORMATS`) and which
 rows to read. Its test partition is the configured split, narrowed by an `ids_file` (PubMedQA: the 500 ids of
@@ -6,7 +6,7 @@ PubMedQA's `test_ground_truth.json`) and never including its dev rows; its dev p
 split, the rows an `exclude_ids_file` leaves, or a seeded sample held out of a split (`holdout_from`, `size`, `seed`).
 When a dev sample is held out of the very split the entry reads (Genome-Bench has one split; a training entry such as
 `{format: medqa, split: train}`), those rows are left out of that entry. `load_benchmark` returns the Examples (rows
-are normalised in trainer/rows.py) with a `selection` record: the exact data, filters, sample and dropped rows.
+are normalised in nanoflux/rows.py) with a `selection` record: the exact data, filters, sample and dropped rows.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoflux.recipe import check_range, fail, from_dict
-from builder.questions import LETTERS
-from trainer.rows import EvalError, Example, ExampleSet, normalise, parse_gold, split_inline_options  # noqa: F401  (re-exported)
+from nanoflux.recipe import check_range, fail, from_dict, load_recipe
+from nanoflux.questions import LETTERS
+from nanoflux.rows import EvalError, Example, ExampleSet, normalise, parse_gold, split_inline_options  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class BenchmarkConfig:
     then named by position, "0", "1", ... (format mmlu maps them itself: question, A-D, answer letter)."""
     ids_file: str | None = None
     """Keep only the rows whose id is listed: a JSON list or mapping (its keys), or a text file with one id a line;
-    `package:NAME` is a file shipped in trainer/data/; `all` keeps every row. PubMedQA: its 500 test ids."""
+    `package:NAME` is a file shipped in nanoflux/data/; `all` keeps every row. PubMedQA: its 500 test ids."""
     exclude_ids_file: str | None = None
     """Drop the rows whose id is listed (same file forms as ids_file)."""
     sample_size: int | None = None
@@ -458,3 +458,15 @@ def test_questions(bench: BenchmarkConfig, *, revision: str | None = None) -> di
 
 
 test_questions.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def recipe_benchmarks(recipe: str | Path) -> list[BenchmarkConfig]:
+    """The `benchmarks` of an evaluation recipe, validated (its other fields are the evaluation's business): what
+    decontamination compares a build against, read without the evaluation stage."""
+    entries = load_recipe(recipe).get("benchmarks")
+    if not isinstance(entries, list) or not entries:
+        fail("benchmarks", entries, f"{recipe} lists no benchmarks", "list at least one, e.g. [{format: medqa}]")
+    benches = [from_dict(BenchmarkConfig, entry, prefix=f"benchmarks[{i}].") for i, entry in enumerate(entries)]
+    for i, bench in enumerate(benches):
+        bench.validate(f"benchmarks[{i}]")
+    return benches

@@ -41,8 +41,8 @@ import httpx2
 from huggingface_hub import AsyncInferenceClient, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
 
-from builder.capacity import AdaptiveLimit, shared_limit
-from builder.chat import ChatRequest, ChatResponse, EndpointError
+from nanoflux.capacity import AdaptiveLimit, shared_limit
+from nanoflux.chat import ChatRequest, ChatResponse, EndpointError
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ class _LoopState:
 
 
 class EndpointClient:
-    """Chat transport to one endpoint; implements `builder.chat.ChatClient`.
+    """Chat transport to one endpoint; implements `nanoflux.chat.ChatClient`.
 
     Give `base_url` (a server URL), `model` (a Hub model id served by Inference Providers), or both: with a URL,
     `model` is only sent as the request's `model` field (vLLM checks it; TGI ignores it). The key is `token` if given,

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from builder.questions import LETTERS
+from nanoflux.questions import LETTERS
 
 CI_LEVEL = 0.95
 NUMBER_ABS_TOL = 1e-3

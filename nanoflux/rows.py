@@ -1,4 +1,4 @@
-"""Benchmark rows → Examples: the question, its options, its gold answer and the prompt (`trainer/rows.py`).
+"""Benchmark rows → Examples: the question, its options, its gold answer and the prompt (`nanoflux/rows.py`).
 
 `normalise` reads rows in a benchmark's own schema (columns mapped by `ColumnsConfig`): options from a list or mapping
 column, one column per option, or inline in the question (`split_inline_options`); the gold answer checked strictly
@@ -13,12 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from builder.questions import LETTERS, build_prompt
+from nanoflux.questions import LETTERS, build_prompt
 from nanoflux.errors import NanoFluxError
-from trainer.scoring import extract_number
+from nanoflux.scoring import extract_number
 
 if TYPE_CHECKING:
-    from trainer.benchmarks import BenchmarkConfig, ColumnsConfig
+    from nanoflux.benchmarks import BenchmarkConfig, ColumnsConfig
 
 logger = logging.getLogger(__name__)
 

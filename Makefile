@@ -40,7 +40,7 @@ test: install
 test-fast: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-## Benchmarks, ~10 minutes on 2 cores: build throughput against the endpoint bound and against distilabel (run from
+## Benchmarks, ~18 minutes on a quiet 2-core machine (measured 2026-12-04): build throughput against the endpoint bound and against distilabel (run from
 ## benchmarks/.venv-distilabel, made on first use, when it does not import here), novelty scaling, training cost.
 ## Prints one table and writes benchmarks/results/*.json; pass e.g. ARGS="--parts throughput --smoke".
 .PHONY: bench
@@ -51,7 +51,7 @@ clean:
 	rm -rf $(VENV) outputs .pytest_cache
 
 ## The embedded engine: llama.cpp against the former in-process transformers engine on the demo build (2 repeats each,
-## ~15-25 minutes on 2 cores); writes benchmarks/results/embedded_engine.json.
+## ~6 minutes on a quiet 2-core machine, measured 2026-12-04); writes benchmarks/results/embedded_engine.json.
 .PHONY: bench-embedded
 bench-embedded: install
 	$(BIN)/python -m benchmarks.embedded_engine $(ARGS)

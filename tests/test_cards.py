@@ -287,7 +287,8 @@ def test_the_resumed_builds_card_adds_up_every_run(repo):
     assert (
         total["wall_time_s"]
         == pytest.approx(sum(run["wall_time_s"] for run in runs), abs=0.011)
-        and total["wall_time_s"] > summary["wall_time_s"]
+        and total["wall_time_s"] >= summary["wall_time_s"]  # the killed run may have lasted less than the rounding
+        and total["runs"] == len(runs) == 2
     )
 
     card = _card(repo.hub, "v1")

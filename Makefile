@@ -12,7 +12,8 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # What `nanoflux build` needs, the embedded default included, and nothing else: the core dependencies. llama-cpp-python
-# compiles llama.cpp here (a C/C++ compiler is needed; pip fetches cmake when there is none), a few minutes on 2 cores.
+# compiles llama.cpp here (a C/C++ compiler is needed; pip fetches cmake when there is none): the core install took
+# ~6.5 min on a quiet 2-core machine with an empty pip cache (2026-12-04).
 install-core: $(BIN)/python
 	@command -v cc >/dev/null || command -v gcc >/dev/null || command -v clang >/dev/null || echo "no C compiler found: llama-cpp-python compiles llama.cpp at install time (Debian/Ubuntu: apt-get install build-essential cmake)"
 	# torch first, so that the project's `torch>=2.4` is already satisfied and pip pulls no CUDA build.

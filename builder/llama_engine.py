@@ -25,10 +25,10 @@ Settings (and why; measured in benchmarks/embedded_engine.py)
 - llama-cpp-python's server answers one request at a time (one llama context behind a lock): the client keeps at most
   `SLOTS` (2) requests in flight, one decoding and the next one waiting in the server so that no HTTP round trip
   separates them. More would only queue there, and the adaptive limit would read the queueing as congestion.
-- `n_threads` = `n_threads_batch` = the CPUs this process may use that are idle when the server starts (the
-  1-minute load average taken off, at least one). llama.cpp's threads meet at a barrier after every layer and spin
-  while they wait, so one thread that loses its core stalls them all: on a busy machine fewer threads are faster,
-  on a quiet one every core helps. Measured on a 2-vCPU machine: quiet, 2 threads decoded 122 tokens/s and 1 thread
+- `n_threads` = `n_threads_batch` = the CPUs this process may use that are idle when the server starts (those
+  other work keeps busy over a quarter second taken off, at least one). llama.cpp's threads meet at a barrier after
+  every layer and spin while they wait, so one thread that loses its core stalls them all: on a busy machine fewer
+  threads are faster, on a quiet one every core helps. Measured on a 2-vCPU machine: quiet, 2 threads decoded 122 tokens/s and 1 thread
   80; at load ~9, 1 thread 23 tokens/s and 2 threads 0.7-1.6. (The server's own default is half the CPUs.)
 - `n_ctx` 8192, SmolLM2's trained context: every role's prompt plus its `max_tokens` fits (llama.cpp would answer a
   longer one with HTTP 400). The KV cache is allocated once (~190 MB); attention only reads the cells in use, so a
@@ -80,15 +80,32 @@ class EngineSettings:
     """How the managed llama.cpp server runs (see the module docstring for why these values)."""
 
     n_ctx: int = 8192
-    n_threads: int | None = None  # None: the idle CPUs (cpu_count() less the 1-minute load average), at least 1
+    n_threads: int | None = None  # None: the idle CPUs (cpu_count() less busy_cpus()), at least 1
     n_batch: int = 512
     startup_timeout: float = 120.0  # seconds until `GET /v1/models` answers (a loaded machine is slow to import)
 
     def threads(self) -> int:
         if self.n_threads:
             return self.n_threads
-        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        return max(1, cpu_count() - math.ceil(busy - 0.5))
+        return max(1, cpu_count() - math.ceil(busy_cpus() - 0.5))
+
+
+def busy_cpus(window: float = 0.25) -> float:
+    """How many CPUs other work keeps busy right now: /proc/stat's busy share over `window` seconds (the 1-minute
+    load average lags by minutes: right after a compile it would still say busy). Elsewhere, the load average."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    elapsed = max(total1 - total0, 1)
+    return (1 - (idle1 - idle0) / elapsed) * (os.cpu_count() or 1)
 
 
 def _free_port() -> int:

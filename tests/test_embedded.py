@@ -308,7 +308,21 @@ def test_a_missing_extra_names_the_pip_command():
 
 def test_the_engine_uses_the_idle_cpus(monkeypatch):
     monkeypatch.setattr(llama_engine, "cpu_count", lambda: 4)
-    for load, threads in ((0.2, 4), (1.3, 3), (2.6, 1), (40.0, 1)):
-        monkeypatch.setattr(llama_engine.os, "getloadavg", lambda load=load: (load, load, load))
+    for busy, threads in ((0.2, 4), (1.3, 3), (2.6, 1), (40.0, 1)):
+        monkeypatch.setattr(llama_engine, "busy_cpus", lambda busy=busy: busy)
         assert EngineSettings().threads() == threads
     assert EngineSettings(n_threads=2).threads() == 2
+
+
+def test_busy_cpus_reads_what_is_busy_now():
+    import threading
+
+    assert 0.0 <= llama_engine.busy_cpus() <= (os.cpu_count() or 1)
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)], daemon=True)
+    spinner.start()  # one thread spinning keeps about one CPU busy
+    try:
+        assert llama_engine.busy_cpus(window=0.5) >= 0.5
+    finally:
+        stop.set()
+        spinner.join()

@@ -51,7 +51,8 @@ from builder.decontamination import (
     write_report,
 )
 from nanoflux.journal import Journal
-from nanoflux.runfolder import claim, fingerprint, write_atomic
+from nanoflux.runfolder import claim, fingerprint, hold, write_atomic
+from nanoflux.runfolder import release as release_folder
 from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
 from nanoflux.progress import Progress
 from builder.sandbox import SandboxLimits
@@ -109,12 +110,12 @@ def recipe_fingerprint(config: BuildConfig, prompt_hashes: dict[str, str]) -> tu
 
 
 def prepare_output_dir(config: BuildConfig, prompts: roles.PromptSet, fresh: bool) -> Path:
-    """Create or reopen the output dir, locked for this run (one writer per folder: `runfolder.hold`; main releases
-    it with `runfolder.release`); refuse to resume a different recipe unless `fresh` (the kernel's `claim`). State
-    files are written atomically; a damaged run.json raises runfolder.DamagedStateFile (path and fix)."""
+    """Create or reopen the output dir, locked for this run (one writer per folder: the kernel's `hold`; main releases
+    it with `release_folder`); refuse to resume a different recipe unless `fresh` (the kernel's `claim`). State files
+    are written atomically; a damaged run.json raises DamagedStateFile (path and fix)."""
     output_dir = Path(config.output_dir)
     _, identity = recipe_fingerprint(config, prompts.hashes())
-    runfolder.hold(output_dir, "build")  # FolderBusy at once when another process builds or publishes here
+    hold(output_dir, "build")  # FolderBusy at once when another process builds or publishes here
 
     def discard() -> None:
         for name in OUTPUT_FILES:
@@ -129,7 +130,7 @@ def prepare_output_dir(config: BuildConfig, prompts: roles.PromptSet, fresh: boo
             logger.info("Resuming the build in %s", output_dir)
         write_atomic(output_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     except BaseException:
-        runfolder.release(output_dir)
+        release_folder(output_dir)
         raise
     return output_dir
 
@@ -810,7 +811,7 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
             summary["release"] = dataclasses.asdict(release) if release else None
         return summary
     finally:
-        runfolder.release(output_dir)  # the folder's lock, taken by prepare_output_dir, is held for the whole run
+        release_folder(output_dir)  # the folder's lock, taken by prepare_output_dir, is held for the whole run
 
 
 def command(args: argparse.Namespace, overrides: list[str]) -> None:

@@ -13,22 +13,13 @@ from pathlib import Path
 
 
 from builder.decontamination import DecontaminationConfig
-from nanoflux.recipe import (  # noqa: F401 (ConfigError, LOG_LEVELS, from_dict, ...: re-exported until every importer moves)
-    LOG_LEVELS,
-    ConfigError,
-    changed_fields,
+from nanoflux.recipe import (
     check_levels,
     check_range,
     check_repo_id,
     fail,
-    from_dict,
-    is_repo_id,
     load_config,
-    load_recipe,
-    merge,
-    parse_overrides,
     public_url,
-    to_dict,
 )
 
 PACKAGED_DOMAINS = ("math", "science", "medical")

@@ -36,7 +36,6 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-from builder import runfolder
 from builder.config import CurationConfig
 from builder.curation import curate, eligible
 from builder.dataset import to_dataset
@@ -51,6 +50,7 @@ from builder.decontamination import (
 from nanoflux.errors import NanoFluxError
 from nanoflux.hub import open_target, package_versions  # noqa: F401 (open_target: re-exported until importers move)
 from nanoflux.recipe import from_dict, public_url
+from nanoflux.runfolder import locked
 
 logger = logging.getLogger(__name__)
 
@@ -457,7 +457,7 @@ def main(
     else:
         decontamination_settings(config)
     # One writer per folder: a build still writing it (or another publish) makes this fail at once, naming the holder.
-    with runfolder.locked(output_dir, "publish"), open_target(hub_dir) as api:
+    with locked(output_dir, "publish"), open_target(hub_dir) as api:
         return publish(output_dir, repo_id, api=api, private=private, overwrite=overwrite, decontamination=decontamination, hub_dir=hub_dir)
 
 

@@ -23,19 +23,15 @@ from typing import Any
 import yaml
 
 from nanoflux import journal as journals
-from nanoflux.runfolder import (  # noqa: F401 (hold, locked, ...: the contract build and publish use, re-exported)
-    LOCK_FILE,
-    RUN_FILE,
+from nanoflux.runfolder import (
     RUN_SHAPE,
     DamagedStateFile,
     FolderBusy,
     RunFolderError,
     describe_holder,
-    hold,
     holder,
     locked,
     read_json,
-    release,
     utc_now,
     write_json,
 )

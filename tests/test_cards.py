@@ -24,10 +24,11 @@ from huggingface_hub.repocard import metadata_load
 
 from builder import build, runfolder
 from builder.config import BuildConfig, build_config
-from nanoflux.recipe import from_dict
 from builder.dataset import row_id
-from nanoflux.journal import scan
 from localhub import RepoStore, load_version
+from nanoflux import runfolder as kernel_runfolder
+from nanoflux.journal import scan
+from nanoflux.recipe import from_dict
 from tests import scripted_roles
 from tests.tgi_server import ScriptedTGI
 
@@ -225,7 +226,7 @@ def test_ids_are_unique_across_all_versions_and_a_hash_of_question_and_recipe(re
     assert len(by_id) == len({r["question"] for r in v1 + v2 + v3}) == 10
     # Each id is the hash of its question (and options) with the recipe fingerprint of the build that made it.
     fingerprints = {
-        f"v{n}": runfolder.read_json(repo.tmp / f"b{n}" / "run.json")["fingerprint"]
+        f"v{n}": kernel_runfolder.read_json(repo.tmp / f"b{n}" / "run.json")["fingerprint"]
         for n in (1, 2, 3)
     }
     assert len(set(fingerprints.values())) == 3

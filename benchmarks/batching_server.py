@@ -84,17 +84,31 @@ class ServerModel:
         return None if self.queue_limit < 0 else self.queue_limit
 
     def step_seconds(self, running: int, prefill_tokens: int) -> float:
-        return (self.step_base_s + self.step_per_seq_s * running + self.prefill_per_token_s * prefill_tokens) / self.speed
+        return (
+            self.step_base_s + self.step_per_seq_s * running + self.prefill_per_token_s * prefill_tokens
+        ) / self.speed
 
     def bound_seconds(self, completion_tokens: int, prompt_tokens: int) -> float:
         """The shortest time in which this server can prefill `prompt_tokens` and decode `completion_tokens`."""
         steps = math.ceil(completion_tokens / self.slots)
-        return (self.step_base_s * steps + self.step_per_seq_s * completion_tokens + self.prefill_per_token_s * prompt_tokens) / self.speed
+        return (
+            self.step_base_s * steps
+            + self.step_per_seq_s * completion_tokens
+            + self.prefill_per_token_s * prompt_tokens
+        ) / self.speed
 
     def max_completion_tokens_per_s(self, prompt_per_completion: float = 0.0) -> float:
         """Completion tokens/s with every step full, for a workload of `prompt_per_completion` prompt tokens per
         completion token: the server's theoretical throughput."""
-        return self.slots / (self.slots * self.step_per_seq_s + self.step_base_s + self.slots * prompt_per_completion * self.prefill_per_token_s) * self.speed
+        return (
+            self.slots
+            / (
+                self.slots * self.step_per_seq_s
+                + self.step_base_s
+                + self.slots * prompt_per_completion * self.prefill_per_token_s
+            )
+            * self.speed
+        )
 
 
 class Overloaded(Exception):
@@ -264,10 +278,13 @@ class BatchingHTTPServer:
                 body = await reader.readexactly(int(headers.get("content-length") or 0))
                 status, payload, extra = await self._route(method, path.split("?", 1)[0], body)
                 data = json.dumps(payload).encode()
-                reason = {200: "OK", 404: "Not Found", 422: "Unprocessable Entity", 429: "Too Many Requests"}.get(status, "OK")
+                reason = {200: "OK", 404: "Not Found", 422: "Unprocessable Entity", 429: "Too Many Requests"}.get(
+                    status, "OK"
+                )
                 extra_headers = "".join(f"{k}: {v}\r\n" for k, v in extra.items())
                 writer.write(
-                    f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n{extra_headers}\r\n".encode()
+                    f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length:"
+                    f" {len(data)}\r\n{extra_headers}\r\n".encode()
                     + data
                 )
                 await writer.drain()
@@ -281,12 +298,21 @@ class BatchingHTTPServer:
     async def _route(self, method: str, path: str, raw: bytes) -> tuple[int, Any, dict[str, str]]:
         if method == "GET":
             if path == "/info":
-                info = {"model_id": self.model_id, "max_concurrent_requests": self.engine.model.slots, "router": "text-generation-router", "version": "batching-sim"}
+                info = {
+                    "model_id": self.model_id,
+                    "max_concurrent_requests": self.engine.model.slots,
+                    "router": "text-generation-router",
+                    "version": "batching-sim",
+                }
                 return 200, info, {}
             if path == "/health":
                 return 200, {}, {}
             if path == "/v1/models":
-                return 200, {"object": "list", "data": [{"id": self.model_id, "object": "model", "owned_by": "loopback"}]}, {}
+                return (
+                    200,
+                    {"object": "list", "data": [{"id": self.model_id, "object": "model", "owned_by": "loopback"}]},
+                    {},
+                )
             return 404, {"error": f"no route for GET {path}"}, {}
         if method != "POST" or not path.endswith("/chat/completions"):
             return 404, {"error": f"no route for {method} {path}"}, {}
@@ -297,8 +323,14 @@ class BatchingHTTPServer:
         try:
             self.engine.admit()
         except Overloaded:
-            return 429, {"error": "Model is overloaded", "error_type": "overloaded"}, {"Retry-After": f"{self.engine.model.retry_after_s / self.engine.model.speed:.3g}"}
-        text, completion_tokens, role = self.responder(body)  # after admission: a refused request takes no answer length
+            return (
+                429,
+                {"error": "Model is overloaded", "error_type": "overloaded"},
+                {"Retry-After": f"{self.engine.model.retry_after_s / self.engine.model.speed:.3g}"},
+            )
+        text, completion_tokens, role = self.responder(
+            body
+        )  # after admission: a refused request takes no answer length
         by_role = self.engine.stats.requests_by_role
         by_role[role] = by_role.get(role, 0) + 1
         prompt_tokens = estimate_prompt_tokens(body)
@@ -309,8 +341,19 @@ class BatchingHTTPServer:
             "created": int(time.time()),
             "model": self.model_id,
             "system_fingerprint": "batching-sim",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
         return 200, completion, {}
 

@@ -44,7 +44,11 @@ def _json_object(text: str | None) -> dict[str, Any]:
 def ParseAttack(inputs: StepInput):  # noqa: N802 - distilabel names steps like classes
     for row in inputs:
         data = _json_object(row["attack"])
-        row.update(question=str(data.get("question", "")), reference_answer=str(data.get("reference_answer", "")), explanation=str(data.get("explanation", "")))
+        row.update(
+            question=str(data.get("question", "")),
+            reference_answer=str(data.get("reference_answer", "")),
+            explanation=str(data.get("explanation", "")),
+        )
     yield inputs
 
 
@@ -80,23 +84,52 @@ def build_pipeline(spec: dict[str, Any]) -> Pipeline:
     with Pipeline(name="nanoflux-workload", cache_dir=spec["cache_dir"]) as pipeline:
         rows = LoadDataFromDicts(data=spec["rows"], batch_size=batch)
         attacker = TextGeneration(
-            name="attacker", llm=llm("attacker"), system_prompt=spec["system"]["attacker"], template="{{ attack_prompt }}",
-            columns=["attack_prompt"], output_mappings={"generation": "attack"}, input_batch_size=batch,
-        )  # fmt: skip
+            name="attacker",
+            llm=llm("attacker"),
+            system_prompt=spec["system"]["attacker"],
+            template="{{ attack_prompt }}",
+            columns=["attack_prompt"],
+            output_mappings={"generation": "attack"},
+            input_batch_size=batch,
+        )
         defender = TextGeneration(
-            name="defender", llm=llm("defender"), system_prompt=spec["system"]["defender"], template=spec["template"]["defender"],
-            columns=["question"], output_mappings={"generation": "defense"}, input_batch_size=batch,
-        )  # fmt: skip
+            name="defender",
+            llm=llm("defender"),
+            system_prompt=spec["system"]["defender"],
+            template=spec["template"]["defender"],
+            columns=["question"],
+            output_mappings={"generation": "defense"},
+            input_batch_size=batch,
+        )
         solver = TextGeneration(
-            name="solver", llm=llm("solver"), system_prompt=spec["system"]["solver"], template=spec["template"]["solver"],
-            columns=["question"], output_mappings={"generation": "solution"}, input_batch_size=batch,
-        )  # fmt: skip
+            name="solver",
+            llm=llm("solver"),
+            system_prompt=spec["system"]["solver"],
+            template=spec["template"]["solver"],
+            columns=["question"],
+            output_mappings={"generation": "solution"},
+            input_batch_size=batch,
+        )
         judge = TextGeneration(
-            name="judge", llm=llm("judge"), system_prompt=spec["system"]["judge"], template=spec["template"]["judge"],
-            columns=["question", "reference_answer", "explanation", "blind_answer", "blind_reasoning", "defender_reasoning", "defender_answer"],
-            output_mappings={"generation": "verdict"}, input_batch_size=batch,
-        )  # fmt: skip
-        parse_attack, parse_defense, parse_solution = (parse(input_batch_size=batch) for parse in (ParseAttack, ParseDefense, ParseSolution))
+            name="judge",
+            llm=llm("judge"),
+            system_prompt=spec["system"]["judge"],
+            template=spec["template"]["judge"],
+            columns=[
+                "question",
+                "reference_answer",
+                "explanation",
+                "blind_answer",
+                "blind_reasoning",
+                "defender_reasoning",
+                "defender_answer",
+            ],
+            output_mappings={"generation": "verdict"},
+            input_batch_size=batch,
+        )
+        parse_attack, parse_defense, parse_solution = (
+            parse(input_batch_size=batch) for parse in (ParseAttack, ParseDefense, ParseSolution)
+        )
         rows >> attacker >> parse_attack >> defender >> parse_defense >> solver >> parse_solution >> judge
     return pipeline
 

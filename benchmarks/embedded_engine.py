@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +56,17 @@ def engine(name: str, threads: int | None) -> Iterator[None]:
         def make(role_name: str, role: Any) -> Any:
             if role.backend != "embedded":
                 return original(role_name, role)
-            return llama_engine.engine_client(role_name, role.model, timeout=role.timeout, max_attempts=role.max_attempts, settings=settings)
+            return llama_engine.engine_client(
+                role_name, role.model, timeout=role.timeout, max_attempts=role.max_attempts, settings=settings
+            )
+
     else:
         from benchmarks.transformers_engine import EmbeddedClient
 
         def make(role_name: str, role: Any) -> Any:
-            return EmbeddedClient(role.model, name=role_name) if role.backend == "embedded" else original(role_name, role)
+            return (
+                EmbeddedClient(role.model, name=role_name) if role.backend == "embedded" else original(role_name, role)
+            )
 
     import asyncio
 
@@ -145,8 +150,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures[name] = {
             "runs": results,
             "median_wall_s": round(statistics.median(r["wall_s"] for r in results), 2),
-            "median_completion_tokens_per_s": round(statistics.median(r["completion_tokens_per_s"] for r in results), 2),
-            "parse_rate": {k: round(statistics.mean(r["parse_rate"][k] or 0 for r in results), 3) for k in ("attacks", "defences", "judgements")},
+            "median_completion_tokens_per_s": round(
+                statistics.median(r["completion_tokens_per_s"] for r in results), 2
+            ),
+            "parse_rate": {
+                k: round(statistics.mean(r["parse_rate"][k] or 0 for r in results), 3)
+                for k in ("attacks", "defences", "judgements")
+            },
         }
     if set(ENGINES) <= set(runs):
         fast, slow = sorted(ENGINES, key=lambda n: figures[n]["median_wall_s"])
@@ -167,7 +177,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_in_flight": llama_engine.SLOTS,
             "model_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
         },
-        "transformers": {"dtype": "float32", "batch_size": 8, "batch_wait_s": 0.01, "model": "the GGUF dequantized (nanoflux.models.embedded_model_path)"},
+        "transformers": {
+            "dtype": "float32",
+            "batch_size": 8,
+            "batch_wait_s": 0.01,
+            "model": "the GGUF dequantized (nanoflux.models.embedded_model_path)",
+        },
     }
     return figures
 
@@ -179,7 +194,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--attacks_per_round", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--engines", default=",".join(ENGINES), type=lambda s: [e for e in s.split(",") if e])
-    parser.add_argument("--llama_threads", type=int, default=None, help="llama.cpp threads (default: the engine's: the idle CPUs when it starts)")
+    parser.add_argument(
+        "--llama_threads",
+        type=int,
+        default=None,
+        help="llama.cpp threads (default: the engine's: the idle CPUs when it starts)",
+    )
     parser.add_argument("--work_dir", default=str(ROOT / "outputs" / "bench" / "embedded_engine"))
     parser.add_argument("--results", default=str(RESULT_FILE))
     args = parser.parse_args(argv)
@@ -196,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine["package_versions"] = _versions()
     record = {
         "benchmark": "embedded_engine",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - started, 1),
         "command": " ".join(["python -m benchmarks.embedded_engine", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine,
@@ -218,4 +238,12 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(logging.INFO)
     out = main()
-    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "runs"} if isinstance(v, dict) else v for k, v in out["figures"].items()}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: {kk: vv for kk, vv in v.items() if kk != "runs"} if isinstance(v, dict) else v
+                for k, v in out["figures"].items()
+            },
+            indent=2,
+        )
+    )

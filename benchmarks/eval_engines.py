@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,21 +70,39 @@ def packaged_llama_server(startup_timeout: float = 180.0, n_ctx: int = 2048) -> 
     gguf = importlib.resources.files(spec.package) / spec.gguf_file
     port = _free_port()
     log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx)]
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+    ]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
             if process.poll() is not None:
-                raise ServerUnavailable(f"llama_cpp.server exited with {process.returncode}: {Path(log.name).read_text()[-2000:]}")
+                raise ServerUnavailable(
+                    f"llama_cpp.server exited with {process.returncode}: {Path(log.name).read_text()[-2000:]}"
+                )
             try:
                 if httpx2.get(f"{url}/v1/models", timeout=2).status_code == 200:
                     break
             except httpx2.TransportError:
                 pass
             if time.perf_counter() - started > startup_timeout:
-                raise ServerUnavailable(f"llama_cpp.server not ready after {startup_timeout:.0f} s: {Path(log.name).read_text()[-2000:]}")
+                raise ServerUnavailable(
+                    f"llama_cpp.server not ready after {startup_timeout:.0f} s: {Path(log.name).read_text()[-2000:]}"
+                )
             time.sleep(0.25)
         yield url, time.perf_counter() - started
     finally:
@@ -98,12 +116,26 @@ def packaged_llama_server(startup_timeout: float = 180.0, n_ctx: int = 2048) -> 
         os.unlink(log.name)
 
 
-def local_config(output_dir: Path, *, limit: int, max_new_tokens: int, engine: str = "transformers", base_url: str | None = None) -> Any:
+def local_config(
+    output_dir: Path, *, limit: int, max_new_tokens: int, engine: str = "transformers", base_url: str | None = None
+) -> Any:
     """configs/eval/local.yaml, base model only, without compute accounting, for one engine."""
     from trainer.evaluate import build_eval_config
 
-    overrides = ["--adapter", "null", "--compute", "null", "--limit", str(limit), "--max_new_tokens", str(max_new_tokens),
-                 "--output_dir", str(output_dir), "--engine", engine]  # fmt: skip
+    overrides = [
+        "--adapter",
+        "null",
+        "--compute",
+        "null",
+        "--limit",
+        str(limit),
+        "--max_new_tokens",
+        str(max_new_tokens),
+        "--output_dir",
+        str(output_dir),
+        "--engine",
+        engine,
+    ]
     if base_url:
         overrides += ["--endpoint.base_url", base_url]
     return build_eval_config(ROOT / "configs" / "eval" / "local.yaml", overrides)
@@ -119,17 +151,26 @@ def agreement(first: Path, second: Path) -> dict[str, Any]:
         total += len(a)
         same_answer += sum(x["extracted"] == y["extracted"] for x, y in zip(a, b))
         same_text += sum(x["output"] == y["output"] for x, y in zip(a, b))
-    return {"questions": total, "same_extracted_answer": same_answer, "same_text": same_text,
-            "answer_agreement": round(same_answer / total, 3) if total else None, "text_agreement": round(same_text / total, 3) if total else None}  # fmt: skip
+    return {
+        "questions": total,
+        "same_extracted_answer": same_answer,
+        "same_text": same_text,
+        "answer_agreement": round(same_answer / total, 3) if total else None,
+        "text_agreement": round(same_text / total, 3) if total else None,
+    }
 
 
 def _engine_figures(results: dict[str, Any], wall_s: float) -> dict[str, Any]:
     gen = results["generation"]
     return {
-        "questions": gen["asked"], "questions_per_s": gen["questions_per_s"], "generation_s": gen["generation_s"],
-        "load_s": gen.get("load_s"), "wall_s": round(wall_s, 1), "completion_tokens": gen.get("completion_tokens"),
+        "questions": gen["asked"],
+        "questions_per_s": gen["questions_per_s"],
+        "generation_s": gen["generation_s"],
+        "load_s": gen.get("load_s"),
+        "wall_s": round(wall_s, 1),
+        "completion_tokens": gen.get("completion_tokens"),
         "accuracy": {name: r["base"]["accuracy"] for name, r in results["results"].items()},
-    }  # fmt: skip
+    }
 
 
 def main(limit: int = 4, max_new_tokens: int = 64, work_dir: Path | None = None) -> dict[str, Any]:
@@ -142,18 +183,37 @@ def main(limit: int = 4, max_new_tokens: int = 64, work_dir: Path | None = None)
         started = time.perf_counter()
         in_process = eval_main(local_config(work / "transformers", limit=limit, max_new_tokens=max_new_tokens))
         figures["transformers"] = _engine_figures(in_process, time.perf_counter() - started)
-        figures["transformers"].update(dtype=in_process["generation"]["dtype"], device=in_process["generation"]["device"], batch_size=in_process["generation"]["batch_size"])
+        figures["transformers"].update(
+            dtype=in_process["generation"]["dtype"],
+            device=in_process["generation"]["device"],
+            batch_size=in_process["generation"]["batch_size"],
+        )
         with packaged_llama_server() as (url, start_s):
             started = time.perf_counter()
-            served = eval_main(local_config(work / "endpoint", limit=limit, max_new_tokens=max_new_tokens, engine="endpoint", base_url=url), fresh=True)
+            served = eval_main(
+                local_config(
+                    work / "endpoint", limit=limit, max_new_tokens=max_new_tokens, engine="endpoint", base_url=url
+                ),
+                fresh=True,
+            )
             figures["endpoint"] = _engine_figures(served, time.perf_counter() - started)
-            figures["endpoint"].update(server="llama-cpp-python (python -m llama_cpp.server), packaged Q4_1 GGUF", server_start_s=round(start_s, 1),
-                                       http_attempts=served["generation"]["http_attempts"])  # fmt: skip
+            figures["endpoint"].update(
+                server="llama-cpp-python (python -m llama_cpp.server), packaged Q4_1 GGUF",
+                server_start_s=round(start_s, 1),
+                http_attempts=served["generation"]["http_attempts"],
+            )
     figures["agreement"] = agreement(work / "transformers", work / "endpoint")
     rates = figures["transformers"]["questions_per_s"], figures["endpoint"]["questions_per_s"]
     figures["endpoint_vs_transformers"] = round(rates[1] / rates[0], 3) if all(rates) else None
-    settings = {"recipe": "configs/eval/local.yaml", "variants": ["base"], "limit_per_benchmark": limit, "max_new_tokens": max_new_tokens,
-                "reasoning": False, "greedy": True, "work_dir": str(work)}  # fmt: skip
+    settings = {
+        "recipe": "configs/eval/local.yaml",
+        "variants": ["base"],
+        "limit_per_benchmark": limit,
+        "max_new_tokens": max_new_tokens,
+        "reasoning": False,
+        "greedy": True,
+        "work_dir": str(work),
+    }
     return {"settings": settings, **figures}
 
 
@@ -162,8 +222,13 @@ def _machine() -> dict[str, Any]:
 
     from nanoflux.hub import package_versions
 
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
-            "python": sys.version.split()[0], "packages": package_versions(("nanoflux", "torch", "transformers", "llama_cpp_python"))}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "python": sys.version.split()[0],
+        "packages": package_versions(("nanoflux", "torch", "transformers", "llama_cpp_python")),
+    }
 
 
 if __name__ == "__main__":
@@ -173,7 +238,9 @@ if __name__ == "__main__":
     parser.add_argument("--out", default=str(RESULT))
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the llama.cpp server (finally)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request, as the CLI silences it
     load_before = round(os.getloadavg()[0], 2)
     began = time.perf_counter()
@@ -181,7 +248,7 @@ if __name__ == "__main__":
     settings = record.pop("settings")
     out = {
         "benchmark": "evaluation_engines",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - began, 1),
         "command": " ".join(["python -m benchmarks.eval_engines", *sys.argv[1:]]),
         "machine": {**_machine(), "load_average_1m_before": load_before},
@@ -191,6 +258,8 @@ if __name__ == "__main__":
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     t, e = record["transformers"], record["endpoint"]
-    print(f"transformers: {t['questions_per_s']} questions/s ({t['questions']} questions, load {t['load_s']} s); "
-          f"endpoint (llama.cpp): {e['questions_per_s']} questions/s (server start {e['server_start_s']} s); "
-          f"answer agreement {record['agreement']['answer_agreement']}; written to {args.out}")  # fmt: skip
+    print(
+        f"transformers: {t['questions_per_s']} questions/s ({t['questions']} questions, load {t['load_s']} s); "
+        f"endpoint (llama.cpp): {e['questions_per_s']} questions/s (server start {e['server_start_s']} s); "
+        f"answer agreement {record['agreement']['answer_agreement']}; written to {args.out}"
+    )

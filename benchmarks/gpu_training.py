@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +37,27 @@ def run(out: Path, overrides: list[str], *, tiny: bool = False) -> dict[str, Any
     config = from_dict(TrainingCostConfig, parse_overrides(overrides).get("training", {}))
     config.validate("training")
     if not tiny and not torch.cuda.is_available():
-        raise SystemExit("error: torch.cuda.is_available() is False. Fix: run on a GPU machine, or pass --tiny for the CPU check")
+        raise SystemExit(
+            "error: torch.cuda.is_available() is False. Fix: run on a GPU machine, or pass --tiny for the CPU check"
+        )
     started = time.perf_counter()
     gpu = measure_4b(config, model_dimensions=TINY_QWEN3, device="cpu") if tiny else measure_4b(config)
     record = {
         "benchmark": "training-gpu",
         "smoke": tiny,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - started, 1),
-        "command": " ".join(["python3 -m benchmarks.gpu_training OUT.json", *overrides, *(["--tiny"] if tiny else [])]),
+        "command": " ".join(
+            ["python3 -m benchmarks.gpu_training OUT.json", *overrides, *(["--tiny"] if tiny else [])]
+        ),
         "machine": gpu_environment(),
-        "settings": {"gpu_recipe": Path(config.gpu_recipe).name, "gpu_steps": config.gpu_steps, "gpu_warmup_steps": config.gpu_warmup_steps,
-                     "gpu_short_seq_lens": config.gpu_short_seq_lens, "gpu_peak_tflops": config.gpu_peak_tflops},  # fmt: skip
+        "settings": {
+            "gpu_recipe": Path(config.gpu_recipe).name,
+            "gpu_steps": config.gpu_steps,
+            "gpu_warmup_steps": config.gpu_warmup_steps,
+            "gpu_short_seq_lens": config.gpu_short_seq_lens,
+            "gpu_peak_tflops": config.gpu_peak_tflops,
+        },
         "figures": {"gpu": gpu},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -58,12 +67,16 @@ def run(out: Path, overrides: list[str], *, tiny: bool = False) -> dict[str, Any
 
 def summary_lines(record: dict[str, Any]) -> list[str]:
     gpu = record["figures"]["gpu"]
-    lines = [f"{gpu['gpu']}: {gpu['parameters']:,} parameters, {gpu['trainable_parameters']:,} trainable; model built in {gpu['model_build_s']} s"]
+    lines = [
+        f"{gpu['gpu']}: {gpu['parameters']:,} parameters, {gpu['trainable_parameters']:,} trainable; model built in"
+        f" {gpu['model_build_s']} s"
+    ]
     for run in gpu["shapes"]:
         lines.append(
-            f"  {run['batch_size']}x{run['seq_len']}: {run['tokens_per_s']:,.0f} tokens/s, {run['s_per_micro_step']} s/micro-step, "
-            f"MFU {run['mfu']}, HFU {run['hfu']}, peak {run['peak_memory_gb']} GB, loss {run['loss_first_last']}"
-        )  # fmt: skip
+            f"  {run['batch_size']}x{run['seq_len']}: {run['tokens_per_s']:,.0f} tokens/s, {run['s_per_micro_step']}"
+            f" s/micro-step, MFU {run['mfu']}, HFU {run['hfu']}, peak {run['peak_memory_gb']} GB, loss"
+            f" {run['loss_first_last']}"
+        )
     return lines
 
 
@@ -71,7 +84,9 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     parser = argparse.ArgumentParser(prog="python3 -m benchmarks.gpu_training", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="where to write the JSON record")
-    parser.add_argument("--tiny", action="store_true", help="a tiny Qwen3 on CPU (checks the code, measures nothing of the 4B)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="a tiny Qwen3 on CPU (checks the code, measures nothing of the 4B)"
+    )
     args, rest = parser.parse_known_args()
     try:
         result = run(Path(args.out), rest, tiny=args.tiny)

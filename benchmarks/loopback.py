@@ -29,8 +29,11 @@ ROLE_MARKERS = {"attacker": "You are the Attacker", "defender": "You are the Def
 # Completion tokens per answer, cycled per role in arrival order (means 240 / 125 / 125 / 95); `solver` is the Judge's
 # blind solve (a Judge request whose prompt holds no reference answer yet).
 DEFAULT_LENGTHS = {
-    "attacker": (180, 260, 220, 300, 240), "defender": (90, 140, 110, 160), "solver": (90, 140, 110, 160), "judge": (70, 100, 85, 125),
-}  # fmt: skip
+    "attacker": (180, 260, 220, 300, 240),
+    "defender": (90, 140, 110, 160),
+    "solver": (90, 140, 110, 160),
+    "judge": (70, 100, 85, 125),
+}
 LETTERS = "ABCDEFGHIJ"
 _WORD = re.compile(r"[a-z]{4,}")
 _PRODUCT = re.compile(r"multiply (\d+) by (\d+)")
@@ -100,16 +103,27 @@ class RoleWorkload:
         length = self._next_length(role)
         key = json.dumps([messages, body.get("seed")], sort_keys=True).encode()
         rng = random.Random(hashlib.sha256(key).digest())
-        answer = self._math(role, rng, user, length) if self.domain == "math" else self._choice(role, rng, user, length)
+        answer = (
+            self._math(role, rng, user, length) if self.domain == "math" else self._choice(role, rng, user, length)
+        )
         return json.dumps(answer), length, role
 
     def _choice(self, role: str, rng: random.Random, user: str, length: int) -> dict[str, Any]:
         # As many options as the recipe asks for: the Attacker's prompt names the last letter, the others' prompts list them.
         last = re.search(r"one of A, (?:[B-J], )*[B-J] or ([B-J])", user)
-        letters = LETTERS[: LETTERS.index(last.group(1)) + 1] if last else LETTERS[: len(re.findall(r"(?m)^[A-J]\. ", user))] or "ABCDE"
+        letters = (
+            LETTERS[: LETTERS.index(last.group(1)) + 1]
+            if last
+            else LETTERS[: len(re.findall(r"(?m)^[A-J]\. ", user))] or "ABCDE"
+        )
         if role == "attacker":
             options = [self._words(rng, 2) for _ in letters]
-            answer = {"question": f"{self._words(rng, 40)}?", "options": options, "explanation": "", "reference_answer": rng.choice(letters)}
+            answer = {
+                "question": f"{self._words(rng, 40)}?",
+                "options": options,
+                "explanation": "",
+                "reference_answer": rng.choice(letters),
+            }
             answer["explanation"] = self._words(rng, length - len(json.dumps(answer).split()))
             return answer
         if role in ("defender", "solver"):
@@ -126,7 +140,10 @@ class RoleWorkload:
         found = _PRODUCT.search(user)
         a, b = (int(found.group(1)), int(found.group(2))) if found else (1, 1)
         if role == "defender":
-            return {"reasoning": self._words(rng, length - 3), "answer": str(a * b if rng.random() < 0.5 else a * b + rng.randint(1, 99))}
+            return {
+                "reasoning": self._words(rng, length - 3),
+                "answer": str(a * b if rng.random() < 0.5 else a * b + rng.randint(1, 99)),
+            }
         if role == "solver":
             program = f"a, b = {a}, {b}\ntotal = 0\nfor _ in range(b):\n    total += a\nprint(total)"
             return {"reasoning": self._words(rng, length - 20), "program": program, "answer": str(a * b)}
@@ -168,7 +185,9 @@ def serve(settings: dict[str, Any]) -> None:
 class LoopbackEndpoint:
     """A `RoleWorkload` served by a simulated batching server in a child process. Use with `with`; `url` is its base URL."""
 
-    def __init__(self, domain: str = "medical", *, server: ServerModel, lengths: dict[str, Sequence[int]] | None = None):
+    def __init__(
+        self, domain: str = "medical", *, server: ServerModel, lengths: dict[str, Sequence[int]] | None = None
+    ):
         self.model = server
         self.settings = {
             "domain": domain,
@@ -183,8 +202,12 @@ class LoopbackEndpoint:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
         self._process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.loopback", json.dumps(self.settings)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root, env=env,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=root,
+            env=env,
+        )
         self.url = self._ask(None)["url"]
         return self
 

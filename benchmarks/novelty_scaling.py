@@ -116,7 +116,9 @@ def measure_embedder(n: int, model: str = "sentence-transformers/all-MiniLM-L6-v
     embedder = load_embedder(model)
     load = time.perf_counter() - started
     texts = corpus_texts(n)
-    tokens = sum(len(ids) for ids in embedder.tokenizer(texts, truncation=True, max_length=embedder.max_seq_length)["input_ids"])
+    tokens = sum(
+        len(ids) for ids in embedder.tokenizer(texts, truncation=True, max_length=embedder.max_seq_length)["input_ids"]
+    )
     embed(embedder, texts[:16])  # first call: lazy set-up
     started = time.perf_counter()
     vectors = embed(embedder, texts)
@@ -143,17 +145,24 @@ def main(config: NoveltyScalingConfig, cache_dir: Path) -> dict[str, Any]:
     runs = []
     for size in sorted(config.bank_sizes):
         run = measure_filter(banks[:size], candidates, config.threshold)
-        logger.info("novelty: bank %d: %.3f ms per candidate, peak %.1f MB", size, run["ms_per_candidate"], run["peak_mb"])
+        logger.info(
+            "novelty: bank %d: %.3f ms per candidate, peak %.1f MB", size, run["ms_per_candidate"], run["peak_mb"]
+        )
         runs.append(run)
     small, large = runs[0], runs[-1]
     growth = (
-        math.log(large["ms_per_candidate"] / small["ms_per_candidate"]) / math.log(large["bank_size"] / small["bank_size"])
+        math.log(large["ms_per_candidate"] / small["ms_per_candidate"])
+        / math.log(large["bank_size"] / small["bank_size"])
         if large["bank_size"] > small["bank_size"]
         else None
     )
     embedding = measure_embedder(config.embedding_texts) if config.embedding_texts else None
     if embedding:
-        logger.info("novelty: embedder %.0f texts/s (%.0f tokens/s) on CPU", embedding["texts_per_s"], embedding["tokens_per_s"])
+        logger.info(
+            "novelty: embedder %.0f texts/s (%.0f tokens/s) on CPU",
+            embedding["texts_per_s"],
+            embedding["tokens_per_s"],
+        )
     return {
         "settings": {
             "bank_sizes": sorted(config.bank_sizes),

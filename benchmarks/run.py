@@ -32,7 +32,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +46,39 @@ logger = logging.getLogger("benchmarks")
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("throughput", "distilabel", "novelty", "training")
-RESULT_FILES = {"throughput": "throughput.json", "distilabel": "distilabel.json", "novelty": "novelty.json", "training": "training.json"}
-PACKAGES = ("nanoflux", "torch", "numpy", "transformers", "sentence-transformers", "huggingface_hub", "datasets", "trl", "peft", "distilabel")
+RESULT_FILES = {
+    "throughput": "throughput.json",
+    "distilabel": "distilabel.json",
+    "novelty": "novelty.json",
+    "training": "training.json",
+}
+PACKAGES = (
+    "nanoflux",
+    "torch",
+    "numpy",
+    "transformers",
+    "sentence-transformers",
+    "huggingface_hub",
+    "datasets",
+    "trl",
+    "peft",
+    "distilabel",
+)
 # --smoke: every part at a size that runs in about a minute on 2 cores (the distilabel part and the CPU LoRA run are
 # left to their own slow tests). The loopback latencies stay large enough that the builder's concurrency shows.
 SMOKE = {
-    "throughput": {"recipes": [str(ROOT / "configs" / "medical.yaml"), str(ROOT / "configs" / "math.yaml")], "slots": [8, 32],
-                   "attacks_per_slot": 2.0, "min_attacks": 16, "speed": 2.0},
+    "throughput": {
+        "recipes": [str(ROOT / "configs" / "medical.yaml"), str(ROOT / "configs" / "math.yaml")],
+        "slots": [8, 32],
+        "attacks_per_slot": 2.0,
+        "min_attacks": 16,
+        "speed": 2.0,
+    },
     "distilabel": {"examples": 64, "rounds": 1, "repeats": 1, "slots": 16, "speed": 8.0},
     "novelty": {"bank_sizes": [200, 2000], "candidates": 100, "embedding_texts": 16},
     "training": {"cpu_steps": 0, "cpu_rows": 4, "tiny_steps": 1, "gpu_steps": 2, "gpu_warmup_steps": 1},
 }
+
 
 @dataclass
 class BenchConfig:
@@ -86,7 +108,10 @@ def build_bench_config(cli_args: list[str]) -> tuple[BenchConfig, list[str], boo
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
-        raise ConfigError(f"--parts: unknown part(s) {unknown} (got {args.parts!r}). Fix: use a comma-separated subset of {','.join(PARTS)}")
+        raise ConfigError(
+            f"--parts: unknown part(s) {unknown} (got {args.parts!r}). Fix: use a comma-separated subset of"
+            f" {','.join(PARTS)}"
+        )
     data = merge(SMOKE if args.smoke else {}, parse_overrides(rest))
     config = from_dict(BenchConfig, data)
     config.validate()
@@ -149,9 +174,13 @@ def run_part(part: str, config: BenchConfig, smoke: bool) -> dict[str, Any]:
     record = {
         "benchmark": part,
         "smoke": smoke,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - started, 1),
-        "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]) if sys.argv[0].endswith("run.py") else "benchmarks.run.main",
+        "command": (
+            " ".join(["python -m benchmarks.run", *sys.argv[1:]])
+            if sys.argv[0].endswith("run.py")
+            else "benchmarks.run.main"
+        ),
         "machine": machine,
         "settings": figures.pop("settings"),
         "figures": figures,
@@ -181,46 +210,130 @@ def table_rows(record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     if part == "throughput":
         server = s["server"]
-        costs = (f"server: {server['step_base_s'] * 1000:g} ms + {server['step_per_seq_s'] * 1000:g} ms/sequence per step, "
-                 f"prefill {server['prefill_per_token_s'] * 1000:g} ms/token, speed x{server['speed']:g}; builder at default settings")  # fmt: skip
+        costs = (
+            f"server: {server['step_base_s'] * 1000:g} ms + {server['step_per_seq_s'] * 1000:g} ms/sequence per step,"
+            f" prefill {server['prefill_per_token_s'] * 1000:g} ms/token, speed x{server['speed']:g}; builder at"
+            " default settings"
+        )
         rows.append((part, costs, "", ""))
         for run in f["runs"]:
-            values = (f"{_fmt(run['ratio_to_bound'], 3)}; {_fmt(run['batch_fill'], 3)}; {_fmt(run['server_busy_share'], 3)}; "
-                      f"{_fmt(run['adaptive_limit']['peak_limit'])}; {_fmt(run['cpu_ms_per_example'], 1)}")  # fmt: skip
-            rows.append((part, f"{run['domain']} at {run['slots']} slots ({run['examples']} examples): ratio_to_bound; batch fill; server busy; peak limit; CPU ms/example", values, ""))
+            values = (
+                f"{_fmt(run['ratio_to_bound'], 3)}; {_fmt(run['batch_fill'], 3)}; {_fmt(run['server_busy_share'], 3)};"
+                f" {_fmt(run['adaptive_limit']['peak_limit'])}; {_fmt(run['cpu_ms_per_example'], 1)}"
+            )
+            rows.append(
+                (
+                    part,
+                    (
+                        f"{run['domain']} at {run['slots']} slots ({run['examples']} examples): ratio_to_bound; batch"
+                        " fill; server busy; peak limit; CPU ms/example"
+                    ),
+                    values,
+                    "",
+                )
+            )
         goal = f["goal"]
-        rows.append((part, "lowest ratio_to_bound (default settings)", _fmt(goal["lowest"], 3),
-                     f">= {goal['ratio_to_bound_min']} {'met' if goal['met'] else 'NOT met'}"))  # fmt: skip
+        rows.append(
+            (
+                part,
+                "lowest ratio_to_bound (default settings)",
+                _fmt(goal["lowest"], 3),
+                f">= {goal['ratio_to_bound_min']} {'met' if goal['met'] else 'NOT met'}",
+            )
+        )
     elif part == "distilabel":
         nf, dl = f["nanoflux"], f["distilabel"]
         where = f"{s['examples']} examples, {s['server']['slots']} slots, {s['repeats']} runs"
-        for name, system in (("NanoFlux (defaults)", nf), (f"distilabel {s['distilabel_version']} (input_batch_size {s['distilabel_input_batch_size']})", dl)):
+        for name, system in (
+            ("NanoFlux (defaults)", nf),
+            (f"distilabel {s['distilabel_version']} (input_batch_size {s['distilabel_input_batch_size']})", dl),
+        ):
             wall, ratio = system["wall_s"], system["ratio_to_bound"]
-            rows.append((part, f"{name}, {where}: wall s median [min-max]; ratio_to_bound median",
-                         f"{_fmt(wall['median'], 1)} [{_fmt(wall['min'], 1)}-{_fmt(wall['max'], 1)}]; {_fmt(ratio['median'], 3)}", ""))  # fmt: skip
-        rows.append((part, "vs_distilabel (NanoFlux median / distilabel median)", _fmt(f["vs_distilabel"], 3),
-                     f"<= 1.0 {'met' if f['goal']['met'] else 'NOT met'}"))  # fmt: skip
+            rows.append(
+                (
+                    part,
+                    f"{name}, {where}: wall s median [min-max]; ratio_to_bound median",
+                    (
+                        f"{_fmt(wall['median'], 1)} [{_fmt(wall['min'], 1)}-{_fmt(wall['max'], 1)}];"
+                        f" {_fmt(ratio['median'], 3)}"
+                    ),
+                    "",
+                )
+            )
+        rows.append(
+            (
+                part,
+                "vs_distilabel (NanoFlux median / distilabel median)",
+                _fmt(f["vs_distilabel"], 3),
+                f"<= 1.0 {'met' if f['goal']['met'] else 'NOT met'}",
+            )
+        )
     elif part == "novelty":
         for run in f["runs"]:
-            rows.append((part, f"bank {run['bank_size']:,}: ms per candidate; peak MB", f"{_fmt(run['ms_per_candidate'], 3)}; {_fmt(run['peak_mb'], 1)}", ""))
+            rows.append(
+                (
+                    part,
+                    f"bank {run['bank_size']:,}: ms per candidate; peak MB",
+                    f"{_fmt(run['ms_per_candidate'], 3)}; {_fmt(run['peak_mb'], 1)}",
+                    "",
+                )
+            )
         rows.append((part, "growth exponent of time per candidate with bank size", _fmt(f["growth_exponent"], 2), ""))
         if f["embedding"]:
             e = f["embedding"]
-            rows.append((part, f"all-MiniLM-L6-v2 on CPU ({e['mean_tokens_per_text']:.0f} tokens/text): texts/s", _fmt(e["texts_per_s"], 1), ""))
+            rows.append(
+                (
+                    part,
+                    f"all-MiniLM-L6-v2 on CPU ({e['mean_tokens_per_text']:.0f} tokens/text): texts/s",
+                    _fmt(e["texts_per_s"], 1),
+                    "",
+                )
+            )
     else:
         cpu, gpu, ratio = f["cpu"], f["gpu"], f["compute_ratio"]
         if cpu.get("skipped"):
             rows.append((part, "local LoRA recipe on CPU", f"skipped: {cpu['reason']}", ""))
         else:
-            rows.append((part, f"local LoRA recipe on CPU ({cpu['model'].split('/')[-1]}): tokens/s; peak RSS MB", f"{_fmt(cpu['tokens_per_s'], 1)}; {_fmt(cpu['peak_rss_mb'], 0)}", ""))
+            rows.append(
+                (
+                    part,
+                    f"local LoRA recipe on CPU ({cpu['model'].split('/')[-1]}): tokens/s; peak RSS MB",
+                    f"{_fmt(cpu['tokens_per_s'], 1)}; {_fmt(cpu['peak_rss_mb'], 0)}",
+                    "",
+                )
+            )
         if gpu.get("skipped"):
             rows.append((part, "4B LoRA recipe on GPU (random-weight Qwen3-4B)", f"skipped: {gpu['reason']}", ""))
         else:
-            rows.append((part, f"4B LoRA recipe on {gpu['gpu']}: tokens/s; MFU; peak GB", f"{_fmt(gpu['tokens_per_s'], 0)}; {_fmt(gpu['mfu'], 3)}; {_fmt(gpu['peak_memory_gb'], 1)}", ""))
+            rows.append(
+                (
+                    part,
+                    f"4B LoRA recipe on {gpu['gpu']}: tokens/s; MFU; peak GB",
+                    f"{_fmt(gpu['tokens_per_s'], 0)}; {_fmt(gpu['mfu'], 3)}; {_fmt(gpu['peak_memory_gb'], 1)}",
+                    "",
+                )
+            )
         estimate = " (estimate)" if ratio["estimate"] else ""
         for entry in ratio["full_sets"]:
-            rows.append((part, f"compute ratio{estimate}: {entry['title']} ({entry['rows']:,} rows) / NanoFlux {ratio['nanoflux']['rows']} rows", f"{_fmt(entry['ratio'], 1)}x", ""))
-        rows.append((part, f"compute ratio{estimate}: MultiMedQA (MedQA + MedMCQA + PubMedQA) / NanoFlux", f"{_fmt(ratio['multimedqa']['ratio'], 1)}x", ""))
+            rows.append(
+                (
+                    part,
+                    (
+                        f"compute ratio{estimate}: {entry['title']} ({entry['rows']:,} rows) / NanoFlux"
+                        f" {ratio['nanoflux']['rows']} rows"
+                    ),
+                    f"{_fmt(entry['ratio'], 1)}x",
+                    "",
+                )
+            )
+        rows.append(
+            (
+                part,
+                f"compute ratio{estimate}: MultiMedQA (MedQA + MedMCQA + PubMedQA) / NanoFlux",
+                f"{_fmt(ratio['multimedqa']['ratio'], 1)}x",
+                "",
+            )
+        )
     return rows
 
 
@@ -242,7 +355,12 @@ def main(config: BenchConfig, parts: list[str], *, smoke: bool = False) -> list[
     for part in parts:
         logger.info("benchmark %s ...", part)
         records.append(run_part(part, config, smoke))
-        logger.info("benchmark %s done in %.0f s -> %s", part, records[-1]["duration_s"], Path(config.results_dir) / RESULT_FILES[part])
+        logger.info(
+            "benchmark %s done in %.0f s -> %s",
+            part,
+            records[-1]["duration_s"],
+            Path(config.results_dir) / RESULT_FILES[part],
+        )
     return records
 
 

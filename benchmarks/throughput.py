@@ -62,7 +62,12 @@ class ThroughputConfig:
             fail(f"{path}.recipes", self.recipes, "needs at least one recipe", "e.g. [configs/medical.yaml]")
         for recipe in self.recipes:
             if not Path(recipe).is_file():
-                fail(f"{path}.recipes", recipe, "file not found", "point it at a build recipe, e.g. configs/medical.yaml")
+                fail(
+                    f"{path}.recipes",
+                    recipe,
+                    "file not found",
+                    "point it at a build recipe, e.g. configs/medical.yaml",
+                )
         if not self.slots or any(not 1 <= s <= 4096 for s in self.slots):
             fail(f"{path}.slots", self.slots, "needs capacities in 1..4096", "e.g. [8, 64, 256]")
         check_range(f"{path}.rounds", self.rounds, 1, 100)
@@ -85,7 +90,9 @@ def display_path(path: str | Path) -> str:
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
 
 
-def build_config(recipe: str, url: str, output_dir: Path, *, rounds: int, attacks_per_round: int, max_concurrency: int | None = None) -> Any:
+def build_config(
+    recipe: str, url: str, output_dir: Path, *, rounds: int, attacks_per_round: int, max_concurrency: int | None = None
+) -> Any:
     """`recipe` with every role on the loopback server; the builder's default concurrency unless `max_concurrency`."""
     from builder.config import BuildConfig
     from nanoflux.recipe import from_dict, load_recipe, merge
@@ -142,7 +149,18 @@ def measure_build(endpoint: Any, config: Any) -> dict[str, Any]:
         "server_max_running": stats.max_running,
         "server_max_in_system": stats.max_in_system,
         "server_late_s": round(stats.late_s, 3),
-        "adaptive_limit": {k: limit.get(k) for k in ("peak_limit", "peak_in_flight", "increases", "decreases", "overloads", "latency_cuts", "timeouts")},
+        "adaptive_limit": {
+            k: limit.get(k)
+            for k in (
+                "peak_limit",
+                "peak_in_flight",
+                "increases",
+                "decreases",
+                "overloads",
+                "latency_cuts",
+                "timeouts",
+            )
+        },
         "cpu_s": round(cpu, 3),
         "cpu_ms_per_example": round(1000 * cpu / max(examples, 1), 2),
         "cpu_share_of_wall": round(cpu / wall, 4),
@@ -158,12 +176,17 @@ def warm_up(recipes: list[str], server: ServerModel, work_dir: Path) -> float:
     from builder.novelty import load_embedder
 
     started = time.perf_counter()
-    load_embedder(build_config(recipes[0], "http://127.0.0.1:1", work_dir, rounds=1, attacks_per_round=1).novelty.model)
+    load_embedder(
+        build_config(recipes[0], "http://127.0.0.1:1", work_dir, rounds=1, attacks_per_round=1).novelty.model
+    )
     load_s = time.perf_counter() - started
     for recipe in recipes:
         domain = build_config(recipe, "http://127.0.0.1:1", work_dir, rounds=1, attacks_per_round=1).domain
         with LoopbackEndpoint(domain, server=dataclasses.replace(server, slots=8)) as endpoint:
-            measure_build(endpoint, build_config(recipe, endpoint.url, work_dir / f"warmup-{domain}", rounds=1, attacks_per_round=8))
+            measure_build(
+                endpoint,
+                build_config(recipe, endpoint.url, work_dir / f"warmup-{domain}", rounds=1, attacks_per_round=8),
+            )
     return load_s
 
 
@@ -178,8 +201,14 @@ def main(config: ThroughputConfig, work_dir: Path) -> dict[str, Any]:
         "rounds": config.rounds,
         "attacks_per_round": {str(s): config.attacks_per_round(s) for s in config.slots},
         "calls_per_example": 4,
-        "server": {**dataclasses.asdict(config.server_at(0)), "slots": "per run", "waiting_limit": {str(s): config.server_at(s).waiting_limit for s in config.slots}},
-        "server_max_completion_tokens_per_s": {str(s): round(config.server_at(s).max_completion_tokens_per_s(), 1) for s in config.slots},
+        "server": {
+            **dataclasses.asdict(config.server_at(0)),
+            "slots": "per run",
+            "waiting_limit": {str(s): config.server_at(s).waiting_limit for s in config.slots},
+        },
+        "server_max_completion_tokens_per_s": {
+            str(s): round(config.server_at(s).max_completion_tokens_per_s(), 1) for s in config.slots
+        },
         "completion_tokens_cycle": {role: list(v) for role, v in DEFAULT_LENGTHS.items()},
         "builder_settings": "defaults (max_concurrency unset: the adaptive limit, ceiling 256)",
         "journal": "on (every call and example state fsynced)",
@@ -192,12 +221,26 @@ def main(config: ThroughputConfig, work_dir: Path) -> dict[str, Any]:
             domain = build_config(recipe, "http://127.0.0.1:1", work_dir, rounds=1, attacks_per_round=1).domain
             for slots in config.slots:
                 with LoopbackEndpoint(domain, server=config.server_at(slots)) as endpoint:
-                    build = build_config(recipe, endpoint.url, work_dir / f"{domain}-s{slots}", rounds=config.rounds, attacks_per_round=config.attacks_per_round(slots))
+                    build = build_config(
+                        recipe,
+                        endpoint.url,
+                        work_dir / f"{domain}-s{slots}",
+                        rounds=config.rounds,
+                        attacks_per_round=config.attacks_per_round(slots),
+                    )
                     run = {"recipe": display_path(recipe), **measure_build(endpoint, build)}
                 logger.info(
-                    "throughput: %s at %d slots: %.1f s, ratio to bound %.3f (batch fill %.3f, server busy %.3f), peak limit %s, builder CPU %.1f ms/example",
-                    domain, slots, run["wall_s"], run["ratio_to_bound"], run["batch_fill"], run["server_busy_share"], run["adaptive_limit"]["peak_limit"], run["cpu_ms_per_example"],
-                )  # fmt: skip
+                    "throughput: %s at %d slots: %.1f s, ratio to bound %.3f (batch fill %.3f, server busy %.3f), peak"
+                    " limit %s, builder CPU %.1f ms/example",
+                    domain,
+                    slots,
+                    run["wall_s"],
+                    run["ratio_to_bound"],
+                    run["batch_fill"],
+                    run["server_busy_share"],
+                    run["adaptive_limit"]["peak_limit"],
+                    run["cpu_ms_per_example"],
+                )
                 runs.append(run)
     ratios = {run["domain"]: {} for run in runs}
     for run in runs:

@@ -77,16 +77,43 @@ BENCH_REPO = "local/nanoflux-bench"
 
 # Qwen/Qwen3-4B's config.json, written out: the architecture is all the GPU benchmark needs, the weights are random.
 QWEN3_4B = dict(
-    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-    num_key_value_heads=8, head_dim=128, hidden_act="silu", max_position_embeddings=40960, rms_norm_eps=1e-6,
-    rope_theta=1_000_000.0, tie_word_embeddings=True, attention_bias=False,
-)  # fmt: skip
+    vocab_size=151936,
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    hidden_act="silu",
+    max_position_embeddings=40960,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    tie_word_embeddings=True,
+    attention_bias=False,
+)
 TINY_QWEN3 = dict(
-    vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=16, hidden_act="silu", max_position_embeddings=512, tie_word_embeddings=True,
-)  # fmt: skip
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    hidden_act="silu",
+    max_position_embeddings=512,
+    tie_word_embeddings=True,
+)
 # Peak dense bf16 tensor FLOPS by device name (vendor data sheets); another GPU: set gpu_peak_tflops.
-PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.4,
+    "H100 SXM": 989.4,
+    "H100 80GB HBM3": 989.4,
+    "H100 PCIe": 756.0,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+    "L4": 121.0,
+}
 
 # The training set each benchmark's full fine-tuning baseline trains on (trainer/baseline.py): documented row counts
 # (`split_rows`, less the `dev_rows` the project holds out of that split as the benchmark's dev split), and the fixture
@@ -94,27 +121,72 @@ PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "
 # reads it). `baseline: false`: no baseline can train on it (Genome-Bench has no training split); it is reported, marked,
 # and left out of every aggregate.
 FULL_SETS = [
-    {"name": "gsm_hard", "title": "GSM-Hard baseline: GSM8K train", "baseline": True, "format": "gsm8k",
-     "split_rows": 7473, "dev_rows": 500, "fixture": "gsm8k.jsonl", "split": "train",
-     "hub": {"path": "openai/gsm8k", "subset": "main", "split": "train"},
-     "rows_source": "openai/gsm8k main train: 7,473 rows, less the 500 held out as GSM-Hard's dev split"},
-    {"name": "genome_bench", "title": "Genome-Bench itself (no training split)", "baseline": False, "format": "genome_bench",
-     "split_rows": 3332, "dev_rows": 0, "fixture": "genome_bench.jsonl", "split": "test",
-     "hub": {"path": "Mingyin0312/Genome-Bench", "split": "test"},
-     "rows_source": "Mingyin0312/Genome-Bench: 3,332 questions, its one split (the test set: not a baseline, trainer/baseline.py refuses it)"},
-    {"name": "medqa", "title": "MedQA baseline: MedQA train", "baseline": True, "format": "medqa",
-     "split_rows": 10178, "dev_rows": 500, "fixture": "medqa.jsonl", "split": "test",
-     "hub": {"path": "GBaker/MedQA-USMLE-4-options", "split": "train"},
-     "rows_source": "GBaker/MedQA-USMLE-4-options train: 10,178 rows, less the 500 held out as its dev split"},
-    {"name": "medmcqa", "title": "MedMCQA baseline: MedMCQA train", "baseline": True, "format": "medmcqa",
-     "split_rows": 182822, "dev_rows": 500, "fixture": "medmcqa.jsonl", "split": "validation",
-     "hub": {"path": "openlifescienceai/medmcqa", "split": "train"},
-     "rows_source": "openlifescienceai/medmcqa train: 182,822 rows, less the 500 held out as its dev split"},
-    {"name": "pubmedqa", "title": "PubMedQA baseline: PQA-A (pqa_artificial) train", "baseline": True, "format": "pubmedqa",
-     "split_rows": 211269, "dev_rows": 0, "fixture": "pubmedqa.parquet", "split": "train",
-     "hub": {"path": "qiaojin/PubMedQA", "subset": "pqa_artificial", "split": "train"},
-     "rows_source": "qiaojin/PubMedQA pqa_artificial train: 211,269 rows (the fixture holds pqa_labeled rows, the same schema)"},
-]  # fmt: skip
+    {
+        "name": "gsm_hard",
+        "title": "GSM-Hard baseline: GSM8K train",
+        "baseline": True,
+        "format": "gsm8k",
+        "split_rows": 7473,
+        "dev_rows": 500,
+        "fixture": "gsm8k.jsonl",
+        "split": "train",
+        "hub": {"path": "openai/gsm8k", "subset": "main", "split": "train"},
+        "rows_source": "openai/gsm8k main train: 7,473 rows, less the 500 held out as GSM-Hard's dev split",
+    },
+    {
+        "name": "genome_bench",
+        "title": "Genome-Bench itself (no training split)",
+        "baseline": False,
+        "format": "genome_bench",
+        "split_rows": 3332,
+        "dev_rows": 0,
+        "fixture": "genome_bench.jsonl",
+        "split": "test",
+        "hub": {"path": "Mingyin0312/Genome-Bench", "split": "test"},
+        "rows_source": (
+            "Mingyin0312/Genome-Bench: 3,332 questions, its one split (the test set: not a baseline,"
+            " trainer/baseline.py refuses it)"
+        ),
+    },
+    {
+        "name": "medqa",
+        "title": "MedQA baseline: MedQA train",
+        "baseline": True,
+        "format": "medqa",
+        "split_rows": 10178,
+        "dev_rows": 500,
+        "fixture": "medqa.jsonl",
+        "split": "test",
+        "hub": {"path": "GBaker/MedQA-USMLE-4-options", "split": "train"},
+        "rows_source": "GBaker/MedQA-USMLE-4-options train: 10,178 rows, less the 500 held out as its dev split",
+    },
+    {
+        "name": "medmcqa",
+        "title": "MedMCQA baseline: MedMCQA train",
+        "baseline": True,
+        "format": "medmcqa",
+        "split_rows": 182822,
+        "dev_rows": 500,
+        "fixture": "medmcqa.jsonl",
+        "split": "validation",
+        "hub": {"path": "openlifescienceai/medmcqa", "split": "train"},
+        "rows_source": "openlifescienceai/medmcqa train: 182,822 rows, less the 500 held out as its dev split",
+    },
+    {
+        "name": "pubmedqa",
+        "title": "PubMedQA baseline: PQA-A (pqa_artificial) train",
+        "baseline": True,
+        "format": "pubmedqa",
+        "split_rows": 211269,
+        "dev_rows": 0,
+        "fixture": "pubmedqa.parquet",
+        "split": "train",
+        "hub": {"path": "qiaojin/PubMedQA", "subset": "pqa_artificial", "split": "train"},
+        "rows_source": (
+            "qiaojin/PubMedQA pqa_artificial train: 211,269 rows (the fixture holds pqa_labeled rows, the same schema)"
+        ),
+    },
+]
 MULTIMEDQA = ("medqa", "medmcqa", "pubmedqa")
 GPU_RESULT = ROOT / "benchmarks" / "results" / "training_gpu.json"
 
@@ -150,7 +222,12 @@ class TrainingCostConfig:
     def validate(self, path: str) -> None:
         for name in ("cpu_recipe", "gpu_recipe"):
             if not Path(getattr(self, name)).is_file():
-                fail(f"{path}.{name}", getattr(self, name), "file not found", "point it at a training recipe in configs/train/")
+                fail(
+                    f"{path}.{name}",
+                    getattr(self, name),
+                    "file not found",
+                    "point it at a training recipe in configs/train/",
+                )
         check_range(f"{path}.cpu_steps", self.cpu_steps, 0, 10_000)
         check_range(f"{path}.cpu_rows", self.cpu_rows, 1, 100_000)
         check_range(f"{path}.gpu_steps", self.gpu_steps, 1, 10_000)
@@ -177,12 +254,17 @@ def publish_dataset(hub_dir: Path, rows: int) -> None:
     import io
 
     from builder.dataset import to_dataset
-    from localhub import RepoStore
     from builder.publish import DATA_PATH
+    from localhub import RepoStore
 
     conversations = nanoflux_conversations()
     data = [
-        {"id": f"r0-a{i:04d}", "question": conversations[i % len(conversations)][0]["content"], "version": "v1", "messages": conversations[i % len(conversations)]}
+        {
+            "id": f"r0-a{i:04d}",
+            "question": conversations[i % len(conversations)][0]["content"],
+            "version": "v1",
+            "messages": conversations[i % len(conversations)],
+        }
         for i in range(rows)
     ]
     buffer = io.BytesIO()
@@ -205,10 +287,21 @@ def cpu_recipe_child(spec: dict[str, Any]) -> dict[str, Any]:
     work = Path(spec["work_dir"])
     shutil.rmtree(work, ignore_errors=True)
     publish_dataset(work / "hub", spec["rows"])
-    config = build_train_config(spec["recipe"], [
-        "--dataset_name", BENCH_REPO, "--revision", "v1", "--hub_dir", str(work / "hub"),
-        "--output_dir", str(work / "adapter"), "--max_steps", str(spec["steps"]),
-    ])  # fmt: skip
+    config = build_train_config(
+        spec["recipe"],
+        [
+            "--dataset_name",
+            BENCH_REPO,
+            "--revision",
+            "v1",
+            "--hub_dir",
+            str(work / "hub"),
+            "--output_dir",
+            str(work / "adapter"),
+            "--max_steps",
+            str(spec["steps"]),
+        ],
+    )
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     summary = train(config)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -242,8 +335,11 @@ def measure_cpu_recipe(config: TrainingCostConfig, work_dir: Path) -> dict[str, 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     process = subprocess.run(
         [sys.executable, "-m", "benchmarks.training_cost", json.dumps(spec), str(result_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if process.returncode != 0 or not result_path.exists():
         tail = "\n".join((process.stdout + process.stderr).splitlines()[-30:])
         raise RuntimeError(f"the CPU training run failed (exit {process.returncode}):\n{tail}")
@@ -254,9 +350,19 @@ def measure_cpu_recipe(config: TrainingCostConfig, work_dir: Path) -> dict[str, 
 
 # What the GPU measurement takes from a training recipe.
 RECIPE_FIELDS = (
-    "model", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "learning_rate", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "max_length", "bf16", "gradient_checkpointing", "num_train_epochs",
-)  # fmt: skip
+    "model",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "bf16",
+    "gradient_checkpointing",
+    "num_train_epochs",
+)
 GPU_PACKAGES = ("torch", "transformers", "peft", "accelerate", "trl", "datasets", "numpy")
 
 
@@ -281,7 +387,8 @@ class LoraRecipe:
 
 def read_lora_recipe(path: str) -> LoraRecipe:
     """The recipe's LoRA settings as `trainer.train.build_train_config` resolves them; where trainer.train does not
-    import (a GPU machine without datasets / trl), from the YAML file itself, which must then name every one of them."""
+    import (a GPU machine without datasets / trl), from the YAML file itself, which must then name every one of them.
+    """
     try:
         from trainer.train import build_train_config
     except ImportError as err:
@@ -290,13 +397,22 @@ def read_lora_recipe(path: str) -> LoraRecipe:
         data = yaml.safe_load(Path(path).read_text()) or {}
         missing = [name for name in RECIPE_FIELDS if name not in data]
         if missing:
-            fail(path, sorted(data), f"trainer.train does not import here ({err}) and the recipe does not name {missing}",
-                 "name every LoRA setting in the recipe, or install the training stack (datasets, trl)")  # fmt: skip
+            fail(
+                path,
+                sorted(data),
+                f"trainer.train does not import here ({err}) and the recipe does not name {missing}",
+                "name every LoRA setting in the recipe, or install the training stack (datasets, trl)",
+            )
         kinds = {"lora_dropout": float, "learning_rate": float, "num_train_epochs": float}
         values = {name: kinds.get(name, lambda v: v)(data[name]) for name in RECIPE_FIELDS}
-        return LoraRecipe(**values, resolved_by=f"the recipe's YAML (trainer.train does not import here: {type(err).__name__}: {err})")
+        return LoraRecipe(
+            **values,
+            resolved_by=f"the recipe's YAML (trainer.train does not import here: {type(err).__name__}: {err})",
+        )
     recipe = build_train_config(str(path))
-    return LoraRecipe(**{name: getattr(recipe, name) for name in RECIPE_FIELDS}, resolved_by="trainer.train.build_train_config")
+    return LoraRecipe(
+        **{name: getattr(recipe, name) for name in RECIPE_FIELDS}, resolved_by="trainer.train.build_train_config"
+    )
 
 
 def qwen3_config(dimensions: dict[str, Any]) -> Any:
@@ -310,7 +426,9 @@ def forward_flops_per_token(model_config: Any, seq_len: int) -> float:
     c = model_config
     attention = c.num_attention_heads * c.head_dim
     kv = c.num_key_value_heads * c.head_dim
-    per_layer = c.hidden_size * (attention + 2 * kv) + attention * c.hidden_size + 3 * c.hidden_size * c.intermediate_size
+    per_layer = (
+        c.hidden_size * (attention + 2 * kv) + attention * c.hidden_size + 3 * c.hidden_size * c.intermediate_size
+    )
     matmul_params = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size
     return 2 * matmul_params + 4 * c.num_hidden_layers * seq_len * attention
 
@@ -324,8 +442,15 @@ def peak_tflops(device_name: str, override: float | None) -> tuple[float | None,
     return None, f"unknown GPU {device_name!r}: set training.gpu_peak_tflops to get an MFU"
 
 
-def lora_step_cost(model_config: Any, recipe: LoraRecipe, *, device: str, steps: int, warmup_steps: int,
-                   shapes: list[tuple[int, int]] | None = None) -> dict[str, Any]:  # fmt: skip
+def lora_step_cost(
+    model_config: Any,
+    recipe: LoraRecipe,
+    *,
+    device: str,
+    steps: int,
+    warmup_steps: int,
+    shapes: list[tuple[int, int]] | None = None,
+) -> dict[str, Any]:
     """LoRA training with `recipe`'s settings on a random-weight model of `model_config`, built once and timed at each
     (batch size, sequence length) of `shapes` (default: the recipe's); the first shape's figures are also the top-level
     ones. Each shape: `warmup_steps` micro-batches, then `steps` timed, the optimizer stepping every
@@ -352,10 +477,16 @@ def lora_step_cost(model_config: Any, recipe: LoraRecipe, *, device: str, steps:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     targets = list(recipe.lora_target_modules)
-    model = get_peft_model(model, LoraConfig(
-        r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM",
-    ))  # fmt: skip
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=recipe.lora_r,
+            lora_alpha=recipe.lora_alpha,
+            lora_dropout=recipe.lora_dropout,
+            target_modules="all-linear" if targets == ["all-linear"] else targets,
+            task_type="CAUSAL_LM",
+        ),
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.learning_rate)
     accumulation = max(1, recipe.gradient_accumulation_steps)
@@ -388,31 +519,38 @@ def lora_step_cost(model_config: Any, recipe: LoraRecipe, *, device: str, steps:
         forward = forward_flops_per_token(model_config, seq_len)
         model_flops = 2 * forward
         hardware_flops = (3 if recipe.gradient_checkpointing else 2) * forward
-        runs.append({
-            "batch_size": batch_size,
-            "seq_len": seq_len,
-            "steps": steps,
-            "warmup_steps": warmup_steps,
-            "wall_s": round(wall, 3),
-            "tokens": tokens,
-            "tokens_per_s": round(tokens / wall, 1),
-            "s_per_micro_step": round(wall / steps, 4),
-            "s_per_optimizer_step": round(wall / steps * accumulation, 4),
-            "training_flops_per_token": model_flops,
-            "hardware_flops_per_token": hardware_flops,
-            "achieved_tflops": round(tokens * model_flops / wall / 1e12, 3),
-            "achieved_hardware_tflops": round(tokens * hardware_flops / wall / 1e12, 3),
-            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-            "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
-            "loss_first_last": [round(float(losses[0]), 4), round(float(losses[-1]), 4)],
-        })  # fmt: skip
+        runs.append(
+            {
+                "batch_size": batch_size,
+                "seq_len": seq_len,
+                "steps": steps,
+                "warmup_steps": warmup_steps,
+                "wall_s": round(wall, 3),
+                "tokens": tokens,
+                "tokens_per_s": round(tokens / wall, 1),
+                "s_per_micro_step": round(wall / steps, 4),
+                "s_per_optimizer_step": round(wall / steps * accumulation, 4),
+                "training_flops_per_token": model_flops,
+                "hardware_flops_per_token": hardware_flops,
+                "achieved_tflops": round(tokens * model_flops / wall / 1e12, 3),
+                "achieved_hardware_tflops": round(tokens * hardware_flops / wall / 1e12, 3),
+                "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+                "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
+                "loss_first_last": [round(float(losses[0]), 4), round(float(losses[-1]), 4)],
+            }
+        )
         del ids, losses, loss
     return {
         "parameters": parameters,
         "trainable_parameters": trainable,
         "precision": "bf16" if recipe.bf16 else "fp32",
         "gradient_checkpointing": recipe.gradient_checkpointing,
-        "lora": {"r": recipe.lora_r, "alpha": recipe.lora_alpha, "dropout": recipe.lora_dropout, "target_modules": targets},
+        "lora": {
+            "r": recipe.lora_r,
+            "alpha": recipe.lora_alpha,
+            "dropout": recipe.lora_dropout,
+            "target_modules": targets,
+        },
         "learning_rate": recipe.learning_rate,
         "gradient_accumulation_steps": accumulation,
         "model_build_s": round(build_s, 2),
@@ -441,24 +579,41 @@ def gpu_environment() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                            "packages": versions, "torch_cuda": torch.version.cuda}  # fmt: skip
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+        "torch_cuda": torch.version.cuda,
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1), compute_capability=f"{props.major}.{props.minor}",
-                    multiprocessors=props.multi_processor_count)  # fmt: skip
+        info.update(
+            gpu=props.name,
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            compute_capability=f"{props.major}.{props.minor}",
+            multiprocessors=props.multi_processor_count,
+        )
     return info
 
 
-def measure_4b(config: TrainingCostConfig, *, model_dimensions: dict[str, Any] | None = None, device: str = "cuda") -> dict[str, Any]:
+def measure_4b(
+    config: TrainingCostConfig, *, model_dimensions: dict[str, Any] | None = None, device: str = "cuda"
+) -> dict[str, Any]:
     """The 4B recipe's LoRA training on a random-weight Qwen3-4B on this machine's GPU (or `model_dimensions` on
     `device`: the tiny check), at each of `gpu_shapes`, with MFU and HFU per shape."""
     recipe = read_lora_recipe(config.gpu_recipe)
     dimensions = model_dimensions or QWEN3_4B
     if device == "cpu":
         recipe = dataclasses.replace(recipe, bf16=False)
-    figures = lora_step_cost(qwen3_config(dimensions), recipe, device=device, steps=config.gpu_steps,
-                             warmup_steps=config.gpu_warmup_steps, shapes=gpu_shapes(config, recipe))  # fmt: skip
+    figures = lora_step_cost(
+        qwen3_config(dimensions),
+        recipe,
+        device=device,
+        steps=config.gpu_steps,
+        warmup_steps=config.gpu_warmup_steps,
+        shapes=gpu_shapes(config, recipe),
+    )
     env = gpu_environment()
     name = env.get("gpu") or "cpu"
     peak, source = peak_tflops(name, config.gpu_peak_tflops) if device != "cpu" else (None, "CPU: no MFU")
@@ -469,19 +624,31 @@ def measure_4b(config: TrainingCostConfig, *, model_dimensions: dict[str, Any] |
         "skipped": False,
         "measured_here": True,
         "gpu": name,
-        "model": {"architecture": "Qwen3-4B (Qwen3Config written out in benchmarks/training_cost.py), random weights",
-                  "parameters": figures["parameters"]} if model_dimensions is None else {"config": dimensions, "parameters": figures["parameters"]},
+        "model": (
+            {
+                "architecture": "Qwen3-4B (Qwen3Config written out in benchmarks/training_cost.py), random weights",
+                "parameters": figures["parameters"],
+            }
+            if model_dimensions is None
+            else {"config": dimensions, "parameters": figures["parameters"]}
+        ),
         "recipe": display_path(config.gpu_recipe),
         "recipe_resolved_by": recipe.resolved_by,
         "num_train_epochs": recipe.num_train_epochs,
-        "loop": "plain PyTorch: peft LoRA, AdamW on the adapter, bf16 autocast, random token ids as inputs and labels; not TRL's SFTTrainer",
+        "loop": (
+            "plain PyTorch: peft LoRA, AdamW on the adapter, bf16 autocast, random token ids as inputs and labels; not"
+            " TRL's SFTTrainer"
+        ),
         **figures,
         "peak_tflops": peak,
         "peak_tflops_source": source,
-        "flops": "model FLOPs/token = 2 x forward (no weight gradients for the frozen base); hardware = 3 x forward with "
-                 "gradient checkpointing's recomputation; forward = 2 x matmul parameters + 4 x layers x seq_len x heads x head_dim",
+        "flops": (
+            "model FLOPs/token = 2 x forward (no weight gradients for the frozen base); hardware = 3 x forward with"
+            " gradient checkpointing's recomputation; forward = 2 x matmul parameters + 4 x layers x seq_len x heads x"
+            " head_dim"
+        ),
         "environment": env,
-    }  # fmt: skip
+    }
 
 
 def stored_gpu_result(path: str | None) -> dict[str, Any] | None:
@@ -493,7 +660,10 @@ def stored_gpu_result(path: str | None) -> dict[str, Any] | None:
     return {
         **gpu,
         "measured_here": False,
-        "source": f"{display_path(path)}: measured on {gpu['gpu']} at {record['created_at']} by `{record['command']}`, not on this machine",
+        "source": (
+            f"{display_path(path)}: measured on {gpu['gpu']} at {record['created_at']} by `{record['command']}`, not"
+            " on this machine"
+        ),
         "measured_at": record["created_at"],
         "device_machine": record["machine"],
     }
@@ -515,13 +685,26 @@ def measure_gpu(config: TrainingCostConfig) -> dict[str, Any]:
 
         with torch.device("meta"):  # the parameter count, without allocating 4B parameters
             parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(qwen3_config(QWEN3_4B)).parameters())
-        model = {"architecture": "Qwen3-4B (Qwen3Config written out in benchmarks/training_cost.py), random weights", "parameters": parameters}
+        model = {
+            "architecture": "Qwen3-4B (Qwen3Config written out in benchmarks/training_cost.py), random weights",
+            "parameters": parameters,
+        }
         result = {"skipped": True, "reason": reason, "model": model}
     if config.tiny_steps:
         recipe = dataclasses.replace(read_lora_recipe(config.gpu_recipe), bf16=False)
-        check = lora_step_cost(qwen3_config(TINY_QWEN3), recipe, device="cpu", steps=config.tiny_steps, warmup_steps=1, shapes=[(2, 64), (2, 32)])
+        check = lora_step_cost(
+            qwen3_config(TINY_QWEN3),
+            recipe,
+            device="cpu",
+            steps=config.tiny_steps,
+            warmup_steps=1,
+            shapes=[(2, 64), (2, 32)],
+        )
         result["code_path_check"] = {
-            "what": "the same training code, on a tiny Qwen3 configuration on CPU (fp32): proves it runs, measures nothing of the 4B",
+            "what": (
+                "the same training code, on a tiny Qwen3 configuration on CPU (fp32): proves it runs, measures nothing"
+                " of the 4B"
+            ),
             "config": TINY_QWEN3,
             **check,
         }
@@ -542,7 +725,14 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from nanoflux.models import model_path
-    from trainer.evaluate import BenchmarkConfig, benchmark_conversations, count_training_tokens, load_benchmark, load_rows, normalise
+    from trainer.evaluate import (
+        BenchmarkConfig,
+        benchmark_conversations,
+        count_training_tokens,
+        load_benchmark,
+        load_rows,
+        normalise,
+    )
 
     tokenizer_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
     tokenizer = AutoTokenizer.from_pretrained(model_path(tokenizer_id))
@@ -551,10 +741,17 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
     nanoflux_tokens = nanoflux_per_row * config.nanoflux_rows
     sets = []
     for entry in FULL_SETS:
-        common = {"name": entry["name"], "title": entry["title"], "baseline": entry["baseline"], "format": entry["format"]}
+        common = {
+            "name": entry["name"],
+            "title": entry["title"],
+            "baseline": entry["baseline"],
+            "format": entry["format"],
+        }
         if config.from_hub:
             hub = entry["hub"]
-            bench = BenchmarkConfig(format=entry["format"], path=hub["path"], subset=hub.get("subset"), split=hub["split"])
+            bench = BenchmarkConfig(
+                format=entry["format"], path=hub["path"], subset=hub.get("subset"), split=hub["split"]
+            )
             bench.validate(entry["name"])
             if entry["baseline"]:  # the rows a baseline trains on: the split less its held-out dev rows
                 examples = load_benchmark(bench)
@@ -562,10 +759,17 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
                 examples = normalise(load_rows(bench.path, subset=bench.subset, split=bench.split), bench)
             tokens = count_training_tokens(benchmark_conversations(examples), tokenizer)
             where = f"{hub['path']}{' ' + hub['subset'] if hub.get('subset') else ''} [{hub['split']}]"
-            counted = {"rows": len(examples), "tokens": tokens, "tokens_per_row": round(tokens / len(examples), 1), "targets": _targets(examples),
-                       "method": f"counted: every training row of {where}"}  # fmt: skip
+            counted = {
+                "rows": len(examples),
+                "tokens": tokens,
+                "tokens_per_row": round(tokens / len(examples), 1),
+                "targets": _targets(examples),
+                "method": f"counted: every training row of {where}",
+            }
         else:
-            bench = BenchmarkConfig(format=entry["format"], path=str(FIXTURES / entry["fixture"]), split=entry["split"])
+            bench = BenchmarkConfig(
+                format=entry["format"], path=str(FIXTURES / entry["fixture"]), split=entry["split"]
+            )
             bench.validate(entry["name"])
             examples = normalise(load_rows(bench.path, subset=bench.subset, split=bench.split), bench)
             per_row = count_training_tokens(benchmark_conversations(examples), tokenizer) / len(examples)
@@ -578,28 +782,43 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
                 "tokens_per_row": round(per_row, 1),
                 "fixture_rows": len(examples),
                 "targets": _targets(examples),
-                "method": f"estimate: {entry['rows_source']} x mean tokens per row of samples/benchmarks/{entry['fixture']}",
+                "method": (
+                    f"estimate: {entry['rows_source']} x mean tokens per row of samples/benchmarks/{entry['fixture']}"
+                ),
             }
         sets.append({**common, **counted, "ratio": round(counted["tokens"] / nanoflux_tokens, 2)})
     medical = [s for s in sets if s["name"] in MULTIMEDQA]
     multimedqa_tokens = sum(s["tokens"] for s in medical)
     return {
-        "tokenizer": f"{tokenizer_id} (packaged; the ratio barely depends on the tokenizer, both sides use the same one)",
-        "unit": "training tokens per epoch (chat template applied), as trainer.compute.count_training_tokens counts them",
+        "tokenizer": (
+            f"{tokenizer_id} (packaged; the ratio barely depends on the tokenizer, both sides use the same one)"
+        ),
+        "unit": (
+            "training tokens per epoch (chat template applied), as trainer.compute.count_training_tokens counts them"
+        ),
         "estimate": not config.from_hub,
         "nanoflux": {
             "rows": config.nanoflux_rows,
             "tokens_per_row": round(nanoflux_per_row, 1),
             "tokens": round(nanoflux_tokens),
-            "method": f"{config.nanoflux_rows} x mean tokens per row of samples/benchmarks/nanoflux_messages.jsonl ({len(conversations)} rows)",
+            "method": (
+                f"{config.nanoflux_rows} x mean tokens per row of samples/benchmarks/nanoflux_messages.jsonl"
+                f" ({len(conversations)} rows)"
+            ),
         },
         "full_sets": sets,
-        "multimedqa": {"sets": list(MULTIMEDQA), "rows": sum(s["rows"] for s in medical), "tokens": multimedqa_tokens,
-                       "ratio": round(multimedqa_tokens / nanoflux_tokens, 2)},  # fmt: skip
-        "targets": "the benchmark's reasoning, then `Final answer: <gold>` (trainer.compute.benchmark_conversations); "
-                   "answer-only where the benchmark has none (MedQA)",
+        "multimedqa": {
+            "sets": list(MULTIMEDQA),
+            "rows": sum(s["rows"] for s in medical),
+            "tokens": multimedqa_tokens,
+            "ratio": round(multimedqa_tokens / nanoflux_tokens, 2),
+        },
+        "targets": (
+            "the benchmark's reasoning, then `Final answer: <gold>` (trainer.compute.benchmark_conversations); "
+            "answer-only where the benchmark has none (MedQA)"
+        ),
         "paper": "3-14x less compute than full-benchmark fine-tuning",
-    }  # fmt: skip
+    }
 
 
 # --- 4. GPU-seconds ----------------------------------------------------------------------------------------
@@ -618,38 +837,75 @@ def gpu_seconds(gpu: dict[str, Any], ratio: dict[str, Any]) -> dict[str, Any]:
     def cost(rows: int, tokens: float, tokens_per_row: float) -> dict[str, Any]:
         shape = next((run for run in by_length if run["seq_len"] >= tokens_per_row), by_length[-1])
         batches = math.ceil(rows / shape["batch_size"])
-        return {"packed_s": round(tokens / recipe_shape["tokens_per_s"], 1), "unpacked_s": round(batches * shape["s_per_micro_step"], 1),
-                "unpacked_shape": f"{shape['batch_size']}x{shape['seq_len']}"}  # fmt: skip
+        return {
+            "packed_s": round(tokens / recipe_shape["tokens_per_s"], 1),
+            "unpacked_s": round(batches * shape["s_per_micro_step"], 1),
+            "unpacked_shape": f"{shape['batch_size']}x{shape['seq_len']}",
+        }
 
     nanoflux = ratio["nanoflux"]
-    sets = [{"name": s["name"], "title": s["title"], "baseline": s["baseline"], "rows": s["rows"], "tokens": s["tokens"],
-             **cost(s["rows"], s["tokens"], s["tokens_per_row"])} for s in ratio["full_sets"]]  # fmt: skip
+    sets = [
+        {
+            "name": s["name"],
+            "title": s["title"],
+            "baseline": s["baseline"],
+            "rows": s["rows"],
+            "tokens": s["tokens"],
+            **cost(s["rows"], s["tokens"], s["tokens_per_row"]),
+        }
+        for s in ratio["full_sets"]
+    ]
     medical = [s for s in sets if s["name"] in MULTIMEDQA]
     return {
         "gpu": gpu["gpu"],
         "measured_here": gpu.get("measured_here", True),
         "unit": "GPU-seconds per epoch (the recipe trains num_train_epochs of them)",
         "epochs_in_recipe": gpu.get("num_train_epochs"),
-        "measured": {f"{run['batch_size']}x{run['seq_len']}": {"tokens_per_s": run["tokens_per_s"], "s_per_micro_step": run["s_per_micro_step"]}
-                     for run in gpu["shapes"]},  # fmt: skip
-        "method": f"estimate from rates measured on {gpu['gpu']} (measured: tokens/s and seconds per micro-batch at each shape) and "
-                  "the training tokens and rows of part 3 (" + ("themselves an estimate" if ratio["estimate"] else "counted") + ", SmolLM2 "
-                  "tokenizer). packed_s = tokens / tokens/s at the recipe's max_length (a lower bound: the recipe does not pack); "
-                  "unpacked_s = ceil(rows / batch) x seconds per micro-batch at the shortest measured length holding the mean row "
-                  "(one row per sequence, padded to that length). Data loading, evaluation and saving not counted",
-        "nanoflux": {"rows": nanoflux["rows"], "tokens": nanoflux["tokens"], **cost(nanoflux["rows"], nanoflux["tokens"], nanoflux["tokens_per_row"])},
+        "measured": {
+            f"{run['batch_size']}x{run['seq_len']}": {
+                "tokens_per_s": run["tokens_per_s"],
+                "s_per_micro_step": run["s_per_micro_step"],
+            }
+            for run in gpu["shapes"]
+        },
+        "method": (
+            f"estimate from rates measured on {gpu['gpu']} (measured: tokens/s and seconds per micro-batch at each"
+            " shape) and the training tokens and rows of part 3 ("
+            + ("themselves an estimate" if ratio["estimate"] else "counted")
+            + ", SmolLM2 tokenizer). packed_s = tokens / tokens/s at the recipe's max_length (a lower bound: the"
+            " recipe does not pack); unpacked_s = ceil(rows / batch) x seconds per micro-batch at the shortest"
+            " measured length holding the mean row (one row per sequence, padded to that length). Data loading,"
+            " evaluation and saving not counted"
+        ),
+        "nanoflux": {
+            "rows": nanoflux["rows"],
+            "tokens": nanoflux["tokens"],
+            **cost(nanoflux["rows"], nanoflux["tokens"], nanoflux["tokens_per_row"]),
+        },
         "full_sets": sets,
-        "multimedqa": {"rows": sum(s["rows"] for s in medical), "tokens": sum(s["tokens"] for s in medical),
-                       "packed_s": round(sum(s["packed_s"] for s in medical), 1), "unpacked_s": round(sum(s["unpacked_s"] for s in medical), 1)},
-    }  # fmt: skip
+        "multimedqa": {
+            "rows": sum(s["rows"] for s in medical),
+            "tokens": sum(s["tokens"] for s in medical),
+            "packed_s": round(sum(s["packed_s"] for s in medical), 1),
+            "unpacked_s": round(sum(s["unpacked_s"] for s in medical), 1),
+        },
+    }
 
 
 def main(config: TrainingCostConfig, work_dir: Path) -> dict[str, Any]:
-    cpu = measure_cpu_recipe(config, work_dir / "cpu") if config.cpu_steps else {"skipped": True, "reason": "cpu_steps is 0"}
+    cpu = (
+        measure_cpu_recipe(config, work_dir / "cpu")
+        if config.cpu_steps
+        else {"skipped": True, "reason": "cpu_steps is 0"}
+    )
     if "tokens_per_s" in cpu:
-        logger.info("training: local recipe on CPU: %.0f tokens/s, peak RSS %.0f MB", cpu["tokens_per_s"], cpu["peak_rss_mb"])
+        logger.info(
+            "training: local recipe on CPU: %.0f tokens/s, peak RSS %.0f MB", cpu["tokens_per_s"], cpu["peak_rss_mb"]
+        )
     gpu = measure_gpu(config)
-    logger.info("training: GPU: %s", gpu.get("reason") or f"{gpu['gpu']}: {gpu['tokens_per_s']:.0f} tokens/s, MFU {gpu['mfu']}")
+    logger.info(
+        "training: GPU: %s", gpu.get("reason") or f"{gpu['gpu']}: {gpu['tokens_per_s']:.0f} tokens/s, MFU {gpu['mfu']}"
+    )
     ratio = compute_ratio(config)
     return {
         "settings": {

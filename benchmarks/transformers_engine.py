@@ -22,16 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from nanoflux.chat import ChatRequest, ChatResponse
-from nanoflux.models import (
-    DEFAULT_MODEL_ID,
-    SMOLLM2_CHAT_TEMPLATE,
-    cache_root,
-    embedded_model_path,
-    packaged,
-)
 from nanoflux.extras import require_extra
+from nanoflux.models import DEFAULT_MODEL_ID, SMOLLM2_CHAT_TEMPLATE, cache_root, embedded_model_path, packaged
 
 log = logging.getLogger(__name__)
+
 
 class _Prepared:
     """A request turned into what the batch needs."""
@@ -60,8 +55,7 @@ class _RowProcessor:
         self.pad_id = pad_id
         self.active = [True] * len(rows)
         self.matchers = [
-            xgr.GrammarMatcher(r.grammar, override_stop_tokens=stop_ids) if r.grammar else None
-            for r in rows
+            xgr.GrammarMatcher(r.grammar, override_stop_tokens=stop_ids) if r.grammar else None for r in rows
         ]
         self.grammar_rows = [i for i, m in enumerate(self.matchers) if m is not None]
         self.bitmask = None
@@ -224,15 +218,11 @@ class _Engine:
 
         p = _Prepared(request)
         try:
-            text = self.tokenizer.apply_chat_template(
-                request.messages, tokenize=False, add_generation_prompt=True
-            )
+            text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
             p.ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             room = self.context - len(p.ids)
             if room < 1:
-                raise ValueError(
-                    f"prompt is {len(p.ids)} tokens; {self.model_id} has a {self.context}-token context"
-                )
+                raise ValueError(f"prompt is {len(p.ids)} tokens; {self.model_id} has a {self.context}-token context")
             p.max_new = min(request.max_tokens, room)
             if request.json_schema is not None:
                 p.grammar = self._grammar(request.json_schema)
@@ -247,11 +237,7 @@ class _Engine:
         """Serve a batch of requests with one ``model.generate`` call (blocking)."""
         self.load()
         import torch
-        from transformers import (
-            GenerationConfig,
-            LogitsProcessorList,
-            StoppingCriteriaList,
-        )
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         with self._gen_lock:
             prepared = [self._prepare(r) for r in requests]
@@ -371,9 +357,7 @@ class _Batcher:
                     future.set_result(result)
 
 
-_BATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, _Batcher]] = (
-    weakref.WeakKeyDictionary()
-)
+_BATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, _Batcher]] = weakref.WeakKeyDictionary()
 
 
 class EmbeddedClient:

@@ -69,6 +69,7 @@ class VersusConfig:
 
     def server_model(self) -> ServerModel:
         return dataclasses.replace(self.server, slots=self.slots, speed=self.speed, queue_limit=-1)
+
     input_batch_size: int | None = None
     """distilabel's requests in flight per task (its concurrency knob); None: the server's slots."""
     version: str = "1.5.3"
@@ -78,11 +79,21 @@ class VersusConfig:
 
     def validate(self, path: str) -> None:
         if not Path(self.recipe).is_file():
-            fail(f"{path}.recipe", self.recipe, "file not found", "point it at a build recipe, e.g. configs/medical.yaml")
+            fail(
+                f"{path}.recipe",
+                self.recipe,
+                "file not found",
+                "point it at a build recipe, e.g. configs/medical.yaml",
+            )
         check_range(f"{path}.examples", self.examples, 1, 1_000_000)
         check_range(f"{path}.rounds", self.rounds, 1, 100)
         if self.examples % self.rounds:
-            fail(f"{path}.examples", self.examples, f"must be a multiple of rounds ({self.rounds})", "e.g. 1000 with 2 rounds")
+            fail(
+                f"{path}.examples",
+                self.examples,
+                f"must be a multiple of rounds ({self.rounds})",
+                "e.g. 1000 with 2 rounds",
+            )
         check_range(f"{path}.repeats", self.repeats, 1, 100)
         check_range(f"{path}.slots", self.slots, 1, 4096)
         check_range(f"{path}.speed", self.speed, 0.0, 10_000.0, low_open=True)
@@ -102,7 +113,9 @@ def distilabel_python(config: VersusConfig) -> tuple[str, str]:
     if not python.exists():
         logger.info("distilabel does not import here: making %s with distilabel %s", VENV, config.version)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"distilabel[openai]=={config.version}"], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", f"distilabel[openai]=={config.version}"], check=True
+        )
     return str(python), str(VENV.relative_to(ROOT))
 
 
@@ -110,7 +123,10 @@ def _jinja(text: str) -> str:
     """A prompt rendered with sentinel placeholders, as a Jinja template: placeholders become `{{ name }}`, the rest
     is literal (`{% raw %}`), so nothing in NanoFlux's prompt text is read as Jinja."""
     parts = _SENTINEL_PATTERN.split(text)
-    return "".join(f"{{{{ {part} }}}}" if i % 2 else (f"{{% raw %}}{part}{{% endraw %}}" if part else "") for i, part in enumerate(parts))
+    return "".join(
+        f"{{{{ {part} }}}}" if i % 2 else (f"{{% raw %}}{part}{{% endraw %}}" if part else "")
+        for i, part in enumerate(parts)
+    )
 
 
 def pipeline_spec(build_config: Any, base_url: str, input_batch_size: int, cache_dir: Path) -> dict[str, Any]:
@@ -126,13 +142,19 @@ def pipeline_spec(build_config: Any, base_url: str, input_batch_size: int, cache
         for i in range(build_config.attacks_per_round):
             g = r * build_config.attacks_per_round + i
             attack = roles.attack_messages(
-                prompts, capability=caps[g % len(caps)], complexity=levels[(g // len(caps)) % len(levels)], feedback="",
-                answer_format=build_config.answer_format, n_options=build_config.options,
-            )  # fmt: skip
+                prompts,
+                capability=caps[g % len(caps)],
+                complexity=levels[(g // len(caps)) % len(levels)],
+                feedback="",
+                answer_format=build_config.answer_format,
+                n_options=build_config.options,
+            )
             rows.append({"id": f"r{r:02d}-a{i:04d}", "attack_prompt": attack[1]["content"]})
     s = _SENTINEL.format
     fmt, n_options = build_config.answer_format, build_config.options
-    question = roles.Attack(question=s("question"), options=[], explanation=s("explanation"), reference_answer=s("reference_answer"))
+    question = roles.Attack(
+        question=s("question"), options=[], explanation=s("explanation"), reference_answer=s("reference_answer")
+    )
     defense = roles.defense_messages(prompts, attack=question, answer_format=fmt, n_options=n_options)
     solve = roles.solve_messages(prompts, attack=question, answer_format=fmt, n_options=n_options)
     verdict = roles.verdict_messages(
@@ -148,10 +170,29 @@ def pipeline_spec(build_config: Any, base_url: str, input_batch_size: int, cache
         "model": attacker.model,
         "timeout": int(attacker.timeout),
         "max_retries": attacker.max_attempts - 1,
-        "max_tokens": {"attacker": attacker.max_tokens, "defender": defender.max_tokens, "solver": build_config.judge.max_tokens, "judge": build_config.judge.max_tokens},
-        "temperature": {"attacker": attacker.temperature, "defender": defender.temperature, "solver": build_config.judge.temperature, "judge": build_config.judge.temperature},
-        "system": {"attacker": attack[0]["content"], "defender": defense[0]["content"], "solver": solve[0]["content"], "judge": verdict[0]["content"]},
-        "template": {"defender": _jinja(defense[1]["content"]), "solver": _jinja(solve[1]["content"]), "judge": _jinja(verdict[1]["content"])},
+        "max_tokens": {
+            "attacker": attacker.max_tokens,
+            "defender": defender.max_tokens,
+            "solver": build_config.judge.max_tokens,
+            "judge": build_config.judge.max_tokens,
+        },
+        "temperature": {
+            "attacker": attacker.temperature,
+            "defender": defender.temperature,
+            "solver": build_config.judge.temperature,
+            "judge": build_config.judge.temperature,
+        },
+        "system": {
+            "attacker": attack[0]["content"],
+            "defender": defense[0]["content"],
+            "solver": solve[0]["content"],
+            "judge": verdict[0]["content"],
+        },
+        "template": {
+            "defender": _jinja(defense[1]["content"]),
+            "solver": _jinja(solve[1]["content"]),
+            "judge": _jinja(verdict[1]["content"]),
+        },
         "rows": rows,
         "input_batch_size": input_batch_size,
         "cache_dir": str(cache_dir),
@@ -169,13 +210,20 @@ def run_distilabel(python: str, spec: dict[str, Any], work_dir: Path, timeout: f
     started = time.perf_counter()
     process = subprocess.run(
         [python, "-m", "benchmarks.distilabel_pipeline", str(spec_path), str(result_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     process_wall = time.perf_counter() - started
     (work_dir / "distilabel.log").write_text(process.stdout + process.stderr)
     if process.returncode != 0 or not result_path.exists():
         tail = "\n".join((process.stdout + process.stderr).splitlines()[-30:])
-        raise RuntimeError(f"the distilabel pipeline failed (exit {process.returncode}); log in {work_dir / 'distilabel.log'}:\n{tail}")
+        raise RuntimeError(
+            f"the distilabel pipeline failed (exit {process.returncode}); log in"
+            f" {work_dir / 'distilabel.log'}:\n{tail}"
+        )
     return {**json.loads(result_path.read_text()), "process_wall_s": round(process_wall, 3)}
 
 
@@ -203,32 +251,65 @@ def main(config: VersusConfig, work_dir: Path) -> dict[str, Any]:
             # distilabel: a small pipeline first (imports, multiprocessing start-up and file caches warmed); each
             # measured run is timed inside its process, from `pipeline.run`, so its interpreter start is outside too.
             folder = work_dir / "distilabel-warmup"
-            spec = pipeline_spec(build_config(config.recipe, endpoint.url, folder, rounds=1, attacks_per_round=16), endpoint.url, batch, folder / "cache")
+            spec = pipeline_spec(
+                build_config(config.recipe, endpoint.url, folder, rounds=1, attacks_per_round=16),
+                endpoint.url,
+                batch,
+                folder / "cache",
+            )
             run_distilabel(python, spec, folder, config.timeout)
             for repeat in range(config.repeats):  # alternated, so a change in the machine's load hits both alike
-                nanoflux = measure_build(endpoint, build_config(config.recipe, endpoint.url, work_dir / f"nanoflux-{repeat}", rounds=config.rounds, attacks_per_round=per_round))
+                nanoflux = measure_build(
+                    endpoint,
+                    build_config(
+                        config.recipe,
+                        endpoint.url,
+                        work_dir / f"nanoflux-{repeat}",
+                        rounds=config.rounds,
+                        attacks_per_round=per_round,
+                    ),
+                )
                 nanoflux_runs.append(nanoflux)
-                logger.info("versus %d: NanoFlux %.1f s (ratio to bound %.3f)", repeat, nanoflux["wall_s"], nanoflux["ratio_to_bound"])
+                logger.info(
+                    "versus %d: NanoFlux %.1f s (ratio to bound %.3f)",
+                    repeat,
+                    nanoflux["wall_s"],
+                    nanoflux["ratio_to_bound"],
+                )
                 endpoint.reset()
                 folder = work_dir / f"distilabel-{repeat}"
-                spec = pipeline_spec(build_config(config.recipe, endpoint.url, folder, rounds=config.rounds, attacks_per_round=per_round), endpoint.url, batch, folder / "cache")
+                spec = pipeline_spec(
+                    build_config(
+                        config.recipe, endpoint.url, folder, rounds=config.rounds, attacks_per_round=per_round
+                    ),
+                    endpoint.url,
+                    batch,
+                    folder / "cache",
+                )
                 result = run_distilabel(python, spec, folder, config.timeout)
                 stats = endpoint.stats()
-                distilabel_runs.append({
-                    "examples": result["verdicts"],
-                    "calls": stats.requests,
-                    "calls_by_role": stats.requests_by_role,
-                    "rejected_429": stats.rejected,
-                    "completion_tokens": stats.completion_tokens,
-                    "wall_s": result["wall_s"],
-                    "process_wall_s": result["process_wall_s"],
-                    "examples_per_min": round(60 * result["verdicts"] / result["wall_s"], 1),
-                    "bound_s": round(stats.bound_s, 3),
-                    "ratio_to_bound": round(stats.bound_s / result["wall_s"], 4),
-                    "server_max_in_system": stats.max_in_system,
-                })  # fmt: skip
+                distilabel_runs.append(
+                    {
+                        "examples": result["verdicts"],
+                        "calls": stats.requests,
+                        "calls_by_role": stats.requests_by_role,
+                        "rejected_429": stats.rejected,
+                        "completion_tokens": stats.completion_tokens,
+                        "wall_s": result["wall_s"],
+                        "process_wall_s": result["process_wall_s"],
+                        "examples_per_min": round(60 * result["verdicts"] / result["wall_s"], 1),
+                        "bound_s": round(stats.bound_s, 3),
+                        "ratio_to_bound": round(stats.bound_s / result["wall_s"], 4),
+                        "server_max_in_system": stats.max_in_system,
+                    }
+                )
                 version = result["distilabel_version"]
-                logger.info("versus %d: distilabel %.1f s (ratio to bound %.3f)", repeat, result["wall_s"], distilabel_runs[-1]["ratio_to_bound"])
+                logger.info(
+                    "versus %d: distilabel %.1f s (ratio to bound %.3f)",
+                    repeat,
+                    result["wall_s"],
+                    distilabel_runs[-1]["ratio_to_bound"],
+                )
     nf_wall = _spread([r["wall_s"] for r in nanoflux_runs])
     dl_wall = _spread([r["wall_s"] for r in distilabel_runs])
     return {
@@ -244,13 +325,29 @@ def main(config: VersusConfig, work_dir: Path) -> dict[str, Any]:
             "distilabel_version": version,
             "distilabel_environment": where,
             "distilabel_llm": "OpenAILLM (base_url = the loopback server's /v1), same max_tokens and temperatures",
-            "warm_up": "NanoFlux: embedder loaded and a small build first; distilabel: a small pipeline first, and wall_s from pipeline.run",
-            "nanoflux_guarantees": "journal (resume) fsynced per call and per example state; judge_status on every judged row",
-            "not_in_distilabel": "round barriers with feedback, novelty filter (embedding every question), decontamination, "
-            "judge tools (corpus lookup; the sandbox in math), answer checks, curation, parquet output (all cost NanoFlux time)",
+            "warm_up": (
+                "NanoFlux: embedder loaded and a small build first; distilabel: a small pipeline first, and wall_s"
+                " from pipeline.run"
+            ),
+            "nanoflux_guarantees": (
+                "journal (resume) fsynced per call and per example state; judge_status on every judged row"
+            ),
+            "not_in_distilabel": (
+                "round barriers with feedback, novelty filter (embedding every question), decontamination, judge tools"
+                " (corpus lookup; the sandbox in math), answer checks, curation, parquet output (all cost NanoFlux"
+                " time)"
+            ),
         },
-        "nanoflux": {"runs": nanoflux_runs, "wall_s": nf_wall, "ratio_to_bound": _spread([r["ratio_to_bound"] for r in nanoflux_runs])},
-        "distilabel": {"runs": distilabel_runs, "wall_s": dl_wall, "ratio_to_bound": _spread([r["ratio_to_bound"] for r in distilabel_runs])},
+        "nanoflux": {
+            "runs": nanoflux_runs,
+            "wall_s": nf_wall,
+            "ratio_to_bound": _spread([r["ratio_to_bound"] for r in nanoflux_runs]),
+        },
+        "distilabel": {
+            "runs": distilabel_runs,
+            "wall_s": dl_wall,
+            "ratio_to_bound": _spread([r["ratio_to_bound"] for r in distilabel_runs]),
+        },
         "vs_distilabel": round(nf_wall["median"] / dl_wall["median"], 4),
         "goal": {"vs_distilabel_max": 1.0, "met": nf_wall["median"] <= dl_wall["median"]},
     }

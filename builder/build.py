@@ -26,45 +26,28 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from builder import publish, roles, runfolder, sandbox
-from nanoflux.chat import ChatClient, ChatRequest, ChatResponse, EndpointError
 from builder.config import BuildConfig, RoleConfig, build_config
 from builder.corpus import Corpus, packaged_corpus
 from builder.curation import curate, eligible
-from builder.dataset import (
-    DEFENDER_STATUSES,
-    JUDGE_STATUSES,
-    assign_ids,
-    sft_messages,
-    write_rows,
-)
-from builder.decontamination import (
-    Reference,
-    decontaminate,
-    load_reference,
-    write_report,
-)
+from builder.dataset import DEFENDER_STATUSES, JUDGE_STATUSES, assign_ids, sft_messages, write_rows
+from builder.decontamination import Reference, decontaminate, load_reference, write_report
+from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
+from builder.sandbox import SandboxLimits
+from builder.tools import ToolCall, answers_match, format_tool_results, lookup_tool, python_tool
+from nanoflux.chat import ChatClient, ChatRequest, ChatResponse, EndpointError
+from nanoflux.errors import NanoFluxError
 from nanoflux.journal import Journal
+from nanoflux.progress import Progress
+from nanoflux.recipe import to_dict
 from nanoflux.runfolder import claim, fingerprint, hold, write_atomic
 from nanoflux.runfolder import release as release_folder
-from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
-from nanoflux.progress import Progress
-from builder.sandbox import SandboxLimits
-from builder.tools import (
-    ToolCall,
-    answers_match,
-    format_tool_results,
-    lookup_tool,
-    python_tool,
-)
-from nanoflux.errors import NanoFluxError
-from nanoflux.recipe import to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +55,7 @@ logger = logging.getLogger(__name__)
 class BuildError(NanoFluxError, RuntimeError):
     """A build that produced nothing useful: the message gives the cause (role, model, the server's own words) and
     the fix. What was journaled is kept, so a re-run after the fix resumes."""
+
 
 # Fields that change how requests are sent, not what they return: changing them does not invalidate a journal.
 TRANSPORT_FIELDS = ("max_concurrency", "timeout", "max_attempts", "token_env", "structured_output")
@@ -81,8 +65,16 @@ PUBLISH_FIELDS = ("output_dir", "push_to_hub", "hub_dir", "private")
 # finished build without a single new call.
 CURATION_FIELDS = ("curation", "target_size", "decontamination")
 OUTPUT_FILES = (
-    "run.json", "calls.jsonl", "examples.jsonl", "tools.jsonl", "config.yaml", "summary.json", "curated.jsonl", "pool.jsonl", "contaminated.jsonl",
-)  # fmt: skip
+    "run.json",
+    "calls.jsonl",
+    "examples.jsonl",
+    "tools.jsonl",
+    "config.yaml",
+    "summary.json",
+    "curated.jsonl",
+    "pool.jsonl",
+    "contaminated.jsonl",
+)
 OUTPUT_DIRS = ("data", "pool")
 # Calls each attack can take: attack, defense, the Judge's blind solve, the verdict (progress counts them).
 CALLS_PER_ATTACK = 4
@@ -126,7 +118,14 @@ def prepare_output_dir(config: BuildConfig, prompts: roles.PromptSet, fresh: boo
         runfolder.clear(output_dir)
 
     try:
-        if claim(output_dir, identity, fresh=fresh, discard=discard, what="a build", damaged_fix=runfolder.doctor_fix(output_dir)):
+        if claim(
+            output_dir,
+            identity,
+            fresh=fresh,
+            discard=discard,
+            what="a build",
+            damaged_fix=runfolder.doctor_fix(output_dir),
+        ):
             logger.info("Resuming the build in %s", output_dir)
         write_atomic(output_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     except BaseException:
@@ -145,7 +144,13 @@ def make_clients(config: BuildConfig) -> dict[str, ChatClient]:
     clients = {}
     for name in ("player_a", "player_b", "judge"):
         role: RoleConfig = getattr(config, name)
-        key = (role.backend, role.base_url, role.model, role.structured_output, *(getattr(role, f) for f in TRANSPORT_FIELDS))
+        key = (
+            role.backend,
+            role.base_url,
+            role.model,
+            role.structured_output,
+            *(getattr(role, f) for f in TRANSPORT_FIELDS),
+        )
         if role.backend == "embedded":
             key = ("embedded", role.model)
         if key not in shared:
@@ -160,7 +165,13 @@ def _make_client(name: str, role: RoleConfig) -> ChatClient:
         # the same EndpointClient as any endpoint; at most llama_engine.SLOTS requests in flight (it serves one at a time).
         from builder.llama_engine import engine_client
 
-        return engine_client(name, role.model, max_concurrency=role.max_concurrency, timeout=role.timeout, max_attempts=role.max_attempts)
+        return engine_client(
+            name,
+            role.model,
+            max_concurrency=role.max_concurrency,
+            timeout=role.timeout,
+            max_attempts=role.max_attempts,
+        )
     from nanoflux.transport import EndpointClient, RetryPolicy
 
     return EndpointClient(
@@ -178,7 +189,7 @@ def _make_client(name: str, role: RoleConfig) -> ChatClient:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _seed(base: int, key: str) -> int:
@@ -225,7 +236,14 @@ class Caller:
         record = self.journal.get(key)
         if record is not None and record["fingerprint"] == fingerprint:
             self.stats.calls_replayed += 1
-            return ChatResponse(record["text"], record["prompt_tokens"], record["completion_tokens"], record["finish_reason"], record["retries"], {"finished_at": record["finished_at"]})
+            return ChatResponse(
+                record["text"],
+                record["prompt_tokens"],
+                record["completion_tokens"],
+                record["finish_reason"],
+                record["retries"],
+                {"finished_at": record["finished_at"]},
+            )
         response = await self.clients[player].chat(request)
         finished_at = _now()
         await self.journal.aput(
@@ -321,14 +339,20 @@ def defender_record(rows: list[dict[str, Any]], defender: str) -> list[dict[str,
     return [
         row
         for row in rows
-        if row["defender"] == defender and row.get("judge_status") == "ok" and row["question_valid"] and row.get("defender_correct") is not None
+        if row["defender"] == defender
+        and row.get("judge_status") == "ok"
+        and row["question_valid"]
+        and row.get("defender_correct") is not None
     ]
 
 
 def failure_rates(record: list[dict[str, Any]], column: str, values: list[Any]) -> dict[Any, float]:
     """Smoothed failure rate per value of `column`: (failures + 1) / (answers + 2), 0.5 when nothing is known."""
     return {
-        value: (sum(not r["defender_correct"] for r in record if r[column] == value) + 1) / (sum(r[column] == value for r in record) + 2)
+        value: (
+            (sum(not r["defender_correct"] for r in record if r[column] == value) + 1)
+            / (sum(r[column] == value for r in record) + 2)
+        )
         for value in values
     }
 
@@ -357,7 +381,8 @@ def round_targets(config: BuildConfig, round_index: int, record: list[dict[str, 
         n_caps, n_levels = len(config.capabilities), len(config.complexity_levels)
         first = round_index * n
         return [
-            (config.capabilities[g % n_caps], config.complexity_levels[(g // n_caps) % n_levels]) for g in range(first, first + n)
+            (config.capabilities[g % n_caps], config.complexity_levels[(g // n_caps) % n_levels])
+            for g in range(first, first + n)
         ]
 
     def shares(column: str, values: list[Any]) -> list[Any]:
@@ -386,13 +411,24 @@ async def run_round(ctx: Context, round_index: int, earlier: list[dict[str, Any]
         # The journal key of the attack's calls (the row's `id`, a content hash, is set once the rounds are done).
         example_id = f"r{round_index:02d}-a{i:04d}"
         messages = roles.attack_messages(
-            ctx.prompts, capability=capability, complexity=complexity, feedback=feedback, answer_format=fmt, n_options=n_options
+            ctx.prompts,
+            capability=capability,
+            complexity=complexity,
+            feedback=feedback,
+            answer_format=fmt,
+            n_options=n_options,
         )
         outcome = await ctx.caller.step(
-            f"{example_id}/attacker", attacker, messages, roles.attack_schema(fmt, n_options), lambda t: roles.parse_attack(t, fmt, n_options)
+            f"{example_id}/attacker",
+            attacker,
+            messages,
+            roles.attack_schema(fmt, n_options),
+            lambda t: roles.parse_attack(t, fmt, n_options),
         )
         if outcome.value is None:
-            kind = {"endpoint": "attack_error", "refused": "attack_refused", "unparseable": "attack_parse_error"}[outcome.failure]
+            kind = {"endpoint": "attack_error", "refused": "attack_refused", "unparseable": "attack_parse_error"}[
+                outcome.failure
+            ]
             ctx.counts[kind] += 1
             ctx.causes[f"the Attacker ({attacker}, {getattr(config, attacker).display_id()}): {outcome.error}"] += 1
             await _note(ctx, example_id, kind, error=outcome.error, raw=outcome.raw)
@@ -419,7 +455,9 @@ async def run_round(ctx: Context, round_index: int, earlier: list[dict[str, Any]
             "attacker_prompt_tokens": outcome.prompt_tokens,
             "attacker_completion_tokens": outcome.completion_tokens,
             "created_at": outcome.finished_at,
-            "messages": sft_messages(a.question, a.explanation, a.reference_answer, options=a.options, answer_format=fmt),
+            "messages": sft_messages(
+                a.question, a.explanation, a.reference_answer, options=a.options, answer_format=fmt
+            ),
             "_attack": a,
         }
 
@@ -433,7 +471,9 @@ async def run_round(ctx: Context, round_index: int, earlier: list[dict[str, Any]
         notes = []
         for row, decision in zip(chunk, ctx.novelty.check(vectors)):
             row["novel"], row["novelty_similarity"] = decision.novel, decision.nearest_similarity
-            notes.append(_note(ctx, row["attack_key"], "novelty", novel=decision.novel, similarity=decision.nearest_similarity))
+            notes.append(
+                _note(ctx, row["attack_key"], "novelty", novel=decision.novel, similarity=decision.nearest_similarity)
+            )
             if not decision.novel:
                 ctx.counts["not_novel"] += 1
                 ctx.caller.progress.update(CALLS_PER_ATTACK - 1)  # its defense and judgement will not happen
@@ -466,7 +506,10 @@ async def defend_and_judge(ctx: Context, row: dict[str, Any]) -> None:
             lambda t: roles.parse_solution(t, fmt, n_options),
         ),
     )
-    row["defender_prompt_tokens"], row["defender_completion_tokens"] = defended.prompt_tokens, defended.completion_tokens
+    row["defender_prompt_tokens"], row["defender_completion_tokens"] = (
+        defended.prompt_tokens,
+        defended.completion_tokens,
+    )
     row["judge_prompt_tokens"], row["judge_completion_tokens"] = solved.prompt_tokens, solved.completion_tokens
     defense: roles.Defense | None = defended.value
     # A Defender that gave no usable answer is a format failure, not a wrong answer: it says nothing about how hard
@@ -488,10 +531,18 @@ async def defend_and_judge(ctx: Context, row: dict[str, Any]) -> None:
         _set_judgement(row, "error", error=f"defender {defended.error}")
     else:
         await judge(ctx, row, attack, defense, solved.value)
-    await _note(ctx, row["attack_key"], "judged", judge_status=row["judge_status"], defender_correct=row.get("defender_correct"))
+    await _note(
+        ctx,
+        row["attack_key"],
+        "judged",
+        judge_status=row["judge_status"],
+        defender_correct=row.get("defender_correct"),
+    )
 
 
-async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense: roles.Defense | None, solution: roles.Solution) -> None:
+async def judge(
+    ctx: Context, row: dict[str, Any], attack: roles.Attack, defense: roles.Defense | None, solution: roles.Solution
+) -> None:
     """Tools first (the Judge's blind program in the sandbox, corpus lookup, answer checks), then the verdict call;
     where a tool gives a verdict it overrides the Judge's word, and the row records which source decided."""
     config, fmt = ctx.config, ctx.config.answer_format
@@ -512,9 +563,15 @@ async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense
         calls.append(lookup_tool(ctx.corpus, attack.question))
     row["tool_calls"] = [c.to_dict() for c in calls]
 
-    messages = roles.verdict_messages(ctx.prompts, attack=attack, defense=defense, solution=solution, tool_results=format_tool_results(calls))
+    messages = roles.verdict_messages(
+        ctx.prompts, attack=attack, defense=defense, solution=solution, tool_results=format_tool_results(calls)
+    )
     outcome = await ctx.caller.step(
-        f"{row['attack_key']}/judge", "judge", messages, roles.verdict_schema(ctx.prompts.rubric), lambda t: roles.parse_verdict(t, ctx.prompts.rubric)
+        f"{row['attack_key']}/judge",
+        "judge",
+        messages,
+        roles.verdict_schema(ctx.prompts.rubric),
+        lambda t: roles.parse_verdict(t, ctx.prompts.rubric),
     )
     row["judge_prompt_tokens"] += outcome.prompt_tokens
     row["judge_completion_tokens"] += outcome.completion_tokens
@@ -547,7 +604,9 @@ async def judge(ctx: Context, row: dict[str, Any], attack: roles.Attack, defense
     )
 
 
-def reference_ruling(fmt: str, reference: str, verified: bool | None, blind_agrees: bool | None, verdict: roles.Verdict) -> tuple[bool, str]:
+def reference_ruling(
+    fmt: str, reference: str, verified: bool | None, blind_agrees: bool | None, verdict: roles.Verdict
+) -> tuple[bool, str]:
     """Is the reference answer right, and what decided it: the answer's format, the Judge's program (a tool), its
     blind answer, or (when its blind answer differed) its explicit ruling with an account of its own error."""
     if fmt == "number" and not roles.is_numeric_answer(reference):
@@ -561,8 +620,12 @@ def reference_ruling(fmt: str, reference: str, verified: bool | None, blind_agre
     return verdict.reference_correct and bool(verdict.own_error), "judge_ruling"
 
 
-def _set_judgement(row: dict[str, Any], status: str, *, tool_calls: list[ToolCall] = (), error: str, rationale: str | None = None) -> None:
-    row.update(judge_status=status, tool_calls=[c.to_dict() for c in tool_calls], error=error, judge_rationale=rationale)
+def _set_judgement(
+    row: dict[str, Any], status: str, *, tool_calls: list[ToolCall] = (), error: str, rationale: str | None = None
+) -> None:
+    row.update(
+        judge_status=status, tool_calls=[c.to_dict() for c in tool_calls], error=error, judge_rationale=rationale
+    )
 
 
 async def _python(ctx: Context, example_id: str, code: str) -> ToolCall:
@@ -605,13 +668,17 @@ def endpoint_report(clients: dict[str, ChatClient]) -> list[dict[str, Any]]:
     return report
 
 
-def summarize(config: BuildConfig, rows: list[dict[str, Any]], kept: list[dict[str, Any]], ctx: Context, wall_s: float) -> dict[str, Any]:
+def summarize(
+    config: BuildConfig, rows: list[dict[str, Any]], kept: list[dict[str, Any]], ctx: Context, wall_s: float
+) -> dict[str, Any]:
     endpoints = endpoint_report(ctx.caller.clients)
     judged = [r for r in rows if r.get("judge_status")]
     statuses = Counter(r["judge_status"] for r in judged)
     tokens: dict[str, dict[str, int]] = {}
     for role in ("attacker", "defender", "judge"):
-        tokens[role] = {kind: sum(r.get(f"{role}_{kind}_tokens") or 0 for r in rows) for kind in ("prompt", "completion")}
+        tokens[role] = {
+            kind: sum(r.get(f"{role}_{kind}_tokens") or 0 for r in rows) for kind in ("prompt", "completion")
+        }
     per_round = []
     for r in range(config.rounds):
         in_round = [row for row in rows if row["round"] == r]
@@ -625,7 +692,9 @@ def summarize(config: BuildConfig, rows: list[dict[str, Any]], kept: list[dict[s
                 "judged_ok": sum(row.get("judge_status") == "ok" for row in in_round),
                 "valid": sum(bool(row.get("question_valid")) for row in in_round),
                 "kept": sum(row["round"] == r for row in kept),
-                "defender_failure_rate": (sum(not row["defender_correct"] for row in answered) / len(answered)) if answered else None,
+                "defender_failure_rate": (
+                    (sum(not row["defender_correct"] for row in answered) / len(answered)) if answered else None
+                ),
                 "targets": dict(Counter(row["capability"] for row in in_round)),
             }
         )
@@ -637,7 +706,9 @@ def summarize(config: BuildConfig, rows: list[dict[str, Any]], kept: list[dict[s
         "generated": len(rows),
         "not_novel": ctx.counts["not_novel"],
         "novel": len(rows) - ctx.counts["not_novel"],
-        "defender_status": {status: sum(r.get("defender_status") == status for r in rows) for status in DEFENDER_STATUSES},
+        "defender_status": {
+            status: sum(r.get("defender_status") == status for r in rows) for status in DEFENDER_STATUSES
+        },
         "judge_status": {status: statuses.get(status, 0) for status in JUDGE_STATUSES},
         "judged_ok": statuses.get("ok", 0),
         "valid": sum(bool(r.get("question_valid")) for r in rows),
@@ -665,48 +736,78 @@ def check_outcome(config: BuildConfig, summary: dict[str, Any], causes: Counter)
     cause = f" Most common cause ({causes.most_common(1)[0][1]}x): {causes.most_common(1)[0][0]}." if causes else ""
     if failed > config.max_failed_share * summary["attacks"]:
         raise BuildError(
-            f"{failed} of {summary['attacks']} attacks failed (max_failed_share {config.max_failed_share}).{cause} "
-            "Fix: check the role's endpoint, model and structured_output, then re-run: finished calls are not sent again."
+            f"{failed} of {summary['attacks']} attacks failed (max_failed_share {config.max_failed_share}).{cause}"
+            " Fix: check the role's endpoint, model and structured_output, then re-run: finished calls are not sent"
+            " again."
         )
     if summary["judged_ok"] == 0:
         raise BuildError(
-            f"no example was judged (judge status {summary['judge_status']}, defender {summary['defender_status']}).{cause} "
-            "Fix: check the Judge's endpoint and model (the examples' `error` column in pool.jsonl says what failed)."
+            f"no example was judged (judge status {summary['judge_status']}, defender"
+            f" {summary['defender_status']}).{cause} Fix: check the Judge's endpoint and model (the examples' `error`"
+            " column in pool.jsonl says what failed)."
         )
     if summary["kept"] == 0:
         raise BuildError(
-            f"nothing was kept: {summary['generated']} generated, {summary['not_novel']} near-duplicates (of this build, the "
-            f"novelty bank or earlier versions), {summary['judged_ok']} judged, {summary['valid']} valid, 0 in the curation bands "
-            f"(quality_levels {config.curation.quality_levels}, require_valid {config.curation.require_valid}). The pool is in "
-            "pool.jsonl. Fix: more rounds or attacks, stronger roles, or another curation (re-curating sends no call: "
-            "e.g. --curation.quality_levels [3,4])."
+            f"nothing was kept: {summary['generated']} generated, {summary['not_novel']} near-duplicates (of this"
+            f" build, the novelty bank or earlier versions), {summary['judged_ok']} judged, {summary['valid']} valid,"
+            f" 0 in the curation bands (quality_levels {config.curation.quality_levels}, require_valid"
+            f" {config.curation.require_valid}). The pool is in pool.jsonl. Fix: more rounds or attacks, stronger"
+            " roles, or another curation (re-curating sends no call: e.g. --curation.quality_levels [3,4])."
         )
 
 
 def log_summary(summary: dict[str, Any], output_dir: Path) -> None:
     s = summary
     logger.info(
-        "Build finished in %.1fs: %d attacks -> %d generated -> %d novel -> %d judged ok -> %d valid -> %d kept (target %d)",
-        s["wall_time_s"], s["attacks"], s["generated"], s["novel"], s["judged_ok"], s["valid"], s["kept"], s["target_size"],
+        "Build finished in %.1fs: %d attacks -> %d generated -> %d novel -> %d judged ok -> %d valid -> %d kept"
+        " (target %d)",
+        s["wall_time_s"],
+        s["attacks"],
+        s["generated"],
+        s["novel"],
+        s["judged_ok"],
+        s["valid"],
+        s["kept"],
+        s["target_size"],
     )
-    logger.info("Defender answers %s; validity decided by %s", s["defender_status"], s["validity_decided_by"] or "nothing")
+    logger.info(
+        "Defender answers %s; validity decided by %s", s["defender_status"], s["validity_decided_by"] or "nothing"
+    )
     decontamination = s.get("decontamination") or {}
     if decontamination.get("checked"):
         found = decontamination["contaminated"]
-        logger.info("Decontamination against %s: %d of %d candidate rows dropped %s", decontamination["eval_recipe"], found["rows"], decontamination["rows_checked"], found)
+        logger.info(
+            "Decontamination against %s: %d of %d candidate rows dropped %s",
+            decontamination["eval_recipe"],
+            found["rows"],
+            decontamination["rows_checked"],
+            found,
+        )
     logger.info(
         "Attack errors %d, unparseable %d, refused %d; not novel %d; judge status %s",
-        s["attack_errors"], s["attack_parse_errors"], s["attack_refusals"], s["not_novel"], s["judge_status"],
+        s["attack_errors"],
+        s["attack_parse_errors"],
+        s["attack_refusals"],
+        s["not_novel"],
+        s["judge_status"],
     )
     logger.info(
-        "Calls sent %d (HTTP attempts to endpoints, retries included; answered %d), replayed from journal %d, retries %d, endpoint failures %s",
-        s["calls_sent"], s["calls_answered"], s["calls_replayed"], s["retries"], s["endpoint_failures"] or "none",
+        "Calls sent %d (HTTP attempts to endpoints, retries included; answered %d), replayed from journal %d, retries"
+        " %d, endpoint failures %s",
+        s["calls_sent"],
+        s["calls_answered"],
+        s["calls_replayed"],
+        s["retries"],
+        s["endpoint_failures"] or "none",
     )
     for endpoint in s["endpoints"]:
         server = endpoint["server"] or {}
         logger.info(
             "Endpoint of %s: %s, structured output %s (%s); peak concurrency %s",
-            "/".join(endpoint["roles"]), server.get("server", "?"), server.get("mode", "?"), server.get("evidence", "?"),
+            "/".join(endpoint["roles"]),
+            server.get("server", "?"),
+            server.get("mode", "?"),
+            server.get("evidence", "?"),
             (endpoint["concurrency"] or {}).get("peak_in_flight", "?"),
         )
     for role, t in s["tokens"].items():
@@ -741,7 +842,9 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
             earlier += reference.texts
     output_dir = prepare_output_dir(config, prompts, fresh)
     try:
-        run_index = runfolder.begin_run(output_dir)  # this run's record: a resume adds its time and tokens to the earlier runs'
+        run_index = runfolder.begin_run(
+            output_dir
+        )  # this run's record: a resume adds its time and tokens to the earlier runs'
         logger.info("Loading the novelty embedder %s", config.novelty.model)
         embedder = load_embedder(config.novelty.model)
         bank = (read_bank(config.novelty.bank) if config.novelty.bank else []) + earlier
@@ -774,7 +877,14 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
                 new = await run_round(ctx, r, rows)
                 rows += new
                 ok = sum(row.get("judge_status") == "ok" for row in new)
-                logger.info("Round %d (%s attacks): %d generated, %d novel, %d judged ok", r, _players(r)[0], len(new), sum(x["novel"] for x in new), ok)
+                logger.info(
+                    "Round %d (%s attacks): %d generated, %d novel, %d judged ok",
+                    r,
+                    _players(r)[0],
+                    len(new),
+                    sum(x["novel"] for x in new),
+                    ok,
+                )
             return rows
 
         try:
@@ -784,10 +894,14 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
             for journal in (calls, ctx.examples, ctx.tools):
                 journal.close()
 
-        assign_ids(rows, recipe_fingerprint(config, prompts.hashes())[0])  # stable: the same journal gives the same ids
+        assign_ids(
+            rows, recipe_fingerprint(config, prompts.hashes())[0]
+        )  # stable: the same journal gives the same ids
         # Only rows curation could keep are checked: a contaminated row must not take a slot a clean one could have had.
         candidates = [row for row in rows if eligible(row, config.curation)]
-        checked = decontaminate(candidates, config.decontamination, domain=config.domain, embedder=embedder, reference=reference)
+        checked = decontaminate(
+            candidates, config.decontamination, domain=config.domain, embedder=embedder, reference=reference
+        )
         contaminated_ids = {row["id"] for row in checked.contaminated}
         kept = curate([row for row in rows if row["id"] not in contaminated_ids], config.curation, config.target_size)
         write_rows(rows, output_dir / "pool" / "pool.parquet", output_dir / "pool.jsonl")
@@ -796,9 +910,16 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
         summary = summarize(config, rows, kept, ctx, time.perf_counter() - started)
         summary["decontamination"] = checked.summary()
         summary["sandbox"] = sandbox_mode
-        summary["novelty_bank_version"] = previous.tag if config.push_to_hub else None  # earlier questions it was novel against
-        runs = runfolder.end_run(output_dir, run_index, wall_time_s=summary["wall_time_s"], calls_sent=ctx.caller.stats.calls_sent,
-                                 tokens={kind: ctx.caller.stats.tokens_sent[kind] for kind in ("prompt", "completion")})  # fmt: skip
+        summary["novelty_bank_version"] = (
+            previous.tag if config.push_to_hub else None
+        )  # earlier questions it was novel against
+        runs = runfolder.end_run(
+            output_dir,
+            run_index,
+            wall_time_s=summary["wall_time_s"],
+            calls_sent=ctx.caller.stats.calls_sent,
+            tokens={kind: ctx.caller.stats.tokens_sent[kind] for kind in ("prompt", "completion")},
+        )
         summary["runs"], summary["build"] = runs, runfolder.run_totals(runs)
         write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2).encode())
         log_summary(summary, output_dir)
@@ -807,7 +928,9 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
             # The build is safe on disk; if this fails, `nanoflux publish <output_dir>` retries without rebuilding.
             # publish() reads the repo's latest version again: it may have moved on during a long build.
             with publish.open_target(config.hub_dir) as api:
-                release = publish.publish(output_dir, config.push_to_hub, api=api, private=config.private, reference=reference)
+                release = publish.publish(
+                    output_dir, config.push_to_hub, api=api, private=config.private, reference=reference
+                )
             summary["release"] = dataclasses.asdict(release) if release else None
         return summary
     finally:

@@ -11,16 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from builder.decontamination import DecontaminationConfig
-from nanoflux.recipe import (
-    check_levels,
-    check_range,
-    check_repo_id,
-    fail,
-    load_config,
-    public_url,
-)
+from nanoflux.recipe import check_levels, check_range, check_repo_id, fail, load_config, public_url
 
 PACKAGED_DOMAINS = ("math", "science", "medical")
 BACKENDS = ("endpoint", "embedded")
@@ -28,10 +20,6 @@ STRUCTURED_OUTPUT_MODES = ("auto", "openai", "tgi", "llama_cpp", "none")
 ANSWER_FORMATS = ("number", "choice", "text")
 JUDGE_TOOLS = ("python", "lookup")
 TARGETING_POLICIES = ("adaptive", "round_robin")
-
-
-
-
 
 
 MIN_WALL_SECONDS = 1.0
@@ -90,10 +78,20 @@ class RoleConfig:
             )
         if self.token_env is not None:
             if self.token_env.startswith(("hf_", "sk-")) or len(self.token_env) > 40:
-                fail(f"{path}.token_env", "<hidden>", "looks like a key, not the name of a variable", f"export the key as a variable and write its name, e.g. {path}.token_env: ENDPOINT_KEY")
+                fail(
+                    f"{path}.token_env",
+                    "<hidden>",
+                    "looks like a key, not the name of a variable",
+                    f"export the key as a variable and write its name, e.g. {path}.token_env: ENDPOINT_KEY",
+                )
             name = self.token_env
             if not (name and name.isascii() and name.replace("_", "a").isalnum() and not name[0].isdigit()):
-                fail(f"{path}.token_env", self.token_env, "not an environment variable name", "use letters, digits and _, e.g. HF_TOKEN")
+                fail(
+                    f"{path}.token_env",
+                    self.token_env,
+                    "not an environment variable name",
+                    "use letters, digits and _, e.g. HF_TOKEN",
+                )
         check_range(f"{path}.max_tokens", self.max_tokens, 16, 32768)
         check_range(f"{path}.temperature", self.temperature, 0.0, 2.0)
         if self.top_p is not None:
@@ -108,7 +106,11 @@ class RoleConfig:
             return False
         if self.backend == "embedded" or (self.model and self.model == other.model):
             return (self.model or "") == (other.model or "")
-        return bool(self.base_url) and not (self.model or other.model) and public_url(self.base_url) == public_url(other.base_url)
+        return (
+            bool(self.base_url)
+            and not (self.model or other.model)
+            and public_url(self.base_url) == public_url(other.base_url)
+        )
 
     def display_id(self) -> str:
         """What the dataset records as this role's model: model id and/or URL (never a key: credentials and
@@ -293,41 +295,18 @@ class BuildConfig:
         if self.push_to_hub is not None:
             check_repo_id("push_to_hub", self.push_to_hub)
         if not str(self.output_dir).strip():
-            fail("output_dir", self.output_dir, "empty path", "name a folder, e.g. outputs/medical, or remove the field")
+            fail(
+                "output_dir", self.output_dir, "empty path", "name a folder, e.g. outputs/medical, or remove the field"
+            )
         if self.hub_dir is not None and Path(self.hub_dir).is_file():
-            fail("hub_dir", self.hub_dir, "is a file, not a folder", "point it at a local repository folder (it is created if missing)")
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+            fail(
+                "hub_dir",
+                self.hub_dir,
+                "is a file, not a folder",
+                "point it at a local repository folder (it is created if missing)",
+            )
 
 
 def build_config(recipe: str | Path | None, cli_args: list[str] | None = None) -> BuildConfig:
     """Recipe + CLI overrides → a validated BuildConfig."""
     return load_config(BuildConfig, recipe, cli_args)
-
-
-
-

@@ -8,10 +8,10 @@ import math
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -33,7 +33,6 @@ def tokenize(text: str) -> list[str]:
     return [w for w in words if w not in _STOPWORDS]
 
 
-
 def read_json_lines(path: Path, *, field: str, fix: str) -> list[tuple[str, dict]]:
     """(`path:line`, object) for each non-blank line of a user-supplied UTF-8 JSONL file; ValueError naming the file
     (and line), the recipe `field` and the fix for an unreadable file, invalid JSON or a line that is not an object."""
@@ -43,7 +42,9 @@ def read_json_lines(path: Path, *, field: str, fix: str) -> list[tuple[str, dict
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start}). {fix}, saved as UTF-8") from None
     except OSError as err:
-        raise ValueError(f"{path}: cannot be read ({err.strerror or err}). Fix: point {field} at a readable file") from None
+        raise ValueError(
+            f"{path}: cannot be read ({err.strerror or err}). Fix: point {field} at a readable file"
+        ) from None
     objects = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -124,7 +125,10 @@ class Corpus:
                 if not isinstance(value, str) or not value.strip():
                     raise ValueError(f"{where}: field {field!r} is missing, empty or not a string. {fix}")
             if obj["id"] in seen:
-                raise ValueError(f"{where}: duplicate id {obj['id']!r} (first on line {seen[obj['id']]}). Fix: give every passage its own id")
+                raise ValueError(
+                    f"{where}: duplicate id {obj['id']!r} (first on line {seen[obj['id']]}). Fix: give every passage"
+                    " its own id"
+                )
             seen[obj["id"]] = where.rsplit(":", 1)[1]
             passages.append(Passage(obj["id"], obj["title"], obj["text"]))
         if not passages:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from datasets import Dataset, Features, List, Value
 
@@ -17,9 +18,18 @@ DEFENDER_STATUSES = ("ok", "unparseable", "refused", "error")
 
 # Column -> (feature, description). The descriptions are the README's and the dataset card's column table.
 COLUMNS: dict[str, tuple[Any, str]] = {
-    "id": (Value("string"), "stable row id: a hash of the question (normalised) and the build's recipe fingerprint; unique across versions"),
+    "id": (
+        Value("string"),
+        (
+            "stable row id: a hash of the question (normalised) and the build's recipe fingerprint; unique across"
+            " versions"
+        ),
+    ),
     "round": (Value("int32"), "round number, from 0"),
-    "attack_index": (Value("int32"), "attack number within the round (with `round`: where in its build the row was made)"),
+    "attack_index": (
+        Value("int32"),
+        "attack number within the round (with `round`: where in its build the row was made)",
+    ),
     "domain": (Value("string"), "math, science, medical, ..."),
     "capability": (Value("string"), "reasoning skill the Attacker was asked to target"),
     "target_complexity": (Value("int32"), "complexity level (1-5) the Attacker was asked for"),
@@ -35,17 +45,35 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "verification_code": (Value("string"), "the Judge's own verification program, written blind (may be empty)"),
     "defender_reasoning": (Value("string"), "the Defender's reasoning"),
     "defender_answer": (Value("string"), "the Defender's final answer (null: no usable answer)"),
-    "defender_status": (Value("string"), "ok / unparseable / refused / error: whether the Defender gave a usable answer"),
+    "defender_status": (
+        Value("string"),
+        "ok / unparseable / refused / error: whether the Defender gave a usable answer",
+    ),
     "defender_correct": (Value("bool"), "Defender's answer matches the reference (null: no usable answer)"),
-    "correctness_decided_by": (Value("string"), "answer_check (deterministic check against the key) or judge (free text)"),
+    "correctness_decided_by": (
+        Value("string"),
+        "answer_check (deterministic check against the key) or judge (free text)",
+    ),
     "judge_defender_correct": (Value("bool"), "the Judge LLM's own view of the Defender's answer"),
     "judge_blind_answer": (Value("string"), "the Judge's own answer, given before it saw the reference"),
     "judge_blind_agrees": (Value("bool"), "the Judge's blind answer matches the reference (null: free text)"),
     "judge_reference_correct": (Value("bool"), "the Judge's ruling on the reference once it saw it"),
-    "judge_own_error": (Value("string"), "when the Judge ruled the reference right against its blind answer: its mistake"),
-    "question_valid": (Value("bool"), "the question is sound and its reference answer right (see validity_decided_by)"),
-    "validity_decided_by": (Value("string"), "python (the Judge's program), blind_solve, judge_ruling, judge or format"),
-    "reference_verified": (Value("bool"), "the Judge's verification program's output matched the reference (null: not run)"),
+    "judge_own_error": (
+        Value("string"),
+        "when the Judge ruled the reference right against its blind answer: its mistake",
+    ),
+    "question_valid": (
+        Value("bool"),
+        "the question is sound and its reference answer right (see validity_decided_by)",
+    ),
+    "validity_decided_by": (
+        Value("string"),
+        "python (the Judge's program), blind_solve, judge_ruling, judge or format",
+    ),
+    "reference_verified": (
+        Value("bool"),
+        "the Judge's verification program's output matched the reference (null: not run)",
+    ),
     "judge_scores": (List({"name": Value("string"), "score": Value("int32")}), "per-criterion rubric scores (1-5)"),
     "reasoning_quality": (Value("float32"), "mean of the rubric scores (1-5)"),
     "quality_level": (Value("int32"), "band of reasoning_quality: L1..L5 as 1..5 (L4 = 3.5-4.49)"),
@@ -53,7 +81,15 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "judge_rationale": (Value("string"), "the Judge's rationale"),
     "judge_status": (Value("string"), "ok / parse_error / refused / error / tool_error (null: not judged)"),
     "tool_calls": (
-        List({"tool": Value("string"), "input": Value("string"), "output": Value("string"), "ok": Value("bool"), "error": Value("string")}),
+        List(
+            {
+                "tool": Value("string"),
+                "input": Value("string"),
+                "output": Value("string"),
+                "ok": Value("bool"),
+                "error": Value("string"),
+            }
+        ),
         "the Judge's tool uses and their results",
     ),
     "novel": (Value("bool"), "passed the novelty filter"),
@@ -68,7 +104,10 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "created_at": (Value("string"), "when the question was generated (UTC, ISO 8601)"),
     "judged_at": (Value("string"), "when the Judge finished (UTC, ISO 8601)"),
     "version": (Value("string"), "dataset version in which the row first appeared (set when published)"),
-    "messages": (List({"role": Value("string"), "content": Value("string")}), "SFT conversation: question -> annotated reasoning and answer"),
+    "messages": (
+        List({"role": Value("string"), "content": Value("string")}),
+        "SFT conversation: question -> annotated reasoning and answer",
+    ),
 }
 
 FEATURES = Features({name: feature for name, (feature, _) in COLUMNS.items()})
@@ -109,7 +148,9 @@ def assign_ids(rows: list[dict[str, Any]], fingerprint: str) -> None:
 EVAL_KINDS = {"number": "number", "choice": "choice"}
 
 
-def sft_messages(question: str, explanation: str, answer: str, *, options: Sequence[str] = (), answer_format: str = "choice") -> list[dict[str, str]]:
+def sft_messages(
+    question: str, explanation: str, answer: str, *, options: Sequence[str] = (), answer_format: str = "choice"
+) -> list[dict[str, str]]:
     """The `messages` column: the question exactly as evaluation puts it (same option layout, same answer
     instruction), then the annotated reasoning ending in `Final answer: <answer>`, which evaluation extracts."""
     kind = EVAL_KINDS.get(answer_format)

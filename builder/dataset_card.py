@@ -20,17 +20,11 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from builder.dataset import COLUMNS
-from builder.publish import (
-    DATA_PATH,
-    LEFT_REASONS,
-    Plan,
-    Previous,
-    public_config,
-    public_decontamination,
-    row_key,
-)
+from builder.publish import DATA_PATH, LEFT_REASONS, Plan, Previous, public_config, public_decontamination, row_key
 
-TEMPLATE = Path(str(importlib.resources.files("dataset_cards") / "dataset_card.md"))  # package data: a wheel install has it
+TEMPLATE = Path(
+    str(importlib.resources.files("dataset_cards") / "dataset_card.md")
+)  # package data: a wheel install has it
 CONFIG_FILE = "nanoflux_config.yaml"
 MAX_IDS_IN_CHANGELOG = 10
 HUB_DIR_PLACEHOLDER = "HUB_DIR"
@@ -50,9 +44,7 @@ def _fence_safe(text: str) -> str:
 def _ids(rows: list[dict[str, Any]]) -> str:
     keys = [row_key(row) for row in rows]
     more = len(keys) - MAX_IDS_IN_CHANGELOG
-    return ", ".join(keys[:MAX_IDS_IN_CHANGELOG]) + (
-        f" and {more} more (all in provenance.json)" if more > 0 else ""
-    )
+    return ", ".join(keys[:MAX_IDS_IN_CHANGELOG]) + (f" and {more} more (all in provenance.json)" if more > 0 else "")
 
 
 def _rows(n: int) -> str:
@@ -62,47 +54,31 @@ def _rows(n: int) -> str:
 # --- changelog -------------------------------------------------------------------------------------------
 
 
-def changelog(
-    version: str, config: dict[str, Any], plan: Plan, previous: Previous
-) -> list[str]:
+def changelog(version: str, config: dict[str, Any], plan: Plan, previous: Previous) -> list[str]:
     """This version against the previous one, one fact per line (the version is the heading, not repeated)."""
     rows, new = plan.rows, plan.new
     lines = [
         f"{len(new)} new row{'' if len(new) == 1 else 's'}, {len(rows)} in all; "
-        + (
-            f"builds on {previous.tag} (commit {previous.commit[:12]})"
-            if previous.tag
-            else "first version"
-        )
+        + (f"builds on {previous.tag} (commit {previous.commit[:12]})" if previous.tag else "first version")
     ]
     if previous.config:
         from nanoflux.recipe import changed_fields
 
         def recipe(c: dict[str, Any]) -> dict[str, Any]:
-            return {
-                k: v for k, v in public_config(c).items() if k not in _TARGET_FIELDS
-            }
+            return {k: v for k, v in public_config(c).items() if k not in _TARGET_FIELDS}
 
         changed = changed_fields(recipe(previous.config), recipe(config))
-        lines.append(
-            f"recipe changes since {previous.tag}: "
-            + ("; ".join(changed) if changed else "none")
-        )
+        lines.append(f"recipe changes since {previous.tag}: " + ("; ".join(changed) if changed else "none"))
     if previous.tag:
         carried = Counter(row["version"] for row in rows if row["version"] != version)
-        by_version = ", ".join(
-            f"{v}: {n}"
-            for v, n in sorted(carried.items(), key=lambda kv: int(kv[0][1:]))
-        )
+        by_version = ", ".join(f"{v}: {n}" for v, n in sorted(carried.items(), key=lambda kv: int(kv[0][1:])))
         lines.append(
             f"kept from {previous.tag}: {sum(carried.values())} of {_rows(len(previous.rows or []))}"
             + (f" (by first version, {by_version})" if len(carried) > 1 else "")
         )
     for reason, gone in plan.left.items():
         if gone:
-            lines.append(
-                f"left since {previous.tag}: {_rows(len(gone))} {LEFT_REASONS[reason]}: {_ids(gone)}"
-            )
+            lines.append(f"left since {previous.tag}: {_rows(len(gone))} {LEFT_REASONS[reason]}: {_ids(gone)}")
     dropped = {k: n for k, n in plan.not_published.items() if n}
     if dropped:
         names = {
@@ -116,14 +92,9 @@ def changelog(
     return lines
 
 
-def history(
-    version: str, config: dict[str, Any], plan: Plan, previous: Previous
-) -> dict[str, list[str]]:
+def history(version: str, config: dict[str, Any], plan: Plan, previous: Previous) -> dict[str, list[str]]:
     """Every version's changelog so far, this one included ({version: lines}, oldest first)."""
-    return {
-        **(previous.history or {}),
-        version: changelog(version, config, plan, previous),
-    }
+    return {**(previous.history or {}), version: changelog(version, config, plan, previous)}
 
 
 # --- reproduce -------------------------------------------------------------------------------------------
@@ -138,11 +109,7 @@ def _shown_dir(path: str | None) -> str | None:
 
 
 def reproduce(
-    repo_id: str,
-    version: str,
-    config: dict[str, Any],
-    summary: dict[str, Any],
-    hub_dir: str | None,
+    repo_id: str, version: str, config: dict[str, Any], summary: dict[str, Any], hub_dir: str | None
 ) -> dict[str, Any]:
     """The commands that rebuild this version's build from the config and seed pinned in this version's commit (no
     publishing), and the one that publishes such a build as the next version."""
@@ -151,7 +118,10 @@ def reproduce(
 
     def fetch(revision: str, files: list[str], dest: str) -> str:
         if shown is None:
-            return f"hf download {shlex.quote(repo_id)} {' '.join(files)} --repo-type dataset --revision {revision} --local-dir {dest}"
+            return (
+                f"hf download {shlex.quote(repo_id)} {' '.join(files)} --repo-type dataset --revision {revision}"
+                f" --local-dir {dest}"
+            )
         args = ", ".join(json.dumps(a) for a in ("dataset", repo_id, revision, dest))
         code = f"from localhub import RepoStore; RepoStore({json.dumps(shown)}).checkout({args})"
         return f"python -c {shlex.quote(code)}"
@@ -166,16 +136,15 @@ def reproduce(
         commands.append(fetch(earlier, [DATA_PATH], bank))
         build += f" --novelty.bank {bank}/{DATA_PATH}"
         notes.append(
-            f"This build also kept its questions novel against {earlier}'s rows (it was built with `--push_to_hub`), hence `--novelty.bank`."
+            f"This build also kept its questions novel against {earlier}'s rows (it was built with `--push_to_hub`),"
+            " hence `--novelty.bank`."
         )
     commands.append(build)
     publish = f"nanoflux publish {folder}/build --repo_id {shlex.quote(repo_id)}" + (
         f" --hub_dir {shlex.quote(shown)}" if shown else ""
     )
     if shown == HUB_DIR_PLACEHOLDER:
-        notes.append(
-            f"`{HUB_DIR_PLACEHOLDER}` is the local repository folder this repo is stored in."
-        )
+        notes.append(f"`{HUB_DIR_PLACEHOLDER}` is the local repository folder this repo is stored in.")
     return {"commands": commands, "publish": publish, "notes": notes, "folder": folder}
 
 
@@ -189,12 +158,16 @@ def curation_facts(config: dict[str, Any]) -> dict[str, Any]:
     return {
         "require_valid": bool(c["require_valid"]),
         "quality": f"reasoning-quality level {levels}",
-        "complexity": f"judge-rated complexity {', '.join(map(str, c['complexity_levels']))}"
-        if c.get("complexity_levels")
-        else "any judge-rated complexity",
-        "ranking": "questions the Defender failed first, then the ones it solved"
-        if c["prefer_defender_failed"]
-        else "in build order, whether or not the Defender failed",
+        "complexity": (
+            f"judge-rated complexity {', '.join(map(str, c['complexity_levels']))}"
+            if c.get("complexity_levels")
+            else "any judge-rated complexity"
+        ),
+        "ranking": (
+            "questions the Defender failed first, then the ones it solved"
+            if c["prefer_defender_failed"]
+            else "in build order, whether or not the Defender failed"
+        ),
         "balanced": bool(c.get("balance_capabilities")),
         "target_size": config["target_size"],
     }
@@ -205,13 +178,16 @@ def build_cost(summary: dict[str, Any]) -> dict[str, Any]:
     only its last run's numbers, and says so."""
     totals = summary.get("build")
     if totals:
-        return {
-            **totals,
-            "per_run": [run.get("wall_time_s") for run in summary.get("runs") or []],
-            "recorded": True,
-        }
-    return {"runs": None, "interrupted": 0, "wall_time_s": summary["wall_time_s"], "calls_sent": summary.get("calls_answered"), "tokens": None,
-            "per_run": [], "recorded": False}  # fmt: skip
+        return {**totals, "per_run": [run.get("wall_time_s") for run in summary.get("runs") or []], "recorded": True}
+    return {
+        "runs": None,
+        "interrupted": 0,
+        "wall_time_s": summary["wall_time_s"],
+        "calls_sent": summary.get("calls_answered"),
+        "tokens": None,
+        "per_run": [],
+        "recorded": False,
+    }
 
 
 def render(
@@ -234,27 +210,16 @@ def render(
         tags=["synthetic", "nanoflux", domain, "reasoning"],
         task_categories=["question-answering"],
         size_categories=[_size_category(len(rows))],
-        configs=[
-            {
-                "config_name": "default",
-                "data_files": [{"split": "train", "path": "data/train-*.parquet"}],
-            }
-        ],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}],
     )
     from builder.publish import _role_id
 
     by_player: dict[str, list[bool]] = {}
     for row in new:
         if row["defender_correct"] is not None:
-            by_player.setdefault(row["defender"], []).append(
-                not row["defender_correct"]
-            )
+            by_player.setdefault(row["defender"], []).append(not row["defender_correct"])
     sample = [
-        {
-            **row,
-            "question": _fence_safe(row["question"]),
-            "reference_answer": _fence_safe(row["reference_answer"]),
-        }
+        {**row, "question": _fence_safe(row["question"]), "reference_answer": _fence_safe(row["reference_answer"])}
         for row in new[:3]
     ]
     versions = history(version, config, plan, previous)
@@ -271,15 +236,11 @@ def render(
         curation=curation_facts(config),
         summary=summary,
         cost=build_cost(summary),
-        defender_failure_by_player={
-            p: f"{100 * sum(v) / len(v):.0f}%" for p, v in sorted(by_player.items())
-        },
+        defender_failure_by_player={p: f"{100 * sum(v) / len(v):.0f}%" for p, v in sorted(by_player.items())},
         quality_counts=Counter(row["quality_level"] for row in rows),
         complexity_counts=Counter(row["judge_complexity"] for row in rows),
         columns=[(name, description) for name, (_, description) in COLUMNS.items()],
-        role_models={
-            role: _role_id(config[role]) for role in ("player_a", "player_b", "judge")
-        },
+        role_models={role: _role_id(config[role]) for role in ("player_a", "player_b", "judge")},
         prompt_hashes=summary["prompt_hashes"],
         novelty=config["novelty"],
         decontamination=public_decontamination(plan.decontamination.summary()),

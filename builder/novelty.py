@@ -40,7 +40,9 @@ def embed(embedder, texts: list[str]) -> np.ndarray:
         # sentence-transformers 5 renamed the method; the old name warns on every empty call.
         dimension = getattr(embedder, "get_embedding_dimension", None) or embedder.get_sentence_embedding_dimension
         return np.zeros((0, dimension()), dtype=np.float32)
-    return np.asarray(embedder.encode(texts, normalize_embeddings=True, batch_size=64, show_progress_bar=False), dtype=np.float32)
+    return np.asarray(
+        embedder.encode(texts, normalize_embeddings=True, batch_size=64, show_progress_bar=False), dtype=np.float32
+    )
 
 
 @dataclass
@@ -82,7 +84,9 @@ class NoveltyFilter:
         earlier = np.zeros(len(vectors), dtype=np.float32)
         if before and len(vectors):
             step = max(1, BLOCK_ELEMENTS // before)
-            earlier = np.concatenate([np.max(self._matrix[:before] @ vectors[i : i + step].T, axis=0) for i in range(0, len(vectors), step)])
+            earlier = np.concatenate(
+                [np.max(self._matrix[:before] @ vectors[i : i + step].T, axis=0) for i in range(0, len(vectors), step)]
+            )
         decisions = []
         for vector, nearest_earlier in zip(vectors, earlier):
             nearest = float(nearest_earlier)
@@ -115,7 +119,9 @@ def read_bank(path: str | Path) -> list[str]:
         try:
             column = pq.read_table(path, columns=["question"]).column("question")
         except (pa.ArrowException, OSError, KeyError) as err:
-            raise ValueError(f"{path}: not a parquet file with a question column ({str(err).splitlines()[0]}). {fix}") from None
+            raise ValueError(
+                f"{path}: not a parquet file with a question column ({str(err).splitlines()[0]}). {fix}"
+            ) from None
         values = column.to_pylist()
         if any(q is not None and not isinstance(q, str) for q in values):
             raise ValueError(f"{path}: the question column is not text (type {column.type}). {fix}")
@@ -126,7 +132,7 @@ def read_bank(path: str | Path) -> list[str]:
     for where, row in read_json_lines(path, field="novelty.bank", fix=fix):
         question = row.get("question")
         if question is not None and not isinstance(question, str):
-            raise ValueError(f"{where}: \"question\" is {type(question).__name__}, not text. {fix}")
+            raise ValueError(f'{where}: "question" is {type(question).__name__}, not text. {fix}')
         if question:
             questions.append(question)
     return questions

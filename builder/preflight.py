@@ -11,9 +11,9 @@ from pathlib import Path
 
 from builder import roles
 from builder.config import BuildConfig
-from nanoflux.recipe import check_repo_id, ConfigError
 from builder.corpus import Corpus, packaged_corpus
 from builder.novelty import read_bank
+from nanoflux.recipe import ConfigError, check_repo_id
 
 
 def _prefixed(field: str, err: Exception) -> ConfigError:
@@ -29,16 +29,24 @@ def check_output_dir(path: str | Path) -> None:
     """`path` is a folder (or can be created as one) that this user can write."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"output_dir: {path} is a file, not a folder (got {str(path)!r}). Fix: point output_dir at a folder (it is created if missing)")
+        raise ConfigError(
+            f"output_dir: {path} is a file, not a folder (got {str(path)!r}). Fix: point output_dir at a folder (it is"
+            " created if missing)"
+        )
     existing = path
     while not existing.exists():
         if existing.parent == existing:
             break
         existing = existing.parent
     if existing != path and not existing.is_dir():
-        raise ConfigError(f"output_dir: {existing} is a file, so {path} cannot be created. Fix: choose an output_dir under a folder")
+        raise ConfigError(
+            f"output_dir: {existing} is a file, so {path} cannot be created. Fix: choose an output_dir under a folder"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"output_dir: {existing} is not writable (got {str(path)!r}). Fix: choose a folder you can write, or fix its permissions")
+        raise ConfigError(
+            f"output_dir: {existing} is not writable (got {str(path)!r}). Fix: choose a folder you can write, or fix"
+            " its permissions"
+        )
 
 
 def validate_inputs(config: BuildConfig) -> None:
@@ -63,7 +71,8 @@ def validate_inputs(config: BuildConfig) -> None:
             raise _prefixed("novelty.bank", err) from None
         if not questions:
             raise ConfigError(
-                f"novelty.bank: {config.novelty.bank} holds no questions. Fix: give it rows with a non-empty \"question\", or remove novelty.bank"
+                f"novelty.bank: {config.novelty.bank} holds no questions. Fix: give it rows with a non-empty"
+                ' "question", or remove novelty.bank'
             )
     check_output_dir(config.output_dir or f"outputs/{config.domain}")
     if config.push_to_hub is not None:

@@ -28,7 +28,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +48,25 @@ from builder.decontamination import (
     write_report,
 )
 from nanoflux.errors import NanoFluxError
-from nanoflux.hub import open_target, package_versions  # noqa: F401 (open_target: re-exported until importers move)
+from nanoflux.hub import (  # noqa: F401 (open_target: re-exported until importers move)
+    open_target,
+    package_versions,
+)
 from nanoflux.recipe import from_dict, public_url
 from nanoflux.runfolder import locked
 
 logger = logging.getLogger(__name__)
 
 DATA_PATH = "data/train-00000-of-00001.parquet"
-PROVENANCE_PACKAGES = ("nanoflux", "huggingface_hub", "datasets", "transformers", "sentence-transformers", "torch", "llama-cpp-python")
+PROVENANCE_PACKAGES = (
+    "nanoflux",
+    "huggingface_hub",
+    "datasets",
+    "transformers",
+    "sentence-transformers",
+    "torch",
+    "llama-cpp-python",
+)
 _VERSION_TAG = re.compile(r"^v(\d+)$")
 
 
@@ -116,11 +127,16 @@ def preflight(api: HfApi, repo_id: str, *, private: bool = False, overwrite: boo
         if api.token is not False:
             role = api.whoami().get("auth", {}).get("accessToken", {}).get("role")
             if role == "read":
-                raise PublishError(f"repo_id: the token for {api.endpoint} can only read. Fix: use a write token (HF_TOKEN)")
+                raise PublishError(
+                    f"repo_id: the token for {api.endpoint} can only read. Fix: use a write token (HF_TOKEN)"
+                )
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         tags = version_tags(api, repo_id)
     except HfHubHTTPError as err:
-        raise PublishError(f"repo_id: cannot write to dataset repo {repo_id} at {api.endpoint} ({_short(err)}). Fix: check HF_TOKEN and the repo id") from None
+        raise PublishError(
+            f"repo_id: cannot write to dataset repo {repo_id} at {api.endpoint} ({_short(err)}). Fix: check HF_TOKEN"
+            " and the repo id"
+        ) from None
     latest = max(tags, default=0)
     base = latest - 1 if overwrite and latest else latest
     previous = Previous(base, tags.get(base))
@@ -145,7 +161,9 @@ def _download_rows(api: HfApi, repo_id: str, revision: str) -> list[dict[str, An
 
 def _download_yaml(api: HfApi, repo_id: str, revision: str, filename: str) -> dict[str, Any] | None:
     try:
-        return yaml.safe_load(Path(api.hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision)).read_text())
+        return yaml.safe_load(
+            Path(api.hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision)).read_text()
+        )
     except HfHubHTTPError:
         return None
 
@@ -159,14 +177,19 @@ def read_build(output_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], 
     needed = [output_dir / name for name in ("config.yaml", "summary.json", "curated.jsonl")]
     missing = [path.name for path in needed if not path.exists()]
     if missing:
-        raise PublishError(f"output_dir: {output_dir} is not a finished build (missing {', '.join(missing)}). Fix: run `nanoflux build` to the end first")
+        raise PublishError(
+            f"output_dir: {output_dir} is not a finished build (missing {', '.join(missing)}). Fix: run `nanoflux"
+            " build` to the end first"
+        )
     config = yaml.safe_load(needed[0].read_text())
     summary = json.loads(needed[1].read_text())
     rows = [json.loads(line) for line in needed[2].read_text().splitlines() if line.strip()]
     return config, summary, rows
 
 
-def novel_rows(rows: list[dict[str, Any]], earlier: list[dict[str, Any]], novelty: dict[str, Any]) -> list[dict[str, Any]]:
+def novel_rows(
+    rows: list[dict[str, Any]], earlier: list[dict[str, Any]], novelty: dict[str, Any]
+) -> list[dict[str, Any]]:
     """The rows that are not near-duplicates of an earlier version's questions (a no-op when the build already
     filtered against that version, which `--push_to_hub` does)."""
     if not rows or not earlier:
@@ -240,12 +263,24 @@ def plan_release(
     `target_size` rows, ranked by the build's curation policy; rows keep the version they first appeared in."""
     # A row whose id an earlier version holds is that row again (same recipe, same question): never published twice.
     published = {row_key(row) for row in earlier}
-    candidates = [{**row, "version": None} for row in novel_rows(curated, earlier, config["novelty"]) if row_key(row) not in published]
+    candidates = [
+        {**row, "version": None}
+        for row in novel_rows(curated, earlier, config["novelty"])
+        if row_key(row) not in published
+    ]
     settings = decontamination or decontamination_settings(config)
     pool = earlier + candidates
     if settings is None:
-        logger.warning("The build's config.yaml has no decontamination block (it predates decontamination): the rows are not checked against evaluation benchmarks")
-        checked = Decontamination(pool, [], DecontaminationConfig(enabled=False), skipped="the build's config has no decontamination settings (it predates them)")
+        logger.warning(
+            "The build's config.yaml has no decontamination block (it predates decontamination): the rows are not"
+            " checked against evaluation benchmarks"
+        )
+        checked = Decontamination(
+            pool,
+            [],
+            DecontaminationConfig(enabled=False),
+            skipped="the build's config has no decontamination settings (it predates them)",
+        )
     else:
         embedder = None
         if settings.enabled and settings.embedding_threshold is not None and pool:
@@ -261,7 +296,9 @@ def plan_release(
     left: dict[str, list[dict[str, Any]]] = {reason: [] for reason in LEFT_REASONS}
     for row in earlier:
         if row_key(row) not in kept:
-            reason = "contaminated" if row_key(row) in dirty else "ineligible" if not eligible(row, policy) else "outranked"
+            reason = (
+                "contaminated" if row_key(row) in dirty else "ineligible" if not eligible(row, policy) else "outranked"
+            )
             left[reason].append(row)
     dirty_new = sum(row_key(row) in dirty for row in candidates)
     return Plan(
@@ -269,7 +306,11 @@ def plan_release(
         new=new,
         decontamination=checked,
         left=left,
-        not_published={"repeats": len(curated) - len(candidates), "contaminated": dirty_new, "outranked": len(candidates) - dirty_new - len(new)},
+        not_published={
+            "repeats": len(curated) - len(candidates),
+            "contaminated": dirty_new,
+            "outranked": len(candidates) - dirty_new - len(new),
+        },
     )
 
 
@@ -296,13 +337,19 @@ def publish(
     if previous is None:
         previous = preflight(api, repo_id, private=private, overwrite=overwrite)
     version = f"v{previous.number + 1}"
-    plan = plan_release(config, curated, previous.rows or [], version, decontamination=decontamination, reference=reference)
+    plan = plan_release(
+        config, curated, previous.rows or [], version, decontamination=decontamination, reference=reference
+    )
     rows, new = plan.rows, plan.new
     if plan.decontamination.reference is not None:
         listed = write_report(plan.decontamination.contaminated, Path(output_dir) / "release-contaminated.jsonl")
         logger.info("Rows that match an evaluation benchmark: %s", listed)
     if not plan.changed and not overwrite:
-        logger.warning("%s: the build changes nothing in %s (no new row kept, none left); nothing was published", output_dir, repo_id)
+        logger.warning(
+            "%s: the build changes nothing in %s (no new row kept, none left); nothing was published",
+            output_dir,
+            repo_id,
+        )
         return None
     if not overwrite and previous.number + 1 in version_tags(api, repo_id):
         # Someone published meanwhile: stop before uploading anything rather than mix two releases.
@@ -320,10 +367,22 @@ def publish(
         DATA_PATH: _parquet_bytes(rows),
         "README.md": dataset_card.render(repo_id, version, config, summary, plan, previous, hub_dir=hub_dir).encode(),
         "nanoflux_config.yaml": yaml.safe_dump(public_config(config), sort_keys=False).encode(),
-        "provenance.json": json.dumps(
-            provenance(repo_id, version, config, summary, output_dir, previous, plan, dataset_card.history(version, config, plan, previous)),
-            indent=2, ensure_ascii=False,
-        ).encode(),
+        "provenance.json": (
+            json.dumps(
+                provenance(
+                    repo_id,
+                    version,
+                    config,
+                    summary,
+                    output_dir,
+                    previous,
+                    plan,
+                    dataset_card.history(version, config, plan, previous),
+                ),
+                indent=2,
+                ensure_ascii=False,
+            ).encode()
+        ),
     }
     if plan.decontamination.reference is not None:
         # Ids and matches only: the texts would put benchmark questions into the dataset repo.
@@ -334,18 +393,29 @@ def publish(
             repo_id,
             repo_type="dataset",
             operations=[CommitOperationAdd(path, io.BytesIO(content)) for path, content in files.items()],
-            commit_message=f"NanoFlux {version}: {len(new)} new rows, {len(rows)} in all" + (f", {left} left" if left else ""),
+            commit_message=f"NanoFlux {version}: {len(new)} new rows, {len(rows)} in all"
+            + (f", {left} left" if left else ""),
             parent_commit=head,  # someone else published meanwhile: fail rather than mix two releases
         )
         if overwrite and previous.number + 1 in version_tags(api, repo_id):
             api.delete_tag(repo_id, tag=version, repo_type="dataset")
-        api.create_tag(repo_id, tag=version, revision=commit.oid, repo_type="dataset", tag_message=f"NanoFlux {version}")
+        api.create_tag(
+            repo_id, tag=version, revision=commit.oid, repo_type="dataset", tag_message=f"NanoFlux {version}"
+        )
     except HfHubHTTPError as err:
         raise PublishError(
             f"publishing {repo_id} {version} failed ({_short(err)}); no version was created. "
             f"Fix: run `nanoflux publish {output_dir} --repo_id {repo_id}` again"
         ) from None
-    logger.info("Published %s %s: %d rows (%d new, %d left), commit %s", repo_id, version, len(rows), len(new), left, commit.oid[:12])
+    logger.info(
+        "Published %s %s: %d rows (%d new, %d left), commit %s",
+        repo_id,
+        version,
+        len(rows),
+        len(new),
+        left,
+        commit.oid[:12],
+    )
     return Release(repo_id, version, commit.oid, len(rows), len(new), left, len(plan.decontamination.contaminated))
 
 
@@ -358,7 +428,10 @@ def public_config(config: dict[str, Any]) -> dict[str, Any]:
     for role in ("player_a", "player_b", "judge"):
         public[role] = {**config[role], "base_url": public_url(config[role]["base_url"])}
     if isinstance(config.get("decontamination"), dict):
-        public["decontamination"] = {**config["decontamination"], "eval_recipe": _public_path(config["decontamination"].get("eval_recipe"))}
+        public["decontamination"] = {
+            **config["decontamination"],
+            "eval_recipe": _public_path(config["decontamination"].get("eval_recipe")),
+        }
     return public
 
 
@@ -396,7 +469,13 @@ def _role_id(role: dict[str, Any]) -> str:
 
 
 def provenance(
-    repo_id: str, version: str, config: dict[str, Any], summary: dict[str, Any], output_dir: str | Path, previous: Previous, plan: Plan,
+    repo_id: str,
+    version: str,
+    config: dict[str, Any],
+    summary: dict[str, Any],
+    output_dir: str | Path,
+    previous: Previous,
+    plan: Plan,
     changelog: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Machine-readable provenance: who played, with which settings and prompts, on which packages; never a key.
@@ -432,12 +511,17 @@ def provenance(
         "seed": config.get("seed"),
         "decontamination": public_decontamination(plan.decontamination.summary()),
         "recipe_fingerprint": run.get("fingerprint"),
-        "counts": {k: summary[k] for k in ("attacks", "generated", "novel", "judged_ok", "kept", "judge_status", "tokens", "retries")},
+        "counts": {
+            k: summary[k]
+            for k in ("attacks", "generated", "novel", "judged_ok", "kept", "judge_status", "tokens", "retries")
+        },
         "packages": packages,
-        "build_wall_time_s": (summary.get("build") or {}).get("wall_time_s", summary["wall_time_s"]),  # every run of the build
+        "build_wall_time_s": (
+            (summary.get("build") or {}).get("wall_time_s", summary["wall_time_s"])
+        ),  # every run of the build
         "build_runs": summary.get("runs"),
         "changelog": changelog,
-        "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -458,11 +542,22 @@ def main(
         decontamination_settings(config)
     # One writer per folder: a build still writing it (or another publish) makes this fail at once, naming the holder.
     with locked(output_dir, "publish"), open_target(hub_dir) as api:
-        return publish(output_dir, repo_id, api=api, private=private, overwrite=overwrite, decontamination=decontamination, hub_dir=hub_dir)
+        return publish(
+            output_dir,
+            repo_id,
+            api=api,
+            private=private,
+            overwrite=overwrite,
+            decontamination=decontamination,
+            hub_dir=hub_dir,
+        )
 
 
 def command(args: argparse.Namespace, overrides: list[str]) -> None:
     """`nanoflux publish OUTPUT_DIR --repo_id ORG/NAME [--hub_dir DIR] [--private] [--overwrite]`."""
     release = main(args.output_dir, args.repo_id, hub_dir=args.hub_dir, private=args.private, overwrite=args.overwrite)
     if release:
-        print(f"{release.repo_id} {release.version}: {release.num_rows} rows ({release.new_rows} new), commit {release.commit}")
+        print(
+            f"{release.repo_id} {release.version}: {release.num_rows} rows ({release.new_rows} new), commit"
+            f" {release.commit}"
+        )

@@ -31,7 +31,9 @@ TEMPLATE_FILES = ("attacker.txt", "defender.txt", "solver.txt", "judge.txt")
 _DECODER = json.JSONDecoder(strict=False)
 
 # A refusal is data (judge_status="refused"), not a parse error.
-_REFUSAL = re.compile(r"\b(I can(?:no|')t|I cannot|I'm sorry|I am sorry|I won't|as an AI|I am unable|I'm unable)\b", re.I)
+_REFUSAL = re.compile(
+    r"\b(I can(?:no|')t|I cannot|I'm sorry|I am sorry|I won't|as an AI|I am unable|I'm unable)\b", re.I
+)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,11 @@ def _read_template(path: Path) -> Template:
     match = re.fullmatch(r"\s*### system\n(.*?)### user\n(.*)", text, re.S)
     if not match:
         lacking = [header for header in ("### system", "### user") if not re.search(rf"^{header}\s*$", text, re.M)]
-        problem = f"lacks the {' and the '.join(repr(h) for h in lacking)} section" if lacking else "has its sections out of order"
+        problem = (
+            f"lacks the {' and the '.join(repr(h) for h in lacking)} section"
+            if lacking
+            else "has its sections out of order"
+        )
         raise ValueError(
             f"{path}: {problem}. Fix: start the file with a line '### system', then the system prompt, "
             "then a line '### user' and the user prompt"
@@ -123,28 +129,43 @@ def _read_template(path: Path) -> Template:
 
 def _read_rubric(path: Path) -> Rubric:
     text = _read_text(path)
-    shape = "quality: [{name, description, levels: {1: ..., 5: ...}}], complexity: {description, levels: {1: ..., 5: ...}}"
+    shape = (
+        "quality: [{name, description, levels: {1: ..., 5: ...}}], complexity: {description, levels: {1: ..., 5: ...}}"
+    )
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise ValueError(f"{path}: not valid YAML{at} ({getattr(err, 'problem', None) or err}). Fix: correct the YAML syntax") from None
+        raise ValueError(
+            f"{path}: not valid YAML{at} ({getattr(err, 'problem', None) or err}). Fix: correct the YAML syntax"
+        ) from None
     try:
-        quality = [Criterion(c["name"], c["description"], {int(k): v for k, v in c["levels"].items()}) for c in data["quality"]]
+        quality = [
+            Criterion(c["name"], c["description"], {int(k): v for k, v in c["levels"].items()})
+            for c in data["quality"]
+        ]
         complexity = data["complexity"]
         levels = {int(k): v for k, v in complexity["levels"].items()}
         complexity_description = complexity["description"]
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         what = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
-        raise ValueError(f"{path}: not a rubric ({what}). Fix: write it as {shape}, like builder/prompts/medical/rubric.yaml") from None
+        raise ValueError(
+            f"{path}: not a rubric ({what}). Fix: write it as {shape}, like builder/prompts/medical/rubric.yaml"
+        ) from None
     if not quality or sorted(levels) != [1, 2, 3, 4, 5]:
-        raise ValueError(f"{path}: a rubric needs at least one quality criterion and complexity levels 1-5 (got {sorted(levels)}). Fix: write it as {shape}")
+        raise ValueError(
+            f"{path}: a rubric needs at least one quality criterion and complexity levels 1-5 (got {sorted(levels)})."
+            f" Fix: write it as {shape}"
+        )
     names = [c.name for c in quality]
     reserved = {"rationale", "question_valid", "reference_correct", "own_error", "defender_correct", "complexity"}
     bad = [n for n in names if not isinstance(n, str) or not n.strip() or n in reserved]
     if bad or len(set(names)) != len(names):
-        raise ValueError(f"{path}: quality criterion names must be distinct non-empty strings, not {sorted(reserved)} (got {names}). Fix: rename them, e.g. clinical_accuracy")
+        raise ValueError(
+            f"{path}: quality criterion names must be distinct non-empty strings, not {sorted(reserved)} (got"
+            f" {names}). Fix: rename them, e.g. clinical_accuracy"
+        )
     return Rubric(quality, complexity_description, levels, hashlib.sha256(text.encode()).hexdigest())
 
 
@@ -156,7 +177,9 @@ def load_prompts(domain: str, folder: str | None = None) -> PromptSet:
     missing = [name for name in (*TEMPLATE_FILES, "rubric.yaml") if not (root / name).is_file()]
     if missing:
         source = domain if domain in ("math", "science", "medical") else "medical"
-        raise ValueError(f"prompts: {root} lacks {', '.join(missing)}. Fix: copy them from builder/prompts/{source}/ and edit them")
+        raise ValueError(
+            f"prompts: {root} lacks {', '.join(missing)}. Fix: copy them from builder/prompts/{source}/ and edit them"
+        )
     return PromptSet(
         attacker=_read_template(root / "attacker.txt"),
         defender=_read_template(root / "defender.txt"),
@@ -172,9 +195,18 @@ PLACEHOLDERS = {
     "attacker": ("capability", "complexity", "complexity_guide", "feedback", "n_options", "letter_list"),
     "defender": ("question",),
     "solver": ("question",),
-    "judge": ("question", "reference_answer", "explanation", "blind_answer", "blind_reasoning", "defender_reasoning",
-              "defender_answer", "tool_results", "rubric"),
-}  # fmt: skip
+    "judge": (
+        "question",
+        "reference_answer",
+        "explanation",
+        "blind_answer",
+        "blind_reasoning",
+        "defender_reasoning",
+        "defender_answer",
+        "tool_results",
+        "rubric",
+    ),
+}
 REQUIRED_PLACEHOLDERS = {
     "attacker": ("capability",),
     "defender": ("question",),
@@ -210,7 +242,10 @@ def check_templates(prompts: PromptSet, folder: str | Path | None = None) -> Non
             )
         missing = [name for name in REQUIRED_PLACEHOLDERS[role] if name not in used]
         if missing:
-            raise ValueError(f"{path}: the template never uses {', '.join('$' + m for m in missing)}. Fix: put it in the '### user' section")
+            raise ValueError(
+                f"{path}: the template never uses {', '.join('$' + m for m in missing)}. Fix: put it in the '### user'"
+                " section"
+            )
         template.messages(reply_format="(reply format)", **{name: f"<{name}>" for name in allowed})
 
 
@@ -235,7 +270,12 @@ def attack_schema(answer_format: str, n_options: int = 5) -> dict[str, Any]:
     first."""
     properties: dict[str, Any] = {"question": dict(_REQUIRED_TEXT)}
     if answer_format == "choice":
-        properties["options"] = {"type": "array", "items": dict(_REQUIRED_TEXT), "minItems": n_options, "maxItems": n_options}
+        properties["options"] = {
+            "type": "array",
+            "items": dict(_REQUIRED_TEXT),
+            "minItems": n_options,
+            "maxItems": n_options,
+        }
     properties["explanation"] = dict(_REQUIRED_TEXT)
     properties["reference_answer"] = _answer_schema(answer_format, n_options)
     return _object(properties)
@@ -247,8 +287,12 @@ def defense_schema(answer_format: str, n_options: int = 5) -> dict[str, Any]:
 
 def solve_schema(answer_format: str, n_options: int = 5) -> dict[str, Any]:
     """The Judge's blind solution: reasoning, a program for the sandbox (required for numeric answers), its answer."""
-    program = dict(_REQUIRED_TEXT) if answer_format == "number" else {"type": "string"}  # optional for the other formats
-    return _object({"reasoning": {"type": "string"}, "program": program, "answer": _answer_schema(answer_format, n_options)})
+    program = (
+        dict(_REQUIRED_TEXT) if answer_format == "number" else {"type": "string"}
+    )  # optional for the other formats
+    return _object(
+        {"reasoning": {"type": "string"}, "program": program, "answer": _answer_schema(answer_format, n_options)}
+    )
 
 
 def verdict_schema(rubric: Rubric) -> dict[str, Any]:
@@ -463,7 +507,15 @@ def parse_verdict(text: str, rubric: Rubric) -> Verdict | Rejected:
         scores[name] = int(round(value))
     complexity = scores.pop("complexity")
     own_error = _text(data.get("own_error")) or ""
-    return Verdict(_text(data.get("rationale")) or "", data["question_valid"], reference_correct, own_error, data["defender_correct"], scores, complexity)
+    return Verdict(
+        _text(data.get("rationale")) or "",
+        data["question_valid"],
+        reference_correct,
+        own_error,
+        data["defender_correct"],
+        scores,
+        complexity,
+    )
 
 
 def quality_level(score: float) -> int:
@@ -482,7 +534,9 @@ def is_numeric_answer(text: str) -> bool:
 # --- prompts ---------------------------------------------------------------------------------------------
 
 
-def attack_messages(prompts: PromptSet, *, capability: str, complexity: int, feedback: str, answer_format: str, n_options: int) -> list[dict[str, str]]:
+def attack_messages(
+    prompts: PromptSet, *, capability: str, complexity: int, feedback: str, answer_format: str, n_options: int
+) -> list[dict[str, str]]:
     return prompts.attacker.messages(
         reply_format=reply_format(attack_schema(answer_format, n_options)),
         capability=capability,
@@ -494,16 +548,26 @@ def attack_messages(prompts: PromptSet, *, capability: str, complexity: int, fee
     )
 
 
-def defense_messages(prompts: PromptSet, *, attack: Attack, answer_format: str, n_options: int) -> list[dict[str, str]]:
-    return prompts.defender.messages(reply_format=reply_format(defense_schema(answer_format, n_options)), question=question_text(attack.question, attack.options))
+def defense_messages(
+    prompts: PromptSet, *, attack: Attack, answer_format: str, n_options: int
+) -> list[dict[str, str]]:
+    return prompts.defender.messages(
+        reply_format=reply_format(defense_schema(answer_format, n_options)),
+        question=question_text(attack.question, attack.options),
+    )
 
 
 def solve_messages(prompts: PromptSet, *, attack: Attack, answer_format: str, n_options: int) -> list[dict[str, str]]:
     """The Judge's blind solve: the question alone, never the reference or the Attacker's explanation."""
-    return prompts.solver.messages(reply_format=reply_format(solve_schema(answer_format, n_options)), question=question_text(attack.question, attack.options))
+    return prompts.solver.messages(
+        reply_format=reply_format(solve_schema(answer_format, n_options)),
+        question=question_text(attack.question, attack.options),
+    )
 
 
-def verdict_messages(prompts: PromptSet, *, attack: Attack, defense: Defense | None, solution: Solution, tool_results: str) -> list[dict[str, str]]:
+def verdict_messages(
+    prompts: PromptSet, *, attack: Attack, defense: Defense | None, solution: Solution, tool_results: str
+) -> list[dict[str, str]]:
     return prompts.judge.messages(
         reply_format=reply_format(verdict_schema(prompts.rubric)),
         question=question_text(attack.question, attack.options),
@@ -524,7 +588,12 @@ def retry_messages(messages: list[dict[str, str]], raw: str, rejected: Rejected)
     return [
         *messages,
         {"role": "assistant", "content": raw[:4000]},
-        {"role": "user", "content": f"That reply cannot be used: {rejected.reason}. Reply again with the corrected JSON object only."},
+        {
+            "role": "user",
+            "content": (
+                f"That reply cannot be used: {rejected.reason}. Reply again with the corrected JSON object only."
+            ),
+        },
     ]
 
 
@@ -539,7 +608,9 @@ def feedback_text(results: list[dict[str, Any]], *, limit: int, token_budget: in
     if limit == 0 or not usable:
         return ""
     ordered = sorted(usable, key=lambda r: (r["defender_correct"], -r["round"], -r["attack_index"]))
-    lines = ["How the Defender you face did on earlier valid questions (target what it gets wrong; do not repeat these):"]
+    lines = [
+        "How the Defender you face did on earlier valid questions (target what it gets wrong; do not repeat these):"
+    ]
     budget = token_budget * CHARS_PER_TOKEN - len(lines[0])
     for row in ordered[:limit]:
         outcome = "FAILED" if not row["defender_correct"] else "solved"

@@ -11,10 +11,10 @@ state files, the run's identity):
 from __future__ import annotations
 
 import argparse
-import sys
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +46,10 @@ RUNS_FILE = "runs.json"
 
 
 def doctor_fix(folder: Path) -> str:
-    return f"run `nanoflux doctor {folder} --repair` (keeps every intact journal record), or re-run with --fresh to start over"
+    return (
+        f"run `nanoflux doctor {folder} --repair` (keeps every intact journal record), or re-run with --fresh to start"
+        " over"
+    )
 
 
 def clear(folder: Path) -> None:
@@ -66,7 +69,9 @@ def _read_runs(folder: Path) -> list[dict[str, Any]]:
     path = folder / RUNS_FILE
     if not path.exists():
         return []
-    runs = read_json(path, {"runs": list}, fix=f"delete {path} (only the build's time and token totals are lost)")["runs"]
+    runs = read_json(path, {"runs": list}, fix=f"delete {path} (only the build's time and token totals are lost)")[
+        "runs"
+    ]
     return [run for run in runs if isinstance(run, dict) and isinstance(run.get("started_at"), str)]
 
 
@@ -85,11 +90,19 @@ def begin_run(folder: str | Path) -> int:
     return len(runs) - 1
 
 
-def end_run(folder: str | Path, index: int, *, wall_time_s: float, calls_sent: int, tokens: dict[str, int]) -> list[dict[str, Any]]:
+def end_run(
+    folder: str | Path, index: int, *, wall_time_s: float, calls_sent: int, tokens: dict[str, int]
+) -> list[dict[str, Any]]:
     """Record run `index` as finished: its wall time, the calls it sent and their tokens. Returns `run_history`."""
     folder = Path(folder)
     runs = _read_runs(folder)
-    runs[index].update(finished_at=utc_now(), wall_time_s=round(wall_time_s, 2), calls_sent=calls_sent, tokens=dict(tokens), interrupted=False)
+    runs[index].update(
+        finished_at=utc_now(),
+        wall_time_s=round(wall_time_s, 2),
+        calls_sent=calls_sent,
+        tokens=dict(tokens),
+        interrupted=False,
+    )
     write_json(folder / RUNS_FILE, {"runs": runs})
     return run_history(folder)
 
@@ -114,13 +127,17 @@ def run_history(folder: str | Path) -> list[dict[str, Any]]:
         end = runs[i + 1].get("journal_records_before") if i + 1 < len(runs) else None
         mine = records[run.get("journal_records_before", 0) : end]
         last = max((_when(r["finished_at"]) for r in mine if r.get("finished_at")), default=start)
-        history.append({
-            **run,
-            "interrupted": True,
-            "wall_time_s": round((last - start).total_seconds(), 2),
-            "calls_sent": len(mine),
-            "tokens": {kind: sum(int(r.get(f"{kind}_tokens") or 0) for r in mine) for kind in ("prompt", "completion")},
-        })  # fmt: skip
+        history.append(
+            {
+                **run,
+                "interrupted": True,
+                "wall_time_s": round((last - start).total_seconds(), 2),
+                "calls_sent": len(mine),
+                "tokens": {
+                    kind: sum(int(r.get(f"{kind}_tokens") or 0) for r in mine) for kind in ("prompt", "completion")
+                },
+            }
+        )
     return history
 
 
@@ -131,7 +148,9 @@ def run_totals(history: list[dict[str, Any]]) -> dict[str, Any]:
         "interrupted": sum(bool(run.get("interrupted")) for run in history),
         "wall_time_s": round(sum(run.get("wall_time_s") or 0.0 for run in history), 2),
         "calls_sent": sum(run.get("calls_sent") or 0 for run in history),
-        "tokens": {kind: sum((run.get("tokens") or {}).get(kind, 0) for run in history) for kind in ("prompt", "completion")},
+        "tokens": {
+            kind: sum((run.get("tokens") or {}).get(kind, 0) for run in history) for kind in ("prompt", "completion")
+        },
     }
 
 
@@ -155,14 +174,29 @@ def _check_state(folder: Path) -> list[Finding]:
             read_json(run, RUN_SHAPE, fix=doctor_fix(folder))
             findings.append(Finding(run, None))
         except DamagedStateFile as err:
-            findings.append(Finding(run, err.problem, fix="--repair sets it aside; the next build writes it again (every journaled call is still checked against its request)"))
+            findings.append(
+                Finding(
+                    run,
+                    err.problem,
+                    fix=(
+                        "--repair sets it aside; the next build writes it again (every journaled call is still checked"
+                        " against its request)"
+                    ),
+                )
+            )
     summary = folder / "summary.json"
     if summary.exists():
         try:
             read_json(summary, fix=doctor_fix(folder))
             findings.append(Finding(summary, None))
         except DamagedStateFile as err:
-            findings.append(Finding(summary, err.problem, fix="re-run the same `nanoflux build`: it replays the journal and rewrites it"))
+            findings.append(
+                Finding(
+                    summary,
+                    err.problem,
+                    fix="re-run the same `nanoflux build`: it replays the journal and rewrites it",
+                )
+            )
     config = folder / "config.yaml"
     if config.exists():
         try:
@@ -170,13 +204,25 @@ def _check_state(folder: Path) -> list[Finding]:
                 raise ValueError("not a mapping")
             findings.append(Finding(config, None))
         except (ValueError, yaml.YAMLError) as err:
-            findings.append(Finding(config, f"not a YAML recipe: {str(err).splitlines()[0]}", fix="the next `nanoflux build` writes it again"))
+            findings.append(
+                Finding(
+                    config,
+                    f"not a YAML recipe: {str(err).splitlines()[0]}",
+                    fix="the next `nanoflux build` writes it again",
+                )
+            )
     for name in ("curated.jsonl", "pool.jsonl"):
         path = folder / name
         if path.exists():
-            bad = [n for n, line in enumerate(path.read_bytes().splitlines(), 1) if line.strip() and not _json_object(line)]
+            bad = [
+                n
+                for n, line in enumerate(path.read_bytes().splitlines(), 1)
+                if line.strip() and not _json_object(line)
+            ]
             problem = f"{len(bad)} line(s) not a JSON object (line {', '.join(map(str, bad[:5]))})" if bad else None
-            findings.append(Finding(path, problem, fix="re-run the same `nanoflux build`: it replays the journal and rewrites it"))
+            findings.append(
+                Finding(path, problem, fix="re-run the same `nanoflux build`: it replays the journal and rewrites it")
+            )
     return findings
 
 
@@ -191,15 +237,25 @@ def _check_journal(path: Path) -> tuple[Finding, journals.Scan]:
     found = journals.scan(path)
     if not found.needs_repair:
         return Finding(path, None, detail=f"{len(found.lines)} record(s)"), found
-    lines = [f"      {d.describe()}" for d in found.damaged[:20]] + ([f"      ... {len(found.damaged) - 20} more"] if len(found.damaged) > 20 else [])
+    lines = [f"      {d.describe()}" for d in found.damaged[:20]] + (
+        [f"      ... {len(found.damaged) - 20} more"] if len(found.damaged) > 20 else []
+    )
     keys = sorted({d.key for d in found.damaged if d.key})
     unknown = found.lost - len(keys)
     resend = f"sent again: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}" if keys else ""
     if unknown > 0:
         resend += f"{'; ' if resend else 'sent again: '}{unknown} record(s) whose key is not legible"
     detail = "\n".join([found.summary(details=False), *lines, *([f"      {resend}"] if found.lost else [])])
-    fix = "--repair (or the next build) keeps every intact record and sets the damaged lines aside in " + journals.damaged_path(path).name
-    return Finding(path, "damaged" if not found.legacy or found.damaged else "older format without checksums", detail, fix), found
+    fix = (
+        "--repair (or the next build) keeps every intact record and sets the damaged lines aside in "
+        + journals.damaged_path(path).name
+    )
+    return (
+        Finding(
+            path, "damaged" if not found.legacy or found.damaged else "older format without checksums", detail, fix
+        ),
+        found,
+    )
 
 
 def diagnose(folder: str | Path, repair: bool = False) -> list[Finding]:
@@ -208,7 +264,10 @@ def diagnose(folder: str | Path, repair: bool = False) -> list[Finding]:
     if not folder.is_dir():
         raise RunFolderError(f"output_dir {folder} does not exist. Fix: pass the output_dir of a build")
     if not repair:
-        return [*(_check_journal(folder / name)[0] for name in JOURNALS if (folder / name).exists()), *_check_state(folder)]
+        return [
+            *(_check_journal(folder / name)[0] for name in JOURNALS if (folder / name).exists()),
+            *_check_state(folder),
+        ]
     with locked(folder, "doctor --repair"):
         findings = []
         for name in JOURNALS:
@@ -216,7 +275,9 @@ def diagnose(folder: str | Path, repair: bool = False) -> list[Finding]:
                 finding, found = _check_journal(folder / name)
                 if finding.problem:
                     kept = journals.repair(found)
-                    finding.repaired = f"rewritten with {kept} intact record(s)" + (f"; damaged lines in {journals.damaged_path(found.path).name}" if found.damaged else "")
+                    finding.repaired = f"rewritten with {kept} intact record(s)" + (
+                        f"; damaged lines in {journals.damaged_path(found.path).name}" if found.damaged else ""
+                    )
                 findings.append(finding)
         for finding in _check_state(folder):
             if finding.problem and finding.path.name == "run.json":
@@ -231,7 +292,9 @@ def doctor(folder: str | Path, repair: bool = False) -> tuple[str, bool]:
     folder = Path(folder)
     busy = holder(folder)
     if busy and repair:
-        raise FolderBusy(f"output_dir {folder} is in use by {describe_holder(busy)}. Fix: repair it once that has finished")
+        raise FolderBusy(
+            f"output_dir {folder} is in use by {describe_holder(busy)}. Fix: repair it once that has finished"
+        )
     findings = diagnose(folder, repair)
     out = [f"{folder}:"]
     if busy:
@@ -252,7 +315,11 @@ def doctor(folder: str | Path, repair: bool = False) -> tuple[str, bool]:
     elif remaining:
         out.append(f"{len(remaining)} problem(s) left: see each fix above")
     else:
-        out.append("healthy" if not repair or not any(f.problem for f in findings) else "repaired: a resumed build sends the lost calls again")
+        out.append(
+            "healthy"
+            if not repair or not any(f.problem for f in findings)
+            else "repaired: a resumed build sends the lost calls again"
+        )
     return "\n".join(out), not remaining
 
 

@@ -65,9 +65,11 @@ _MAX_OPEN_FILES = 64
 _MAX_CREATED_FILES = 64  # new files/directories the audit hook lets the code create
 _MAX_CHANNEL_BYTES = 64 * 1024
 _CHILD_SOURCE = (Path(__file__).parent / "sandbox_child.py").read_text(encoding="utf-8")
-_FIX = ("install bubblewrap (`apt-get install -y bubblewrap`; it needs user namespaces) or run on Linux >= 5.13 "
-        "x86-64 with Landlock and seccomp; or, knowing the Judge's programs then run with the audit hook only, "
-        "set `sandbox.allow_unconfined: true`")
+_FIX = (
+    "install bubblewrap (`apt-get install -y bubblewrap`; it needs user namespaces) or run on Linux >= 5.13 "
+    "x86-64 with Landlock and seccomp; or, knowing the Judge's programs then run with the audit hook only, "
+    "set `sandbox.allow_unconfined: true`"
+)
 
 
 class SandboxUnavailableError(NanoFluxError, RuntimeError):
@@ -101,9 +103,26 @@ class SandboxResult:
 
 def _bwrap_argv(bwrap: str) -> list[str]:
     """bubblewrap's command line: every namespace, read-only system and interpreter, private tmpfs cwd."""
-    argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(_BWRAP_UID), "--gid", str(_BWRAP_UID),
-            "--die-with-parent", "--new-session", "--hostname", "sandbox",
-            "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev"]
+    argv = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--uid",
+        str(_BWRAP_UID),
+        "--gid",
+        str(_BWRAP_UID),
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+    ]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             argv += ["--symlink", os.readlink(top), top]
@@ -116,8 +135,21 @@ def _bwrap_argv(bwrap: str) -> list[str]:
     for p in sorted(prefixes):
         if p != "/" and not p.startswith("/usr/") and p != "/usr":
             argv += ["--ro-bind", p, p]
-    argv += ["--size", str(_TMPFS_BYTES), "--tmpfs", _BWRAP_ROOT, "--chdir", _BWRAP_ROOT,
-             "--setenv", "HOME", _BWRAP_ROOT, "--setenv", "TMPDIR", _BWRAP_ROOT, "--"]
+    argv += [
+        "--size",
+        str(_TMPFS_BYTES),
+        "--tmpfs",
+        _BWRAP_ROOT,
+        "--chdir",
+        _BWRAP_ROOT,
+        "--setenv",
+        "HOME",
+        _BWRAP_ROOT,
+        "--setenv",
+        "TMPDIR",
+        _BWRAP_ROOT,
+        "--",
+    ]
     return argv
 
 
@@ -151,8 +183,10 @@ def require_confinement(config: SandboxConfig | None = None, *, allow_unconfined
         return mode
     if not allowed:
         raise SandboxUnavailableError(f"no sandbox confinement is available on this machine. Fix: {_FIX}")
-    log.warning("sandbox: NO confinement available; running untrusted code with the audit hook only "
-                "(sandbox.allow_unconfined is true)")
+    log.warning(
+        "sandbox: NO confinement available; running untrusted code with the audit hook only "
+        "(sandbox.allow_unconfined is true)"
+    )
     return "audit"
 
 
@@ -169,8 +203,9 @@ def run_python(code: str, *, limits: SandboxLimits = SandboxLimits()) -> Sandbox
     return _run(code, limits, mode=mode)[0]
 
 
-def _run(code: str, limits: SandboxLimits, *, mode: str, audit: bool = True,
-         kernel: bool = True) -> tuple[SandboxResult, frozenset[str]]:
+def _run(
+    code: str, limits: SandboxLimits, *, mode: str, audit: bool = True, kernel: bool = True
+) -> tuple[SandboxResult, frozenset[str]]:
     """One run in ``mode`` plus the layers that took effect (``audit``/``kernel=False``: tests only)."""
     _sweep_once()
     start = time.monotonic()
@@ -192,14 +227,25 @@ def _run(code: str, limits: SandboxLimits, *, mode: str, audit: bool = True,
             env = {"PATH": "/usr/bin:/bin", "HOME": root, "TMPDIR": root, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         r_fd, w_fd = os.pipe()
         is_root = os.getuid() == 0
-        require = {"bwrap": ["pdeathsig"], "kernel": ["pdeathsig", "landlock", "seccomp"] + (["nocaps"] if is_root else [])}
+        require = {
+            "bwrap": ["pdeathsig"],
+            "kernel": ["pdeathsig", "landlock", "seccomp"] + (["nocaps"] if is_root else []),
+        }
         cfg = {
-            "root": child_root, "fd": w_fd, "code_fd": code_f.fileno(), "audit": audit,
-            "kernel": kernel, "bwrap": mode == "bwrap", "lockdown": mode == "audit",
+            "root": child_root,
+            "fd": w_fd,
+            "code_fd": code_f.fileno(),
+            "audit": audit,
+            "kernel": kernel,
+            "bwrap": mode == "bwrap",
+            "lockdown": mode == "audit",
             "require": require.get(mode, []) if kernel else [],
             "ppid": 0 if mode == "bwrap" else os.getpid(),
-            "cpu": max(1, int(limits.cpu_seconds)), "mem": int(limits.memory_bytes),
-            "fsize": _MAX_FILE_BYTES, "nofile": _MAX_OPEN_FILES, "max_created": _MAX_CREATED_FILES,
+            "cpu": max(1, int(limits.cpu_seconds)),
+            "mem": int(limits.memory_bytes),
+            "fsize": _MAX_FILE_BYTES,
+            "nofile": _MAX_OPEN_FILES,
+            "max_created": _MAX_CREATED_FILES,
         }
         argv = [sys.executable, "-I", "-S", "-B", "-u", "-X", "utf8", "-c", _CHILD_SOURCE, json.dumps(cfg)]
         if mode == "bwrap":
@@ -208,8 +254,14 @@ def _run(code: str, limits: SandboxLimits, *, mode: str, audit: bool = True,
                 raise SandboxUnavailableError(f"bubblewrap is not installed. Fix: {_FIX}")
             argv = _bwrap_argv(bwrap) + [os.path.realpath(sys.executable)] + argv[1:]  # the venv is not bound
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f, cwd=root or "/", env=env,
-            pass_fds=(w_fd, code_f.fileno()), start_new_session=True,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out_f,
+            stderr=err_f,
+            cwd=root or "/",
+            env=env,
+            pass_fds=(w_fd, code_f.fileno()),
+            start_new_session=True,
         )
         os.close(w_fd)
         w_fd = -1
@@ -229,8 +281,14 @@ def _run(code: str, limits: SandboxLimits, *, mode: str, audit: bool = True,
         stdout, out_size = _tail(out_f, limits.max_output_bytes)
         stderr, err_size = _tail(err_f, limits.max_output_bytes)
         error = _classify(
-            rc, timed_out=timed_out, reasons=reasons, stderr=stderr, cpu_used=cpu_used,
-            limits=limits, output_full=max(out_size, err_size) >= _MAX_FILE_BYTES, reported=layers is not None,
+            rc,
+            timed_out=timed_out,
+            reasons=reasons,
+            stderr=stderr,
+            cpu_used=cpu_used,
+            limits=limits,
+            output_full=max(out_size, err_size) >= _MAX_FILE_BYTES,
+            reported=layers is not None,
         )
         log.debug("sandbox run (%s): rc=%s error=%s %.2fs layers=%s", mode, rc, error, duration, layers)
         return SandboxResult(error is None, stdout, stderr, error, duration), frozenset(layers or ())
@@ -316,8 +374,15 @@ def _tail(f, limit: int) -> tuple[str, int]:
 
 
 def _classify(
-    rc: int, *, timed_out: bool, reasons: list[str], stderr: str, cpu_used: float | None,
-    limits: SandboxLimits, output_full: bool, reported: bool = True,
+    rc: int,
+    *,
+    timed_out: bool,
+    reasons: list[str],
+    stderr: str,
+    cpu_used: float | None,
+    limits: SandboxLimits,
+    output_full: bool,
+    reported: bool = True,
 ) -> str | None:
     """The short failure reason, or None for a clean run."""
     if timed_out:

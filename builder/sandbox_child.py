@@ -31,9 +31,22 @@ _LANDLOCK_READ = (1 << 2) | (1 << 3)  # READ_FILE READ_DIR
 
 def read_roots() -> list[str]:
     """Paths the program may read (besides its own directory and /proc/<own pid>), symlinks resolved."""
-    roots = ["/usr", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/localtime",
-             "/dev/null", "/dev/zero", "/dev/urandom", "/dev/random",
-             sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix]
+    roots = [
+        "/usr",
+        "/lib",
+        "/lib64",
+        "/lib32",
+        "/etc/ld.so.cache",
+        "/etc/localtime",
+        "/dev/null",
+        "/dev/zero",
+        "/dev/urandom",
+        "/dev/random",
+        sys.base_prefix,
+        sys.base_exec_prefix,
+        sys.prefix,
+        sys.exec_prefix,
+    ]
     out: list[str] = []
     for p in roots:
         for q in (p, os.path.realpath(p)):
@@ -45,6 +58,7 @@ def read_roots() -> list[str]:
 def _landlock(ctypes, syscall, root: str, roots: list[str]) -> str | None:
     import stat
     import struct
+
     c_long = ctypes.c_long
     abi = syscall(c_long(444), None, c_long(0), c_long(1))  # landlock_create_ruleset(NULL, 0, VERSION)
     if abi < 1:
@@ -61,6 +75,7 @@ def _landlock(ctypes, syscall, root: str, roots: list[str]) -> str | None:
     if rfd < 0:
         return None
     try:
+
         def allow(path: str, access: int) -> None:
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -88,18 +103,74 @@ def _landlock(ctypes, syscall, root: str, roots: list[str]) -> str | None:
 
 def _seccomp(ctypes, syscall) -> str | None:
     import struct
+
     if os.uname().machine != "x86_64" or struct.calcsize("P") != 8:
         return None
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow_, kill, enosys = 0x7FFF0000, 0x80000000, 0x00050000 | 38
-    deny = (41, 53, 57, 58, 59, 322,  # socket socketpair fork vfork execve execveat
-            101, 200, 129, 297, 424, 434, 438,  # ptrace tkill rt_(tg)sigqueueinfo pidfd_*
-            310, 311, 165, 166, 155, 161, 272, 308,  # process_vm_* mount umount2 pivot_root chroot unshare setns
-            175, 176, 313, 246, 320, 169, 167, 168,  # modules kexec reboot swap
-            321, 323, 298, 300, 303, 304, 425, 426, 427,  # bpf userfaultfd perf fanotify handles io_uring
-            428, 429, 430, 431, 432, 433, 442, 179, 163,  # new mount API quotactl acct
-            248, 249, 250, 170, 171, 164, 227, 159, 172, 173, 103,  # keys hostname clock iopl syslog
-            133, 259, 112)  # mknod mknodat (fifos, devices) setsid
+    deny = (
+        41,
+        53,
+        57,
+        58,
+        59,
+        322,  # socket socketpair fork vfork execve execveat
+        101,
+        200,
+        129,
+        297,
+        424,
+        434,
+        438,  # ptrace tkill rt_(tg)sigqueueinfo pidfd_*
+        310,
+        311,
+        165,
+        166,
+        155,
+        161,
+        272,
+        308,  # process_vm_* mount umount2 pivot_root chroot unshare setns
+        175,
+        176,
+        313,
+        246,
+        320,
+        169,
+        167,
+        168,  # modules kexec reboot swap
+        321,
+        323,
+        298,
+        300,
+        303,
+        304,
+        425,
+        426,
+        427,  # bpf userfaultfd perf fanotify handles io_uring
+        428,
+        429,
+        430,
+        431,
+        432,
+        433,
+        442,
+        179,
+        163,  # new mount API quotactl acct
+        248,
+        249,
+        250,
+        170,
+        171,
+        164,
+        227,
+        159,
+        172,
+        173,
+        103,  # keys hostname clock iopl syslog
+        133,
+        259,
+        112,
+    )  # mknod mknodat (fifos, devices) setsid
     ins: list[list] = []
     labels: dict[str, int] = {}
 
@@ -149,9 +220,14 @@ def _seccomp(ctypes, syscall) -> str | None:
 
 def _set_rlimits(cfg: dict, nproc: bool) -> None:
     import resource as r
-    lim = [(r.RLIMIT_CPU, cfg["cpu"], cfg["cpu"] + 1), (r.RLIMIT_AS, cfg["mem"], cfg["mem"]),
-           (r.RLIMIT_FSIZE, cfg["fsize"], cfg["fsize"]), (r.RLIMIT_CORE, 0, 0),
-           (r.RLIMIT_NOFILE, cfg["nofile"], cfg["nofile"])]
+
+    lim = [
+        (r.RLIMIT_CPU, cfg["cpu"], cfg["cpu"] + 1),
+        (r.RLIMIT_AS, cfg["mem"], cfg["mem"]),
+        (r.RLIMIT_FSIZE, cfg["fsize"], cfg["fsize"]),
+        (r.RLIMIT_CORE, 0, 0),
+        (r.RLIMIT_NOFILE, cfg["nofile"], cfg["nofile"]),
+    ]
     if nproc:
         lim.append((r.RLIMIT_NPROC, 0, 0))
     for res, soft, hard in lim:
@@ -173,6 +249,7 @@ def _harden(cfg: dict, roots: list[str]) -> list[str]:
     if sys.platform.startswith("linux"):
         try:
             import ctypes
+
             libc = ctypes.CDLL(None, use_errno=True)
             syscall = libc.syscall
             syscall.restype = ctypes.c_long
@@ -202,6 +279,7 @@ def _harden(cfg: dict, roots: list[str]) -> list[str]:
                 layers.append(layer)
             if os.getuid() == 0:
                 import struct
+
                 hdr = ctypes.create_string_buffer(struct.pack("Ii", 0x20080522, 0), 8)
                 if libc.capset(hdr, ctypes.create_string_buffer(24)) == 0:  # drop every capability
                     layers.append("nocaps")
@@ -213,11 +291,38 @@ def _harden(cfg: dict, roots: list[str]) -> list[str]:
     return layers
 
 
-def _policy(event, args, *, fd=-1, exit_code=VIOLATION_EXIT, write_roots=(), read_ok=(), block_exact=frozenset(),
-            block_prefix=(), block_import=frozenset(), write_events=(), write_names=frozenset(),
-            read_names=frozenset(), created=None, max_created=0, o_write=0, o_creat=0,
-            t=type, s=str, b=bytes, i=int, n=len, rng=range, nxt=next, be=BaseException,
-            pw=os.write, px=os._exit, lstat=os.lstat, readlink=os.readlink, getcwd=os.getcwd):
+def _policy(
+    event,
+    args,
+    *,
+    fd=-1,
+    exit_code=VIOLATION_EXIT,
+    write_roots=(),
+    read_ok=(),
+    block_exact=frozenset(),
+    block_prefix=(),
+    block_import=frozenset(),
+    write_events=(),
+    write_names=frozenset(),
+    read_names=frozenset(),
+    created=None,
+    max_created=0,
+    o_write=0,
+    o_creat=0,
+    t=type,
+    s=str,
+    b=bytes,
+    i=int,
+    n=len,
+    rng=range,
+    nxt=next,
+    be=BaseException,
+    pw=os.write,
+    px=os._exit,
+    lstat=os.lstat,
+    readlink=os.readlink,
+    getcwd=os.getcwd,
+):
     """The audit hook (see the module docstring for why it looks like this)."""
     why = None
     try:
@@ -333,51 +438,152 @@ def _policy(event, args, *, fd=-1, exit_code=VIOLATION_EXIT, write_roots=(), rea
 
 def _install_policy(root: str, fd: int, roots: list[str], max_created: int, fork_guarded: bool) -> None:
     """Install ``_policy`` as the audit hook, bound to its data through immutable defaults only."""
-    block_exact = frozenset((
-        "subprocess.Popen", "os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg",
-        "os.startfile", "os.link", "os.symlink", "pty.spawn", "signal.pthread_kill",
-        "sys.settrace", "sys.setprofile", "sys.addaudithook", "sys._current_frames",
-        "sys._current_exceptions", "resource.setrlimit", "resource.prlimit",
-        "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-        "urllib.Request", "webbrowser.open", "sqlite3.enable_load_extension",
-        "sqlite3.load_extension", "cpython.PyInterpreterState_New", "cpython.run_command",
-        "cpython.run_file", "cpython.run_module", "cpython.run_interactivehook", "os.mkfifo", "os.mknod",
-    ))
-    block_prefix = ("socket.", "ctypes.", "os.exec", "os.spawn", "os.posix_spawn", "sys.monitoring",
-                    "http.client.", "ftplib.", "smtplib.", "poplib.", "imaplib.", "nntplib.", "telnetlib.",
-                    "syslog.", "winreg.", "_winapi.", "msvcrt.", "os.setuid", "os.setgid", "os.chroot")
-    block_import = {"ctypes", "_ctypes", "_xxsubinterpreters", "_xxinterpchannels", "_interpreters",
-                    "_interpchannels", "_interpqueues", "_lsprof"}
+    block_exact = frozenset(
+        (
+            "subprocess.Popen",
+            "os.system",
+            "os.fork",
+            "os.forkpty",
+            "os.kill",
+            "os.killpg",
+            "os.startfile",
+            "os.link",
+            "os.symlink",
+            "pty.spawn",
+            "signal.pthread_kill",
+            "sys.settrace",
+            "sys.setprofile",
+            "sys.addaudithook",
+            "sys._current_frames",
+            "sys._current_exceptions",
+            "resource.setrlimit",
+            "resource.prlimit",
+            "gc.get_objects",
+            "gc.get_referrers",
+            "gc.get_referents",
+            "urllib.Request",
+            "webbrowser.open",
+            "sqlite3.enable_load_extension",
+            "sqlite3.load_extension",
+            "cpython.PyInterpreterState_New",
+            "cpython.run_command",
+            "cpython.run_file",
+            "cpython.run_module",
+            "cpython.run_interactivehook",
+            "os.mkfifo",
+            "os.mknod",
+        )
+    )
+    block_prefix = (
+        "socket.",
+        "ctypes.",
+        "os.exec",
+        "os.spawn",
+        "os.posix_spawn",
+        "sys.monitoring",
+        "http.client.",
+        "ftplib.",
+        "smtplib.",
+        "poplib.",
+        "imaplib.",
+        "nntplib.",
+        "telnetlib.",
+        "syslog.",
+        "winreg.",
+        "_winapi.",
+        "msvcrt.",
+        "os.setuid",
+        "os.setgid",
+        "os.chroot",
+    )
+    block_import = {
+        "ctypes",
+        "_ctypes",
+        "_xxsubinterpreters",
+        "_xxinterpchannels",
+        "_interpreters",
+        "_interpchannels",
+        "_interpqueues",
+        "_lsprof",
+    }
     if not fork_guarded:  # _posixsubprocess.fork_exec has no audit event; without seccomp, refuse it
         block_import |= {"_posixsubprocess", "multiprocessing", "_multiprocessing"}
     # event -> ((path arg index, dir_fd arg index or -1), ...) for paths that get modified
     write_events = (
-        ("os.remove", ((0, 1),)), ("os.rmdir", ((0, 1),)), ("os.mkdir", ((0, 2),)),
-        ("os.rename", ((0, 2), (1, 3))), ("os.chmod", ((0, 2),)), ("os.chown", ((0, 3),)),
-        ("os.utime", ((0, 3),)), ("os.truncate", ((0, -1),)), ("os.setxattr", ((0, -1),)),
-        ("os.removexattr", ((0, -1),)), ("shutil.copyfile", ((1, -1),)), ("shutil.copymode", ((1, -1),)),
-        ("shutil.copystat", ((1, -1),)), ("shutil.copytree", ((1, -1),)), ("shutil.rmtree", ((0, 1),)),
-        ("shutil.move", ((0, -1), (1, -1))), ("shutil.chown", ((0, -1),)),
-        ("shutil.unpack_archive", ((1, -1),)), ("shutil.make_archive", ((0, -1),)),
+        ("os.remove", ((0, 1),)),
+        ("os.rmdir", ((0, 1),)),
+        ("os.mkdir", ((0, 2),)),
+        ("os.rename", ((0, 2), (1, 3))),
+        ("os.chmod", ((0, 2),)),
+        ("os.chown", ((0, 3),)),
+        ("os.utime", ((0, 3),)),
+        ("os.truncate", ((0, -1),)),
+        ("os.setxattr", ((0, -1),)),
+        ("os.removexattr", ((0, -1),)),
+        ("shutil.copyfile", ((1, -1),)),
+        ("shutil.copymode", ((1, -1),)),
+        ("shutil.copystat", ((1, -1),)),
+        ("shutil.copytree", ((1, -1),)),
+        ("shutil.rmtree", ((0, 1),)),
+        ("shutil.move", ((0, -1), (1, -1))),
+        ("shutil.chown", ((0, -1),)),
+        ("shutil.unpack_archive", ((1, -1),)),
+        ("shutil.make_archive", ((0, -1),)),
     )
     own = os.path.realpath("/proc/self")
     hook = type(_policy)(_policy.__code__, {"__builtins__": {}}, "sandbox_policy")
-    hook.__kwdefaults__ = dict(_policy.__kwdefaults__, **{
-        "fd": fd, "write_roots": (os.path.realpath(root),), "read_ok": tuple([os.path.realpath(root), own] + roots),
-        "block_exact": block_exact, "block_prefix": block_prefix, "block_import": frozenset(block_import),
-        "write_events": write_events, "write_names": frozenset(e for e, _ in write_events),
-        "read_names": frozenset(("os.listdir", "os.scandir", "os.getxattr", "os.listxattr")),
-        "created": itertools.count(), "max_created": max_created,
-        "o_write": os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, "o_creat": os.O_CREAT,
-    })
+    hook.__kwdefaults__ = dict(
+        _policy.__kwdefaults__,
+        **{
+            "fd": fd,
+            "write_roots": (os.path.realpath(root),),
+            "read_ok": tuple([os.path.realpath(root), own] + roots),
+            "block_exact": block_exact,
+            "block_prefix": block_prefix,
+            "block_import": frozenset(block_import),
+            "write_events": write_events,
+            "write_names": frozenset(e for e, _ in write_events),
+            "read_names": frozenset(("os.listdir", "os.scandir", "os.getxattr", "os.listxattr")),
+            "created": itertools.count(),
+            "max_created": max_created,
+            "o_write": os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
+            "o_creat": os.O_CREAT,
+        },
+    )
     sys.addaudithook(hook)
 
 
 def _close_loaders() -> None:
     """Audit-only mode: no fifo/device creation and no loading of native code the program wrote itself."""
-    for name in ("math", "cmath", "_random", "_bisect", "_heapq", "_decimal", "_datetime", "_json",
-                 "_statistics", "_struct", "_socket", "binascii", "array", "unicodedata", "_pickle", "zlib", "_sha256",
-                 "_md5", "_sha1", "_sha512", "_sha3", "_blake2", "_contextvars", "_queue", "select", "_csv", "_opcode"):
+    for name in (
+        "math",
+        "cmath",
+        "_random",
+        "_bisect",
+        "_heapq",
+        "_decimal",
+        "_datetime",
+        "_json",
+        "_statistics",
+        "_struct",
+        "_socket",
+        "binascii",
+        "array",
+        "unicodedata",
+        "_pickle",
+        "zlib",
+        "_sha256",
+        "_md5",
+        "_sha1",
+        "_sha512",
+        "_sha3",
+        "_blake2",
+        "_contextvars",
+        "_queue",
+        "select",
+        "_csv",
+        "_opcode",
+    ):
         try:
             __import__(name)
         except ImportError:
@@ -390,8 +596,16 @@ def _close_loaders() -> None:
                 pass
     import _imp
     import posix
-    for mod, attr in ((_imp, "create_dynamic"), (_imp, "create_builtin"), (_imp, "exec_dynamic"),
-                      (posix, "mkfifo"), (posix, "mknod"), (os, "mkfifo"), (os, "mknod")):
+
+    for mod, attr in (
+        (_imp, "create_dynamic"),
+        (_imp, "create_builtin"),
+        (_imp, "exec_dynamic"),
+        (posix, "mkfifo"),
+        (posix, "mknod"),
+        (os, "mkfifo"),
+        (os, "mknod"),
+    ):
         if hasattr(mod, attr):
             delattr(mod, attr)
 

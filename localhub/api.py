@@ -99,8 +99,17 @@ _ROUTES: list[tuple[frozenset[str], re.Pattern[str], str]] = [
 class _Ctx:
     """One request: the endpoint handlers (`do_<name>`)."""
 
-    def __init__(self, hub: LocalHub, method: str, path: str, args: dict[str, str], query: dict[str, list[str]],
-                 headers: Any, body: bytes, base_url: str):  # fmt: skip
+    def __init__(
+        self,
+        hub: LocalHub,
+        method: str,
+        path: str,
+        args: dict[str, str],
+        query: dict[str, list[str]],
+        headers: Any,
+        body: bytes,
+        base_url: str,
+    ):
         self.hub, self.store = hub, hub.store
         self.method, self.path, self.args, self.query = method, path, args, query
         self.headers, self.body = headers, body
@@ -203,15 +212,38 @@ class _Ctx:
         if self.hub.token is not None and not self.hub.authenticated(self.headers):
             raise HubError(401, "Invalid username or password.")
         hub = self.hub
-        return _json({
-            "type": "user", "id": hashlib.sha1(hub.user.encode()).hexdigest()[:24], "name": hub.user,
-            "fullname": hub.user, "email": None, "emailVerified": False, "canPay": False, "isPro": False,
-            "avatarUrl": "", "periodEnd": None,
-            "orgs": [{"type": "org", "name": o, "fullname": o, "roleInOrg": "admin",
-                      "id": hashlib.sha1(o.encode()).hexdigest()[:24]} for o in hub.orgs],
-            "auth": {"type": "access_token", "accessToken": {"displayName": "localhub", "role": "write",
-                                                             "createdAt": "1970-01-01T00:00:00.000Z"}},
-        })  # fmt: skip
+        return _json(
+            {
+                "type": "user",
+                "id": hashlib.sha1(hub.user.encode()).hexdigest()[:24],
+                "name": hub.user,
+                "fullname": hub.user,
+                "email": None,
+                "emailVerified": False,
+                "canPay": False,
+                "isPro": False,
+                "avatarUrl": "",
+                "periodEnd": None,
+                "orgs": [
+                    {
+                        "type": "org",
+                        "name": o,
+                        "fullname": o,
+                        "roleInOrg": "admin",
+                        "id": hashlib.sha1(o.encode()).hexdigest()[:24],
+                    }
+                    for o in hub.orgs
+                ],
+                "auth": {
+                    "type": "access_token",
+                    "accessToken": {
+                        "displayName": "localhub",
+                        "role": "write",
+                        "createdAt": "1970-01-01T00:00:00.000Z",
+                    },
+                },
+            }
+        )
 
     def do_create_repo(self) -> _Response:
         self.require_write()
@@ -275,11 +307,20 @@ class _Ctx:
                 tags.append(f"{key}:{v}")
         info: dict[str, Any] = {
             "_id": hashlib.sha1(f"{self.repo_type}/{self.repo_id}".encode()).hexdigest()[:24],
-            "id": self.repo_id, "author": self.args["ns"], "sha": sha, "lastModified": commit.date,
-            "createdAt": meta.get("created_at"), "private": bool(meta.get("private")), "gated": False,
-            "disabled": False, "downloads": 0, "likes": 0, "tags": tags, "siblings": siblings,
+            "id": self.repo_id,
+            "author": self.args["ns"],
+            "sha": sha,
+            "lastModified": commit.date,
+            "createdAt": meta.get("created_at"),
+            "private": bool(meta.get("private")),
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": tags,
+            "siblings": siblings,
             "usedStorage": sum(e["size"] for e in commit.files.values()),
-        }  # fmt: skip
+        }
         if card is not None:
             info["cardData"] = card
         if self.repo_type == "model":
@@ -387,13 +428,27 @@ class _Ctx:
             except (ValueError, KeyError, TypeError, AttributeError) as e:  # binascii.Error is a ValueError
                 raise HubError(400, f"Invalid commit payload line: {e!r}") from e
         sha = self.store.create_commit(
-            self.repo_type, self.repo_id, self.args["rev"], add=add, add_lfs=add_lfs, delete=delete,
-            delete_folders=delete_folders, title=str(header.get("summary") or ""),
-            description=str(header.get("description") or ""), author=self.hub.user,
+            self.repo_type,
+            self.repo_id,
+            self.args["rev"],
+            add=add,
+            add_lfs=add_lfs,
+            delete=delete,
+            delete_folders=delete_folders,
+            title=str(header.get("summary") or ""),
+            description=str(header.get("description") or ""),
+            author=self.hub.user,
             parent_commit=header.get("parentCommit"),
-        )  # fmt: skip
-        return _json({"success": True, "commitOid": sha, "commitUrl": f"{self.repo_url()}/commit/{sha}",
-                      "pullRequestUrl": None, "hookOutput": None})  # fmt: skip
+        )
+        return _json(
+            {
+                "success": True,
+                "commitOid": sha,
+                "commitUrl": f"{self.repo_url()}/commit/{sha}",
+                "pullRequestUrl": None,
+                "hookOutput": None,
+            }
+        )
 
     def _ref(self, kind: str) -> _Response:
         self.require_write()
@@ -467,9 +522,12 @@ class _Ctx:
         items = []
         for c in self.store.history(self.repo_type, self.repo_id, self.resolve()):
             item: dict[str, Any] = {
-                "id": c.sha, "title": c.title, "message": c.description, "date": c.date,
+                "id": c.sha,
+                "title": c.title,
+                "message": c.description,
+                "date": c.date,
                 "authors": [{"user": c.author, "avatar": None}],
-            }  # fmt: skip
+            }
             if formatted:
                 item["formatted"] = {"title": c.title, "message": c.description}
             items.append(item)
@@ -486,10 +544,12 @@ class _Ctx:
         size = entry["size"]
         etag = entry["sha256"] if entry.get("lfs") else entry["oid"]  # what file_download caches the blob under
         headers = {
-            "ETag": f'"{etag}"', "X-Repo-Commit": sha, "Accept-Ranges": "bytes",
+            "ETag": f'"{etag}"',
+            "X-Repo-Commit": sha,
+            "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
             "Content-Disposition": f"inline; filename*=UTF-8''{quote(PurePosixPath(path).name)}",
-        }  # fmt: skip
+        }
         start, length, status = 0, size, 200
         range_header = self.headers.get("Range")
         if range_header:
@@ -524,7 +584,11 @@ class _Ctx:
     def do_create_job(self) -> _Response:
         jobs = self._jobs()
         ns = self.args["ns"]
-        owner = {"id": hashlib.sha1(ns.encode()).hexdigest()[:24], "name": ns, "type": "user" if ns == self.hub.user else "org"}
+        owner = {
+            "id": hashlib.sha1(ns.encode()).hexdigest()[:24],
+            "name": ns,
+            "type": "user" if ns == self.hub.user else "org",
+        }
         job = self._job_call(jobs.submit, ns, self.json_body(), owner, self.base_url)
         return _json(job.info())
 

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from nanoflux.errors import NanoFluxError
@@ -38,11 +38,18 @@ logger = logging.getLogger(__name__)
 KEEP_ALIVE_S = 10.0  # longer than a non-following client's 5 s read timeout, which is how it knows the past is over
 TERMINAL_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 # Variables of the serving process that must not leak into a job: it sees only what the spec gives it.
-_HIDDEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")
+_HIDDEN_ENV = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_ENDPOINT",
+)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JobError(NanoFluxError):
@@ -170,7 +177,13 @@ class JobRunner:
 
     def _execute(self, job: _Job, hub_url: str) -> None:
         spec = job.spec
-        env = {**self.base_env, **(spec.get("environment") or {}), **(spec.get("secrets") or {}), "HF_ENDPOINT": hub_url, "HF_HUB_DISABLE_XET": "1"}
+        env = {
+            **self.base_env,
+            **(spec.get("environment") or {}),
+            **(spec.get("secrets") or {}),
+            "HF_ENDPOINT": hub_url,
+            "HF_HUB_DISABLE_XET": "1",
+        }
         env = {k: str(v) for k, v in env.items()}
         workdir = tempfile.mkdtemp(prefix=f"localhub-job-{job.id}-")
         timeout = spec.get("timeoutSeconds")

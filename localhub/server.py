@@ -1,7 +1,7 @@
 """The Hub stand-in's server: `LocalHub` serves a `RepoStore` over HTTP on loopback; `python -m localhub` runs it.
 
-    with LocalHub(tmp_path) as hub:
-        HfApi(endpoint=hub.url, token=...)      # or HF_ENDPOINT=hub.url for datasets / huggingface_hub
+with LocalHub(tmp_path) as hub:
+    HfApi(endpoint=hub.url, token=...)      # or HF_ENDPOINT=hub.url for datasets / huggingface_hub
 """
 
 from __future__ import annotations
@@ -160,8 +160,9 @@ class LocalHub:
 
     # -- request handling --------------------------------------------------------------------------
 
-    def handle(self, method: str, raw_path: str, query: dict[str, list[str]], headers: Any, body: bytes,
-               base_url: str) -> _Response:  # fmt: skip
+    def handle(
+        self, method: str, raw_path: str, query: dict[str, list[str]], headers: Any, body: bytes, base_url: str
+    ) -> _Response:
         fault = self._take_fault(method, raw_path)
         if fault is not None and not fault.after:
             logger.info("injected %d for %s %s", fault.status, method, raw_path)
@@ -178,8 +179,9 @@ class LocalHub:
             return _error(HubError(fault.status, fault.message))
         return response
 
-    def _route(self, method: str, raw_path: str, query: dict[str, list[str]], headers: Any, body: bytes,
-               base_url: str) -> _Response:  # fmt: skip
+    def _route(
+        self, method: str, raw_path: str, query: dict[str, list[str]], headers: Any, body: bytes, base_url: str
+    ) -> _Response:
         for methods, pattern, name in _ROUTES:
             m = pattern.fullmatch(raw_path)
             if m is None or method not in methods:
@@ -293,11 +295,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="folder holding the repos (created if missing)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--token", default=os.environ.get("LOCALHUB_TOKEN"),
-                        help="require this bearer token for writes (default: $LOCALHUB_TOKEN, else open)")  # fmt: skip
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("LOCALHUB_TOKEN"),
+        help="require this bearer token for writes (default: $LOCALHUB_TOKEN, else open)",
+    )
     parser.add_argument("--user", default="localhub", help="user name reported by whoami and used as author")
-    parser.add_argument("--run-jobs", action="store_true",
-                        help="serve the HF Jobs API, running each job's command here as a local process (trusted clients only)")  # fmt: skip
+    parser.add_argument(
+        "--run-jobs",
+        action="store_true",
+        help="serve the HF Jobs API, running each job's command here as a local process (trusted clients only)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -26,12 +26,12 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from nanoflux.runfolder import write_atomic
 from nanoflux.errors import NanoFluxError
+from nanoflux.runfolder import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class HubError(NanoFluxError):
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _git_blob_sha1(data: bytes) -> str:
@@ -279,8 +279,14 @@ class RepoStore:
     def _write_commit(
         self, d: Path, parent: str | None, title: str, description: str, author: str, files: dict[str, dict[str, Any]]
     ) -> str:
-        body = {"parent": parent, "title": title, "description": description, "author": author,
-                "date": _now_iso(), "files": files}  # fmt: skip
+        body = {
+            "parent": parent,
+            "title": title,
+            "description": description,
+            "author": author,
+            "date": _now_iso(),
+            "files": files,
+        }
         data = _dump(body)
         sha = hashlib.sha1(data).hexdigest()
         write_atomic(d / "commits" / f"{sha}.json", data)
@@ -408,7 +414,7 @@ def _tree_oid(files: dict[str, dict[str, Any]], folder: str) -> str:
 def load_version(root: str | Path, repo_id: str, revision: str = "main", split: str = "train"):
     """One version of a dataset repo in a local repository folder, as a `datasets.Dataset` (no server needed):
 
-        python -c 'from localhub import load_version; print(load_version("outputs/hub", "local/nanoflux-medical", "v1"))'
+    python -c 'from localhub import load_version; print(load_version("outputs/hub", "local/nanoflux-medical", "v1"))'
     """
     from datasets import load_dataset
 

@@ -21,16 +21,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoflux.recipe import check_range, fail, from_dict, load_recipe
 from nanoflux.questions import LETTERS
-from nanoflux.rows import EvalError, Example, ExampleSet, normalise, parse_gold, split_inline_options  # noqa: F401  (re-exported)
+from nanoflux.recipe import check_range, fail, from_dict, load_recipe
+from nanoflux.rows import (  # noqa: F401  (re-exported)
+    EvalError,
+    Example,
+    ExampleSet,
+    normalise,
+    parse_gold,
+    split_inline_options,
+)
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 PUBMEDQA_TEST_IDS = "package:pubmedqa_test_ground_truth.json"
 """The 500 test question ids (pubids) of PubMedQA (pubmedqa/pubmedqa `data/test_ground_truth.json`, MIT)."""
-MULTIMEDQA_MMLU = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics", "professional_medicine")
+MULTIMEDQA_MMLU = (
+    "anatomy",
+    "clinical_knowledge",
+    "college_biology",
+    "college_medicine",
+    "medical_genetics",
+    "professional_medicine",
+)
 PARTITIONS = ("test", "dev")
 ALL_ROWS = "all"
 
@@ -60,39 +74,86 @@ class Format:
 
 FORMATS: dict[str, Format] = {
     "gsm_hard": Format(  # one split (1,319 rows): the dev rows are a seeded sample of GSM8K's train split
-        "number", "GSM-Hard", "reasoning-machines/gsm-hard", split="train", columns={"question": "input", "answer": "target"},
-        dev={"format": "gsm8k", "path": "openai/gsm8k", "subset": "main", "holdout_from": "train", "size": 500, "seed": 0},
+        "number",
+        "GSM-Hard",
+        "reasoning-machines/gsm-hard",
+        split="train",
+        columns={"question": "input", "answer": "target"},
+        dev={
+            "format": "gsm8k",
+            "path": "openai/gsm8k",
+            "subset": "main",
+            "holdout_from": "train",
+            "size": 500,
+            "seed": 0,
+        },
     ),
     "medqa": Format(  # train / test only: the dev rows are a seeded sample of train
-        "choice", "MedQA (USMLE, 4 options)", "GBaker/MedQA-USMLE-4-options",
+        "choice",
+        "MedQA (USMLE, 4 options)",
+        "GBaker/MedQA-USMLE-4-options",
         columns={"question": "question", "options": "options", "answer": "answer_idx", "answer_type": "letter"},
-        dev={"holdout_from": "train", "size": 500, "seed": 0}, multimedqa=True,
+        dev={"holdout_from": "train", "size": 500, "seed": 0},
+        multimedqa=True,
     ),
     "medmcqa": Format(  # the test split has no public labels: MultiMedQA reports validation, so dev comes from train
-        "choice", "MedMCQA", "openlifescienceai/medmcqa", split="validation",
-        columns={"id": "id", "question": "question", "option_columns": ["opa", "opb", "opc", "opd"], "answer": "cop",
-                 "answer_type": "index", "answer_base": 0, "explanation": "exp"},
-        dev={"holdout_from": "train", "size": 500, "seed": 0}, multimedqa=True,
+        "choice",
+        "MedMCQA",
+        "openlifescienceai/medmcqa",
+        split="validation",
+        columns={
+            "id": "id",
+            "question": "question",
+            "option_columns": ["opa", "opb", "opc", "opd"],
+            "answer": "cop",
+            "answer_type": "index",
+            "answer_base": 0,
+            "explanation": "exp",
+        },
+        dev={"holdout_from": "train", "size": 500, "seed": 0},
+        multimedqa=True,
     ),
     "pubmedqa": Format(  # pqa_labeled (1,000 rows, one split): the 500 test ids, and the other 500 as dev
-        "yes_no_maybe", "PubMedQA (PQA-L)", "qiaojin/PubMedQA", subset="pqa_labeled", split="train",
-        columns={"id": "pubid", "question": "question", "context": "context.contexts", "answer": "final_decision",
-                 "explanation": "long_answer"},
-        ids_file=PUBMEDQA_TEST_IDS, dev={"exclude_ids_file": PUBMEDQA_TEST_IDS}, multimedqa=True,
+        "yes_no_maybe",
+        "PubMedQA (PQA-L)",
+        "qiaojin/PubMedQA",
+        subset="pqa_labeled",
+        split="train",
+        columns={
+            "id": "pubid",
+            "question": "question",
+            "context": "context.contexts",
+            "answer": "final_decision",
+            "explanation": "long_answer",
+        },
+        ids_file=PUBMEDQA_TEST_IDS,
+        dev={"exclude_ids_file": PUBMEDQA_TEST_IDS},
+        multimedqa=True,
     ),
     "mmlu": Format(  # one subject per benchmark entry: set `subset`, e.g. clinical_knowledge
-        "choice", "MMLU", "cais/mmlu",
+        "choice",
+        "MMLU",
+        "cais/mmlu",
         columns={"question": "question", "options": "choices", "answer": "answer", "answer_type": "index"},
         headerless={"question": "0", "option_columns": ["1", "2", "3", "4"], "answer": "5", "answer_type": "letter"},
-        dev={"split": "validation"}, multimedqa=True,
+        dev={"split": "validation"},
+        multimedqa=True,
     ),
-    "genome_bench": Format(  # options a.-e. inline in `question`; one split: dev = a seeded sample of it (left out of test)
-        "choice", "Genome-Bench", "Mingyin0312/Genome-Bench",
-        columns={"question": "question", "answer": "answer", "answer_type": "letter"},
-        dev={"holdout_from": "test", "size": 300, "seed": 0},
+    "genome_bench": (
+        Format(  # options a.-e. inline in `question`; one split: dev = a seeded sample of it (left out of test)
+            "choice",
+            "Genome-Bench",
+            "Mingyin0312/Genome-Bench",
+            columns={"question": "question", "answer": "answer", "answer_type": "letter"},
+            dev={"holdout_from": "test", "size": 300, "seed": 0},
+        )
     ),
     "gsm8k": Format(  # a training source (the GSM-Hard baseline); `answer` = solution, then `#### <number>`
-        "number", "GSM8K", "openai/gsm8k", subset="main", split="train",
+        "number",
+        "GSM8K",
+        "openai/gsm8k",
+        subset="main",
+        split="train",
         columns={"question": "question", "answer": "answer", "explanation": "answer"},
         dev={"holdout_from": "train", "size": 500, "seed": 0},
     ),
@@ -155,7 +216,10 @@ class DevConfig:
 
     def names_rows(self) -> bool:
         """Whether it says where the dev rows are (not only how many, or which seed)."""
-        return any(getattr(self, name) for name in ("format", "path", "subset", "split", "holdout_from", "ids_file", "exclude_ids_file"))
+        return any(
+            getattr(self, name)
+            for name in ("format", "path", "subset", "split", "holdout_from", "ids_file", "exclude_ids_file")
+        )
 
 
 @dataclass
@@ -210,7 +274,9 @@ class BenchmarkConfig:
 
     def _reads_preset_data(self) -> bool:
         preset = FORMATS[self.format]
-        return bool(preset.path) and self.path == preset.path and (preset.subset is None or self.subset == preset.subset)
+        return (
+            bool(preset.path) and self.path == preset.path and (preset.subset is None or self.subset == preset.subset)
+        )
 
     def validate(self, path: str) -> None:
         """Check the fields and fill in the format's defaults."""
@@ -221,9 +287,19 @@ class BenchmarkConfig:
         self.subset = self.subset or preset.subset
         self.split = self.split or preset.split
         if not self.path:
-            fail(f"{path}.path", self.path, f"format {self.format} has no default dataset", "set path to a Hub dataset id or a local file")
+            fail(
+                f"{path}.path",
+                self.path,
+                f"format {self.format} has no default dataset",
+                "set path to a Hub dataset id or a local file",
+            )
         if self.format == "mmlu" and not self.subset:
-            fail(f"{path}.subset", self.subset, "MMLU needs a subject", "set subset, e.g. clinical_knowledge or college_medicine")
+            fail(
+                f"{path}.subset",
+                self.subset,
+                "MMLU needs a subject",
+                "set subset, e.g. clinical_knowledge or college_medicine",
+            )
         if self.name is None:
             self.name = default_name({"format": self.format, "subset": self.subset})
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
@@ -234,9 +310,15 @@ class BenchmarkConfig:
             check_range(f"{path}.sample_size", self.sample_size, 1, 10_000_000)
         if self._reads_preset_data():
             self.ids_file = self.ids_file or preset.ids_file
-            if preset.dev is not None and (self.dev is None or (not self.dev.is_empty() and not self.dev.names_rows())):
+            if preset.dev is not None and (
+                self.dev is None or (not self.dev.is_empty() and not self.dev.names_rows())
+            ):
                 # no dev block: the format's; one that only adjusts (size, seed, revision, columns): the format's, adjusted
-                given = {} if self.dev is None else {k: v for k, v in dataclasses.asdict(self.dev).items() if v not in (None, 0)}
+                given = (
+                    {}
+                    if self.dev is None
+                    else {k: v for k, v in dataclasses.asdict(self.dev).items() if v not in (None, 0)}
+                )
                 self.dev = from_dict(DevConfig, {**preset.dev, **given})
         self.abs_tol = 1e-3 if self.abs_tol is None else self.abs_tol
         self.rel_tol = 0.0 if self.rel_tol is None else self.rel_tol
@@ -244,7 +326,12 @@ class BenchmarkConfig:
         check_range(f"{path}.rel_tol", self.rel_tol, 0, 1)
         self._fill_columns(path, preset)
         if self.ids_file not in (None, ALL_ROWS) and not self.columns.id:
-            fail(f"{path}.ids_file", self.ids_file, "needs an id column", "set columns.id to the column that holds the listed ids")
+            fail(
+                f"{path}.ids_file",
+                self.ids_file,
+                "needs an id column",
+                "set columns.id to the column that holds the listed ids",
+            )
         if self.dev is not None and not self.dev.is_empty():
             dev_benchmark(self, path)
 
@@ -260,37 +347,72 @@ class BenchmarkConfig:
         columns.answer_type = columns.answer_type or "auto"
         columns.answer_base = 0 if columns.answer_base is None else columns.answer_base
         if columns.answer_type not in ("letter", "index", "auto"):
-            fail(f"{path}.columns.answer_type", columns.answer_type, "unknown answer type", "use letter, index or auto")
+            fail(
+                f"{path}.columns.answer_type", columns.answer_type, "unknown answer type", "use letter, index or auto"
+            )
         if columns.answer_base not in (0, 1):
-            fail(f"{path}.columns.answer_base", columns.answer_base, "not 0 or 1", "use 0 when the first option's index is 0 (HF MedMCQA cop), 1 when it is 1 (MedMCQA dev.json)")
+            fail(
+                f"{path}.columns.answer_base",
+                columns.answer_base,
+                "not 0 or 1",
+                "use 0 when the first option's index is 0 (HF MedMCQA cop), 1 when it is 1 (MedMCQA dev.json)",
+            )
         if columns.options and columns.option_columns:
-            fail(f"{path}.columns", {"options": columns.options, "option_columns": columns.option_columns},
-                 "options given twice", "set either options (one list/mapping column) or option_columns, not both")
+            fail(
+                f"{path}.columns",
+                {"options": columns.options, "option_columns": columns.option_columns},
+                "options given twice",
+                "set either options (one list/mapping column) or option_columns, not both",
+            )
         if columns.option_columns is not None and not 2 <= len(columns.option_columns) <= len(LETTERS):
-            fail(f"{path}.columns.option_columns", columns.option_columns, "needs 2 to 10 columns", "list one column per option, in A, B, C... order")
+            fail(
+                f"{path}.columns.option_columns",
+                columns.option_columns,
+                "needs 2 to 10 columns",
+                "list one column per option, in A, B, C... order",
+            )
 
 
 def default_name(entry: dict[str, Any]) -> str:
     """A benchmark entry's name: its own, else the format (with the subject for MMLU), e.g. `mmlu-anatomy`."""
     fmt = str(entry.get("format", ""))
-    return entry.get("name") or fmt.replace("_", "-") + (f"-{entry['subset']}" if fmt == "mmlu" and entry.get("subset") else "")
+    return entry.get("name") or fmt.replace("_", "-") + (
+        f"-{entry['subset']}" if fmt == "mmlu" and entry.get("subset") else ""
+    )
 
 
 def dev_benchmark(bench: BenchmarkConfig, path: str = "benchmarks[]") -> BenchmarkConfig:
     """The entry that reads `bench`'s dev rows (same name and columns unless the dev block names another format)."""
     dev = bench.dev
     if dev is None or dev.is_empty():
-        raise EvalError(f"{path}.dev: {bench.name} has no dev split ({bench.path} is not the Hub dataset its format describes, "
-                        "or dev is {}). Fix: set dev, e.g. {split: validation} or {holdout_from: train, size: 200, seed: 0}")
+        raise EvalError(
+            f"{path}.dev: {bench.name} has no dev split ({bench.path} is not the Hub dataset its format describes, "
+            "or dev is {}). Fix: set dev, e.g. {split: validation} or {holdout_from: train, size: 200, seed: 0}"
+        )
     if dev.split and dev.holdout_from:
-        fail(f"{path}.dev", {"split": dev.split, "holdout_from": dev.holdout_from}, "both a split and a held-out sample", "set split (a real dev split) or holdout_from + size, not both")
+        fail(
+            f"{path}.dev",
+            {"split": dev.split, "holdout_from": dev.holdout_from},
+            "both a split and a held-out sample",
+            "set split (a real dev split) or holdout_from + size, not both",
+        )
     if dev.holdout_from and not dev.size:
         fail(f"{path}.dev.size", dev.size, "a held-out sample needs a size", "set dev.size, e.g. 200")
     if dev.size and not dev.holdout_from:
-        fail(f"{path}.dev.holdout_from", dev.holdout_from, "a sample size needs the split to hold it out of", "set dev.holdout_from, e.g. train")
+        fail(
+            f"{path}.dev.holdout_from",
+            dev.holdout_from,
+            "a sample size needs the split to hold it out of",
+            "set dev.holdout_from, e.g. train",
+        )
     fmt = dev.format or bench.format
     if fmt not in FORMATS or FORMATS[fmt].kind != bench.kind:
-        fail(f"{path}.dev.format", dev.format, f"not a {bench.kind} format", f"use a format whose answers are {bench.kind} too, e.g. {bench.format}")
+        fail(
+            f"{path}.dev.format",
+            dev.format,
+            f"not a {bench.kind} format",
+            f"use a format whose answers are {bench.kind} too, e.g. {bench.format}",
+        )
     same_format = fmt == bench.format
     own = same_format and dev.path in (None, bench.path)
     result = BenchmarkConfig(
@@ -312,9 +434,18 @@ def dev_benchmark(bench: BenchmarkConfig, path: str = "benchmarks[]") -> Benchma
         columns=dev.columns or (dataclasses.replace(bench.columns) if same_format else ColumnsConfig()),
     )
     result.validate(f"{path}.dev")
-    if _same_source(result, bench) and not result.sample_size and not result.exclude_ids_file and result.ids_file in (None, ALL_ROWS):
-        fail(f"{path}.dev", dataclasses.asdict(dev), "the dev rows would be the test rows",
-             "set split (a real dev split), holdout_from + size (a held-out sample), or exclude_ids_file")  # fmt: skip
+    if (
+        _same_source(result, bench)
+        and not result.sample_size
+        and not result.exclude_ids_file
+        and result.ids_file in (None, ALL_ROWS)
+    ):
+        fail(
+            f"{path}.dev",
+            dataclasses.asdict(dev),
+            "the dev rows would be the test rows",
+            "set split (a real dev split), holdout_from + size (a held-out sample), or exclude_ids_file",
+        )
     return result
 
 
@@ -328,14 +459,19 @@ def partition_benchmark(bench: BenchmarkConfig, partition: str) -> BenchmarkConf
 # --- data ------------------------------------------------------------------------------------------------
 
 
-def load_rows(path: str, *, subset: str | None = None, split: str = "train", revision: str | None = None, header: bool = True) -> Any:
+def load_rows(
+    path: str, *, subset: str | None = None, split: str = "train", revision: str | None = None, header: bool = True
+) -> Any:
     """A `datasets.Dataset`: a local file (json/jsonl/parquet/csv builder with `data_files`), a local folder, or a Hub id."""
     from datasets import Dataset, load_dataset
 
     local = Path(path)
     if not header:
         if not (local.is_file() and local.suffix.lower() == ".csv"):
-            raise EvalError(f"{path}: header: false is for local CSV files. Fix: set header: true (the default), or download the CSV")
+            raise EvalError(
+                f"{path}: header: false is for local CSV files. Fix: set header: true (the default), or download"
+                " the CSV"
+            )
         with local.open(newline="", encoding="utf-8") as f:
             rows = [row for row in csv.reader(f) if row]
         width = max((len(row) for row in rows), default=0)
@@ -363,7 +499,13 @@ def resolve_revision(bench: BenchmarkConfig) -> str | None:
     try:
         return HfApi().dataset_info(bench.path, revision=bench.revision).sha
     except (OSError, HFValidationError, OfflineModeIsEnabled) as err:
-        logger.warning("%s: could not resolve the revision of %s (%s); recording %r", bench.name, bench.path, type(err).__name__, bench.revision)
+        logger.warning(
+            "%s: could not resolve the revision of %s (%s); recording %r",
+            bench.name,
+            bench.path,
+            type(err).__name__,
+            bench.revision,
+        )
         return bench.revision
 
 
@@ -371,14 +513,20 @@ def read_ids(ref: str, field_name: str) -> list[str]:
     """The ids in an ids file: a JSON list, a JSON mapping (its keys), or text with one id a line (# comments)."""
     file = PACKAGE_DATA / ref.removeprefix("package:") if ref.startswith("package:") else Path(ref)
     if not file.is_file():
-        raise EvalError(f"{field_name}: no ids file at {ref!r}. Fix: point it at a JSON list/mapping or a text file of ids, or set it to null")
+        raise EvalError(
+            f"{field_name}: no ids file at {ref!r}. Fix: point it at a JSON list/mapping or a text file of ids, or set"
+            " it to null"
+        )
     text = file.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
     except ValueError:
         return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not isinstance(data, (list, dict)):
-        raise EvalError(f"{field_name}: {ref} holds a JSON {type(data).__name__}. Fix: use a JSON list of ids or a mapping keyed by id")
+        raise EvalError(
+            f"{field_name}: {ref} holds a JSON {type(data).__name__}. Fix: use a JSON list of ids or a mapping keyed"
+            " by id"
+        )
     return [str(key) for key in data]
 
 
@@ -389,7 +537,11 @@ def _same_source(a: BenchmarkConfig, b: BenchmarkConfig) -> bool:
 
 
 def _row_ids(data: Any, bench: BenchmarkConfig) -> list[str]:
-    return [str(v) for v in data[bench.columns.id]] if bench.columns.id and bench.columns.id in data.column_names else [str(i) for i in range(len(data))]
+    return (
+        [str(v) for v in data[bench.columns.id]]
+        if bench.columns.id and bench.columns.id in data.column_names
+        else [str(i) for i in range(len(data))]
+    )
 
 
 def select_rows(data: Any, bench: BenchmarkConfig) -> tuple[list[int], dict[str, Any]]:
@@ -404,7 +556,15 @@ def select_rows(data: Any, bench: BenchmarkConfig) -> tuple[list[int], dict[str,
         missing = len(keep - {ids[i] for i in indices})
         record.update(ids_file=bench.ids_file, ids_listed=len(keep), ids_missing=missing)
         if missing:
-            logger.warning("%s: %d of the %d ids in %s are not in %s [%s]", bench.name, missing, len(keep), bench.ids_file, bench.path, bench.split)
+            logger.warning(
+                "%s: %d of the %d ids in %s are not in %s [%s]",
+                bench.name,
+                missing,
+                len(keep),
+                bench.ids_file,
+                bench.path,
+                bench.split,
+            )
     if bench.exclude_ids_file:
         drop = set(read_ids(bench.exclude_ids_file, f"{bench.name}.exclude_ids_file"))
         before = len(indices)
@@ -412,20 +572,40 @@ def select_rows(data: Any, bench: BenchmarkConfig) -> tuple[list[int], dict[str,
         record.update(exclude_ids_file=bench.exclude_ids_file, excluded_by_ids=before - len(indices))
     if bench.sample_size is not None:
         if bench.sample_size >= len(indices):
-            raise EvalError(f"{bench.name}: a held-out sample of {bench.sample_size} rows needs more than the {len(indices)} rows of {bench.path} [{bench.split}]. Fix: lower dev.size")
+            raise EvalError(
+                f"{bench.name}: a held-out sample of {bench.sample_size} rows needs more than the {len(indices)} rows"
+                f" of {bench.path} [{bench.split}]. Fix: lower dev.size"
+            )
         import numpy as np
 
         chosen = np.random.default_rng(bench.sample_seed).permutation(len(indices))[: bench.sample_size]
         indices = [indices[i] for i in sorted(chosen.tolist())]
-        record["sample"] = {"size": bench.sample_size, "seed": bench.sample_seed, "method": "numpy default_rng(seed).permutation, first size, in dataset order"}
+        record["sample"] = {
+            "size": bench.sample_size,
+            "seed": bench.sample_seed,
+            "method": "numpy default_rng(seed).permutation, first size, in dataset order",
+        }
     return indices, record
 
 
-def load_benchmark(bench: BenchmarkConfig, *, reasoning: bool = True, limit: int | None = None, revision: str | None = None, partition: str = "test") -> ExampleSet:
+def load_benchmark(
+    bench: BenchmarkConfig,
+    *,
+    reasoning: bool = True,
+    limit: int | None = None,
+    revision: str | None = None,
+    partition: str = "test",
+) -> ExampleSet:
     """The Examples of a benchmark's `partition`: its rows after the id filters and sample, without its held-out dev
     rows, the first `limit` of them. Rows without a gold answer are dropped and counted (`selection["dropped"]`)."""
     target = partition_benchmark(bench, partition)
-    data = load_rows(target.path, subset=target.subset, split=target.split, revision=revision or target.revision, header=target.header)
+    data = load_rows(
+        target.path,
+        subset=target.subset,
+        split=target.split,
+        revision=revision or target.revision,
+        header=target.header,
+    )
     indices, record = select_rows(data, target)
     dev = target.dev
     if dev is not None and not dev.is_empty() and dev.holdout_from:
@@ -436,7 +616,10 @@ def load_benchmark(bench: BenchmarkConfig, *, reasoning: bool = True, limit: int
             record["excluded_dev_rows"] = len(dev_rows)
             logger.info("%s: the %d rows held out as its dev split are left out", target.name, len(dev_rows))
     if not indices:
-        raise EvalError(f"{target.name}: no row of {target.path} [{target.split}] is left after its filters ({record}). Fix: check ids_file / exclude_ids_file and columns.id")
+        raise EvalError(
+            f"{target.name}: no row of {target.path} [{target.split}] is left after its filters ({record}). Fix: check"
+            " ids_file / exclude_ids_file and columns.id"
+        )
     limits = [n for n in (target.limit, limit) if n is not None]
     if limits and min(limits) < len(indices):
         indices = indices[: min(limits)]
@@ -444,10 +627,25 @@ def load_benchmark(bench: BenchmarkConfig, *, reasoning: bool = True, limit: int
     examples = normalise(data.select(indices), target, reasoning=reasoning, indices=indices)
     ids = [e.id for e in examples]
     examples.selection = {
-        "partition": partition, "format": target.format, "path": target.path, "subset": target.subset, "split": target.split,
-        **record, **examples.selection, "rows": len(examples), "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-    }  # fmt: skip
-    logger.info("%s [%s]: %d examples from %s%s [%s]", target.name, partition, len(examples), target.path, f" ({target.subset})" if target.subset else "", target.split)
+        "partition": partition,
+        "format": target.format,
+        "path": target.path,
+        "subset": target.subset,
+        "split": target.split,
+        **record,
+        **examples.selection,
+        "rows": len(examples),
+        "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+    }
+    logger.info(
+        "%s [%s]: %d examples from %s%s [%s]",
+        target.name,
+        partition,
+        len(examples),
+        target.path,
+        f" ({target.subset})" if target.subset else "",
+        target.split,
+    )
     return examples
 
 

@@ -187,7 +187,9 @@ class AdaptiveLimit:
         if started < self._last_cut:
             if refused and self._cut_refused < self._cut_in_flight - 1:
                 self._cut_refused += 1
-                self._limit = max(1.0, min(self._limit, (self._cut_in_flight - self._cut_refused) * self.backoff_ratio))
+                self._limit = max(
+                    1.0, min(self._limit, (self._cut_in_flight - self._cut_refused) * self.backoff_ratio)
+                )
             return False
         before = self.limit
         self._cut_in_flight, self._cut_refused = in_flight, int(refused)

@@ -21,8 +21,6 @@ from nanoflux.errors import NanoFluxError
 from nanoflux.recipe import LOG_LEVELS
 
 
-
-
 def _release_target(what: str, repo: str) -> Callable[[argparse.ArgumentParser], None]:
     def add(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("output_dir", help=what)
@@ -76,46 +74,70 @@ class Command:
 
 COMMANDS = (
     Command(
-        "build", "builder.build:command", "run (or resume) a build",
+        "build",
+        "builder.build:command",
+        "run (or resume) a build",
         "Run or resume a build. Any recipe field can be overridden: --rounds 3 --judge.base_url URL.",
-        _recipe("configs/local.yaml", fresh="discard the output dir's journal and start over"), "builder.config:BuildConfig",
+        _recipe("configs/local.yaml", fresh="discard the output dir's journal and start over"),
+        "builder.config:BuildConfig",
     ),
     Command(
-        "publish", "builder.publish:command", "publish (or retry publishing) a finished build as the next dataset version",
-        "Publish a finished build: one commit (data, card, config, provenance), then a vN tag on it.", _publish_arguments,
+        "publish",
+        "builder.publish:command",
+        "publish (or retry publishing) a finished build as the next dataset version",
+        "Publish a finished build: one commit (data, card, config, provenance), then a vN tag on it.",
+        _publish_arguments,
     ),
     Command(
-        "train", "trainer.train:command", "fine-tune a LoRA adapter on a pinned dataset version (TRL SFTTrainer + PEFT)",
+        "train",
+        "trainer.train:command",
+        "fine-tune a LoRA adapter on a pinned dataset version (TRL SFTTrainer + PEFT)",
         "Train a LoRA adapter. Any recipe field can be overridden: --max_steps 3 --revision v2 --backend jobs.",
-        _recipe("configs/train/local.yaml", detach=True), "trainer.train:TrainConfig",
+        _recipe("configs/train/local.yaml", detach=True),
+        "trainer.train:TrainConfig",
     ),
     Command(
-        "jobs", "trainer.jobs:command", "state and logs of a training run submitted with --backend jobs",
-        "Show a Hugging Face Job's state or stream its logs.", _jobs_arguments,
+        "jobs",
+        "trainer.jobs:command",
+        "state and logs of a training run submitted with --backend jobs",
+        "Show a Hugging Face Job's state or stream its logs.",
+        _jobs_arguments,
     ),
     Command(
-        "eval", "trainer.evaluate:command", "evaluate the base model, base + adapter (and a baseline adapter) on benchmarks",
+        "eval",
+        "trainer.evaluate:command",
+        "evaluate the base model, base + adapter (and a baseline adapter) on benchmarks",
         "Evaluate on GSM-Hard / Genome-Bench / MultiMedQA. Override fields: --limit 50 --adapter DIR.",
         _recipe("configs/eval/local.yaml", fresh="discard the endpoint engine's answers journal and start over"),
         "trainer.evaluate:EvalConfig",
     ),
     Command(
-        "publish-adapter", "trainer.train:publish_adapter_command", "push (or retry pushing) a trained adapter without retraining",
+        "publish-adapter",
+        "trainer.train:publish_adapter_command",
+        "push (or retry pushing) a trained adapter without retraining",
         "Upload a trained adapter's files and card to a model repo in one commit.",
         _release_target("a finished training run's output dir", "model repo, org/name"),
     ),
     Command(
-        "sweep", "trainer.sweep:command", "ablations: curate, train and evaluate one cell per grid point of curation settings",
+        "sweep",
+        "trainer.sweep:command",
+        "ablations: curate, train and evaluate one cell per grid point of curation settings",
         "Run or resume an ablation sweep over one pool. Override fields: --grid.sizes [25,50] --publish_cell ID.",
-        _recipe("configs/sweeps/local.yaml", fresh="discard the sweep folder's cells and start over"), "trainer.sweep_config:SweepConfig",
+        _recipe("configs/sweeps/local.yaml", fresh="discard the sweep folder's cells and start over"),
+        "trainer.sweep_config:SweepConfig",
     ),
     Command(
-        "doctor", "builder.runfolder:doctor_command", "check a build folder's journals and state files; --repair keeps every intact record",
-        "Report damaged journal lines (records lost, calls a resume sends again) and state files.", _doctor_arguments,
+        "doctor",
+        "builder.runfolder:doctor_command",
+        "check a build folder's journals and state files; --repair keeps every intact record",
+        "Report damaged journal lines (records lost, calls a resume sends again) and state files.",
+        _doctor_arguments,
     ),
-)  # fmt: skip
+)
 # `nanoflux space [...]` parses its own arguments (`nanoflux space --port N`, `nanoflux space deploy org/name`).
-SPACE = Command("space", "nanoflux.space:main", "run the Gradio Space locally, or `space deploy org/name` to a Space repo", "")
+SPACE = Command(
+    "space", "nanoflux.space:main", "run the Gradio Space locally, or `space deploy org/name` to a Space repo", ""
+)
 
 
 def load(reference: str) -> object:
@@ -139,10 +161,17 @@ class _StageParser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="nanoflux", description="NanoFlux: adversarial dual-LLM dataset building and distillation.")
+    top = argparse.ArgumentParser(
+        prog="nanoflux", description="NanoFlux: adversarial dual-LLM dataset building and distillation."
+    )
     subcommands = top.add_subparsers(dest="command", required=True, parser_class=_StageParser)
     for command in COMMANDS:
-        sub = subcommands.add_parser(command.name, help=command.help, description=command.description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = subcommands.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         command.arguments(sub)
         sub.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING, ...")
         sub.recipe = command.recipe
@@ -187,7 +216,9 @@ def one_line(command: str, err: BaseException) -> str:
 def _configure_logging(command: str, level: str) -> None:
     level = str(level).strip().upper()
     if level not in LOG_LEVELS:
-        sys.exit(f"nanoflux {command}: --log_level: unknown level (got {level!r}). Fix: use one of {', '.join(LOG_LEVELS)}")
+        sys.exit(
+            f"nanoflux {command}: --log_level: unknown level (got {level!r}). Fix: use one of {', '.join(LOG_LEVELS)}"
+        )
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpx2"):  # one INFO line per HTTP request drowns the stage's own progress
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -38,7 +38,10 @@ def require_extra(extra: str, *modules: str) -> None:
     """Raise MissingExtraError naming `extra` unless every one of `modules` can be imported."""
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
-        raise MissingExtraError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed. Fix: {install_hint(extra)}", name=missing[0])
+        raise MissingExtraError(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed. Fix: {install_hint(extra)}",
+            name=missing[0],
+        )
 
 
 def hint_for(err: ModuleNotFoundError) -> str | None:

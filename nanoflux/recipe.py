@@ -23,6 +23,7 @@ from nanoflux.errors import NanoFluxError
 
 Config = TypeVar("Config")
 
+
 class ConfigError(NanoFluxError, ValueError):
     """A recipe or CLI value that cannot be used; the message says which field, what value, and the fix."""
 
@@ -69,11 +70,18 @@ def check_repo_id(path: str, value: str) -> None:
         validate_repo_id(value)
     except HFValidationError as err:
         reason = str(err).splitlines()[0].rstrip(".")
-        fail(path, value, f"not a valid Hub repo id ({reason})", "write it as org/name: letters, digits, '-', '_' and '.', no '..' or '--'")
+        fail(
+            path,
+            value,
+            f"not a valid Hub repo id ({reason})",
+            "write it as org/name: letters, digits, '-', '_' and '.', no '..' or '--'",
+        )
 
 
 def check_levels(path: str, levels: list[int]) -> None:
-    if not levels or any(isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 5 for level in levels):
+    if not levels or any(
+        isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 5 for level in levels
+    ):
         fail(path, levels, "levels must be a non-empty list of integers 1-5", "e.g. [3, 4]")
 
 
@@ -87,7 +95,11 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             where or "recipe",
             data,
             f"expected a mapping of fields, not {_kind(data)}",
-            f"write {where} as a mapping, e.g. {where}: {{{example}}}" if where else "write the recipe as `field: value` lines",
+            (
+                f"write {where} as a mapping, e.g. {where}: {{{example}}}"
+                if where
+                else "write the recipe as `field: value` lines"
+            ),
         )
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -128,11 +140,21 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         expected, example = _TYPE_WORDS.get(tp, (tp.__name__, "..."))
-        fail(path, value, f"expected {expected}, not {_kind(value)}", f"write it as {expected}, e.g. {path.rsplit('.', 1)[-1]}: {example}")
+        fail(
+            path,
+            value,
+            f"expected {expected}, not {_kind(value)}",
+            f"write it as {expected}, e.g. {path.rsplit('.', 1)[-1]}: {example}",
+        )
     return value
 
 
-_TYPE_WORDS = {int: ("an integer", "3"), float: ("a number", "0.5"), str: ("a string", "text"), bool: ("true or false", "true")}
+_TYPE_WORDS = {
+    int: ("an integer", "3"),
+    float: ("a number", "0.5"),
+    str: ("a string", "text"),
+    bool: ("true or false", "true"),
+}
 
 
 def _kind(value: Any) -> str:
@@ -172,7 +194,10 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         node = overrides
         *parents, leaf = key.replace("-", "_").split(".")
         if not key or not all(parents) or not leaf:
-            raise ConfigError(f"--{key}: not a field name. Fix: write --field value or --section.field value, e.g. --judge.base_url URL")
+            raise ConfigError(
+                f"--{key}: not a field name. Fix: write --field value or --section.field value, e.g."
+                " --judge.base_url URL"
+            )
         for part in parents:
             if not isinstance(node.setdefault(part, {}), dict):
                 raise ConfigError(f"--{key}: {part} was given a value and a sub-field. Fix: pass one of them")
@@ -181,7 +206,9 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             node[leaf] = yaml.safe_load(raw)
         except yaml.YAMLError as err:
             problem = str(err).splitlines()[0]
-            raise ConfigError(f"--{key}: the value {raw!r} is not valid YAML ({problem}). Fix: quote it or correct the brackets") from None
+            raise ConfigError(
+                f"--{key}: the value {raw!r} is not valid YAML ({problem}). Fix: quote it or correct the brackets"
+            ) from None
     return overrides
 
 
@@ -202,22 +229,32 @@ def load_recipe(path: str | Path | None) -> dict[str, Any]:
         return {}
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"--config: {path} is a folder, not a recipe file. Fix: pass a YAML file like configs/medical.yaml")
+        raise ConfigError(
+            f"--config: {path} is a folder, not a recipe file. Fix: pass a YAML file like configs/medical.yaml"
+        )
     if not path.is_file():
-        raise ConfigError(f"--config: recipe file not found (got {str(path)!r}). Fix: pass a path like configs/medical.yaml")
+        raise ConfigError(
+            f"--config: recipe file not found (got {str(path)!r}). Fix: pass a path like configs/medical.yaml"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"--config: cannot read {path} ({type(err).__name__}: {err}). Fix: pass a readable UTF-8 YAML file") from None
+        raise ConfigError(
+            f"--config: cannot read {path} ({type(err).__name__}: {err}). Fix: pass a readable UTF-8 YAML file"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"--config: {path} is not valid YAML{at} ({problem}). Fix: correct the YAML syntax there") from None
+        raise ConfigError(
+            f"--config: {path} is not valid YAML{at} ({problem}). Fix: correct the YAML syntax there"
+        ) from None
     if data is None:
-        raise ConfigError(f"--config: {path} is empty. Fix: write the recipe's fields in it (start from configs/local.yaml)")
+        raise ConfigError(
+            f"--config: {path} is empty. Fix: write the recipe's fields in it (start from configs/local.yaml)"
+        )
     if not isinstance(data, dict):
         raise ConfigError(
             f"--config: {path} must be a mapping of fields (got {_kind(data)}). Fix: write `field: value` lines, "
@@ -225,7 +262,10 @@ def load_recipe(path: str | Path | None) -> dict[str, Any]:
         )
     bad = [key for key in data if not isinstance(key, str)]
     if bad:
-        raise ConfigError(f"--config: {path}: field names must be text (got {bad[0]!r}). Fix: use the field names of the recipe table")
+        raise ConfigError(
+            f"--config: {path}: field names must be text (got {bad[0]!r}). Fix: use the field names of the recipe"
+            " table"
+        )
     return data
 
 

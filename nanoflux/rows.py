@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-from nanoflux.questions import LETTERS, build_prompt
 from nanoflux.errors import NanoFluxError
+from nanoflux.questions import LETTERS, build_prompt
 from nanoflux.scoring import extract_number
 
 if TYPE_CHECKING:
@@ -55,7 +56,9 @@ class ExampleSet(list):
         self.selection = selection or {}
 
 
-def normalise(rows: Any, bench: BenchmarkConfig, *, reasoning: bool = True, indices: Sequence[int] | None = None) -> ExampleSet:
+def normalise(
+    rows: Any, bench: BenchmarkConfig, *, reasoning: bool = True, indices: Sequence[int] | None = None
+) -> ExampleSet:
     """Rows in the benchmark's own schema → Examples (id, prompt, options, gold); `indices` are the rows' positions in
     their split (the ids of rows without an id column)."""
     columns = bench.columns
@@ -64,8 +67,15 @@ def normalise(rows: Any, bench: BenchmarkConfig, *, reasoning: bool = True, indi
     available = list(rows.column_names)
     for name in filter(None, needed):
         if name not in available:
-            hint = " (a CSV without a header row: set header: false, the columns are then named 0, 1, 2, ...)" if str(bench.path).endswith(".csv") and bench.header else ""
-            raise EvalError(f"{bench.name}: column {name!r} is not in {bench.path} (has: {available}). Fix: map it with benchmarks[].columns{hint}")
+            hint = (
+                " (a CSV without a header row: set header: false, the columns are then named 0, 1, 2, ...)"
+                if str(bench.path).endswith(".csv") and bench.header
+                else ""
+            )
+            raise EvalError(
+                f"{bench.name}: column {name!r} is not in {bench.path} (has: {available}). Fix: map it with"
+                f" benchmarks[].columns{hint}"
+            )
     examples, no_gold, few_options = ExampleSet(), [], []
     for position, row in enumerate(rows):
         row_id = str(row[columns.id]) if columns.id else str(indices[position] if indices is not None else position)
@@ -90,14 +100,36 @@ def normalise(rows: Any, bench: BenchmarkConfig, *, reasoning: bool = True, indi
         context = _get(row, columns.context) if columns.context else None
         if isinstance(context, list):
             context = "\n".join(str(c) for c in context)
-        examples.append(Example(row_id, build_prompt(question, options, bench.kind, reasoning=reasoning, context=context),
-                                options, gold, _explanation(row, columns), question))  # fmt: skip
-    dropped = {"count": len(no_gold) + len(few_options), "no_gold": len(no_gold), "fewer_than_two_options": len(few_options), "ids": (no_gold + few_options)[:20]}
+        examples.append(
+            Example(
+                row_id,
+                build_prompt(question, options, bench.kind, reasoning=reasoning, context=context),
+                options,
+                gold,
+                _explanation(row, columns),
+                question,
+            )
+        )
+    dropped = {
+        "count": len(no_gold) + len(few_options),
+        "no_gold": len(no_gold),
+        "fewer_than_two_options": len(few_options),
+        "ids": (no_gold + few_options)[:20],
+    }
     if dropped["count"]:
-        logger.warning("%s: dropped %d row(s): %d without a gold answer, %d with fewer than two options (ids %s)",
-                       bench.name, dropped["count"], len(no_gold), len(few_options), ", ".join(dropped["ids"][:5]))  # fmt: skip
+        logger.warning(
+            "%s: dropped %d row(s): %d without a gold answer, %d with fewer than two options (ids %s)",
+            bench.name,
+            dropped["count"],
+            len(no_gold),
+            len(few_options),
+            ", ".join(dropped["ids"][:5]),
+        )
     if not examples:
-        raise EvalError(f"{bench.name}: no row of {bench.path} [{bench.split}] has a usable answer. Fix: check the split (test splits may be unlabelled) and columns.answer / answer_type")
+        raise EvalError(
+            f"{bench.name}: no row of {bench.path} [{bench.split}] has a usable answer. Fix: check the split (test"
+            " splits may be unlabelled) and columns.answer / answer_type"
+        )
     examples.selection = {"dropped": dropped}
     return examples
 
@@ -134,47 +166,72 @@ def parse_gold(value: Any, bench: BenchmarkConfig, row_id: str, n_options: int) 
         EvalError: the value is there but cannot be an answer (an index out of range, an unknown letter or label),
             naming the benchmark, the row, the column, the value and the fix.
     """
-    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, int) and not isinstance(value, bool) and value == -1 and bench.kind == "choice"):
+    if (
+        value is None
+        or (isinstance(value, str) and not value.strip())
+        or (isinstance(value, int) and not isinstance(value, bool) and value == -1 and bench.kind == "choice")
+    ):
         return None  # no gold (-1: the `datasets` ClassLabel for "no label", e.g. MedMCQA's unlabelled test split)
     column = f"columns.answer ({bench.columns.answer!r})"
     if bench.kind == "number":
-        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else extract_number(str(value))
+        number = (
+            float(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            else extract_number(str(value))
+        )
         if number is None or number != number or number in (float("inf"), float("-inf")):
-            raise EvalError(f"{bench.name}: row {row_id}: {column} = {value!r} is not a number. Fix: map columns.answer to the numeric answer column")
+            raise EvalError(
+                f"{bench.name}: row {row_id}: {column} = {value!r} is not a number. Fix: map columns.answer to the"
+                " numeric answer column"
+            )
         return number
     if bench.kind == "yes_no_maybe":
         label = str(value).strip().lower()
         if label not in ("yes", "no", "maybe"):
-            raise EvalError(f"{bench.name}: row {row_id}: {column} = {value!r} is not yes, no or maybe. Fix: map columns.answer to the yes/no/maybe label column")
+            raise EvalError(
+                f"{bench.name}: row {row_id}: {column} = {value!r} is not yes, no or maybe. Fix: map columns.answer to"
+                " the yes/no/maybe label column"
+            )
         return label
     return _gold_letter(value, bench, row_id, n_options, column)
 
 
 def _gold_letter(value: Any, bench: BenchmarkConfig, row_id: str, n_options: int, column: str) -> str:
     columns = bench.columns
-    as_index = columns.answer_type == "index" or (columns.answer_type == "auto" and isinstance(value, int) and not isinstance(value, bool))
+    as_index = columns.answer_type == "index" or (
+        columns.answer_type == "auto" and isinstance(value, int) and not isinstance(value, bool)
+    )
     if as_index:
         try:
             index = int(value) - columns.answer_base
         except (TypeError, ValueError):
-            raise EvalError(f"{bench.name}: row {row_id}: {column} = {value!r} is not an option index. Fix: set columns.answer_type: letter, or map columns.answer to the index column") from None
+            raise EvalError(
+                f"{bench.name}: row {row_id}: {column} = {value!r} is not an option index. Fix: set"
+                " columns.answer_type: letter, or map columns.answer to the index column"
+            ) from None
         if not 0 <= index < n_options:
             low = columns.answer_base
             raise EvalError(
-                f"{bench.name}: row {row_id}: {column} = {value!r} is out of range for {n_options} options with answer_base "
-                f"{columns.answer_base} (valid: {low}-{low + n_options - 1}). Fix: set columns.answer_base to "
-                f"{1 - columns.answer_base} if the data counts options from {1 - columns.answer_base} (HF MedMCQA's cop is 0-based, "
-                "its raw dev.json 1-based), or check columns.answer"
+                f"{bench.name}: row {row_id}: {column} = {value!r} is out of range for {n_options} options with"
+                f" answer_base {columns.answer_base} (valid: {low}-{low + n_options - 1}). Fix: set"
+                f" columns.answer_base to {1 - columns.answer_base} if the data counts options from"
+                f" {1 - columns.answer_base} (HF MedMCQA's cop is 0-based, its raw dev.json 1-based), or check"
+                " columns.answer"
             )
         return LETTERS[index]
     text = str(value).strip()
     match = _GOLD_TAG.search(text) or re.fullmatch(r"\(?([A-Ja-j])\s*[).:]?", text)
     if not match:
-        raise EvalError(f"{bench.name}: row {row_id}: {column} = {text[:80]!r} is not an option letter. Fix: set columns.answer_type (letter or index) or map columns.answer to the answer column")
+        raise EvalError(
+            f"{bench.name}: row {row_id}: {column} = {text[:80]!r} is not an option letter. Fix: set"
+            " columns.answer_type (letter or index) or map columns.answer to the answer column"
+        )
     letter = match.group(1).upper()
     if LETTERS.index(letter) >= n_options:
-        raise EvalError(f"{bench.name}: row {row_id}: {column} = {text[:80]!r} names option {letter}, but the row has {n_options} options. "
-                        "Fix: check the options columns (or the inline options of the question)")
+        raise EvalError(
+            f"{bench.name}: row {row_id}: {column} = {text[:80]!r} names option {letter}, but the row has {n_options}"
+            " options. Fix: check the options columns (or the inline options of the question)"
+        )
     return letter
 
 

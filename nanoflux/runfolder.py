@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ RUN_SHAPE: dict[str, type] = {"fingerprint": str, "recipe": dict}
 
 def utc_now() -> str:
     """Now, in UTC, to the second (ISO 8601)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class RunFolderError(NanoFluxError):
@@ -82,8 +82,9 @@ class RunLock:
             holder = _holder(fd)
             os.close(fd)
             raise FolderBusy(
-                f"output_dir {self.folder} is in use by {describe_holder(holder)}: one writer per output folder, so this "
-                f"{self.purpose} did not start. Fix: wait for it to finish (or stop it), or use another output_dir."
+                f"output_dir {self.folder} is in use by {describe_holder(holder)}: one writer per output folder, so"
+                f" this {self.purpose} did not start. Fix: wait for it to finish (or stop it), or use another"
+                " output_dir."
             ) from None
         self.fd = fd
         self.info = {
@@ -91,7 +92,7 @@ class RunLock:
             "host": socket.gethostname(),
             "purpose": self.purpose,
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] if sys.argv else "",
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         data = (json.dumps(self.info) + "\n").encode()
         os.ftruncate(fd, 0)  # written in place: replacing the file would give it a new inode, and a second lock
@@ -133,7 +134,10 @@ def _alive(pid: Any) -> bool:
 def describe_holder(info: dict[str, Any]) -> str:
     if not info.get("pid"):
         return "another process (it has not written its pid yet)"
-    text = f"a running nanoflux {info.get('purpose', 'process')} (pid {info['pid']} on {info.get('host', '?')}, started {info.get('started_at', '?')}"
+    text = (
+        f"a running nanoflux {info.get('purpose', 'process')} (pid {info['pid']} on {info.get('host', '?')}, started"
+        f" {info.get('started_at', '?')}"
+    )
     return text + (f", `{info['command']}`)" if info.get("command") else ")")
 
 
@@ -241,8 +245,16 @@ class DifferentRun(RunFolderError):
     """The folder holds a run of another identity: resuming it would mix two runs' results."""
 
 
-def claim(folder: Path, identity: dict[str, Any], *, fresh: bool, discard: Callable[[], None], what: str = "a run",
-          fix: str | None = None, damaged_fix: str | None = None) -> bool:  # fmt: skip
+def claim(
+    folder: Path,
+    identity: dict[str, Any],
+    *,
+    fresh: bool,
+    discard: Callable[[], None],
+    what: str = "a run",
+    fix: str | None = None,
+    damaged_fix: str | None = None,
+) -> bool:
     """Make `folder` this run's: with `fresh`, `discard()` the old run first; else refuse a folder whose `run.json`
     holds another identity (`DifferentRun`, naming what changed, and `fix`). Writes this run's `run.json`; True when
     resuming. A damaged `run.json` raises DamagedStateFile with `damaged_fix`. The caller holds the folder's lock."""
@@ -256,7 +268,9 @@ def claim(folder: Path, identity: dict[str, Any], *, fresh: bool, discard: Calla
         previous = read_json(run_file, RUN_SHAPE, fix=damaged_fix or stop)
         if previous["fingerprint"] != fingerprint(identity):
             changed = changed_fields(previous["recipe"], identity)
-            raise DifferentRun(f"output_dir {folder} holds {what} of a different recipe (changed: {', '.join(changed)}). Fix: {stop}.")
+            raise DifferentRun(
+                f"output_dir {folder} holds {what} of a different recipe (changed: {', '.join(changed)}). Fix: {stop}."
+            )
         resuming = True
     folder.mkdir(parents=True, exist_ok=True)
     write_json(run_file, {"fingerprint": fingerprint(identity), "recipe": identity})

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,9 @@ NUMBER_REL_TOL = 0.0
 # --- answer extraction -----------------------------------------------------------------------------------
 
 _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S)
-_DIGITS = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d{1,3}(?:[\u2009\u202f]\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"  # 1,234,567 / 1 234 567 (thin spaces)
+_DIGITS = (  # 1,234,567 / 1 234 567 (thin spaces)
+    r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d{1,3}(?:[\u2009\u202f]\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
+)
 _SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 _NUMBER = re.compile(
     r"(?<![\w./])(?P<sign>[-−])?"
@@ -59,7 +62,11 @@ def parse_number(match: re.Match[str]) -> float | None:
     """The value of one `_NUMBER` match (fractions exactly, then as a float)."""
     sign = -1 if match.group("sign") else 1
     if match.group("fnum") is not None or match.group("num") is not None:
-        num, den = (match.group("fnum"), match.group("fden")) if match.group("fnum") is not None else (match.group("num"), match.group("den"))
+        num, den = (
+            (match.group("fnum"), match.group("fden"))
+            if match.group("fnum") is not None
+            else (match.group("num"), match.group("den"))
+        )
         if int(den) == 0:
             return None
         value = Fraction(int(num), int(den)) + int(match.group("whole") or 0)
@@ -104,7 +111,9 @@ def extract_choice(text: str, options: Sequence[str]) -> str | None:
             letter = _letter_after(text, found.end(), valid)
             if letter:
                 return letter
-    standalone = re.findall(r"\(([A-J])\)|(?<![\w(])([A-J])\)|\b[Oo]ption\s+([A-J])\b|^\s*([A-J])(?:[.:]|\s*$)", text, re.M)
+    standalone = re.findall(
+        r"\(([A-J])\)|(?<![\w(])([A-J])\)|\b[Oo]ption\s+([A-J])\b|^\s*([A-J])(?:[.:]|\s*$)", text, re.M
+    )
     letters = {next(filter(None, groups)) for groups in standalone} & set(valid)
     if len(letters) == 1:
         return letters.pop()
@@ -157,7 +166,14 @@ def extract_answer(text: str, example: Any, kind: str) -> str | float | None:
     return extract_yes_no_maybe(text)
 
 
-def is_correct(extracted: str | float | None, gold: str | float, kind: str, *, abs_tol: float = NUMBER_ABS_TOL, rel_tol: float = NUMBER_REL_TOL) -> bool:
+def is_correct(
+    extracted: str | float | None,
+    gold: str | float,
+    kind: str,
+    *,
+    abs_tol: float = NUMBER_ABS_TOL,
+    rel_tol: float = NUMBER_REL_TOL,
+) -> bool:
     """Unparseable (None) is wrong; a number is right when `abs(pred - gold) < abs_tol` (PAL's GSM-Hard rule, 1e-3), or
     within `rel_tol` of the gold when a benchmark entry sets one; letters and yes/no/maybe must be equal."""
     if extracted is None:
@@ -177,7 +193,9 @@ def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def bootstrap_ci(correct: Sequence[bool], *, samples: int = 1000, seed: int = 0, level: float = CI_LEVEL) -> tuple[float, float]:
+def bootstrap_ci(
+    correct: Sequence[bool], *, samples: int = 1000, seed: int = 0, level: float = CI_LEVEL
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the accuracy (deterministic for a seed)."""
     values = np.asarray(correct, dtype=float)
     if values.size == 0:
@@ -217,7 +235,9 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)  # exact integer arithmetic: no underflow for thousands of pairs
 
 
-def paired_bootstrap_ci(a: Sequence[bool], b: Sequence[bool], *, samples: int = 1000, seed: int = 0, level: float = CI_LEVEL) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    a: Sequence[bool], b: Sequence[bool], *, samples: int = 1000, seed: int = 0, level: float = CI_LEVEL
+) -> tuple[float, float]:
     """Percentile bootstrap CI of mean(a) - mean(b): examples are resampled, the same indices for both arms."""
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if diff.size == 0:
@@ -247,7 +267,9 @@ def paired_comparison(a: Sequence[bool], b: Sequence[bool], *, samples: int = 10
     }
 
 
-def _aligned(details: Mapping[str, Sequence[Mapping[str, Any]]], variant: str, reference: str) -> tuple[list[bool], list[bool]]:
+def _aligned(
+    details: Mapping[str, Sequence[Mapping[str, Any]]], variant: str, reference: str
+) -> tuple[list[bool], list[bool]]:
     """The `correct` flags of two variants, checked to be on the same example ids in the same order."""
     a, b = details[variant], details[reference]
     if [d["id"] for d in a] != [d["id"] for d in b]:
@@ -255,14 +277,19 @@ def _aligned(details: Mapping[str, Sequence[Mapping[str, Any]]], variant: str, r
     return [bool(d["correct"]) for d in a], [bool(d["correct"]) for d in b]
 
 
-def paired_comparisons(details: Mapping[str, Sequence[Mapping[str, Any]]], *, samples: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+def paired_comparisons(
+    details: Mapping[str, Sequence[Mapping[str, Any]]], *, samples: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """Every pair of `PAIRS` whose two variants were both evaluated: `{"adapter-vs-base": {...}, ...}`."""
     return {
-        f"{variant}-vs-{reference}": {"variant": variant, "reference": reference,
-                                      **paired_comparison(*_aligned(details, variant, reference), samples=samples, seed=seed)}
+        f"{variant}-vs-{reference}": {
+            "variant": variant,
+            "reference": reference,
+            **paired_comparison(*_aligned(details, variant, reference), samples=samples, seed=seed),
+        }
         for variant, reference in PAIRS
         if variant in details and reference in details
-    }  # fmt: skip
+    }
 
 
 # --- aggregates (MultiMedQA) -----------------------------------------------------------------------------
@@ -281,13 +308,22 @@ def _stratified_means(groups: Sequence[np.ndarray], samples: int, seed: int) -> 
     return np.mean(accuracies, axis=0), sums / counts
 
 
-def aggregate(groups: Sequence[Sequence[float]], *, samples: int = 1000, seed: int = 0, level: float = CI_LEVEL) -> dict[str, Any]:
+def aggregate(
+    groups: Sequence[Sequence[float]], *, samples: int = 1000, seed: int = 0, level: float = CI_LEVEL
+) -> dict[str, Any]:
     """Macro (mean of the group accuracies) and micro (pooled) accuracy of several benchmarks, with stratified
     bootstrap CIs. For paired differences, pass per-example differences (1, 0, -1) as the groups."""
     arrays = [np.asarray(g, dtype=float) for g in groups if len(g)]
     if not arrays:
-        return {"n": 0, "macro": math.nan, "macro_ci_low": math.nan, "macro_ci_high": math.nan,
-                "micro": math.nan, "micro_ci_low": math.nan, "micro_ci_high": math.nan}  # fmt: skip
+        return {
+            "n": 0,
+            "macro": math.nan,
+            "macro_ci_low": math.nan,
+            "macro_ci_high": math.nan,
+            "micro": math.nan,
+            "micro_ci_low": math.nan,
+            "micro_ci_high": math.nan,
+        }
     macro, micro = _stratified_means(arrays, samples, seed)
     (macro_low, macro_high), (micro_low, micro_high) = _percentiles(macro, level), _percentiles(micro, level)
     n = sum(a.size for a in arrays)
@@ -302,7 +338,14 @@ def aggregate(groups: Sequence[Sequence[float]], *, samples: int = 1000, seed: i
     }
 
 
-def aggregate_results(name: str, members: Sequence[str], details: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]], *, samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+def aggregate_results(
+    name: str,
+    members: Sequence[str],
+    details: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+    *,
+    samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """An aggregate over benchmarks `members` (`details[benchmark][variant]` = per-example records): per variant macro
     and micro accuracy with CIs, and per pair of `PAIRS` the paired macro/micro differences with CIs and McNemar's
     exact p-value on the pooled discordant pairs."""
@@ -320,9 +363,17 @@ def aggregate_results(name: str, members: Sequence[str], details: Mapping[str, M
         wins = sum(x and not y for a, b in pairs for x, y in zip(a, b))
         losses = sum(y and not x for a, b in pairs for x, y in zip(a, b))
         result["paired"][f"{variant}-vs-{reference}"] = {
-            "variant": variant, "reference": reference, "n": stats["n"],
-            "macro_delta": stats["macro"], "macro_ci_low": stats["macro_ci_low"], "macro_ci_high": stats["macro_ci_high"],
-            "micro_delta": stats["micro"], "micro_ci_low": stats["micro_ci_low"], "micro_ci_high": stats["micro_ci_high"],
-            "wins": wins, "losses": losses, "p_value": mcnemar_exact(wins, losses),
-        }  # fmt: skip
+            "variant": variant,
+            "reference": reference,
+            "n": stats["n"],
+            "macro_delta": stats["macro"],
+            "macro_ci_low": stats["macro_ci_low"],
+            "macro_ci_high": stats["macro_ci_high"],
+            "micro_delta": stats["micro"],
+            "micro_ci_low": stats["micro_ci_low"],
+            "micro_ci_high": stats["micro_ci_high"],
+            "wins": wins,
+            "losses": losses,
+            "p_value": mcnemar_exact(wins, losses),
+        }
     return result

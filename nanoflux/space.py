@@ -99,17 +99,39 @@ class DeployConfig:
     def validate(self) -> None:
         if not _REPO_ID.match(self.repo_id):
             fail("repo_id", self.repo_id, "not a Space repo id", "write it as org/name")
-        for name, value in [("dataset", self.dataset), ("base_model", self.base_model), *(("adapter", a) for a in self.adapters or [])]:
+        for name, value in [
+            ("dataset", self.dataset),
+            ("base_model", self.base_model),
+            *(("adapter", a) for a in self.adapters or []),
+        ]:
             if value is None:
                 continue
             if Path(value).exists():
-                fail(name, value, "a local path: the Space on the Hub cannot read it", "push it first (nanoflux publish / publish-adapter) and give its repo id")
-            if "@" in value:  # the Hub's `models` metadata holds repo ids; the Space offers every tag of an adapter repo
-                fail(name, value, "a revision cannot go in the front matter", "give the repo id (the Space offers its tags), or pin it with the NANOFLUX_ADAPTERS Space variable")
+                fail(
+                    name,
+                    value,
+                    "a local path: the Space on the Hub cannot read it",
+                    "push it first (nanoflux publish / publish-adapter) and give its repo id",
+                )
+            if (
+                "@" in value
+            ):  # the Hub's `models` metadata holds repo ids; the Space offers every tag of an adapter repo
+                fail(
+                    name,
+                    value,
+                    "a revision cannot go in the front matter",
+                    "give the repo id (the Space offers its tags), or pin it with the NANOFLUX_ADAPTERS Space"
+                    " variable",
+                )
             if not _REPO_ID.match(value):
                 fail(name, value, "not a Hub repo id", "write it as org/name")
         if self.results is not None and not _results_file(self.results).is_file():
-            fail("results", self.results, "no results.json there", "run `nanoflux eval` first and pass its output folder")
+            fail(
+                "results",
+                self.results,
+                "no results.json there",
+                "run `nanoflux eval` first and pass its output folder",
+            )
 
 
 def _results_file(path: str | Path) -> Path:
@@ -128,7 +150,9 @@ def space_env(config: SpaceConfig, hub_url: str | None, environ: dict[str, str] 
     # A packaged model loads from its converted folder, but the page names it by its id, never by a cache path.
     folder = model_path(config.base_model)
     adapters = [str(Path(a).resolve()) if Path(a).exists() else a for a in config.adapters]
-    results = str(Path(config.results).resolve()) if config.results and Path(config.results).exists() else config.results
+    results = (
+        str(Path(config.results).resolve()) if config.results and Path(config.results).exists() else config.results
+    )
     env.update(
         NANOFLUX_DATASET=config.dataset or "",
         NANOFLUX_BASE_MODEL=config.base_model,
@@ -144,19 +168,33 @@ def space_env(config: SpaceConfig, hub_url: str | None, environ: dict[str, str] 
         # The local folder is served on loopback: no token goes to it, HF_HUB_OFFLINE must not block it, and its
         # repos get their own download cache (the Hub's cache is keyed by repo id, not by server).
         env.pop("HF_TOKEN", None)
-        env.update(HF_ENDPOINT=hub_url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_XET="1", HF_HUB_CACHE=str(cache_root() / "space-hub-cache"))
+        env.update(
+            HF_ENDPOINT=hub_url,
+            HF_HUB_OFFLINE="0",
+            HF_HUB_DISABLE_XET="1",
+            HF_HUB_CACHE=str(cache_root() / "space-hub-cache"),
+        )
     return env
 
 
 def _warn_missing(config: SpaceConfig) -> None:
     """Say what the page will miss, and how to make it, before it starts."""
     if config.hub_dir is not None and not Path(config.hub_dir).is_dir():
-        logger.warning("hub_dir %s not found: no dataset to explore. Make one with `nanoflux build --config configs/local.yaml --push_to_hub %s --hub_dir %s`",
-                       config.hub_dir, config.dataset or "local/nanoflux-medical", config.hub_dir)  # fmt: skip
+        logger.warning(
+            "hub_dir %s not found: no dataset to explore. Make one with `nanoflux build --config configs/local.yaml"
+            " --push_to_hub %s --hub_dir %s`",
+            config.hub_dir,
+            config.dataset or "local/nanoflux-medical",
+            config.hub_dir,
+        )
     for adapter in config.adapters:
         if not Path(adapter).exists():
-            logger.warning("adapter %s is no folder: it is looked up as a repo id in %s. To train one: `nanoflux train --config configs/train/local.yaml`",
-                           adapter, config.hub_dir or "the Hub")  # fmt: skip
+            logger.warning(
+                "adapter %s is no folder: it is looked up as a repo id in %s. To train one: `nanoflux train --config"
+                " configs/train/local.yaml`",
+                adapter,
+                config.hub_dir or "the Hub",
+            )
     if config.results and not _results_file(config.results).is_file():
         logger.warning("results %s not found: run `nanoflux eval --config configs/eval/local.yaml`", config.results)
 
@@ -166,7 +204,10 @@ def run_local(config: SpaceConfig) -> int:
     config.validate()
     app = SPACE_DIR / "app.py"
     if not app.is_file():
-        raise ConfigError(f"spaces/app.py not found next to the nanoflux package ({SPACE_DIR}). Fix: run `nanoflux space` from a NanoFlux checkout (pip install -e .)")
+        raise ConfigError(
+            f"spaces/app.py not found next to the nanoflux package ({SPACE_DIR}). Fix: run `nanoflux space` from a"
+            " NanoFlux checkout (pip install -e .)"
+        )
     _warn_missing(config)
     from localhub import LocalHub
 
@@ -176,10 +217,20 @@ def run_local(config: SpaceConfig) -> int:
         if config.hub_dir is not None:
             # A missing folder is served empty (never created): the page then says what is missing, and nothing
             # that was meant to be local is looked up on the Hub.
-            root = config.hub_dir if Path(config.hub_dir).is_dir() else (empty := tempfile.mkdtemp(prefix="nanoflux-empty-hub-"))
+            root = (
+                config.hub_dir
+                if Path(config.hub_dir).is_dir()
+                else (empty := tempfile.mkdtemp(prefix="nanoflux-empty-hub-"))
+            )
             hub = LocalHub(root).start()
         env = space_env(config, hub.url if hub else None)
-        logger.info("NanoFlux Space on http://%s:%d (dataset %s from %s)", config.host, config.port, config.dataset, config.hub_dir or "the Hub")
+        logger.info(
+            "NanoFlux Space on http://%s:%d (dataset %s from %s)",
+            config.host,
+            config.port,
+            config.dataset,
+            config.hub_dir or "the Hub",
+        )
         process = subprocess.Popen([sys.executable, str(app)], env=env)  # python puts app.py's folder on its path
         return process.wait()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the app, and that is a normal end
@@ -214,7 +265,9 @@ def stage(config: DeployConfig, folder: Path, current: dict[str, Any] | None = N
     the evaluation results go under results/."""
     from huggingface_hub import SpaceCard
 
-    shutil.copytree(SPACE_DIR, folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "results", ".*"), dirs_exist_ok=True)
+    shutil.copytree(
+        SPACE_DIR, folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "results", ".*"), dirs_exist_ok=True
+    )
     card = SpaceCard.load(folder / "README.md")
     current = current or {}
     models = list(current.get("models") or card.data.get("models") or [])
@@ -242,17 +295,24 @@ def deploy(config: DeployConfig) -> str:
     config.validate()
     with tempfile.TemporaryDirectory(prefix="nanoflux-space-") as tmp, open_target(config.hub_dir) as api:
         try:
-            api.create_repo(config.repo_id, repo_type="space", space_sdk="gradio", private=config.private, exist_ok=True)
+            api.create_repo(
+                config.repo_id, repo_type="space", space_sdk="gradio", private=config.private, exist_ok=True
+            )
             current = api.space_info(config.repo_id).card_data  # a redeploy keeps the settings it is not given
             folder = stage(config, Path(tmp) / "space", current.to_dict() if current else None)
             commit = api.upload_folder(
-                repo_id=config.repo_id, repo_type="space", folder_path=folder, delete_patterns=DEPLOY_DELETE_PATTERNS,
-                commit_message="NanoFlux Space" + (f": dataset {config.dataset}" if config.dataset else "") + (", with evaluation results" if config.results else ""),
-            )  # fmt: skip
+                repo_id=config.repo_id,
+                repo_type="space",
+                folder_path=folder,
+                delete_patterns=DEPLOY_DELETE_PATTERNS,
+                commit_message="NanoFlux Space"
+                + (f": dataset {config.dataset}" if config.dataset else "")
+                + (", with evaluation results" if config.results else ""),
+            )
         except HfHubHTTPError as err:
             raise SpaceError(
-                f"repo_id: cannot write to Space repo {config.repo_id} at {api.endpoint} ({str(err).splitlines()[0][:300]}). "
-                "Fix: check HF_TOKEN (a write token) and the repo id"
+                f"repo_id: cannot write to Space repo {config.repo_id} at {api.endpoint}"
+                f" ({str(err).splitlines()[0][:300]}). Fix: check HF_TOKEN (a write token) and the repo id"
             ) from None
     logger.info("Deployed %s: commit %s", config.repo_id, commit.oid[:12])
     return commit.oid
@@ -267,24 +327,48 @@ def _hub_dir(value: str) -> str | None:
 
 def _parser(deploying: bool) -> argparse.ArgumentParser:
     if deploying:
-        parser = argparse.ArgumentParser(prog="nanoflux space deploy", description="Upload spaces/ to a Gradio Space repo in one commit.")
+        parser = argparse.ArgumentParser(
+            prog="nanoflux space deploy", description="Upload spaces/ to a Gradio Space repo in one commit."
+        )
         parser.add_argument("repo_id", help="Space repo, org/name")
         parser.add_argument("--hub_dir", help="a local repository folder instead of the Hub")
         parser.add_argument("--private", action="store_true", help="create the Space as private")
         parser.add_argument("--dataset", help="dataset repo the Space shows (front matter `datasets`)")
         parser.add_argument("--base_model", help="base model repo (front matter `models[0]`)")
-        parser.add_argument("--adapter", dest="adapters", action="append", help="adapter repo (repeatable; front matter `models[1:]`)")
+        parser.add_argument(
+            "--adapter", dest="adapters", action="append", help="adapter repo (repeatable; front matter `models[1:]`)"
+        )
         parser.add_argument("--results", help="`nanoflux eval` output folder or results.json, uploaded as results/")
     else:
         defaults = SpaceConfig()
-        parser = argparse.ArgumentParser(prog="nanoflux space", description="Run the NanoFlux Space locally (`nanoflux space deploy org/name` deploys it).")
-        parser.add_argument("--port", type=int, default=defaults.port, help=f"default: %(default)s (the local Hub server's is {HUB_PORT})")
+        parser = argparse.ArgumentParser(
+            prog="nanoflux space",
+            description="Run the NanoFlux Space locally (`nanoflux space deploy org/name` deploys it).",
+        )
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=defaults.port,
+            help=f"default: %(default)s (the local Hub server's is {HUB_PORT})",
+        )
         parser.add_argument("--host", default=defaults.host, help="0.0.0.0 to serve beyond this machine")
         parser.add_argument("--dataset", default=defaults.dataset, help="dataset repo (default: %(default)s)")
-        parser.add_argument("--hub_dir", type=_hub_dir, default=defaults.hub_dir, help="local repository folder; `none` reads the Hub (default: %(default)s)")
+        parser.add_argument(
+            "--hub_dir",
+            type=_hub_dir,
+            default=defaults.hub_dir,
+            help="local repository folder; `none` reads the Hub (default: %(default)s)",
+        )
         parser.add_argument("--base_model", default=defaults.base_model, help="default: the packaged %(default)s")
-        parser.add_argument("--adapter", dest="adapters", action="append", help=f"adapter folder or repo id (repeatable; default: {defaults.adapters[0]})")
-        parser.add_argument("--results", default=defaults.results, help="`nanoflux eval` output folder (default: %(default)s)")
+        parser.add_argument(
+            "--adapter",
+            dest="adapters",
+            action="append",
+            help=f"adapter folder or repo id (repeatable; default: {defaults.adapters[0]})",
+        )
+        parser.add_argument(
+            "--results", default=defaults.results, help="`nanoflux eval` output folder (default: %(default)s)"
+        )
         parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING, ...")
     return parser
@@ -294,7 +378,11 @@ def main(argv: list[str]) -> Any:
     """`nanoflux space [...]` / `nanoflux space deploy REPO_ID [...]`."""
     deploying = bool(argv) and argv[0] == "deploy"
     args = vars(_parser(deploying).parse_args(argv[1:] if deploying else argv))
-    logging.basicConfig(level=args.pop("log_level").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=args.pop("log_level").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         if deploying:
             commit = deploy(DeployConfig(**args))

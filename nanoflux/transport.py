@@ -58,7 +58,9 @@ _VALIDATION_ERROR = re.compile(
     r"|Failed to deserialize|missing field|unknown variant|invalid_request_error",
     re.IGNORECASE,
 )
-_RESPONSE_FORMAT_COMPLAINT = re.compile(r"response_format|grammar|json_schema|json_object|guided|structured", re.IGNORECASE)
+_RESPONSE_FORMAT_COMPLAINT = re.compile(
+    r"response_format|grammar|json_schema|json_object|guided|structured", re.IGNORECASE
+)
 PROBE_TIMEOUT = 10.0  # seconds, per route asked by `detect_server`
 
 
@@ -92,7 +94,9 @@ class TransportStats:
 class ServerKind:
     """What serves an endpoint, and the structured-output mode used with it."""
 
-    server: str  # "tgi", "vllm", "llama-cpp-python", "llama.cpp", "openai-compatible", "inference-providers", "configured"
+    server: (
+        str  # "tgi", "vllm", "llama-cpp-python", "llama.cpp", "openai-compatible", "inference-providers", "configured"
+    )
     mode: str  # one of STRUCTURED_OUTPUT_MODES but `auto`
     evidence: str  # why: the route that said so, or the recipe
     model: str | None = None  # the model the server lists, when exactly one (sent when the role names none)
@@ -267,7 +271,11 @@ async def detect_server(http: httpx2.AsyncClient, base_url: str, headers: dict[s
     entries = [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
     owners = {str(m.get("owned_by")) for m in entries}
     model = str(entries[0]["id"]) if len(entries) == 1 and entries[0].get("id") else None
-    for owner, server, mode in (("vllm", "vllm", "openai"), ("llamacpp", "llama.cpp", "llama_cpp"), ("me", "llama-cpp-python", "llama_cpp")):
+    for owner, server, mode in (
+        ("vllm", "vllm", "openai"),
+        ("llamacpp", "llama.cpp", "llama_cpp"),
+        ("me", "llama-cpp-python", "llama_cpp"),
+    ):
         if owner in owners:
             return ServerKind(server, mode, f"GET /v1/models (owned_by {owner!r})", model), sent
     sent += 1
@@ -320,7 +328,8 @@ class EndpointClient:
         mode = LEGACY_MODES.get(structured_output, structured_output)
         if mode not in STRUCTURED_OUTPUT_MODES:
             raise ValueError(
-                f"endpoint {name!r}: structured_output must be one of {STRUCTURED_OUTPUT_MODES}, got {structured_output!r}"
+                f"endpoint {name!r}: structured_output must be one of {STRUCTURED_OUTPUT_MODES}, got"
+                f" {structured_output!r}"
             )
         if structured_output in LEGACY_MODES:
             logger.warning("%s: structured_output %r is now called %r", name, structured_output, mode)
@@ -348,7 +357,10 @@ class EndpointClient:
         self._limit: AdaptiveLimit | None = None
 
     def __repr__(self) -> str:
-        return f"EndpointClient(name={self.name!r}, target={self.endpoint!r}, structured_output={self.structured_output!r})"
+        return (
+            f"EndpointClient(name={self.name!r}, target={self.endpoint!r},"
+            f" structured_output={self.structured_output!r})"
+        )
 
     @property
     def server(self) -> ServerKind | None:
@@ -386,7 +398,9 @@ class EndpointClient:
             key = public_url(route_url(self.base_url, "")) if self.base_url else f"hub:{self.model}"
             state = _LoopState(loop, shared_limit(str(key), self.max_concurrency), asyncio.Lock())
             if self.base_url:
-                pool = httpx2.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+                pool = httpx2.Limits(
+                    max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
+                )
                 state.http = httpx2.AsyncClient(timeout=self.retry.timeout, limits=pool, follow_redirects=True)
             else:
                 state.hub = AsyncInferenceClient(model=self.model, token=self._token, timeout=self.retry.timeout)
@@ -406,15 +420,23 @@ class EndpointClient:
                     server, sent = await detect_server(state.http, self.base_url, self._headers())
                 except httpx2.TimeoutException:
                     self.stats.probes += 1
-                    raise _AttemptFailed("timeout", "the server did not answer its routes in time", retryable=True) from None
+                    raise _AttemptFailed(
+                        "timeout", "the server did not answer its routes in time", retryable=True
+                    ) from None
                 except httpx2.TransportError as err:
                     self.stats.probes += 1
-                    raise _AttemptFailed("connection", f"connection error: {type(err).__name__}", retryable=True) from None
+                    raise _AttemptFailed(
+                        "connection", f"connection error: {type(err).__name__}", retryable=True
+                    ) from None
                 self.stats.probes += sent
                 self._server = server
                 logger.info(
                     "%s @ %s: %s server (%s); structured_output auto -> %s",
-                    self.name, self.endpoint, server.server, server.evidence, server.mode,
+                    self.name,
+                    self.endpoint,
+                    server.server,
+                    server.evidence,
+                    server.mode,
                 )
         return self._server
 
@@ -440,14 +462,23 @@ class EndpointClient:
                 if not failed.retryable or attempts >= policy.max_attempts:
                     self.stats.failures += 1
                     raise self._error(failed, role, attempts) from None  # the cause carries the request: keep it out
-                delay = min(policy.backoff_max, max(backoff_delay(attempt, policy, self._rng, failed.retry_after), state.limit.pause_remaining()))
+                delay = min(
+                    policy.backoff_max,
+                    max(backoff_delay(attempt, policy, self._rng, failed.retry_after), state.limit.pause_remaining()),
+                )
                 self.stats.retries += 1
                 # An overloaded server is what the adaptive limit looks for (it cuts and retries): INFO, not WARNING.
                 level = logging.INFO if failed.status in OVERLOAD_STATUSES else logging.WARNING
                 logger.log(
-                    level, "%s @ %s: attempt %d/%d failed (%s); retrying in %.2fs",
-                    role, self.endpoint, attempts, policy.max_attempts, failed.kind, delay,
-                )  # fmt: skip
+                    level,
+                    "%s @ %s: attempt %d/%d failed (%s); retrying in %.2fs",
+                    role,
+                    self.endpoint,
+                    attempts,
+                    policy.max_attempts,
+                    failed.kind,
+                    delay,
+                )
                 await self._sleep(delay)  # outside the limit: a backing-off request holds no slot
                 continue
             response.retries = attempt
@@ -460,13 +491,20 @@ class EndpointClient:
         if failed.fix:
             message += f". Fix: {failed.fix}"
         return EndpointError(
-            message, status=failed.status, attempts=attempts, role=role, endpoint=self.endpoint,
-            server_message=failed.server_message, kind=failed.kind,
-        )  # fmt: skip
+            message,
+            status=failed.status,
+            attempts=attempts,
+            role=role,
+            endpoint=self.endpoint,
+            server_message=failed.server_message,
+            kind=failed.kind,
+        )
 
     async def _attempt(self, state: _LoopState, request: ChatRequest, role: str) -> ChatResponse:
         """One HTTP attempt under the endpoint's limit; every failure becomes `_AttemptFailed`."""
-        if constants.HF_HUB_OFFLINE and is_hugging_face_host(self.base_url):  # None: a Hub model id (Inference Providers)
+        if constants.HF_HUB_OFFLINE and is_hugging_face_host(
+            self.base_url
+        ):  # None: a Hub model id (Inference Providers)
             raise _AttemptFailed("offline", "HF_HUB_OFFLINE is set and this is a Hugging Face host", retryable=False)
         server = await self._resolve_server(state)
         fmt = response_format(server.mode, request.json_schema)
@@ -482,7 +520,13 @@ class EndpointClient:
                     assert state.hub is not None
                     response = await self._post_hub(state.hub, request, fmt, server)
             except _AttemptFailed as failed:
-                outcome = "overload" if failed.status in OVERLOAD_STATUSES else "timeout" if failed.kind == "timeout" else "error"
+                outcome = (
+                    "overload"
+                    if failed.status in OVERLOAD_STATUSES
+                    else "timeout"
+                    if failed.kind == "timeout"
+                    else "error"
+                )
                 raise
             outcome, tokens = "ok", response.completion_tokens
         finally:
@@ -491,7 +535,9 @@ class EndpointClient:
         self.stats.completion_tokens += response.completion_tokens
         return response
 
-    async def _post(self, http: httpx2.AsyncClient, request: ChatRequest, fmt: dict[str, Any] | None, server: ServerKind) -> ChatResponse:
+    async def _post(
+        self, http: httpx2.AsyncClient, request: ChatRequest, fmt: dict[str, Any] | None, server: ServerKind
+    ) -> ChatResponse:
         assert self.base_url
         body: dict[str, Any] = {
             "model": self.model or server.model or "tgi",  # TGI ignores it; vLLM needs the served name
@@ -514,7 +560,9 @@ class EndpointClient:
         except httpx2.TransportError as err:  # connect/read errors, peer closed mid-body
             raise _AttemptFailed("connection", f"connection error: {type(err).__name__}", retryable=True) from None
         if answer.status_code >= 400:
-            raise self._classify(answer.status_code, _error_text(answer.text), answer.headers.get("Retry-After"), fmt, server)
+            raise self._classify(
+                answer.status_code, _error_text(answer.text), answer.headers.get("Retry-After"), fmt, server
+            )
         try:
             data = json.loads(answer.content)
         except (ValueError, UnicodeDecodeError):
@@ -523,7 +571,9 @@ class EndpointClient:
             raise _AttemptFailed("invalid_body", "response body is not a JSON object", retryable=True)
         return self._to_response(data)
 
-    async def _post_hub(self, hub: AsyncInferenceClient, request: ChatRequest, fmt: dict[str, Any] | None, server: ServerKind) -> ChatResponse:
+    async def _post_hub(
+        self, hub: AsyncInferenceClient, request: ChatRequest, fmt: dict[str, Any] | None, server: ServerKind
+    ) -> ChatResponse:
         try:
             output = await asyncio.wait_for(
                 hub.chat_completion(
@@ -539,11 +589,15 @@ class EndpointClient:
             )
         except HfHubHTTPError as err:
             status = err.response.status_code
-            raise self._classify(status, _hub_error_text(err), err.response.headers.get("Retry-After"), fmt, server) from None
+            raise self._classify(
+                status, _hub_error_text(err), err.response.headers.get("Retry-After"), fmt, server
+            ) from None
         except (TimeoutError, InferenceTimeoutError, httpx2.TimeoutException):
             raise _AttemptFailed("timeout", f"timed out after {self.retry.timeout:g}s", retryable=True) from None
         except OfflineModeIsEnabled:
-            raise _AttemptFailed("offline", "HF_HUB_OFFLINE is set, so huggingface_hub refuses every request", retryable=False) from None
+            raise _AttemptFailed(
+                "offline", "HF_HUB_OFFLINE is set, so huggingface_hub refuses every request", retryable=False
+            ) from None
         except httpx2.TransportError as err:
             raise _AttemptFailed("connection", f"connection error: {type(err).__name__}", retryable=True) from None
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -555,26 +609,43 @@ class EndpointClient:
             raise _AttemptFailed("config", f"cannot build the request: {err}", retryable=False) from None
         return self._to_response(output)
 
-    def _classify(self, status: int, message: str, retry_after: str | None, fmt: dict[str, Any] | None, server: ServerKind) -> _AttemptFailed:
+    def _classify(
+        self, status: int, message: str, retry_after: str | None, fmt: dict[str, Any] | None, server: ServerKind
+    ) -> _AttemptFailed:
         detail = f"HTTP {status}" + (f": {message}" if message else "")
         rejected = 400 <= status < 500 or bool(_VALIDATION_ERROR.search(message))
         if rejected and fmt is not None and _RESPONSE_FORMAT_COMPLAINT.search(message):
             if self.structured_output == "auto":
                 fix = (
-                    f"structured_output: auto sent the {server.mode!r} shape ({server.server}: {server.evidence}); set "
-                    "structured_output to the mode this server reads (openai, tgi, llama_cpp), or none"
+                    f"structured_output: auto sent the {server.mode!r} shape ({server.server}: {server.evidence}); set"
+                    " structured_output to the mode this server reads (openai, tgi, llama_cpp), or none"
                 )
             else:
                 fix = (
-                    f"set structured_output: auto for this role (NanoFlux then sends the shape this server reads), "
+                    "set structured_output: auto for this role (NanoFlux then sends the shape this server reads), "
                     f"or none (got {self.structured_output!r})"
                 )
-            return _AttemptFailed(str(status), f"{detail}. The server rejected the structured-output request", retryable=False, status=status, server_message=message, fix=fix)
+            return _AttemptFailed(
+                str(status),
+                f"{detail}. The server rejected the structured-output request",
+                retryable=False,
+                status=status,
+                server_message=message,
+                fix=fix,
+            )
         if rejected and status not in RETRYABLE_4XX:
-            return _AttemptFailed(str(status), f"{detail}. The server rejected the request itself", retryable=False, status=status, server_message=message)
+            return _AttemptFailed(
+                str(status),
+                f"{detail}. The server rejected the request itself",
+                retryable=False,
+                status=status,
+                server_message=message,
+            )
         retryable = status in RETRYABLE_4XX or status >= 500
         after = parse_retry_after(retry_after) if retryable else None
-        return _AttemptFailed(str(status), detail, retryable=retryable, status=status, retry_after=after, server_message=message)
+        return _AttemptFailed(
+            str(status), detail, retryable=retryable, status=status, retry_after=after, server_message=message
+        )
 
     def _to_response(self, output: Any) -> ChatResponse:
         choices = _field(output, "choices")
@@ -588,11 +659,16 @@ class EndpointClient:
         if text is not None and not isinstance(text, str):
             raise _AttemptFailed("invalid_body", "choices[0].message.content is not a string", retryable=True)
         usage = _field(output, "usage")
-        prompt_tokens, completion_tokens = (int(_field(usage, k) or 0) if usage else 0 for k in ("prompt_tokens", "completion_tokens"))
+        prompt_tokens, completion_tokens = (
+            int(_field(usage, k) or 0) if usage else 0 for k in ("prompt_tokens", "completion_tokens")
+        )
         if not usage:
             self.stats.answers_without_usage += 1
         return ChatResponse(
-            text=text or "", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finish_reason=_field(choice, "finish_reason")
+            text=text or "",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=_field(choice, "finish_reason"),
         )
 
 

@@ -16,8 +16,17 @@ def _missing(value: float | None) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def labelled_bars(axes: Any, xs: Sequence[float], values: Sequence[float | None], width: float, *, fmt: Callable[[float], str],
-                  label: str | None = None, color: str | None = None, yerr: Any = None) -> Any:  # fmt: skip
+def labelled_bars(
+    axes: Any,
+    xs: Sequence[float],
+    values: Sequence[float | None],
+    width: float,
+    *,
+    fmt: Callable[[float], str],
+    label: str | None = None,
+    color: str | None = None,
+    yerr: Any = None,
+) -> Any:
     """Draw one bar per x with its value written above it; a zero bar gets a stub just above the axis, a missing
     value (None/NaN) no bar and the label "n/a". Returns the BarContainer. Call `floor_below_zero` after drawing."""
     heights = [0.0 if _missing(v) else float(v) for v in values]
@@ -30,9 +39,25 @@ def labelled_bars(axes: Any, xs: Sequence[float], values: Sequence[float | None]
             text = fmt(float(value))
             if value == 0:
                 # A zero bar: a thick line in the bar's color at y=0, above the axis (the y range starts below 0).
-                axes.plot([x - width / 2, x + width / 2], [0, 0], color=color, linewidth=3, solid_capstyle="butt", zorder=bar.get_zorder() + 1)
-        axes.annotate(text, (x, bar.get_height()), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=LABEL_SIZE,
-                      bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}, zorder=5)  # fmt: skip
+                axes.plot(
+                    [x - width / 2, x + width / 2],
+                    [0, 0],
+                    color=color,
+                    linewidth=3,
+                    solid_capstyle="butt",
+                    zorder=bar.get_zorder() + 1,
+                )
+        axes.annotate(
+            text,
+            (x, bar.get_height()),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=LABEL_SIZE,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+            zorder=5,
+        )
     return bars
 
 

@@ -57,7 +57,10 @@ def adapter_versions(refs: list[str], api: HfApi | None = None) -> tuple[list[tu
             if (Path(ref) / "adapter_config.json").is_file():
                 choices.append((f"{shown_path(ref)} (local folder)", ref))
             else:
-                problems.append(f"Adapter folder {ref} holds no adapter_config.json. Fix: point it at the folder `nanoflux train` wrote")
+                problems.append(
+                    f"Adapter folder {ref} holds no adapter_config.json. Fix: point it at the folder `nanoflux train`"
+                    " wrote"
+                )
             continue
         repo, _, revision = ref.partition("@")
         if revision:
@@ -65,12 +68,16 @@ def adapter_versions(refs: list[str], api: HfApi | None = None) -> tuple[list[tu
             continue
         try:
             refs_ = api.list_repo_refs(repo)
-            tags = sorted(refs_.tags, key=lambda t: (-int(m.group(1)) if (m := _VERSION_TAG.match(t.name)) else 0, t.name))
+            tags = sorted(
+                refs_.tags, key=lambda t: (-int(m.group(1)) if (m := _VERSION_TAG.match(t.name)) else 0, t.name)
+            )
             versions = [(f"{repo} @ {b.name}", f"{repo}@{b.name}") for b in refs_.branches if b.name == "main"]
             versions += [(f"{repo} @ {t.name}", f"{repo}@{t.name}") for t in tags]
             if not tags:
                 commits = api.list_repo_commits(repo)[:MAX_COMMITS]
-                versions += [(f"{repo} @ {c.commit_id[:7]} · {c.title[:60]}", f"{repo}@{c.commit_id}") for c in commits[1:]]
+                versions += [
+                    (f"{repo} @ {c.commit_id[:7]} · {c.title[:60]}", f"{repo}@{c.commit_id}") for c in commits[1:]
+                ]
             choices += versions
         except (RepositoryNotFoundError, HFValidationError):
             problems.append(
@@ -78,7 +85,10 @@ def adapter_versions(refs: list[str], api: HfApi | None = None) -> tuple[list[tu
                 "Fix: train one (`nanoflux train --config configs/train/local.yaml`) or set NANOFLUX_ADAPTERS"
             )
         except (HfHubHTTPError, OSError, OfflineModeIsEnabled) as err:
-            problems.append(f"Adapter {ref}: could not list its versions ({type(err).__name__}). Fix: try again, or check NANOFLUX_ADAPTERS")
+            problems.append(
+                f"Adapter {ref}: could not list its versions ({type(err).__name__}). Fix: try again, or check"
+                " NANOFLUX_ADAPTERS"
+            )
     return choices, problems
 
 
@@ -90,11 +100,18 @@ def adapter_folder(spec: str) -> str:
 
     repo, _, revision = spec.partition("@")
     try:
-        folder = snapshot_download(repo, revision=revision or None, allow_patterns=["adapter_config.json", "adapter_model.*"])
+        folder = snapshot_download(
+            repo, revision=revision or None, allow_patterns=["adapter_config.json", "adapter_model.*"]
+        )
     except (HfHubHTTPError, HFValidationError, OSError, OfflineModeIsEnabled) as err:
-        raise ModelError(f"Adapter {spec} could not be downloaded ({type(err).__name__}). Fix: pick another version, or check NANOFLUX_ADAPTERS") from None
+        raise ModelError(
+            f"Adapter {spec} could not be downloaded ({type(err).__name__}). Fix: pick another version, or check"
+            " NANOFLUX_ADAPTERS"
+        ) from None
     if not (Path(folder) / "adapter_config.json").is_file():
-        raise ModelError(f"Adapter {spec} has no adapter_config.json. Fix: point NANOFLUX_ADAPTERS at a PEFT adapter repo")
+        raise ModelError(
+            f"Adapter {spec} has no adapter_config.json. Fix: point NANOFLUX_ADAPTERS at a PEFT adapter repo"
+        )
     return folder
 
 
@@ -132,7 +149,9 @@ class _PairStreamer:
 class Comparison:
     """The base model (loaded on first use) and the adapters loaded into it."""
 
-    def __init__(self, base_model: str, *, name: str | None = None, max_prompt_tokens: int = 1024, dtype: str = "auto"):
+    def __init__(
+        self, base_model: str, *, name: str | None = None, max_prompt_tokens: int = 1024, dtype: str = "auto"
+    ):
         self.base_model = base_model
         self.name = name or base_model  # what messages call it (a Hub id, where `base_model` is a local copy)
         self.max_prompt_tokens = max_prompt_tokens
@@ -152,7 +171,9 @@ class Comparison:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32}.get(self.dtype) or getattr(torch, self.dtype)
+            dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32}.get(self.dtype) or getattr(
+                torch, self.dtype
+            )
             try:
                 tokenizer = AutoTokenizer.from_pretrained(self.base_model)
                 model = AutoModelForCausalLM.from_pretrained(self.base_model, dtype=dtype).to(device)
@@ -180,7 +201,10 @@ class Comparison:
             else:
                 self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ModelError(f"Adapter {spec} does not fit the base model {self.name} ({type(err).__name__}: {str(err)[:200]}). Fix: pick an adapter trained on this base model") from None
+            raise ModelError(
+                f"Adapter {spec} does not fit the base model {self.name} ({type(err).__name__}: {str(err)[:200]})."
+                " Fix: pick an adapter trained on this base model"
+            ) from None
         self.model.eval()
         self._count += 1
         self._adapters[spec] = name
@@ -192,10 +216,14 @@ class Comparison:
 
     def prompt_ids(self, prompt: str) -> Any:
         """The prompt as one user turn through the chat template, as input ids (refused when too long)."""
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         if ids.shape[1] > self.max_prompt_tokens:
-            raise ModelError(f"The prompt is {ids.shape[1]} tokens; the limit is {self.max_prompt_tokens}. Fix: shorten it")
+            raise ModelError(
+                f"The prompt is {ids.shape[1]} tokens; the limit is {self.max_prompt_tokens}. Fix: shorten it"
+            )
         return ids
 
     def stream(self, prompt: str, adapter: str | None, max_new_tokens: int) -> Iterator[tuple[str, str | None]]:
@@ -221,7 +249,9 @@ class Comparison:
         rows = 2 if adapter else 1
         streamer = _PairStreamer(self.tokenizer, rows, stop_ids)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(stop_ids)
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=sorted(stop_ids))
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=sorted(stop_ids)
+        )
 
         def run() -> None:
             try:
@@ -234,9 +264,13 @@ class Comparison:
                     batch = ids.repeat(rows, 1).to(self.model.device)
                     with torch.inference_mode():
                         self.model.generate(
-                            input_ids=batch, attention_mask=torch.ones_like(batch), generation_config=config, streamer=streamer,
-                            stopping_criteria=StoppingCriteriaList([_Cancelled()]), **kwargs,
-                        )  # fmt: skip
+                            input_ids=batch,
+                            attention_mask=torch.ones_like(batch),
+                            generation_config=config,
+                            streamer=streamer,
+                            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                            **kwargs,
+                        )
             except BaseException as err:  # handed to the consumer, which raises it
                 streamer.queue.put(err)
                 streamer.queue.put(None)

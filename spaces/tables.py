@@ -20,7 +20,9 @@ import pandas as pd
 CHAR_PX = 8.5  # one character of the tables' monospace font (IBM Plex Mono 14 px measures 8.4, bold included)
 PAD_PX = 26  # a cell's padding
 MAX_PX = 240  # a short column never takes more than this
-HEADER_CHARS = 20  # a header up to this long stays on one line ("Δ accuracy (points)"); a longer one wraps between words
+HEADER_CHARS = (
+    20  # a header up to this long stays on one line ("Δ accuracy (points)"); a longer one wraps between words
+)
 TABLE_PX = 1180  # a page-wide table (Gradio's container at its usual width, less the scrollbar)
 MIN_TEXT_PX = 200  # a free-text column never gets less than this
 MAX_CHARS = 240  # longer cells are cut in the table
@@ -30,18 +32,29 @@ def _longest(values: Iterable[Any]) -> int:
     return max((len(str(v)) for v in values if v is not None), default=0)
 
 
-def column_widths(frame: pd.DataFrame, *, text: Mapping[str, float] | Iterable[str] = (), table_px: int = TABLE_PX) -> list[str]:
+def column_widths(
+    frame: pd.DataFrame, *, text: Mapping[str, float] | Iterable[str] = (), table_px: int = TABLE_PX
+) -> list[str]:
     """Pixel widths, one per column of `frame`: every column is at least as wide as its longest header word (a header
     never breaks inside a word, whatever the rows hold) and as its whole header up to HEADER_CHARS; a short column as
     wide as its longest cell too (at most MAX_PX); the `text` columns ({column: weight}, or a list of equal weights)
     share the rest of `table_px`."""
     weights = dict(text) if isinstance(text, Mapping) else dict.fromkeys(text, 1.0)
-    header = {c: max(max((len(w) for w in str(c).split()), default=1), min(len(str(c)), HEADER_CHARS)) * CHAR_PX + PAD_PX for c in frame.columns}
-    short = {c: max(header[c], min(_longest(frame[c]) * CHAR_PX + PAD_PX, MAX_PX)) for c in frame.columns if c not in weights}
+    header = {
+        c: max(max((len(w) for w in str(c).split()), default=1), min(len(str(c)), HEADER_CHARS)) * CHAR_PX + PAD_PX
+        for c in frame.columns
+    }
+    short = {
+        c: max(header[c], min(_longest(frame[c]) * CHAR_PX + PAD_PX, MAX_PX))
+        for c in frame.columns
+        if c not in weights
+    }
     floor = {c: max(header[c], MIN_TEXT_PX) for c in frame.columns if c in weights}
     text_px = dict(floor)
     shared, rest = set(floor), max(0.0, table_px - sum(short.values()))
-    while shared:  # share the rest by weight; a column whose share is below its floor keeps the floor, the others re-share
+    while (
+        shared
+    ):  # share the rest by weight; a column whose share is below its floor keeps the floor, the others re-share
         total = sum(weights[c] for c in shared)
         below = {c for c in shared if rest * weights[c] / total < floor[c]}
         if not below:
@@ -59,4 +72,11 @@ def sized(frame: pd.DataFrame, *, text: Mapping[str, float] | Iterable[str] = ()
 
 def data_table(frame: pd.DataFrame, *, text: Mapping[str, float] | Iterable[str] = (), **kwargs: Any) -> gr.Dataframe:
     """A read-only Dataframe laid out as above: sized columns, wrapped cells, long cells cut at MAX_CHARS."""
-    return gr.Dataframe(frame, interactive=False, wrap=True, max_chars=MAX_CHARS, column_widths=column_widths(frame, text=text), **kwargs)
+    return gr.Dataframe(
+        frame,
+        interactive=False,
+        wrap=True,
+        max_chars=MAX_CHARS,
+        column_widths=column_widths(frame, text=text),
+        **kwargs,
+    )

@@ -27,7 +27,11 @@ TABLE_COLUMNS = ["#", "version", "id", "round", "capability", "complexity", "qua
 TOOL_COLUMNS = ["#", "tool", "ok", "input", "output", "error"]
 DIFF_COLUMNS = ["change", "id", "first in", "capability", "quality", "defender", "fields", "question"]
 # Free-text columns: a wide column where they wrap (the narrow ones are sized to their values; see tables.py).
-TEXT_COLUMNS: dict[str, dict[str, float]] = {"rows": {"question": 1}, "tools": {"input": 2, "output": 3, "error": 1}, "diff": {"fields": 1, "question": 2}}
+TEXT_COLUMNS: dict[str, dict[str, float]] = {
+    "rows": {"question": 1},
+    "tools": {"input": 2, "output": 3, "error": 1},
+    "diff": {"fields": 1, "question": 2},
+}
 # Fields that say nothing about the example itself when two versions are compared.
 _NOT_COMPARED = {"version"}
 
@@ -50,18 +54,32 @@ class DatasetVersions:
     def tags(self, *, refresh: bool = False) -> dict[str, str]:
         """{tag: commit}, newest version first (at most `max_versions`)."""
         if self.repo_id is None:
-            raise VersionError("No dataset is configured. Fix: set the NANOFLUX_DATASET variable (org/name) or list it under `datasets:` in the Space's README")
+            raise VersionError(
+                "No dataset is configured. Fix: set the NANOFLUX_DATASET variable (org/name) or list it under"
+                " `datasets:` in the Space's README"
+            )
         if self._tags is None or refresh:
             try:
                 refs = self.api.list_repo_refs(self.repo_id, repo_type="dataset")
             except RepositoryNotFoundError:
-                raise VersionError(f"Dataset {self.repo_id} was not found on {self.api.endpoint}. Fix: check NANOFLUX_DATASET (and the Space's HF_TOKEN secret for a private repo)") from None
+                raise VersionError(
+                    f"Dataset {self.repo_id} was not found on {self.api.endpoint}. Fix: check NANOFLUX_DATASET (and"
+                    " the Space's HF_TOKEN secret for a private repo)"
+                ) from None
             except (HfHubHTTPError, OSError, OfflineModeIsEnabled) as err:
-                raise VersionError(f"Dataset {self.repo_id}: could not list its versions ({type(err).__name__}). Fix: try again, or check NANOFLUX_DATASET") from None
-            numbered = sorted(((int(m.group(1)), t) for t in refs.tags if (m := VERSION_TAG.match(t.name))), key=lambda nt: -nt[0])
+                raise VersionError(
+                    f"Dataset {self.repo_id}: could not list its versions ({type(err).__name__}). Fix: try again, or"
+                    " check NANOFLUX_DATASET"
+                ) from None
+            numbered = sorted(
+                ((int(m.group(1)), t) for t in refs.tags if (m := VERSION_TAG.match(t.name))), key=lambda nt: -nt[0]
+            )
             self._tags = {tag.name: tag.target_commit for _, tag in numbered[: self.max_versions]}
         if not self._tags:
-            raise VersionError(f"Dataset {self.repo_id} has no version yet (no v1, v2, ... tag). Fix: publish one with `nanoflux publish`")
+            raise VersionError(
+                f"Dataset {self.repo_id} has no version yet (no v1, v2, ... tag). Fix: publish one with `nanoflux"
+                " publish`"
+            )
         return self._tags
 
     def rows(self, tag: str) -> list[dict[str, Any]]:
@@ -70,7 +88,9 @@ class DatasetVersions:
         if tag not in tags:
             tags = self.tags(refresh=True)
         if tag not in tags:
-            raise VersionError(f"Dataset {self.repo_id} has no version {tag!r} (has {', '.join(tags)}). Fix: pick one of those")
+            raise VersionError(
+                f"Dataset {self.repo_id} has no version {tag!r} (has {', '.join(tags)}). Fix: pick one of those"
+            )
         commit = tags[tag]
         with self._lock:
             if commit not in self._rows:
@@ -85,13 +105,17 @@ class DatasetVersions:
             parquet = sorted(f for f in files if f.startswith("data/") and f.endswith(".parquet"))
             train = [f for f in parquet if f.split("/")[-1].startswith("train")] or parquet
             if not train:
-                raise VersionError(f"Dataset {self.repo_id} {tag} has no data/*.parquet file. Fix: publish it with `nanoflux publish`")
+                raise VersionError(
+                    f"Dataset {self.repo_id} {tag} has no data/*.parquet file. Fix: publish it with `nanoflux publish`"
+                )
             rows: list[dict[str, Any]] = []
             for name in train:
                 path = self.api.hf_hub_download(self.repo_id, name, repo_type="dataset", revision=commit)
                 rows += pq.read_table(path).to_pylist()
         except (HfHubHTTPError, OSError, OfflineModeIsEnabled) as err:
-            raise VersionError(f"Dataset {self.repo_id} {tag}: could not download its data ({type(err).__name__}). Fix: try again") from None
+            raise VersionError(
+                f"Dataset {self.repo_id} {tag}: could not download its data ({type(err).__name__}). Fix: try again"
+            ) from None
         logger.info("Loaded %s %s (%s): %d rows", self.repo_id, tag, commit[:12], len(rows))
         return rows
 
@@ -153,10 +177,20 @@ def rows_table(rows: list[dict[str, Any]], indices: list[int]) -> pd.DataFrame:
     """One table line per row: position, version, id, round, capability, judge complexity, quality level, the
     Defender's outcome, the Judge's status and the question (shortened)."""
     data = [
-        [i, rows[i].get("version") or "", rows[i].get("id"), rows[i].get("round"), rows[i].get("capability"), rows[i].get("judge_complexity"),
-         _level(rows[i].get("quality_level")), _defender(rows[i]), rows[i].get("judge_status") or "–", _short(rows[i].get("question"), 120)]
+        [
+            i,
+            rows[i].get("version") or "",
+            rows[i].get("id"),
+            rows[i].get("round"),
+            rows[i].get("capability"),
+            rows[i].get("judge_complexity"),
+            _level(rows[i].get("quality_level")),
+            _defender(rows[i]),
+            rows[i].get("judge_status") or "–",
+            _short(rows[i].get("question"), 120),
+        ]
         for i in indices
-    ]  # fmt: skip
+    ]
     return pd.DataFrame(data, columns=TABLE_COLUMNS)
 
 
@@ -177,7 +211,10 @@ def scores_table(row: dict[str, Any]) -> pd.DataFrame:
 def tools_table(row: dict[str, Any]) -> pd.DataFrame:
     """The Judge's tool uses: number (from 1), tool, ok, input, output, error (in full; the table cuts long cells and
     `tool_call` gives one call's full text)."""
-    data = [[n, c.get("tool"), c.get("ok"), c.get("input") or "", c.get("output") or "", c.get("error") or ""] for n, c in enumerate(row.get("tool_calls") or [], start=1)]
+    data = [
+        [n, c.get("tool"), c.get("ok"), c.get("input") or "", c.get("output") or "", c.get("error") or ""]
+        for n, c in enumerate(row.get("tool_calls") or [], start=1)
+    ]
     return pd.DataFrame(data, columns=TOOL_COLUMNS)
 
 
@@ -240,21 +277,66 @@ def diff_versions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> dict[
             fields = sorted(f for f in compared if before.get(f) != row.get(f))
             if fields:
                 changed.append((before, row, fields))
-    return {"added": added, "removed": removed, "changed": changed, "unchanged": len(new_by_key) - len(added) - len(changed), "matched_by": by,
-            "columns_added": sorted(new_columns - old_columns), "columns_removed": sorted(old_columns - new_columns)}  # fmt: skip
+    return {
+        "added": added,
+        "removed": removed,
+        "changed": changed,
+        "unchanged": len(new_by_key) - len(added) - len(changed),
+        "matched_by": by,
+        "columns_added": sorted(new_columns - old_columns),
+        "columns_removed": sorted(old_columns - new_columns),
+    }
 
 
 def diff_table(diff: dict[str, Any]) -> pd.DataFrame:
     """One line per added, removed or changed row."""
-    data = [["added", r.get("id"), r.get("version") or "", r.get("capability"), _level(r.get("quality_level")), _defender(r), "", _short(r.get("question"))] for r in diff["added"]]
-    data += [["removed", r.get("id"), r.get("version") or "", r.get("capability"), _level(r.get("quality_level")), _defender(r), "", _short(r.get("question"))] for r in diff["removed"]]
-    data += [["changed", new.get("id"), new.get("version") or "", new.get("capability"), _level(new.get("quality_level")), _defender(new), ", ".join(fields), _short(new.get("question"))]
-             for _, new, fields in diff["changed"]]  # fmt: skip
+    data = [
+        [
+            "added",
+            r.get("id"),
+            r.get("version") or "",
+            r.get("capability"),
+            _level(r.get("quality_level")),
+            _defender(r),
+            "",
+            _short(r.get("question")),
+        ]
+        for r in diff["added"]
+    ]
+    data += [
+        [
+            "removed",
+            r.get("id"),
+            r.get("version") or "",
+            r.get("capability"),
+            _level(r.get("quality_level")),
+            _defender(r),
+            "",
+            _short(r.get("question")),
+        ]
+        for r in diff["removed"]
+    ]
+    data += [
+        [
+            "changed",
+            new.get("id"),
+            new.get("version") or "",
+            new.get("capability"),
+            _level(new.get("quality_level")),
+            _defender(new),
+            ", ".join(fields),
+            _short(new.get("question")),
+        ]
+        for _, new, fields in diff["changed"]
+    ]
     return pd.DataFrame(data, columns=DIFF_COLUMNS)
 
 
-def diff_summary(old_tag: str, new_tag: str, old: list[dict[str, Any]], new: list[dict[str, Any]], diff: dict[str, Any]) -> str:
+def diff_summary(
+    old_tag: str, new_tag: str, old: list[dict[str, Any]], new: list[dict[str, Any]], diff: dict[str, Any]
+) -> str:
     """A short markdown summary: sizes, counts of changes, and the Defender's failure rate in each version."""
+
     def failed(rows: list[dict[str, Any]]) -> str:
         judged = [r for r in rows if r.get("defender_correct") is not None]
         return f"{100 * sum(not r['defender_correct'] for r in judged) / len(judged):.0f}%" if judged else "–"
@@ -263,9 +345,17 @@ def diff_summary(old_tag: str, new_tag: str, old: list[dict[str, Any]], new: lis
         f"**{old_tag} → {new_tag}**: {len(old)} → {len(new)} rows; **{len(diff['added'])} added**, "
         f"{len(diff['removed'])} removed, {len(diff['changed'])} changed, {diff['unchanged']} unchanged. "
         f"Defender failed {failed(old)} of {old_tag} and {failed(new)} of {new_tag}. "
-        + ("Rows matched by id." if diff.get("matched_by", "id") == "id" else "Rows matched by question text (these versions' ids are missing or not unique).")
+        + (
+            "Rows matched by id."
+            if diff.get("matched_by", "id") == "id"
+            else "Rows matched by question text (these versions' ids are missing or not unique)."
+        )
         + (f" Columns new in {new_tag}: {', '.join(diff['columns_added'])}." if diff.get("columns_added") else "")
-        + (f" Columns gone from {new_tag}: {', '.join(diff['columns_removed'])}." if diff.get("columns_removed") else "")
+        + (
+            f" Columns gone from {new_tag}: {', '.join(diff['columns_removed'])}."
+            if diff.get("columns_removed")
+            else ""
+        )
     )
 
 
@@ -276,8 +366,18 @@ def distributions(by_version: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
     """Counts of quality levels (L1-L5) and judge complexity (1-5) per version: one line per version."""
     data = []
     for tag, rows in by_version.items():
-        quality, complexity = Counter(r.get("quality_level") for r in rows), Counter(r.get("judge_complexity") for r in rows)
-        data.append([tag, len(rows), *(quality.get(level, 0) for level in LEVELS), *(complexity.get(level, 0) for level in LEVELS)])
+        quality, complexity = (
+            Counter(r.get("quality_level") for r in rows),
+            Counter(r.get("judge_complexity") for r in rows),
+        )
+        data.append(
+            [
+                tag,
+                len(rows),
+                *(quality.get(level, 0) for level in LEVELS),
+                *(complexity.get(level, 0) for level in LEVELS),
+            ]
+        )
     columns = ["version", "rows", *(f"L{level}" for level in LEVELS), *(f"complexity {level}" for level in LEVELS)]
     return pd.DataFrame(data, columns=columns)
 
@@ -285,16 +385,17 @@ def distributions(by_version: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
 def distributions_figure(table: pd.DataFrame) -> Any:
     """Two grouped bar charts, quality level and complexity, one labelled bar per version (a zero count shows as a
     stub labelled 0)."""
+    from charts import floor_below_zero, labelled_bars
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from charts import floor_below_zero, labelled_bars
-
     figure = Figure(figsize=(10, 3.8))
     FigureCanvasAgg(figure)
     versions = list(table["version"])
-    for position, (prefix, title) in enumerate((("L", "reasoning-quality level"), ("complexity ", "complexity (judge)")), start=1):
+    for position, (prefix, title) in enumerate(
+        (("L", "reasoning-quality level"), ("complexity ", "complexity (judge)")), start=1
+    ):
         axes = figure.add_subplot(1, 2, position)
         width = 0.8 / max(1, len(versions))
         for j, tag in enumerate(reversed(versions)):  # oldest first

@@ -7,7 +7,9 @@ import tempfile
 
 import pytest
 
-from tests.tgi_server import allow_loopback_offline  # noqa: F401 (a fixture, shared by every test module)
+from tests.tgi_server import (  # noqa: F401 (a fixture, shared by every test module)
+    allow_loopback_offline,
+)
 
 os.environ.update(
     HF_HUB_OFFLINE="1",
@@ -26,7 +28,6 @@ os.environ.pop("HF_TOKEN", None)
 @pytest.fixture(autouse=True)
 def _no_token_leaks_between_tests(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-
 
 
 @pytest.fixture(scope="session")

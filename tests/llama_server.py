@@ -57,10 +57,23 @@ class LlamaServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_gguf()), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--n_ctx", str(n_ctx)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(packaged_gguf()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(n_ctx),
+        ]
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+            )
         self._wait_ready()
 
     def _tail(self) -> str:
@@ -150,7 +163,14 @@ class RecordingProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 with proxy._lock:
-                    proxy.seen.append(Seen(self.command, self.path, self.headers.get("Authorization"), json.loads(raw) if raw else None))
+                    proxy.seen.append(
+                        Seen(
+                            self.command,
+                            self.path,
+                            self.headers.get("Authorization"),
+                            json.loads(raw) if raw else None,
+                        )
+                    )
                 upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=900)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}

@@ -24,12 +24,30 @@ from typing import Any
 CAPABILITIES = ["cardiology", "pharmacology", "biostatistics"]
 
 QUESTIONS = [
-    "A 62-year-old man has crushing chest pain radiating to the left arm and ST elevation in leads II, III and aVF. Which artery is most likely occluded? (A) LAD (B) RCA (C) LCx (D) left main (E) diagonal",
-    "A patient weighing 70 kg needs gentamicin at 5 mg/kg once daily with a creatinine clearance of 30 mL/min. What is the adjusted dosing interval? (A) 12 h (B) 24 h (C) 48 h (D) 72 h (E) 6 h",
-    "A screening test has sensitivity 90% and specificity 80% in a population with 10% prevalence. What is the positive predictive value? (A) 90% (B) 80% (C) 50% (D) 33% (E) 10%",
-    "Which drug interaction explains bleeding in a patient on warfarin who starts fluconazole for thrush? (A) CYP2C9 inhibition (B) CYP3A4 induction (C) reduced vitamin K intake (D) protein binding (E) renal clearance",
-    "A cohort study follows smokers and non-smokers for lung cancer over 20 years; the relative risk is 15. What is the attributable risk percent among smokers? (A) 50% (B) 75% (C) 85% (D) 90% (E) 93%",
-    "A child with a barking cough, inspiratory stridor and a steeple sign on neck X-ray most likely has which infection? (A) epiglottitis (B) croup (C) bacterial tracheitis (D) retropharyngeal abscess (E) foreign body",
+    (
+        "A 62-year-old man has crushing chest pain radiating to the left arm and ST elevation in leads II, III and"
+        " aVF. Which artery is most likely occluded? (A) LAD (B) RCA (C) LCx (D) left main (E) diagonal"
+    ),
+    (
+        "A patient weighing 70 kg needs gentamicin at 5 mg/kg once daily with a creatinine clearance of 30 mL/min."
+        " What is the adjusted dosing interval? (A) 12 h (B) 24 h (C) 48 h (D) 72 h (E) 6 h"
+    ),
+    (
+        "A screening test has sensitivity 90% and specificity 80% in a population with 10% prevalence. What is the"
+        " positive predictive value? (A) 90% (B) 80% (C) 50% (D) 33% (E) 10%"
+    ),
+    (
+        "Which drug interaction explains bleeding in a patient on warfarin who starts fluconazole for thrush? (A)"
+        " CYP2C9 inhibition (B) CYP3A4 induction (C) reduced vitamin K intake (D) protein binding (E) renal clearance"
+    ),
+    (
+        "A cohort study follows smokers and non-smokers for lung cancer over 20 years; the relative risk is 15. What"
+        " is the attributable risk percent among smokers? (A) 50% (B) 75% (C) 85% (D) 90% (E) 93%"
+    ),
+    (
+        "A child with a barking cough, inspiratory stridor and a steeple sign on neck X-ray most likely has which"
+        " infection? (A) epiglottitis (B) croup (C) bacterial tracheitis (D) retropharyngeal abscess (E) foreign body"
+    ),
 ]
 REFERENCES = ["B", "C", "D", "A", "E", "B"]
 BLIND = ["B", "B", "D", "A", "E", "B"]
@@ -39,10 +57,25 @@ JUDGE_SCORES = {0: (4, 4, 4), 1: (4, 4, 4), 2: (4, 4, 5), 4: (3, 3, 3)}
 # A second build's material (a later dataset version): every question valid, L4, and the Defender fails them.
 LATER_CAPABILITIES = ["nephrology", "endocrinology"]
 LATER_QUESTIONS = {
-    ("nephrology", 2): "A 58-year-old with nephrotic-range proteinuria, low serum albumin and a renal biopsy showing spike-and-dome basement membrane deposits most likely has which disease? (A) minimal change (B) FSGS (C) membranous nephropathy (D) IgA nephropathy (E) Alport syndrome",
-    ("nephrology", 3): "A marathon runner collapses with dark urine, a creatine kinase of 40,000 U/L and rising potassium. Which intervention comes first? (A) dialysis (B) aggressive IV isotonic fluids (C) furosemide (D) bicarbonate only (E) mannitol only",
-    ("endocrinology", 2): "A woman has weight gain, purple striae and a high late-night salivary cortisol that suppresses with high-dose but not low-dose dexamethasone. Where is the lesion? (A) adrenal adenoma (B) pituitary adenoma (C) ectopic ACTH (D) exogenous steroids (E) adrenal carcinoma",
-    ("endocrinology", 3): "A patient with type 1 diabetes has glucose 520 mg/dL, pH 7.1 and potassium 3.1 mEq/L. What must precede the insulin infusion? (A) bicarbonate (B) potassium replacement (C) phosphate (D) glucagon (E) nothing",
+    ("nephrology", 2): (
+        "A 58-year-old with nephrotic-range proteinuria, low serum albumin and a renal biopsy showing spike-and-dome"
+        " basement membrane deposits most likely has which disease? (A) minimal change (B) FSGS (C) membranous"
+        " nephropathy (D) IgA nephropathy (E) Alport syndrome"
+    ),
+    ("nephrology", 3): (
+        "A marathon runner collapses with dark urine, a creatine kinase of 40,000 U/L and rising potassium. Which"
+        " intervention comes first? (A) dialysis (B) aggressive IV isotonic fluids (C) furosemide (D) bicarbonate only"
+        " (E) mannitol only"
+    ),
+    ("endocrinology", 2): (
+        "A woman has weight gain, purple striae and a high late-night salivary cortisol that suppresses with high-dose"
+        " but not low-dose dexamethasone. Where is the lesion? (A) adrenal adenoma (B) pituitary adenoma (C) ectopic"
+        " ACTH (D) exogenous steroids (E) adrenal carcinoma"
+    ),
+    ("endocrinology", 3): (
+        "A patient with type 1 diabetes has glucose 520 mg/dL, pH 7.1 and potassium 3.1 mEq/L. What must precede the"
+        " insulin infusion? (A) bicarbonate (B) potassium replacement (C) phosphate (D) glucagon (E) nothing"
+    ),
 }
 
 
@@ -59,7 +92,9 @@ LATER_QUESTIONS = {key: split_options(q)[0] for key, q in LATER_QUESTIONS.items(
 
 
 def _skill_level(user: str) -> tuple[str, int]:
-    return re.search(r"Target reasoning skill: (.*)", user).group(1).strip(), int(re.search(r"Complexity: (\d)", user).group(1))
+    return re.search(r"Target reasoning skill: (.*)", user).group(1).strip(), int(
+        re.search(r"Complexity: (\d)", user).group(1)
+    )
 
 
 def respond(body: dict[str, Any]) -> str:
@@ -69,7 +104,9 @@ def respond(body: dict[str, Any]) -> str:
         skill, level = _skill_level(user)
         if skill in LATER_CAPABILITIES:
             later = {"question": LATER_QUESTIONS[skill, level], "options": LATER_OPTIONS[skill, level]}
-            return json.dumps({**later, "explanation": "1. Link the findings. 2. Apply the rule.", "reference_answer": "C"})
+            return json.dumps(
+                {**later, "explanation": "1. Link the findings. 2. Apply the rule.", "reference_answer": "C"}
+            )
         q = CAPABILITIES.index(skill) * 2 + (level - 2)
         return json.dumps(
             {
@@ -89,7 +126,15 @@ def respond(body: dict[str, Any]) -> str:
     if "You are the Judge" in system:
         if any(text in user for text in LATER_QUESTIONS.values()):
             scores = {"clinical_accuracy": 4, "multi_hop": 4, "annotation": 4}
-            return json.dumps({"rationale": "Sound question.", "question_valid": True, "defender_correct": False, **scores, "complexity": 3})
+            return json.dumps(
+                {
+                    "rationale": "Sound question.",
+                    "question_valid": True,
+                    "defender_correct": False,
+                    **scores,
+                    "complexity": 3,
+                }
+            )
         q = next(i for i, text in enumerate(QUESTIONS) if text in user)
         if q == 3:
             return "The question is {fine but I will not give JSON"

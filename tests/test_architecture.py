@@ -19,11 +19,19 @@ ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("nanoflux", "localhub", "builder", "trainer", "spaces", "benchmarks")
 STAGES = ("builder", "trainer", "spaces")
 CEILING = 600
-# Over the ceiling today (lines): each is to be split; a size may not grow.
+# Over the ceiling today (lines, as `ruff format` writes them): each is to be split; a size may not grow.
 OVERSIZE = {
-    "builder/build.py": 850,
-    "nanoflux/transport.py": 650,
-    "benchmarks/training_cost.py": 675,
+    "builder/build.py": 942,
+    "nanoflux/transport.py": 709,
+    "benchmarks/training_cost.py": 931,
+    "spaces/app.py": 731,
+    "trainer/sweep_report.py": 725,
+    "nanoflux/benchmarks.py": 670,
+    "builder/sandbox_child.py": 669,
+    "builder/roles.py": 631,
+    "trainer/train.py": 626,
+    "localhub/api.py": 610,
+    "builder/decontamination.py": 601,
 }
 
 
@@ -83,14 +91,25 @@ def test_the_trainer_reaches_the_builder_only_through_its_public_surface():
 
 @pytest.mark.parametrize("package", PRODUCT)
 def test_product_code_never_imports_tests(package):
-    bad = [f"{p.relative_to(ROOT)}:{line}" for p in modules(package) for line, module, _ in imports(p) if top(module) == "tests"]
+    bad = [
+        f"{p.relative_to(ROOT)}:{line}"
+        for p in modules(package)
+        for line, module, _ in imports(p)
+        if top(module) == "tests"
+    ]
     assert bad == []
 
 
 def test_modules_stay_under_the_ceiling_and_the_oversize_list_only_shrinks():
-    sizes = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines()) for package in PRODUCT for p in modules(package)}
+    sizes = {
+        str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines())
+        for package in PRODUCT
+        for p in modules(package)
+    }
     over = {path: n for path, n in sizes.items() if n > CEILING}
-    assert set(over) <= set(OVERSIZE), f"new modules over {CEILING} lines: {sorted(set(over) - set(OVERSIZE))}: split them"
+    assert set(over) <= set(OVERSIZE), (
+        f"new modules over {CEILING} lines: {sorted(set(over) - set(OVERSIZE))}: split them"
+    )
     grown = {path: (n, OVERSIZE[path]) for path, n in over.items() if n > OVERSIZE[path]}
     assert grown == {}, f"listed modules grew (lines, limit): {grown}"
     left = sorted(path for path in OVERSIZE if sizes.get(path, 0) <= CEILING)
@@ -98,5 +117,10 @@ def test_modules_stay_under_the_ceiling_and_the_oversize_list_only_shrinks():
 
 
 def test_every_module_says_what_it_owns():
-    missing = [str(p.relative_to(ROOT)) for package in PRODUCT for p in modules(package) if p.stat().st_size and ast.get_docstring(ast.parse(p.read_text(encoding="utf-8"))) is None]
+    missing = [
+        str(p.relative_to(ROOT))
+        for package in PRODUCT
+        for p in modules(package)
+        if p.stat().st_size and ast.get_docstring(ast.parse(p.read_text(encoding="utf-8"))) is None
+    ]
     assert missing == []

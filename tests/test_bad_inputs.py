@@ -91,7 +91,12 @@ CASES = [
     ("bad-backend", {"judge": {"backend": "gpu"}}, [], "judge.backend"),
     ("bad-structured-output", {"player_b": {"structured_output": "xml"}}, [], "player_b.structured_output"),
     ("bad-judge-tool", {"judge_tools": ["calculator"]}, [], "judge_tools"),
-    ("number-without-python", {"answer_format": "number", "domain": "math", "judge_tools": ["lookup"]}, [], "judge_tools"),
+    (
+        "number-without-python",
+        {"answer_format": "number", "domain": "math", "judge_tools": ["lookup"]},
+        [],
+        "judge_tools",
+    ),
     # ranges, NaN, infinities
     ("rounds-zero", {"rounds": 0}, [], "rounds"),
     ("attacks-negative", {"attacks_per_round": -5}, [], "attacks_per_round"),
@@ -128,26 +133,114 @@ CASES = [
     ("output-dir-under-a-file", lambda tmp: {"output_dir": _write(tmp / "file", "x") + "/run"}, [], "output_dir"),
     ("hub-dir-is-a-file", lambda tmp: {"hub_dir": _write(tmp / "hub", "x"), "push_to_hub": "org/name"}, [], "hub_dir"),
     # prompts folders
-    ("prompts-missing-file", lambda tmp: {"prompts": _prompts(tmp, lambda f: (f / "judge.txt").unlink())}, [], "judge.txt"),
-    ("prompts-missing-rubric", lambda tmp: {"prompts": _prompts(tmp, lambda f: (f / "rubric.yaml").unlink())}, [], "rubric.yaml"),
-    ("prompts-missing-user-section", lambda tmp: {"prompts": _prompts(tmp, lambda f: _write(f / "defender.txt", "### system\nAnswer: $question\n"))}, [], "defender.txt"),
-    ("prompts-unknown-placeholder", lambda tmp: {"prompts": _prompts(tmp, lambda f: _write(f / "solver.txt", "### system\nSolve.\n### user\n$question for $patient\n"))}, [], "$patient"),
-    ("prompts-stray-dollar", lambda tmp: {"prompts": _prompts(tmp, lambda f: _write(f / "defender.txt", "### system\nCosts $5.\n### user\n$question\n"))}, [], "defender.txt"),
-    ("prompts-missing-question", lambda tmp: {"prompts": _prompts(tmp, lambda f: _write(f / "defender.txt", "### system\nAnswer.\n### user\nAnswer it.\n"))}, [], "$question"),
-    ("prompts-bad-rubric", lambda tmp: {"prompts": _prompts(tmp, lambda f: _write(f / "rubric.yaml", "quality: [oops\n"))}, [], "rubric.yaml"),
-    ("prompts-rubric-no-levels", lambda tmp: {"prompts": _prompts(tmp, lambda f: _write(f / "rubric.yaml", "quality: []\ncomplexity: {description: x, levels: {1: a}}\n"))}, [], "rubric.yaml"),
+    (
+        "prompts-missing-file",
+        lambda tmp: {"prompts": _prompts(tmp, lambda f: (f / "judge.txt").unlink())},
+        [],
+        "judge.txt",
+    ),
+    (
+        "prompts-missing-rubric",
+        lambda tmp: {"prompts": _prompts(tmp, lambda f: (f / "rubric.yaml").unlink())},
+        [],
+        "rubric.yaml",
+    ),
+    (
+        "prompts-missing-user-section",
+        lambda tmp: {
+            "prompts": _prompts(tmp, lambda f: _write(f / "defender.txt", "### system\nAnswer: $question\n"))
+        },
+        [],
+        "defender.txt",
+    ),
+    (
+        "prompts-unknown-placeholder",
+        lambda tmp: {
+            "prompts": _prompts(
+                tmp, lambda f: _write(f / "solver.txt", "### system\nSolve.\n### user\n$question for $patient\n")
+            )
+        },
+        [],
+        "$patient",
+    ),
+    (
+        "prompts-stray-dollar",
+        lambda tmp: {
+            "prompts": _prompts(
+                tmp, lambda f: _write(f / "defender.txt", "### system\nCosts $5.\n### user\n$question\n")
+            )
+        },
+        [],
+        "defender.txt",
+    ),
+    (
+        "prompts-missing-question",
+        lambda tmp: {
+            "prompts": _prompts(
+                tmp, lambda f: _write(f / "defender.txt", "### system\nAnswer.\n### user\nAnswer it.\n")
+            )
+        },
+        [],
+        "$question",
+    ),
+    (
+        "prompts-bad-rubric",
+        lambda tmp: {"prompts": _prompts(tmp, lambda f: _write(f / "rubric.yaml", "quality: [oops\n"))},
+        [],
+        "rubric.yaml",
+    ),
+    (
+        "prompts-rubric-no-levels",
+        lambda tmp: {
+            "prompts": _prompts(
+                tmp, lambda f: _write(f / "rubric.yaml", "quality: []\ncomplexity: {description: x, levels: {1: a}}\n")
+            )
+        },
+        [],
+        "rubric.yaml",
+    ),
     # corpora and banks
     ("corpus-empty", lambda tmp: {"corpus": _write(tmp / "corpus.jsonl", "")}, [], "corpus"),
     ("corpus-not-json", lambda tmp: {"corpus": _write(tmp / "corpus.jsonl", "{not json\n")}, [], "corpus.jsonl:1"),
-    ("corpus-missing-field", lambda tmp: {"corpus": _write(tmp / "corpus.jsonl", '{"id": "a", "title": "t"}\n')}, [], "'text'"),
-    ("corpus-duplicate-id", lambda tmp: {"corpus": _write(tmp / "corpus.jsonl", GOOD_PASSAGE + "\n" + GOOD_PASSAGE + "\n")}, [], "duplicate id"),
+    (
+        "corpus-missing-field",
+        lambda tmp: {"corpus": _write(tmp / "corpus.jsonl", '{"id": "a", "title": "t"}\n')},
+        [],
+        "'text'",
+    ),
+    (
+        "corpus-duplicate-id",
+        lambda tmp: {"corpus": _write(tmp / "corpus.jsonl", GOOD_PASSAGE + "\n" + GOOD_PASSAGE + "\n")},
+        [],
+        "duplicate id",
+    ),
     ("corpus-not-utf8", lambda tmp: {"corpus": _write(tmp / "corpus.jsonl", b"\xff\xfe\x00bad")}, [], "UTF-8"),
     ("corpus-is-a-list", lambda tmp: {"corpus": _write(tmp / "corpus.jsonl", "[1, 2]\n")}, [], "corpus.jsonl:1"),
-    ("bank-not-json", lambda tmp: {"novelty": {"bank": _write(tmp / "bank.jsonl", '{"question": "ok"}\n{broken\n')}}, [], "bank.jsonl:2"),
-    ("bank-not-objects", lambda tmp: {"novelty": {"bank": _write(tmp / "bank.jsonl", '"just a string"\n')}}, [], "bank.jsonl:1"),
-    ("bank-question-not-text", lambda tmp: {"novelty": {"bank": _write(tmp / "bank.jsonl", '{"question": 42}\n')}}, [], "question"),
+    (
+        "bank-not-json",
+        lambda tmp: {"novelty": {"bank": _write(tmp / "bank.jsonl", '{"question": "ok"}\n{broken\n')}},
+        [],
+        "bank.jsonl:2",
+    ),
+    (
+        "bank-not-objects",
+        lambda tmp: {"novelty": {"bank": _write(tmp / "bank.jsonl", '"just a string"\n')}},
+        [],
+        "bank.jsonl:1",
+    ),
+    (
+        "bank-question-not-text",
+        lambda tmp: {"novelty": {"bank": _write(tmp / "bank.jsonl", '{"question": 42}\n')}},
+        [],
+        "question",
+    ),
     ("bank-empty", lambda tmp: {"novelty": {"bank": _write(tmp / "bank.jsonl", "\n")}}, [], "novelty.bank"),
-    ("bank-bad-parquet", lambda tmp: {"novelty": {"bank": _write(tmp / "bank.parquet", "not parquet")}}, [], "bank.parquet"),
+    (
+        "bank-bad-parquet",
+        lambda tmp: {"novelty": {"bank": _write(tmp / "bank.parquet", "not parquet")}},
+        [],
+        "bank.parquet",
+    ),
     # overrides
     ("override-without-value", {}, ["--rounds"], "rounds"),
     ("override-bad-yaml", {}, ["--curation.quality_levels", "[3, 4"], "curation.quality_levels"),
@@ -215,7 +308,9 @@ def test_bad_input_is_one_clear_line_before_any_compute(tmp_path, capsys, guarde
     recipe.write_text(yaml.safe_dump(data))
     before = set(tmp_path.rglob("*"))
     code, message = _run(["build", "--config", str(recipe), *overrides], capsys)
-    _assert_clear(code, message, names, out if data.get("output_dir") == str(out) else tmp_path / "never", guarded, before)
+    _assert_clear(
+        code, message, names, out if data.get("output_dir") == str(out) else tmp_path / "never", guarded, before
+    )
     assert set(tmp_path.rglob("*")) == before, "a bad input wrote files"
 
 
@@ -268,11 +363,16 @@ def test_as_a_subprocess_no_traceback(tmp_path, extra, names):
     recipe.write_text(yaml.safe_dump(_base(out)))
     proc = subprocess.run(
         [sys.executable, "-m", "nanoflux.cli", "build", "--config", str(recipe), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("nanoflux build: ") and names in lines[0] and "Fix:" in lines[0], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("nanoflux build: ") and names in lines[0] and "Fix:" in lines[0], (
+        proc.stderr
+    )
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not out.exists()
 

@@ -65,9 +65,15 @@ def test_build_runs_every_judge_outcome_and_curates_only_validated_l4_rows(serve
     assert first["options"] == scripted_roles.OPTIONS[2]
     # The SFT user turn is the question exactly as evaluation asks it: the stem, lettered options, the instruction.
     user = first["messages"][0]["content"]
-    assert user.startswith(first["question"] + "\n\nA. " + first["options"][0] + "\nB. ") and user.endswith("`Final answer: <letter>`.")
+    assert user.startswith(first["question"] + "\n\nA. " + first["options"][0] + "\nB. ") and user.endswith(
+        "`Final answer: <letter>`."
+    )
     assert first["messages"][1]["content"].endswith("Final answer: D")
-    assert (first["judge_blind_answer"], first["judge_blind_agrees"], first["validity_decided_by"]) == ("D", True, "blind_solve")
+    assert (first["judge_blind_answer"], first["judge_blind_agrees"], first["validity_decided_by"]) == (
+        "D",
+        True,
+        "blind_solve",
+    )
     assert first["correctness_decided_by"] == "answer_check" and first["defender_status"] == "ok"
     assert first["attacker_prompt_tokens"] > 0 and first["judge_completion_tokens"] > 0
 
@@ -77,10 +83,18 @@ def test_build_runs_every_judge_outcome_and_curates_only_validated_l4_rows(serve
     # whatever its verdict says. Its blind program loops; in a multiple-choice domain that is shown, not fatal.
     looping = pool[scripted_roles.QUESTIONS[1]]
     assert looping["judge_status"] == "ok" and looping["tool_calls"][0]["ok"] is False
-    assert (looping["question_valid"], looping["validity_decided_by"], looping["judge_reference_correct"]) == (False, "judge_ruling", True)
+    assert (looping["question_valid"], looping["validity_decided_by"], looping["judge_reference_correct"]) == (
+        False,
+        "judge_ruling",
+        True,
+    )
     # q4: the Judge LLM says the Defender (B) is right, the key (E) says not: the answer check wins, and says so.
     checked = pool[scripted_roles.QUESTIONS[4]]
-    assert (checked["judge_defender_correct"], checked["defender_correct"], checked["correctness_decided_by"]) == (True, False, "answer_check")
+    assert (checked["judge_defender_correct"], checked["defender_correct"], checked["correctness_decided_by"]) == (
+        True,
+        False,
+        "answer_check",
+    )
     assert pool[scripted_roles.QUESTIONS[3]]["judge_status"] == "parse_error"
     assert pool[scripted_roles.QUESTIONS[5]]["judge_status"] == "refused"
     duplicates = [r for r in _rows(tmp_path / "out" / "pool.jsonl") if not r["novel"]]
@@ -119,7 +133,9 @@ def test_an_endpoint_that_stays_down_marks_examples_as_errors_and_a_rerun_sends_
     server.fault_for = None  # the endpoint is back
     rerun = build.main(config)  # resumes: only the failed attack, its defense and its judgement go out
     assert rerun["attack_errors"] == 0 and rerun["generated"] == 4 and rerun["kept"] == 2
-    assert rerun["calls_replayed"] == summary["calls_answered"] and summary["calls_sent"] == summary["calls_answered"] + 6  # 6 attempts at the call that stayed down
+    assert (
+        rerun["calls_replayed"] == summary["calls_answered"] and summary["calls_sent"] == summary["calls_answered"] + 6
+    )  # 6 attempts at the call that stayed down
     assert server.request_count - sent == rerun["calls_sent"] == 4
 
 
@@ -128,12 +144,20 @@ def test_changed_recipe_is_refused_unless_fresh(server, tmp_path):
     with pytest.raises(DifferentRun, match=r"different recipe \(changed: rounds: 2 -> 1\).*--fresh"):
         build.main(_config(server.url, tmp_path / "out", rounds=1))
     # Transport settings are not part of the recipe's identity: the same build resumes with all calls replayed.
-    again = build.main(_config(server.url, tmp_path / "out", judge={**scripted_roles.recipe(server.url, "")["judge"], "max_concurrency": 2}))
+    again = build.main(
+        _config(
+            server.url,
+            tmp_path / "out",
+            judge={**scripted_roles.recipe(server.url, "")["judge"], "max_concurrency": 2},
+        )
+    )
     assert again["calls_sent"] == 0 and again["calls_replayed"] == CALLS_PER_BUILD
     # Nor is curation, which runs on the journaled rows: a finished build is re-curated without a new call.
     assert again["kept"] > 1
     recurated = build.main(_config(server.url, tmp_path / "out", target_size=1))
-    assert (recurated["calls_sent"], recurated["kept"]) == (0, 1) and len(_rows(tmp_path / "out" / "curated.jsonl")) == 1
+    assert (recurated["calls_sent"], recurated["kept"]) == (0, 1) and len(
+        _rows(tmp_path / "out" / "curated.jsonl")
+    ) == 1
     fresh = build.main(_config(server.url, tmp_path / "out", rounds=1), fresh=True)
     assert fresh["calls_replayed"] == 0 and fresh["generated"] == 4
 
@@ -152,7 +176,10 @@ def test_a_build_killed_mid_round_resumes_to_the_same_dataset_without_repeating_
         recipe.write_text(yaml.safe_dump(scripted_roles.recipe(server.url, str(out))))
         env = {**os.environ, "HF_HUB_OFFLINE": "0", "PYTHONPATH": str(Path(__file__).parent.parent)}
         process = subprocess.Popen(
-            [sys.executable, "-m", "nanoflux.cli", "build", "--config", str(recipe)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [sys.executable, "-m", "nanoflux.cli", "build", "--config", str(recipe)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         calls = out / "calls.jsonl"
         deadline = time.monotonic() + 120
@@ -179,7 +206,11 @@ def test_a_build_killed_mid_round_resumes_to_the_same_dataset_without_repeating_
 
     assert content(out / "curated.jsonl") == content(tmp_path / "reference" / "curated.jsonl")
     assert content(out / "pool.jsonl") == content(tmp_path / "reference" / "pool.jsonl")
-    example_keys = [json.loads(line)["key"] for line in (out / "examples.jsonl").read_text().splitlines() if line.strip().endswith("}")]
+    example_keys = [
+        json.loads(line)["key"]
+        for line in (out / "examples.jsonl").read_text().splitlines()
+        if line.strip().endswith("}")
+    ]
     assert len(example_keys) == len(set(example_keys)), "no example state is journaled twice"
 
 
@@ -189,7 +220,11 @@ def test_the_endpoint_token_reaches_the_server_but_no_file_or_log(server, tmp_pa
     caplog.set_level(logging.DEBUG)
     server.script(Fault.status(503))  # a retry gets logged too
     # A custom host gets a key only from a token_env the recipe names (here, explicitly, HF_TOKEN).
-    roles = {name: {**role, "token_env": "HF_TOKEN"} for name, role in scripted_roles.recipe(server.url, "").items() if name in ("player_a", "player_b", "judge")}
+    roles = {
+        name: {**role, "token_env": "HF_TOKEN"}
+        for name, role in scripted_roles.recipe(server.url, "").items()
+        if name in ("player_a", "player_b", "judge")
+    }
     build.main(_config(server.url, tmp_path / "out", **roles))
     assert server.chat_requests[0].authorization == f"Bearer {secret}"
     for path in (tmp_path / "out").rglob("*"):
@@ -205,7 +240,13 @@ def test_a_saved_hub_login_is_never_sent_to_a_custom_endpoint(server, tmp_path, 
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(saved))  # what `hf auth login` leaves behind
     monkeypatch.delenv("ENDPOINT_KEY", raising=False)
-    role = {"base_url": server.url, "model": "scripted/tgi", "max_tokens": 256, "timeout": 1.0, "token_env": "ENDPOINT_KEY"}
+    role = {
+        "base_url": server.url,
+        "model": "scripted/tgi",
+        "max_tokens": 256,
+        "timeout": 1.0,
+        "token_env": "ENDPOINT_KEY",
+    }
     judge = {**role, "model": "scripted/judge", "temperature": 0.0}
     build.main(_config(server.url, tmp_path / "out", player_a=role, player_b=role, judge=judge))
     sent = {request.authorization for request in server.chat_requests}

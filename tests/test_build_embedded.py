@@ -20,7 +20,20 @@ pytestmark = pytest.mark.slow
 
 def test_local_recipe_builds_judged_rows_through_the_managed_server_and_leaves_no_process(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    command = [sys.executable, "-m", "nanoflux.cli", "build", "--config", "configs/local.yaml", "--rounds", "2", "--attacks_per_round", "2", "--output_dir", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "nanoflux.cli",
+        "build",
+        "--config",
+        "configs/local.yaml",
+        "--rounds",
+        "2",
+        "--attacks_per_round",
+        "2",
+        "--output_dir",
+        str(out),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NANOFLUX_CACHE": str(cache)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800, check=False)
     console = done.stdout + done.stderr

@@ -23,7 +23,15 @@ def make(ceiling: int = 1000, initial: int = 4) -> tuple[AdaptiveLimit, Clock]:
     return AdaptiveLimit(ceiling=ceiling, initial=initial, clock=clock), clock
 
 
-def round_trip(limit: AdaptiveLimit, clock: Clock, *, seconds: float = 1.0, tokens: int = 10, outcome: str = "ok", n: int | None = None) -> None:
+def round_trip(
+    limit: AdaptiveLimit,
+    clock: Clock,
+    *,
+    seconds: float = 1.0,
+    tokens: int = 10,
+    outcome: str = "ok",
+    n: int | None = None,
+) -> None:
     """`n` requests (default: the whole limit) sent together and answered `seconds` later."""
 
     async def go() -> None:
@@ -179,7 +187,9 @@ def test_one_limit_per_endpoint_and_loop():
 # --- against the simulated continuous-batching server (benchmarks/batching_server.py) -----------------------------
 
 
-def drive(slots: int, *, seconds: float, queue_limit: int | None = None, ceiling: int = 256) -> tuple[AdaptiveLimit, list[int], object]:
+def drive(
+    slots: int, *, seconds: float, queue_limit: int | None = None, ceiling: int = 256
+) -> tuple[AdaptiveLimit, list[int], object]:
     """Keep `ceiling` + 50 callers sending requests through one AdaptiveLimit to an in-process batching server with
     `slots` (an 8B-on-H100 cost model, 40x faster) for `seconds`; returns the limit, its value sampled every 20 ms
     over the second half, and the server's stats. A 429 is handed back as `overload` and retried after 10 ms."""
@@ -225,7 +235,9 @@ def drive(slots: int, *, seconds: float, queue_limit: int | None = None, ceiling
 def test_the_limit_converges_within_10_percent_of_the_server_slots(slots):
     limit, samples, stats = drive(slots, seconds=6.0)
     mean = sum(samples) / len(samples)
-    assert abs(mean - slots) <= 0.1 * slots, f"limit {mean:.1f} (range {min(samples)}-{max(samples)}) for {slots} slots; {limit.stats}"
+    assert abs(mean - slots) <= 0.1 * slots, (
+        f"limit {mean:.1f} (range {min(samples)}-{max(samples)}) for {slots} slots; {limit.stats}"
+    )
     assert stats.max_running == slots  # the server's batch ran full
     assert limit.stats.latency_cuts <= 2, "a batching server's step time rising with the batch is not congestion"
 

@@ -35,7 +35,11 @@ def test_help_lists_every_recipe_field_with_its_description(stage, capsys):
         main([stage, "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    listed = {line.split(" = ")[0].strip() for line in out.splitlines() if line.startswith("  ") and not line.startswith("      ")}
+    listed = {
+        line.split(" = ")[0].strip()
+        for line in out.splitlines()
+        if line.startswith("  ") and not line.startswith("      ")
+    }
     missing = [field for field in _all_names(cls) if field not in listed]
     assert not missing, f"`nanoflux {stage} --help` does not list {missing}"
     # Descriptions come from the attribute docstrings, not a copy kept elsewhere.
@@ -64,10 +68,17 @@ def test_field_docs_reads_the_string_after_each_annotation():
         two lines."""
 
     assert field_docs(Recipe) == {"size": "How many.", "plain": "Spread over two lines."}
-    assert recipe_fields(Recipe) == [("size", "3", "How many."), ("name", "'x'", ""), ("plain", "False", "Spread over two lines.")]
+    assert recipe_fields(Recipe) == [
+        ("size", "3", "How many."),
+        ("name", "'x'", ""),
+        ("plain", "False", "Spread over two lines."),
+    ]
 
 
 def test_build_help_does_not_import_the_trainer():
-    code = "import sys\nfrom nanoflux.cli import main\ntry:\n    main(['build', '--help'])\nexcept SystemExit:\n    pass\nprint(any(m.startswith('trainer') or m == 'trl' for m in sys.modules))"
+    code = (
+        "import sys\nfrom nanoflux.cli import main\ntry:\n    main(['build', '--help'])\nexcept SystemExit:\n   "
+        " pass\nprint(any(m.startswith('trainer') or m == 'trl' for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"

@@ -19,7 +19,15 @@ def test_every_packaged_recipe_loads_and_validates(recipe):
 def test_cli_overrides_win_over_the_recipe_including_nested_fields():
     config = build_config(
         "configs/medical.yaml",
-        ["--rounds", "3", "--target_size=150", "--judge.base_url", "http://localhost:8080", "--curation.quality_levels", "[3, 4]"],
+        [
+            "--rounds",
+            "3",
+            "--target_size=150",
+            "--judge.base_url",
+            "http://localhost:8080",
+            "--curation.quality_levels",
+            "[3, 4]",
+        ],
     )
     assert (config.rounds, config.target_size) == (3, 150)
     assert config.judge.base_url == "http://localhost:8080"
@@ -73,5 +81,19 @@ def test_missing_recipe_file_and_bad_override_syntax_are_clear_errors():
 
 
 def test_output_dir_defaults_to_the_domain():
-    config = build_config(None, ["--capabilities", "[x]", "--player_a.backend", "embedded", "--player_b.backend", "embedded", "--judge.backend", "embedded", "--allow_shared_judge", "true"])
+    config = build_config(
+        None,
+        [
+            "--capabilities",
+            "[x]",
+            "--player_a.backend",
+            "embedded",
+            "--player_b.backend",
+            "embedded",
+            "--judge.backend",
+            "embedded",
+            "--allow_shared_judge",
+            "true",
+        ],
+    )
     assert config.output_dir == "outputs/medical"

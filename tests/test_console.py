@@ -7,8 +7,8 @@ import warnings
 
 import numpy as np
 
-from nanoflux.cli import quiet_third_parties
 from builder.novelty import embed
+from nanoflux.cli import quiet_third_parties
 
 
 def test_known_third_party_warnings_are_silenced_and_others_kept(monkeypatch, caplog):
@@ -26,7 +26,9 @@ def test_known_third_party_warnings_are_silenced_and_others_kept(monkeypatch, ca
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
     hub = logging.getLogger("huggingface_hub._commit_api")
     with caplog.at_level(logging.WARNING, logger="huggingface_hub._commit_api"):
-        hub.warning("Uploading files as a binary IO buffer is not supported by Xet Storage. Falling back to HTTP upload.")
+        hub.warning(
+            "Uploading files as a binary IO buffer is not supported by Xet Storage. Falling back to HTTP upload."
+        )
         hub.warning("a real problem")
     assert [r.getMessage() for r in caplog.records] == ["a real problem"]
 
@@ -58,4 +60,8 @@ def test_a_missing_optional_package_names_its_extra_without_a_traceback(monkeypa
     monkeypatch.setitem(sys.modules, "trainer.train", WithoutTrl("trainer.train"))
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", "configs/train/local.yaml"])
-    assert exit_info.value.code == "nanoflux train: trl is not installed. Fix: pip install 'nanoflux[train]' (from a clone: pip install -e '.[train]')"
+    assert (
+        exit_info.value.code
+        == "nanoflux train: trl is not installed. Fix: pip install 'nanoflux[train]' (from a clone: pip install -e"
+        " '.[train]')"
+    )

@@ -118,7 +118,9 @@ def test_malformed_line_error_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_missing_field_error_names_file_line_and_field(tmp_path: Path) -> None:
-    path = _write_jsonl(tmp_path / "missing.jsonl", [{"id": "a", "title": "t", "text": "x"}, {"id": "b", "title": "t"}])
+    path = _write_jsonl(
+        tmp_path / "missing.jsonl", [{"id": "a", "title": "t", "text": "x"}, {"id": "b", "title": "t"}]
+    )
     with pytest.raises(ValueError, match=re.escape(f"{path}:2") + r".*'text'"):
         Corpus.load(path)
 

@@ -4,8 +4,15 @@ from builder.curation import curate
 
 def _row(i, **changes):
     row = {
-        "id": f"r00-a{i:04d}", "round": i // 10, "attack_index": i % 10, "novel": True, "judge_status": "ok",
-        "question_valid": True, "quality_level": 4, "judge_complexity": 3, "defender_correct": True,
+        "id": f"r00-a{i:04d}",
+        "round": i // 10,
+        "attack_index": i % 10,
+        "novel": True,
+        "judge_status": "ok",
+        "question_valid": True,
+        "quality_level": 4,
+        "judge_complexity": 3,
+        "defender_correct": True,
     }
     row.update(changes)
     return row

@@ -19,25 +19,16 @@ from pathlib import Path
 import pytest
 
 from builder import build, llama_engine
-from nanoflux.chat import ChatRequest
 from builder.config import build_config
-from builder.llama_engine import (
-    EngineError,
-    EngineSettings,
-    LlamaServer,
-    engine_client,
-    engine_for,
-)
-from nanoflux.transport import EndpointClient
+from builder.llama_engine import EngineError, EngineSettings, LlamaServer, engine_client, engine_for
 from nanoflux import models as embedded
+from nanoflux.chat import ChatRequest
 from nanoflux.models import DEFAULT_MODEL_ID, embedded_model_path
+from nanoflux.transport import EndpointClient
 
 SCHEMA = {
     "type": "object",
-    "properties": {
-        "answer": {"type": "string"},
-        "score": {"type": "integer", "minimum": 1, "maximum": 5},
-    },
+    "properties": {"answer": {"type": "string"}, "score": {"type": "integer", "minimum": 1, "maximum": 5}},
     "required": ["answer", "score"],
 }
 
@@ -125,7 +116,9 @@ def test_the_server_command_is_llama_cpp_server_sized_for_this_machine(tmp_path)
 
 
 def test_a_server_that_dies_while_starting_is_a_clear_error_with_its_log_tail(tmp_path):
-    server = _Scripted("import sys; print('error loading model: tensor data is not within the file bounds'); sys.exit(3)", tmp_path)
+    server = _Scripted(
+        "import sys; print('error loading model: tensor data is not within the file bounds'); sys.exit(3)", tmp_path
+    )
     with pytest.raises(EngineError) as err:
         server.start()
     message = str(err.value)
@@ -134,7 +127,9 @@ def test_a_server_that_dies_while_starting_is_a_clear_error_with_its_log_tail(tm
 
 
 def test_a_server_that_is_not_ready_in_time_is_stopped_and_reported(tmp_path):
-    server = _Scripted("import os, time; print('loading', os.getpid(), flush=True); time.sleep(120)", tmp_path, startup_timeout=1.0)
+    server = _Scripted(
+        "import os, time; print('loading', os.getpid(), flush=True); time.sleep(120)", tmp_path, startup_timeout=1.0
+    )
     with pytest.raises(EngineError, match=r"did not answer within 1 s.*loading") as err:
         server.start()
     pid = int(server.log_tail().split("loading ")[1].split()[0])
@@ -216,9 +211,13 @@ def test_greedy_and_seeded_sampling_are_reproducible(client):
 
     greedy = asyncio.run(twice(ChatRequest(messages=_user("Name a color."), max_tokens=16, temperature=0)))
     assert greedy[0].text == greedy[1].text and greedy[0].text
-    sampled = asyncio.run(twice(ChatRequest(messages=_user("Name a color."), max_tokens=16, temperature=1.0, top_p=0.9, seed=7)))
+    sampled = asyncio.run(
+        twice(ChatRequest(messages=_user("Name a color."), max_tokens=16, temperature=1.0, top_p=0.9, seed=7))
+    )
     assert sampled[0].text == sampled[1].text
-    other_seed = asyncio.run(twice(ChatRequest(messages=_user("Name a color."), max_tokens=16, temperature=1.0, top_p=0.9, seed=8)))
+    other_seed = asyncio.run(
+        twice(ChatRequest(messages=_user("Name a color."), max_tokens=16, temperature=1.0, top_p=0.9, seed=8))
+    )
     assert other_seed[0].text == other_seed[1].text
 
 
@@ -226,7 +225,9 @@ def test_greedy_and_seeded_sampling_are_reproducible(client):
 def test_a_server_that_died_is_reported_with_its_exit_and_log(tmp_path):
     server = LlamaServer(DEFAULT_MODEL_ID, embedded.gguf_path(), EngineSettings(n_ctx=1024), log_dir=tmp_path).start()
     try:
-        dead = llama_engine.EngineClient(server, name="player_a", model=DEFAULT_MODEL_ID, structured_output="llama_cpp")
+        dead = llama_engine.EngineClient(
+            server, name="player_a", model=DEFAULT_MODEL_ID, structured_output="llama_cpp"
+        )
         os.kill(server.process.pid, signal.SIGKILL)
         server.process.wait(timeout=10)
         started = time.monotonic()
@@ -247,8 +248,16 @@ def test_stop_ends_the_server_and_a_killed_parent_leaves_no_orphan(tmp_path):
     assert _wait_gone(pid, 5) and not server.alive
 
     # A NanoFlux process killed with SIGKILL runs no atexit: the server sees its stdin pipe close and exits.
-    script = "import time; from builder.llama_engine import engine_for; print(engine_for().process.pid, flush=True); time.sleep(300)"
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "NANOFLUX_CACHE": str(tmp_path)})
+    script = (
+        "import time; from builder.llama_engine import engine_for; print(engine_for().process.pid, flush=True);"
+        " time.sleep(300)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NANOFLUX_CACHE": str(tmp_path)},
+    )
     try:
         child = int(parent.stdout.readline())
         assert running(child)
@@ -298,7 +307,9 @@ def test_cache_is_a_plain_trainable_model(embedded_model_dir, tmp_path):
 def test_a_missing_extra_names_the_pip_command():
     from nanoflux.extras import MissingExtraError, hint_for, require_extra
 
-    with pytest.raises(MissingExtraError, match=r"no_such_module_xyz is not installed\. Fix: pip install 'nanoflux\[train\]'"):
+    with pytest.raises(
+        MissingExtraError, match=r"no_such_module_xyz is not installed\. Fix: pip install 'nanoflux\[train\]'"
+    ):
         require_extra("train", "no_such_module_xyz")
     require_extra("train", "json")  # installed: nothing raised
     assert "pip install 'nanoflux[train]'" in hint_for(ModuleNotFoundError("No module named 'peft'", name="peft"))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nanoflux.cli import main as nanoflux
 from localhub import RepoStore
+from nanoflux.cli import main as nanoflux
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
 
@@ -24,20 +24,61 @@ def test_build_publish_train_eval_and_the_card_carries_the_scores(tmp_path, embe
 
     # The tiny Judge rarely validates a question; keeping every question it judged (require_valid false) makes
     # sure v1 has rows to train on. Nothing else about the local recipe changes.
-    nanoflux(["build", "--config", "configs/local.yaml", "--rounds", "1", "--curation.require_valid", "false",
-              "--output_dir", str(tmp_path / "build"), "--push_to_hub", REPO, "--hub_dir", str(hub)])  # fmt: skip
+    nanoflux(
+        [
+            "build",
+            "--config",
+            "configs/local.yaml",
+            "--rounds",
+            "1",
+            "--curation.require_valid",
+            "false",
+            "--output_dir",
+            str(tmp_path / "build"),
+            "--push_to_hub",
+            REPO,
+            "--hub_dir",
+            str(hub),
+        ]
+    )
     store = RepoStore(hub)
     v1 = store.resolve("dataset", REPO, "v1")
     kept = json.loads((tmp_path / "build" / "summary.json").read_text())["kept"]
     assert kept > 0
 
-    nanoflux(["train", "--config", "configs/train/local.yaml", "--hub_dir", str(hub), "--max_steps", "2", "--output_dir", str(adapter)])
+    nanoflux(
+        [
+            "train",
+            "--config",
+            "configs/train/local.yaml",
+            "--hub_dir",
+            str(hub),
+            "--max_steps",
+            "2",
+            "--output_dir",
+            str(adapter),
+        ]
+    )
     summary = json.loads((adapter / "training_summary.json").read_text())
     assert summary["dataset"]["pinned"] == f"{REPO}@v1@{v1}" and summary["dataset"]["rows"] == kept
 
-    nanoflux(["eval", "--config", "configs/eval/local.yaml", "--adapter", str(adapter), "--limit", "2",
-              "--benchmarks", "[{format: medqa, path: samples/benchmarks/medqa.jsonl, split: test}]",
-              "--compute", "null", "--output_dir", str(evaluation)])  # fmt: skip
+    nanoflux(
+        [
+            "eval",
+            "--config",
+            "configs/eval/local.yaml",
+            "--adapter",
+            str(adapter),
+            "--limit",
+            "2",
+            "--benchmarks",
+            "[{format: medqa, path: samples/benchmarks/medqa.jsonl, split: test}]",
+            "--compute",
+            "null",
+            "--output_dir",
+            str(evaluation),
+        ]
+    )
     results = json.loads((evaluation / "results.json").read_text())
     assert results["variants"] == ["base", "adapter"]
 

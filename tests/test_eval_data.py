@@ -31,7 +31,9 @@ FIXTURES = ROOT / "samples" / "benchmarks"
 def _bench(**fields) -> BenchmarkConfig:
     columns = fields.pop("columns", None)
     dev = fields.pop("dev", None)
-    bench = BenchmarkConfig(**fields, columns=ColumnsConfig(**(columns or {})), dev=DevConfig(**dev) if dev is not None else None)
+    bench = BenchmarkConfig(
+        **fields, columns=ColumnsConfig(**(columns or {})), dev=DevConfig(**dev) if dev is not None else None
+    )
     bench.validate("benchmarks[0]")
     return bench
 
@@ -48,7 +50,10 @@ MC = {"question": "stem", "option_columns": ["A", "B", "C", "D"], "answer": "cop
 
 
 def _mc_rows(*cops) -> list[dict]:
-    return [{"id": f"q{i}", "stem": f"Question {i}?", "A": "w", "B": "x", "C": "y", "D": "z", "cop": cop} for i, cop in enumerate(cops)]
+    return [
+        {"id": f"q{i}", "stem": f"Question {i}?", "A": "w", "B": "x", "C": "y", "D": "z", "cop": cop}
+        for i, cop in enumerate(cops)
+    ]
 
 
 def test_an_out_of_range_answer_index_is_an_error_naming_benchmark_column_value_and_fix(tmp_path):
@@ -57,7 +62,9 @@ def test_an_out_of_range_answer_index_is_an_error_naming_benchmark_column_value_
     with pytest.raises(EvalError) as err:
         load_benchmark(bench)
     message = str(err.value)
-    assert message.startswith("medmcqa-raw: row q1: columns.answer ('cop') = 4 is out of range for 4 options with answer_base 0")
+    assert message.startswith(
+        "medmcqa-raw: row q1: columns.answer ('cop') = 4 is out of range for 4 options with answer_base 0"
+    )
     assert "Fix: set columns.answer_base to 1" in message
     one_based = _bench(format="choice", name="medmcqa-raw", path=path, split="test", columns={**MC, "answer_base": 1})
     assert [e.gold for e in load_benchmark(one_based)] == ["A", "D", "B"]
@@ -67,10 +74,19 @@ def test_rows_without_a_gold_answer_are_dropped_and_counted(tmp_path):
     path = _write(tmp_path, "mc.jsonl", _mc_rows(1, None, -1, 3))  # -1: the `datasets` ClassLabel for "no label"
     examples = load_benchmark(_bench(format="choice", name="mc", path=path, split="test", columns=MC))
     assert [(e.id, e.gold) for e in examples] == [("q0", "B"), ("q3", "D")]
-    assert examples.selection["dropped"] == {"count": 2, "no_gold": 2, "fewer_than_two_options": 0, "ids": ["q1", "q2"]}
+    assert examples.selection["dropped"] == {
+        "count": 2,
+        "no_gold": 2,
+        "fewer_than_two_options": 0,
+        "ids": ["q1", "q2"],
+    }
     assert examples.selection["rows"] == 2
-    listed = _write(tmp_path, "list.jsonl", [{"q": "Q?", "opts": ["only one"], "a": 0}, {"q": "Q2?", "opts": ["x", "y"], "a": 1}])
-    examples = load_benchmark(_bench(format="choice", path=listed, columns={"question": "q", "options": "opts", "answer": "a"}))
+    listed = _write(
+        tmp_path, "list.jsonl", [{"q": "Q?", "opts": ["only one"], "a": 0}, {"q": "Q2?", "opts": ["x", "y"], "a": 1}]
+    )
+    examples = load_benchmark(
+        _bench(format="choice", path=listed, columns={"question": "q", "options": "opts", "answer": "a"})
+    )
     assert [e.gold for e in examples] == ["B"] and examples.selection["dropped"]["fewer_than_two_options"] == 1
 
 
@@ -82,13 +98,19 @@ def test_rows_without_a_gold_answer_are_dropped_and_counted(tmp_path):
     ],
 )
 def test_a_gold_that_is_not_an_option_is_an_error(tmp_path, answer, error):
-    path = _write(tmp_path, "gb.jsonl", [{"question": "Q? Please choose one of the following options: a. 1 b. 2 c. 3 d. 4 e. 5", "answer": answer}])
+    path = _write(
+        tmp_path,
+        "gb.jsonl",
+        [{"question": "Q? Please choose one of the following options: a. 1 b. 2 c. 3 d. 4 e. 5", "answer": answer}],
+    )
     with pytest.raises(EvalError, match=error):
         load_benchmark(_bench(format="genome_bench", path=path))
 
 
 def test_yes_no_maybe_and_numeric_golds_are_checked(tmp_path):
-    path = _write(tmp_path, "ynm.jsonl", [{"question": "Q?", "answer": "Yes"}, {"question": "Q2?", "answer": "probably"}])
+    path = _write(
+        tmp_path, "ynm.jsonl", [{"question": "Q?", "answer": "Yes"}, {"question": "Q2?", "answer": "probably"}]
+    )
     with pytest.raises(EvalError, match=r"row 1: columns.answer \('answer'\) = 'probably' is not yes, no or maybe"):
         load_benchmark(_bench(format="yes_no_maybe", path=path))
     path = _write(tmp_path, "num.jsonl", [{"question": "Q?", "answer": "about a dozen"}])
@@ -101,7 +123,13 @@ def test_yes_no_maybe_and_numeric_golds_are_checked(tmp_path):
 
 @pytest.mark.parametrize(
     "answer, gold",
-    [("<answer>a.</answer>", "A"), ("<answer> c </answer>", "C"), ("<answer>(d)</answer>", "D"), ("<answer>b. Use a nickase</answer>", "B"), ("<answer>E</answer>", "E")],
+    [
+        ("<answer>a.</answer>", "A"),
+        ("<answer> c </answer>", "C"),
+        ("<answer>(d)</answer>", "D"),
+        ("<answer>b. Use a nickase</answer>", "B"),
+        ("<answer>E</answer>", "E"),
+    ],
 )
 def test_genome_bench_golds_with_a_dot_or_text_are_read(tmp_path, answer, gold):
     question = "Question: Which? Please choose one of the following options: a. one b. two c. three d. four e. five"
@@ -113,23 +141,47 @@ def test_genome_bench_golds_with_a_dot_or_text_are_read(tmp_path, answer, gold):
     "text, stem, options",
     [
         (  # "a." and "b." in the question stem are not options: the chain after the marker is
-            "Question context: compare plan a. and plan b. Question: Which? Please choose one of the following options: a. X b. Y c. Z d. W e. V",
-            "Question context: compare plan a. and plan b. Question: Which?", ["X", "Y", "Z", "W", "V"],
+            (
+                "Question context: compare plan a. and plan b. Question: Which? Please choose one of the following"
+                " options: a. X b. Y c. Z d. W e. V"
+            ),
+            "Question context: compare plan a. and plan b. Question: Which?",
+            ["X", "Y", "Z", "W", "V"],
         ),
         (  # an a..e run inside the last option does not win the tie: the chain that starts first does
-            "Q? Please choose one of the following options: a. X b. Y c. Z d. W e. Do steps a. then b. c. d. e. in order",
-            "Q?", ["X", "Y", "Z", "W", "Do steps a. then b. c. d. e. in order"],
+            (
+                "Q? Please choose one of the following options: a. X b. Y c. Z d. W e. Do steps a. then b. c. d. e. in"
+                " order"
+            ),
+            "Q?",
+            ["X", "Y", "Z", "W", "Do steps a. then b. c. d. e. in order"],
         ),
         (  # "B. subtilis" inside option a is not label b: its case differs from the labels'
-            "Q? Please choose one of the following options: a. Transform B. subtilis cells b. Use E. coli c. Z d. W e. V",
-            "Q?", ["Transform B. subtilis cells", "Use E. coli", "Z", "W", "V"],
+            (
+                "Q? Please choose one of the following options: a. Transform B. subtilis cells b. Use E. coli c. Z d."
+                " W e. V"
+            ),
+            "Q?",
+            ["Transform B. subtilis cells", "Use E. coli", "Z", "W", "V"],
         ),
         (  # quoted options (the authors' format): "b. subtilis" inside option a is not followed by a quote
-            'Q? Please choose one of the following options: a. "Use b. subtilis" b. "Use E. coli" c. "Z" d. "W" e. "V"',
-            "Q?", ["Use b. subtilis", "Use E. coli", "Z", "W", "V"],
+            (
+                'Q? Please choose one of the following options: a. "Use b. subtilis" b. "Use E. coli" c. "Z" d. "W"'
+                ' e. "V"'
+            ),
+            "Q?",
+            ["Use b. subtilis", "Use E. coli", "Z", "W", "V"],
         ),
-        ("Is it plan a. or plan b.? a. X b. Y c. Z", "Is it plan a. or plan b.?", ["X", "Y", "Z"]),  # no marker: after the "?"
-        ("Question: Which? Please choose one of the following options: a. one b. two c. three", "Question: Which?", ["one", "two", "three"]),
+        (
+            "Is it plan a. or plan b.? a. X b. Y c. Z",
+            "Is it plan a. or plan b.?",
+            ["X", "Y", "Z"],
+        ),  # no marker: after the "?"
+        (
+            "Question: Which? Please choose one of the following options: a. one b. two c. three",
+            "Question: Which?",
+            ["one", "two", "three"],
+        ),
         ("Which is larger? (A) 2 (B) 3", "Which is larger?", ["2", "3"]),
         ("No options at all.", "No options at all.", []),
     ],
@@ -142,20 +194,34 @@ def test_inline_options_split_robustly(text, stem, options):
 
 
 def test_the_original_headerless_mmlu_csv_is_read_by_position():
-    bench = _bench(format="mmlu", subset="anatomy", path=str(FIXTURES / "mmlu_anatomy_test_headerless.csv"), split="test", header=False)
+    bench = _bench(
+        format="mmlu",
+        subset="anatomy",
+        path=str(FIXTURES / "mmlu_anatomy_test_headerless.csv"),
+        split="test",
+        header=False,
+    )
     examples = load_benchmark(bench)
     assert [e.gold for e in examples] == list("BCDA")
     assert examples[0].options == ["Humerus", "Femur", "Tibia", "Radius"]
-    assert examples[3].question == "Where is the pituitary gland located, in relation to the hypothalamus?"  # a quoted comma
+    assert (
+        examples[3].question == "Where is the pituitary gland located, in relation to the hypothalamus?"
+    )  # a quoted comma
     assert [e.id for e in examples] == ["0", "1", "2", "3"]  # the first line is a row, not a header
 
 
 def test_a_headerless_csv_read_with_a_header_fails_with_the_working_fix():
-    bench = _bench(format="mmlu", subset="anatomy", path=str(FIXTURES / "mmlu_anatomy_test_headerless.csv"), split="test")
-    with pytest.raises(EvalError, match="column 'question' is not in .*set header: false, the columns are then named 0, 1, 2"):
+    bench = _bench(
+        format="mmlu", subset="anatomy", path=str(FIXTURES / "mmlu_anatomy_test_headerless.csv"), split="test"
+    )
+    with pytest.raises(
+        EvalError, match="column 'question' is not in .*set header: false, the columns are then named 0, 1, 2"
+    ):
         load_benchmark(bench)
     with pytest.raises(EvalError, match="header: false is for local CSV files"):
-        load_benchmark(_bench(format="mmlu", subset="anatomy", path=str(FIXTURES / "mmlu_clinical_knowledge.jsonl"), header=False))
+        load_benchmark(
+            _bench(format="mmlu", subset="anatomy", path=str(FIXTURES / "mmlu_clinical_knowledge.jsonl"), header=False)
+        )
 
 
 # --- id files: PubMedQA's 500 test questions -------------------------------------------------------------
@@ -173,14 +239,22 @@ def test_pubmedqa_from_the_hub_is_scored_on_its_test_ids_and_its_dev_split_is_th
     bench = _bench(format="pubmedqa")
     assert bench.ids_file == PUBMEDQA_TEST_IDS and bench.dev.exclude_ids_file == PUBMEDQA_TEST_IDS
     dev = dev_benchmark(bench)
-    assert (dev.path, dev.subset, dev.split, dev.ids_file, dev.exclude_ids_file) == ("qiaojin/PubMedQA", "pqa_labeled", "train", "all", PUBMEDQA_TEST_IDS)
+    assert (dev.path, dev.subset, dev.split, dev.ids_file, dev.exclude_ids_file) == (
+        "qiaojin/PubMedQA",
+        "pqa_labeled",
+        "train",
+        "all",
+        PUBMEDQA_TEST_IDS,
+    )
     training = _bench(format="pubmedqa", subset="pqa_artificial")  # a training source: no test-id filter, no dev split
     assert training.ids_file is None and training.dev is None
 
 
 def test_ids_file_keeps_and_exclude_ids_file_drops_rows():
     ids = str(FIXTURES / "pubmedqa_test_ids.json")
-    bench = _bench(format="pubmedqa", path=str(FIXTURES / "pubmedqa.parquet"), ids_file=ids, dev={"exclude_ids_file": ids})
+    bench = _bench(
+        format="pubmedqa", path=str(FIXTURES / "pubmedqa.parquet"), ids_file=ids, dev={"exclude_ids_file": ids}
+    )
     test = load_benchmark(bench)
     assert [e.id for e in test] == json.loads(Path(ids).read_text())
     assert test.selection["ids_listed"] == 4 and test.selection["ids_missing"] == 0
@@ -195,7 +269,9 @@ def test_id_files_may_be_text_and_must_exist(tmp_path):
     examples = load_benchmark(_bench(format="pubmedqa", path=str(FIXTURES / "pubmedqa.parquet"), ids_file=str(ids)))
     assert [e.id for e in examples] == ["21645374", "27350418"]
     with pytest.raises(EvalError, match="pubmedqa.ids_file: no ids file at .*Fix: point it at"):
-        load_benchmark(_bench(format="pubmedqa", path=str(FIXTURES / "pubmedqa.parquet"), ids_file=str(tmp_path / "none.json")))
+        load_benchmark(
+            _bench(format="pubmedqa", path=str(FIXTURES / "pubmedqa.parquet"), ids_file=str(tmp_path / "none.json"))
+        )
     with pytest.raises(ConfigError, match="benchmarks\\[0\\].ids_file: needs an id column"):
         _bench(format="medqa", path=str(FIXTURES / "medqa.jsonl"), ids_file=str(ids))
 
@@ -220,13 +296,17 @@ def test_every_hub_benchmark_has_a_dev_split_that_is_not_its_test_split():
 
 
 def test_a_held_out_dev_sample_is_seeded_and_left_out_of_the_same_split():
-    bench = _bench(format="medqa", path=str(FIXTURES / "medqa.jsonl"), dev={"holdout_from": "test", "size": 3, "seed": 0})
+    bench = _bench(
+        format="medqa", path=str(FIXTURES / "medqa.jsonl"), dev={"holdout_from": "test", "size": 3, "seed": 0}
+    )
     dev, test = load_benchmark(bench, partition="dev"), load_benchmark(bench)
     assert len(dev) == 3 and len(test) == 5 and not {e.id for e in dev} & {e.id for e in test}
     assert sorted(int(e.id) for e in dev + test) == list(range(8))
     assert test.selection["excluded_dev_rows"] == 3 and dev.selection["sample"]["seed"] == 0
     assert [e.id for e in load_benchmark(bench, partition="dev")] == [e.id for e in dev]  # the same rows every time
-    other = _bench(format="medqa", path=str(FIXTURES / "medqa.jsonl"), dev={"holdout_from": "test", "size": 3, "seed": 1})
+    other = _bench(
+        format="medqa", path=str(FIXTURES / "medqa.jsonl"), dev={"holdout_from": "test", "size": 3, "seed": 1}
+    )
     assert [e.id for e in load_benchmark(other, partition="dev")] != [e.id for e in dev]
     too_big = _bench(format="medqa", path=str(FIXTURES / "medqa.jsonl"), dev={"holdout_from": "test", "size": 8})
     with pytest.raises(EvalError, match="a held-out sample of 8 rows needs more than the 8 rows.*Fix: lower dev.size"):
@@ -257,8 +337,12 @@ def test_partition_dev_reaches_every_entry_through_build_eval_config(monkeypatch
 def test_an_entry_without_a_known_dev_split_says_how_to_give_one(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"benchmarks: [{{format: medqa, path: {FIXTURES / 'medqa.jsonl'}}}]\n")
-    assert build_eval_config(recipe).benchmarks[0].dev is None  # a local file: the Hub dataset's default does not apply
-    with pytest.raises(ConfigError, match="benchmarks\\[0\\].dev: medqa has no dev split.*Fix: set dev, e.g. \\{split: validation\\}"):
+    assert (
+        build_eval_config(recipe).benchmarks[0].dev is None
+    )  # a local file: the Hub dataset's default does not apply
+    with pytest.raises(
+        ConfigError, match="benchmarks\\[0\\].dev: medqa has no dev split.*Fix: set dev, e.g. \\{split: validation\\}"
+    ):
         build_eval_config(recipe, ["--partition", "dev"])
     with pytest.raises(ConfigError, match="dev.size: a held-out sample needs a size"):
         build_eval_config(recipe, ["--benchmarks.0.dev.holdout_from", "train"])
@@ -278,7 +362,12 @@ def test_dev_empty_turns_the_default_dev_split_off():
 
 def test_gsm8k_is_a_training_format_with_the_number_after_hashes_and_the_solution_as_explanation():
     bench = _bench(format="gsm8k", path=str(FIXTURES / "gsm8k.jsonl"))
-    assert (bench.kind, bench.split, FORMATS["gsm8k"].path, FORMATS["gsm8k"].subset) == ("number", "train", "openai/gsm8k", "main")
+    assert (bench.kind, bench.split, FORMATS["gsm8k"].path, FORMATS["gsm8k"].subset) == (
+        "number",
+        "train",
+        "openai/gsm8k",
+        "main",
+    )
     examples = load_benchmark(bench)
     assert [e.gold for e in examples] == [7.0, 24.0, 110.0, 40.0, 555.0, 137.0, 504.0, -7.0]
     assert examples[0].explanation == "She makes 24 + 18 = 42 muffins.\nAfter selling, 42 - 35 = 7 muffins are left."
@@ -288,11 +377,17 @@ def test_gsm8k_is_a_training_format_with_the_number_after_hashes_and_the_solutio
 
 
 def test_a_dev_block_that_only_adjusts_keeps_the_default_and_one_that_names_the_test_rows_is_refused(tmp_path):
-    assert (lambda d: (d.holdout_from, d.size, d.seed))(_bench(format="medqa", dev={"size": 200, "seed": 3}).dev) == ("train", 200, 3)
+    assert (lambda d: (d.holdout_from, d.size, d.seed))(_bench(format="medqa", dev={"size": 200, "seed": 3}).dev) == (
+        "train",
+        200,
+        3,
+    )
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("benchmarks: [{format: medqa}]\n")
     assert build_eval_config(recipe, ["--benchmarks.medqa.dev.size", "100"]).benchmarks[0].dev.size == 100
-    with pytest.raises(ConfigError, match="benchmarks\\[0\\].dev: the dev rows would be the test rows.*Fix: set split"):
+    with pytest.raises(
+        ConfigError, match="benchmarks\\[0\\].dev: the dev rows would be the test rows.*Fix: set split"
+    ):
         build_eval_config(recipe, ["--benchmarks.medqa.dev.split", "test"])
     with pytest.raises(ConfigError, match="dev.holdout_from: a sample size needs the split"):
         _bench(format="medqa", path=str(FIXTURES / "medqa.jsonl"), dev={"size": 3})

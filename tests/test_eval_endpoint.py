@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 import trainer.generation
-from nanoflux.recipe import to_dict
 from localhub.testing.tgi import Fault, ScriptedTGI
 from nanoflux import journal as journals
+from nanoflux.recipe import to_dict
 from nanoflux.runfolder import RunFolderError
 from trainer.evaluate import (
     BenchmarkConfig,
@@ -62,9 +62,19 @@ def _config(tmp_path: Path, url: str, **fields) -> EvalConfig:
         BenchmarkConfig(format="medqa", path=str(FIXTURES / "medqa.jsonl"), limit=4),
         BenchmarkConfig(format="gsm_hard", path=str(FIXTURES / "gsm_hard.jsonl"), split="train", limit=3),
     ]
-    endpoint = fields.pop("endpoint", None) or EndpointConfig(base_url=url, max_concurrency=8, max_attempts=2, timeout=30)
+    endpoint = fields.pop("endpoint", None) or EndpointConfig(
+        base_url=url, max_concurrency=8, max_attempts=2, timeout=30
+    )
     fields = {"engine": "endpoint", "max_new_tokens": 32, **fields}
-    config = EvalConfig(model=BASE, benchmarks=benchmarks, endpoint=endpoint, reasoning=False, bootstrap_samples=200, output_dir=str(tmp_path / "eval"), **fields)
+    config = EvalConfig(
+        model=BASE,
+        benchmarks=benchmarks,
+        endpoint=endpoint,
+        reasoning=False,
+        bootstrap_samples=200,
+        output_dir=str(tmp_path / "eval"),
+        **fields,
+    )
     config.validate()
     return config
 
@@ -80,7 +90,11 @@ def lora_server(allow_loopback_offline):
         return _answer(SERVED[body["model"]], _prompt(body))
 
     def unknown_model(body: dict):
-        return None if body.get("model") in SERVED else Fault.status(404, message=f"The model `{body.get('model')}` does not exist.")
+        return (
+            None
+            if body.get("model") in SERVED
+            else Fault.status(404, message=f"The model `{body.get('model')}` does not exist.")
+        )
 
     with ScriptedTGI(responder, fault_for=unknown_model, kind="vllm") as server:
         yield server
@@ -94,17 +108,33 @@ def tgi_server(allow_loopback_offline):
 
 
 def _lora_config(tmp_path: Path, url: str, **fields) -> EvalConfig:
-    endpoint = EndpointConfig(base_url=url, max_concurrency=8, max_attempts=2, timeout=30, models=ServedModels(adapter="nanoflux-medical", baseline="medqa-full"))
-    fields = {"adapter": "org/qwen3-4b-nanoflux-medical-lora", "baseline_adapter": "org/qwen3-4b-medqa-full-lora", **fields}
+    endpoint = EndpointConfig(
+        base_url=url,
+        max_concurrency=8,
+        max_attempts=2,
+        timeout=30,
+        models=ServedModels(adapter="nanoflux-medical", baseline="medqa-full"),
+    )
+    fields = {
+        "adapter": "org/qwen3-4b-nanoflux-medical-lora",
+        "baseline_adapter": "org/qwen3-4b-medqa-full-lora",
+        **fields,
+    }
     return _config(tmp_path, url, endpoint=endpoint, **fields)
 
 
 def _scores(results: dict) -> dict:
-    return {b: {v: {k: x for k, x in r.items() if k != "wall_time_s"} for v, r in by.items()} for b, by in results["results"].items()}
+    return {
+        b: {v: {k: x for k, x in r.items() if k != "wall_time_s"} for v, r in by.items()}
+        for b, by in results["results"].items()
+    }
 
 
 def _details(folder: Path) -> dict[str, list[dict]]:
-    return {p.stem: [json.loads(line) for line in p.read_text().splitlines()] for p in sorted((folder / "details").glob("*.jsonl"))}
+    return {
+        p.stem: [json.loads(line) for line in p.read_text().splitlines()]
+        for p in sorted((folder / "details").glob("*.jsonl"))
+    }
 
 
 # --- requests --------------------------------------------------------------------------------------------
@@ -120,7 +150,9 @@ def test_each_variant_is_asked_by_its_served_name_once_per_question(lora_server,
     for body in bodies:
         by_model.setdefault(body["model"], []).append(_prompt(body))
         assert body["temperature"] == 0.0 and body["max_tokens"] == 32 and "response_format" not in body
-        assert len(body["messages"]) == 1 and body["messages"][0]["role"] == "user"  # the server applies its chat template
+        assert (
+            len(body["messages"]) == 1 and body["messages"][0]["role"] == "user"
+        )  # the server applies its chat template
     assert set(by_model) == set(SERVED) and all(len(set(p)) == len(p) == 7 for p in by_model.values())
     assert sorted(by_model[BASE]) == sorted(by_model["nanoflux-medical"]) == sorted(by_model["medqa-full"])
 
@@ -129,9 +161,17 @@ def test_each_variant_is_asked_by_its_served_name_once_per_question(lora_server,
         variant = name.rsplit("-", 1)[1]
         assert all(r["output"] == _answer(variant, r["prompt"]) for r in records)
     gen = results["generation"]
-    assert gen["engine"] == "endpoint" and gen["served_models"] == {"base": BASE, "adapter": "nanoflux-medical", "baseline": "medqa-full"}
+    assert gen["engine"] == "endpoint" and gen["served_models"] == {
+        "base": BASE,
+        "adapter": "nanoflux-medical",
+        "baseline": "medqa-full",
+    }
     assert gen["asked"] == 21 and gen["replayed"] == 0 and gen["questions_per_s"] > 0
-    assert results["adapter"] == "org/qwen3-4b-nanoflux-medical-lora" and results["variants"] == ["base", "adapter", "baseline"]
+    assert results["adapter"] == "org/qwen3-4b-nanoflux-medical-lora" and results["variants"] == [
+        "base",
+        "adapter",
+        "baseline",
+    ]
     assert set(results["paired"]["medqa"]) == {"adapter-vs-base", "adapter-vs-baseline", "baseline-vs-base"}
     assert "served by http://127.0.0.1" in (tmp_path / "eval" / "results.md").read_text()
 
@@ -152,12 +192,17 @@ def test_an_unknown_served_name_fails_at_once_with_the_servers_words(lora_server
 
 
 def test_adapter_answers_identical_to_the_base_are_flagged(tgi_server, tmp_path, caplog):
-    tgi_server.responder = lambda body: _answer("base", _prompt(body))  # TGI: an unknown adapter id gets the base model
+    tgi_server.responder = lambda body: _answer(
+        "base", _prompt(body)
+    )  # TGI: an unknown adapter id gets the base model
     config = _config(tmp_path, tgi_server.url, adapter="org/not-loaded")
     config.benchmarks[0].limit = 8
     with caplog.at_level(logging.WARNING, logger="trainer.generation"):
         main(config)
-    assert "variant adapter (served as 'org/not-loaded') answered exactly as the base model on all 11 questions" in caplog.text
+    assert (
+        "variant adapter (served as 'org/not-loaded') answered exactly as the base model on all 11 questions"
+        in caplog.text
+    )
 
 
 # --- the same answers, the same scores ---------------------------------------------------------------------
@@ -184,17 +229,26 @@ def test_both_engines_score_the_same_answers_identically(lora_server, tmp_path, 
         return [_answer(model.variant, p) for p in prompts]
 
     monkeypatch.setattr(trainer.generation, "generate", fake_generate)
+
     def benchmarks() -> list[BenchmarkConfig]:
         return [
             BenchmarkConfig(format=f, path=str(FIXTURES / file), **extra)
-            for f, file, extra in (("medqa", "medqa.jsonl", {}), ("medmcqa", "medmcqa.jsonl", {"split": "validation"}),
-                                   ("pubmedqa", "pubmedqa.parquet", {"split": "train"}), ("gsm_hard", "gsm_hard.jsonl", {"split": "train"}))
-        ]  # fmt: skip
+            for f, file, extra in (
+                ("medqa", "medqa.jsonl", {}),
+                ("medmcqa", "medmcqa.jsonl", {"split": "validation"}),
+                ("pubmedqa", "pubmedqa.parquet", {"split": "train"}),
+                ("gsm_hard", "gsm_hard.jsonl", {"split": "train"}),
+            )
+        ]
 
-    endpoint = EndpointConfig(base_url=lora_server.url, models=ServedModels(adapter="nanoflux-medical", baseline="medqa-full"))
+    endpoint = EndpointConfig(
+        base_url=lora_server.url, models=ServedModels(adapter="nanoflux-medical", baseline="medqa-full")
+    )
     common = {"adapter": str(tmp_path / "nanoflux"), "baseline_adapter": str(tmp_path / "full"), "endpoint": endpoint}
     served = main(_config(tmp_path / "a", lora_server.url, benchmarks=benchmarks(), **common))
-    in_process = main(_config(tmp_path / "b", lora_server.url, benchmarks=benchmarks(), engine="transformers", **common))
+    in_process = main(
+        _config(tmp_path / "b", lora_server.url, benchmarks=benchmarks(), engine="transformers", **common)
+    )
 
     assert _scores(served) == _scores(in_process)  # accuracy, CI, n, correct, unparseable: all but the timings
     for key in ("paired", "aggregates", "variants", "benchmarks"):
@@ -205,25 +259,28 @@ def test_both_engines_score_the_same_answers_identically(lora_server, tmp_path, 
 
 # --- resume ----------------------------------------------------------------------------------------------
 
-_CHILD = textwrap.dedent(
-    """
+_CHILD = textwrap.dedent("""
     import json, sys
     from nanoflux.recipe import from_dict
     from trainer.evaluate import EvalConfig, main
     config = from_dict(EvalConfig, json.loads(sys.argv[1]))
     config.validate()
     main(config)
-    """
-)
+    """)
 
 
 def test_a_killed_evaluation_resumes_asking_only_unanswered_questions(tmp_path, allow_loopback_offline):
     with ScriptedTGI(lambda body: _answer("base", _prompt(body)), latency=0.3) as server:
         endpoint = EndpointConfig(base_url=server.url, max_concurrency=2, timeout=30)
-        config = _config(tmp_path, server.url, endpoint=endpoint, benchmarks=[
-            BenchmarkConfig(format="medqa", path=str(FIXTURES / "medqa.jsonl")),
-            BenchmarkConfig(format="gsm_hard", path=str(FIXTURES / "gsm_hard.jsonl"), split="train"),
-        ])  # fmt: skip
+        config = _config(
+            tmp_path,
+            server.url,
+            endpoint=endpoint,
+            benchmarks=[
+                BenchmarkConfig(format="medqa", path=str(FIXTURES / "medqa.jsonl")),
+                BenchmarkConfig(format="gsm_hard", path=str(FIXTURES / "gsm_hard.jsonl"), split="train"),
+            ],
+        )
         answers = tmp_path / "eval" / "answers.jsonl"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(to_dict(config))], cwd=ROOT, env=env)
@@ -237,7 +294,9 @@ def test_a_killed_evaluation_resumes_asking_only_unanswered_questions(tmp_path, 
         finally:
             child.wait()
         assert child.returncode == -signal.SIGKILL
-        asked_before = {(r.json["model"], _prompt(r.json)) for r in server.chat_requests if r.json}  # not a body cut by the kill
+        asked_before = {
+            (r.json["model"], _prompt(r.json)) for r in server.chat_requests if r.json
+        }  # not a body cut by the kill
         kept = len(journals.scan(answers).lines)
         assert 5 <= kept < 16 and not (tmp_path / "eval" / "results.json").exists()
 
@@ -247,7 +306,9 @@ def test_a_killed_evaluation_resumes_asking_only_unanswered_questions(tmp_path, 
         asked_again = [(r.json["model"], _prompt(r.json)) for r in server.chat_requests]
         assert len(asked_again) == 16 - kept  # only the unanswered questions, each once
         assert len(set(asked_again)) == len(asked_again)
-        assert len(asked_before | set(asked_again)) == 16  # an answer in flight at the kill may be asked twice, none lost
+        assert (
+            len(asked_before | set(asked_again)) == 16
+        )  # an answer in flight at the kill may be asked twice, none lost
         assert results["generation"]["replayed"] == kept and results["generation"]["asked"] == 16 - kept
         assert [r["n"] for r in (results["results"][b]["base"] for b in ("medqa", "gsm-hard"))] == [8, 8]
         for records in _details(tmp_path / "eval").values():
@@ -256,10 +317,14 @@ def test_a_killed_evaluation_resumes_asking_only_unanswered_questions(tmp_path, 
         server.reset()
         again = main(config)  # a finished evaluation re-run: everything from the journal
         assert server.request_count == 0 and again["generation"]["replayed"] == 16
-        assert again["results"] == {b: {v: {**r, "wall_time_s": None} for v, r in by.items()} for b, by in results["results"].items()}
+        assert again["results"] == {
+            b: {v: {**r, "wall_time_s": None} for v, r in by.items()} for b, by in results["results"].items()
+        }
 
 
-def test_a_changed_evaluation_reuses_only_matching_answers_and_another_base_model_is_refused(lora_server, tmp_path, caplog):
+def test_a_changed_evaluation_reuses_only_matching_answers_and_another_base_model_is_refused(
+    lora_server, tmp_path, caplog
+):
     main(_lora_config(tmp_path, lora_server.url))
     assert lora_server.request_count == 21
 
@@ -272,7 +337,9 @@ def test_a_changed_evaluation_reuses_only_matching_answers_and_another_base_mode
     retrained = _lora_config(tmp_path, lora_server.url, max_new_tokens=48)
     retrained.adapter = "org/qwen3-4b-nanoflux-medical-lora-v2"
     results = main(retrained)
-    assert {r.json["model"] for r in lora_server.chat_requests} == {"nanoflux-medical"} and lora_server.request_count == 7
+    assert {r.json["model"] for r in lora_server.chat_requests} == {
+        "nanoflux-medical"
+    } and lora_server.request_count == 7
     assert (results["generation"]["asked"], results["generation"]["replayed"]) == (7, 14)
 
     lora_server.reset()  # one variant less: every answer comes from the journal
@@ -283,7 +350,13 @@ def test_a_changed_evaluation_reuses_only_matching_answers_and_another_base_mode
     other_base = _lora_config(tmp_path, lora_server.url, max_new_tokens=48)
     other_base.model = "HuggingFaceTB/SmolLM2-360M-Instruct"
     other_base.endpoint.models.base = BASE
-    with pytest.raises(RunFolderError, match=r"holds 49 answer\(s\) of an evaluation of a different recipe \(changed: model: .*135M.* -> .*360M.*\)\. Fix: re-run with --fresh"):
+    with pytest.raises(
+        RunFolderError,
+        match=(
+            r"holds 49 answer\(s\) of an evaluation of a different recipe \(changed: model: .*135M.* -> .*360M.*\)\."
+            r" Fix: re-run with --fresh"
+        ),
+    ):
         main(other_base)
     assert (tmp_path / "eval" / "results.json").exists()  # the earlier results are left as they were
     main(other_base, fresh=True)
@@ -333,7 +406,10 @@ def test_a_failure_midway_keeps_the_journal_and_the_rerun_asks_only_the_rest(lor
     lora_server.fault_for = fault_for
     config = _lora_config(tmp_path, lora_server.url)
     config.endpoint.max_concurrency = 1  # the 10th request fails: 9 answers before it
-    with caplog.at_level(logging.WARNING), pytest.raises(EvalError, match=r"HTTP 400: prompt too long.*9 answer\(s\) are kept .*re-run the same command"):
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(EvalError, match=r"HTTP 400: prompt too long.*9 answer\(s\) are kept .*re-run the same command"),
+    ):
         main(config)
     folder = tmp_path / "eval"
     assert sorted(p.name for p in folder.iterdir()) == ["answers.jsonl", "answers.seal.json", "run.json", "run.lock"]
@@ -368,7 +444,9 @@ def test_a_failed_in_process_evaluation_removes_what_it_created_and_nothing_else
 def test_the_endpoint_engine_is_one_override_away_in_every_recipe():
     config = build_eval_config(ROOT / "configs/eval/medical.yaml", ["--engine", "endpoint"])
     assert config.endpoint.base_url.startswith("http://") and config.endpoint.models.adapter == "nanoflux-medical"
-    local = build_eval_config(ROOT / "configs/eval/local.yaml", ["--engine", "endpoint", "--endpoint.base_url", "http://127.0.0.1:8080"])
+    local = build_eval_config(
+        ROOT / "configs/eval/local.yaml", ["--engine", "endpoint", "--endpoint.base_url", "http://127.0.0.1:8080"]
+    )
     assert local.engine == "endpoint" and local.endpoint.max_concurrency == 256
 
 
@@ -381,7 +459,9 @@ def _local(tmp_path: Path, name: str, *extra: str) -> EvalConfig:
 
 
 @pytest.mark.slow
-def test_a_server_running_the_same_transformers_model_gives_identical_scores(embedded_model_dir, tmp_path, monkeypatch, allow_loopback_offline):
+def test_a_server_running_the_same_transformers_model_gives_identical_scores(
+    embedded_model_dir, tmp_path, monkeypatch, allow_loopback_offline
+):
     """The identity claim, honestly: the same weights (the packaged SmolLM2 in fp32) behind the endpoint as in-process,
     both answering one question at a time, give the same texts and so the same scores."""
     monkeypatch.chdir(ROOT)
@@ -390,24 +470,28 @@ def test_a_server_running_the_same_transformers_model_gives_identical_scores(emb
 
     def serve(body: dict) -> str:
         with lock:  # one forward pass at a time, as the in-process engine runs them
-            return trainer.generation.generate(model, tokenizer, [_prompt(body)], max_new_tokens=body["max_tokens"], batch_size=1)[0]
+            return trainer.generation.generate(
+                model, tokenizer, [_prompt(body)], max_new_tokens=body["max_tokens"], batch_size=1
+            )[0]
 
     in_process = main(_local(tmp_path, "in-process", "--batch_size", "1", "--max_new_tokens", "24"))
     with ScriptedTGI(serve, kind="vllm", model_id=BASE) as server:
-        served = main(_local(tmp_path, "served", "--engine", "endpoint", "--endpoint.base_url", server.url, "--max_new_tokens", "24"))
+        served = main(
+            _local(
+                tmp_path, "served", "--engine", "endpoint", "--endpoint.base_url", server.url, "--max_new_tokens", "24"
+            )
+        )
     assert _details(tmp_path / "in-process") == _details(tmp_path / "served")
     assert _scores(in_process) == _scores(served) and in_process["aggregates"] == served["aggregates"]
 
 
 @pytest.mark.slow
-def test_llama_cpp_serving_the_packaged_gguf_agrees_with_the_in_process_engine(embedded_model_dir, tmp_path, monkeypatch):
+def test_llama_cpp_serving_the_packaged_gguf_agrees_with_the_in_process_engine(
+    embedded_model_dir, tmp_path, monkeypatch
+):
     """A real llama.cpp server (the Q4_1 GGUF) against the in-process engine (its dequantized fp32 copy): the texts may
     differ, so the agreement of the extracted answers is measured, reported and must be high."""
-    from benchmarks.eval_engines import (
-        ServerUnavailable,
-        agreement,
-        packaged_llama_server,
-    )
+    from benchmarks.eval_engines import ServerUnavailable, agreement, packaged_llama_server
 
     monkeypatch.chdir(ROOT)
     in_process = main(_local(tmp_path, "in-process"))
@@ -417,10 +501,14 @@ def test_llama_cpp_serving_the_packaged_gguf_agrees_with_the_in_process_engine(e
     except ServerUnavailable as err:
         pytest.skip(str(err))
     found = agreement(tmp_path / "in-process", tmp_path / "served")
-    print(f"llama.cpp (Q4_1) vs transformers (fp32), {found['questions']} questions: extracted answers agree on "
-          f"{found['answer_agreement']:.0%}, texts on {found['text_agreement']:.0%}")
+    print(
+        f"llama.cpp (Q4_1) vs transformers (fp32), {found['questions']} questions: extracted answers agree on "
+        f"{found['answer_agreement']:.0%}, texts on {found['text_agreement']:.0%}"
+    )
     assert found["questions"] == 12 and served["generation"]["asked"] == 12
-    assert served["generation"]["completion_tokens"] > 0 and all(r["output"] for rs in _details(tmp_path / "served").values() for r in rs)
+    assert served["generation"]["completion_tokens"] > 0 and all(
+        r["output"] for rs in _details(tmp_path / "served").values() for r in rs
+    )
     assert found["answer_agreement"] >= 0.75, found
     assert set(served["results"]) == set(in_process["results"])
 
@@ -435,6 +523,10 @@ def test_the_engine_benchmark_measures_both_engines_on_the_same_questions(embedd
     except ServerUnavailable as err:
         pytest.skip(str(err))
     for engine in ("transformers", "endpoint"):
-        assert record[engine]["questions"] == 6 and record[engine]["questions_per_s"] > 0 and len(record[engine]["accuracy"]) == 6
+        assert (
+            record[engine]["questions"] == 6
+            and record[engine]["questions_per_s"] > 0
+            and len(record[engine]["accuracy"]) == 6
+        )
     assert record["agreement"]["questions"] == 6 and record["endpoint_vs_transformers"] > 0
     assert record["settings"]["limit_per_benchmark"] == 1 and record["endpoint"]["http_attempts"] == 6

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from localhub import JobRunner, LocalHub
 from nanoflux.cli import main as cli_main
 from nanoflux.recipe import ConfigError
-from localhub import JobRunner, LocalHub
 from tests.test_train import ADAPTER_REPO, LOCAL_RECIPE, QWEN_RECIPE, REPO, make_dataset_repo
-from trainer.jobs import RECIPE_ENV, JobsError, job_spec, main as submit
+from trainer.jobs import RECIPE_ENV, JobsError, job_spec
+from trainer.jobs import main as submit
 from trainer.train import TrainConfig, TrainError, build_train_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -29,7 +30,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _jobs_config(*overrides: str) -> TrainConfig:
     """The local recipe as a job: data and adapter on the (local) Hub, NanoFlux preinstalled in the 'image'."""
-    args = ["--backend", "jobs", "--hub_dir", "null", "--push_to_hub", ADAPTER_REPO, "--job_package", "nanoflux", *overrides]
+    args = [
+        "--backend",
+        "jobs",
+        "--hub_dir",
+        "null",
+        "--push_to_hub",
+        ADAPTER_REPO,
+        "--job_package",
+        "nanoflux",
+        *overrides,
+    ]
     return build_train_config(LOCAL_RECIPE, args)
 
 
@@ -51,7 +62,11 @@ def test_the_job_runs_the_same_recipe_locally_on_the_requested_hardware():
     config = build_train_config(QWEN_RECIPE, ["--backend", "jobs", "--flavor", "a100-large", "--job_timeout", "3h"])
     spec = job_spec(config, package="nanoflux==0.1.0")
 
-    assert (spec["image"], spec["flavor"], spec["timeout"]) == ("pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime", "a100-large", "3h")
+    assert (spec["image"], spec["flavor"], spec["timeout"]) == (
+        "pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime",
+        "a100-large",
+        "3h",
+    )
     assert spec["command"][:2] == ["bash", "-c"]
     script = spec["command"][2]
     assert "pip install --quiet --no-cache-dir nanoflux==0.1.0" in script
@@ -59,7 +74,11 @@ def test_the_job_runs_the_same_recipe_locally_on_the_requested_hardware():
     recipe = yaml.safe_load(spec["env"][RECIPE_ENV])
     # Inside the job, the run trains where it is, into a folder of the job's own disk; the test-row check (a recipe file
     # of this machine) ran before submission.
-    assert (recipe["backend"], recipe["output_dir"], recipe["eval_recipe"]) == ("local", "outputs/qwen3-4b-nanoflux-medical-lora", None)
+    assert (recipe["backend"], recipe["output_dir"], recipe["eval_recipe"]) == (
+        "local",
+        "outputs/qwen3-4b-nanoflux-medical-lora",
+        None,
+    )
     assert config.eval_recipe == "configs/eval/medical.yaml"
     same = {k: v for k, v in vars(config).items() if k not in ("backend", "output_dir", "eval_recipe")}
     assert {k: v for k, v in recipe.items() if k not in ("backend", "output_dir", "eval_recipe")} == same
@@ -72,7 +91,10 @@ def test_the_job_runs_the_same_recipe_locally_on_the_requested_hardware():
         (["--push_to_hub", "null"], "push_to_hub: required with backend jobs"),
         (["--hub_dir", "outputs/hub"], "hub_dir: a local folder is not visible to a job (got 'outputs/hub')"),
         (["--adapter_hub_dir", "outputs/models"], "adapter_hub_dir: a local folder is not visible to a job"),
-        (["--job_timeout", "two hours"], "job_timeout: not a duration (got 'two hours'). Fix: write seconds or a number with s/m/h/d"),
+        (
+            ["--job_timeout", "two hours"],
+            "job_timeout: not a duration (got 'two hours'). Fix: write seconds or a number with s/m/h/d",
+        ),
         (["--flavor", "''"], "flavor: empty (got ''). Fix: name a Jobs hardware flavor"),
         (["--backend", "slurm"], "backend: unknown (got 'slurm'). Fix: use local"),
     ],
@@ -93,16 +115,25 @@ def test_submission_passes_the_token_only_as_a_secret(hub):
     assert job.secrets == ["HF_TOKEN"]  # the API names secrets, never shows them
     recorded = hub.jobs.get("localhub", job.id).spec  # what the server received
     assert recorded["secrets"] == {"HF_TOKEN": TOKEN}
-    assert (recorded["flavor"], recorded["timeoutSeconds"], recorded["dockerImage"]) == ("a10g-small", 5400, "pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime")
+    assert (recorded["flavor"], recorded["timeoutSeconds"], recorded["dockerImage"]) == (
+        "a10g-small",
+        5400,
+        "pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime",
+    )
     assert TOKEN not in json.dumps({k: v for k, v in recorded.items() if k != "secrets"})
     assert yaml.safe_load(recorded["environment"][RECIPE_ENV])["push_to_hub"] == ADAPTER_REPO
     assert hub.store.exists("model", ADAPTER_REPO)  # the adapter repo was created (and writable) before submitting
 
 
 def test_without_job_package_this_checkout_goes_up_as_a_wheel_the_job_downloads(hub):
-    job = submit(build_train_config(LOCAL_RECIPE, ["--backend", "jobs", "--hub_dir", "null", "--push_to_hub", ADAPTER_REPO]), detach=True)
+    job = submit(
+        build_train_config(LOCAL_RECIPE, ["--backend", "jobs", "--hub_dir", "null", "--push_to_hub", ADAPTER_REPO]),
+        detach=True,
+    )
 
-    files = hub.store.commit("dataset", "localhub/nanoflux-jobs", hub.store.resolve("dataset", "localhub/nanoflux-jobs", "main")).files
+    files = hub.store.commit(
+        "dataset", "localhub/nanoflux-jobs", hub.store.resolve("dataset", "localhub/nanoflux-jobs", "main")
+    ).files
     wheels = [path for path in files if path.endswith(".whl")]
     assert len(wheels) == 1 and Path(wheels[0]).name.startswith("nanoflux-0.1.0-py3-none-any")
     assert hub.store.meta("dataset", "localhub/nanoflux-jobs")["private"]
@@ -117,17 +148,27 @@ def test_a_missing_version_fails_before_anything_is_submitted(hub):
     assert hub.jobs.list("localhub") == []
 
 
-def test_training_rows_that_are_evaluation_test_rows_are_refused_before_anything_is_submitted(tmp_path, hub_endpoint, monkeypatch):
+def test_training_rows_that_are_evaluation_test_rows_are_refused_before_anything_is_submitted(
+    tmp_path, hub_endpoint, monkeypatch
+):
     from nanoflux.benchmarks import test_questions
     from trainer.evaluate import build_eval_config
 
     monkeypatch.chdir(ROOT)
-    medqa = next(b for b in build_eval_config(ROOT / "configs" / "eval" / "local.yaml").benchmarks if b.name == "medqa")
+    medqa = next(
+        b for b in build_eval_config(ROOT / "configs" / "eval" / "local.yaml").benchmarks if b.name == "medqa"
+    )
     make_dataset_repo(tmp_path / "hub", questions={2: next(iter(test_questions(medqa).values()))})
     with LocalHub(tmp_path / "hub", token=TOKEN, jobs=JobRunner(run=False)) as server:
         hub_endpoint(server.url)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
-        with pytest.raises(TrainError, match=r"eval_recipe: the training data of local/nanoflux-medical holds 1 question\(s\) of the evaluation's test rows"):
+        with pytest.raises(
+            TrainError,
+            match=(
+                r"eval_recipe: the training data of local/nanoflux-medical holds 1 question\(s\) of the evaluation's"
+                r" test rows"
+            ),
+        ):
             submit(_jobs_config(), detach=True)
         assert server.jobs.list("localhub") == [] and not server.store.exists("model", ADAPTER_REPO)
 
@@ -145,12 +186,19 @@ def test_jobs_status_and_logs_show_a_finished_job(tmp_path, hub_endpoint, monkey
     with LocalHub(tmp_path / "hub", token=TOKEN, jobs=JobRunner()) as server:
         hub_endpoint(server.url)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
-        job = HfApi().run_job(image="python:3.12", command=["bash", "-c", "echo step 1; echo step 2; exit 3"], flavor="cpu-basic")
+        job = HfApi().run_job(
+            image="python:3.12", command=["bash", "-c", "echo step 1; echo step 2; exit 3"], flavor="cpu-basic"
+        )
         HfApi().wait_for_job(job.id, timeout=30)
 
         cli_main(["jobs", "status", job.id])
         status = yaml.safe_load(capsys.readouterr().out)
-        assert (status["id"], status["stage"], status["message"], status["flavor"]) == (job.id, "ERROR", "Job failed with exit code: 3", "cpu-basic")
+        assert (status["id"], status["stage"], status["message"], status["flavor"]) == (
+            job.id,
+            "ERROR",
+            "Job failed with exit code: 3",
+            "cpu-basic",
+        )
 
         cli_main(["jobs", "logs", job.id])
         assert capsys.readouterr().out.splitlines() == ["step 1", "step 2"]
@@ -163,7 +211,9 @@ def test_jobs_status_and_logs_show_a_finished_job(tmp_path, hub_endpoint, monkey
 
 
 @pytest.mark.slow
-def test_a_training_job_pushes_its_adapter_before_its_disk_is_gone(tmp_path, hub_endpoint, monkeypatch, embedded_model_dir, capsys):
+def test_a_training_job_pushes_its_adapter_before_its_disk_is_gone(
+    tmp_path, hub_endpoint, monkeypatch, embedded_model_dir, capsys
+):
     monkeypatch.chdir(ROOT)  # the test-row check runs here, before submission (the job's recipe has eval_recipe null)
     tags = make_dataset_repo(tmp_path / "hub")
     # The 'image' has NanoFlux installed: this environment's `nanoflux` is first on the job's PATH.
@@ -172,8 +222,25 @@ def test_a_training_job_pushes_its_adapter_before_its_disk_is_gone(tmp_path, hub
         hub_endpoint(server.url)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
         # Relative output_dir: the adapter is written inside the job's temporary folder, deleted when the job ends.
-        cli_main(["train", "--config", str(LOCAL_RECIPE), "--backend", "jobs", "--hub_dir", "null", "--push_to_hub", ADAPTER_REPO,
-                  "--job_package", "nanoflux", "--max_steps", "2", "--output_dir", "outputs/adapter"])  # fmt: skip
+        cli_main(
+            [
+                "train",
+                "--config",
+                str(LOCAL_RECIPE),
+                "--backend",
+                "jobs",
+                "--hub_dir",
+                "null",
+                "--push_to_hub",
+                ADAPTER_REPO,
+                "--job_package",
+                "nanoflux",
+                "--max_steps",
+                "2",
+                "--output_dir",
+                "outputs/adapter",
+            ]
+        )
         out = capsys.readouterr().out
 
         assert "COMPLETED" in out.splitlines()[-1]

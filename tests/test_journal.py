@@ -108,8 +108,14 @@ def test_records_cut_off_the_end_are_counted_from_the_seal(tmp_path):
 
 def test_an_older_journal_without_checksums_is_accepted_once_and_rewritten(tmp_path, caplog):
     path = tmp_path / "calls.jsonl"
-    old = [{"key": "a", "fingerprint": "f", "text": "é"}, {"key": "b", "text": "no fingerprint"}, {"key": "c", "fingerprint": "f", "text": "2"}]
-    torn = json.dumps({"key": "d", "fingerprint": "f", "text": "日本"}, ensure_ascii=False).encode()[:-5]  # a torn multi-byte character
+    old = [
+        {"key": "a", "fingerprint": "f", "text": "é"},
+        {"key": "b", "text": "no fingerprint"},
+        {"key": "c", "fingerprint": "f", "text": "2"},
+    ]
+    torn = json.dumps({"key": "d", "fingerprint": "f", "text": "日本"}, ensure_ascii=False).encode()[
+        :-5
+    ]  # a torn multi-byte character
     path.write_bytes(b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in old) + torn)
     journal = Journal(path)
     assert sorted(journal.records) == ["a", "c"] and journal.lost == 2 and journal.get("a")["text"] == "é"

@@ -10,7 +10,15 @@ import pytest
 
 from nanoflux.journal import Journal, scan
 
-RECORDS = [{"key": f"r00-a{i:04d}/attack/try0", "fingerprint": f"{i:016x}", "text": "Final answer: é — " + "x" * (i % 5), "retries": i % 2} for i in range(12)]
+RECORDS = [
+    {
+        "key": f"r00-a{i:04d}/attack/try0",
+        "fingerprint": f"{i:016x}",
+        "text": "Final answer: é — " + "x" * (i % 5),
+        "retries": i % 2,
+    }
+    for i in range(12)
+]
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +95,19 @@ def test_random_byte_flips_lose_exactly_the_records_they_touch(tmp_path, journal
 
 @pytest.mark.parametrize(
     "junk",
-    [b"[]", b"[1, 2]", b"3.5", b"null", b"{}", b'"key"', b'{"key": 7}', b'{"fingerprint": "f"}', b"\xc3", "é".encode()[:1] + b'"}', b"\x00" * 8],
+    [
+        b"[]",
+        b"[1, 2]",
+        b"3.5",
+        b"null",
+        b"{}",
+        b'"key"',
+        b'{"key": 7}',
+        b'{"fingerprint": "f"}',
+        b"\xc3",
+        "é".encode()[:1] + b'"}',
+        b"\x00" * 8,
+    ],
 )
 def test_junk_in_place_of_a_record_is_one_lost_record(tmp_path, journal_bytes, junk):
     data, spans = journal_bytes

@@ -187,8 +187,10 @@ def test_tags_pin_versions_in_refs_repo_info_and_downloads(api: HfApi, versions:
 def test_tree_paths_info_and_commits_describe_each_version(api: HfApi, versions: dict[str, str]) -> None:
     top = api.list_repo_tree(REPO, repo_type="dataset", revision="v1")
     assert [(e.path, type(e).__name__) for e in top] == [
-        ("data", "RepoFolder"), (".gitattributes", "RepoFile"), ("README.md", "RepoFile"),
-    ]  # fmt: skip
+        ("data", "RepoFolder"),
+        (".gitattributes", "RepoFile"),
+        ("README.md", "RepoFile"),
+    ]
     every = list(api.list_repo_tree(REPO, repo_type="dataset", revision="v1", recursive=True, expand=True))
     shard = next(e for e in every if e.path == "data/train-00000-of-00001.parquet")
     assert shard.size == len(parquet_bytes(V1_ROWS)) and shard.lfs.sha256  # *.parquet is LFS, as on the Hub
@@ -248,8 +250,9 @@ def test_missing_repo_revision_and_file_raise_the_hub_errors(api: HfApi, version
 
 def test_branches_can_be_created_committed_to_and_deleted(api: HfApi, versions: dict[str, str]) -> None:
     api.create_branch(REPO, repo_type="dataset", branch="draft", revision="v1")
-    api.upload_file(path_or_fileobj=b"wip", path_in_repo="notes.txt", repo_id=REPO, repo_type="dataset",
-                    revision="draft")  # fmt: skip
+    api.upload_file(
+        path_or_fileobj=b"wip", path_in_repo="notes.txt", repo_id=REPO, repo_type="dataset", revision="draft"
+    )
     assert "notes.txt" in api.list_repo_files(REPO, repo_type="dataset", revision="draft")
     assert "notes.txt" not in api.list_repo_files(REPO, repo_type="dataset")
     api.delete_branch(REPO, repo_type="dataset", branch="draft")
@@ -295,8 +298,13 @@ def test_a_crash_before_the_ref_update_leaves_no_visible_change(
 
 def test_a_stale_parent_commit_is_rejected(api: HfApi, versions: dict[str, str]) -> None:
     with pytest.raises(HfHubHTTPError) as err:
-        api.create_commit(REPO, repo_type="dataset", operations=[CommitOperationAdd("x.txt", b"x")],
-                          commit_message="stale", parent_commit=versions["v1"])  # fmt: skip
+        api.create_commit(
+            REPO,
+            repo_type="dataset",
+            operations=[CommitOperationAdd("x.txt", b"x")],
+            commit_message="stale",
+            parent_commit=versions["v1"],
+        )
     assert err.value.response.status_code == 412
     assert api.dataset_info(REPO).sha == versions["v2"]
 
@@ -363,8 +371,13 @@ def test_concurrent_commits_are_serialized_and_none_is_lost(api: HfApi) -> None:
     api.create_repo(REPO, repo_type="dataset")
 
     def upload(i: int) -> str:
-        return api.upload_file(path_or_fileobj=f"{i}".encode(), path_in_repo=f"notes/{i}.txt", repo_id=REPO,
-                               repo_type="dataset", commit_message=f"note {i}").oid  # fmt: skip
+        return api.upload_file(
+            path_or_fileobj=f"{i}".encode(),
+            path_in_repo=f"notes/{i}.txt",
+            repo_id=REPO,
+            repo_type="dataset",
+            commit_message=f"note {i}",
+        ).oid
 
     with ThreadPoolExecutor(8) as pool:
         shas = set(pool.map(upload, range(8)))
@@ -375,8 +388,12 @@ def test_concurrent_commits_are_serialized_and_none_is_lost(api: HfApi) -> None:
 
 def test_tree_listing_follows_pagination(hub: FaultyHub, api: HfApi) -> None:
     api.create_repo(REPO, repo_type="dataset")
-    api.create_commit(REPO, repo_type="dataset", commit_message="many",
-                      operations=[CommitOperationAdd(f"rows/{i:03d}.txt", b"x") for i in range(120)])  # fmt: skip
+    api.create_commit(
+        REPO,
+        repo_type="dataset",
+        commit_message="many",
+        operations=[CommitOperationAdd(f"rows/{i:03d}.txt", b"x") for i in range(120)],
+    )
     listed = list(api.list_repo_tree(REPO, "rows", repo_type="dataset", expand=True))  # 50 per expanded page
     assert [e.path for e in listed] == [f"rows/{i:03d}.txt" for i in range(120)]
     assert sum(1 for _, path in hub.request_log if path.endswith("/tree/main/rows")) == 3
@@ -400,8 +417,12 @@ def test_cli_serves_a_folder_until_interrupted(tmp_path: Path) -> None:
     import urllib.request
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "localhub", "--root", str(tmp_path), "--port", "0"],
-                            cwd=root, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localhub", "--root", str(tmp_path), "--port", "0"],
+        cwd=root,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = [proc.stderr.readline() for _ in range(2)]
         url = re.search(r"http://127\.0\.0\.1:\d+", lines[0]).group(0)

@@ -54,7 +54,9 @@ class Target:
         return {"push_to_hub": REPO} | ({"hub_dir": str(self.folder)} if self.kind == "local" else {})
 
     def publish(self, output_dir, **kwargs):
-        return publish.main(str(output_dir), REPO, hub_dir=str(self.folder) if self.kind == "local" else None, **kwargs)
+        return publish.main(
+            str(output_dir), REPO, hub_dir=str(self.folder) if self.kind == "local" else None, **kwargs
+        )
 
     def load(self, revision: str) -> list[dict]:
         if self.kind == "local":
@@ -72,7 +74,9 @@ class Target:
             return
         armed = [True]
 
-        class FirstCommitFails(FaultyHub):  # the in-process Hub that `hub_dir` publishing starts: its first commit fails
+        class FirstCommitFails(
+            FaultyHub
+        ):  # the in-process Hub that `hub_dir` publishing starts: its first commit fails
             def start(self):
                 started = super().start()
                 if armed.pop() if armed else False:
@@ -100,7 +104,14 @@ def _config(url: str, output_dir, **changes) -> BuildConfig:
 
 def _later(url: str, output_dir, **changes) -> BuildConfig:
     """A second build: two new capabilities plus one whose questions are already in v1."""
-    return _config(url, output_dir, capabilities=[*scripted_roles.LATER_CAPABILITIES, "cardiology"], rounds=1, attacks_per_round=6, **changes)
+    return _config(
+        url,
+        output_dir,
+        capabilities=[*scripted_roles.LATER_CAPABILITIES, "cardiology"],
+        rounds=1,
+        attacks_per_round=6,
+        **changes,
+    )
 
 
 def _load(revision: str) -> list[dict]:
@@ -118,7 +129,13 @@ def test_two_builds_publish_v1_and_v2_and_each_version_loads_exactly_its_rows(tg
     # judging (level 3 repeats a question that v1 did not keep, so it is new to the repo and judged again).
     assert second["not_novel"] == 1 and second["kept"] == 4
     assert second["release"] == {
-        "repo_id": REPO, "version": "v2", "commit": second["release"]["commit"], "num_rows": 6, "new_rows": 4, "left_rows": 0, "contaminated_rows": 0
+        "repo_id": REPO,
+        "version": "v2",
+        "commit": second["release"]["commit"],
+        "num_rows": 6,
+        "new_rows": 4,
+        "left_rows": 0,
+        "contaminated_rows": 0,
     }
 
     v1, v2 = target.load("v1"), target.load("v2")
@@ -144,7 +161,9 @@ def test_rerunning_a_build_never_readmits_a_near_duplicate_of_an_earlier_version
     assert target.publish(tmp_path / "b1") is None
 
 
-def test_a_publish_whose_commit_fails_leaves_no_version_and_the_retry_publishes_it_once(tgi, target, tmp_path, allow_loopback_offline):
+def test_a_publish_whose_commit_fails_leaves_no_version_and_the_retry_publishes_it_once(
+    tgi, target, tmp_path, allow_loopback_offline
+):
     build.main(_config(tgi.url, tmp_path / "b1"))  # built, not published
     target.fail_next_commit()
     with pytest.raises(publish.PublishError, match="no version was created.*nanoflux publish"):
@@ -165,26 +184,44 @@ def test_each_release_is_one_commit_with_data_card_config_and_provenance(tgi, hu
     commits = api.list_repo_commits(REPO, repo_type="dataset")
     assert commits[0].commit_id == release["commit"] and commits[0].title.startswith("NanoFlux v1")
     files = sorted(api.list_repo_files(REPO, repo_type="dataset", revision="v1"))
-    assert files == [".gitattributes", "README.md", "data/train-00000-of-00001.parquet", "nanoflux_config.yaml", "provenance.json"] or files == [
-        "README.md", "data/train-00000-of-00001.parquet", "nanoflux_config.yaml", "provenance.json"
-    ]
+    assert files == [
+        ".gitattributes",
+        "README.md",
+        "data/train-00000-of-00001.parquet",
+        "nanoflux_config.yaml",
+        "provenance.json",
+    ] or files == ["README.md", "data/train-00000-of-00001.parquet", "nanoflux_config.yaml", "provenance.json"]
 
     card = DatasetCard.load(api.hf_hub_download(REPO, "README.md", repo_type="dataset", revision="v1"))
     assert {"synthetic", "nanoflux", "medical"} <= set(card.data.tags)
-    assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
+    assert card.data.configs == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}
+    ]
     assert card.data.license == "apache-2.0" and card.data.size_categories == ["n<1K"]
-    for text in ('revision="v1"', "| 8 | 8 | 6 | 4 | 3 | 2 | 2 |", "not medical advice", "arXiv:2509.23252", "### v1\n\n- 2 new rows, 2 in all; first version",
-                 "nanoflux publish nanoflux-medical-v1/build --repo_id org/nanoflux-medical\n"):
+    for text in (
+        'revision="v1"',
+        "| 8 | 8 | 6 | 4 | 3 | 2 | 2 |",
+        "not medical advice",
+        "arXiv:2509.23252",
+        "### v1\n\n- 2 new rows, 2 in all; first version",
+        "nanoflux publish nanoflux-medical-v1/build --repo_id org/nanoflux-medical\n",
+    ):
         assert text in card.text, text
     assert "--push_to_hub" not in card.text  # the reproduce command rebuilds, it never publishes
 
-    provenance = json.loads(open(api.hf_hub_download(REPO, "provenance.json", repo_type="dataset", revision="v1")).read())
+    provenance = json.loads(
+        open(api.hf_hub_download(REPO, "provenance.json", repo_type="dataset", revision="v1")).read()
+    )
     assert provenance["version"] == "v1" and provenance["parent"] is None and provenance["rows"] == 2
     assert provenance["roles"]["judge"]["generation"]["temperature"] == 0.0
     assert {"attacker", "defender", "judge", "rubric"} <= set(provenance["prompt_hashes"])
     assert provenance["packages"]["datasets"] and provenance["novelty"]["threshold"] == 0.85
-    config = yaml.safe_load(open(api.hf_hub_download(REPO, "nanoflux_config.yaml", repo_type="dataset", revision="v1")).read())
-    assert config["rounds"] == 2 and "token_env" in config["player_a"] and TOKEN not in json.dumps(config)  # the name, never the key
+    config = yaml.safe_load(
+        open(api.hf_hub_download(REPO, "nanoflux_config.yaml", repo_type="dataset", revision="v1")).read()
+    )
+    assert (
+        config["rounds"] == 2 and "token_env" in config["player_a"] and TOKEN not in json.dumps(config)
+    )  # the name, never the key
     assert config["push_to_hub"] is None and config["output_dir"] is None  # building from it never publishes
 
 
@@ -265,7 +302,11 @@ def test_a_rerun_recurates_the_union_and_never_publishes_more_than_target_size(t
     assert failed["defender_correct"] is False and solved["defender_correct"] is True
 
     # The union (2 + the build's 3) re-curated under the same policy: failures first, published ones before new ones.
-    assert second["release"]["num_rows"] == len(v2) == 3 and second["release"]["new_rows"] == 2 and second["release"]["left_rows"] == 1
+    assert (
+        second["release"]["num_rows"] == len(v2) == 3
+        and second["release"]["new_rows"] == 2
+        and second["release"]["left_rows"] == 1
+    )
     assert v2[0] == failed and [r["version"] for r in v2] == ["v1", "v2", "v2"]  # the v1 row keeps its version
     assert all(r["defender_correct"] is False for r in v2)
 
@@ -279,7 +320,11 @@ def test_a_rerun_recurates_the_union_and_never_publishes_more_than_target_size(t
     assert "- rows of this build not published: 1 row outranked" in lines
     assert len(lines) == len(set(lines)) and "at most 3 rows per version" in card
     provenance = json.loads(_download(api, "provenance.json", "v2"))
-    assert provenance["target_size"] == 3 and provenance["left"] == {"contaminated": [], "ineligible": [], "outranked": [solved["id"]]}
+    assert provenance["target_size"] == 3 and provenance["left"] == {
+        "contaminated": [],
+        "ineligible": [],
+        "outranked": [solved["id"]],
+    }
     assert provenance["decontamination"]["checked"] is False
 
     # Publishing the same build again changes nothing: no v3, and never more than target_size rows.
@@ -289,12 +334,27 @@ def test_a_rerun_recurates_the_union_and_never_publishes_more_than_target_size(t
 
 def _plant_benchmark(tmp_path, rows: list[dict]) -> str:
     """An evaluation recipe whose one benchmark (MedQA's schema) holds `rows`' questions verbatim, plus one unrelated."""
-    items = [{"question": r["question"], "options": dict(zip("ABCDE", r.get("options") or ["yes", "no"])), "answer_idx": "A"} for r in rows]
-    items.append({"question": "Which vitamin deficiency causes scurvy in sailors?", "options": {"A": "C", "B": "D"}, "answer_idx": "A"})
+    items = [
+        {
+            "question": r["question"],
+            "options": dict(zip("ABCDE", r.get("options") or ["yes", "no"])),
+            "answer_idx": "A",
+        }
+        for r in rows
+    ]
+    items.append(
+        {
+            "question": "Which vitamin deficiency causes scurvy in sailors?",
+            "options": {"A": "C", "B": "D"},
+            "answer_idx": "A",
+        }
+    )
     bench = tmp_path / "planted.jsonl"
     bench.write_text("".join(json.dumps(item) + "\n" for item in items))
     recipe = tmp_path / "planted-eval.yaml"
-    recipe.write_text(yaml.safe_dump({"benchmarks": [{"format": "medqa", "name": "planted", "path": str(bench), "split": "test"}]}))
+    recipe.write_text(
+        yaml.safe_dump({"benchmarks": [{"format": "medqa", "name": "planted", "path": str(bench), "split": "test"}]})
+    )
     return str(recipe)
 
 
@@ -314,7 +374,13 @@ def test_contaminated_rows_are_dropped_counted_in_the_card_and_listed_in_the_rel
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     release = publish.main(str(tmp_path / "b2"), REPO)
-    assert (release.version, release.num_rows, release.new_rows, release.left_rows, release.contaminated_rows) == ("v2", 4, 3, 1, 2)
+    assert (release.version, release.num_rows, release.new_rows, release.left_rows, release.contaminated_rows) == (
+        "v2",
+        4,
+        3,
+        1,
+        2,
+    )
     v2 = _load("v2")
     assert {r["question"] for r in v2}.isdisjoint({v1[1]["question"], curated[0]["question"]})
     assert v2[0] == v1[0] and [r["version"] for r in v2] == ["v1", "v2", "v2", "v2"]
@@ -326,43 +392,98 @@ def test_contaminated_rows_are_dropped_counted_in_the_card_and_listed_in_the_rel
     assert len({r["id"] for r in v1 + curated}) == len(v1) + len(curated)  # ids of two builds never collide
     assert {m["benchmark"] for r in listed for m in r["contamination"]} == {"planted"}
     released = _download(api, "contaminated.jsonl", "v2")
-    assert v1[1]["question"] not in released and "item_question" not in released  # ids and scores only, no benchmark text
+    assert (
+        v1[1]["question"] not in released and "item_question" not in released
+    )  # ids and scores only, no benchmark text
     local = [json.loads(line) for line in (tmp_path / "b2" / "release-contaminated.jsonl").read_text().splitlines()]
-    assert [r["question"] for r in local] == [v1[1]["question"], curated[0]["question"]]  # the texts stay in the build folder
+    assert [r["question"] for r in local] == [
+        v1[1]["question"],
+        curated[0]["question"],
+    ]  # the texts stay in the build folder
 
     card = DatasetCard.load(api.hf_hub_download(REPO, "README.md", repo_type="dataset", revision="v2")).text
     assert "2 of 6 rows matched a benchmark question and were left out" in card
-    assert "by benchmark: planted 2" in card and "`planted` (planted.jsonl, test, 3 questions)" in card and "of `planted-eval.yaml`" in card
-    assert str(tmp_path) not in card and str(tmp_path) not in _download(api, "nanoflux_config.yaml", "v2")  # no local paths
+    assert (
+        "by benchmark: planted 2" in card
+        and "`planted` (planted.jsonl, test, 3 questions)" in card
+        and "of `planted-eval.yaml`" in card
+    )
+    assert str(tmp_path) not in card and str(tmp_path) not in _download(
+        api, "nanoflux_config.yaml", "v2"
+    )  # no local paths
     assert f"- left since v1: 1 row matching an evaluation benchmark (see Decontamination): {v1[1]['id']}" in card
-    assert "- rows of this build not published: 1 row repeating an earlier version; 1 row matching an evaluation benchmark" in card
+    assert (
+        "- rows of this build not published: 1 row repeating an earlier version; 1 row matching an evaluation"
+        " benchmark" in card
+    )
     provenance = json.loads(_download(api, "provenance.json", "v2"))
-    assert provenance["decontamination"]["contaminated"]["rows"] == 2 and provenance["left"]["contaminated"] == [v1[1]["id"]]
+    assert provenance["decontamination"]["contaminated"]["rows"] == 2 and provenance["left"]["contaminated"] == [
+        v1[1]["id"]
+    ]
     assert provenance["not_published"] == {"repeats": 1, "contaminated": 1, "outranked": 0}
 
 
 def test_plan_release_ranks_the_union_and_says_why_each_earlier_row_left():
     def row(rid: str, question: str, *, correct: bool, level: int = 4, version: str | None = None) -> dict:
-        return {"id": rid, "question": question, "version": version, "judge_status": "ok", "novel": True, "question_valid": True,
-                "quality_level": level, "judge_complexity": 3, "defender_correct": correct, "round": 0, "attack_index": int(rid[-1]),
-                "capability": "cardiology"}
+        return {
+            "id": rid,
+            "question": question,
+            "version": version,
+            "judge_status": "ok",
+            "novel": True,
+            "question_valid": True,
+            "quality_level": level,
+            "judge_complexity": 3,
+            "defender_correct": correct,
+            "round": 0,
+            "attack_index": int(rid[-1]),
+            "capability": "cardiology",
+        }
 
     earlier = [
         row("r0-a0", "Which murmur accompanies aortic stenosis in an elderly patient?", correct=False, version="v1"),
-        row("r0-a1", "What electrolyte abnormality does loop diuretic therapy cause most often?", correct=True, version="v1"),
-        row("r0-a2", "Which vaccine is contraindicated during pregnancy?", correct=False, level=3, version="v1"),  # an older policy kept L3
+        row(
+            "r0-a1",
+            "What electrolyte abnormality does loop diuretic therapy cause most often?",
+            correct=True,
+            version="v1",
+        ),
+        row(
+            "r0-a2", "Which vaccine is contraindicated during pregnancy?", correct=False, level=3, version="v1"
+        ),  # an older policy kept L3
     ]
     curated = [
-        row("r0-a0", "A child has a barking cough and a steeple sign on a neck X-ray; what is the diagnosis?", correct=False),
+        row(
+            "r0-a0",
+            "A child has a barking cough and a steeple sign on a neck X-ray; what is the diagnosis?",
+            correct=False,
+        ),
         row("r0-a1", "Which antibody is most specific for systemic lupus erythematosus?", correct=False),
     ]
-    config = {"domain": "medical", "target_size": 3, "novelty": {"model": "sentence-transformers/all-MiniLM-L6-v2", "threshold": 0.85},
-              "curation": {"require_valid": True, "prefer_defender_failed": True, "quality_levels": [4], "complexity_levels": None}}
+    config = {
+        "domain": "medical",
+        "target_size": 3,
+        "novelty": {"model": "sentence-transformers/all-MiniLM-L6-v2", "threshold": 0.85},
+        "curation": {
+            "require_valid": True,
+            "prefer_defender_failed": True,
+            "quality_levels": [4],
+            "complexity_levels": None,
+        },
+    }
     plan = publish.plan_release(config, curated, earlier, "v2", decontamination=DecontaminationConfig(enabled=False))
     assert [publish.row_key(r) for r in plan.rows] == ["v1/r0-a0", "v2/r0-a0", "v2/r0-a1"]
-    assert {reason: [r["id"] for r in rows] for reason, rows in plan.left.items()} == {"contaminated": [], "ineligible": ["r0-a2"], "outranked": ["r0-a1"]}
+    assert {reason: [r["id"] for r in rows] for reason, rows in plan.left.items()} == {
+        "contaminated": [],
+        "ineligible": ["r0-a2"],
+        "outranked": ["r0-a1"],
+    }
     assert plan.not_published == {"repeats": 0, "contaminated": 0, "outranked": 0} and plan.changed
-    assert plan.decontamination.summary() == {"checked": False, "reason": "decontamination.enabled is false", "settings": dataclasses.asdict(DecontaminationConfig(enabled=False))}
+    assert plan.decontamination.summary() == {
+        "checked": False,
+        "reason": "decontamination.enabled is false",
+        "settings": dataclasses.asdict(DecontaminationConfig(enabled=False)),
+    }
 
     previous = publish.Previous(1, "c0ffee" * 6 + "c0ff", earlier, None)
     lines = dataset_card.changelog("v2", config, plan, previous)
@@ -373,5 +494,7 @@ def test_plan_release_ranks_the_union_and_says_why_each_earlier_row_left():
         "left since v1: 1 row outranked by new rows under the curation policy: v1/r0-a1",
     ]
     # Nothing new and nothing left: the same version again, which publish() refuses as noise.
-    same = publish.plan_release({**config, "target_size": 1}, [], earlier[:1], "v2", decontamination=DecontaminationConfig(enabled=False))
+    same = publish.plan_release(
+        {**config, "target_size": 1}, [], earlier[:1], "v2", decontamination=DecontaminationConfig(enabled=False)
+    )
     assert same.rows == earlier[:1] and not same.changed

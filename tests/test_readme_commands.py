@@ -53,7 +53,9 @@ def test_the_quickstart_commands_exist():
     quick = readme.split("## Quickstart", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     for command in shell_commands(quick) + [c for c in readme_loop() if c.startswith("make ")]:
         target = command.split()[1]
-        assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"README runs `make {target}`, the Makefile has no such target"
+        assert re.search(rf"^{re.escape(target)}:", makefile, re.M), (
+            f"README runs `make {target}`, the Makefile has no such target"
+        )
 
 
 @pytest.mark.slow
@@ -63,7 +65,9 @@ def test_runs_local_sh_runs_the_whole_loop(tmp_path):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    result = subprocess.run(["bash", "runs/local.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
+    result = subprocess.run(
+        ["bash", "runs/local.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert RepoStore(tmp_path / "outputs" / "hub").resolve("dataset", "local/nanoflux-medical", "v1")
     assert (tmp_path / "outputs" / "adapter-local" / "adapter_config.json").is_file()

@@ -26,7 +26,11 @@ import yaml
 
 from builder import roles
 from builder.build import _seed
-from tests.llama_server import RecordingProxy, free_port, llama_server  # noqa: F401 (the session's server fixture)
+from tests.llama_server import (  # noqa: F401 (the session's server fixture)
+    RecordingProxy,
+    free_port,
+    llama_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +41,23 @@ SCHEMA_FLOOR = 0.9  # share of the Attacker's first replies that must parse
 PARSE_RETRIES = 1  # BuildConfig's default, which the recipes keep
 
 
-def small_recipe(domain: str, url: str, output_dir: Path, *, rounds: int, attacks: int, **changes: Any) -> dict[str, Any]:
+def small_recipe(
+    domain: str, url: str, output_dir: Path, *, rounds: int, attacks: int, **changes: Any
+) -> dict[str, Any]:
     """configs/<domain>.yaml in a small size, every role on the server at `url`. Curation keeps every judged row
     (a 135M Judge rarely validates anything), so a build that judged rows exits 0."""
     recipe = yaml.safe_load((REPO / "configs" / f"{domain}.yaml").read_text())
 
     def role(name: str, max_tokens: int) -> dict[str, Any]:
         # Measured: the 135M model's replies stay under ~160 tokens; these bounds leave room without runaway replies.
-        return {**recipe[name], "base_url": url, "model": None, "max_tokens": max_tokens, "timeout": BUILD_TIMEOUT, "max_attempts": 2}
+        return {
+            **recipe[name],
+            "base_url": url,
+            "model": None,
+            "max_tokens": max_tokens,
+            "timeout": BUILD_TIMEOUT,
+            "max_attempts": 2,
+        }
 
     recipe.update(
         rounds=rounds,
@@ -58,7 +71,9 @@ def small_recipe(domain: str, url: str, output_dir: Path, *, rounds: int, attack
         output_dir=str(output_dir),
     )
     for key, value in changes.items():
-        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) and isinstance(recipe.get(key), dict) else value
+        recipe[key] = (
+            {**recipe[key], **value} if isinstance(value, dict) and isinstance(recipe.get(key), dict) else value
+        )
     return recipe
 
 
@@ -70,7 +85,13 @@ def start_build(recipe: dict[str, Any], where: Path, **env: str) -> tuple[subpro
     log = where / f"console-{time.monotonic_ns()}.log"
     environment = {**os.environ, "PYTHONPATH": str(REPO), **env}
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "nanoflux.cli", "build", "--config", str(path)], cwd=REPO, env=environment, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nanoflux.cli", "build", "--config", str(path)],
+            cwd=REPO,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     return process, log
 
 
@@ -124,7 +145,9 @@ def check_judge_ranges(calls: dict[str, dict[str, Any]], pool: list[dict[str, An
             out_of_range += 1
             attempt = int(key.rsplit("try", 1)[1])
             last_try = attempt == PARSE_RETRIES  # the recipes' parse_retries: 1 re-ask
-            assert last_try or key.replace(f"try{attempt}", f"try{attempt + 1}") in calls, f"{key} out of range, not re-asked"
+            assert last_try or key.replace(f"try{attempt}", f"try{attempt + 1}") in calls, (
+                f"{key} out of range, not re-asked"
+            )
     for row in pool:
         if row["judge_status"] == "ok":
             scores = [s["score"] for s in row["judge_scores"]] + [row["judge_complexity"]]
@@ -136,16 +159,19 @@ def check_judge_ranges(calls: dict[str, dict[str, Any]], pool: list[dict[str, An
 def report(name: str, summary: dict[str, Any], rate: float, out_of_range: int, wall_s: float) -> None:
     """One line per build for the README (pytest -s shows it)."""
     print(
-        f"\n[{name}] {summary['attacks']} attacks: first-reply parse rate {rate:.0%}, generated {summary['generated']}, "
-        f"judged ok {summary['judged_ok']}, judge status {summary['judge_status']}, out-of-range verdicts {out_of_range}, "
-        f"HTTP attempts {summary['calls_sent']}, tokens {summary['tokens']}, build {summary['wall_time_s']} s, test {wall_s:.0f} s"
+        f"\n[{name}] {summary['attacks']} attacks: first-reply parse rate {rate:.0%}, generated"
+        f" {summary['generated']}, judged ok {summary['judged_ok']}, judge status {summary['judge_status']},"
+        f" out-of-range verdicts {out_of_range}, HTTP attempts {summary['calls_sent']}, tokens {summary['tokens']},"
+        f" build {summary['wall_time_s']} s, test {wall_s:.0f} s"
     )
 
 
 # --- the medical recipe, killed mid-round and resumed ---------------------------------------------------------------
 
 
-def test_medical_build_on_llama_cpp_honours_the_schema_and_resumes_after_kill_9_without_re_asking(llama_server, tmp_path):
+def test_medical_build_on_llama_cpp_honours_the_schema_and_resumes_after_kill_9_without_re_asking(
+    llama_server, tmp_path
+):
     started = time.monotonic()
     out = tmp_path / "medical"
     with RecordingProxy(llama_server) as proxy:
@@ -226,10 +252,15 @@ def last_line(console: str) -> str:
 
 
 @pytest.mark.parametrize("mode", ["openai", "tgi"])
-def test_a_structured_output_mode_llama_cpp_cannot_read_stops_the_build_with_the_servers_words(llama_server, tmp_path, mode):
+def test_a_structured_output_mode_llama_cpp_cannot_read_stops_the_build_with_the_servers_words(
+    llama_server, tmp_path, mode
+):
     out = tmp_path / "out"
     with RecordingProxy(llama_server) as proxy:
-        roles_changes = {name: {"structured_output": mode, "token_env": "NANOFLUX_TEST_ENDPOINT_KEY"} for name in ("player_a", "player_b", "judge")}
+        roles_changes = {
+            name: {"structured_output": mode, "token_env": "NANOFLUX_TEST_ENDPOINT_KEY"}
+            for name in ("player_a", "player_b", "judge")
+        }
         recipe = small_recipe("medical", proxy.url, out, rounds=1, attacks=2, **roles_changes)
         code, console = run_build(recipe, tmp_path, NANOFLUX_TEST_ENDPOINT_KEY="endpoint-key-123")
         asked = proxy.chat_requests()
@@ -256,7 +287,13 @@ def test_an_unreachable_port_stops_the_build_naming_the_role_and_the_endpoint(tm
 @pytest.mark.parametrize("token", [None, PLANTED_TOKEN], ids=["no-token", "hf-token"])
 def test_hf_hub_offline_with_a_hub_model_id_stops_the_build_naming_the_offline_mode(tmp_path, token):
     recipe = yaml.safe_load((REPO / "configs" / "medical.yaml").read_text())  # Hub model ids, no base_url
-    recipe.update(rounds=1, attacks_per_round=2, allow_shared_judge=True, decontamination={"enabled": False}, output_dir=str(tmp_path / "out"))
+    recipe.update(
+        rounds=1,
+        attacks_per_round=2,
+        allow_shared_judge=True,
+        decontamination={"enabled": False},
+        output_dir=str(tmp_path / "out"),
+    )
     for name in ("player_a", "player_b", "judge"):
         recipe[name]["max_attempts"] = 2
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}  # no saved login

@@ -16,13 +16,16 @@ import pytest
 
 from builder import roles
 from builder.build import Caller
-from nanoflux.chat import ChatRequest, EndpointError
 from builder.config import BuildConfig, RoleConfig
+from builder.roles import Rejected, attack_schema, parse_attack
+from nanoflux.chat import ChatRequest, EndpointError
 from nanoflux.journal import Journal
 from nanoflux.progress import Progress
-from builder.roles import Rejected, attack_schema, parse_attack
 from nanoflux.transport import EndpointClient, RetryPolicy
-from tests.llama_server import RecordingProxy, llama_server  # noqa: F401 (the session's one server, shared with test_real_builds)
+from tests.llama_server import (  # noqa: F401 (the session's one server, shared with test_real_builds)
+    RecordingProxy,
+    llama_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +38,24 @@ ATTACK_PROMPT = (
 
 
 def _client(url: str, mode: str = "auto") -> EndpointClient:
-    return EndpointClient(name="player_a", base_url=url, structured_output=mode, retry=RetryPolicy(max_attempts=3, backoff_base=0.1, timeout=300))
+    return EndpointClient(
+        name="player_a",
+        base_url=url,
+        structured_output=mode,
+        retry=RetryPolicy(max_attempts=3, backoff_base=0.1, timeout=300),
+    )
 
 
 def _attack(seed: int, max_tokens: int = 256) -> ChatRequest:
     messages = [{"role": "user", "content": ATTACK_PROMPT}]
-    return ChatRequest(messages=messages, max_tokens=max_tokens, temperature=0.7, seed=seed, json_schema=ATTACK_SCHEMA, role="player_a")
+    return ChatRequest(
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=0.7,
+        seed=seed,
+        json_schema=ATTACK_SCHEMA,
+        role="player_a",
+    )
 
 
 async def _attacks(client: EndpointClient, n: int) -> tuple[list[object], list[object]]:
@@ -53,8 +68,14 @@ async def _attacks(client: EndpointClient, n: int) -> tuple[list[object], list[o
             text = (await client.chat(request)).text
             first.append(parsed := parse_attack(text, "choice", 4))
             if isinstance(parsed, Rejected):
-                retry = ChatRequest(messages=roles.retry_messages(request.messages, text, parsed), max_tokens=request.max_tokens,
-                                    temperature=0.7, seed=2000 + i, json_schema=ATTACK_SCHEMA, role="player_a")  # fmt: skip
+                retry = ChatRequest(
+                    messages=roles.retry_messages(request.messages, text, parsed),
+                    max_tokens=request.max_tokens,
+                    temperature=0.7,
+                    seed=2000 + i,
+                    json_schema=ATTACK_SCHEMA,
+                    role="player_a",
+                )
                 parsed = parse_attack((await client.chat(retry)).text, "choice", 4)
             final.append(parsed)
     return first, final
@@ -73,7 +94,11 @@ def test_auto_detects_llama_cpp_and_the_attack_schema_is_honoured(llama_server):
     assert rate >= 0.8, [p.reason for p in final if isinstance(p, Rejected)]
     assert sum(not isinstance(p, Rejected) for p in first) >= 7, [p.reason for p in first if isinstance(p, Rejected)]
     retries = sum(isinstance(p, Rejected) for p in first)
-    assert client.stats.attempts == 10 + retries and client.stats.completion_tokens > 0 and client.stats.answers_without_usage == 0
+    assert (
+        client.stats.attempts == 10 + retries
+        and client.stats.completion_tokens > 0
+        and client.stats.answers_without_usage == 0
+    )
 
 
 @pytest.mark.parametrize("mode", ["tgi", "openai"])
@@ -109,8 +134,18 @@ def test_llama_cpp_does_not_enforce_integer_ranges_so_the_judge_re_asks_with_a_n
     schema = roles.verdict_schema(rubric)
     assert schema["properties"]["complexity"] == {"type": "integer", "minimum": 1, "maximum": 5}
     scores = {c.name: 9 for c in rubric.quality}
-    verdict = {"rationale": "ok", "question_valid": True, "reference_correct": True, "own_error": "", "defender_correct": True, **scores, "complexity": 9}
-    messages = [{"role": "user", "content": f"Copy this JSON object exactly, with the same numbers:\n{json.dumps(verdict)}"}]
+    verdict = {
+        "rationale": "ok",
+        "question_valid": True,
+        "reference_correct": True,
+        "own_error": "",
+        "defender_correct": True,
+        **scores,
+        "complexity": 9,
+    }
+    messages = [
+        {"role": "user", "content": f"Copy this JSON object exactly, with the same numbers:\n{json.dumps(verdict)}"}
+    ]
     config = BuildConfig(judge=RoleConfig(base_url=llama_server, temperature=0.0, max_tokens=160), parse_retries=1)
     journal = Journal(tmp_path / "calls.jsonl")
     with RecordingProxy(llama_server) as proxy:
@@ -119,16 +154,22 @@ def test_llama_cpp_does_not_enforce_integer_ranges_so_the_judge_re_asks_with_a_n
 
         async def step():
             async with client:
-                return await caller.step("x/judge", "judge", messages, schema, lambda text: roles.parse_verdict(text, rubric))
+                return await caller.step(
+                    "x/judge", "judge", messages, schema, lambda text: roles.parse_verdict(text, rubric)
+                )
 
         outcome = asyncio.run(step())
     journal.close()
     first, *again = [journal.records[key] for key in ("x/judge/try0", "x/judge/try1") if key in journal.records]
     rejected = roles.parse_verdict(first["text"], rubric)
-    assert isinstance(rejected, Rejected) and "outside the rubric's 1-5 range" in rejected.reason, first["text"]  # the grammar let 9 through
+    assert isinstance(rejected, Rejected) and "outside the rubric's 1-5 range" in rejected.reason, first[
+        "text"
+    ]  # the grammar let 9 through
     # Re-asked once, with a new seed (a temperature-0 role would otherwise repeat itself) and the reason.
     asked = proxy.chat_requests()
     assert len(again) == 1 and len(asked) == 2 and asked[0].body["seed"] != asked[1].body["seed"]
     assert asked[0].body["temperature"] == 0.0 and rejected.reason in asked[1].body["messages"][-1]["content"]
     # Whatever it answers then, no out-of-range score is ever kept.
-    assert outcome.value is None or all(1 <= s <= 5 for s in [*outcome.value.scores.values(), outcome.value.complexity])
+    assert outcome.value is None or all(
+        1 <= s <= 5 for s in [*outcome.value.scores.values(), outcome.value.complexity]
+    )

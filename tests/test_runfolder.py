@@ -14,16 +14,19 @@ import pytest
 import yaml
 
 from builder import build, roles
-from nanoflux.cli import main as cli_main
 from builder.config import BuildConfig
 from nanoflux import runfolder
+from nanoflux.cli import main as cli_main
 from nanoflux.journal import Journal, damaged_path, scan
 from nanoflux.recipe import from_dict
 from tests import scripted_roles
 from tests.tgi_server import ScriptedTGI
 
 ROOT = Path(__file__).parent.parent
-HOLDER = "import sys, time; from nanoflux import runfolder; runfolder.hold(sys.argv[1], 'build'); print('held', flush=True); sys.stdin.read()"
+HOLDER = (
+    "import sys, time; from nanoflux import runfolder; runfolder.hold(sys.argv[1], 'build'); print('held',"
+    " flush=True); sys.stdin.read()"
+)
 
 
 def _config(url: str, output_dir: Path, **changes) -> BuildConfig:
@@ -42,7 +45,11 @@ def other_process(tmp_path):
 
     def start(folder: Path) -> subprocess.Popen:
         process = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(folder)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-c", HOLDER, str(folder)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         started.append(process)
         assert process.stdout.readline() == b"held\n"
@@ -58,7 +65,10 @@ def test_a_second_writer_fails_at_once_naming_the_holder_and_a_killed_holder_blo
     folder = tmp_path / "out"
     process = other_process(folder)
     started = time.monotonic()
-    with pytest.raises(runfolder.FolderBusy, match=rf"in use by a running nanoflux build \(pid {process.pid} on .*started 20.*did not start"):
+    with pytest.raises(
+        runfolder.FolderBusy,
+        match=rf"in use by a running nanoflux build \(pid {process.pid} on .*started 20.*did not start",
+    ):
         runfolder.RunLock(folder, "publish").acquire()
     assert time.monotonic() - started < 1.0
     assert runfolder.holder(folder)["pid"] == process.pid
@@ -73,13 +83,21 @@ def test_a_second_build_command_into_a_busy_folder_exits_with_one_line(tmp_path,
     folder = tmp_path / "out"
     process = other_process(folder)
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(scripted_roles.recipe("http://127.0.0.1:9", str(folder), decontamination={"enabled": False})))
+    recipe.write_text(
+        yaml.safe_dump(scripted_roles.recipe("http://127.0.0.1:9", str(folder), decontamination={"enabled": False}))
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "nanoflux.cli", "build", "--config", str(recipe)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=120
+        [sys.executable, "-m", "nanoflux.cli", "build", "--config", str(recipe)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        timeout=120,
     )
     message = result.stderr.decode().strip().splitlines()[-1]
     assert result.returncode == 1 and "Traceback" not in result.stderr.decode()
-    assert message.startswith(f"nanoflux build: output_dir {folder} is in use by a running nanoflux build (pid {process.pid}")
+    assert message.startswith(
+        f"nanoflux build: output_dir {folder} is in use by a running nanoflux build (pid {process.pid}"
+    )
     assert not (folder / "calls.jsonl").exists() and not (folder / "run.json").exists()
 
 
@@ -92,7 +110,10 @@ def test_run_json_is_written_atomically_and_a_damaged_one_is_reported_with_its_f
     assert set(run) == {"fingerprint", "recipe"} and not list(output_dir.glob(".*.tmp"))
     for damage in (b'{"fingerprint": "ab', b"[]", b'{"recipe": {}}', b"\xff"):
         (output_dir / "run.json").write_bytes(damage)
-        with pytest.raises(runfolder.DamagedStateFile, match=rf"{output_dir / 'run.json'} is damaged .*Fix: run `nanoflux doctor {output_dir} --repair`.*--fresh"):
+        with pytest.raises(
+            runfolder.DamagedStateFile,
+            match=rf"{output_dir / 'run.json'} is damaged .*Fix: run `nanoflux doctor {output_dir} --repair`.*--fresh",
+        ):
             build.prepare_output_dir(config, prompts, fresh=False)
         runfolder.RunLock(output_dir, "check").acquire().release()  # the failed start released the folder again
     build.prepare_output_dir(config, prompts, fresh=True)  # --fresh needs no readable run.json
@@ -117,8 +138,17 @@ def test_doctor_reports_damage_and_repair_keeps_every_intact_record(tmp_path, ca
         cli_main(["doctor", str(folder)])
     report = capsys.readouterr().out
     assert exit_.value.code == 1
-    assert "3 record(s) lost" in report and "checksum mismatch" in report and "sent again: k1" in report and "not legible" in report
-    assert "run.json: not valid JSON" in report and "summary.json: ok" in report and f"nanoflux doctor {folder} --repair" in report
+    assert (
+        "3 record(s) lost" in report
+        and "checksum mismatch" in report
+        and "sent again: k1" in report
+        and "not legible" in report
+    )
+    assert (
+        "run.json: not valid JSON" in report
+        and "summary.json: ok" in report
+        and f"nanoflux doctor {folder} --repair" in report
+    )
     assert scan(folder / "calls.jsonl").lost == 3, "doctor without --repair changes nothing"
 
     cli_main(["doctor", str(folder), "--repair"])
@@ -134,7 +164,9 @@ def test_doctor_reports_damage_and_repair_keeps_every_intact_record(tmp_path, ca
 def test_a_resumed_build_with_a_damaged_journal_resends_exactly_the_lost_calls(tmp_path):
     def content(path: Path) -> list[dict]:
         volatile = ("created_at", "judged_at", "attacker_model", "defender_model", "judge_model")
-        return [{k: v for k, v in json.loads(line).items() if k not in volatile} for line in path.read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in volatile} for line in path.read_text().splitlines()
+        ]
 
     with ScriptedTGI(responder=scripted_roles.respond) as server:
         config = _config(server.url, tmp_path / "out")
@@ -154,4 +186,6 @@ def test_a_resumed_build_with_a_damaged_journal_resends_exactly_the_lost_calls(t
         assert server.request_count - sent == resumed["calls_sent"] == 4
         assert resumed["calls_replayed"] == first["calls_sent"] - 4
         assert content(tmp_path / "out" / "pool.jsonl") == reference
-        assert not scan(calls).needs_repair and len(Journal(calls)) == first["calls_sent"]  # clean again: reported once
+        assert (
+            not scan(calls).needs_repair and len(Journal(calls)) == first["calls_sent"]
+        )  # clean again: reported once

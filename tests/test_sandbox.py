@@ -45,8 +45,17 @@ def _peak_process_growth(fn):
 @pytest.fixture(autouse=True)
 def parent_is_fine_afterwards():
     """Every test: the parent's cwd, rlimits and environment are untouched and the sandbox still works."""
-    limits = {r: resource.getrlimit(r) for r in (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_FSIZE,
-                                                 resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC)}
+    limits = {
+        r: resource.getrlimit(r)
+        for r in (
+            resource.RLIMIT_AS,
+            resource.RLIMIT_CPU,
+            resource.RLIMIT_FSIZE,
+            resource.RLIMIT_NOFILE,
+            resource.RLIMIT_NPROC,
+        )
+    }
+
     def environ() -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
 
@@ -77,8 +86,10 @@ def _assert_no_connection(srv: socket.socket) -> None:
 
 
 def test_normal_code_prints_computed_answer():
-    code = ("import math, fractions\nprint(sum(math.comb(10, k) for k in range(11)))\n"
-            "print(fractions.Fraction(1, 3) + fractions.Fraction(1, 6))")
+    code = (
+        "import math, fractions\nprint(sum(math.comb(10, k) for k in range(11)))\n"
+        "print(fractions.Fraction(1, 3) + fractions.Fraction(1, 6))"
+    )
     res = run_python(code)
     assert res.ok and res.error is None
     assert res.stdout == "1024\n1/2\n"
@@ -87,7 +98,9 @@ def test_normal_code_prints_computed_answer():
 
 
 def test_sandbox_dir_is_private_writable_and_removed_afterwards():
-    res = run_python("import os\nopen('note.txt', 'w').write('hi')\nprint(open('note.txt').read())\nprint(os.getcwd())")
+    res = run_python(
+        "import os\nopen('note.txt', 'w').write('hi')\nprint(open('note.txt').read())\nprint(os.getcwd())"
+    )
     assert res.ok, res.stderr
     text, cwd = res.stdout.splitlines()
     assert text == "hi"
@@ -102,8 +115,10 @@ def test_infinite_loop_hits_cpu_limit_quickly():
 
 
 def test_cpu_limit_holds_even_when_sigxcpu_is_ignored():
-    res = run_python("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass",
-                     limits=SandboxLimits(wall_seconds=4.0, cpu_seconds=1))
+    res = run_python(
+        "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass",
+        limits=SandboxLimits(wall_seconds=4.0, cpu_seconds=1),
+    )
     assert not res.ok and res.error == "cpu_limit"
 
 
@@ -115,33 +130,36 @@ def test_sleeping_code_hits_wall_clock_timeout():
     assert time.monotonic() - start < 3
 
 
-@pytest.mark.parametrize("code", [
-    "x = bytearray(10**10)",
-    "x = []\nwhile True:\n    x.append(bytearray(10**6))",
-])
+@pytest.mark.parametrize("code", ["x = bytearray(10**10)", "x = []\nwhile True:\n    x.append(bytearray(10**6))"])
 def test_memory_bomb_reports_memory_limit(code):
     res = run_python(code, limits=FAST)
     assert not res.ok and res.error == "memory_limit"
     assert "MemoryError" in res.stderr
 
 
-@pytest.mark.parametrize("code", [
-    "import os\nwhile True:\n    os.fork()",
-    "import subprocess\nwhile True:\n    subprocess.Popen(['sh', '-c', ':(){ :|:& };:'])",
-    "import os\nos.system('sh -c \"sleep 30\"')",
-    "import os\nos.execv('/bin/sh', ['sh', '-c', 'sleep 30'])",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import os\nwhile True:\n    os.fork()",
+        "import subprocess\nwhile True:\n    subprocess.Popen(['sh', '-c', ':(){ :|:& };:'])",
+        "import os\nos.system('sh -c \"sleep 30\"')",
+        "import os\nos.execv('/bin/sh', ['sh', '-c', 'sleep 30'])",
+    ],
+)
 def test_fork_bomb_and_subprocesses_are_blocked(code):
     res, growth = _peak_process_growth(lambda: run_python(code, limits=FAST))
     assert not res.ok and res.error.startswith("blocked:"), (res.error, res.stderr)
     assert growth <= 10  # the sandbox's own interpreter, plus noise from the rest of the machine
 
 
-@pytest.mark.parametrize("code", [
-    "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)",
-    "import urllib.request\nurllib.request.urlopen('http://127.0.0.1:{port}/', timeout=1)",
-    "import socket\ns = socket.socket()\ns.connect(('127.0.0.1', {port}))",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)",
+        "import urllib.request\nurllib.request.urlopen('http://127.0.0.1:{port}/', timeout=1)",
+        "import socket\ns = socket.socket()\ns.connect(('127.0.0.1', {port}))",
+    ],
+)
 def test_network_calls_are_blocked(listener, code):
     port = listener.getsockname()[1]
     res = run_python(code.format(port=port), limits=FAST)
@@ -151,10 +169,12 @@ def test_network_calls_are_blocked(listener, code):
 
 def test_write_outside_sandbox_is_blocked(tmp_path):
     target = tmp_path / "escaped.txt"
-    for code in (f"open({str(target)!r}, 'w').write('pwned')",
-                 f"from pathlib import Path\nPath({str(target)!r}).write_text('pwned')",
-                 f"import os\nfd = os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)\nos.write(fd, b'pwned')",
-                 f"import shutil\nopen('a.txt', 'w').write('pwned')\nshutil.copyfile('a.txt', {str(target)!r})"):
+    for code in (
+        f"open({str(target)!r}, 'w').write('pwned')",
+        f"from pathlib import Path\nPath({str(target)!r}).write_text('pwned')",
+        f"import os\nfd = os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)\nos.write(fd, b'pwned')",
+        f"import shutil\nopen('a.txt', 'w').write('pwned')\nshutil.copyfile('a.txt', {str(target)!r})",
+    ):
         res = run_python(code)
         assert not res.ok and res.error.startswith("blocked:"), (res.error, res.stderr)
         assert not target.exists()
@@ -179,18 +199,22 @@ def test_reading_files_outside_sandbox_is_blocked(tmp_path):
 
 def test_ctypes_escape_is_blocked(tmp_path):
     target = tmp_path / "ctypes_was_here"
-    for code in (f"import ctypes\nctypes.CDLL(None).system(b'touch {target}')",
-                 f"_ctypes = __import__('_ctypes')\nprint(_ctypes)"):
+    for code in (
+        f"import ctypes\nctypes.CDLL(None).system(b'touch {target}')",
+        "_ctypes = __import__('_ctypes')\nprint(_ctypes)",
+    ):
         res = run_python(code)
         assert not res.ok and res.error.startswith("blocked:"), (res.error, res.stderr)
     assert not target.exists()
 
 
 def test_policy_tampering_is_blocked():
-    for code in ("import sys\nsys.settrace(lambda *a: None)",
-                 "import gc\ngc.get_objects()",
-                 "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (100, 100))",
-                 "import os\nos.kill(os.getppid(), 9)"):
+    for code in (
+        "import sys\nsys.settrace(lambda *a: None)",
+        "import gc\ngc.get_objects()",
+        "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (100, 100))",
+        "import os\nos.kill(os.getppid(), 9)",
+    ):
         res = run_python(code)
         assert not res.ok and res.error.startswith("blocked:"), (code, res.error)
 
@@ -232,17 +256,21 @@ def test_concurrent_runs_from_threads_return_their_own_results():
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(run_python, codes))
     import math
+
     assert all(r.ok for r in results), [r.error for r in results]
     assert [r.stdout for r in results] == [f"{math.factorial(n) % 1000003}\n" for n in range(12)]
 
 
 # Defence in depth: with the audit hook switched off, the kernel layers alone still contain the code.
 
+
 def test_kernel_layers_alone_stop_fork(tmp_path):
     _, layers = _run("pass", FAST, mode="kernel")
     if "seccomp" not in layers:
         pytest.skip(f"seccomp unavailable here (layers: {sorted(layers)})")
-    (res, _), growth = _peak_process_growth(lambda: _run("import os\nwhile True:\n    os.fork()", FAST, mode="kernel", audit=False))
+    (res, _), growth = _peak_process_growth(
+        lambda: _run("import os\nwhile True:\n    os.fork()", FAST, mode="kernel", audit=False)
+    )
     assert not res.ok and res.error == "blocked: forbidden syscall"
     assert growth <= 10
 
@@ -264,6 +292,8 @@ def test_kernel_layers_alone_stop_network(listener):
     if not ({"seccomp", "netns"} & layers or any(x.startswith("landlock") and int(x[8:]) >= 4 for x in layers)):
         pytest.skip(f"no kernel network confinement here (layers: {sorted(layers)})")
     port = listener.getsockname()[1]
-    res, _ = _run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)", FAST, mode="kernel", audit=False)
+    res, _ = _run(
+        f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)", FAST, mode="kernel", audit=False
+    )
     assert not res.ok
     _assert_no_connection(listener)

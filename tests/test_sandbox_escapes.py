@@ -84,8 +84,13 @@ def world(tmp_path):
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
     srv.setblocking(False)
-    yield {"token": str(token), "target": str(tmp_path / "escaped.txt"), "port": srv.getsockname()[1],
-           "ppid": os.getpid(), "rel_token": os.path.relpath(token, "/")}
+    yield {
+        "token": str(token),
+        "target": str(tmp_path / "escaped.txt"),
+        "port": srv.getsockname()[1],
+        "ppid": os.getpid(),
+        "rel_token": os.path.relpath(token, "/"),
+    }
     try:
         with pytest.raises(BlockingIOError):
             srv.accept()
@@ -95,7 +100,8 @@ def world(tmp_path):
 
 
 ESCAPES = {
-    "hook_neutering_via_traceback_frames": """
+    "hook_neutering_via_traceback_frames": (
+        """
 import sys
 def neuter():
     try:
@@ -109,8 +115,10 @@ def neuter():
             tb = tb.tb_next
 neuter()
 print(open({token!r}).read())
-""",
-    "hook_frame_via_signal_handler": """
+"""
+    ),
+    "hook_frame_via_signal_handler": (
+        """
 import signal, sys
 def grab(sig, frame):
     while frame is not None:
@@ -126,8 +134,10 @@ for _ in range(20000):
         print(open({token!r}).read())
     except OSError:
         pass
-""",
-    "fspath_runs_code_inside_the_hook": """
+"""
+    ),
+    "fspath_runs_code_inside_the_hook": (
+        """
 import sys
 class P:
     def __fspath__(self):
@@ -135,33 +145,41 @@ class P:
         print(sorted(f.f_locals))
         return {token!r}
 print(open(P()).read())
-""",
-    "forged_audit_event_and_getframe": """
+"""
+    ),
+    "forged_audit_event_and_getframe": (
+        """
 import sys
 f = sys._getframe(1)
 g = f.f_globals
 g['_policy'] = None
 g.pop('_install_policy', None)
 print(open({token!r}).read())
-""",
+"""
+    ),
     "dotdot_path": "print(open('/usr/lib/../../' + {rel_token!r}).read())",
     "proc_self_root_path": "print(open('/proc/self/root/' + {rel_token!r}).read())",
     "proc_self_cwd_path": "print(open('/proc/self/cwd/../../../../../../' + {rel_token!r}).read())",
-    "os_open_relative_to_proc_self": """
+    "os_open_relative_to_proc_self": (
+        """
 import os
 d = os.open('/proc/self', os.O_RDONLY | os.O_DIRECTORY)
 fd = os.open('root/' + {rel_token!r}, os.O_RDONLY, dir_fd=d)
 print(os.read(fd, 100))
-""",
+"""
+    ),
     "fifo_creation": "import os\nos.mkfifo('pipe')\nprint('made fifo')",
     "device_creation": "import os, stat\nos.mknod('disk', stat.S_IFBLK | 0o600, os.makedev(8, 0))\nprint('made dev')",
-    "fifo_via_rebuilt_posix": """
+    "fifo_via_rebuilt_posix": (
+        """
 import _imp, importlib.machinery as m
 posix = _imp.create_builtin(m.ModuleSpec('posix', None))
 posix.mkfifo('pipe')
 print('made fifo')
-""",
-    "close_fds_then_hide_violation": """
+"""
+    ),
+    "close_fds_then_hide_violation": (
+        """
 import os
 for fd in range(3, 64):
     try:
@@ -172,8 +190,10 @@ try:
     print(open({token!r}).read())
 except BaseException:
     pass
-""",
-    "dup_over_channel_then_hide_violation": """
+"""
+    ),
+    "dup_over_channel_then_hide_violation": (
+        """
 import os
 fd = os.open('/dev/null', os.O_WRONLY)
 for target in range(3, 64):
@@ -186,29 +206,36 @@ try:
     socket.create_connection(('127.0.0.1', {port}), timeout=1)
 except BaseException:
     pass
-""",
-    "fork_setsid_orphan": """
+"""
+    ),
+    "fork_setsid_orphan": (
+        """
 import os, time
 pid = os.fork()
 if pid == 0:
     os.setsid()
     time.sleep(30)
-""",
+"""
+    ),
     "read_planted_token": "print(open({token!r}).read())",
     "read_parent_environ": "print(open('/proc/{ppid}/environ', 'rb').read())",
-    "loopback_connect": "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\nprint('connected')",
+    "loopback_connect": (
+        "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\nprint('connected')"
+    ),
     "raw_socket_module": "import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {port}))\nprint('connected')",
     "write_outside": "open({target!r}, 'w').write('pwned')",
     "exec_usr_bin_id": "import os\nos.execv('/usr/bin/id', ['id'])",
     "subprocess_usr_bin_id": "import subprocess\nprint(subprocess.run(['/usr/bin/id'], capture_output=True).stdout)",
     "posix_spawn_id": "import os\nos.posix_spawn('/usr/bin/id', ['id'], {{}})",
     "ctypes_system": "import ctypes\nctypes.CDLL(None).system(b'id > {target}')",
-    "ctypes_via_create_dynamic": """
+    "ctypes_via_create_dynamic": (
+        """
 import _imp, importlib.machinery as m, glob, sys
 so = glob.glob(sys.base_prefix + '/lib/python3*/lib-dynload/_ctypes*.so')[0]
 mod = _imp.create_dynamic(m.ModuleSpec('_ctypes', None, origin=so))
 print(mod.dlopen(None))
-""",
+"""
+    ),
     "gc_finds_the_hook": "import gc\nprint([o for o in gc.get_objects() if callable(o)][:3])",
     "replace_hooks_and_tracing": "import sys\nsys.addaudithook(lambda *a: None)\nsys.settrace(lambda *a: None)",
     "kill_the_parent": "import os\nos.kill({ppid}, 9)",
@@ -275,8 +302,12 @@ def test_sandbox_config_validation():
     from nanoflux.recipe import ConfigError
 
     SandboxConfig(allow_unconfined=True).validate("sandbox")
-    for bad in (SandboxConfig(wall_seconds=float("nan")), SandboxConfig(wall_seconds=float("inf")),
-                SandboxConfig(cpu_seconds=float("nan")), SandboxConfig(memory_mb=float("inf"))):
+    for bad in (
+        SandboxConfig(wall_seconds=float("nan")),
+        SandboxConfig(wall_seconds=float("inf")),
+        SandboxConfig(cpu_seconds=float("nan")),
+        SandboxConfig(memory_mb=float("inf")),
+    ):
         with pytest.raises(ConfigError):
             bad.validate("sandbox")
 
@@ -308,8 +339,15 @@ def test_kill_9_of_the_build_leaves_no_child_and_no_folder(mode, tmp_path):
         deadline = time.monotonic() + 10
         kids: list[int] = []
         while time.monotonic() < deadline:
-            kids = [p for p in _descendants(driver.pid)
-                    if b"The sandbox child" in Path(f"/proc/{p}/cmdline").read_bytes()] if _alive(driver.pid) else []
+            kids = (
+                [
+                    p
+                    for p in _descendants(driver.pid)
+                    if b"The sandbox child" in Path(f"/proc/{p}/cmdline").read_bytes()
+                ]
+                if _alive(driver.pid)
+                else []
+            )
             if kids:
                 break
             time.sleep(0.05)

@@ -61,7 +61,9 @@ def test_numbers_are_right_only_within_pal_absolute_tolerance():
     assert is_correct(0.0, 0.0, "number") and not is_correct(None, 42.0, "number")
     assert is_correct(1 / 3, 0.333333, "number")
     # A benchmark with real-valued answers may add a relative tolerance.
-    assert is_correct(1000.5, 1000.0, "number", rel_tol=1e-3) and not is_correct(1002.0, 1000.0, "number", rel_tol=1e-3)
+    assert is_correct(1000.5, 1000.0, "number", rel_tol=1e-3) and not is_correct(
+        1002.0, 1000.0, "number", rel_tol=1e-3
+    )
 
 
 # --- paired comparisons ----------------------------------------------------------------------------------
@@ -104,12 +106,16 @@ def test_the_paired_ci_is_narrower_than_treating_the_arms_as_independent():
     result = paired_comparison(a, b, samples=2000)
     assert result["delta"] == pytest.approx(0.04)
     assert result["ci_low"] <= 0.04 <= result["ci_high"]
-    assert result["ci_high"] - result["ci_low"] < 0.15  # an unpaired interval would be about 0.28 wide (±1.96·√(2·.25/100))
+    assert (
+        result["ci_high"] - result["ci_low"] < 0.15
+    )  # an unpaired interval would be about 0.28 wide (±1.96·√(2·.25/100))
 
 
 def test_paired_comparisons_cover_every_pair_of_evaluated_variants_on_the_same_ids():
-    details = {v: [{"id": str(i), "correct": c} for i, c in enumerate(flags)]
-               for v, flags in {"base": [0, 0, 1, 1], "adapter": [1, 0, 1, 1], "baseline": [1, 1, 1, 0]}.items()}  # fmt: skip
+    details = {
+        v: [{"id": str(i), "correct": c} for i, c in enumerate(flags)]
+        for v, flags in {"base": [0, 0, 1, 1], "adapter": [1, 0, 1, 1], "baseline": [1, 1, 1, 0]}.items()
+    }
     pairs = paired_comparisons(details, samples=200)
     assert list(pairs) == ["adapter-vs-base", "adapter-vs-baseline", "baseline-vs-base"]
     assert pairs["adapter-vs-base"]["variant"] == "adapter" and pairs["adapter-vs-base"]["reference"] == "base"
@@ -125,7 +131,10 @@ def test_paired_comparisons_cover_every_pair_of_evaluated_variants_on_the_same_i
 
 
 def _details(**flags: list[int]) -> dict[str, list[dict]]:
-    return {variant: [{"id": str(i), "correct": bool(c)} for i, c in enumerate(values)] for variant, values in flags.items()}
+    return {
+        variant: [{"id": str(i), "correct": bool(c)} for i, c in enumerate(values)]
+        for variant, values in flags.items()
+    }
 
 
 def test_multimedqa_aggregate_is_macro_and_micro_with_cis_and_paired_deltas():
@@ -135,13 +144,20 @@ def test_multimedqa_aggregate_is_macro_and_micro_with_cis_and_paired_deltas():
     }
     agg = aggregate_results("multimedqa", ["medqa", "pubmedqa"], details, samples=500, seed=0)
     base, adapter = agg["variants"]["base"], agg["variants"]["adapter"]
-    assert base["macro"] == pytest.approx((0.25 + 0.5) / 2) and base["micro"] == pytest.approx(7 / 16) and base["n"] == 16
+    assert (
+        base["macro"] == pytest.approx((0.25 + 0.5) / 2) and base["micro"] == pytest.approx(7 / 16) and base["n"] == 16
+    )
     assert adapter["macro"] == pytest.approx((0.75 + 0.5) / 2) and adapter["micro"] == pytest.approx(9 / 16)
     for r in (base, adapter):
-        assert r["macro_ci_low"] <= r["macro"] <= r["macro_ci_high"] and r["micro_ci_low"] <= r["micro"] <= r["micro_ci_high"]
+        assert (
+            r["macro_ci_low"] <= r["macro"] <= r["macro_ci_high"]
+            and r["micro_ci_low"] <= r["micro"] <= r["micro_ci_high"]
+        )
     pair = agg["paired"]["adapter-vs-base"]
     assert pair["macro_delta"] == pytest.approx(0.25) and pair["micro_delta"] == pytest.approx(2 / 16)
     assert (pair["wins"], pair["losses"], pair["p_value"]) == (2, 0, 0.5)
     assert pair["macro_ci_low"] <= pair["macro_delta"] <= pair["macro_ci_high"]
     assert aggregate_results("multimedqa", ["medqa", "pubmedqa"], details, samples=500, seed=0) == agg
-    assert math.isnan(aggregate_results("x", [], {}, samples=100)["variants"].get("base", {"macro": math.nan})["macro"])
+    assert math.isnan(
+        aggregate_results("x", [], {}, samples=100)["variants"].get("base", {"macro": math.nan})["macro"]
+    )

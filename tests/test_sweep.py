@@ -26,11 +26,11 @@ from typing import Any
 import pytest
 import yaml
 
-from nanoflux.recipe import ConfigError, from_dict
 from builder.curation import curate
 from builder.dataset import write_rows
-from tests import scripted_roles
 from nanoflux.benchmarks import test_questions
+from nanoflux.recipe import ConfigError, from_dict
+from tests import scripted_roles
 from trainer.sweep import (
     DIMENSIONS,
     CellSettings,
@@ -61,21 +61,42 @@ REPO = "local/nanoflux-medical"
 BENCHMARKS = [("medqa", "MedQA (USMLE, 4 options)"), ("pubmedqa", "PubMedQA (PQA-L)")]
 # The fixture benchmarks with their dev rows (what cells are chosen on), limited to 2 rows per partition.
 SWEEP_BENCHMARKS = [
-    {"format": "medqa", "path": str(FIXTURES / "medqa.jsonl"), "split": "test", "limit": 2, "dev": {"holdout_from": "test", "size": 3, "seed": 0}},
-    {"format": "pubmedqa", "path": str(FIXTURES / "pubmedqa.parquet"), "split": "train", "limit": 2, "ids_file": str(FIXTURES / "pubmedqa_test_ids.json"),
-     "dev": {"exclude_ids_file": str(FIXTURES / "pubmedqa_test_ids.json")}},
-]  # fmt: skip
+    {
+        "format": "medqa",
+        "path": str(FIXTURES / "medqa.jsonl"),
+        "split": "test",
+        "limit": 2,
+        "dev": {"holdout_from": "test", "size": 3, "seed": 0},
+    },
+    {
+        "format": "pubmedqa",
+        "path": str(FIXTURES / "pubmedqa.parquet"),
+        "split": "train",
+        "limit": 2,
+        "ids_file": str(FIXTURES / "pubmedqa_test_ids.json"),
+        "dev": {"exclude_ids_file": str(FIXTURES / "pubmedqa_test_ids.json")},
+    },
+]
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _row(i: int, *, quality: int, complexity: int, failed: bool, round_: int = 0, status: str = "ok", valid: bool = True) -> dict:
+def _row(
+    i: int, *, quality: int, complexity: int, failed: bool, round_: int = 0, status: str = "ok", valid: bool = True
+) -> dict:
     return {
-        "id": f"r{round_:02d}-a{i:04d}", "round": round_, "attack_index": i, "question": f"question {i}",
-        "judge_status": status, "novel": True, "question_valid": valid, "quality_level": quality,
-        "judge_complexity": complexity, "defender_correct": not failed,
-    }  # fmt: skip
+        "id": f"r{round_:02d}-a{i:04d}",
+        "round": round_,
+        "attack_index": i,
+        "question": f"question {i}",
+        "judge_status": status,
+        "novel": True,
+        "question_valid": valid,
+        "quality_level": quality,
+        "judge_complexity": complexity,
+        "defender_correct": not failed,
+    }
 
 
 def _hand_made_pool() -> list[dict]:
@@ -93,7 +114,14 @@ def _hand_made_pool() -> list[dict]:
 
 
 def _config(**fields) -> SweepConfig:
-    config = from_dict(SweepConfig, {"train_recipe": str(ROOT / "configs/train/local.yaml"), "eval_recipe": str(ROOT / "configs/eval/local.yaml"), **fields})
+    config = from_dict(
+        SweepConfig,
+        {
+            "train_recipe": str(ROOT / "configs/train/local.yaml"),
+            "eval_recipe": str(ROOT / "configs/eval/local.yaml"),
+            **fields,
+        },
+    )
     config.validate()
     return config
 
@@ -105,11 +133,17 @@ def test_both_sweep_recipes_load_and_validate(monkeypatch):
     monkeypatch.chdir(ROOT)
     local = build_sweep_config("configs/sweeps/local.yaml")
     assert (local.pool, local.design, local.backend, local.require_valid) == ("outputs/local", "grid", "local", False)
-    assert len(grid_settings(local)) == 4 and (local.steps_policy, local.steps) == ("fixed_steps", 4)  # two sizes at equal steps
+    assert len(grid_settings(local)) == 4 and (local.steps_policy, local.steps) == (
+        "fixed_steps",
+        4,
+    )  # two sizes at equal steps
 
     medical = build_sweep_config("configs/sweeps/medical.yaml")
     assert (medical.pool, medical.design, medical.train_recipe, medical.eval_recipe) == (
-        "outputs/medical", "one_at_a_time", "configs/train/qwen3-4b-lora.yaml", "configs/eval/medical.yaml"
+        "outputs/medical",
+        "one_at_a_time",
+        "configs/train/qwen3-4b-lora.yaml",
+        "configs/eval/medical.yaml",
     )
     assert medical.grid.quality_levels == [[1], [2], [3], [4], [5]] and medical.grid.sizes == [25, 50, 100, 200]
     assert medical.grid.complexity_levels == [[1, 2], [3], [4, 5]]
@@ -117,15 +151,36 @@ def test_both_sweep_recipes_load_and_validate(monkeypatch):
     # The reference (L4, any complexity, 200, failures first) once, then every other value of each dimension.
     assert len(settings) == 1 + 4 + 3 + 3 + 1
     assert settings[0] == CellSettings([4], None, 200, True)
-    assert sum(s.quality_levels == [4] and s.complexity_levels is None and s.prefer_defender_failed for s in settings) == 4  # the sizes
+    assert (
+        sum(s.quality_levels == [4] and s.complexity_levels is None and s.prefer_defender_failed for s in settings)
+        == 4
+    )  # the sizes
     assert (medical.steps_policy, medical.steps) == ("fixed_epochs", None)
 
 
 def test_a_band_written_as_one_level_is_a_band_and_cell_ids_name_the_settings():
-    config = build_sweep_config(None, ["--train_recipe", str(ROOT / "configs/train/local.yaml"), "--eval_recipe", str(ROOT / "configs/eval/local.yaml"),
-                                       "--grid.quality_levels", "[4, [4, 3]]", "--grid.sizes", "[50, 25]", "--steps_policy", "fixed_steps"])  # fmt: skip
+    config = build_sweep_config(
+        None,
+        [
+            "--train_recipe",
+            str(ROOT / "configs/train/local.yaml"),
+            "--eval_recipe",
+            str(ROOT / "configs/eval/local.yaml"),
+            "--grid.quality_levels",
+            "[4, [4, 3]]",
+            "--grid.sizes",
+            "[50, 25]",
+            "--steps_policy",
+            "fixed_steps",
+        ],
+    )
     assert config.grid.quality_levels == [[4], [4, 3]]
-    assert [cell_id(s) for s in grid_settings(config)] == ["L4-n50-fail-first", "L4-n25-fail-first", "L3+L4-n50-fail-first", "L3+L4-n25-fail-first"]
+    assert [cell_id(s) for s in grid_settings(config)] == [
+        "L4-n50-fail-first",
+        "L4-n25-fail-first",
+        "L3+L4-n50-fail-first",
+        "L3+L4-n25-fail-first",
+    ]
     # The same settings name the same cell, whatever their spelling or position in the grid.
     same = CellSettings([3, 4, 4], [3], 200, False)
     same.validate("cell")
@@ -140,12 +195,22 @@ def test_cell_ids_are_unique_and_safe_in_folders_and_hub_repo_names():
 
     from nanoflux.recipe import is_repo_id
 
-    bands = [list(c) for c in chain.from_iterable(combinations(range(1, 6), k) for k in range(1, 6))]  # every non-empty band: 31
-    ids = [cell_id(CellSettings(q, c, n, ranking)) for q in bands for c in [None, *bands] for n in (1, 20, 200) for ranking in (True, False)]
+    bands = [
+        list(c) for c in chain.from_iterable(combinations(range(1, 6), k) for k in range(1, 6))
+    ]  # every non-empty band: 31
+    ids = [
+        cell_id(CellSettings(q, c, n, ranking))
+        for q in bands
+        for c in [None, *bands]
+        for n in (1, 20, 200)
+        for ranking in (True, False)
+    ]
     assert len(ids) == 31 * 32 * 3 * 2 == len(set(ids))  # one name per setting
     for name in ids:
         assert re.fullmatch(r"L[1-5](\+L[1-5])*(-c[1-5](\+c[1-5])*)?-n\d+-(fail-first|build-order)", name), name
-        assert name == Path(name).name and is_repo_id(f"org/lora-{hub_name(name)}"), name  # a folder name; a Hub repo name (jobs)
+        assert name == Path(name).name and is_repo_id(f"org/lora-{hub_name(name)}"), (
+            name
+        )  # a folder name; a Hub repo name (jobs)
     assert len({hub_name(name) for name in ids}) == len(ids)
 
 
@@ -153,21 +218,45 @@ def test_cell_ids_are_unique_and_safe_in_folders_and_hub_repo_names():
     "args, message",
     [
         (["--grid.sizes", "[0]"], "grid.sizes[0]: out of range (got 0). Fix: use a value >= 1"),
-        (["--grid.quality_levels", "[6]"], "grid.quality_levels[0]: levels must be a non-empty list of integers 1-5 (got [6])"),
+        (
+            ["--grid.quality_levels", "[6]"],
+            "grid.quality_levels[0]: levels must be a non-empty list of integers 1-5 (got [6])",
+        ),
         (["--grid.size", "[5]"], "grid.size: unknown field of grid (got [5]). Fix: did you mean `grid.sizes`?"),
         (["--design", "random"], "design: unknown design (got 'random'). Fix: use one of grid, one_at_a_time"),
         (["--publish_cell", "abc"], "publish_cell: publishing needs a dataset repo (got 'abc'). Fix: set push_to_hub"),
         (["--hub_dir", "outputs/hub"], "hub_dir: set without push_to_hub"),
-        (["--pool", "outputs/x/y", "--pool_revision", "v1"], "pool: with pool_revision set, the pool is a published dataset repo"),
+        (
+            ["--pool", "outputs/x/y", "--pool_revision", "v1"],
+            "pool: with pool_revision set, the pool is a published dataset repo",
+        ),
         (["--train_overrides.max_steps", "0"], "with train_overrides: max_steps: out of range (got 0). Fix: use -1"),
-        (["--train_overrides.lora_rank", "4"], "with train_overrides: lora_rank: unknown field (got 4). Fix: did you mean `lora_r`?"),
+        (
+            ["--train_overrides.lora_rank", "4"],
+            "with train_overrides: lora_rank: unknown field (got 4). Fix: did you mean `lora_r`?",
+        ),
         (["--eval_overrides.max_new_tokens", "0"], "with eval_overrides: max_new_tokens: out of range (got 0)"),
         (["--name", "a b"], "name: not usable in folder, repo and tag names (got 'a b')"),
-        (["--steps_policy", "equal"], "steps_policy: unknown steps policy (got 'equal'). Fix: use one of fixed_epochs, fixed_steps"),
-        (["--steps_policy", "fixed_epochs"], "steps: set with steps_policy fixed_epochs (got 4). Fix: set steps_policy: fixed_steps, or remove steps"),
-        (["--steps_policy", "fixed_epochs", "--steps", "null"], "steps_policy: fixed_epochs trains num_train_epochs in every cell, but the training recipe sets max_steps 10"),
+        (
+            ["--steps_policy", "equal"],
+            "steps_policy: unknown steps policy (got 'equal'). Fix: use one of fixed_epochs, fixed_steps",
+        ),
+        (
+            ["--steps_policy", "fixed_epochs"],
+            "steps: set with steps_policy fixed_epochs (got 4). Fix: set steps_policy: fixed_steps, or remove steps",
+        ),
+        (
+            ["--steps_policy", "fixed_epochs", "--steps", "null"],
+            (
+                "steps_policy: fixed_epochs trains num_train_epochs in every cell, but the training recipe sets"
+                " max_steps 10"
+            ),
+        ),
         (["--steps", "0"], "steps: out of range (got 0). Fix: use a value >= 1"),
-        (["--eval_overrides.benchmarks", "[{format: medqa, path: samples/benchmarks/medqa.jsonl, split: test}]"], "medqa has no dev split"),
+        (
+            ["--eval_overrides.benchmarks", "[{format: medqa, path: samples/benchmarks/medqa.jsonl, split: test}]"],
+            "medqa has no dev split",
+        ),
     ],
 )
 def test_bad_values_fail_naming_the_field_the_value_and_the_fix(monkeypatch, args, message):
@@ -184,7 +273,9 @@ def test_the_jobs_backend_says_what_it_needs(monkeypatch):
     with pytest.raises(ConfigError) as err:
         build_sweep_config("configs/sweeps/local.yaml", ["--backend", "jobs"])
     if importlib.util.find_spec("trainer.jobs") is None:
-        assert "backend: backend jobs needs trainer/jobs.py" in str(err.value) and "Fix: use backend: local" in str(err.value)
+        assert "backend: backend jobs needs trainer/jobs.py" in str(err.value) and "Fix: use backend: local" in str(
+            err.value
+        )
     else:
         assert "cells_repo: HF Jobs read the cells' rows from" in str(err.value)
 
@@ -200,7 +291,11 @@ def test_curation_of_a_cell_is_the_builders_and_is_deterministic(tmp_path):
     # Defender failures first (r00-a0001, r01-a0000, r01-a0003), then the solved one would follow: cut at size 3.
     assert [r["id"] for r in cell.rows] == ["r00-a0001", "r01-a0000", "r01-a0003"]
     assert cell.rows == curate(rows, settings.curation(True), 3)  # the builder's own curation, not a copy
-    assert cell.fingerprint == hashlib.sha256("r00-a0001\nr01-a0000\nr01-a0003".encode()).hexdigest() == dataset_fingerprint(cell.rows)
+    assert (
+        cell.fingerprint
+        == hashlib.sha256(b"r00-a0001\nr01-a0000\nr01-a0003").hexdigest()
+        == dataset_fingerprint(cell.rows)
+    )
 
     # Through the pool file on disk, read twice: the same rows in the same order, the same fingerprint.
     build = tmp_path / "build"
@@ -239,7 +334,9 @@ def test_a_sweep_folder_of_another_setup_is_refused_unless_fresh(tmp_path):
     (tmp_path / "sweep" / "cells" / "some-cell").mkdir()
     prepare_output_dir(config, setup, fresh=False)  # the same setup reopens
     changed = {**setup, "train": {"max_steps": 3}}
-    with pytest.raises(SweepError, match=r"different setup \(changed: train\.max_steps: 2 -> 3\)\. Fix: re-run with --fresh"):
+    with pytest.raises(
+        SweepError, match=r"different setup \(changed: train\.max_steps: 2 -> 3\)\. Fix: re-run with --fresh"
+    ):
         prepare_output_dir(config, changed, fresh=False)
     prepare_output_dir(config, changed, fresh=True)
     assert not (tmp_path / "sweep" / "cells" / "some-cell").exists()
@@ -247,31 +344,69 @@ def test_a_sweep_folder_of_another_setup_is_refused_unless_fresh(tmp_path):
 
 def test_a_pool_that_is_not_a_finished_build_fails_before_any_model_loads(tmp_path):
     (tmp_path / "build").mkdir()
-    with pytest.raises(SweepError, match=r"pool: .*build holds no pool/pool\.parquet.*Fix: run `nanoflux build` to the end"):
+    with pytest.raises(
+        SweepError, match=r"pool: .*build holds no pool/pool\.parquet.*Fix: run `nanoflux build` to the end"
+    ):
         main(_config(pool=str(tmp_path / "build"), output_dir=str(tmp_path / "sweep")))
     assert not (tmp_path / "sweep").exists()
 
 
-def _record(cell: str, quality: list[int], size: int, rows: int, accuracies: dict[str, float | None], *, same_as: str | None = None) -> dict:
+def _record(
+    cell: str,
+    quality: list[int],
+    size: int,
+    rows: int,
+    accuracies: dict[str, float | None],
+    *,
+    same_as: str | None = None,
+) -> dict:
     scores = {
-        name: {"title": title, "n": 20, "correct": round(20 * acc), "accuracy": acc, "ci_low": max(0.0, acc - 0.2), "ci_high": min(1.0, acc + 0.2),
-               "unparseable": 1, "base": {"accuracy": 0.25, "ci_low": 0.1, "ci_high": 0.45}}
-        for name, title in BENCHMARKS if (acc := accuracies.get(name)) is not None
-    }  # fmt: skip
+        name: {
+            "title": title,
+            "n": 20,
+            "correct": round(20 * acc),
+            "accuracy": acc,
+            "ci_low": max(0.0, acc - 0.2),
+            "ci_high": min(1.0, acc + 0.2),
+            "unparseable": 1,
+            "base": {"accuracy": 0.25, "ci_low": 0.1, "ci_high": 0.45},
+        }
+        for name, title in BENCHMARKS
+        if (acc := accuracies.get(name)) is not None
+    }
     settings = {"quality_levels": quality, "complexity_levels": None, "size": size, "prefer_defender_failed": True}
     return {
-        "cell_id": cell, "label": f"cell {cell}", "settings": settings, "require_valid": True, "status": "ok" if rows else "empty",
-        "dataset": {"rows": rows, "fingerprint": (same_as or cell) * 8}, "same_data_as": same_as, "partition": "dev",
-        "training": {"steps": 4, "epochs": 0.32, "train_tokens": 1000 * rows, "wall_time_s": 1.5, "loss_last": 1.0} if rows else None, "scores": scores,
-    }  # fmt: skip
+        "cell_id": cell,
+        "label": f"cell {cell}",
+        "settings": settings,
+        "require_valid": True,
+        "status": "ok" if rows else "empty",
+        "dataset": {"rows": rows, "fingerprint": (same_as or cell) * 8},
+        "same_data_as": same_as,
+        "partition": "dev",
+        "training": (
+            {"steps": 4, "epochs": 0.32, "train_tokens": 1000 * rows, "wall_time_s": 1.5, "loss_last": 1.0}
+            if rows
+            else None
+        ),
+        "scores": scores,
+    }
 
 
 def _details(accuracies: dict[str, dict[str, float]], n: int = 20) -> dict:
     """Per-example dev results matching each cell's accuracy: the first round(n * acc) examples right."""
-    return {(cell, name): [(str(i), i < round(n * acc)) for i in range(n)] for cell, by_bench in accuracies.items() for name, acc in by_bench.items()}
+    return {
+        (cell, name): [(str(i), i < round(n * acc)) for i in range(n)]
+        for cell, by_bench in accuracies.items()
+        for name, acc in by_bench.items()
+    }
 
 
-DEV = {"a": {"medqa": 0.40, "pubmedqa": 0.60}, "b": {"medqa": 0.55, "pubmedqa": 0.60}, "c": {"medqa": 0.55, "pubmedqa": 0.50}}
+DEV = {
+    "a": {"medqa": 0.40, "pubmedqa": 0.60},
+    "b": {"medqa": 0.55, "pubmedqa": 0.60},
+    "c": {"medqa": 0.55, "pubmedqa": 0.50},
+}
 
 
 def _records() -> list[dict]:
@@ -286,53 +421,93 @@ def _records() -> list[dict]:
 
 def test_cells_are_selected_on_dev_and_compared_with_their_runner_up():
     details = _details({**DEV, "e": DEV["c"]})
-    selection = select_cells(_records(), BENCHMARKS, lambda record, name: details.get((record["cell_id"], name)), samples=500)
+    selection = select_cells(
+        _records(), BENCHMARKS, lambda record, name: details.get((record["cell_id"], name)), samples=500
+    )
     medqa, pubmedqa = selection["benchmarks"]["medqa"], selection["benchmarks"]["pubmedqa"]
     assert (medqa["cell"], medqa["runner_up"], pubmedqa["cell"], pubmedqa["runner_up"]) == ("c", "b", "a", "b")
     # Equal dev accuracy on the same examples: a paired difference of 0, not significant.
-    assert medqa["comparison"]["method"] == "paired bootstrap + McNemar" and medqa["comparison"]["delta"] == 0 and not medqa["comparison"]["significant"]
+    assert (
+        medqa["comparison"]["method"] == "paired bootstrap + McNemar"
+        and medqa["comparison"]["delta"] == 0
+        and not medqa["comparison"]["significant"]
+    )
     overall = selection["overall"]  # macro-mean dev accuracy: a .50, b .575, c .525
     assert (overall["cell"], overall["runner_up"], overall["dev_macro_accuracy"]) == ("b", "c", pytest.approx(0.575))
-    assert not overall["comparison"]["significant"] and overall["comparison"]["ci_low"] <= 0 <= overall["comparison"]["ci_high"]
+    assert (
+        not overall["comparison"]["significant"]
+        and overall["comparison"]["ci_low"] <= 0 <= overall["comparison"]["ci_high"]
+    )
     assert selection["test_cells"] == ["b", "c", "a"]  # overall first, then each benchmark's; d and e are never tested
     # Every other trained cell is compared (e is c's adapter: named as sharing it, never compared), ties are named, and
     # the rule that decided is recorded.
     assert selection["tie_break"] == TIE_BREAK
-    assert (medqa["decided_by"], medqa["tied"], medqa["same_adapter"], medqa["not_significant"]) == ("rows", ["b"], ["e"], ["b", "a"])
+    assert (medqa["decided_by"], medqa["tied"], medqa["same_adapter"], medqa["not_significant"]) == (
+        "rows",
+        ["b"],
+        ["e"],
+        ["b", "a"],
+    )
     assert (pubmedqa["decided_by"], pubmedqa["tied"], pubmedqa["not_significant"]) == ("rows", ["b"], ["b", "c"])
     assert set(medqa["comparisons"]) == {"b", "a"} and medqa["comparisons"]["a"]["delta"] == pytest.approx(0.15)
     assert (overall["decided_by"], overall["tied"], overall["not_significant"]) == ("accuracy", [], ["c", "a"])
     assert verdict(medqa) == "no significant difference from `b`, `a`"
     said = finding(medqa, "MedQA", medqa["dev_accuracy"])
-    assert said.startswith("MedQA: `c` (`e` shares its training: the same rows) ties with `b` at 55.0% on dev; it was chosen by the tie-break: fewer rows.")
+    assert said.startswith(
+        "MedQA: `c` (`e` shares its training: the same rows) ties with `b` at 55.0% on dev; it was chosen by the"
+        " tie-break: fewer rows."
+    )
     assert "**No significant difference** from `b` (+0.0 [+0.0, +0.0] points, McNemar p = 1), `a` (+15.0 [" in said
     # The choice does not depend on the order of the records (the tie-break is rows, then the cell id, never position).
     for seed in range(3):
         shuffled = random.Random(seed).sample(_records(), 5)
-        again = select_cells(shuffled, BENCHMARKS, lambda record, name: details.get((record["cell_id"], name)), samples=500)
-        assert {k: v["cell"] for k, v in again["benchmarks"].items()} == {"medqa": "c", "pubmedqa": "a"} and again["overall"]["cell"] == "b"
+        again = select_cells(
+            shuffled, BENCHMARKS, lambda record, name: details.get((record["cell_id"], name)), samples=500
+        )
+        assert {k: v["cell"] for k, v in again["benchmarks"].items()} == {"medqa": "c", "pubmedqa": "a"} and again[
+            "overall"
+        ]["cell"] == "b"
     # Equal accuracy and equal rows on another adapter: the first cell id in alphabetical order, said so.
     twins = [_record("z", [3], 25, 25, {"medqa": 0.5}), _record("y", [4], 25, 25, {"medqa": 0.5})]
     twin = select_cells(twins, BENCHMARKS[:1], lambda record, name: None)["benchmarks"]["medqa"]
     assert (twin["cell"], twin["decided_by"], twin["tied"]) == ("y", "cell_id", ["z"])
-    assert "chosen by the tie-break: the first cell id in alphabetical order" in finding(twin, "MedQA", 0.5) and "the 95% CIs overlap" in finding(twin, "MedQA", 0.5)
+    assert "chosen by the tie-break: the first cell id in alphabetical order" in finding(
+        twin, "MedQA", 0.5
+    ) and "the 95% CIs overlap" in finding(twin, "MedQA", 0.5)
 
     # A clear difference on 100 paired examples is significant; without per-example results, the CIs decide.
     strong = [_record("x", [4], 25, 25, {"medqa": 0.9}), _record("y", [3], 25, 25, {"medqa": 0.5})]
     for record in strong:
-        record["scores"]["medqa"].update(n=100, ci_low=record["scores"]["medqa"]["accuracy"] - 0.08, ci_high=record["scores"]["medqa"]["accuracy"] + 0.08)
+        record["scores"]["medqa"].update(
+            n=100,
+            ci_low=record["scores"]["medqa"]["accuracy"] - 0.08,
+            ci_high=record["scores"]["medqa"]["accuracy"] + 0.08,
+        )
     details = _details({"x": {"medqa": 0.9}, "y": {"medqa": 0.5}}, n=100)
-    paired = select_cells(strong, BENCHMARKS[:1], lambda record, name: details[(record["cell_id"], name)], samples=500)["benchmarks"]["medqa"]["comparison"]
+    paired = select_cells(
+        strong, BENCHMARKS[:1], lambda record, name: details[(record["cell_id"], name)], samples=500
+    )["benchmarks"]["medqa"]["comparison"]
     assert paired["significant"] and paired["p_value"] < 1e-6 and paired["ci_low"] > 0.25
-    clear = select_cells(strong, BENCHMARKS[:1], lambda record, name: details[(record["cell_id"], name)], samples=500)["benchmarks"]["medqa"]
-    assert clear["not_significant"] == [] and verdict(clear).startswith("significantly better than every other cell (runner-up `y`: McNemar p = ")
-    assert "It is significantly better than every other cell on dev (runner-up `y`: +40.0 [" in finding(clear, "MedQA", 0.9)
+    clear = select_cells(strong, BENCHMARKS[:1], lambda record, name: details[(record["cell_id"], name)], samples=500)[
+        "benchmarks"
+    ]["medqa"]
+    assert clear["not_significant"] == [] and verdict(clear).startswith(
+        "significantly better than every other cell (runner-up `y`: McNemar p = "
+    )
+    assert "It is significantly better than every other cell on dev (runner-up `y`: +40.0 [" in finding(
+        clear, "MedQA", 0.9
+    )
     unpaired = select_cells(strong, BENCHMARKS[:1], lambda record, name: None)["benchmarks"]["medqa"]["comparison"]
     assert unpaired["method"] == "95% CI overlap" and unpaired["significant"]
     overlapping = select_cells(_records(), BENCHMARKS, lambda record, name: None)
-    assert overlapping["benchmarks"]["medqa"]["comparison"]["method"] == "95% CI overlap" and not overlapping["benchmarks"]["medqa"]["comparison"]["significant"]
+    assert (
+        overlapping["benchmarks"]["medqa"]["comparison"]["method"] == "95% CI overlap"
+        and not overlapping["benchmarks"]["medqa"]["comparison"]["significant"]
+    )
     assert overlapping["overall"]["comparison"] is None  # reported as not compared, never as a difference
-    assert verdict(overlapping["overall"]).startswith("not compared with `c`") and "the data do not show it is better" in finding(overlapping["overall"], "Overall", 0.575)
+    assert verdict(overlapping["overall"]).startswith(
+        "not compared with `c`"
+    ) and "the data do not show it is better" in finding(overlapping["overall"], "Overall", 0.575)
 
 
 def test_the_report_selects_on_dev_and_reports_test_for_the_selected_cells_only(tmp_path):
@@ -341,16 +516,43 @@ def test_the_report_selects_on_dev_and_reports_test_for_the_selected_cells_only(
     records = _records()
     config = _config(pool=str(tmp_path), output_dir=str(tmp_path / "sweep"), name="demo")
     (tmp_path / "sweep").mkdir()
-    setup = {"train": {"model": "m", "lora_r": 8, "learning_rate": 2e-4, "max_steps": -1, "num_train_epochs": 1, "per_device_train_batch_size": 2,
-                       "gradient_accumulation_steps": 1, "seed": 0}, "eval": {"model": "m", "max_new_tokens": 8}}  # fmt: skip
+    setup = {
+        "train": {
+            "model": "m",
+            "lora_r": 8,
+            "learning_rate": 2e-4,
+            "max_steps": -1,
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "seed": 0,
+        },
+        "eval": {"model": "m", "max_new_tokens": 8},
+    }
     details = _details({**DEV, "e": DEV["c"]})
-    selection = select_cells(records, BENCHMARKS, lambda record, name: details.get((record["cell_id"], name)), samples=500)
-    test_score = {"n": 40, "correct": 20, "accuracy": 0.5, "ci_low": 0.35, "ci_high": 0.65, "unparseable": 0, "base": {"accuracy": 0.3, "ci_low": 0.15, "ci_high": 0.45},
-                  "vs_base": {"n": 40, "delta": 0.2, "ci_low": 0.05, "ci_high": 0.35, "wins": 10, "losses": 2, "p_value": 0.039}}  # fmt: skip
+    selection = select_cells(
+        records, BENCHMARKS, lambda record, name: details.get((record["cell_id"], name)), samples=500
+    )
+    test_score = {
+        "n": 40,
+        "correct": 20,
+        "accuracy": 0.5,
+        "ci_low": 0.35,
+        "ci_high": 0.65,
+        "unparseable": 0,
+        "base": {"accuracy": 0.3, "ci_low": 0.15, "ci_high": 0.45},
+        "vs_base": {"n": 40, "delta": 0.2, "ci_low": 0.05, "ci_high": 0.35, "wins": 10, "losses": 2, "p_value": 0.039},
+    }
     test = {cell: {name: dict(test_score) for name, _ in BENCHMARKS} for cell in selection["test_cells"]}
     pool = Pool([{}] * 7, "outputs/x", "f" * 64)
     files = write_report(Report(config, pool, records, BENCHMARKS, setup, selection, test))
-    assert sorted(p.name for p in files) == ["quality_levels.png", "results.md", "results.parquet", "selection.json", "size.png"]
+    assert sorted(p.name for p in files) == [
+        "quality_levels.png",
+        "results.md",
+        "results.parquet",
+        "selection.json",
+        "size.png",
+    ]
     for png in (tmp_path / "sweep").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
@@ -358,61 +560,133 @@ def test_the_report_selects_on_dev_and_reports_test_for_the_selected_cells_only(
     dev = [row for row in table if row["partition"] == "dev"]
     tested = [row for row in table if row["partition"] == "test"]
     assert len(dev) == 10 and {tuple(DIMENSIONS)} <= {tuple(k for k in row if k in DIMENSIONS) for row in table}
-    assert {row["cell_id"] for row in tested} == {"a", "b", "c"} and len(tested) == 6  # test rows: the selected cells only
-    assert {(row["benchmark"], row["cell_id"]) for row in dev if row["selected"]} == {("medqa", "c"), ("pubmedqa", "a")}
+    assert {row["cell_id"] for row in tested} == {"a", "b", "c"} and len(
+        tested
+    ) == 6  # test rows: the selected cells only
+    assert {(row["benchmark"], row["cell_id"]) for row in dev if row["selected"]} == {
+        ("medqa", "c"),
+        ("pubmedqa", "a"),
+    }
     assert {row["cell_id"] for row in table if row["selected_overall"]} == {"b"}
     empty = [row for row in table if row["cell_id"] == "d"]
     assert [row["accuracy"] for row in empty] == [None, None] and {row["rows"] for row in empty} == {0}
-    assert table[0]["quality_levels"] == [3] and table[0]["complexity_levels"] is None and table[0]["train_tokens"] == 25000
+    assert (
+        table[0]["quality_levels"] == [3]
+        and table[0]["complexity_levels"] is None
+        and table[0]["train_tokens"] == 25000
+    )
 
     md = (tmp_path / "sweep" / "results.md").read_text()
     assert "Selected on dev, reported on test" in md and "test accuracy is reported for the selected cells only" in md
-    assert "| MedQA (USMLE, 4 options) | `c` | cell c | 25 | 55.0 [35.0, 75.0] | no significant difference from `b`, `a`; runner-up `b`: +0.0 [" in md
+    assert (
+        "| MedQA (USMLE, 4 options) | `c` | cell c | 25 | 55.0 [35.0, 75.0] | no significant difference from `b`, `a`;"
+        " runner-up `b`: +0.0 [" in md
+    )
     # What the dev data support: the tie, the rule that broke it, every cell within the noise; which cells shared a training.
-    assert f"Selection rule: the highest dev accuracy (overall: the highest macro-mean dev accuracy over the benchmarks); {TIE_BREAK}." in md
-    assert "- **MedQA (USMLE, 4 options)**: `c` (`e` shares its training: the same rows) ties with `b` at 55.0% on dev; it was chosen by the tie-break: fewer rows." in md
-    assert "- **Overall** (macro-mean): `b` has the highest dev score (57.5%). **No significant difference** from `c` (+5.0 [" in md
-    assert "## Shared training" in md and "- `c` trained on 25 rows; shared by `e` (the same order)" in md and "| `e` (shares `c`'s training) |" in md
+    assert (
+        "Selection rule: the highest dev accuracy (overall: the highest macro-mean dev accuracy over the benchmarks);"
+        f" {TIE_BREAK}." in md
+    )
+    assert (
+        "- **MedQA (USMLE, 4 options)**: `c` (`e` shares its training: the same rows) ties with `b` at 55.0% on dev;"
+        " it was chosen by the tie-break: fewer rows." in md
+    )
+    assert (
+        "- **Overall** (macro-mean): `b` has the highest dev score (57.5%). **No significant difference** from `c`"
+        " (+5.0 [" in md
+    )
+    assert (
+        "## Shared training" in md
+        and "- `c` trained on 25 rows; shared by `e` (the same order)" in md
+        and "| `e` (shares `c`'s training) |" in md
+    )
     chosen = json.loads((tmp_path / "sweep" / "selection.json").read_text())
     assert chosen["tie_break"] == TIE_BREAK and chosen["benchmarks"]["medqa"]["not_significant"] == ["b", "a"]
-    assert chosen["shared_training"] == [{"trained": "c", "rows": 25, "shared_by": [{"cell": "e", "same_order": True}]}]
-    assert "| 50.0 [35.0, 65.0] | 30.0 |" in md  # the selected cell's test accuracy and the base model's on the same rows
-    assert "**Overall** (highest macro-mean dev accuracy over the benchmarks): `b`" in md and "| +20.0 [+5.0, +35.0] points, McNemar p = 0.039 |" in md
+    assert chosen["shared_training"] == [
+        {"trained": "c", "rows": 25, "shared_by": [{"cell": "e", "same_order": True}]}
+    ]
+    assert (
+        "| 50.0 [35.0, 65.0] | 30.0 |" in md
+    )  # the selected cell's test accuracy and the base model's on the same rows
+    assert (
+        "**Overall** (highest macro-mean dev accuracy over the benchmarks): `b`" in md
+        and "| +20.0 [+5.0, +35.0] points, McNemar p = 0.039 |" in md
+    )
     assert "✓ 55.0 [35.0, 75.0]" in md and "![dev accuracy vs dataset size (rows requested)](size.png)" in md
-    assert "swept: reasoning-quality band, dataset size (rows requested); fixed: complexity all, ranking failed first" in md
-    assert "steps policy `fixed_epochs`: 1 epochs in every cell" in md and "dataset size is confounded with training steps" in md
-    assert "--publish_cell b --push_to_hub" in md and "best" not in md.lower()  # the cell chosen on dev, never "the best on test"
+    assert (
+        "swept: reasoning-quality band, dataset size (rows requested); fixed: complexity all, ranking failed first"
+        in md
+    )
+    assert (
+        "steps policy `fixed_epochs`: 1 epochs in every cell" in md
+        and "dataset size is confounded with training steps" in md
+    )
+    assert (
+        "--publish_cell b --push_to_hub" in md and "best" not in md.lower()
+    )  # the cell chosen on dev, never "the best on test"
 
 
 def test_plot_grids_fit_the_benchmarks_and_a_score_of_zero_stays_visible():
     from trainer.sweep_report import Y_LIMITS, dimension_figure, panel_grid
 
     # No empty slot where a grid of at most 5 columns has none: 4 benchmarks are 2x2, never 3 columns with 2 empty.
-    assert [panel_grid(n) for n in range(1, 13)] == [(1, 1), (1, 2), (1, 3), (2, 2), (1, 5), (2, 3), (2, 4), (2, 4), (3, 3), (2, 5), (3, 4), (3, 4)]
+    assert [panel_grid(n) for n in range(1, 13)] == [
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (2, 2),
+        (1, 5),
+        (2, 3),
+        (2, 4),
+        (2, 4),
+        (3, 3),
+        (2, 5),
+        (3, 4),
+        (3, 4),
+    ]
     for count in (3, 4, 7):
         benchmarks = [(f"b{i}", f"Bench {i}") for i in range(count)]
         table = [
-            {"cell_id": f"L4-n{size}-fail-first", "quality_levels": [4], "complexity_levels": None, "size": size, "prefer_defender_failed": True,
-             "benchmark": name, "partition": "dev", "accuracy": accuracy, "ci_low": 0.0, "ci_high": accuracy + 0.1, "base_accuracy": 0.0,
-             "selected": size == 50}
-            for name, _ in benchmarks for size, accuracy in ((25, 0.0), (50, 0.4))
-        ]  # fmt: skip
+            {
+                "cell_id": f"L4-n{size}-fail-first",
+                "quality_levels": [4],
+                "complexity_levels": None,
+                "size": size,
+                "prefer_defender_failed": True,
+                "benchmark": name,
+                "partition": "dev",
+                "accuracy": accuracy,
+                "ci_low": 0.0,
+                "ci_high": accuracy + 0.1,
+                "base_accuracy": 0.0,
+                "selected": size == 50,
+            }
+            for name, _ in benchmarks
+            for size, accuracy in ((25, 0.0), (50, 0.4))
+        ]
         figure = dimension_figure(table, "size", benchmarks, "demo")
         figure.canvas.draw()
         rows, columns = panel_grid(count)
         panels = [axes for axes in figure.axes if axes.axison]
-        assert len(panels) == count and len(figure.axes) == rows * columns, count  # every slot used; a spare one holds the legend
+        assert len(panels) == count and len(figure.axes) == rows * columns, (
+            count
+        )  # every slot used; a spare one holds the legend
         assert {axes.get_subplotspec().get_geometry()[:2] for axes in figure.axes} == {(rows, columns)}
         if rows * columns > count:
             (spare,) = [axes for axes in figure.axes if not axes.axison]
             assert spare.get_legend() is not None
         for axes in panels:
             assert axes.get_ylim() == Y_LIMITS and Y_LIMITS[0] < 0
-            assert any(list(line.get_ydata()) == [0, 0] and line.get_color() == "black" for line in axes.lines)  # the line at 0
+            assert any(
+                list(line.get_ydata()) == [0, 0] and line.get_color() == "black" for line in axes.lines
+            )  # the line at 0
             (points,) = [line for line in axes.lines if line.get_marker() == "o"]  # every point has a marker
             zero = axes.transData.transform((points.get_xdata()[0], 0.0))[1] - axes.bbox.y0
             radius = points.get_markersize() * figure.dpi / 72 / 2
-            assert list(points.get_ydata())[0] == 0.0 and zero > radius, (zero, radius)  # a 0 point is drawn whole, above the axis
+            assert list(points.get_ydata())[0] == 0.0 and zero > radius, (
+                zero,
+                radius,
+            )  # a 0 point is drawn whole, above the axis
             assert [t.get_text() for t in axes.texts] == ["L4-n50-fail-first"]  # the selected cell, named by its id
 
 
@@ -438,13 +712,23 @@ def fake_compute(monkeypatch):
         adapter = Path(train_config.output_dir)
         adapter.mkdir(parents=True)
         (adapter / "fake.json").write_text(json.dumps({"rows": rows}))
-        return {"steps": train_config.max_steps, "epochs": 1.0, "train_tokens": 100 * rows, "wall_time_s": 0.1, "device": "cpu", "gpu": None,
-                "compute": {"device_seconds": 0.1, "device_name": "cpu"}, "loss": {"first": 2.0, "last": 1.0},
-                "dataset": {"pinned": f"{train_config.dataset_name}@{train_config.revision}"}}  # fmt: skip
+        return {
+            "steps": train_config.max_steps,
+            "epochs": 1.0,
+            "train_tokens": 100 * rows,
+            "wall_time_s": 0.1,
+            "device": "cpu",
+            "gpu": None,
+            "compute": {"device_seconds": 0.1, "device_name": "cpu"},
+            "loss": {"first": 2.0, "last": 1.0},
+            "dataset": {"pinned": f"{train_config.dataset_name}@{train_config.revision}"},
+        }
 
     def evaluate(eval_config, what):
         variant = "adapter" if eval_config.adapter else "base"
-        rows = json.loads((Path(eval_config.adapter) / "fake.json").read_text())["rows"] if eval_config.adapter else None
+        rows = (
+            json.loads((Path(eval_config.adapter) / "fake.json").read_text())["rows"] if eval_config.adapter else None
+        )
         right = round(20 * FAKE_ACCURACY[rows])
         details = Path(eval_config.output_dir) / "details"
         details.mkdir(parents=True, exist_ok=True)
@@ -452,7 +736,14 @@ def fake_compute(monkeypatch):
         for bench in eval_config.benchmarks:
             lines = [json.dumps({"id": f"{eval_config.partition}-{i}", "correct": i < right}) for i in range(20)]
             (details / f"{bench.name}-{variant}.jsonl").write_text("\n".join(lines) + "\n")
-            score = {"n": 20, "correct": right, "accuracy": right / 20, "ci_low": max(0.0, right / 20 - 0.2), "ci_high": min(1.0, right / 20 + 0.2), "unparseable": 0}
+            score = {
+                "n": 20,
+                "correct": right,
+                "accuracy": right / 20,
+                "ci_low": max(0.0, right / 20 - 0.2),
+                "ci_high": min(1.0, right / 20 + 0.2),
+                "unparseable": 0,
+            }
             results["benchmarks"].append({"name": bench.name, "title": bench.title})
             results["results"][bench.name] = {variant: score}
         return results
@@ -463,42 +754,97 @@ def fake_compute(monkeypatch):
     return trainings
 
 
-def test_cells_with_the_same_set_of_rows_train_once_and_the_sweep_shows_its_progress(tmp_path, fake_compute, caplog, monkeypatch):
+def test_cells_with_the_same_set_of_rows_train_once_and_the_sweep_shows_its_progress(
+    tmp_path, fake_compute, caplog, monkeypatch
+):
     import trainer.sweep
 
     build = tmp_path / "build"
     write_rows(_hand_made_pool(), build / "pool" / "pool.parquet", build / "pool.jsonl")
-    config = _config(pool=str(build), output_dir=str(tmp_path / "sweep"), name="fake", steps_policy="fixed_steps", steps=2,
-                     eval_overrides={"benchmarks": SWEEP_BENCHMARKS}, grid={"quality_levels": [[3], [4]], "sizes": [2, 10], "prefer_defender_failed": [True, False]})  # fmt: skip
+    config = _config(
+        pool=str(build),
+        output_dir=str(tmp_path / "sweep"),
+        name="fake",
+        steps_policy="fixed_steps",
+        steps=2,
+        eval_overrides={"benchmarks": SWEEP_BENCHMARKS},
+        grid={"quality_levels": [[3], [4]], "sizes": [2, 10], "prefer_defender_failed": [True, False]},
+    )
     monkeypatch.setattr(trainer.sweep, "PROGRESS_INTERVAL_S", 0.0)  # a line per finished cell
     with caplog.at_level("INFO"):
         summary = main(config)
 
     # 8 cells, 4 sets of rows: L3 is the one row r00-a0002 in every cell; L4 at size 10 is the same 4 rows in two orders.
-    cells = ["L3-n2-fail-first", "L3-n2-build-order", "L3-n10-fail-first", "L3-n10-build-order",
-             "L4-n2-fail-first", "L4-n2-build-order", "L4-n10-fail-first", "L4-n10-build-order"]  # fmt: skip
-    assert summary["cells"] == cells and sorted(p.name for p in (tmp_path / "sweep" / "cells").iterdir()) == sorted(cells)
-    assert fake_compute == summary["ran"] == ["L3-n2-fail-first", "L4-n2-fail-first", "L4-n2-build-order", "L4-n10-fail-first"]  # 4 trainings
+    cells = [
+        "L3-n2-fail-first",
+        "L3-n2-build-order",
+        "L3-n10-fail-first",
+        "L3-n10-build-order",
+        "L4-n2-fail-first",
+        "L4-n2-build-order",
+        "L4-n10-fail-first",
+        "L4-n10-build-order",
+    ]
+    assert summary["cells"] == cells and sorted(p.name for p in (tmp_path / "sweep" / "cells").iterdir()) == sorted(
+        cells
+    )
+    assert (
+        fake_compute
+        == summary["ran"]
+        == ["L3-n2-fail-first", "L4-n2-fail-first", "L4-n2-build-order", "L4-n10-fail-first"]
+    )  # 4 trainings
     assert summary["reused"] == ["L3-n2-build-order", "L3-n10-fail-first", "L3-n10-build-order", "L4-n10-build-order"]
     records = {cell: json.loads((tmp_path / "sweep" / "cells" / cell / "cell.json").read_text()) for cell in cells}
     shared = records["L4-n10-build-order"]
-    assert shared["same_data_as"] == "L4-n10-fail-first" and shared["training_key"] == records["L4-n10-fail-first"]["training_key"]
-    assert shared["dataset"]["ids"] == ["r00-a0000", "r00-a0001", "r01-a0000", "r01-a0003"] != records["L4-n10-fail-first"]["dataset"]["ids"]
-    assert shared["dataset"]["fingerprint"] != records["L4-n10-fail-first"]["dataset"]["fingerprint"]  # its own rows, in its order
-    assert shared["scores"] == records["L4-n10-fail-first"]["scores"] and not (tmp_path / "sweep" / "cells" / "L4-n10-build-order" / "adapter").exists()
-    assert records["L4-n2-build-order"]["training_key"] != records["L4-n2-fail-first"]["training_key"]  # other rows: trained
+    assert (
+        shared["same_data_as"] == "L4-n10-fail-first"
+        and shared["training_key"] == records["L4-n10-fail-first"]["training_key"]
+    )
+    assert (
+        shared["dataset"]["ids"]
+        == ["r00-a0000", "r00-a0001", "r01-a0000", "r01-a0003"]
+        != records["L4-n10-fail-first"]["dataset"]["ids"]
+    )
+    assert (
+        shared["dataset"]["fingerprint"] != records["L4-n10-fail-first"]["dataset"]["fingerprint"]
+    )  # its own rows, in its order
+    assert (
+        shared["scores"] == records["L4-n10-fail-first"]["scores"]
+        and not (tmp_path / "sweep" / "cells" / "L4-n10-build-order" / "adapter").exists()
+    )
+    assert (
+        records["L4-n2-build-order"]["training_key"] != records["L4-n2-fail-first"]["training_key"]
+    )  # other rows: trained
 
     # The report: the three 60% cells tie on dev; the 2-row cells win on rows, then by cell id; every tie is named.
     chosen = json.loads((tmp_path / "sweep" / "selection.json").read_text())
     medqa = chosen["benchmarks"]["medqa"]
-    assert (medqa["cell"], medqa["decided_by"], medqa["tied"]) == ("L4-n2-build-order", "cell_id", ["L4-n2-fail-first", "L4-n10-build-order", "L4-n10-fail-first"])
-    assert medqa["not_significant"] == ["L4-n2-fail-first", "L4-n10-build-order"] and list(medqa["comparisons"]) == medqa["not_significant"] + ["L3-n10-build-order"]
-    assert medqa["comparisons"]["L3-n10-build-order"]["significant"]  # 60% vs 30% on the same 20 examples (one comparison per adapter)
+    assert (medqa["cell"], medqa["decided_by"], medqa["tied"]) == (
+        "L4-n2-build-order",
+        "cell_id",
+        ["L4-n2-fail-first", "L4-n10-build-order", "L4-n10-fail-first"],
+    )
+    assert medqa["not_significant"] == ["L4-n2-fail-first", "L4-n10-build-order"] and list(
+        medqa["comparisons"]
+    ) == medqa["not_significant"] + ["L3-n10-build-order"]
+    assert medqa["comparisons"]["L3-n10-build-order"][
+        "significant"
+    ]  # 60% vs 30% on the same 20 examples (one comparison per adapter)
     md = (tmp_path / "sweep" / "results.md").read_text()
     assert "- `L4-n10-fail-first` trained on 4 rows; shared by `L4-n10-build-order` (another order)" in md
-    assert "- `L3-n2-fail-first` trained on 1 row; shared by `L3-n2-build-order` (the same order), `L3-n10-fail-first` (the same order)" in md
-    assert "ties with `L4-n2-fail-first`, `L4-n10-build-order`, `L4-n10-fail-first` at 60.0% on dev; it was chosen by the tie-break: the first cell id" in md
-    assert sorted(p.name for p in (tmp_path / "sweep").glob("*.png")) == ["prefer_defender_failed.png", "quality_levels.png", "size.png"]
+    assert (
+        "- `L3-n2-fail-first` trained on 1 row; shared by `L3-n2-build-order` (the same order), `L3-n10-fail-first`"
+        " (the same order)" in md
+    )
+    assert (
+        "ties with `L4-n2-fail-first`, `L4-n10-build-order`, `L4-n10-fail-first` at 60.0% on dev; it was chosen by the"
+        " tie-break: the first cell id" in md
+    )
+    assert sorted(p.name for p in (tmp_path / "sweep").glob("*.png")) == [
+        "prefer_defender_failed.png",
+        "quality_levels.png",
+        "size.png",
+    ]
 
     # Progress across the cells: a log line per finished cell off a terminal (cells done / total, the cell, an ETA).
     lines = [r.getMessage() for r in caplog.records if r.name == "nanoflux.progress"]
@@ -532,10 +878,14 @@ def test_cells_with_the_same_set_of_rows_train_once_and_the_sweep_shows_its_prog
 def test_fixed_steps_trains_every_cell_the_steps_of_the_largest_one(tmp_path):
     from types import SimpleNamespace
 
-    train = SimpleNamespace(max_steps=-1, num_train_epochs=3.0, per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    train = SimpleNamespace(
+        max_steps=-1, num_train_epochs=3.0, per_device_train_batch_size=4, gradient_accumulation_steps=2
+    )
     cells = [SimpleNamespace(rows=[{}] * n) for n in (5, 25, 17)]
     config = _config(pool=str(tmp_path), steps_policy="fixed_steps")
-    assert cell_steps(config, train, cells) == 3 * 4  # 25 rows: 7 batches of 4, 4 optimizer steps (accumulation 2) per epoch
+    assert (
+        cell_steps(config, train, cells) == 3 * 4
+    )  # 25 rows: 7 batches of 4, 4 optimizer steps (accumulation 2) per epoch
     assert cell_steps(_config(pool=str(tmp_path), steps_policy="fixed_steps", steps=9), train, cells) == 9
     assert cell_steps(config, SimpleNamespace(**{**vars(train), "max_steps": 6}), cells) == 6
     assert cell_steps(_config(pool=str(tmp_path)), train, cells) is None  # fixed_epochs: the recipe's epochs
@@ -546,16 +896,29 @@ def test_a_pool_row_that_asks_a_test_or_dev_question_is_refused_before_any_model
 
     from nanoflux.benchmarks import load_benchmark
 
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("a model was loaded")
+    )
     dev_question = load_benchmark(_medqa(), partition="dev")[0].question
     for leaked, partition in ((dev_question, "dev"), (next(iter(test_questions(_medqa()).values())), "test")):
         rows = _hand_made_pool()
         rows[1]["question"] = leaked  # r00-a0001: L4, Defender failed, in every cell below
         build = tmp_path / partition / "build"
         write_rows(rows, build / "pool" / "pool.parquet", build / "pool.jsonl")
-        config = _config(pool=str(build), output_dir=str(tmp_path / partition / "sweep"), steps_policy="fixed_steps",
-                         eval_overrides={"benchmarks": SWEEP_BENCHMARKS}, grid={"quality_levels": [[4]], "sizes": [3]})  # fmt: skip
-        with pytest.raises(SweepError, match=rf"pool: the cells' training data \(3 rows\) holds 1 question\(s\) of the evaluation's test and dev rows \(medqa {partition} row"):
+        config = _config(
+            pool=str(build),
+            output_dir=str(tmp_path / partition / "sweep"),
+            steps_policy="fixed_steps",
+            eval_overrides={"benchmarks": SWEEP_BENCHMARKS},
+            grid={"quality_levels": [[4]], "sizes": [3]},
+        )
+        with pytest.raises(
+            SweepError,
+            match=(
+                r"pool: the cells' training data \(3 rows\) holds 1 question\(s\) of the evaluation's test and dev"
+                rf" rows \(medqa {partition} row"
+            ),
+        ):
             main(config)
         assert not (tmp_path / partition / "sweep").exists()
 
@@ -616,7 +979,12 @@ def _sweep_recipe(pool: Path, output_dir: Path) -> dict:
         "train_recipe": str(ROOT / "configs/train/local.yaml"),
         "train_overrides": {"max_steps": 2, "max_length": 256},
         "eval_recipe": str(ROOT / "configs/eval/local.yaml"),
-        "eval_overrides": {"benchmarks": SWEEP_BENCHMARKS, "max_new_tokens": 4, "batch_size": 2, "bootstrap_samples": 200},
+        "eval_overrides": {
+            "benchmarks": SWEEP_BENCHMARKS,
+            "max_new_tokens": 4,
+            "batch_size": 2,
+            "bootstrap_samples": 200,
+        },
         "output_dir": str(output_dir),
     }
 
@@ -638,8 +1006,13 @@ def killed_and_resumed(pool_build, tmp_path_factory, embedded_model_dir):
     recipe = tmp / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(_sweep_recipe(pool_build, sweep)))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "nanoflux.cli", "sweep", "--config", str(recipe)], env=env, cwd=tmp,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nanoflux.cli", "sweep", "--config", str(recipe)],
+        env=env,
+        cwd=tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 900  # a loaded 2-core machine can take minutes for the first cell
     while time.monotonic() < deadline and not _cell_files(sweep):
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
@@ -648,7 +1021,11 @@ def killed_and_resumed(pool_build, tmp_path_factory, embedded_model_dir):
     process.wait()
     before = _cell_files(sweep)
     assert 1 <= len(before) < 4, "the kill must land mid-sweep"
-    mtimes = {cell: (sweep / "cells" / cell / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns for cell in before if (sweep / "cells" / cell / "adapter").exists()}
+    mtimes = {
+        cell: (sweep / "cells" / cell / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+        for cell in before
+        if (sweep / "cells" / cell / "adapter").exists()
+    }
 
     config = build_sweep_config(recipe)
     summary = main(config)
@@ -661,7 +1038,9 @@ def test_a_killed_sweep_resumes_without_redoing_finished_cells(killed_and_resume
     summary, before, sweep = state["summary"], state["before"], state["sweep"]
     assert len(summary["cells"]) == 4
     assert summary["skipped"] == [cell for cell in summary["cells"] if cell in before]
-    assert sorted(summary["ran"] + summary["reused"]) == sorted(cell for cell in summary["cells"] if cell not in before)
+    assert sorted(summary["ran"] + summary["reused"]) == sorted(
+        cell for cell in summary["cells"] if cell not in before
+    )
     after = _cell_files(sweep)
     assert set(after) == set(summary["cells"])
     assert {cell: after[cell] for cell in before} == before  # finished records untouched
@@ -692,12 +1071,30 @@ def test_each_cell_records_its_settings_rows_compute_and_scores(killed_and_resum
     expected = {((3,), 1): [q[4]], ((3,), 2): [q[4]], ((4,), 1): [q[2]], ((4,), 2): [q[2], q[0]]}
     for key, record in by_settings.items():
         assert [questions[i] for i in record["dataset"]["ids"]] == expected[key], key
-        assert record["dataset"]["fingerprint"] == hashlib.sha256("\n".join(record["dataset"]["ids"]).encode()).hexdigest()
-        assert record["status"] == "ok" and set(record["scores"]) == {"medqa", "pubmedqa"} and record["partition"] == "dev"
+        assert (
+            record["dataset"]["fingerprint"]
+            == hashlib.sha256("\n".join(record["dataset"]["ids"]).encode()).hexdigest()
+        )
+        assert (
+            record["status"] == "ok"
+            and set(record["scores"]) == {"medqa", "pubmedqa"}
+            and record["partition"] == "dev"
+        )
         for score in record["scores"].values():
-            assert score["n"] == 2 and score["ci_low"] <= score["accuracy"] <= score["ci_high"] and 0 <= score["base"]["accuracy"] <= 1
-        assert record["training"]["steps"] == 2 and record["training"]["train_tokens"] > 0 and record["training"]["device_seconds"] > 0
-        curated = [json.loads(line)["id"] for line in (sweep / "cells" / record["cell_id"] / "curated.jsonl").read_text().splitlines()]
+            assert (
+                score["n"] == 2
+                and score["ci_low"] <= score["accuracy"] <= score["ci_high"]
+                and 0 <= score["base"]["accuracy"] <= 1
+            )
+        assert (
+            record["training"]["steps"] == 2
+            and record["training"]["train_tokens"] > 0
+            and record["training"]["device_seconds"] > 0
+        )
+        curated = [
+            json.loads(line)["id"]
+            for line in (sweep / "cells" / record["cell_id"] / "curated.jsonl").read_text().splitlines()
+        ]
         assert curated == record["dataset"]["ids"]
     # L3 with size 1 and size 2 is the same single row: trained once, the other cell reuses its results.
     l3 = [by_settings[(3,), 1], by_settings[(3,), 2]]
@@ -708,9 +1105,16 @@ def test_each_cell_records_its_settings_rows_compute_and_scores(killed_and_resum
     trained = by_settings[(4,), 2]
     store = RepoStore(sweep / "cells-hub")
     assert store.resolve("dataset", "local/tiny-cells", trained["dataset"]["tag"]) == trained["dataset"]["commit"]
-    assert trained["training"]["dataset"] == f"local/tiny-cells@{trained['dataset']['tag']}@{trained['dataset']['commit']}"
+    assert (
+        trained["training"]["dataset"]
+        == f"local/tiny-cells@{trained['dataset']['tag']}@{trained['dataset']['commit']}"
+    )
     train_yaml = yaml.safe_load((sweep / "cells" / trained["cell_id"] / "train.yaml").read_text())
-    assert (train_yaml["revision"], train_yaml["max_steps"], train_yaml["push_to_hub"]) == (trained["dataset"]["tag"], 2, None)
+    assert (train_yaml["revision"], train_yaml["max_steps"], train_yaml["push_to_hub"]) == (
+        trained["dataset"]["tag"],
+        2,
+        None,
+    )
 
 
 @pytest.mark.slow
@@ -731,14 +1135,30 @@ def test_the_sweep_selects_on_dev_and_evaluates_only_the_selected_cells_on_test(
         assert test_file.exists() == (cell in {records[c]["same_data_as"] or c for c in tested}), cell
         if test_file.exists():
             results = json.loads(test_file.read_text())
-            assert results["partition"] == "test" and json.loads((sweep / "cells" / cell / "test.json").read_text())["partition"] == "test"
+            assert (
+                results["partition"] == "test"
+                and json.loads((sweep / "cells" / cell / "test.json").read_text())["partition"] == "test"
+            )
             for name in ("medqa", "pubmedqa"):
-                ids = {d["id"] for d in map(json.loads, (sweep / "cells" / cell / "test-eval" / "details" / f"{name}-adapter.jsonl").read_text().splitlines())}
+                ids = {
+                    d["id"]
+                    for d in map(
+                        json.loads,
+                        (sweep / "cells" / cell / "test-eval" / "details" / f"{name}-adapter.jsonl")
+                        .read_text()
+                        .splitlines(),
+                    )
+                }
                 test_ids.setdefault(name, set()).update(ids)
     base = {p: json.loads((sweep / f"base-eval-{p}" / "results.json").read_text()) for p in ("dev", "test")}
     assert (base["dev"]["partition"], base["test"]["partition"]) == ("dev", "test")
     for name in ("medqa", "pubmedqa"):
-        dev_ids = {d["id"] for d in map(json.loads, (sweep / "base-eval-dev" / "details" / f"{name}-base.jsonl").read_text().splitlines())}
+        dev_ids = {
+            d["id"]
+            for d in map(
+                json.loads, (sweep / "base-eval-dev" / "details" / f"{name}-base.jsonl").read_text().splitlines()
+            )
+        }
         assert dev_ids and test_ids[name] and not dev_ids & test_ids[name]  # the choice never saw a test row
     # No training row asks a question of the evaluation's test (or dev) rows.
     questions = {r["id"]: r["question"] for r in map(json.loads, (pool_build / "pool.jsonl").read_text().splitlines())}
@@ -753,7 +1173,13 @@ def test_the_report_has_the_table_plots_and_the_selected_cells(killed_and_resume
 
     state = killed_and_resumed
     sweep, summary = state["sweep"], state["summary"]
-    assert sorted(Path(p).name for p in summary["report"]) == ["quality_levels.png", "results.md", "results.parquet", "selection.json", "size.png"]
+    assert sorted(Path(p).name for p in summary["report"]) == [
+        "quality_levels.png",
+        "results.md",
+        "results.parquet",
+        "selection.json",
+        "size.png",
+    ]
     table = pq.read_table(sweep / "results.parquet").to_pylist()
     dev = [row for row in table if row["partition"] == "dev"]
     assert len(dev) == 8 and {row["benchmark"] for row in table} == {"medqa", "pubmedqa"}
@@ -761,11 +1187,26 @@ def test_the_report_has_the_table_plots_and_the_selected_cells(killed_and_resume
     for name in ("medqa", "pubmedqa"):
         scores = [row for row in dev if row["benchmark"] == name]
         (selected,) = [row for row in scores if row["selected"]]
-        assert selected["accuracy"] == max(row["accuracy"] for row in scores) and summary["selected"][name] == selected["cell_id"]
+        assert (
+            selected["accuracy"] == max(row["accuracy"] for row in scores)
+            and summary["selected"][name] == selected["cell_id"]
+        )
     md = (sweep / "results.md").read_text()
-    assert all(cell in md for cell in summary["cells"]) and "## Selected cells (chosen on dev)" in md and "Selected on dev, reported on test" in md
-    assert summary["cells"] == ["L3-n1-fail-first", "L3-n2-fail-first", "L4-n1-fail-first", "L4-n2-fail-first"]  # readable ids, in the folders too
-    assert "- `L3-n1-fail-first` trained on 1 row; shared by `L3-n2-fail-first` (the same order)" in md and "What the dev data support:" in md
+    assert (
+        all(cell in md for cell in summary["cells"])
+        and "## Selected cells (chosen on dev)" in md
+        and "Selected on dev, reported on test" in md
+    )
+    assert summary["cells"] == [
+        "L3-n1-fail-first",
+        "L3-n2-fail-first",
+        "L4-n1-fail-first",
+        "L4-n2-fail-first",
+    ]  # readable ids, in the folders too
+    assert (
+        "- `L3-n1-fail-first` trained on 1 row; shared by `L3-n2-fail-first` (the same order)" in md
+        and "What the dev data support:" in md
+    )
     assert f"--publish_cell {summary['selected_overall']}" in md
     assert (sweep / "quality_levels.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -783,14 +1224,22 @@ def test_a_lost_cell_marker_redoes_only_that_cell_and_the_report_is_the_same(kil
     (sweep / "cells" / lost / "cell.json").unlink()
     config = build_sweep_config(state["recipe"], ["--output_dir", str(sweep)])
     summary = main(config)
-    sharing = [c for c in state["summary"]["cells"] if json.loads((sweep / "cells" / c / "cell.json").read_text())["same_data_as"] == lost]
-    assert summary["ran"] == [lost] and summary["reused"] == sharing  # a cell that shared its training takes the new results
+    sharing = [
+        c
+        for c in state["summary"]["cells"]
+        if json.loads((sweep / "cells" / c / "cell.json").read_text())["same_data_as"] == lost
+    ]
+    assert (
+        summary["ran"] == [lost] and summary["reused"] == sharing
+    )  # a cell that shared its training takes the new results
     assert sorted(summary["skipped"] + sharing) == sorted(c for c in state["summary"]["cells"] if c != lost)
     assert _stable(pq.read_table(sweep / "results.parquet").to_pylist()) == _stable(reference)
 
 
 @pytest.mark.slow
-def test_a_cell_is_published_as_the_next_version_with_the_report_under_ablations(killed_and_resumed, tmp_path, monkeypatch):
+def test_a_cell_is_published_as_the_next_version_with_the_report_under_ablations(
+    killed_and_resumed, tmp_path, monkeypatch
+):
     import transformers
 
     from localhub import RepoStore, load_version
@@ -817,16 +1266,32 @@ def test_a_cell_is_published_as_the_next_version_with_the_report_under_ablations
     head = store.resolve("dataset", REPO, "main")
     assert store.resolve("dataset", REPO, "v1") == summary["release"]["commit"] != head == summary["report_commit"]
     files = store.commit("dataset", REPO, head).files
-    assert {"ablations/tiny/results.parquet", "ablations/tiny/results.md", "ablations/tiny/quality_levels.png", "ablations/tiny/size.png"} <= set(files)
+    assert {
+        "ablations/tiny/results.parquet",
+        "ablations/tiny/results.md",
+        "ablations/tiny/quality_levels.png",
+        "ablations/tiny/size.png",
+    } <= set(files)
     uploaded = store.read_file("dataset", REPO, head, "ablations/tiny/results.md").decode()
     assert str(tmp_path) not in uploaded and str(state["sweep"].parent) not in uploaded  # no local folder goes up
-    assert uploaded.split("## Selected cells")[1] == (sweep / "results.md").read_text().split("## Selected cells")[1].replace(str(sweep / "cells"), "<sweep output_dir>/cells")
+    assert uploaded.split("## Selected cells")[1] == (sweep / "results.md").read_text().split("## Selected cells")[
+        1
+    ].replace(str(sweep / "cells"), "<sweep output_dir>/cells")
     card = store.read_file("dataset", REPO, head, "README.md").decode()
-    assert card.count("## Ablations: tiny") == 1 and f"Version v1 holds the rows of cell `{chosen}`" in card and "ablations/tiny/results.md" in card
+    assert (
+        card.count("## Ablations: tiny") == 1
+        and f"Version v1 holds the rows of cell `{chosen}`" in card
+        and "ablations/tiny/results.md" in card
+    )
     assert "Selected on dev, reported on test" in card and "| selected on dev |" in card
-    assert card.startswith("---\n") and "NanoFlux medical reasoning" in card  # the release's card, with the section added
+    assert (
+        card.startswith("---\n") and "NanoFlux medical reasoning" in card
+    )  # the release's card, with the section added
     provenance = json.loads(store.read_file("dataset", REPO, "v1", "provenance.json"))
-    assert provenance["curation"]["quality_levels"] == records[chosen]["settings"]["quality_levels"] and provenance["rows"] == 2
+    assert (
+        provenance["curation"]["quality_levels"] == records[chosen]["settings"]["quality_levels"]
+        and provenance["rows"] == 2
+    )
 
     # Attaching again (no new cell to publish) replaces the section and adds no version.
     again = main(build_sweep_config(state["recipe"], args[:2] + ["--push_to_hub", REPO, "--hub_dir", str(hub)]))
@@ -835,7 +1300,9 @@ def test_a_cell_is_published_as_the_next_version_with_the_report_under_ablations
 
 
 @pytest.mark.slow
-def test_the_jobs_backend_trains_each_cell_as_a_job_reading_and_pushing_through_the_hub(pool_build, tmp_path, hub_endpoint, monkeypatch, embedded_model_dir):
+def test_the_jobs_backend_trains_each_cell_as_a_job_reading_and_pushing_through_the_hub(
+    pool_build, tmp_path, hub_endpoint, monkeypatch, embedded_model_dir
+):
     """`backend: jobs` against a Hub-compatible server on loopback that serves the Jobs API: each cell is submitted
     through huggingface_hub's jobs client, and the job (`nanoflux train` in a process of its own, in a temporary
     folder) reads the cell's rows from the Hub and pushes its adapter there."""
@@ -862,29 +1329,50 @@ def test_the_jobs_backend_trains_each_cell_as_a_job_reading_and_pushing_through_
         recipe = tmp_path / "jobs.yaml"
         data = _sweep_recipe(pool_build, tmp_path / "sweep")
         data["eval_overrides"]["benchmarks"] = data["eval_overrides"]["benchmarks"][:1]
-        data.update(name="tiny-jobs", grid={"quality_levels": [4], "sizes": [2]}, backend="jobs", cells_repo="org/tiny-cells", adapter_repo="org/tiny-lora")
+        data.update(
+            name="tiny-jobs",
+            grid={"quality_levels": [4], "sizes": [2]},
+            backend="jobs",
+            cells_repo="org/tiny-cells",
+            adapter_repo="org/tiny-lora",
+        )
         data["train_overrides"].update(flavor="a100-large", job_package="nanoflux")
         recipe.write_text(yaml.safe_dump(data))
         summary = main(build_sweep_config(recipe))
 
     (cell,) = summary["ran"]
     (config,) = submitted
-    assert (config.backend, config.flavor, config.hub_dir, config.push_to_hub) == ("jobs", "a100-large", None, f"org/tiny-lora-{cell}")
+    assert (config.backend, config.flavor, config.hub_dir, config.push_to_hub) == (
+        "jobs",
+        "a100-large",
+        None,
+        f"org/tiny-lora-{cell}",
+    )
     record = json.loads((tmp_path / "sweep" / "cells" / cell / "cell.json").read_text())
     store = RepoStore(tmp_path / "hub")
     assert (config.dataset_name, config.revision) == ("org/tiny-cells", record["dataset"]["tag"])
     assert store.resolve("dataset", "org/tiny-cells", record["dataset"]["tag"]) == record["dataset"]["commit"]
     # The training summary came back from the adapter repo the job pushed to; the adapter was evaluated from there.
-    assert record["training"]["steps"] == 2 and record["training"]["dataset"].startswith(f"org/tiny-cells@{record['dataset']['tag']}@")
-    assert store.exists("model", f"org/tiny-lora-{cell}") and not (tmp_path / "sweep" / "cells" / cell / "adapter").exists()
+    assert record["training"]["steps"] == 2 and record["training"]["dataset"].startswith(
+        f"org/tiny-cells@{record['dataset']['tag']}@"
+    )
+    assert (
+        store.exists("model", f"org/tiny-lora-{cell}")
+        and not (tmp_path / "sweep" / "cells" / cell / "adapter").exists()
+    )
     (job,) = hub.jobs.list("localhub")
     assert job.stage == "COMPLETED" and job.spec["flavor"] == "a100-large"
-    assert yaml.safe_load((tmp_path / "sweep" / "cells" / cell / "eval.yaml").read_text())["adapter"] == f"org/tiny-lora-{cell}"
+    assert (
+        yaml.safe_load((tmp_path / "sweep" / "cells" / cell / "eval.yaml").read_text())["adapter"]
+        == f"org/tiny-lora-{cell}"
+    )
     assert record["scores"]["medqa"]["n"] == 2
 
 
 @pytest.mark.slow
-def test_a_changed_eval_recipe_re_evaluates_the_adapters_without_training_again(killed_and_resumed, tmp_path, monkeypatch):
+def test_a_changed_eval_recipe_re_evaluates_the_adapters_without_training_again(
+    killed_and_resumed, tmp_path, monkeypatch
+):
     import trl
 
     state = killed_and_resumed
@@ -892,9 +1380,17 @@ def test_a_changed_eval_recipe_re_evaluates_the_adapters_without_training_again(
     shutil.copytree(state["sweep"], sweep)
     before = {c: json.loads((sweep / "cells" / c / "cell.json").read_text()) for c in state["summary"]["cells"]}
     monkeypatch.setattr(trl, "SFTTrainer", None)  # nothing is trained again
-    summary = main(build_sweep_config(state["recipe"], ["--output_dir", str(sweep), "--eval_overrides.max_new_tokens", "6"]))
-    assert summary["ran"] == [] and summary["skipped"] == [] and sorted(summary["reevaluated"] + summary["reused"]) == sorted(before)
-    assert summary["reused"] == [cell for cell, record in before.items() if record["same_data_as"]]  # copied from the re-evaluated cell
+    summary = main(
+        build_sweep_config(state["recipe"], ["--output_dir", str(sweep), "--eval_overrides.max_new_tokens", "6"])
+    )
+    assert (
+        summary["ran"] == []
+        and summary["skipped"] == []
+        and sorted(summary["reevaluated"] + summary["reused"]) == sorted(before)
+    )
+    assert summary["reused"] == [
+        cell for cell, record in before.items() if record["same_data_as"]
+    ]  # copied from the re-evaluated cell
     for cell, old in before.items():
         new = json.loads((sweep / "cells" / cell / "cell.json").read_text())
         assert new["eval_fingerprint"] != old["eval_fingerprint"] and new["training"] == old["training"]
@@ -902,7 +1398,10 @@ def test_a_changed_eval_recipe_re_evaluates_the_adapters_without_training_again(
             results = json.loads((sweep / "cells" / cell / "eval" / "results.json").read_text())
             assert results["generation"]["max_new_tokens"] == 6
         else:
-            assert new["scores"] == json.loads((sweep / "cells" / new["same_data_as"] / "cell.json").read_text())["scores"]
+            assert (
+                new["scores"]
+                == json.loads((sweep / "cells" / new["same_data_as"] / "cell.json").read_text())["scores"]
+            )
     # The training recipe is another matter: a changed one is refused before anything runs.
     with pytest.raises(SweepError, match=r"changed: train\.max_steps: 2 -> 3"):
         main(build_sweep_config(state["recipe"], ["--output_dir", str(sweep), "--train_overrides.max_steps", "3"]))

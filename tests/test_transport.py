@@ -13,7 +13,14 @@ from email.utils import format_datetime
 import pytest
 
 from nanoflux.chat import ChatRequest, EndpointError
-from nanoflux.transport import EndpointClient, RetryPolicy, backoff_delay, is_hugging_face_host, parse_retry_after, resolve_token
+from nanoflux.transport import (
+    EndpointClient,
+    RetryPolicy,
+    backoff_delay,
+    is_hugging_face_host,
+    parse_retry_after,
+    resolve_token,
+)
 from tests.tgi_server import Fault, Reply, ScriptedTGI
 
 # tests/conftest.py sets HF_HUB_OFFLINE=1; the loopback server must stay reachable.
@@ -181,7 +188,9 @@ def test_backoff_is_full_jitter_within_exponential_bounds():
         (Fault.invalid_json(), "invalid_body"),
         (Fault.disconnect(), "connection"),
     ],
-    ids=lambda v: v.kind + str(v.status_code) + ("-close" if v.premature_close else "") if isinstance(v, Fault) else "",
+    ids=lambda v: (
+        v.kind + str(v.status_code) + ("-close" if v.premature_close else "") if isinstance(v, Fault) else ""
+    ),
 )
 def test_transient_failure_is_retried_then_succeeds(server, fault, kind):
     server.script(fault)
@@ -258,7 +267,11 @@ def test_rejected_response_format_fails_fast_and_suggests_structured_output_auto
     assert server.request_count == 1
 
 
-@pytest.mark.parametrize("where", [{"base_url": "https://x1.us-east-1.aws.endpoints.huggingface.cloud"}, {"model": "org/model"}], ids=["endpoint", "hub-model-id"])
+@pytest.mark.parametrize(
+    "where",
+    [{"base_url": "https://x1.us-east-1.aws.endpoints.huggingface.cloud"}, {"model": "org/model"}],
+    ids=["endpoint", "hub-model-id"],
+)
 def test_offline_mode_fails_fast_for_hugging_face_hosts(monkeypatch, where):
     from huggingface_hub import constants
 
@@ -364,7 +377,12 @@ SHAPES = {
 
 @pytest.mark.parametrize(
     ("kind", "server_name", "mode"),
-    [("tgi", "tgi", "tgi"), ("vllm", "vllm", "openai"), ("llama_cpp", "llama-cpp-python", "llama_cpp"), ("openai", "openai-compatible", "openai")],
+    [
+        ("tgi", "tgi", "tgi"),
+        ("vllm", "vllm", "openai"),
+        ("llama_cpp", "llama-cpp-python", "llama_cpp"),
+        ("openai", "openai-compatible", "openai"),
+    ],
 )
 def test_auto_detects_the_server_once_and_sends_its_shape(kind, server_name, mode, caplog):
     caplog.set_level(logging.INFO, logger="nanoflux.transport")
@@ -392,7 +410,9 @@ def test_auto_against_an_unreachable_server_retries_and_detects_when_it_answers(
     sleep = RecordingSleep()
     with ScriptedTGI() as server:
         url = server.url
-    client = EndpointClient(name="late", base_url=url, sleep=sleep, retry=RetryPolicy(max_attempts=2, backoff_base=0.01))
+    client = EndpointClient(
+        name="late", base_url=url, sleep=sleep, retry=RetryPolicy(max_attempts=2, backoff_base=0.01)
+    )
     with pytest.raises(EndpointError) as excinfo:
         asyncio.run(chat_once(client, ask()))
     assert excinfo.value.kind == "connection" and excinfo.value.attempts == 2
@@ -521,7 +541,9 @@ def test_a_key_in_the_base_url_query_is_used_but_never_logged(server, caplog):
         caplog.set_level(logging.DEBUG, logger=name)
     server.script(Fault.status(429, retry_after=0), Fault.status(400, message="nope"))
     retry = RetryPolicy(max_attempts=4, backoff_base=0.01, timeout=5.0)
-    client = EndpointClient(name="judge", base_url=f"{server.url}/v1?api_key=QUERYsecret42", sleep=RecordingSleep(), retry=retry)
+    client = EndpointClient(
+        name="judge", base_url=f"{server.url}/v1?api_key=QUERYsecret42", sleep=RecordingSleep(), retry=retry
+    )
 
     with pytest.raises(EndpointError) as excinfo:
         asyncio.run(chat_once(client, ask(json_schema=SCHEMA)))
@@ -581,8 +603,12 @@ async def _saturate(client: EndpointClient, workers: int, seconds: float, every:
 def test_the_limit_converges_to_the_server_slots_and_backs_off_on_429(capacity, latency, seconds):
     queue = capacity // 16  # TGI-style: past capacity + queue, "429 Model is overloaded"
     retry = RetryPolicy(max_attempts=100, backoff_base=0.01, backoff_max=0.05, timeout=60.0)
-    with ScriptedTGI(responder=lambda body: Reply("ok", completion_tokens=10), latency=latency, capacity=capacity, queue_limit=queue) as server:
-        client = EndpointClient(name="seek", base_url=server.url, max_concurrency=4 * capacity, retry=retry, rng=random.Random(0))
+    with ScriptedTGI(
+        responder=lambda body: Reply("ok", completion_tokens=10), latency=latency, capacity=capacity, queue_limit=queue
+    ) as server:
+        client = EndpointClient(
+            name="seek", base_url=server.url, max_concurrency=4 * capacity, retry=retry, rng=random.Random(0)
+        )
         samples = asyncio.run(_saturate(client, 3 * capacity, seconds, latency / 4))
         rejected = server.rejected
 

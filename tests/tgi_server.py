@@ -7,7 +7,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from localhub.testing.tgi import LOOPBACK_HOSTS, SERVER_KINDS, Fault, RecordedRequest, Reply, ScriptedTGI, echo_responder, loopback_reachable  # noqa: F401
+from localhub.testing.tgi import (  # noqa: F401
+    LOOPBACK_HOSTS,
+    SERVER_KINDS,
+    Fault,
+    RecordedRequest,
+    Reply,
+    ScriptedTGI,
+    echo_responder,
+    loopback_reachable,
+)
 
 
 @pytest.fixture

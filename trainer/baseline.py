@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from nanoflux.errors import NanoFluxError
 from nanoflux.recipe import fail
@@ -29,12 +30,18 @@ logger = logging.getLogger(__name__)
 # Benchmarks whose labelled rows are all evaluation rows at their default Hub location, keyed by (format, subset),
 # with what to train a baseline on instead.
 EVALUATION_ONLY = {
-    ("gsm_hard", None): "GSM-Hard has one split, and nanoflux eval scores all of it. Fix: train the baseline on GSM8K's "
-    "training split instead: benchmark: {format: gsm8k, split: train}",
-    ("pubmedqa", "pqa_labeled"): "PubMedQA's pqa_labeled rows are its test and dev rows. Fix: train the baseline on "
-    "PubMedQA's artificial training set: benchmark: {format: pubmedqa, subset: pqa_artificial, split: train}",
-    ("genome_bench", None): "Genome-Bench has one split (test), and nanoflux eval scores it. Fix: there is no Genome-Bench "
-    "training split to fine-tune a baseline on; compare against the base model only",
+    ("gsm_hard", None): (
+        "GSM-Hard has one split, and nanoflux eval scores all of it. Fix: train the baseline on GSM8K's "
+        "training split instead: benchmark: {format: gsm8k, split: train}"
+    ),
+    ("pubmedqa", "pqa_labeled"): (
+        "PubMedQA's pqa_labeled rows are its test and dev rows. Fix: train the baseline on "
+        "PubMedQA's artificial training set: benchmark: {format: pubmedqa, subset: pqa_artificial, split: train}"
+    ),
+    ("genome_bench", None): (
+        "Genome-Bench has one split (test), and nanoflux eval scores it. Fix: there is no Genome-Bench "
+        "training split to fine-tune a baseline on; compare against the base model only"
+    ),
 }
 # GSM-Hard's questions are GSM8K's test questions with larger numbers.
 GSM8K_TEST_FIX = "GSM-Hard's 1,319 questions are GSM8K's test questions with larger numbers. Fix: use split: train"
@@ -72,12 +79,19 @@ def check_baseline_source(bench: Any, field_name: str = "benchmark") -> None:
     problem = EVALUATION_ONLY.get((bench.format, bench.subset if bench.format == "pubmedqa" else None))
     if problem is not None:
         reason, fix = problem.split(" Fix: ")
-        fail(f"{field_name}.format", f"{bench.format} [{bench.subset or 'default'}]", f"training on it would train on evaluation rows: {reason}", fix)
+        fail(
+            f"{field_name}.format",
+            f"{bench.format} [{bench.subset or 'default'}]",
+            f"training on it would train on evaluation rows: {reason}",
+            fix,
+        )
     if bench.split == preset.split and (preset.subset is None or bench.subset == preset.subset):
         fail(
-            f"{field_name}.split", bench.split, f"this is the split nanoflux eval scores {preset.title} on, so the baseline would train on its test rows",
+            f"{field_name}.split",
+            bench.split,
+            f"this is the split nanoflux eval scores {preset.title} on, so the baseline would train on its test rows",
             "use the benchmark's training split, e.g. split: train",
-        )  # fmt: skip
+        )
 
 
 def baseline_rows(bench: Any, *, reasoning: bool = True, revision: str | None = None) -> BaselineData:
@@ -92,15 +106,24 @@ def baseline_rows(bench: Any, *, reasoning: bool = True, revision: str | None = 
         explanation = (example.explanation or "").strip() if reasoning else ""
         explained += bool(explanation)
         target = answer_target(explanation, example.gold)
-        rows.append({"prompt": [{"role": "user", "content": example.prompt}], "completion": [{"role": "assistant", "content": target}],
-                     "question": example.question})  # fmt: skip
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": example.prompt}],
+                "completion": [{"role": "assistant", "content": target}],
+                "question": example.question,
+            }
+        )
     targets = "reasoning" if explained == len(rows) else "answer_only" if explained == 0 else "mixed"
     if reasoning and targets != "reasoning":
         logger.warning(
-            "%s: %d of %d training targets carry no reasoning, but the prompt asks for it (targets: %s). For a like-for-like "
-            "comparison evaluate both adapters with --reasoning false, or train with benchmark_reasoning: false",
-            bench.name, len(rows) - explained, len(rows), targets,
-        )  # fmt: skip
+            "%s: %d of %d training targets carry no reasoning, but the prompt asks for it (targets: %s). For a"
+            " like-for-like comparison evaluate both adapters with --reasoning false, or train with"
+            " benchmark_reasoning: false",
+            bench.name,
+            len(rows) - explained,
+            len(rows),
+            targets,
+        )
     return BaselineData(rows, targets, explained, "reasoning" if reasoning else "answer_only")
 
 
@@ -128,7 +151,12 @@ def evaluation_row_keys(eval_config: Any, partitions: Iterable[str] = ("test",))
 
 
 def check_no_test_rows(
-    questions: Iterable[str], eval_config: Any, *, field_name: str, what: str, partitions: Iterable[str] = ("test",),
+    questions: Iterable[str],
+    eval_config: Any,
+    *,
+    field_name: str,
+    what: str,
+    partitions: Iterable[str] = ("test",),
     fix: str = "train on data the evaluation does not score (e.g. the benchmark's train split), or remove those rows",
 ) -> int:
     """Refuse a training set that asks a question of `eval_config`'s test rows (and of its dev rows, with
@@ -142,11 +170,16 @@ def check_no_test_rows(
     keys = evaluation_row_keys(eval_config, partitions)
     leaked = sorted({keys[key] for key in map(question_key, questions) if key in keys})
     if leaked:
-        shown = ", ".join(f"{name} {partition} row {row_id}" for name, partition, row_id in leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5 else "")
-        raise TestRowsInTraining(
-            f"{field_name}: {what} holds {len(leaked)} question(s) of the evaluation's {' and '.join(partitions)} rows ({shown}). Fix: {fix}"
+        shown = ", ".join(f"{name} {partition} row {row_id}" for name, partition, row_id in leaked[:5]) + (
+            f" and {len(leaked) - 5} more" if len(leaked) > 5 else ""
         )
-    logger.info("No training question is one of the %d %s rows of the evaluation's benchmarks", len(keys), "/".join(partitions))
+        raise TestRowsInTraining(
+            f"{field_name}: {what} holds {len(leaked)} question(s) of the evaluation's {' and '.join(partitions)} rows"
+            f" ({shown}). Fix: {fix}"
+        )
+    logger.info(
+        "No training question is one of the %d %s rows of the evaluation's benchmarks", len(keys), "/".join(partitions)
+    )
     return len(keys)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from nanoflux.recipe import fail, is_repo_id
 from nanoflux.benchmarks import BenchmarkConfig, EvalError, Example, load_rows, normalise
+from nanoflux.recipe import fail, is_repo_id
 from nanoflux.rows import answer_target
 
 logger = logging.getLogger(__name__)
@@ -49,15 +50,29 @@ class ComputeConfig:
         estimate = self.nanoflux_data is not None or self.baseline is not None
         if estimate:
             if not (self.nanoflux_data or "").strip():
-                fail(f"{path}.nanoflux_data", self.nanoflux_data, "missing", "name the NanoFlux dataset (Hub id or local path) for the token-count estimate")
+                fail(
+                    f"{path}.nanoflux_data",
+                    self.nanoflux_data,
+                    "missing",
+                    "name the NanoFlux dataset (Hub id or local path) for the token-count estimate",
+                )
             if self.baseline is None:
-                fail(f"{path}.baseline", None, "missing", "name the full benchmark training set, e.g. {format: medqa, split: train}")
+                fail(
+                    f"{path}.baseline",
+                    None,
+                    "missing",
+                    "name the full benchmark training set, e.g. {format: medqa, split: train}",
+                )
             self.baseline.validate(f"{path}.baseline")
         measured = (self.nanoflux_summary or adapter) and (self.baseline_summary or baseline_adapter)
         if not measured and not estimate:
-            fail(path, {"nanoflux_summary": self.nanoflux_summary, "baseline_summary": self.baseline_summary}, "nothing to compare",
-                 "evaluate an adapter and a baseline_adapter (their training_summary.json are read), set nanoflux_summary and "
-                 "baseline_summary, or set nanoflux_data + baseline for a token-count estimate")  # fmt: skip
+            fail(
+                path,
+                {"nanoflux_summary": self.nanoflux_summary, "baseline_summary": self.baseline_summary},
+                "nothing to compare",
+                "evaluate an adapter and a baseline_adapter (their training_summary.json are read), set"
+                " nanoflux_summary and baseline_summary, or set nanoflux_data + baseline for a token-count estimate",
+            )
 
 
 # --- measured --------------------------------------------------------------------------------------------
@@ -71,7 +86,10 @@ def read_summary(ref: str, field_name: str, file_name: str = SUMMARY_FILE) -> tu
     if local.is_file():
         source = str(local)
     elif Path(ref).exists() or not is_repo_id(ref) or ref.startswith((".", "/")):
-        raise EvalError(f"{field_name}: no {file_name} at {ref!r}. Fix: point it at the file, or at the folder `nanoflux {'train' if file_name == SUMMARY_FILE else 'build'}` wrote")
+        raise EvalError(
+            f"{field_name}: no {file_name} at {ref!r}. Fix: point it at the file, or at the folder `nanoflux"
+            f" {'train' if file_name == SUMMARY_FILE else 'build'}` wrote"
+        )
     else:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, HFValidationError
@@ -79,11 +97,16 @@ def read_summary(ref: str, field_name: str, file_name: str = SUMMARY_FILE) -> tu
         try:
             local, source = Path(hf_hub_download(ref, file_name)), f"{ref}/{file_name}"
         except (OSError, HFValidationError, EntryNotFoundError) as err:
-            raise EvalError(f"{field_name}: cannot read {file_name} of {ref!r} ({type(err).__name__}). Fix: point {field_name} at a local copy, check HF_TOKEN, or set compute: null") from None
+            raise EvalError(
+                f"{field_name}: cannot read {file_name} of {ref!r} ({type(err).__name__}). Fix: point {field_name} at"
+                " a local copy, check HF_TOKEN, or set compute: null"
+            ) from None
     try:
         return json.loads(local.read_text()), source
     except ValueError:
-        raise EvalError(f"{field_name}: {source} is not JSON. Fix: point it at what `nanoflux train` / `nanoflux build` wrote") from None
+        raise EvalError(
+            f"{field_name}: {source} is not JSON. Fix: point it at what `nanoflux train` / `nanoflux build` wrote"
+        ) from None
 
 
 def training_run(summary: dict[str, Any], source: str) -> dict[str, Any]:
@@ -92,9 +115,13 @@ def training_run(summary: dict[str, Any], source: str) -> dict[str, Any]:
     block = summary.get("compute") or {}
     hp = summary.get("hyperparameters") or {}
     per_step = (hp.get("per_device_train_batch_size") or 0) * (hp.get("gradient_accumulation_steps") or 0)
-    devices = block.get("devices") or (max(1, round(hp["effective_batch_size"] / per_step)) if per_step and hp.get("effective_batch_size") else 1)
+    devices = block.get("devices") or (
+        max(1, round(hp["effective_batch_size"] / per_step)) if per_step and hp.get("effective_batch_size") else 1
+    )
     seconds = block.get("train_seconds", summary.get("wall_time_s"))
-    device_seconds = block.get("device_seconds") or (round(seconds * devices, 1) if isinstance(seconds, (int, float)) else None)
+    device_seconds = block.get("device_seconds") or (
+        round(seconds * devices, 1) if isinstance(seconds, (int, float)) else None
+    )
     return {
         "source": source,
         "dataset": (summary.get("dataset") or {}).get("pinned"),
@@ -121,10 +148,15 @@ def measured_compute(nanoflux: dict[str, Any], baseline: dict[str, Any]) -> dict
     ratios = {key: _ratio(baseline[key], nanoflux[key]) for key in ("train_tokens", "steps", "device_seconds")}
     notes = []
     if nanoflux["hardware"] != baseline["hardware"]:
-        notes.append(f"the runs used different hardware ({nanoflux['hardware']} vs {baseline['hardware']}): the device-seconds ratio mixes speeds")
+        notes.append(
+            f"the runs used different hardware ({nanoflux['hardware']} vs {baseline['hardware']}): the device-seconds"
+            " ratio mixes speeds"
+        )
     for name, run in (("NanoFlux", nanoflux), ("baseline", baseline)):
         if run["resumed_from"] and not run["all_segments_timed"]:
-            notes.append(f"the {name} run resumed from {run['resumed_from']}: its wall time covers the last segment only")
+            notes.append(
+                f"the {name} run resumed from {run['resumed_from']}: its wall time covers the last segment only"
+            )
     return {"nanoflux": nanoflux, "baseline": baseline, "ratios": ratios, "notes": notes}
 
 
@@ -132,10 +164,19 @@ def generation_cost(summary: dict[str, Any], source: str) -> dict[str, Any]:
     """Data-generation tokens per role (prompt, completion), from a build's `summary.json` `tokens` block."""
     tokens = summary.get("tokens")
     if not isinstance(tokens, dict):
-        raise EvalError(f"compute.build_summary: {source} has no `tokens` block. Fix: point it at the summary.json of `nanoflux build`")
+        raise EvalError(
+            f"compute.build_summary: {source} has no `tokens` block. Fix: point it at the summary.json of `nanoflux"
+            " build`"
+        )
     total = sum(int(t.get(kind) or 0) for t in tokens.values() for kind in ("prompt", "completion"))
-    return {"source": source, "tokens": tokens, "total_tokens": total, "kept": summary.get("kept"), "calls_sent": summary.get("calls_sent"),
-            "wall_time_s": summary.get("wall_time_s")}  # fmt: skip
+    return {
+        "source": source,
+        "tokens": tokens,
+        "total_tokens": total,
+        "kept": summary.get("kept"),
+        "calls_sent": summary.get("calls_sent"),
+        "wall_time_s": summary.get("wall_time_s"),
+    }
 
 
 # --- estimate --------------------------------------------------------------------------------------------
@@ -153,31 +194,65 @@ def count_training_tokens(conversations: Iterable[list[dict[str, str]]], tokeniz
 def benchmark_conversations(examples: Sequence[Example]) -> list[list[dict[str, str]]]:
     """A benchmark's training rows as SFT conversations: prompt → (explanation, then) `Final answer: <gold>`."""
 
-    return [[{"role": "user", "content": e.prompt}, {"role": "assistant", "content": answer_target(e.explanation, e.gold)}] for e in examples]
+    return [
+        [{"role": "user", "content": e.prompt}, {"role": "assistant", "content": answer_target(e.explanation, e.gold)}]
+        for e in examples
+    ]
 
 
 def estimate_compute(compute: ComputeConfig, tokenizer: Any, *, reasoning: bool = True) -> dict[str, Any]:
     """An estimate without training runs: tokens of one epoch (chat template applied) over each training set."""
-    nanoflux = load_rows(compute.nanoflux_data, subset=compute.nanoflux_subset, split=compute.nanoflux_split, revision=compute.nanoflux_revision)
+    nanoflux = load_rows(
+        compute.nanoflux_data,
+        subset=compute.nanoflux_subset,
+        split=compute.nanoflux_split,
+        revision=compute.nanoflux_revision,
+    )
     if "messages" not in nanoflux.column_names:
-        raise EvalError(f"compute.nanoflux_data: {compute.nanoflux_data} has no `messages` column (has: {nanoflux.column_names}). Fix: point it at a NanoFlux dataset")
+        raise EvalError(
+            f"compute.nanoflux_data: {compute.nanoflux_data} has no `messages` column (has: {nanoflux.column_names})."
+            " Fix: point it at a NanoFlux dataset"
+        )
     nanoflux_tokens = count_training_tokens(nanoflux["messages"], tokenizer)
     bench = compute.baseline
     rows = load_rows(bench.path, subset=bench.subset, split=bench.split, revision=bench.revision, header=bench.header)
     if bench.limit is not None and bench.limit < len(rows):
         rows = rows.select(range(bench.limit))
-    conversations = rows["messages"] if "messages" in rows.column_names else benchmark_conversations(normalise(rows, bench, reasoning=reasoning))
+    conversations = (
+        rows["messages"]
+        if "messages" in rows.column_names
+        else benchmark_conversations(normalise(rows, bench, reasoning=reasoning))
+    )
     baseline_tokens = count_training_tokens(conversations, tokenizer)
     return {
         "label": "estimate: token counts of one epoch over each training set, not a measured training run",
-        "nanoflux": {"data": compute.nanoflux_data, "split": compute.nanoflux_split, "revision": compute.nanoflux_revision, "rows": len(nanoflux), "tokens": nanoflux_tokens},
-        "baseline": {"data": bench.path, "subset": bench.subset, "split": bench.split, "rows": len(conversations), "tokens": baseline_tokens},
+        "nanoflux": {
+            "data": compute.nanoflux_data,
+            "split": compute.nanoflux_split,
+            "revision": compute.nanoflux_revision,
+            "rows": len(nanoflux),
+            "tokens": nanoflux_tokens,
+        },
+        "baseline": {
+            "data": bench.path,
+            "subset": bench.subset,
+            "split": bench.split,
+            "rows": len(conversations),
+            "tokens": baseline_tokens,
+        },
         "ratio": _ratio(baseline_tokens, nanoflux_tokens),
         "unit": "training tokens per epoch (chat template applied, tokenizer of the base model)",
     }
 
 
-def compute_accounting(compute: ComputeConfig, tokenizer: Any = None, *, reasoning: bool = True, adapter: str | None = None, baseline_adapter: str | None = None) -> dict[str, Any]:
+def compute_accounting(
+    compute: ComputeConfig,
+    tokenizer: Any = None,
+    *,
+    reasoning: bool = True,
+    adapter: str | None = None,
+    baseline_adapter: str | None = None,
+) -> dict[str, Any]:
     """The `compute` section of results.json: `measured` (from the two training summaries), `generation` (the build's
     token cost) and `estimate` (token counts with the base model's `tokenizer`; skipped without one), each null when
     not configured."""
@@ -188,13 +263,23 @@ def compute_accounting(compute: ComputeConfig, tokenizer: Any = None, *, reasoni
         baseline = training_run(*read_summary(baseline_ref, "compute.baseline_summary"))
         result["measured"] = measured_compute(nanoflux, baseline)
         ratios = result["measured"]["ratios"]
-        logger.info("Compute (baseline / NanoFlux, measured): training tokens %s, steps %s, device seconds %s",
-                    *(f"{ratios[k]:.1f}x" if ratios[k] else "n/a" for k in ("train_tokens", "steps", "device_seconds")))  # fmt: skip
+        logger.info(
+            "Compute (baseline / NanoFlux, measured): training tokens %s, steps %s, device seconds %s",
+            *(f"{ratios[k]:.1f}x" if ratios[k] else "n/a" for k in ("train_tokens", "steps", "device_seconds")),
+        )
     if compute.build_summary:
-        result["generation"] = generation_cost(*read_summary(compute.build_summary, "compute.build_summary", BUILD_SUMMARY_FILE))
+        result["generation"] = generation_cost(
+            *read_summary(compute.build_summary, "compute.build_summary", BUILD_SUMMARY_FILE)
+        )
     if compute.nanoflux_data and compute.baseline is not None and tokenizer is not None:
         result["estimate"] = estimate_compute(compute, tokenizer, reasoning=reasoning)
         estimate = result["estimate"]
-        logger.info("Compute (estimate): NanoFlux %d rows / %d tokens, baseline %d rows / %d tokens: %.1fx", estimate["nanoflux"]["rows"],
-                    estimate["nanoflux"]["tokens"], estimate["baseline"]["rows"], estimate["baseline"]["tokens"], estimate["ratio"] or math.nan)  # fmt: skip
+        logger.info(
+            "Compute (estimate): NanoFlux %d rows / %d tokens, baseline %d rows / %d tokens: %.1fx",
+            estimate["nanoflux"]["rows"],
+            estimate["nanoflux"]["tokens"],
+            estimate["baseline"]["rows"],
+            estimate["baseline"]["tokens"],
+            estimate["ratio"] or math.nan,
+        )
     return result

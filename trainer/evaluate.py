@@ -31,14 +31,10 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nanoflux.recipe import check_range, ConfigError, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
-from nanoflux.models import DEFAULT_MODEL_ID
-from nanoflux.hub import package_versions
-from nanoflux.questions import INSTRUCTIONS, LETTERS, build_prompt  # noqa: F401  (re-exported: the shared prompt format)
 from nanoflux.benchmarks import (  # noqa: F401  (re-exported: `from trainer.evaluate import ...` is the public surface)
     FORMATS,
     MULTIMEDQA_MMLU,
@@ -62,11 +58,14 @@ from nanoflux.benchmarks import (  # noqa: F401  (re-exported: `from trainer.eva
     split_inline_options,
     test_questions,
 )
-from trainer.compute import ComputeConfig, benchmark_conversations, compute_accounting, count_training_tokens  # noqa: F401
-from trainer.generation import (  # noqa: F401  (re-exported: the engines and their config)
-    ENGINES, Answers, EndpointConfig, Group, OutputFolder, ServedModels, activate, chat_prompts, generate, generate_answers, load_model, load_tokenizer,
-)  # fmt: skip
-from trainer.reporting import console_table, eval_summary, model_index, plot_results, results_markdown, results_table, write_model_index, write_results  # noqa: F401
+from nanoflux.hub import package_versions
+from nanoflux.models import DEFAULT_MODEL_ID
+from nanoflux.questions import (  # noqa: F401  (re-exported: the shared prompt format)
+    INSTRUCTIONS,
+    LETTERS,
+    build_prompt,
+)
+from nanoflux.recipe import ConfigError, check_range, fail, from_dict, load_recipe, merge, parse_overrides, to_dict
 from nanoflux.scoring import (  # noqa: F401
     CI_LEVEL,
     NUMBER_ABS_TOL,
@@ -82,6 +81,36 @@ from nanoflux.scoring import (  # noqa: F401
     paired_comparison,
     paired_comparisons,
     score,
+)
+from trainer.compute import (  # noqa: F401
+    ComputeConfig,
+    benchmark_conversations,
+    compute_accounting,
+    count_training_tokens,
+)
+from trainer.generation import (  # noqa: F401  (re-exported: the engines and their config)
+    ENGINES,
+    Answers,
+    EndpointConfig,
+    Group,
+    OutputFolder,
+    ServedModels,
+    activate,
+    chat_prompts,
+    generate,
+    generate_answers,
+    load_model,
+    load_tokenizer,
+)
+from trainer.reporting import (  # noqa: F401
+    console_table,
+    eval_summary,
+    model_index,
+    plot_results,
+    results_markdown,
+    results_table,
+    write_model_index,
+    write_results,
 )
 
 logger = logging.getLogger(__name__)
@@ -165,9 +194,19 @@ class EvalConfig:
         if self.compute is not None:
             self.compute.validate("compute", adapter=self.adapter, baseline_adapter=self.baseline_adapter)
         if self.engine not in ENGINES:
-            fail("engine", self.engine, "unknown engine", "use transformers (in-process) or endpoint (a vLLM / TGI / llama.cpp server)")
+            fail(
+                "engine",
+                self.engine,
+                "unknown engine",
+                "use transformers (in-process) or endpoint (a vLLM / TGI / llama.cpp server)",
+            )
         if self.engine == "endpoint" and self.endpoint is None:
-            fail("endpoint", None, "engine endpoint needs a server", "add endpoint: {base_url: http://localhost:8000} (see README: Evaluation through an endpoint)")
+            fail(
+                "endpoint",
+                None,
+                "engine endpoint needs a server",
+                "add endpoint: {base_url: http://localhost:8000} (see README: Evaluation through an endpoint)",
+            )
         if self.endpoint is not None:  # checked even when unused: a recipe's endpoint block is one --engine away
             self.endpoint.validate("endpoint")
 
@@ -193,9 +232,14 @@ def _override_entries(entries: list[Any], overrides: dict[str, Any]) -> list[Any
         names = [default_name(e) if isinstance(e, dict) else None for e in entries]
         index = int(key) if str(key).isdigit() else names.index(key) if key in names else None
         if index is None or index >= len(entries):
-            raise ConfigError(f"benchmarks.{key}: no such benchmark entry (got {key!r}). Fix: use an index 0-{len(entries) - 1} or one of {names}")
+            raise ConfigError(
+                f"benchmarks.{key}: no such benchmark entry (got {key!r}). Fix: use an index 0-{len(entries) - 1} or"
+                f" one of {names}"
+            )
         if not isinstance(value, dict):
-            raise ConfigError(f"benchmarks.{key}: expected fields (got {value!r}). Fix: write --benchmarks.{key}.FIELD VALUE")
+            raise ConfigError(
+                f"benchmarks.{key}: expected fields (got {value!r}). Fix: write --benchmarks.{key}.FIELD VALUE"
+            )
         entries[index] = merge(entries[index], value)
     return entries
 
@@ -216,14 +260,25 @@ def resolve_adapter(ref: str, *, field_name: str, optional: bool = False, base_m
         if local.is_dir():
             config_file = local / "adapter_config.json"
             if not config_file.is_file():
-                raise EvalError(f"{field_name}: {ref} holds no adapter_config.json. Fix: point it at the folder `nanoflux train` wrote (its output_dir)")
+                raise EvalError(
+                    f"{field_name}: {ref} holds no adapter_config.json. Fix: point it at the folder `nanoflux train`"
+                    " wrote (its output_dir)"
+                )
         else:
             config_file = Path(hf_hub_download(ref, "adapter_config.json"))
     except (OSError, HFValidationError, EntryNotFoundError) as err:
         if optional:
-            logger.warning("%s %r not found (no such folder, and not readable from the Hub: %s): evaluating the base model only", field_name, ref, type(err).__name__)
+            logger.warning(
+                "%s %r not found (no such folder, and not readable from the Hub: %s): evaluating the base model only",
+                field_name,
+                ref,
+                type(err).__name__,
+            )
             return None
-        raise EvalError(f"{field_name}: adapter {ref!r} not found (no such folder, and the Hub said {type(err).__name__}). Fix: train one first (nanoflux train), check the repo id and HF_TOKEN, or set {field_name}: null") from None
+        raise EvalError(
+            f"{field_name}: adapter {ref!r} not found (no such folder, and the Hub said {type(err).__name__}). Fix:"
+            f" train one first (nanoflux train), check the repo id and HF_TOKEN, or set {field_name}: null"
+        ) from None
     trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path")
     if base_model and trained_on and trained_on != base_model:
         logger.warning("%s %s was trained on %s, but the base model is %s", field_name, ref, trained_on, base_model)
@@ -236,8 +291,14 @@ def resolve_adapter(ref: str, *, field_name: str, optional: bool = False, base_m
 def scoring_rule(bench: BenchmarkConfig) -> str:
     """How an answer of `bench` is judged, in words (for results.json and results.md)."""
     if bench.kind == "number":
-        rule = f"a number, right when abs(pred - gold) < {bench.abs_tol:g}" + (f" or within {bench.rel_tol:g} relative" if bench.rel_tol else "")
-        return rule + (" (PAL's GSM-Hard scorer)" if bench.format == "gsm_hard" and bench.abs_tol == NUMBER_ABS_TOL and not bench.rel_tol else "")
+        rule = f"a number, right when abs(pred - gold) < {bench.abs_tol:g}" + (
+            f" or within {bench.rel_tol:g} relative" if bench.rel_tol else ""
+        )
+        return rule + (
+            " (PAL's GSM-Hard scorer)"
+            if bench.format == "gsm_hard" and bench.abs_tol == NUMBER_ABS_TOL and not bench.rel_tol
+            else ""
+        )
     if bench.kind == "choice":
         return "the option letter must equal the gold letter"
     return "yes / no / maybe must equal the gold label"
@@ -248,10 +309,18 @@ def judge(bench: BenchmarkConfig, examples: Sequence[Example], outputs: Sequence
     details = []
     for example, output in zip(examples, outputs, strict=True):
         extracted = extract_answer(output, example, bench.kind)
-        details.append({
-            "id": example.id, "prompt": example.prompt, "output": output, "extracted": extracted, "gold": example.gold,
-            "correct": is_correct(extracted, example.gold, bench.kind, abs_tol=bench.abs_tol, rel_tol=bench.rel_tol),
-        })  # fmt: skip
+        details.append(
+            {
+                "id": example.id,
+                "prompt": example.prompt,
+                "output": output,
+                "extracted": extracted,
+                "gold": example.gold,
+                "correct": is_correct(
+                    extracted, example.gold, bench.kind, abs_tol=bench.abs_tol, rel_tol=bench.rel_tol
+                ),
+            }
+        )
     return details
 
 
@@ -262,13 +331,26 @@ def evaluation_variants(config: EvalConfig) -> dict[str, str | None]:
     variants: dict[str, str | None] = {"base": None} if config.evaluate_base else {}
     in_process = config.engine == "transformers"
     if config.adapter:
-        adapter = resolve_adapter(config.adapter, field_name="adapter", optional=config.adapter_optional, base_model=config.model) if in_process else config.adapter
+        adapter = (
+            resolve_adapter(
+                config.adapter, field_name="adapter", optional=config.adapter_optional, base_model=config.model
+            )
+            if in_process
+            else config.adapter
+        )
         if adapter:
             variants["adapter"] = adapter
     if config.baseline_adapter:
-        variants["baseline"] = resolve_adapter(config.baseline_adapter, field_name="baseline_adapter", base_model=config.model) if in_process else config.baseline_adapter
+        variants["baseline"] = (
+            resolve_adapter(config.baseline_adapter, field_name="baseline_adapter", base_model=config.model)
+            if in_process
+            else config.baseline_adapter
+        )
     if not variants:
-        raise EvalError("nothing to evaluate: evaluate_base is false and no adapter was found. Fix: name an adapter, or set evaluate_base true")
+        raise EvalError(
+            "nothing to evaluate: evaluate_base is false and no adapter was found. Fix: name an adapter, or set"
+            " evaluate_base true"
+        )
     return variants
 
 
@@ -285,16 +367,32 @@ def main(config: EvalConfig, *, fresh: bool = False) -> dict[str, Any]:
         targets = {bench.name: partition_benchmark(bench, config.partition) for bench in config.benchmarks}
         revisions = {name: resolve_revision(target) for name, target in targets.items()}
         data = {
-            bench.name: load_benchmark(bench, reasoning=config.reasoning, limit=config.limit, revision=revisions[bench.name], partition=config.partition)
+            bench.name: load_benchmark(
+                bench,
+                reasoning=config.reasoning,
+                limit=config.limit,
+                revision=revisions[bench.name],
+                partition=config.partition,
+            )
             for bench in config.benchmarks
         }
         variants = evaluation_variants(config)
         compute = None
         if config.compute:
             tokenizer = load_tokenizer(config.model) if config.compute.nanoflux_data else None
-            compute = compute_accounting(config.compute, tokenizer, reasoning=config.reasoning, adapter=variants.get("adapter"), baseline_adapter=variants.get("baseline"))
+            compute = compute_accounting(
+                config.compute,
+                tokenizer,
+                reasoning=config.reasoning,
+                adapter=variants.get("adapter"),
+                baseline_adapter=variants.get("baseline"),
+            )
 
-        groups = [Group(variant, adapter, bench.name, data[bench.name]) for variant, adapter in variants.items() for bench in config.benchmarks]
+        groups = [
+            Group(variant, adapter, bench.name, data[bench.name])
+            for variant, adapter in variants.items()
+            for bench in config.benchmarks
+        ]
         answers = generate_answers(config, groups, output_dir, fresh=fresh)
 
         scores: dict[str, dict[str, Any]] = {bench.name: {} for bench in config.benchmarks}
@@ -304,22 +402,47 @@ def main(config: EvalConfig, *, fresh: bool = False) -> dict[str, Any]:
             records = judge(targets[group.benchmark], group.examples, answers.texts[(group.variant, group.benchmark)])
             with open(output_dir / "details" / f"{group.benchmark}-{group.variant}.jsonl", "w") as f:
                 f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in records)
-            result = score([d["correct"] for d in records], sum(d["extracted"] is None for d in records), samples=config.bootstrap_samples, seed=config.seed)
+            result = score(
+                [d["correct"] for d in records],
+                sum(d["extracted"] is None for d in records),
+                samples=config.bootstrap_samples,
+                seed=config.seed,
+            )
             seconds = answers.seconds.get((group.variant, group.benchmark))
-            result["wall_time_s"] = None if seconds is None else round(seconds, 1)  # None: every answer came from the journal
+            result["wall_time_s"] = (
+                None if seconds is None else round(seconds, 1)
+            )  # None: every answer came from the journal
             scores[group.benchmark][group.variant], details[group.benchmark][group.variant] = result, records
-            logger.info("%s: accuracy %.3f [%.3f, %.3f] on %d, %d unparseable",
-                        group.label, result["accuracy"], result["ci_low"], result["ci_high"], result["n"], result["unparseable"])  # fmt: skip
+            logger.info(
+                "%s: accuracy %.3f [%.3f, %.3f] on %d, %d unparseable",
+                group.label,
+                result["accuracy"],
+                result["ci_low"],
+                result["ci_high"],
+                result["n"],
+                result["unparseable"],
+            )
 
-        results = results_record(config, variants, targets, revisions, data, scores, details, answers, compute, started)
+        results = results_record(
+            config, variants, targets, revisions, data, scores, details, answers, compute, started
+        )
         write_results(results, output_dir)
     logger.info("%s", eval_summary(results, output_dir))
     return results
 
 
-def results_record(config: EvalConfig, variants: dict[str, str | None], targets: dict[str, BenchmarkConfig], revisions: dict[str, str | None],
-                   data: dict[str, ExampleSet], scores: dict[str, dict[str, Any]], details: dict[str, dict[str, list[dict[str, Any]]]],
-                   answers: Answers, compute: dict[str, Any] | None, started: float) -> dict[str, Any]:  # fmt: skip
+def results_record(
+    config: EvalConfig,
+    variants: dict[str, str | None],
+    targets: dict[str, BenchmarkConfig],
+    revisions: dict[str, str | None],
+    data: dict[str, ExampleSet],
+    scores: dict[str, dict[str, Any]],
+    details: dict[str, dict[str, list[dict[str, Any]]]],
+    answers: Answers,
+    compute: dict[str, Any] | None,
+    started: float,
+) -> dict[str, Any]:
     """results.json's content: what was evaluated on which rows, the scores, the paired comparisons and aggregates."""
     stats = {"samples": config.bootstrap_samples, "seed": config.seed}
     members = [bench.name for bench in config.benchmarks if bench.multimedqa]
@@ -330,22 +453,53 @@ def results_record(config: EvalConfig, variants: dict[str, str | None], targets:
         "variants": list(variants),
         "partition": config.partition,
         "benchmarks": [
-            {"name": b.name, "title": b.title, "format": b.format, "kind": b.kind, "path": targets[b.name].path, "subset": targets[b.name].subset,
-             "split": targets[b.name].split, "revision": revisions[b.name], "rows": len(data[b.name]), "multimedqa": b.multimedqa,
-             "scoring": scoring_rule(targets[b.name]), "selection": data[b.name].selection}
+            {
+                "name": b.name,
+                "title": b.title,
+                "format": b.format,
+                "kind": b.kind,
+                "path": targets[b.name].path,
+                "subset": targets[b.name].subset,
+                "split": targets[b.name].split,
+                "revision": revisions[b.name],
+                "rows": len(data[b.name]),
+                "multimedqa": b.multimedqa,
+                "scoring": scoring_rule(targets[b.name]),
+                "selection": data[b.name].selection,
+            }
             for b in config.benchmarks
         ],
         "results": scores,
-        "paired": {name: pairs for name, by_variant in details.items() if (pairs := paired_comparisons(by_variant, **stats))},
-        "aggregates": {"multimedqa": {"title": "MultiMedQA", **aggregate_results("multimedqa", members, {m: details[m] for m in members}, **stats)}}
-        if len(members) >= 2 else {},
-        "generation": {"greedy": True, "max_new_tokens": config.max_new_tokens, "reasoning": config.reasoning, "enable_thinking": config.enable_thinking, **answers.info},
-        "bootstrap": {**stats, "level": CI_LEVEL, "paired": "examples resampled with the same indices for both variants; McNemar's exact test"},
+        "paired": {
+            name: pairs for name, by_variant in details.items() if (pairs := paired_comparisons(by_variant, **stats))
+        },
+        "aggregates": (
+            {
+                "multimedqa": {
+                    "title": "MultiMedQA",
+                    **aggregate_results("multimedqa", members, {m: details[m] for m in members}, **stats),
+                }
+            }
+            if len(members) >= 2
+            else {}
+        ),
+        "generation": {
+            "greedy": True,
+            "max_new_tokens": config.max_new_tokens,
+            "reasoning": config.reasoning,
+            "enable_thinking": config.enable_thinking,
+            **answers.info,
+        },
+        "bootstrap": {
+            **stats,
+            "level": CI_LEVEL,
+            "paired": "examples resampled with the same indices for both variants; McNemar's exact test",
+        },
         "compute": compute,
         "config": to_dict(config),
         "packages": package_versions(VERSIONED_PACKAGES),
         "wall_time_s": round(time.perf_counter() - started, 1),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -36,15 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from nanoflux.chat import ChatRequest, EndpointError
 from builder import RoleConfig
-from nanoflux.recipe import fail
-from nanoflux.models import model_path
-from nanoflux.progress import Progress
-from nanoflux.transport import EndpointClient, RetryPolicy, public_url
 from nanoflux import journal as journals
 from nanoflux import runfolder
+from nanoflux.chat import ChatRequest, EndpointError
+from nanoflux.models import model_path
+from nanoflux.progress import Progress
+from nanoflux.recipe import fail
 from nanoflux.rows import EvalError, Example
+from nanoflux.transport import EndpointClient, RetryPolicy, public_url
 
 if TYPE_CHECKING:
     from trainer.evaluate import EvalConfig
@@ -92,14 +92,29 @@ class EndpointConfig:
 
     def validate(self, path: str) -> None:
         if not self.base_url:
-            fail(f"{path}.base_url", self.base_url, "engine endpoint needs a server", "set it to the server's URL, e.g. http://localhost:8000 (vllm serve) or http://localhost:8080 (TGI)")
+            fail(
+                f"{path}.base_url",
+                self.base_url,
+                "engine endpoint needs a server",
+                "set it to the server's URL, e.g. http://localhost:8000 (vllm serve) or http://localhost:8080 (TGI)",
+            )
         # The same rules as a builder role's endpoint (URL scheme, token_env is a variable's name, ranges).
-        RoleConfig(base_url=self.base_url, token_env=self.token_env, max_concurrency=self.max_concurrency,
-                   timeout=self.timeout, max_attempts=self.max_attempts).validate(path)  # fmt: skip
+        RoleConfig(
+            base_url=self.base_url,
+            token_env=self.token_env,
+            max_concurrency=self.max_concurrency,
+            timeout=self.timeout,
+            max_attempts=self.max_attempts,
+        ).validate(path)
         for variant in VARIANTS:
             name = getattr(self.models, variant)
             if name is not None and not name.strip():
-                fail(f"{path}.models.{variant}", name, "empty", "give the name the server serves this variant under (vLLM --lora-modules NAME=path)")
+                fail(
+                    f"{path}.models.{variant}",
+                    name,
+                    "empty",
+                    "give the name the server serves this variant under (vLLM --lora-modules NAME=path)",
+                )
 
 
 def served_names(config: EvalConfig, variants: Sequence[str]) -> dict[str, str]:
@@ -192,13 +207,23 @@ def chat_prompts(tokenizer: Any, prompts: Sequence[str], enable_thinking: bool |
     """Each prompt as one user turn through the tokenizer's chat template, ready for the assistant's answer."""
     kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True, **kwargs)
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True, **kwargs
+        )
         for p in prompts
     ]
 
 
-def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
-             enable_thinking: bool | None = None, progress: Progress | None = None) -> list[str]:  # fmt: skip
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    enable_thinking: bool | None = None,
+    progress: Progress | None = None,
+) -> list[str]:
     """Greedy completions of `prompts`, in left-padded batches of similar length; returned in input order."""
     import torch
     from transformers import GenerationConfig
@@ -214,7 +239,9 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_toke
     outputs: list[str] = [""] * len(texts)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        inputs = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        inputs = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(
+            model.device
+        )
         with torch.inference_mode():
             generated = model.generate(**inputs, generation_config=generation_config)
         for i, row in zip(batch, generated[:, inputs["input_ids"].shape[1] :]):
@@ -243,20 +270,32 @@ def _transformers_answers(config: EvalConfig, groups: Sequence[Group]) -> Answer
                 model, active = activate(model, group.variant, group.adapter), group.variant
             progress.set_description(f"eval {group.label}")
             start = time.perf_counter()
-            texts[(group.variant, group.benchmark)] = generate(model, tokenizer, [e.prompt for e in group.examples],
-                                                               max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                                                               enable_thinking=config.enable_thinking, progress=progress)  # fmt: skip
+            texts[(group.variant, group.benchmark)] = generate(
+                model,
+                tokenizer,
+                [e.prompt for e in group.examples],
+                max_new_tokens=config.max_new_tokens,
+                batch_size=config.batch_size,
+                enable_thinking=config.enable_thinking,
+                progress=progress,
+            )
             seconds[(group.variant, group.benchmark)] = time.perf_counter() - start
     finally:
         progress.close()
     elapsed = time.perf_counter() - started
     asked = sum(len(g.examples) for g in groups)
     info = {
-        "engine": "transformers", "batch_size": config.batch_size, "chat_template": "the tokenizer's",
-        "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
-        "asked": asked, "replayed": 0, "load_s": round(load_s, 1), "generation_s": round(elapsed, 1),
+        "engine": "transformers",
+        "batch_size": config.batch_size,
+        "chat_template": "the tokenizer's",
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(model.device),
+        "asked": asked,
+        "replayed": 0,
+        "load_s": round(load_s, 1),
+        "generation_s": round(elapsed, 1),
         "questions_per_s": round(asked / elapsed, 3) if elapsed > 0 else None,
-    }  # fmt: skip
+    }
     return Answers(texts, seconds, info)
 
 
@@ -265,14 +304,23 @@ def _transformers_answers(config: EvalConfig, groups: Sequence[Group]) -> Answer
 
 def request_for(prompt: str, served: str, config: EvalConfig) -> ChatRequest:
     """The greedy chat request of one prompt for the variant served as `served`."""
-    return ChatRequest(messages=[{"role": "user", "content": prompt}], max_tokens=config.max_new_tokens, temperature=0.0)
+    return ChatRequest(
+        messages=[{"role": "user", "content": prompt}], max_tokens=config.max_new_tokens, temperature=0.0
+    )
 
 
 def request_key(group: Group, example_id: str, served: str, weights: str, request: ChatRequest) -> str:
     """The journal key of one question: variant, benchmark, example id, and a hash of exactly what is asked of which
     weights (the served name, the model or adapter reference behind it, the messages and generation settings)."""
-    asked = {"model": served, "weights": weights, "messages": request.messages, "max_tokens": request.max_tokens,
-             "temperature": request.temperature, "top_p": request.top_p, "seed": request.seed}  # fmt: skip
+    asked = {
+        "model": served,
+        "weights": weights,
+        "messages": request.messages,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "seed": request.seed,
+    }
     digest = hashlib.sha256(json.dumps(asked, sort_keys=True, ensure_ascii=True).encode()).hexdigest()[:16]
     return f"{group.variant}|{group.benchmark}|{example_id}|{digest}"
 
@@ -297,7 +345,9 @@ def open_journal(output_dir: Path, identity: dict[str, Any], *, fresh: bool) -> 
 
     kept = len(journals.scan(path).lines) if path.exists() else 0
     fix = "re-run with --fresh to discard them, or pass another --output_dir"
-    runfolder.claim(output_dir, identity, fresh=fresh, discard=discard, what=f"{kept} answer(s) of an evaluation", fix=fix)
+    runfolder.claim(
+        output_dir, identity, fresh=fresh, discard=discard, what=f"{kept} answer(s) of an evaluation", fix=fix
+    )
     return journals.Journal(path)
 
 
@@ -306,8 +356,12 @@ def _endpoint_answers(config: EvalConfig, groups: Sequence[Group], output_dir: P
     endpoint = config.endpoint
     served = served_names(config, sorted({g.variant for g in groups}, key=VARIANTS.index))
     if config.enable_thinking is not None:
-        logger.warning("enable_thinking: %s is not sent to the server: set it in the server's chat template defaults (vLLM: "
-                       "--default-chat-template-kwargs '{\"enable_thinking\": %s}')", config.enable_thinking, str(config.enable_thinking).lower())  # fmt: skip
+        logger.warning(
+            "enable_thinking: %s is not sent to the server: set it in the server's chat template defaults (vLLM: "
+            "--default-chat-template-kwargs '{\"enable_thinking\": %s}')",
+            config.enable_thinking,
+            str(config.enable_thinking).lower(),
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     with runfolder.locked(output_dir, "eval"):
         journal = open_journal(output_dir, {"engine": "endpoint", "model": config.model}, fresh=fresh)
@@ -321,45 +375,91 @@ def _endpoint_answers(config: EvalConfig, groups: Sequence[Group], output_dir: P
                     request = request_for(example.prompt, served[group.variant], config)
                     request.role = f"eval {group.label}"
                     weights = group.adapter or config.model
-                    questions.append(_Question(request_key(group, example.id, served[group.variant], weights, request), key, i, group.variant, request))
+                    questions.append(
+                        _Question(
+                            request_key(group, example.id, served[group.variant], weights, request),
+                            key,
+                            i,
+                            group.variant,
+                            request,
+                        )
+                    )
             pending = [q for q in questions if q.key not in journal]
             for q in questions:
                 if q.key in journal:
                     texts[q.group][q.index] = journal.records[q.key]["text"]
             unused = len(journal) - (len(questions) - len(pending))
             if len(questions) > len(pending):
-                logger.info("Resuming: %d of %d answers are in %s; asking the other %d", len(questions) - len(pending), len(questions), journal.path, len(pending))
+                logger.info(
+                    "Resuming: %d of %d answers are in %s; asking the other %d",
+                    len(questions) - len(pending),
+                    len(questions),
+                    journal.path,
+                    len(pending),
+                )
             if unused > 0:
-                logger.info("%d answer(s) in %s belong to other questions, settings (prompts, max_new_tokens) or adapters: not used", unused, journal.path)
-            clients = {v: EndpointClient(name=f"eval-{v}", base_url=endpoint.base_url, model=served[v], token_env=endpoint.token_env,
-                                         max_concurrency=endpoint.max_concurrency, structured_output="none",
-                                         retry=RetryPolicy(max_attempts=endpoint.max_attempts, timeout=endpoint.timeout)) for v in served}  # fmt: skip
+                logger.info(
+                    "%d answer(s) in %s belong to other questions, settings (prompts, max_new_tokens) or adapters: not"
+                    " used",
+                    unused,
+                    journal.path,
+                )
+            clients = {
+                v: EndpointClient(
+                    name=f"eval-{v}",
+                    base_url=endpoint.base_url,
+                    model=served[v],
+                    token_env=endpoint.token_env,
+                    max_concurrency=endpoint.max_concurrency,
+                    structured_output="none",
+                    retry=RetryPolicy(max_attempts=endpoint.max_attempts, timeout=endpoint.timeout),
+                )
+                for v in served
+            }
             started = time.perf_counter()
             spans: dict[tuple[str, str], list[float]] = {}
             try:
                 asyncio.run(_ask(pending, clients, journal, texts, spans, endpoint.max_concurrency))
             except EndpointError as err:
                 done = len(journal)
-                raise EvalError(f"{err}. {done} answer(s) are kept in {journal.path}: re-run the same command to resume (only the "
-                                f"{len(questions) - sum(q.key in journal for q in questions)} unanswered questions are asked)") from None  # fmt: skip
+                raise EvalError(
+                    f"{err}. {done} answer(s) are kept in {journal.path}: re-run the same command to resume (only the "
+                    f"{len(questions) - sum(q.key in journal for q in questions)} unanswered questions are asked)"
+                ) from None
             elapsed = time.perf_counter() - started
         finally:
             journal.close()
     stats = [c.stats for c in clients.values()]
     _warn_identical(texts, served)
-    seconds = {key: (span[1] - span[0]) for key, span in spans.items()}
+    seconds = {key: span[1] - span[0] for key, span in spans.items()}
     info = {
-        "engine": "endpoint", "server": public_url(endpoint.base_url), "served_models": served, "chat_template": "the server's",
-        "max_concurrency": endpoint.max_concurrency, "batch_size": None, "dtype": "as served", "device": f"endpoint {public_url(endpoint.base_url)}",
-        "asked": len(pending), "replayed": len(questions) - len(pending), "http_attempts": sum(s.attempts for s in stats),
-        "retries": sum(s.retries for s in stats), "completion_tokens": sum(s.completion_tokens for s in stats),
-        "generation_s": round(elapsed, 1), "questions_per_s": round(len(pending) / elapsed, 3) if pending and elapsed > 0 else None,
-    }  # fmt: skip
+        "engine": "endpoint",
+        "server": public_url(endpoint.base_url),
+        "served_models": served,
+        "chat_template": "the server's",
+        "max_concurrency": endpoint.max_concurrency,
+        "batch_size": None,
+        "dtype": "as served",
+        "device": f"endpoint {public_url(endpoint.base_url)}",
+        "asked": len(pending),
+        "replayed": len(questions) - len(pending),
+        "http_attempts": sum(s.attempts for s in stats),
+        "retries": sum(s.retries for s in stats),
+        "completion_tokens": sum(s.completion_tokens for s in stats),
+        "generation_s": round(elapsed, 1),
+        "questions_per_s": round(len(pending) / elapsed, 3) if pending and elapsed > 0 else None,
+    }
     return Answers(texts, seconds, info)
 
 
-async def _ask(pending: list[_Question], clients: dict[str, EndpointClient], journal: journals.Journal,
-               texts: dict[tuple[str, str], list[str]], spans: dict[tuple[str, str], list[float]], workers: int) -> None:  # fmt: skip
+async def _ask(
+    pending: list[_Question],
+    clients: dict[str, EndpointClient],
+    journal: journals.Journal,
+    texts: dict[tuple[str, str], list[str]],
+    spans: dict[tuple[str, str], list[float]],
+    workers: int,
+) -> None:
     """Ask every pending question (variant by variant, so a LoRA server mostly batches one adapter at a time), each
     answer journaled as it arrives. The first failure cancels the rest: what was answered stays in the journal."""
     progress = Progress(len(pending), desc="eval (endpoint)", unit="question", interval=PROGRESS_INTERVAL)
@@ -370,12 +470,19 @@ async def _ask(pending: list[_Question], clients: dict[str, EndpointClient], jou
             spans.setdefault(question.group, [time.perf_counter(), 0.0])
             response = await clients[question.variant].chat(question.request)
             variant, benchmark = question.group
-            await journal.aput({
-                "key": question.key, "variant": variant, "benchmark": benchmark, "text": response.text,
-                "finish_reason": response.finish_reason, "prompt_tokens": response.prompt_tokens,
-                "completion_tokens": response.completion_tokens, "retries": response.retries,
-                "finished_at": runfolder.utc_now(),
-            })  # fmt: skip
+            await journal.aput(
+                {
+                    "key": question.key,
+                    "variant": variant,
+                    "benchmark": benchmark,
+                    "text": response.text,
+                    "finish_reason": response.finish_reason,
+                    "prompt_tokens": response.prompt_tokens,
+                    "completion_tokens": response.completion_tokens,
+                    "retries": response.retries,
+                    "finished_at": runfolder.utc_now(),
+                }
+            )
             texts[question.group][question.index] = response.text
             spans[question.group][1] = time.perf_counter()
             progress.update()
@@ -397,14 +504,19 @@ def _warn_identical(texts: dict[tuple[str, str], list[str]], served: dict[str, s
     """An adapter whose answers equal the base model's on every question is probably not what the server ran: TGI
     (and llama.cpp's server) answer a name they do not know with the base model instead of an error."""
     for variant in ("adapter", "baseline"):
-        pairs = [(texts[(variant, b)], texts[("base", b)]) for (v, b) in texts if v == variant and ("base", b) in texts]
+        pairs = [
+            (texts[(variant, b)], texts[("base", b)]) for (v, b) in texts if v == variant and ("base", b) in texts
+        ]
         n = sum(len(a) for a, _ in pairs)
         if n >= IDENTICAL_WARNING_MIN and all(a == b for a, b in pairs):
             logger.warning(
-                "variant %s (served as %r) answered exactly as the base model on all %d questions: is the adapter served under "
-                "that name? (TGI serves the base model for an unknown adapter id; vLLM lists its names at /v1/models)",
-                variant, served.get(variant), n,
-            )  # fmt: skip
+                "variant %s (served as %r) answered exactly as the base model on all %d questions: is the adapter"
+                " served under that name? (TGI serves the base model for an unknown adapter id; vLLM lists its names"
+                " at /v1/models)",
+                variant,
+                served.get(variant),
+                n,
+            )
 
 
 # --- the output folder ------------------------------------------------------------------------------------
@@ -417,7 +529,13 @@ class OutputFolder:
     answer leaves no empty folder behind); an endpoint journal holding answers is kept, with its `run.json`, since a
     re-run answers from it and asks only the rest. Files that were there before the run are never touched."""
 
-    KEEP = (ANSWERS_FILE, journals.seal_path(Path(ANSWERS_FILE)).name, journals.damaged_path(Path(ANSWERS_FILE)).name, RUN_FILE, runfolder.LOCK_FILE)
+    KEEP = (
+        ANSWERS_FILE,
+        journals.seal_path(Path(ANSWERS_FILE)).name,
+        journals.damaged_path(Path(ANSWERS_FILE)).name,
+        RUN_FILE,
+        runfolder.LOCK_FILE,
+    )
 
     def __init__(self, path: Path):
         self.path = path
@@ -432,7 +550,9 @@ class OutputFolder:
             return
         answers = self.path / ANSWERS_FILE
         kept = len(journals.scan(answers).lines) if answers.exists() else 0
-        created = sorted((p for p in {self.path, *self.path.rglob("*")} if p not in self.before), key=lambda p: -len(p.parts))
+        created = sorted(
+            (p for p in {self.path, *self.path.rglob("*")} if p not in self.before), key=lambda p: -len(p.parts)
+        )
         for path in created:
             if kept and path.parent == self.path and path.name in self.KEEP:
                 continue
@@ -442,4 +562,6 @@ class OutputFolder:
             else:
                 path.unlink(missing_ok=True)
         if kept:
-            logger.warning("The evaluation failed; %d answer(s) are kept in %s: re-run the same command to resume", kept, answers)
+            logger.warning(
+                "The evaluation failed; %d answer(s) are kept in %s: re-run the same command to resume", kept, answers
+            )

@@ -60,17 +60,42 @@ class JobsError(NanoFluxError, RuntimeError):
 def check_job_settings(config: Any) -> None:
     """What a job needs from a training recipe, checked before anything is uploaded or submitted."""
     if not config.push_to_hub:
-        fail("push_to_hub", config.push_to_hub, "required with backend jobs (a job's disk is gone when it ends)", "set it to the adapter repo, org/name")
+        fail(
+            "push_to_hub",
+            config.push_to_hub,
+            "required with backend jobs (a job's disk is gone when it ends)",
+            "set it to the adapter repo, org/name",
+        )
     if config.hub_dir is not None:
-        fail("hub_dir", config.hub_dir, "a local folder is not visible to a job", "publish the dataset to the Hub and remove hub_dir")
+        fail(
+            "hub_dir",
+            config.hub_dir,
+            "a local folder is not visible to a job",
+            "publish the dataset to the Hub and remove hub_dir",
+        )
     if config.adapter_hub_dir is not None:
-        fail("adapter_hub_dir", config.adapter_hub_dir, "a local folder is not visible to a job", "remove adapter_hub_dir")
+        fail(
+            "adapter_hub_dir",
+            config.adapter_hub_dir,
+            "a local folder is not visible to a job",
+            "remove adapter_hub_dir",
+        )
     if not config.flavor.strip():
         fail("flavor", config.flavor, "empty", "name a Jobs hardware flavor, e.g. a10g-large or a100-large")
     if not TIMEOUT_RE.match(str(config.job_timeout)):
-        fail("job_timeout", config.job_timeout, "not a duration", "write seconds or a number with s/m/h/d, e.g. 90m or 2h")
+        fail(
+            "job_timeout",
+            config.job_timeout,
+            "not a duration",
+            "write seconds or a number with s/m/h/d, e.g. 90m or 2h",
+        )
     if not config.job_image.strip():
-        fail("job_image", config.job_image, "empty", "name a Docker image with CUDA and Python, e.g. pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime")
+        fail(
+            "job_image",
+            config.job_image,
+            "empty",
+            "name a Docker image with CUDA and Python, e.g. pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime",
+        )
 
 
 def job_recipe(config: Any) -> str:
@@ -78,7 +103,9 @@ def job_recipe(config: Any) -> str:
     job's own disk (a path of the submitting machine means nothing there). The test-row check (`eval_recipe`, a file
     of the submitting machine) runs before submission, so the job does not repeat it."""
     output_dir = f"outputs/{Path(config.output_dir).name or 'adapter'}"
-    return yaml.safe_dump({**to_dict(config), "backend": "local", "output_dir": output_dir, "eval_recipe": None}, sort_keys=False)
+    return yaml.safe_dump(
+        {**to_dict(config), "backend": "local", "output_dir": output_dir, "eval_recipe": None}, sort_keys=False
+    )
 
 
 def job_spec(config: Any, *, package: str, fetch: str | None = None) -> dict[str, Any]:
@@ -100,13 +127,30 @@ def job_spec(config: Any, *, package: str, fetch: str | None = None) -> dict[str
 def build_wheel(source: Path) -> Path:
     """This checkout as a wheel (no dependencies: the job's pip resolves them)."""
     if not (source / "pyproject.toml").is_file():
-        raise JobsError(f"job_package: NanoFlux is not installed from a source checkout ({source} has no pyproject.toml), so there is nothing to upload. Fix: set job_package to a pip requirement for NanoFlux")
+        raise JobsError(
+            f"job_package: NanoFlux is not installed from a source checkout ({source} has no pyproject.toml), so there"
+            " is nothing to upload. Fix: set job_package to a pip requirement for NanoFlux"
+        )
     out = Path(tempfile.mkdtemp(prefix="nanoflux-wheel-"))
-    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(out), str(source)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--wheel-dir",
+        str(out),
+        str(source),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     wheels = list(out.glob("nanoflux-*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
-        raise JobsError(f"building the NanoFlux wheel failed: {result.stderr.strip()[-500:]}. Fix: set job_package to a pip requirement for NanoFlux")
+        raise JobsError(
+            f"building the NanoFlux wheel failed: {result.stderr.strip()[-500:]}. Fix: set job_package to a pip"
+            " requirement for NanoFlux"
+        )
     return wheels[0]
 
 
@@ -117,7 +161,13 @@ def upload_package(api: Any, namespace: str, wheel: Path) -> tuple[str, str]:
     path = f"wheels/{hashlib.sha256(data).hexdigest()[:16]}/{wheel.name}"  # the wheel's own name keeps pip happy
     api.create_repo(repo, repo_type="dataset", private=True, exist_ok=True)
     if not api.file_exists(repo, path, repo_type="dataset"):
-        api.upload_file(path_or_fileobj=data, path_in_repo=path, repo_id=repo, repo_type="dataset", commit_message=f"NanoFlux job package {wheel.name}")
+        api.upload_file(
+            path_or_fileobj=data,
+            path_in_repo=path,
+            repo_id=repo,
+            repo_type="dataset",
+            commit_message=f"NanoFlux job package {wheel.name}",
+        )
     return repo, path
 
 
@@ -131,14 +181,19 @@ def main(config: Any, *, detach: bool = False, on_log: Callable[[str], None] | N
 
     token = get_token()
     if not token:
-        raise JobsError("HF_TOKEN: not set and not logged in; a job needs a write token (passed to it as a secret). Fix: export HF_TOKEN=hf_... or run `hf auth login`")
+        raise JobsError(
+            "HF_TOKEN: not set and not logged in; a job needs a write token (passed to it as a secret). Fix: export"
+            " HF_TOKEN=hf_... or run `hf auth login`"
+        )
     api = HfApi(token=token)
     namespace = config.job_namespace or api.whoami()["name"]
     # Before anything is uploaded or submitted: the data exists at that version, asks no question of the evaluation's
     # test rows (with eval_recipe), and the adapter repo is writable.
     if config.eval_recipe:
         data = load_train_data(config)
-        check_test_rows(config, data, f"the training data of {config.benchmark.name if config.benchmark else config.dataset_name}")
+        check_test_rows(
+            config, data, f"the training data of {config.benchmark.name if config.benchmark else config.dataset_name}"
+        )
     elif config.benchmark is None:
         commit = _hub_commit(config.dataset_name, config.revision)
         logger.info("Dataset %s@%s = commit %s", config.dataset_name, config.revision, commit[:12])
@@ -160,7 +215,10 @@ def main(config: Any, *, detach: bool = False, on_log: Callable[[str], None] | N
         (on_log or logger.info)(line)
     job = api.wait_for_job(job.id, namespace=namespace, poll_interval=2.0)
     if job.status.stage != "COMPLETED":
-        raise JobsError(f"job {job.id} ended {job.status.stage}: {job.status.message or 'no message'}. See `nanoflux jobs logs {job.id}`")
+        raise JobsError(
+            f"job {job.id} ended {job.status.stage}: {job.status.message or 'no message'}. See `nanoflux jobs logs"
+            f" {job.id}`"
+        )
     logger.info("Job %s completed; the adapter is in %s", job.id, config.push_to_hub)
     return job
 

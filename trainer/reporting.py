@@ -14,8 +14,11 @@ from nanoflux.benchmarks import EvalError
 
 logger = logging.getLogger(__name__)
 
-PAIR_TITLES = {"adapter-vs-base": "NanoFlux adapter − base", "adapter-vs-baseline": "NanoFlux adapter − full-benchmark baseline",
-               "baseline-vs-base": "full-benchmark baseline − base"}  # fmt: skip
+PAIR_TITLES = {
+    "adapter-vs-base": "NanoFlux adapter − base",
+    "adapter-vs-baseline": "NanoFlux adapter − full-benchmark baseline",
+    "baseline-vs-base": "full-benchmark baseline − base",
+}
 
 
 def write_results(results: dict[str, Any], output_dir: str | Path) -> None:
@@ -41,7 +44,10 @@ def _p(value: float | None) -> str:
 
 def results_table(results: dict[str, Any]) -> str:
     """One markdown row per benchmark × variant: n, correct, accuracy and its 95% CI (%), unparseable outputs."""
-    lines = ["| benchmark | variant | n | correct | accuracy (%) | 95% CI (%) | unparseable |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| benchmark | variant | n | correct | accuracy (%) | 95% CI (%) | unparseable |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for bench in results["benchmarks"]:
         for variant, r in results["results"].get(bench["name"], {}).items():
             lines.append(
@@ -54,29 +60,43 @@ def results_table(results: dict[str, Any]) -> str:
 def paired_table(results: dict[str, Any]) -> str:
     """One markdown row per benchmark × compared pair: n, the difference in accuracy with its paired bootstrap 95% CI
     (points), the discordant pairs and McNemar's exact p-value; then the aggregates' macro and micro differences."""
-    lines = ["| benchmark | comparison | n | Δ accuracy (points) | 95% CI (points) | wins / losses | McNemar p |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| benchmark | comparison | n | Δ accuracy (points) | 95% CI (points) | wins / losses | McNemar p |",
+        "|---|---|---|---|---|---|---|",
+    ]
     titles = {b["name"]: b["title"] for b in results["benchmarks"]}
     for name, pairs in (results.get("paired") or {}).items():
         for key, r in pairs.items():
-            lines.append(f"| {titles.get(name, name)} | {PAIR_TITLES.get(key, key)} | {r['n']} | {_signed(r['delta'])} | "
-                         f"{_signed(r['ci_low'])} – {_signed(r['ci_high'])} | {r['wins']} / {r['losses']} | {_p(r['p_value'])} |")  # fmt: skip
+            lines.append(
+                f"| {titles.get(name, name)} | {PAIR_TITLES.get(key, key)} | {r['n']} | {_signed(r['delta'])} |"
+                f" {_signed(r['ci_low'])} – {_signed(r['ci_high'])} | {r['wins']} / {r['losses']} |"
+                f" {_p(r['p_value'])} |"
+            )
     for agg in (results.get("aggregates") or {}).values():
         for key, r in agg["paired"].items():
             for kind in ("macro", "micro"):
-                lines.append(f"| {agg['title']} ({kind}) | {PAIR_TITLES.get(key, key)} | {r['n']} | {_signed(r[f'{kind}_delta'])} | "
-                             f"{_signed(r[f'{kind}_ci_low'])} – {_signed(r[f'{kind}_ci_high'])} | {r['wins']} / {r['losses']} | "
-                             f"{_p(r['p_value']) if kind == 'micro' else '–'} |")  # fmt: skip
+                lines.append(
+                    f"| {agg['title']} ({kind}) | {PAIR_TITLES.get(key, key)} | {r['n']} |"
+                    f" {_signed(r[f'{kind}_delta'])} | {_signed(r[f'{kind}_ci_low'])} –"
+                    f" {_signed(r[f'{kind}_ci_high'])} | {r['wins']} / {r['losses']} |"
+                    f" {_p(r['p_value']) if kind == 'micro' else '–'} |"
+                )
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def aggregate_table(results: dict[str, Any]) -> str:
     """One markdown row per aggregate × variant: macro and micro accuracy with their stratified bootstrap CIs."""
-    lines = ["| aggregate | variant | benchmarks | n | macro accuracy (%) | 95% CI (%) | micro accuracy (%) | 95% CI (%) |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| aggregate | variant | benchmarks | n | macro accuracy (%) | 95% CI (%) | micro accuracy (%) | 95% CI (%) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for agg in (results.get("aggregates") or {}).values():
         for variant, r in agg["variants"].items():
-            lines.append(f"| {agg['title']} | {variant} | {len(agg['members'])} | {r['n']} | {_pct(r['macro'])} | {_pct(r['macro_ci_low'])} – "
-                         f"{_pct(r['macro_ci_high'])} | {_pct(r['micro'])} | {_pct(r['micro_ci_low'])} – {_pct(r['micro_ci_high'])} |")  # fmt: skip
+            lines.append(
+                f"| {agg['title']} | {variant} | {len(agg['members'])} | {r['n']} | {_pct(r['macro'])} |"
+                f" {_pct(r['macro_ci_low'])} – {_pct(r['macro_ci_high'])} | {_pct(r['micro'])} |"
+                f" {_pct(r['micro_ci_low'])} – {_pct(r['micro_ci_high'])} |"
+            )
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
@@ -95,23 +115,40 @@ def compute_markdown(compute: dict[str, Any] | None) -> list[str]:
         lines += [
             "Measured from the two training runs (`training_summary.json`); ratio = baseline / NanoFlux.",
             "",
-            "| run | data | rows | training tokens | optimizer steps | training time (s) | devices | device seconds | hardware |",
+            (
+                "| run | data | rows | training tokens | optimizer steps | training time (s) | devices | device"
+                " seconds | hardware |"
+            ),
             "|---|---|---|---|---|---|---|---|---|",
-            *(f"| {label} | `{run['dataset']}` | {run['rows']} | {run['train_tokens']} | {run['steps']} | {run['wall_time_s']} | "
-              f"{run['devices']} | {run['device_seconds']} | {run['hardware']} |" for label, run in (("NanoFlux", nf), ("baseline", bl))),
-            f"| **ratio** | | {_ratio(_div(bl['rows'], nf['rows']))} | {_ratio(ratios['train_tokens'])} | {_ratio(ratios['steps'])} | | | "
-            f"{_ratio(ratios['device_seconds'])} | |",
+            *(
+                f"| {label} | `{run['dataset']}` | {run['rows']} | {run['train_tokens']} | {run['steps']} |"
+                f" {run['wall_time_s']} | {run['devices']} | {run['device_seconds']} | {run['hardware']} |"
+                for label, run in (("NanoFlux", nf), ("baseline", bl))
+            ),
+            (
+                f"| **ratio** | | {_ratio(_div(bl['rows'], nf['rows']))} | {_ratio(ratios['train_tokens'])} |"
+                f" {_ratio(ratios['steps'])} | | | {_ratio(ratios['device_seconds'])} | |"
+            ),
             "",
             *(f"- Note: {note}" for note in measured["notes"]),
-        ]  # fmt: skip
+        ]
         lines += [""] if measured["notes"] else []
     generation = compute.get("generation")
     if generation:
-        lines += ["Data generation (the NanoFlux build, from its `summary.json`):", "", "| role | prompt tokens | completion tokens |", "|---|---|---|"]
-        lines += [f"| {role} | {t.get('prompt')} | {t.get('completion')} |" for role, t in generation["tokens"].items()]
+        lines += [
+            "Data generation (the NanoFlux build, from its `summary.json`):",
+            "",
+            "| role | prompt tokens | completion tokens |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {role} | {t.get('prompt')} | {t.get('completion')} |" for role, t in generation["tokens"].items()
+        ]
         sums = [sum(int(t.get(kind) or 0) for t in generation["tokens"].values()) for kind in ("prompt", "completion")]
         lines += [f"| **total** ({generation['total_tokens']} tokens) | {sums[0]} | {sums[1]} |", ""]
-    estimate = compute.get("estimate") or (compute if "ratio" in compute and "nanoflux" in compute else None)  # older results.json
+    estimate = compute.get("estimate") or (
+        compute if "ratio" in compute and "nanoflux" in compute else None
+    )  # older results.json
     if estimate:
         nf, bl = estimate["nanoflux"], estimate["baseline"]
         lines += [
@@ -133,7 +170,11 @@ def _div(a: Any, b: Any) -> float | None:
 
 def _selection_line(bench: dict[str, Any]) -> str:
     sel = bench.get("selection") or {}
-    parts = [f"`{sel.get('path', bench['path'])}`" + (f" ({sel['subset']})" if sel.get("subset") else "") + f" [{sel.get('split', bench['split'])}]"]
+    parts = [
+        f"`{sel.get('path', bench['path'])}`"
+        + (f" ({sel['subset']})" if sel.get("subset") else "")
+        + f" [{sel.get('split', bench['split'])}]"
+    ]
     if sel.get("ids_file"):
         parts.append(f"ids in `{sel['ids_file']}` ({sel.get('ids_missing', 0)} of {sel.get('ids_listed')} not found)")
     if sel.get("exclude_ids_file"):
@@ -161,11 +202,17 @@ def results_markdown(results: dict[str, Any]) -> str:
     if results.get("baseline_adapter"):
         lines.append(f"- Baseline adapter (full-benchmark fine-tuning): `{results['baseline_adapter']}`")
     lines += [
-        f"- Partition: **{results.get('partition', 'test')}**" + (" (dev rows: for choosing settings, not for reporting)" if results.get("partition") == "dev" else ""),
-        f"- Generation: greedy, chat template, max {gen['max_new_tokens']} new tokens, "
-        f"{'step-by-step reasoning' if gen['reasoning'] else 'final answer only'}, {_engine_words(gen)}",
-        f"- Accuracy with a percentile bootstrap {int(100 * results['bootstrap']['level'])}% CI "
-        f"({results['bootstrap']['samples']} resamples, seed {results['bootstrap']['seed']}); unparseable outputs count as wrong",
+        f"- Partition: **{results.get('partition', 'test')}**"
+        + (" (dev rows: for choosing settings, not for reporting)" if results.get("partition") == "dev" else ""),
+        (
+            f"- Generation: greedy, chat template, max {gen['max_new_tokens']} new tokens, "
+            f"{'step-by-step reasoning' if gen['reasoning'] else 'final answer only'}, {_engine_words(gen)}"
+        ),
+        (
+            f"- Accuracy with a percentile bootstrap {int(100 * results['bootstrap']['level'])}% CI"
+            f" ({results['bootstrap']['samples']} resamples, seed {results['bootstrap']['seed']}); unparseable outputs"
+            " count as wrong"
+        ),
         "",
         "## Data",
         "",
@@ -177,13 +224,26 @@ def results_markdown(results: dict[str, Any]) -> str:
     ]
     aggregates = aggregate_table(results)
     if aggregates:
-        lines += ["## MultiMedQA", "", "Macro: the mean of the subset accuracies; micro: every question pooled (stratified bootstrap CIs).", "", aggregates]
+        lines += [
+            "## MultiMedQA",
+            "",
+            "Macro: the mean of the subset accuracies; micro: every question pooled (stratified bootstrap CIs).",
+            "",
+            aggregates,
+        ]
     paired = paired_table(results)
     if paired:
-        lines += ["## Paired comparisons", "",
-                  "The same examples in both arms: Δ = accuracy difference with a paired bootstrap 95% CI (examples resampled, the "
-                  "same draws for both); wins / losses = examples only the first / only the second got right; McNemar's exact "
-                  "test (two-sided binomial on those).", "", paired]  # fmt: skip
+        lines += [
+            "## Paired comparisons",
+            "",
+            (
+                "The same examples in both arms: Δ = accuracy difference with a paired bootstrap 95% CI (examples"
+                " resampled, the same draws for both); wins / losses = examples only the first / only the second got"
+                " right; McNemar's exact test (two-sided binomial on those)."
+            ),
+            "",
+            paired,
+        ]
     lines += compute_markdown(results.get("compute"))
     return "\n".join(lines)
 
@@ -202,14 +262,23 @@ def eval_summary(results: dict[str, Any], output_dir: str | Path) -> str:
     gen = results["generation"]
     rate = f", {gen['questions_per_s']:.2f} questions/s" if gen.get("questions_per_s") else ""
     replayed = f" ({gen['replayed']} more from the journal)" if gen.get("replayed") else ""
-    how = f"endpoint {gen['server']}" if gen.get("engine") == "endpoint" else f"in-process, {gen.get('dtype')} on {gen.get('device')}"
-    return "\n".join([
-        f"Evaluation of {results['model']} ({', '.join(results['variants'])}) on the {results.get('partition', 'test')} rows: "
-        f"{gen.get('asked', '?')} questions answered{replayed} by {how}{rate}; {results['wall_time_s']:.0f} s in all",
-        "Accuracy % [95% bootstrap CI]; paired differences in points [paired bootstrap 95% CI]:",
-        console_table(results),
-        f"Results in {output_dir}: results.json, results.md, results.png, details/",
-    ])  # fmt: skip
+    how = (
+        f"endpoint {gen['server']}"
+        if gen.get("engine") == "endpoint"
+        else f"in-process, {gen.get('dtype')} on {gen.get('device')}"
+    )
+    return "\n".join(
+        [
+            (
+                f"Evaluation of {results['model']} ({', '.join(results['variants'])}) on the"
+                f" {results.get('partition', 'test')} rows: {gen.get('asked', '?')} questions answered{replayed} by"
+                f" {how}{rate}; {results['wall_time_s']:.0f} s in all"
+            ),
+            "Accuracy % [95% bootstrap CI]; paired differences in points [paired bootstrap 95% CI]:",
+            console_table(results),
+            f"Results in {output_dir}: results.json, results.md, results.png, details/",
+        ]
+    )
 
 
 def console_table(results: dict[str, Any]) -> str:
@@ -219,20 +288,39 @@ def console_table(results: dict[str, Any]) -> str:
     rows = [f"{'benchmark':<{name_width}}  {'n':>5}  " + "  ".join(f"{v:>22}" for v in variants)]
     for bench in results["benchmarks"]:
         scores = results["results"].get(bench["name"], {})
-        cells = [f"{_pct(s['accuracy']):>5} [{_pct(s['ci_low']):>5}, {_pct(s['ci_high']):>5}]" if (s := scores.get(v)) else "–" for v in variants]
+        cells = [
+            (
+                f"{_pct(s['accuracy']):>5} [{_pct(s['ci_low']):>5}, {_pct(s['ci_high']):>5}]"
+                if (s := scores.get(v))
+                else "–"
+            )
+            for v in variants
+        ]
         rows.append(f"{bench['title']:<{name_width}}  {bench['rows']:>5}  " + "  ".join(f"{c:>22}" for c in cells))
     for agg in (results.get("aggregates") or {}).values():
-        cells = [f"{_pct(s['macro']):>5} [{_pct(s['macro_ci_low']):>5}, {_pct(s['macro_ci_high']):>5}]" if (s := agg["variants"].get(v)) else "–" for v in variants]
+        cells = [
+            (
+                f"{_pct(s['macro']):>5} [{_pct(s['macro_ci_low']):>5}, {_pct(s['macro_ci_high']):>5}]"
+                if (s := agg["variants"].get(v))
+                else "–"
+            )
+            for v in variants
+        ]
         n = next(iter(agg["variants"].values()))["n"] if agg["variants"] else 0
         rows.append(f"{agg['title'] + ' macro':<{name_width}}  {n:>5}  " + "  ".join(f"{c:>22}" for c in cells))
     titles = {b["name"]: b["title"] for b in results["benchmarks"]}
     for name, pairs in (results.get("paired") or {}).items():
         for key, r in pairs.items():
-            rows.append(f"  {titles.get(name, name)}: {key} Δ {_signed(r['delta'])} points [{_signed(r['ci_low'])}, {_signed(r['ci_high'])}], McNemar p {_p(r['p_value'])}")
+            rows.append(
+                f"  {titles.get(name, name)}: {key} Δ {_signed(r['delta'])} points [{_signed(r['ci_low'])},"
+                f" {_signed(r['ci_high'])}], McNemar p {_p(r['p_value'])}"
+            )
     for agg in (results.get("aggregates") or {}).values():
         for key, r in agg["paired"].items():
-            rows.append(f"  {agg['title']} macro: {key} Δ {_signed(r['macro_delta'])} points [{_signed(r['macro_ci_low'])}, {_signed(r['macro_ci_high'])}], "
-                        f"micro Δ {_signed(r['micro_delta'])}, McNemar p {_p(r['p_value'])}")  # fmt: skip
+            rows.append(
+                f"  {agg['title']} macro: {key} Δ {_signed(r['macro_delta'])} points [{_signed(r['macro_ci_low'])},"
+                f" {_signed(r['macro_ci_high'])}], micro Δ {_signed(r['micro_delta'])}, McNemar p {_p(r['p_value'])}"
+            )
     return "\n".join(rows)
 
 
@@ -243,10 +331,21 @@ def plot_results(results: dict[str, Any], path: str | Path) -> None:
     from matplotlib.figure import Figure
 
     benchmarks, variants = results["benchmarks"], results["variants"]
-    deltas = [(b["title"], key, r) for b in benchmarks for key, r in (results.get("paired") or {}).get(b["name"], {}).items()]
-    deltas += [(f"{a['title']} (macro)", key, {"delta": r["macro_delta"], "ci_low": r["macro_ci_low"], "ci_high": r["macro_ci_high"]})
-               for a in (results.get("aggregates") or {}).values() for key, r in a["paired"].items()]  # fmt: skip
-    figure = Figure(figsize=(max(6.0, 1.4 * len(benchmarks) + 2) + (6.0 if deltas else 0), max(4.5, 0.35 * len(deltas) + 1.5)))
+    deltas = [
+        (b["title"], key, r) for b in benchmarks for key, r in (results.get("paired") or {}).get(b["name"], {}).items()
+    ]
+    deltas += [
+        (
+            f"{a['title']} (macro)",
+            key,
+            {"delta": r["macro_delta"], "ci_low": r["macro_ci_low"], "ci_high": r["macro_ci_high"]},
+        )
+        for a in (results.get("aggregates") or {}).values()
+        for key, r in a["paired"].items()
+    ]
+    figure = Figure(
+        figsize=(max(6.0, 1.4 * len(benchmarks) + 2) + (6.0 if deltas else 0), max(4.5, 0.35 * len(deltas) + 1.5))
+    )
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 2 if deltas else 1, 1)
     width = 0.8 / max(1, len(variants))
@@ -254,12 +353,20 @@ def plot_results(results: dict[str, Any], path: str | Path) -> None:
         rows = [results["results"][b["name"]].get(variant) for b in benchmarks]
         xs = [i + (j - (len(variants) - 1) / 2) * width for i in range(len(benchmarks))]
         accuracy = [r["accuracy"] if r else 0.0 for r in rows]
-        errors = [[max(0.0, r["accuracy"] - r["ci_low"]) if r else 0.0 for r in rows], [max(0.0, r["ci_high"] - r["accuracy"]) if r else 0.0 for r in rows]]
+        errors = [
+            [max(0.0, r["accuracy"] - r["ci_low"]) if r else 0.0 for r in rows],
+            [max(0.0, r["ci_high"] - r["accuracy"]) if r else 0.0 for r in rows],
+        ]
         axes.bar(xs, accuracy, width, yerr=errors, capsize=3, label=variant)
     axes.set_xticks(range(len(benchmarks)), [b["title"] for b in benchmarks], rotation=20, ha="right")
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("accuracy (95% bootstrap CI)")
-    axes.set_title(f"{results['model']}" + (f" + {results['adapter']}" if results.get("adapter") else "") + f" [{results.get('partition', 'test')}]", fontsize="small")
+    axes.set_title(
+        f"{results['model']}"
+        + (f" + {results['adapter']}" if results.get("adapter") else "")
+        + f" [{results.get('partition', 'test')}]",
+        fontsize="small",
+    )
     axes.legend()
     if deltas:
         right = figure.add_subplot(1, 2, 2)
@@ -286,7 +393,12 @@ _DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt")
 
 def is_hub_id(path: str | None) -> bool:
     """`path` names a Hub repo (`org/name`), not a local file or folder (which a card must never show)."""
-    return bool(path) and bool(_HUB_ID.match(path)) and not path.lower().endswith(_DATA_SUFFIXES) and not Path(path).exists()
+    return (
+        bool(path)
+        and bool(_HUB_ID.match(path))
+        and not path.lower().endswith(_DATA_SUFFIXES)
+        and not Path(path).exists()
+    )
 
 
 def benchmark_dataset(bench: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +406,11 @@ def benchmark_dataset(bench: dict[str, Any]) -> dict[str, Any]:
     (its path on the evaluating machine means nothing elsewhere)."""
     if is_hub_id(bench["path"]):
         return {"dataset_type": bench["path"], "dataset_name": bench["title"], "dataset_revision": bench["revision"]}
-    return {"dataset_type": bench["name"], "dataset_name": f"{bench['title']} (a local copy)", "dataset_revision": None}
+    return {
+        "dataset_type": bench["name"],
+        "dataset_name": f"{bench['title']} (a local copy)",
+        "dataset_revision": None,
+    }
 
 
 def _eval_results(results: dict[str, Any], variant: str) -> list[Any]:
@@ -305,20 +421,40 @@ def _eval_results(results: dict[str, Any], variant: str) -> list[Any]:
         r = results["results"][bench["name"]].get(variant)
         if r is None:
             continue
-        dataset = dict(task_type="text-generation", task_name="Text Generation", dataset_config=bench["subset"], dataset_split=bench["split"],
-                       **benchmark_dataset(bench))  # fmt: skip
-        evals.append(EvalResult(**dataset, metric_type="accuracy", metric_name="Accuracy", metric_value=round(r["accuracy"], 4)))
+        dataset = dict(
+            task_type="text-generation",
+            task_name="Text Generation",
+            dataset_config=bench["subset"],
+            dataset_split=bench["split"],
+            **benchmark_dataset(bench),
+        )
+        evals.append(
+            EvalResult(**dataset, metric_type="accuracy", metric_name="Accuracy", metric_value=round(r["accuracy"], 4))
+        )
         for key, pair in (results.get("paired") or {}).get(bench["name"], {}).items():
             if pair["variant"] != variant:
                 continue
-            evals.append(EvalResult(
-                **dataset, metric_type="accuracy_delta", metric_name=f"Accuracy difference vs {pair['reference']} (paired)",
-                metric_value=round(pair["delta"], 4), metric_config=key,
-                metric_args={"ci_low": round(pair["ci_low"], 4), "ci_high": round(pair["ci_high"], 4), "ci_level": 0.95,
-                             "mcnemar_p": pair["p_value"], "n": pair["n"], "reference": pair["reference"]},
-            ))  # fmt: skip
+            evals.append(
+                EvalResult(
+                    **dataset,
+                    metric_type="accuracy_delta",
+                    metric_name=f"Accuracy difference vs {pair['reference']} (paired)",
+                    metric_value=round(pair["delta"], 4),
+                    metric_config=key,
+                    metric_args={
+                        "ci_low": round(pair["ci_low"], 4),
+                        "ci_high": round(pair["ci_high"], 4),
+                        "ci_level": 0.95,
+                        "mcnemar_p": pair["p_value"],
+                        "n": pair["n"],
+                        "reference": pair["reference"],
+                    },
+                )
+            )
     if not evals:
-        raise EvalError(f"the results have no {variant!r} variant (have: {results['variants']}). Fix: evaluate with an adapter")
+        raise EvalError(
+            f"the results have no {variant!r} variant (have: {results['variants']}). Fix: evaluate with an adapter"
+        )
     return evals
 
 
@@ -330,14 +466,20 @@ def model_index(results: dict[str, Any], adapter_repo: str, *, variant: str = "a
     return eval_results_to_model_index(adapter_repo, _eval_results(results, variant))
 
 
-def write_model_index(card_path: str | Path, results: dict[str, Any], *, adapter_repo: str | None = None, variant: str = "adapter") -> Path:
+def write_model_index(
+    card_path: str | Path, results: dict[str, Any], *, adapter_repo: str | None = None, variant: str = "adapter"
+) -> Path:
     """Put the `variant` scores in a model card README.md in place: `model-index` metadata, and the results and paired
     tables in its `## Evaluation` section (appended when there is none). Dev-partition results are not written."""
     from huggingface_hub import ModelCard
 
     card_path = Path(card_path)
     if results.get("partition", "test") != "test":
-        logger.warning("Not writing %s-partition scores to %s: a card reports test scores (evaluate with --partition test)", results.get("partition"), card_path)
+        logger.warning(
+            "Not writing %s-partition scores to %s: a card reports test scores (evaluate with --partition test)",
+            results.get("partition"),
+            card_path,
+        )
         return card_path
     card = ModelCard.load(card_path)
     # The card's name (the adapter's repo id, or the placeholder the training card chose), never a local folder.
@@ -345,16 +487,29 @@ def write_model_index(card_path: str | Path, results: dict[str, Any], *, adapter
     name = adapter_repo or card.data.model_name or (adapter if is_hub_id(adapter) else "nanoflux-lora-adapter")
     card.data.model_name = name
     card.data.eval_results = _eval_results(results, variant)
-    subset = {**results, "variants": [variant], "results": {k: {variant: v[variant]} for k, v in results["results"].items() if variant in v}}
+    subset = {
+        **results,
+        "variants": [variant],
+        "results": {k: {variant: v[variant]} for k, v in results["results"].items() if variant in v},
+    }
     paired = paired_table({**results, "aggregates": results.get("aggregates")})
     section = (
-        f"Greedy decoding, chat template, max {results['generation']['max_new_tokens']} new tokens; accuracy with a "
-        f"bootstrap 95% CI; unparseable outputs count as wrong. Base model alone and other variants: `results.json` of "
-        f"the evaluation.\n\n{results_table(subset)}\n"
-        + (f"Paired comparisons on the same questions (Δ with a paired bootstrap 95% CI, McNemar's exact test):\n\n{paired}\n" if paired else "")
+        f"Greedy decoding, chat template, max {results['generation']['max_new_tokens']} new tokens; accuracy with a"
+        " bootstrap 95% CI; unparseable outputs count as wrong. Base model alone and other variants: `results.json`"
+        f" of the evaluation.\n\n{results_table(subset)}\n"
+        + (
+            "Paired comparisons on the same questions (Δ with a paired bootstrap 95% CI, McNemar's exact"
+            f" test):\n\n{paired}\n"
+            if paired
+            else ""
+        )
     )
     text = card.text
     pattern = re.compile(r"(^## Evaluation[ \t]*\n)(.*?)(?=^## |\Z)", re.M | re.S)
-    card.text = pattern.sub(lambda m: m.group(1) + "\n" + section, text, count=1) if pattern.search(text) else text.rstrip() + "\n\n## Evaluation\n\n" + section
+    card.text = (
+        pattern.sub(lambda m: m.group(1) + "\n" + section, text, count=1)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n## Evaluation\n\n" + section
+    )
     card.save(card_path)
     return card_path

@@ -40,11 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nanoflux.recipe import changed_fields, ConfigError, to_dict
 from builder import curate
-from nanoflux.runfolder import write_atomic
-from nanoflux.progress import Progress
 from nanoflux.hub import open_target
+from nanoflux.progress import Progress
+from nanoflux.recipe import ConfigError, changed_fields, to_dict
+from nanoflux.runfolder import write_atomic
 from trainer.sweep_cells import (  # noqa: F401  (re-exported)
     Cell,
     Pool,
@@ -73,8 +73,24 @@ from trainer.sweep_config import (  # noqa: F401  (re-exported: `from trainer.sw
     hub_name,
     stage_configs,
 )
-from trainer.sweep_report import DIMENSION_TITLES, DIMENSIONS, REPORT_FILES, Report, card_section, cell_label, display, results_markdown, results_table, with_section, write_report  # noqa: F401
-from trainer.sweep_select import TIE_BREAK, select_cells, verdict  # noqa: F401
+from trainer.sweep_report import (  # noqa: F401
+    DIMENSION_TITLES,
+    DIMENSIONS,
+    REPORT_FILES,
+    Report,
+    card_section,
+    cell_label,
+    display,
+    results_markdown,
+    results_table,
+    with_section,
+    write_report,
+)
+from trainer.sweep_select import (  # noqa: F401
+    TIE_BREAK,
+    select_cells,
+    verdict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +107,10 @@ def read_pool(config: SweepConfig) -> Pool:
     if config.pool_revision is None:
         path = local / "pool" / "pool.parquet"
         if not path.is_file():
-            raise SweepError(f"pool: {local} holds no pool/pool.parquet, so it is not a finished build. Fix: run `nanoflux build` to the end first, or name another output dir")
+            raise SweepError(
+                f"pool: {local} holds no pool/pool.parquet, so it is not a finished build. Fix: run `nanoflux build`"
+                " to the end first, or name another output dir"
+            )
         return Pool(pq.read_table(path).to_pylist(), str(local), hashlib.sha256(path.read_bytes()).hexdigest(), local)
 
     from huggingface_hub.errors import HfHubHTTPError
@@ -104,7 +123,10 @@ def read_pool(config: SweepConfig) -> Pool:
             commit = api.dataset_info(repo, revision=revision).sha
             path = api.hf_hub_download(repo, DATA_PATH, repo_type="dataset", revision=commit)
     except HfHubHTTPError as err:
-        raise SweepError(f"pool: cannot read {repo}@{revision} ({str(err).splitlines()[0]}). Fix: check the repo id, pool_revision and HF_TOKEN (or pool_hub_dir)") from None
+        raise SweepError(
+            f"pool: cannot read {repo}@{revision} ({str(err).splitlines()[0]}). Fix: check the repo id, pool_revision"
+            " and HF_TOKEN (or pool_hub_dir)"
+        ) from None
     return Pool(pq.read_table(path).to_pylist(), f"{repo}@{revision}", commit)
 
 
@@ -174,19 +196,33 @@ def prepare_output_dir(config: SweepConfig, setup: dict[str, Any], fresh: bool) 
     if fresh:
         for name in ("cells", "cells-hub", "base-eval-dev", "base-eval-test"):
             shutil.rmtree(output_dir / name, ignore_errors=True)
-        for path in [output_dir / SETUP_FILE, output_dir / BASE_SCORES, *(output_dir / name for name in REPORT_FILES), *output_dir.glob("*.png")]:
+        for path in [
+            output_dir / SETUP_FILE,
+            output_dir / BASE_SCORES,
+            *(output_dir / name for name in REPORT_FILES),
+            *output_dir.glob("*.png"),
+        ]:
             path.unlink(missing_ok=True)
     elif record.exists():
         previous = json.loads(record.read_text())
         if previous["fingerprint"] != fingerprint:
-            changed = ", ".join(changed_fields(previous["setup"], guarded)) or "recipe fields added or removed by another NanoFlux version"
+            changed = (
+                ", ".join(changed_fields(previous["setup"], guarded))
+                or "recipe fields added or removed by another NanoFlux version"
+            )
             raise SweepError(
                 f"output_dir {output_dir} holds a sweep of a different setup (changed: {changed}). "
                 "Fix: re-run with --fresh to start over, or pass another --output_dir"
             )
         logger.info("Resuming the sweep in %s", output_dir)
     (output_dir / "cells").mkdir(parents=True, exist_ok=True)
-    write_atomic(record, (json.dumps({"fingerprint": fingerprint, "setup": guarded, "eval": setup["eval"]}, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(
+        record,
+        (
+            json.dumps({"fingerprint": fingerprint, "setup": guarded, "eval": setup["eval"]}, indent=2, sort_keys=True)
+            + "\n"
+        ).encode(),
+    )
     return output_dir
 
 
@@ -202,7 +238,9 @@ def read_record(cell_dir: Path, cell: Cell) -> dict[str, Any] | None:
     return record
 
 
-def finished_cells(output_dir: Path, cells: list[Cell], keys: dict[str, str], current_eval: str) -> tuple[dict[str, dict[str, Any]], list[tuple[Cell, dict[str, Any] | None]]]:
+def finished_cells(
+    output_dir: Path, cells: list[Cell], keys: dict[str, str], current_eval: str
+) -> tuple[dict[str, dict[str, Any]], list[tuple[Cell, dict[str, Any] | None]]]:
     """Without compute: the records of the cells a previous run finished with this evaluation recipe, and the cells left
     to do, in order, each with its record when it has one (to re-evaluate, or a shared training to copy again)."""
     records: dict[str, dict[str, Any]] = {}
@@ -212,7 +250,11 @@ def finished_cells(output_dir: Path, cells: list[Cell], keys: dict[str, str], cu
         if record is not None and record.get("training_key") != keys[cell.id]:
             record = None  # trained on another set of rows or recipe (or by an older NanoFlux): run it again
         source = records.get(record["same_data_as"]) if record is not None and record["same_data_as"] else None
-        if record is not None and record["same_data_as"] and (source is None or source["training_key"] != keys[cell.id]):
+        if (
+            record is not None
+            and record["same_data_as"]
+            and (source is None or source["training_key"] != keys[cell.id])
+        ):
             todo.append((cell, record))  # the cell whose training it shared runs again (or is gone): copy anew below
         elif record is not None and (record["status"] != "ok" or record.get("eval_fingerprint") == current_eval):
             logger.info("Cell %s: finished already", cell.id)
@@ -232,24 +274,35 @@ def cell_steps(config: SweepConfig, train: Any, cells: list[Cell]) -> int | None
     if train.max_steps > 0:
         return train.max_steps
     largest = max((len(cell.rows) for cell in cells), default=0)
-    per_epoch = max(1, math.ceil(math.ceil(largest / train.per_device_train_batch_size) / train.gradient_accumulation_steps))
+    per_epoch = max(
+        1, math.ceil(math.ceil(largest / train.per_device_train_batch_size) / train.gradient_accumulation_steps)
+    )
     return max(1, math.ceil(train.num_train_epochs * per_epoch))
 
 
 def check_training_rows(cells: list[Cell], evaluation: Any) -> None:
     """Refuse, before any compute, cell rows that ask a question of the evaluation's test rows or dev rows (a dev row
     in training would make the choice on dev optimistic; a test row, the reported score)."""
-    from trainer.baseline import TestRowsInTraining, check_no_test_rows
     from nanoflux.benchmarks import EvalError
+    from trainer.baseline import TestRowsInTraining, check_no_test_rows
 
     questions = {row["id"]: str(row.get("question") or "") for cell in cells for row in cell.rows}
     try:
-        check_no_test_rows(questions.values(), evaluation, field_name="pool", what=f"the cells' training data ({len(questions)} rows)", partitions=("test", "dev"),
-                           fix="decontaminate the build against these benchmarks, or sweep a pool without those rows")  # fmt: skip
+        check_no_test_rows(
+            questions.values(),
+            evaluation,
+            field_name="pool",
+            what=f"the cells' training data ({len(questions)} rows)",
+            partitions=("test", "dev"),
+            fix="decontaminate the build against these benchmarks, or sweep a pool without those rows",
+        )
     except TestRowsInTraining as err:
         raise SweepError(str(err)) from None
     except (EvalError, OSError, ValueError) as err:
-        raise SweepError(f"eval_recipe: cannot read the test and dev rows to check the cells against ({str(err).splitlines()[0]}). Fix: check the benchmarks") from None
+        raise SweepError(
+            f"eval_recipe: cannot read the test and dev rows to check the cells against ({str(err).splitlines()[0]})."
+            " Fix: check the benchmarks"
+        ) from None
 
 
 # --- publishing ------------------------------------------------------------------------------------------
@@ -257,7 +310,8 @@ def check_training_rows(cells: list[Cell], evaluation: Any) -> None:
 
 def publish_report(report: Report, files: list[Path]) -> dict[str, Any]:
     """With `publish_cell`, release that cell as the next version (`builder.publish.publish`); then one commit adds the
-    report under `ablations/<name>/` (results.md without local folders) and the card's `## Ablations: <name>` section."""
+    report under `ablations/<name>/` (results.md without local folders) and the card's `## Ablations: <name>` section.
+    """
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
@@ -268,9 +322,13 @@ def publish_report(report: Report, files: list[Path]) -> dict[str, Any]:
     with open_target(config.hub_dir) as api:
         release = None
         if config.publish_cell:
-            release = publish_version(Path(config.output_dir) / "cells" / config.publish_cell, repo, api=api, private=config.private)
+            release = publish_version(
+                Path(config.output_dir) / "cells" / config.publish_cell, repo, api=api, private=config.private
+            )
             if release is None:
-                logger.warning("Cell %s adds no row that is new to %s: no version was published", config.publish_cell, repo)
+                logger.warning(
+                    "Cell %s adds no row that is new to %s: no version was published", config.publish_cell, repo
+                )
         try:
             head = api.repo_info(repo, repo_type="dataset").sha
             try:
@@ -279,10 +337,20 @@ def publish_report(report: Report, files: list[Path]) -> dict[str, Any]:
                 card = f"# {repo}\n"
             public_md = results_markdown(report, public=True).encode()
             operations = [
-                CommitOperationAdd(f"ablations/{config.name}/{path.name}", io.BytesIO(public_md if path.name == "results.md" else path.read_bytes()))
+                CommitOperationAdd(
+                    f"ablations/{config.name}/{path.name}",
+                    io.BytesIO(public_md if path.name == "results.md" else path.read_bytes()),
+                )
                 for path in files
             ]
-            operations.append(CommitOperationAdd("README.md", io.BytesIO(with_section(card, f"## Ablations: {config.name}", card_section(report, release)).encode())))
+            operations.append(
+                CommitOperationAdd(
+                    "README.md",
+                    io.BytesIO(
+                        with_section(card, f"## Ablations: {config.name}", card_section(report, release)).encode()
+                    ),
+                )
+            )
             commit = api.create_commit(
                 repo,
                 repo_type="dataset",
@@ -293,8 +361,9 @@ def publish_report(report: Report, files: list[Path]) -> dict[str, Any]:
         except HfHubHTTPError as err:
             done = f"{release.version} was published; " if release else ""
             raise SweepError(
-                f"attaching the report to {repo} failed ({str(err).splitlines()[0]}); {done}the report is in {config.output_dir}. "
-                "Fix: run the same command again without --publish_cell (every cell is finished, nothing is retrained)"
+                f"attaching the report to {repo} failed ({str(err).splitlines()[0]}); {done}the report is in"
+                f" {config.output_dir}. Fix: run the same command again without --publish_cell (every cell is"
+                " finished, nothing is retrained)"
             ) from None
     logger.info("Report attached to %s under ablations/%s: commit %s", repo, config.name, commit.oid[:12])
     return {"release": dataclasses.asdict(release) if release else None, "report_commit": commit.oid}
@@ -310,14 +379,19 @@ def main(config: SweepConfig, *, fresh: bool = False) -> dict[str, Any]:
     pool = read_pool(config)
     cells = [curate_cell(pool.rows, settings, config.require_valid) for settings in grid_settings(config)]
     if config.publish_cell and config.publish_cell not in {cell.id for cell in cells}:
-        raise SweepError(f"publish_cell: no cell {config.publish_cell!r} in this sweep (cells: {', '.join(c.id for c in cells)}). Fix: pick one from results.md")
+        raise SweepError(
+            f"publish_cell: no cell {config.publish_cell!r} in this sweep (cells: {', '.join(c.id for c in cells)})."
+            " Fix: pick one from results.md"
+        )
     recipe_train, _ = stage_configs(config, Path(config.output_dir) / "cells" / "CELL", tag="cell-check")
     try:
         check_steps_policy(config, recipe_train)
     except ConfigError as err:
         raise SweepError(str(err)) from None
     steps = cell_steps(config, recipe_train, cells)
-    train_setup, eval_setup = stage_configs(config, Path(config.output_dir) / "cells" / "CELL", tag="cell-check", max_steps=steps)
+    train_setup, eval_setup = stage_configs(
+        config, Path(config.output_dir) / "cells" / "CELL", tag="cell-check", max_steps=steps
+    )
     setup = setup_record(pool, train_setup, eval_setup)
     benchmarks = [(bench.name, bench.title) for bench in eval_setup.benchmarks]
     check_training_rows(cells, eval_setup)
@@ -330,43 +404,93 @@ def main(config: SweepConfig, *, fresh: bool = False) -> dict[str, Any]:
     output_dir = prepare_output_dir(config, setup, fresh)
 
     judged_ok = sum(row.get("judge_status") == "ok" for row in pool.rows)
-    logger.info("Sweep %s: pool %s (%d rows, %d judged ok), %d cells, %s", config.name, pool.source, len(pool.rows), judged_ok, len(cells),
-                f"{steps} optimizer steps each" if steps else f"{train_setup.num_train_epochs} epochs each")  # fmt: skip
+    logger.info(
+        "Sweep %s: pool %s (%d rows, %d judged ok), %d cells, %s",
+        config.name,
+        pool.source,
+        len(pool.rows),
+        judged_ok,
+        len(cells),
+        f"{steps} optimizer steps each" if steps else f"{train_setup.num_train_epochs} epochs each",
+    )
     for cell in cells:
         logger.info("  %-32s %5d rows  (%s)", cell.id, len(cell.rows), cell_label(cell.settings))
 
     current_eval = eval_fingerprint(eval_setup)
     keys = {cell.id: training_key(cell, setup["train"]) for cell in cells}
     records, todo = finished_cells(output_dir, cells, keys, current_eval)
-    outcome: dict[str, list[str]] = {"ran": [], "reused": [], "empty": [], "skipped": [cell.id for cell in cells if cell.id in records], "reevaluated": []}
+    outcome: dict[str, list[str]] = {
+        "ran": [],
+        "reused": [],
+        "empty": [],
+        "skipped": [cell.id for cell in cells if cell.id in records],
+        "reevaluated": [],
+    }
     trainings = len({keys[cell.id] for cell, _ in todo if cell.rows} - {r["training_key"] for r in records.values()})
-    logger.info("Sweep %s: %d cells, %d finished before, %d to run now (%d trainings: cells with the same set of rows train once)",
-                config.name, len(cells), len(records), len(todo), trainings)  # fmt: skip
+    logger.info(
+        "Sweep %s: %d cells, %d finished before, %d to run now (%d trainings: cells with the same set of rows train"
+        " once)",
+        config.name,
+        len(cells),
+        len(records),
+        len(todo),
+        trainings,
+    )
 
-    progress = Progress(len(todo), desc=f"sweep {config.name}", unit="cell", interval=PROGRESS_INTERVAL_S) if todo else None
+    progress = (
+        Progress(len(todo), desc=f"sweep {config.name}", unit="cell", interval=PROGRESS_INTERVAL_S) if todo else None
+    )
     for index, (cell, record) in enumerate(todo, 1):
         progress.set_description(f"sweep {config.name} [{cell.id}]")
         cell_dir = output_dir / "cells" / cell.id
         if record is not None and not record["same_data_as"]:  # finished, but under another evaluation recipe
-            logger.info("Cell %s (%d/%d): the evaluation recipe changed; evaluating its adapter again", cell.id, index, len(todo))
+            logger.info(
+                "Cell %s (%d/%d): the evaluation recipe changed; evaluating its adapter again",
+                cell.id,
+                index,
+                len(todo),
+            )
             record = finish(cell_dir, {**record, **evaluate_cell(config, cell_dir, record["dataset"]["tag"])})
             outcome["reevaluated"].append(cell.id)
         else:
             # A cell that shared a training takes that cell's results anew (it may just have run or been re-evaluated).
-            same = next((r for r in records.values() if r["training_key"] == keys[cell.id] and r["status"] == "ok" and not r["same_data_as"]), None)
-            logger.info("Cell %s (%d/%d): %d rows%s", cell.id, index, len(todo), len(cell.rows), f", the same set as {same['cell_id']}" if same else "")
+            same = next(
+                (
+                    r
+                    for r in records.values()
+                    if r["training_key"] == keys[cell.id] and r["status"] == "ok" and not r["same_data_as"]
+                ),
+                None,
+            )
+            logger.info(
+                "Cell %s (%d/%d): %d rows%s",
+                cell.id,
+                index,
+                len(todo),
+                len(cell.rows),
+                f", the same set as {same['cell_id']}" if same else "",
+            )
             record = run_cell(config, pool, cell, cell_dir, same, steps, keys[cell.id])
-            outcome["reused" if record["same_data_as"] else "empty" if record["status"] == "empty" else "ran"].append(cell.id)
+            outcome["reused" if record["same_data_as"] else "empty" if record["status"] == "empty" else "ran"].append(
+                cell.id
+            )
         records[cell.id] = record
         progress.update()
     if progress is not None:
         progress.close()
 
     ordered = [records[cell.id] for cell in cells]
-    selection = select_cells(ordered, benchmarks, dev_details(output_dir), samples=eval_setup.bootstrap_samples, seed=eval_setup.seed)
+    selection = select_cells(
+        ordered, benchmarks, dev_details(output_dir), samples=eval_setup.bootstrap_samples, seed=eval_setup.seed
+    )
     test: dict[str, dict[str, Any]] = {}
     if selection["test_cells"]:
-        progress = Progress(len(selection["test_cells"]), desc=f"sweep {config.name}: test rows", unit="cell", interval=PROGRESS_INTERVAL_S)
+        progress = Progress(
+            len(selection["test_cells"]),
+            desc=f"sweep {config.name}: test rows",
+            unit="cell",
+            interval=PROGRESS_INTERVAL_S,
+        )
         for cell_name in selection["test_cells"]:
             progress.set_description(f"sweep {config.name}: test rows [{cell_name}]")
             test[cell_name] = evaluate_test(config, records[cell_name])
@@ -378,8 +502,17 @@ def main(config: SweepConfig, *, fresh: bool = False) -> dict[str, Any]:
         choice = selection["benchmarks"].get(name)
         if choice is not None:
             score = test[choice["cell"]][name]
-            logger.info("%s: selected on dev %s (dev %.3f; %s), test %.3f [%.3f, %.3f] (base on test %.3f)", title, choice["cell"], choice["dev_accuracy"],
-                        verdict(choice), score["accuracy"], score["ci_low"], score["ci_high"], score["base"]["accuracy"])  # fmt: skip
+            logger.info(
+                "%s: selected on dev %s (dev %.3f; %s), test %.3f [%.3f, %.3f] (base on test %.3f)",
+                title,
+                choice["cell"],
+                choice["dev_accuracy"],
+                verdict(choice),
+                score["accuracy"],
+                score["ci_low"],
+                score["ci_high"],
+                score["base"]["accuracy"],
+            )
     summary = {
         "cells": [cell.id for cell in cells],
         **outcome,
@@ -395,10 +528,13 @@ def main(config: SweepConfig, *, fresh: bool = False) -> dict[str, Any]:
         summary.update(publish_report(report, files))
     summary["wall_time_s"] = round(time.perf_counter() - started, 1)
     logger.info(
-        "Sweep finished in %.0f s: %d cells trained, %d reused, %d empty, %d re-evaluated, %d finished before; %d selected on dev and "
-        "evaluated on test. Report: %s",
-        summary["wall_time_s"], *(len(outcome[k]) for k in ("ran", "reused", "empty", "reevaluated", "skipped")), len(test), output_dir / "results.md",
-    )  # fmt: skip
+        "Sweep finished in %.0f s: %d cells trained, %d reused, %d empty, %d re-evaluated, %d finished before; %d"
+        " selected on dev and evaluated on test. Report: %s",
+        summary["wall_time_s"],
+        *(len(outcome[k]) for k in ("ran", "reused", "empty", "reevaluated", "skipped")),
+        len(test),
+        output_dir / "results.md",
+    )
     return summary
 
 

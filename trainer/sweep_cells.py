@@ -13,16 +13,26 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nanoflux.recipe import from_dict, to_dict
 from builder import write_rows
+from nanoflux.recipe import from_dict, to_dict
 from nanoflux.runfolder import write_atomic
-from trainer.sweep_config import BASE_SCORES, CELL_FILE, DATA_FILE, EVAL_CELL_FIELDS, TEST_FILE, CellSettings, SweepConfig, SweepError, stage_configs
+from trainer.sweep_config import (
+    BASE_SCORES,
+    CELL_FILE,
+    DATA_FILE,
+    EVAL_CELL_FIELDS,
+    TEST_FILE,
+    CellSettings,
+    SweepConfig,
+    SweepError,
+    stage_configs,
+)
 from trainer.sweep_report import cell_label
 from trainer.sweep_select import adapter_of
 
@@ -65,7 +75,11 @@ def write_build_files(pool: Pool, cell: Cell, cell_dir: Path, config: SweepConfi
     from builder import BuildConfig, recipe_fingerprint
 
     build_config = yaml.safe_load((pool.build_dir / "config.yaml").read_text())
-    build_config.update(curation=dataclasses.asdict(cell.settings.curation(config.require_valid)), target_size=cell.settings.size, output_dir=str(cell_dir))
+    build_config.update(
+        curation=dataclasses.asdict(cell.settings.curation(config.require_valid)),
+        target_size=cell.settings.size,
+        output_dir=str(cell_dir),
+    )
     summary = json.loads((pool.build_dir / "summary.json").read_text())
     summary.update(kept=len(cell.rows), target_size=cell.settings.size)
     for stats in summary["per_round"]:
@@ -74,7 +88,9 @@ def write_build_files(pool: Pool, cell: Cell, cell_dir: Path, config: SweepConfi
     curated_by = {"sweep": config.name, "cell": cell.id, "pool": pool.source, "pool_fingerprint": pool.fingerprint}
     (cell_dir / "config.yaml").write_text(yaml.safe_dump(build_config, sort_keys=False))
     (cell_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (cell_dir / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "recipe": recipe, "curated_by": curated_by}, indent=2, sort_keys=True))
+    (cell_dir / "run.json").write_text(
+        json.dumps({"fingerprint": fingerprint, "recipe": recipe, "curated_by": curated_by}, indent=2, sort_keys=True)
+    )
 
 
 def put_cell_data(config: SweepConfig, cell: Cell, cell_dir: Path) -> tuple[str, str]:
@@ -104,7 +120,10 @@ def put_cell_data(config: SweepConfig, cell: Cell, cell_dir: Path) -> tuple[str,
             )
             api.create_tag(repo, tag=tag, revision=commit.oid, repo_type="dataset")
     except HfHubHTTPError as err:
-        raise SweepError(f"cells_repo: cannot write the rows of cell {cell.id} to {repo} ({str(err).splitlines()[0]}). Fix: check HF_TOKEN and cells_repo") from None
+        raise SweepError(
+            f"cells_repo: cannot write the rows of cell {cell.id} to {repo} ({str(err).splitlines()[0]}). Fix: check"
+            " HF_TOKEN and cells_repo"
+        ) from None
     return tag, commit.oid
 
 
@@ -128,7 +147,10 @@ def train_cell(config: SweepConfig, train_config: Any) -> dict[str, Any]:
         run_job(train_config)  # submits, follows the logs, and returns once the job has completed
         path = hf_hub_download(train_config.push_to_hub, "training_summary.json", repo_type="model")
     except (JobsError, HfHubHTTPError) as err:
-        raise SweepError(f"training job for {train_config.push_to_hub}: {str(err).splitlines()[0]}. Fix: see `nanoflux jobs logs <job_id>`, then run the sweep again") from None
+        raise SweepError(
+            f"training job for {train_config.push_to_hub}: {str(err).splitlines()[0]}. Fix: see `nanoflux jobs logs"
+            " <job_id>`, then run the sweep again"
+        ) from None
     return json.loads(Path(path).read_text())
 
 
@@ -180,16 +202,25 @@ def base_scores(config: SweepConfig, eval_config: Any) -> dict[str, dict[str, fl
     fingerprint = eval_fingerprint(eval_config)
     path = output_dir / BASE_SCORES
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    saved = {key: value for key, value in saved.items() if key in ("dev", "test")}  # an older, single-partition file is stale
+    saved = {
+        key: value for key, value in saved.items() if key in ("dev", "test")
+    }  # an older, single-partition file is stale
     if saved.get(partition, {}).get("eval_fingerprint") == fingerprint:
         return saved[partition]["scores"]
     base_config = copy.deepcopy(eval_config)
-    base_config.adapter, base_config.evaluate_base, base_config.output_dir = None, True, str(output_dir / f"base-eval-{partition}")
+    base_config.adapter, base_config.evaluate_base, base_config.output_dir = (
+        None,
+        True,
+        str(output_dir / f"base-eval-{partition}"),
+    )
     logger.info("Evaluating the base model once on the %s rows, for every cell", partition)
     results = _evaluate(base_config, f"base model ({partition} rows)")
     saved[partition] = {
         "eval_fingerprint": fingerprint,
-        "scores": {name: {k: r["base"][k] for k in ("n", "accuracy", "ci_low", "ci_high")} for name, r in results["results"].items()},
+        "scores": {
+            name: {k: r["base"][k] for k in ("n", "accuracy", "ci_low", "ci_high")}
+            for name, r in results["results"].items()
+        },
     }
     write_atomic(path, (json.dumps(saved, indent=2, sort_keys=True) + "\n").encode())
     return saved[partition]["scores"]
@@ -202,15 +233,26 @@ def evaluate_cell(config: SweepConfig, cell_dir: Path, tag: str) -> dict[str, An
     base = base_scores(config, eval_config)
     (cell_dir / "eval.yaml").write_text(yaml.safe_dump(to_dict(eval_config), sort_keys=False))
     results = _evaluate(eval_config, f"cell {cell_dir.name}")
-    return {"scores": scores_record(results, base), "partition": results["partition"], "eval_fingerprint": eval_fingerprint(eval_config)}
+    return {
+        "scores": scores_record(results, base),
+        "partition": results["partition"],
+        "eval_fingerprint": eval_fingerprint(eval_config),
+    }
 
 
 def eval_fingerprint(eval_config: Any) -> str:
     return digest({k: v for k, v in to_dict(eval_config).items() if k not in EVAL_CELL_FIELDS})
 
 
-def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_data: dict[str, Any] | None, max_steps: int | None,
-             training_key: str) -> dict[str, Any]:
+def run_cell(
+    config: SweepConfig,
+    pool: Pool,
+    cell: Cell,
+    cell_dir: Path,
+    same_data: dict[str, Any] | None,
+    max_steps: int | None,
+    training_key: str,
+) -> dict[str, Any]:
     """Curated rows → cell folder → cells repo → adapter (`max_steps` under fixed_steps) → evaluation on the dev rows
     → `cell.json` (written last). With `same_data` (a finished cell of the same `training_key`: the same set of rows
     and training recipe), the cell's own rows are written (in its order, publishable) and that cell's adapter, training
@@ -232,7 +274,12 @@ def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_d
         "settings": dataclasses.asdict(cell.settings),
         "require_valid": config.require_valid,
         "pool": {"source": pool.source, "fingerprint": pool.fingerprint},
-        "dataset": {"rows": len(cell.rows), "fingerprint": cell.fingerprint, "row_set": cell.row_set, "ids": [row["id"] for row in cell.rows]},
+        "dataset": {
+            "rows": len(cell.rows),
+            "fingerprint": cell.fingerprint,
+            "row_set": cell.row_set,
+            "ids": [row["id"] for row in cell.rows],
+        },
         "training_key": training_key,
         "same_data_as": None,
         "training": None,
@@ -245,8 +292,18 @@ def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_d
         record["status"] = "empty"
     elif same_data is not None:
         order = "in the same order" if same_data["dataset"]["fingerprint"] == cell.fingerprint else "in another order"
-        logger.info("Cell %s: the same %d rows as cell %s (%s): shares its training and results", cell.id, len(cell.rows), same_data["cell_id"], order)
-        record.update(status="ok", same_data_as=same_data["cell_id"], **{k: same_data[k] for k in ("training", "scores", "partition", "eval_fingerprint")})
+        logger.info(
+            "Cell %s: the same %d rows as cell %s (%s): shares its training and results",
+            cell.id,
+            len(cell.rows),
+            same_data["cell_id"],
+            order,
+        )
+        record.update(
+            status="ok",
+            same_data_as=same_data["cell_id"],
+            **{k: same_data[k] for k in ("training", "scores", "partition", "eval_fingerprint")},
+        )
         record["dataset"].update({k: same_data["dataset"][k] for k in ("repo", "tag", "commit")})
     else:
         tag, commit = put_cell_data(config, cell, cell_dir)
@@ -263,7 +320,7 @@ def run_cell(config: SweepConfig, pool: Pool, cell: Cell, cell_dir: Path, same_d
 
 def finish(cell_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Write `cell.json`, atomically and last: from then on the cell is finished."""
-    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_atomic(cell_dir / CELL_FILE, (json.dumps(record, indent=2) + "\n").encode())
     return record
 
@@ -280,7 +337,9 @@ def read_details(path: Path) -> list[tuple[str, bool]] | None:
 
 def dev_details(output_dir: Path) -> Any:
     """(record, benchmark) -> the cell's per-example dev results, for the paired comparisons of the selection."""
-    return lambda record, name: read_details(output_dir / "cells" / adapter_of(record) / "eval" / "details" / f"{name}-adapter.jsonl")
+    return lambda record, name: read_details(
+        output_dir / "cells" / adapter_of(record) / "eval" / "details" / f"{name}-adapter.jsonl"
+    )
 
 
 def evaluate_test(config: SweepConfig, record: dict[str, Any]) -> dict[str, Any]:
@@ -304,6 +363,21 @@ def evaluate_test(config: SweepConfig, record: dict[str, Any]) -> dict[str, Any]
         tuned = read_details(cell_dir / "test-eval" / "details" / f"{name}-adapter.jsonl")
         plain = read_details(output_dir / "base-eval-test" / "details" / f"{name}-base.jsonl")
         same = tuned is not None and plain is not None and [i for i, _ in tuned] == [i for i, _ in plain]
-        score["vs_base"] = paired_comparison([c for _, c in tuned], [c for _, c in plain], samples=eval_config.bootstrap_samples, seed=eval_config.seed) if same else None
-    write_atomic(path, (json.dumps({"eval_fingerprint": current, "partition": results["partition"], "scores": scores}, indent=2) + "\n").encode())
+        score["vs_base"] = (
+            paired_comparison(
+                [c for _, c in tuned],
+                [c for _, c in plain],
+                samples=eval_config.bootstrap_samples,
+                seed=eval_config.seed,
+            )
+            if same
+            else None
+        )
+    write_atomic(
+        path,
+        (
+            json.dumps({"eval_fingerprint": current, "partition": results["partition"], "scores": scores}, indent=2)
+            + "\n"
+        ).encode(),
+    )
     return scores

@@ -13,7 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from builder import CurationConfig
-from nanoflux.recipe import check_levels, check_range, check_repo_id, ConfigError, fail, from_dict, is_repo_id, load_recipe, merge, parse_overrides
+from nanoflux.recipe import (
+    ConfigError,
+    check_levels,
+    check_range,
+    check_repo_id,
+    fail,
+    from_dict,
+    is_repo_id,
+    load_recipe,
+    merge,
+    parse_overrides,
+)
 
 DESIGNS = ("grid", "one_at_a_time")
 SWEEP_BACKENDS = ("local", "jobs")
@@ -25,11 +36,30 @@ SETUP_FILE = "sweep.json"
 # Fields of the stage recipes that the sweep sets per cell, or that say where and how a run goes rather than what
 # it computes: they are not part of the sweep's identity.
 TRAIN_CELL_FIELDS = (
-    "dataset_name", "revision", "hub_dir", "benchmark", "eval_split", "eval_recipe", "output_dir", "push_to_hub", "adapter_hub_dir",
-    "private", "license", "logging_steps", "save_steps", "backend", "flavor", "job_timeout", "job_image", "job_package", "job_namespace",
-)  # fmt: skip
+    "dataset_name",
+    "revision",
+    "hub_dir",
+    "benchmark",
+    "eval_split",
+    "eval_recipe",
+    "output_dir",
+    "push_to_hub",
+    "adapter_hub_dir",
+    "private",
+    "license",
+    "logging_steps",
+    "save_steps",
+    "backend",
+    "flavor",
+    "job_timeout",
+    "job_image",
+    "job_package",
+    "job_namespace",
+)
 EVAL_CELL_FIELDS = ("adapter", "adapter_optional", "baseline_adapter", "evaluate_base", "compute", "output_dir")
-BASE_SCORES = "base.json"  # the base model's scores per partition, evaluated once per evaluation recipe, shared by every cell
+BASE_SCORES = (  # the base model's scores per partition, evaluated once per evaluation recipe, shared by every cell
+    "base.json"
+)
 
 
 class SweepError(RuntimeError):
@@ -120,7 +150,12 @@ class GridConfig:
                 elif name == "size":
                     check_range(f"{path}.sizes[{i}]", value, 1, 100000)
         if None in self.quality_levels:
-            fail(f"{path}.quality_levels", self.quality_levels, "a quality band cannot be null", "list the levels, e.g. [1, 2, 3, 4, 5]")
+            fail(
+                f"{path}.quality_levels",
+                self.quality_levels,
+                "a quality band cannot be null",
+                "list the levels, e.g. [1, 2, 3, 4, 5]",
+            )
 
 
 @dataclass
@@ -182,15 +217,35 @@ class SweepConfig:
 
     def validate(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name):
-            fail("name", self.name, "not usable in folder, repo and tag names", "use up to 64 letters, digits, '.', '_' and '-'")
+            fail(
+                "name",
+                self.name,
+                "not usable in folder, repo and tag names",
+                "use up to 64 letters, digits, '.', '_' and '-'",
+            )
         if self.output_dir is None:
             self.output_dir = f"outputs/sweeps/{self.name}"
         if not self.pool.strip():
-            fail("pool", self.pool, "empty", "name a build's output dir (e.g. outputs/medical) or a dataset repo (org/name)")
+            fail(
+                "pool",
+                self.pool,
+                "empty",
+                "name a build's output dir (e.g. outputs/medical) or a dataset repo (org/name)",
+            )
         if self.pool_revision is not None and not is_repo_id(self.pool):
-            fail("pool", self.pool, "with pool_revision set, the pool is a published dataset repo", "write it as org/name, or remove pool_revision to name a build's output dir")
+            fail(
+                "pool",
+                self.pool,
+                "with pool_revision set, the pool is a published dataset repo",
+                "write it as org/name, or remove pool_revision to name a build's output dir",
+            )
         if self.pool_hub_dir is not None and self.pool_revision is None:
-            fail("pool_hub_dir", self.pool_hub_dir, "set without pool_revision", "set pool_revision to the version to read (e.g. v1), or remove pool_hub_dir")
+            fail(
+                "pool_hub_dir",
+                self.pool_hub_dir,
+                "set without pool_revision",
+                "set pool_revision to the version to read (e.g. v1), or remove pool_hub_dir",
+            )
         if self.design not in DESIGNS:
             fail("design", self.design, "unknown design", f"use one of {', '.join(DESIGNS)}")
         self.grid.validate("grid")
@@ -199,26 +254,56 @@ class SweepConfig:
             fail("steps_policy", self.steps_policy, "unknown steps policy", f"use one of {', '.join(STEPS_POLICIES)}")
         if self.steps is not None:
             if self.steps_policy != "fixed_steps":
-                fail("steps", self.steps, "set with steps_policy fixed_epochs", "set steps_policy: fixed_steps, or remove steps")
+                fail(
+                    "steps",
+                    self.steps,
+                    "set with steps_policy fixed_epochs",
+                    "set steps_policy: fixed_steps, or remove steps",
+                )
             check_range("steps", self.steps, 1, 10_000_000)
         if self.backend not in SWEEP_BACKENDS:
             fail("backend", self.backend, "unknown backend", f"use one of {', '.join(SWEEP_BACKENDS)}")
         if self.backend == "jobs":
             if importlib.util.find_spec("trainer.jobs") is None:
-                fail("backend", self.backend, "backend jobs needs trainer/jobs.py (HF Jobs submission), which this install does not have", "use backend: local")
+                fail(
+                    "backend",
+                    self.backend,
+                    "backend jobs needs trainer/jobs.py (HF Jobs submission), which this install does not have",
+                    "use backend: local",
+                )
             for name in ("cells_repo", "adapter_repo"):
                 if getattr(self, name) is None:
-                    fail(name, None, "HF Jobs read the cells' rows from, and push adapters to, the Hub", f"set {name} to a Hub repo id (org/name)")
+                    fail(
+                        name,
+                        None,
+                        "HF Jobs read the cells' rows from, and push adapters to, the Hub",
+                        f"set {name} to a Hub repo id (org/name)",
+                    )
         for name in ("cells_repo", "adapter_repo", "push_to_hub"):
             value = getattr(self, name)
             if value is not None:
                 check_repo_id(name, value)
         if self.publish_cell is not None and self.push_to_hub is None:
-            fail("publish_cell", self.publish_cell, "publishing needs a dataset repo", "set push_to_hub to the repo (org/name)")
+            fail(
+                "publish_cell",
+                self.publish_cell,
+                "publishing needs a dataset repo",
+                "set push_to_hub to the repo (org/name)",
+            )
         if self.publish_cell is not None and self.pool_revision is not None:
-            fail("publish_cell", self.publish_cell, "a published pool's rows are already released", "sweep a build's output dir to publish a cell of it")
+            fail(
+                "publish_cell",
+                self.publish_cell,
+                "a published pool's rows are already released",
+                "sweep a build's output dir to publish a cell of it",
+            )
         if self.hub_dir is not None and self.push_to_hub is None:
-            fail("hub_dir", self.hub_dir, "set without push_to_hub", "set push_to_hub to the dataset repo (org/name), or remove hub_dir")
+            fail(
+                "hub_dir",
+                self.hub_dir,
+                "set without push_to_hub",
+                "set push_to_hub to the dataset repo (org/name), or remove hub_dir",
+            )
 
 
 def build_sweep_config(recipe: str | Path | None, cli_args: list[str] | None = None) -> SweepConfig:
@@ -242,8 +327,13 @@ def build_sweep_config(recipe: str | Path | None, cli_args: list[str] | None = N
 def check_steps_policy(config: SweepConfig, train: Any) -> None:
     """fixed_epochs needs a training recipe that runs its epochs (max_steps -1)."""
     if config.steps_policy == "fixed_epochs" and train.max_steps != -1:
-        fail("steps_policy", config.steps_policy, f"fixed_epochs trains num_train_epochs in every cell, but the training recipe sets max_steps {train.max_steps}",
-             "set steps_policy: fixed_steps (every cell trains that many steps), or set train_overrides.max_steps: -1")  # fmt: skip
+        fail(
+            "steps_policy",
+            config.steps_policy,
+            "fixed_epochs trains num_train_epochs in every cell, but the training recipe sets max_steps"
+            f" {train.max_steps}",
+            "set steps_policy: fixed_steps (every cell trains that many steps), or set train_overrides.max_steps: -1",
+        )
 
 
 def _cli_args(overrides: dict[str, Any], prefix: str = "") -> list[str]:
@@ -257,7 +347,9 @@ def _cli_args(overrides: dict[str, Any], prefix: str = "") -> list[str]:
     return args
 
 
-def stage_configs(config: SweepConfig, cell_dir: Path, *, tag: str, partition: str = "dev", max_steps: int | None = None) -> tuple[Any, Any]:
+def stage_configs(
+    config: SweepConfig, cell_dir: Path, *, tag: str, partition: str = "dev", max_steps: int | None = None
+) -> tuple[Any, Any]:
     """(TrainConfig, EvalConfig) for a cell: the sweep's recipes and overrides, then the cell's data, adapter, steps
     (`max_steps`, fixed_steps), evaluation partition (dev: choosing; test: the selected cells) and output folders,
     parsed by the stages' own `build_*_config`."""
@@ -282,7 +374,9 @@ def stage_configs(config: SweepConfig, cell_dir: Path, *, tag: str, partition: s
     cell_eval = {
         "adapter": cell_train["push_to_hub"] or cell_train["output_dir"],  # a job's adapter is evaluated from the Hub
         "adapter_optional": False,
-        "baseline_adapter": None,  # a fixed reference, not a property of the cell: evaluate it once with `nanoflux eval`
+        "baseline_adapter": (
+            None
+        ),  # a fixed reference, not a property of the cell: evaluate it once with `nanoflux eval`
         "evaluate_base": False,  # the same for every cell: scored once (see base_scores)
         "compute": None,  # the cell's training compute comes from its training summary
         "partition": partition,

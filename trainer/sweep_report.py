@@ -29,9 +29,9 @@ DIMENSION_TITLES = {
 }
 REPORT_FILES = ("results.parquet", "results.md", "selection.json")
 SELECTION_NOTE = (
-    "Selected on dev, reported on test: every cell was evaluated on each benchmark's dev rows (never its test rows) and "
-    "the cells were chosen there; only the selected cells and the base model were then evaluated on the test rows, so "
-    "test accuracy is reported for the selected cells only and took no part in the choice."
+    "Selected on dev, reported on test: every cell was evaluated on each benchmark's dev rows (never its test rows)"
+    " and the cells were chosen there; only the selected cells and the base model were then evaluated on the test"
+    " rows, so test accuracy is reported for the selected cells only and took no part in the choice."
 )
 
 
@@ -70,7 +70,12 @@ def _levels(levels: list[int], prefix: str) -> str:
 
 
 def short(dim: str) -> str:
-    return {"quality_levels": "quality", "complexity_levels": "complexity", "size": "size", "prefer_defender_failed": "ranking"}[dim]
+    return {
+        "quality_levels": "quality",
+        "complexity_levels": "complexity",
+        "size": "size",
+        "prefer_defender_failed": "ranking",
+    }[dim]
 
 
 def cell_label(settings: Any) -> str:
@@ -93,22 +98,32 @@ def _pct(value: float | None) -> str:
 
 
 def _score(score: dict[str, Any] | None) -> str:
-    return "–" if not score or score.get("accuracy") is None else f"{_pct(score['accuracy'])} [{_pct(score['ci_low'])}, {_pct(score['ci_high'])}]"
+    return (
+        "–"
+        if not score or score.get("accuracy") is None
+        else f"{_pct(score['accuracy'])} [{_pct(score['ci_low'])}, {_pct(score['ci_high'])}]"
+    )
 
 
 def _delta(comparison: dict[str, Any] | None) -> str:
     if not comparison:
         return ""
-    interval = f" [{100 * comparison['ci_low']:+.1f}, {100 * comparison['ci_high']:+.1f}]" if comparison.get("ci_low") is not None else ""
+    interval = (
+        f" [{100 * comparison['ci_low']:+.1f}, {100 * comparison['ci_high']:+.1f}]"
+        if comparison.get("ci_low") is not None
+        else ""
+    )
     return f"{100 * comparison['delta']:+.1f}{interval} points"
 
 
 def selection_rule() -> str:
     """How the cells were chosen and compared, in one paragraph (results.md and the card)."""
-    return (f"Selection rule: the highest dev accuracy (overall: the highest macro-mean dev accuracy over the benchmarks); {TIE_BREAK}. "
-            "The selected cell is then compared with every other trained cell on the same dev examples (paired bootstrap 95% CI of the "
-            "accuracy difference and McNemar's exact test, as `nanoflux eval` compares variants); a cell whose CI includes 0 is "
-            "**not significantly different** from it, and is named.")  # fmt: skip
+    return (
+        "Selection rule: the highest dev accuracy (overall: the highest macro-mean dev accuracy over the benchmarks);"
+        f" {TIE_BREAK}. The selected cell is then compared with every other trained cell on the same dev examples"
+        " (paired bootstrap 95% CI of the accuracy difference and McNemar's exact test, as `nanoflux eval` compares"
+        " variants); a cell whose CI includes 0 is **not significantly different** from it, and is named."
+    )
 
 
 def findings(report: Report) -> list[str]:
@@ -135,15 +150,32 @@ def shared_trainings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for trained, group in groups.items():
         source = next((r for r in group if r["cell_id"] == trained), None)
         if source is not None and len(group) > 1:
-            shared.append({"trained": trained, "rows": source["dataset"]["rows"], "shared_by": [
-                {"cell": r["cell_id"], "same_order": r["dataset"]["fingerprint"] == source["dataset"]["fingerprint"]} for r in group if r is not source]})  # fmt: skip
+            shared.append(
+                {
+                    "trained": trained,
+                    "rows": source["dataset"]["rows"],
+                    "shared_by": [
+                        {
+                            "cell": r["cell_id"],
+                            "same_order": r["dataset"]["fingerprint"] == source["dataset"]["fingerprint"],
+                        }
+                        for r in group
+                        if r is not source
+                    ],
+                }
+            )
     return shared
 
 
 def _shared_lines(records: list[dict[str, Any]]) -> list[str]:
-    return [f"- `{group['trained']}` trained on {group['rows']} row{'' if group['rows'] == 1 else 's'}; shared by "
-            + ", ".join(f"`{cell['cell']}` ({'the same order' if cell['same_order'] else 'another order'})" for cell in group["shared_by"])
-            for group in shared_trainings(records)]  # fmt: skip
+    return [
+        f"- `{group['trained']}` trained on {group['rows']} row{'' if group['rows'] == 1 else 's'}; shared by "
+        + ", ".join(
+            f"`{cell['cell']}` ({'the same order' if cell['same_order'] else 'another order'})"
+            for cell in group["shared_by"]
+        )
+        for group in shared_trainings(records)
+    ]
 
 
 # --- the table -------------------------------------------------------------------------------------------
@@ -157,22 +189,44 @@ def results_table(report: Report) -> list[dict[str, Any]]:
     table = []
     for record in report.records:
         training = record["training"] or {}
-        partitions = [("dev", record["scores"])] + ([("test", report.test[record["cell_id"]])] if record["cell_id"] in report.test else [])
+        partitions = [("dev", record["scores"])] + (
+            [("test", report.test[record["cell_id"]])] if record["cell_id"] in report.test else []
+        )
         for partition, scores in partitions:
             for name, title in report.benchmarks:
                 score = scores.get(name) or {}
                 base = score.get("base") or {}
-                table.append({
-                    "cell_id": record["cell_id"], **{dim: record["settings"][dim] for dim in DIMENSIONS}, "require_valid": record["require_valid"],
-                    "status": record["status"], "rows": record["dataset"]["rows"], "dataset_fingerprint": record["dataset"]["fingerprint"],
-                    "row_set_fingerprint": record["dataset"].get("row_set"), "training_key": record.get("training_key"),
-                    "same_data_as": record["same_data_as"], "train_steps": training.get("steps"), "train_epochs": training.get("epochs"),
-                    "train_tokens": training.get("train_tokens"), "train_wall_time_s": training.get("wall_time_s"), "train_loss_last": training.get("loss_last"),
-                    "benchmark": name, "benchmark_title": title, "partition": partition, "n": score.get("n"), "accuracy": score.get("accuracy"),
-                    "ci_low": score.get("ci_low"), "ci_high": score.get("ci_high"), "unparseable": score.get("unparseable"),
-                    "base_accuracy": base.get("accuracy"), "base_ci_low": base.get("ci_low"), "base_ci_high": base.get("ci_high"),
-                    "selected": chosen.get(name) == record["cell_id"], "selected_overall": overall == record["cell_id"],
-                })  # fmt: skip
+                table.append(
+                    {
+                        "cell_id": record["cell_id"],
+                        **{dim: record["settings"][dim] for dim in DIMENSIONS},
+                        "require_valid": record["require_valid"],
+                        "status": record["status"],
+                        "rows": record["dataset"]["rows"],
+                        "dataset_fingerprint": record["dataset"]["fingerprint"],
+                        "row_set_fingerprint": record["dataset"].get("row_set"),
+                        "training_key": record.get("training_key"),
+                        "same_data_as": record["same_data_as"],
+                        "train_steps": training.get("steps"),
+                        "train_epochs": training.get("epochs"),
+                        "train_tokens": training.get("train_tokens"),
+                        "train_wall_time_s": training.get("wall_time_s"),
+                        "train_loss_last": training.get("loss_last"),
+                        "benchmark": name,
+                        "benchmark_title": title,
+                        "partition": partition,
+                        "n": score.get("n"),
+                        "accuracy": score.get("accuracy"),
+                        "ci_low": score.get("ci_low"),
+                        "ci_high": score.get("ci_high"),
+                        "unparseable": score.get("unparseable"),
+                        "base_accuracy": base.get("accuracy"),
+                        "base_ci_low": base.get("ci_low"),
+                        "base_ci_high": base.get("ci_high"),
+                        "selected": chosen.get(name) == record["cell_id"],
+                        "selected_overall": overall == record["cell_id"],
+                    }
+                )
     return table
 
 
@@ -180,19 +234,70 @@ def _schema() -> Any:
     import pyarrow as pa
 
     levels = pa.list_(pa.int32())
-    floats = ("train_epochs", "train_wall_time_s", "train_loss_last", "accuracy", "ci_low", "ci_high", "base_accuracy", "base_ci_low", "base_ci_high")
+    floats = (
+        "train_epochs",
+        "train_wall_time_s",
+        "train_loss_last",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "base_accuracy",
+        "base_ci_low",
+        "base_ci_high",
+    )
     types = {
-        "cell_id": pa.string(), "quality_levels": levels, "complexity_levels": levels, "size": pa.int32(),
-        "prefer_defender_failed": pa.bool_(), "require_valid": pa.bool_(), "status": pa.string(), "rows": pa.int32(),
-        "dataset_fingerprint": pa.string(), "row_set_fingerprint": pa.string(), "training_key": pa.string(), "same_data_as": pa.string(), "train_steps": pa.int64(), "train_tokens": pa.int64(),
-        "benchmark": pa.string(), "benchmark_title": pa.string(), "partition": pa.string(), "n": pa.int32(), "unparseable": pa.int32(),
-        "selected": pa.bool_(), "selected_overall": pa.bool_(), **{name: pa.float64() for name in floats},
-    }  # fmt: skip
+        "cell_id": pa.string(),
+        "quality_levels": levels,
+        "complexity_levels": levels,
+        "size": pa.int32(),
+        "prefer_defender_failed": pa.bool_(),
+        "require_valid": pa.bool_(),
+        "status": pa.string(),
+        "rows": pa.int32(),
+        "dataset_fingerprint": pa.string(),
+        "row_set_fingerprint": pa.string(),
+        "training_key": pa.string(),
+        "same_data_as": pa.string(),
+        "train_steps": pa.int64(),
+        "train_tokens": pa.int64(),
+        "benchmark": pa.string(),
+        "benchmark_title": pa.string(),
+        "partition": pa.string(),
+        "n": pa.int32(),
+        "unparseable": pa.int32(),
+        "selected": pa.bool_(),
+        "selected_overall": pa.bool_(),
+        **{name: pa.float64() for name in floats},
+    }
     order = [
-        "cell_id", *DIMENSIONS, "require_valid", "status", "rows", "dataset_fingerprint", "row_set_fingerprint", "training_key", "same_data_as", "train_steps", "train_epochs",
-        "train_tokens", "train_wall_time_s", "train_loss_last", "benchmark", "benchmark_title", "partition", "n", "accuracy", "ci_low",
-        "ci_high", "unparseable", "base_accuracy", "base_ci_low", "base_ci_high", "selected", "selected_overall",
-    ]  # fmt: skip
+        "cell_id",
+        *DIMENSIONS,
+        "require_valid",
+        "status",
+        "rows",
+        "dataset_fingerprint",
+        "row_set_fingerprint",
+        "training_key",
+        "same_data_as",
+        "train_steps",
+        "train_epochs",
+        "train_tokens",
+        "train_wall_time_s",
+        "train_loss_last",
+        "benchmark",
+        "benchmark_title",
+        "partition",
+        "n",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "unparseable",
+        "base_accuracy",
+        "base_ci_low",
+        "base_ci_high",
+        "selected",
+        "selected_overall",
+    ]
     return pa.schema([(name, types[name]) for name in order])
 
 
@@ -203,42 +308,65 @@ def steps_line(setup: dict[str, Any], policy: str) -> str:
     """How much every cell trained, and what that means for comparing sizes."""
     train = setup["train"]
     if policy == "fixed_steps":
-        return (f"steps policy `fixed_steps`: {train['max_steps']} optimizer steps in every cell (a smaller cell repeats its rows more "
-                "often), so cells of different sizes are compared at equal optimizer steps")  # fmt: skip
-    return (f"steps policy `fixed_epochs`: {train['num_train_epochs']} epochs in every cell, so a cell with more rows also takes more "
-            "optimizer steps: dataset size is confounded with training steps (`steps_policy: fixed_steps` separates them)")  # fmt: skip
+        return (
+            f"steps policy `fixed_steps`: {train['max_steps']} optimizer steps in every cell (a smaller cell repeats"
+            " its rows more often), so cells of different sizes are compared at equal optimizer steps"
+        )
+    return (
+        f"steps policy `fixed_epochs`: {train['num_train_epochs']} epochs in every cell, so a cell with more rows also"
+        " takes more optimizer steps: dataset size is confounded with training steps (`steps_policy: fixed_steps`"
+        " separates them)"
+    )
 
 
 def results_markdown(report: Report, *, public: bool = False) -> str:
     """`results.md`: what was swept on which pool, the cells selected on dev with their test scores, every cell's dev
     scores, and the plots. The `public` copy (uploaded to the dataset repo) names no local folder."""
     config, pool, records, selection = report.config, report.pool, report.records, report.selection
-    source = f"a build's pool ({Path(pool.source).name})" if public and pool.build_dir is not None else f"`{pool.source}`"
+    source = (
+        f"a build's pool ({Path(pool.source).name})" if public and pool.build_dir is not None else f"`{pool.source}`"
+    )
     cells_dir = "<sweep output_dir>/cells" if public else str(Path(config.output_dir) / "cells")
     swept = swept_dimensions(records)
     train, evaluation = report.setup["train"], report.setup["eval"]
-    fixed = [f"{short(dim)} {display(dim, records[0]['settings'][dim])}" for dim in DIMENSIONS if dim not in swept and records]
+    fixed = [
+        f"{short(dim)} {display(dim, records[0]['settings'][dim])}"
+        for dim in DIMENSIONS
+        if dim not in swept and records
+    ]
     by_id = {r["cell_id"]: r for r in records}
     lines = [
         f"# NanoFlux ablation sweep: {config.name}",
         "",
         f"- Pool: {source} ({len(pool.rows)} rows; fingerprint `{pool.fingerprint[:16]}`)",
-        f"- Design: {'every combination of the grid' if config.design == 'grid' else 'one dimension at a time around the reference cell'}, "
-        f"{len(records)} cells; swept: {', '.join(DIMENSION_TITLES[d] for d in swept) or 'nothing'}"
+        "- Design:"
+        f" {'every combination of the grid' if config.design == 'grid' else 'one dimension at a time around the reference cell'},"
+        f" {len(records)} cells; swept: {', '.join(DIMENSION_TITLES[d] for d in swept) or 'nothing'}"
         + (f"; fixed: {', '.join(fixed)}" if fixed else "")
         + f"; judge-validated only: {config.require_valid}",
-        "- Curation: the builder's own (`builder.curation.curate`), no new generation; a cell's dataset fingerprint is the sha256 of its rows' ids in order",
-        f"- Training: `{train['model']}`, LoRA r={train['lora_r']}, lr {train['learning_rate']}, batch {train['per_device_train_batch_size']}x"
-        f"{train['gradient_accumulation_steps']}, seed {train['seed']}; {steps_line(report.setup, config.steps_policy)}",
-        f"- Evaluation: `{evaluation['model']}` + each cell's adapter, greedy, max {evaluation['max_new_tokens']} new tokens; accuracy with a 95% "
-        "bootstrap CI; the base model is scored once per partition",
+        (
+            "- Curation: the builder's own (`builder.curation.curate`), no new generation; a cell's dataset"
+            " fingerprint is the sha256 of its rows' ids in order"
+        ),
+        (
+            f"- Training: `{train['model']}`, LoRA r={train['lora_r']}, lr {train['learning_rate']}, batch"
+            f" {train['per_device_train_batch_size']}x{train['gradient_accumulation_steps']}, seed {train['seed']};"
+            f" {steps_line(report.setup, config.steps_policy)}"
+        ),
+        (
+            f"- Evaluation: `{evaluation['model']}` + each cell's adapter, greedy, max {evaluation['max_new_tokens']}"
+            " new tokens; accuracy with a 95% bootstrap CI; the base model is scored once per partition"
+        ),
         f"- **{SELECTION_NOTE}**",
         "",
         "## Selected cells (chosen on dev)",
         "",
         selection_rule(),
         "",
-        "| benchmark | selected cell | settings | rows | dev accuracy (%) [95% CI] | against the other cells on dev | test accuracy (%) [95% CI] | base model on test (%) |",
+        (
+            "| benchmark | selected cell | settings | rows | dev accuracy (%) [95% CI] | against the other cells on"
+            " dev | test accuracy (%) [95% CI] | base model on test (%) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, title in report.benchmarks:
@@ -247,10 +375,15 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
             lines.append(f"| {title} | – | no cell has a dev score | – | – | – | – | – |")
             continue
         record, test = by_id[choice["cell"]], report.test.get(choice["cell"], {}).get(name)
-        runner = f" runner-up `{choice['runner_up']}`: {_delta(choice['comparison'])}" if choice["runner_up"] and choice["comparison"] else ""
+        runner = (
+            f" runner-up `{choice['runner_up']}`: {_delta(choice['comparison'])}"
+            if choice["runner_up"] and choice["comparison"]
+            else ""
+        )
         lines.append(
-            f"| {title} | `{choice['cell']}` | {record['label']} | {record['dataset']['rows']} | {_score(record['scores'].get(name))} | "
-            f"{verdict(choice)}{';' if runner else ''}{runner} | {_score(test)} | {_pct((test or {}).get('base', {}).get('accuracy'))} |"
+            f"| {title} | `{choice['cell']}` | {record['label']} | {record['dataset']['rows']} |"
+            f" {_score(record['scores'].get(name))} | {verdict(choice)}{';' if runner else ''}{runner} |"
+            f" {_score(test)} | {_pct((test or {}).get('base', {}).get('accuracy'))} |"
         )
     lines += ["", "What the dev data support:", "", *findings(report)]
     overall = selection.get("overall")
@@ -258,9 +391,14 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
         record, test = by_id[overall["cell"]], report.test.get(overall["cell"], {})
         lines += [
             "",
-            f"**Overall** (highest macro-mean dev accuracy over the benchmarks): `{overall['cell']}` ({record['label']}, {record['dataset']['rows']} rows), "
-            f"dev {_pct(overall['dev_macro_accuracy'])}%; {verdict(overall)}"
-            + (f" (runner-up `{overall['runner_up']}`: {_delta(overall['comparison'])})" if overall["comparison"] else "")
+            f"**Overall** (highest macro-mean dev accuracy over the benchmarks): `{overall['cell']}`"
+            f" ({record['label']}, {record['dataset']['rows']} rows), dev {_pct(overall['dev_macro_accuracy'])}%;"
+            f" {verdict(overall)}"
+            + (
+                f" (runner-up `{overall['runner_up']}`: {_delta(overall['comparison'])})"
+                if overall["comparison"]
+                else ""
+            )
             + ". Its test rows, against the base model on the same rows:",
             "",
             "| benchmark | test accuracy (%) [95% CI] | base model (%) [95% CI] | selected cell − base (paired) |",
@@ -272,38 +410,65 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
             paired = f"{_delta(vs_base)}, McNemar p = {vs_base['p_value']:.2g}" if vs_base else "–"
             lines.append(f"| {title} | {_score(score)} | {_score((score or {}).get('base'))} | {paired} |")
     header = "| cell | quality | complexity | size | ranking | rows | steps | epochs | train tokens | train s |"
-    lines += ["", "## Every cell (dev partition)", "",
-              "Dev accuracy (%) of base + the cell's adapter, [95% CI]; ✓ marks a benchmark's selected cell. Base model on dev: "
-              + ", ".join(f"{title} {_pct(_base_dev(records, name))}" for name, title in report.benchmarks) + ".", ""]  # fmt: skip
-    lines += [header + "".join(f" {title} |" for _, title in report.benchmarks), "|---" * (10 + len(report.benchmarks)) + "|"]
+    lines += [
+        "",
+        "## Every cell (dev partition)",
+        "",
+        "Dev accuracy (%) of base + the cell's adapter, [95% CI]; ✓ marks a benchmark's selected cell. Base model on"
+        " dev: " + ", ".join(f"{title} {_pct(_base_dev(records, name))}" for name, title in report.benchmarks) + ".",
+        "",
+    ]
+    lines += [
+        header + "".join(f" {title} |" for _, title in report.benchmarks),
+        "|---" * (10 + len(report.benchmarks)) + "|",
+    ]
     chosen = {name: choice["cell"] for name, choice in selection["benchmarks"].items()}
     for record in records:
         training, settings = record["training"] or {}, record["settings"]
-        cells = [f"{'✓ ' if chosen.get(name) == record['cell_id'] else ''}{_score(record['scores'].get(name))}" for name, _ in report.benchmarks]
+        cells = [
+            f"{'✓ ' if chosen.get(name) == record['cell_id'] else ''}{_score(record['scores'].get(name))}"
+            for name, _ in report.benchmarks
+        ]
         epochs = f"{training['epochs']:.2f}" if isinstance(training.get("epochs"), (int, float)) else "–"
         note = f" (shares `{record['same_data_as']}`'s training)" if record["same_data_as"] else ""
         lines.append(
-            f"| `{record['cell_id']}`{note} | {display('quality_levels', settings['quality_levels'])} | {display('complexity_levels', settings['complexity_levels'])} "
-            f"| {settings['size']} | {display('prefer_defender_failed', settings['prefer_defender_failed'])} | {record['dataset']['rows']} "
-            f"| {training.get('steps', '–')} | {epochs} | {training.get('train_tokens', '–')} | {training.get('wall_time_s', '–')} |" + "".join(f" {c} |" for c in cells)
+            f"| `{record['cell_id']}`{note} | {display('quality_levels', settings['quality_levels'])} |"
+            f" {display('complexity_levels', settings['complexity_levels'])} | {settings['size']} |"
+            f" {display('prefer_defender_failed', settings['prefer_defender_failed'])} | {record['dataset']['rows']} |"
+            f" {training.get('steps', '–')} | {epochs} | {training.get('train_tokens', '–')} |"
+            f" {training.get('wall_time_s', '–')} |" + "".join(f" {c} |" for c in cells)
         )
     lines += ["", "A size larger than the rows that fit a cell's bands gives fewer rows (see `rows`).", ""]
     shared = _shared_lines(records)
-    lines += ["## Shared training", "",
-              "Training is keyed by the *set* of a cell's rows (plus the training recipe): cells with the same rows, in any order, train once "
-              "and share that adapter and its scores (the trainer shuffles the rows with its seed, so their order is not what it trains on).", "",
-              *(shared or ["No two cells had the same rows: every cell with rows trained on its own."]), ""]  # fmt: skip
+    lines += [
+        "## Shared training",
+        "",
+        (
+            "Training is keyed by the *set* of a cell's rows (plus the training recipe): cells with the same rows, in"
+            " any order, train once and share that adapter and its scores (the trainer shuffles the rows with its"
+            " seed, so their order is not what it trains on)."
+        ),
+        "",
+        *(shared or ["No two cells had the same rows: every cell with rows trained on its own."]),
+        "",
+    ]
     if swept:
         lines += ["## Plots", ""] + [f"![dev accuracy vs {DIMENSION_TITLES[dim]}]({dim}.png)" for dim in swept] + [""]
     publish = overall["cell"] if overall else "<cell_id>"
     lines += [
         "## Publish the selected cell",
         "",
-        "Each cell folder is a finished build of the pool with that cell's curation. Release the cell selected on dev as the next dataset version:",
+        (
+            "Each cell folder is a finished build of the pool with that cell's curation. Release the cell selected on"
+            " dev as the next dataset version:"
+        ),
         "",
         "```bash",
         f"nanoflux publish {cells_dir}/{publish} --repo_id org/name",
-        f"nanoflux sweep --config <this sweep's recipe> --publish_cell {publish} --push_to_hub org/name   # also attaches this report",
+        (
+            f"nanoflux sweep --config <this sweep's recipe> --publish_cell {publish} --push_to_hub org/name   # also"
+            " attaches this report"
+        ),
         "```",
         "",
     ]
@@ -311,7 +476,9 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
 
 
 def _base_dev(records: list[dict[str, Any]], name: str) -> float | None:
-    return next(((r["scores"].get(name) or {}).get("base", {}).get("accuracy") for r in records if r["scores"].get(name)), None)
+    return next(
+        ((r["scores"].get(name) or {}).get("base", {}).get("accuracy") for r in records if r["scores"].get(name)), None
+    )
 
 
 # --- plots -----------------------------------------------------------------------------------------------
@@ -323,7 +490,11 @@ def panel_grid(count: int, max_columns: int = 5) -> tuple[int, int]:
     among equals the squarest, then the wider."""
     if count <= 3:
         return 1, max(count, 1)
-    options = [(rows * columns - count, abs(columns - rows), -columns, rows, columns) for columns in range(2, max_columns + 1) for rows in [math.ceil(count / columns)]]
+    options = [
+        (rows * columns - count, abs(columns - rows), -columns, rows, columns)
+        for columns in range(2, max_columns + 1)
+        for rows in [math.ceil(count / columns)]
+    ]
     _, _, _, rows, columns = min(options)
     return rows, columns
 
@@ -361,19 +532,74 @@ def dimension_figure(table: list[dict[str, Any]], dim: str, benchmarks: list[tup
             group.sort(key=lambda row: x_of[json.dumps(row[dim])])
             offset = (g - (len(groups) - 1) / 2) * 0.06
             xs = [x_of[json.dumps(row[dim])] + offset for row in group]
-            errors = [[max(0.0, row["accuracy"] - row["ci_low"]) for row in group], [max(0.0, row["ci_high"] - row["accuracy"]) for row in group]]
-            axes.errorbar(xs, [row["accuracy"] for row in group], yerr=errors, marker="o", markersize=5, capsize=3, label=label, zorder=3)
+            errors = [
+                [max(0.0, row["accuracy"] - row["ci_low"]) for row in group],
+                [max(0.0, row["ci_high"] - row["accuracy"]) for row in group],
+            ]
+            axes.errorbar(
+                xs,
+                [row["accuracy"] for row in group],
+                yerr=errors,
+                marker="o",
+                markersize=5,
+                capsize=3,
+                label=label,
+                zorder=3,
+            )
             for x, row in zip(xs, group):
                 if row["selected"]:
-                    axes.plot([x], [row["accuracy"]], marker="*", markersize=16, color="gold", markeredgecolor="black", zorder=5, linestyle="none", label="selected on dev")
-                    axes.annotate(row["cell_id"], (x, row["accuracy"]), textcoords="offset points", xytext=(7, 7), fontsize=7, zorder=6)
-                    test = next((t for t in table if t["partition"] == "test" and t["cell_id"] == row["cell_id"] and t["benchmark"] == name), None)
+                    axes.plot(
+                        [x],
+                        [row["accuracy"]],
+                        marker="*",
+                        markersize=16,
+                        color="gold",
+                        markeredgecolor="black",
+                        zorder=5,
+                        linestyle="none",
+                        label="selected on dev",
+                    )
+                    axes.annotate(
+                        row["cell_id"],
+                        (x, row["accuracy"]),
+                        textcoords="offset points",
+                        xytext=(7, 7),
+                        fontsize=7,
+                        zorder=6,
+                    )
+                    test = next(
+                        (
+                            t
+                            for t in table
+                            if t["partition"] == "test" and t["cell_id"] == row["cell_id"] and t["benchmark"] == name
+                        ),
+                        None,
+                    )
                     if test and test["accuracy"] is not None:
-                        axes.plot([x + 0.12], [test["accuracy"]], marker="D", markersize=7, fillstyle="none", color="black", linestyle="none", label="selected cell on test", zorder=5)
+                        axes.plot(
+                            [x + 0.12],
+                            [test["accuracy"]],
+                            marker="D",
+                            markersize=7,
+                            fillstyle="none",
+                            color="black",
+                            linestyle="none",
+                            label="selected cell on test",
+                            zorder=5,
+                        )
         for partition, style in (("dev", "--"), ("test", ":")):
-            base = next((row["base_accuracy"] for row in table if row["benchmark"] == name and row["partition"] == partition and row["base_accuracy"] is not None), None)
+            base = next(
+                (
+                    row["base_accuracy"]
+                    for row in table
+                    if row["benchmark"] == name and row["partition"] == partition and row["base_accuracy"] is not None
+                ),
+                None,
+            )
             if base is not None:
-                axes.axhline(base, linestyle=style, color="gray", linewidth=1.2, label=f"base model ({partition})", zorder=2)
+                axes.axhline(
+                    base, linestyle=style, color="gray", linewidth=1.2, label=f"base model ({partition})", zorder=2
+                )
         axes.set_xticks(range(len(values)), [display(dim, json.loads(v)) for v in values])
         axes.set_xlim(-0.5, len(values) - 0.5)
         axes.set_ylim(*Y_LIMITS)
@@ -394,7 +620,9 @@ def dimension_figure(table: list[dict[str, Any]], dim: str, benchmarks: list[tup
     return figure
 
 
-def plot_dimension(table: list[dict[str, Any]], dim: str, benchmarks: list[tuple[str, str]], path: Path, title: str) -> None:
+def plot_dimension(
+    table: list[dict[str, Any]], dim: str, benchmarks: list[tuple[str, str]], path: Path, title: str
+) -> None:
     """`dimension_figure` saved as a PNG."""
     dimension_figure(table, dim, benchmarks, title).savefig(path, dpi=110)
 
@@ -416,7 +644,13 @@ def write_report(report: Report) -> list[Path]:
         stale.unlink()
     for dim in swept_dimensions(report.records):
         path = output_dir / f"{dim}.png"
-        plot_dimension(table, dim, report.benchmarks, path, f"{report.config.name}: dev accuracy vs {DIMENSION_TITLES[dim]} (selection on dev)")
+        plot_dimension(
+            table,
+            dim,
+            report.benchmarks,
+            path,
+            f"{report.config.name}: dev accuracy vs {DIMENSION_TITLES[dim]} (selection on dev)",
+        )
         files.append(path)
     return files
 
@@ -432,27 +666,54 @@ def card_section(report: Report, release: Any) -> str:
     lines = [
         f"## Ablations: {config.name}",
         "",
-        f"{len(records)} curations of one candidate pool were each used to train a LoRA adapter "
-        f"({'every combination of the grid' if config.design == 'grid' else 'one dimension at a time'}; swept: "
-        f"{', '.join(DIMENSION_TITLES[d] for d in swept_dimensions(records)) or 'nothing'}; {steps_line(report.setup, config.steps_policy)}). "
-        f"{SELECTION_NOTE} Accuracy of the base model + adapter, 95% bootstrap CI:",
+        (
+            f"{len(records)} curations of one candidate pool were each used to train a LoRA adapter"
+            f" ({'every combination of the grid' if config.design == 'grid' else 'one dimension at a time'}; swept:"
+            f" {', '.join(DIMENSION_TITLES[d] for d in swept_dimensions(records)) or 'nothing'};"
+            f" {steps_line(report.setup, config.steps_policy)}). {SELECTION_NOTE} Accuracy of the base model +"
+            " adapter, 95% bootstrap CI:"
+        ),
         "",
-        "| benchmark | selected on dev | settings | rows | dev accuracy (%) | against the other cells on dev | test accuracy (%) | base model on test (%) |",
+        (
+            "| benchmark | selected on dev | settings | rows | dev accuracy (%) | against the other cells on dev |"
+            " test accuracy (%) | base model on test (%) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, title in report.benchmarks:
         choice = report.selection["benchmarks"].get(name)
         if choice is not None:
             record, test = by_id[choice["cell"]], report.test.get(choice["cell"], {}).get(name)
-            lines.append(f"| {title} | `{choice['cell']}` | {record['label']} | {record['dataset']['rows']} | {_score(record['scores'].get(name))} | "
-                         f"{verdict(choice)} | {_score(test)} | {_pct((test or {}).get('base', {}).get('accuracy'))} |")  # fmt: skip
+            lines.append(
+                f"| {title} | `{choice['cell']}` | {record['label']} | {record['dataset']['rows']} |"
+                f" {_score(record['scores'].get(name))} | {verdict(choice)} | {_score(test)} |"
+                f" {_pct((test or {}).get('base', {}).get('accuracy'))} |"
+            )
     overall = report.selection.get("overall")
     if overall:
-        lines += ["", f"Overall selection (macro-mean dev accuracy): `{overall['cell']}` ({by_id[overall['cell']]['label']}); {verdict(overall)}."]
+        lines += [
+            "",
+            (
+                f"Overall selection (macro-mean dev accuracy): `{overall['cell']}`"
+                f" ({by_id[overall['cell']]['label']}); {verdict(overall)}."
+            ),
+        ]
     lines += ["", selection_rule(), "", *findings(report), ""]
     if release is not None:
-        lines += [f"Version {release.version} holds the rows of cell `{config.publish_cell}` ({by_id[config.publish_cell]['label']}).", ""]
-    lines += [f"Every cell's dev scores, the plots and the results table: [`{folder}/results.md`]({folder}/results.md), `{folder}/results.parquet`.", ""]
+        lines += [
+            (
+                f"Version {release.version} holds the rows of cell `{config.publish_cell}`"
+                f" ({by_id[config.publish_cell]['label']})."
+            ),
+            "",
+        ]
+    lines += [
+        (
+            f"Every cell's dev scores, the plots and the results table: [`{folder}/results.md`]({folder}/results.md),"
+            f" `{folder}/results.parquet`."
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 

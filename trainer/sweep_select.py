@@ -17,13 +17,21 @@ Only the selected cells are then evaluated on the test rows, so test accuracy ne
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 Correct = Callable[[dict[str, Any], str], "list[tuple[str, bool]] | None"]
 """(cell record, benchmark name) -> the cell's per-example (id, correct) on that benchmark's dev rows, or None."""
 
-TIE_BREAK = "on an exact tie in dev accuracy, fewer rows (cheaper to train and to publish), then the first cell id in alphabetical order"
-DECIDED_BY = {"accuracy": "the highest dev accuracy", "rows": "the tie-break: fewer rows", "cell_id": "the tie-break: the first cell id in alphabetical order"}
+TIE_BREAK = (
+    "on an exact tie in dev accuracy, fewer rows (cheaper to train and to publish), then the first cell id in"
+    " alphabetical order"
+)
+DECIDED_BY = {
+    "accuracy": "the highest dev accuracy",
+    "rows": "the tie-break: fewer rows",
+    "cell_id": "the tie-break: the first cell id in alphabetical order",
+}
 
 
 def adapter_of(record: dict[str, Any]) -> str:
@@ -36,7 +44,9 @@ def _accuracy(record: dict[str, Any], name: str) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def _ranked(records: Sequence[dict[str, Any]], score: Callable[[dict[str, Any]], float | None]) -> list[tuple[dict[str, Any], float]]:
+def _ranked(
+    records: Sequence[dict[str, Any]], score: Callable[[dict[str, Any]], float | None]
+) -> list[tuple[dict[str, Any], float]]:
     """(record, score) of the scored records, selection order first: higher score, then fewer rows, then cell id."""
     scored = [(r, s) for r in records if (s := score(r)) is not None]
     return sorted(scored, key=lambda item: (-item[1], item[0]["dataset"]["rows"], item[0]["cell_id"]))
@@ -53,13 +63,17 @@ def _decided_by(ranked: list[tuple[dict[str, Any], float]]) -> str | None:
     return "rows" if best["dataset"]["rows"] != other[0]["dataset"]["rows"] else "cell_id"
 
 
-def _paired(a: list[tuple[str, bool]] | None, b: list[tuple[str, bool]] | None) -> tuple[list[bool], list[bool]] | None:
+def _paired(
+    a: list[tuple[str, bool]] | None, b: list[tuple[str, bool]] | None
+) -> tuple[list[bool], list[bool]] | None:
     if a is None or b is None or [i for i, _ in a] != [i for i, _ in b]:
         return None
     return [c for _, c in a], [c for _, c in b]
 
 
-def compare(best: dict[str, Any], other: dict[str, Any], name: str, correct: Correct, *, samples: int, seed: int) -> dict[str, Any]:
+def compare(
+    best: dict[str, Any], other: dict[str, Any], name: str, correct: Correct, *, samples: int, seed: int
+) -> dict[str, Any]:
     """The selected cell against another cell on one benchmark's dev rows (difference = selected - other)."""
     from nanoflux.scoring import paired_comparison
 
@@ -68,11 +82,20 @@ def compare(best: dict[str, Any], other: dict[str, Any], name: str, correct: Cor
         stats = paired_comparison(*pair, samples=samples, seed=seed)
         return {"method": "paired bootstrap + McNemar", **stats, "significant": bool(stats["ci_low"] > 0)}
     a, b = best["scores"][name], other["scores"][name]
-    return {"method": "95% CI overlap", "n": a["n"], "delta": a["accuracy"] - b["accuracy"], "ci_low": None, "ci_high": None,
-            "p_value": None, "significant": bool(a["ci_low"] > b["ci_high"])}  # fmt: skip
+    return {
+        "method": "95% CI overlap",
+        "n": a["n"],
+        "delta": a["accuracy"] - b["accuracy"],
+        "ci_low": None,
+        "ci_high": None,
+        "p_value": None,
+        "significant": bool(a["ci_low"] > b["ci_high"]),
+    }
 
 
-def compare_overall(best: dict[str, Any], other: dict[str, Any], names: Sequence[str], correct: Correct, *, samples: int, seed: int) -> dict[str, Any] | None:
+def compare_overall(
+    best: dict[str, Any], other: dict[str, Any], names: Sequence[str], correct: Correct, *, samples: int, seed: int
+) -> dict[str, Any] | None:
     """Macro-mean dev accuracy of the selected cell against another cell: a stratified paired bootstrap over the
     benchmarks' per-example differences; None when some per-example results are missing."""
     from nanoflux.scoring import aggregate, mcnemar_exact
@@ -83,12 +106,23 @@ def compare_overall(best: dict[str, Any], other: dict[str, Any], names: Sequence
     stats = aggregate([[float(x) - float(y) for x, y in zip(a, b)] for a, b in pairs], samples=samples, seed=seed)
     wins = sum(x and not y for a, b in pairs for x, y in zip(a, b))
     losses = sum(y and not x for a, b in pairs for x, y in zip(a, b))
-    return {"method": "stratified paired bootstrap (macro) + McNemar", "n": stats["n"], "delta": stats["macro"], "ci_low": stats["macro_ci_low"],
-            "ci_high": stats["macro_ci_high"], "wins": wins, "losses": losses, "p_value": mcnemar_exact(wins, losses),
-            "significant": bool(stats["macro_ci_low"] > 0)}  # fmt: skip
+    return {
+        "method": "stratified paired bootstrap (macro) + McNemar",
+        "n": stats["n"],
+        "delta": stats["macro"],
+        "ci_low": stats["macro_ci_low"],
+        "ci_high": stats["macro_ci_high"],
+        "wins": wins,
+        "losses": losses,
+        "p_value": mcnemar_exact(wins, losses),
+        "significant": bool(stats["macro_ci_low"] > 0),
+    }
 
 
-def _choice(ranked: list[tuple[dict[str, Any], float]], versus: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+def _choice(
+    ranked: list[tuple[dict[str, Any], float]],
+    versus: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any] | None],
+) -> dict[str, Any]:
     """The selection from `ranked`, compared with the first cell of every other adapter (`versus(selected, other)`)."""
     best, score = ranked[0]
     chosen = adapter_of(best)
@@ -113,7 +147,14 @@ def _choice(ranked: list[tuple[dict[str, Any], float]], versus: Callable[[dict[s
     }
 
 
-def select_cells(records: Sequence[dict[str, Any]], benchmarks: Sequence[tuple[str, str]], correct: Correct, *, samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+def select_cells(
+    records: Sequence[dict[str, Any]],
+    benchmarks: Sequence[tuple[str, str]],
+    correct: Correct,
+    *,
+    samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The cells chosen on dev: per benchmark and overall, each compared with every other trained cell, and
     `test_cells` (the cells to evaluate on the test rows: the overall choice first, then each benchmark's)."""
     names = [name for name, _ in benchmarks]
@@ -121,7 +162,9 @@ def select_cells(records: Sequence[dict[str, Any]], benchmarks: Sequence[tuple[s
     for name in names:
         ranked = _ranked(records, lambda r, name=name: _accuracy(r, name))
         if ranked:
-            choice = _choice(ranked, lambda best, other, name=name: compare(best, other, name, correct, samples=samples, seed=seed))
+            choice = _choice(
+                ranked, lambda best, other, name=name: compare(best, other, name, correct, samples=samples, seed=seed)
+            )
             chosen["benchmarks"][name] = {"dev_accuracy": choice.pop("score"), **choice}
 
     def macro(record: dict[str, Any]) -> float | None:
@@ -130,9 +173,13 @@ def select_cells(records: Sequence[dict[str, Any]], benchmarks: Sequence[tuple[s
 
     ranked = _ranked(records, macro)
     if ranked:
-        choice = _choice(ranked, lambda best, other: compare_overall(best, other, names, correct, samples=samples, seed=seed))
+        choice = _choice(
+            ranked, lambda best, other: compare_overall(best, other, names, correct, samples=samples, seed=seed)
+        )
         chosen["overall"] = {"dev_macro_accuracy": choice.pop("score"), **choice}
-    order = ([chosen["overall"]["cell"]] if chosen["overall"] else []) + [c["cell"] for c in chosen["benchmarks"].values()]
+    order = ([chosen["overall"]["cell"]] if chosen["overall"] else []) + [
+        c["cell"] for c in chosen["benchmarks"].values()
+    ]
     chosen["test_cells"] = list(dict.fromkeys(order))
     return chosen
 
@@ -145,7 +192,11 @@ def _ids(cells: Sequence[str]) -> str:
 
 
 def _points(comparison: dict[str, Any]) -> str:
-    interval = f" [{100 * comparison['ci_low']:+.1f}, {100 * comparison['ci_high']:+.1f}]" if comparison.get("ci_low") is not None else ""
+    interval = (
+        f" [{100 * comparison['ci_low']:+.1f}, {100 * comparison['ci_high']:+.1f}]"
+        if comparison.get("ci_low") is not None
+        else ""
+    )
     p_value = f", McNemar p = {comparison['p_value']:.2g}" if comparison.get("p_value") is not None else ""
     return f"{100 * comparison['delta']:+.1f}{interval} points{p_value}"
 
@@ -158,7 +209,11 @@ def verdict(choice: dict[str, Any]) -> str:
         return f"no significant difference from {_ids(choice['not_significant'])}"
     if choice.get("not_compared"):
         return f"not compared with {_ids(choice['not_compared'])} (per-example dev results missing)"
-    how = "McNemar p = {:.2g}".format(choice["comparison"]["p_value"]) if choice["comparison"].get("p_value") is not None else "95% CIs apart"
+    how = (
+        "McNemar p = {:.2g}".format(choice["comparison"]["p_value"])
+        if choice["comparison"].get("p_value") is not None
+        else "95% CIs apart"
+    )
     return f"significantly better than every other cell (runner-up `{choice['runner_up']}`: {how})"
 
 
@@ -166,24 +221,45 @@ def finding(choice: dict[str, Any], what: str, accuracy: float) -> str:
     """What the dev data supports about a selection, in a sentence or two: its margin over the runner-up with the paired
     CI, every cell it is not significantly different from, and which rule picked it (accuracy or the tie-break)."""
     cell = f"`{choice['cell']}`"
-    shared = f" ({_ids(choice['same_adapter'])} shares its training: the same rows)" if choice.get("same_adapter") else ""
+    shared = (
+        f" ({_ids(choice['same_adapter'])} shares its training: the same rows)" if choice.get("same_adapter") else ""
+    )
     if choice.get("runner_up") is None:
-        return f"{what}: {cell}{shared} is the only trained cell with a {100 * accuracy:.1f}% dev score; nothing to compare it with."
+        return (
+            f"{what}: {cell}{shared} is the only trained cell with a {100 * accuracy:.1f}% dev score; nothing to"
+            " compare it with."
+        )
     comparison, runner = choice["comparison"], f"`{choice['runner_up']}`"
     rule = DECIDED_BY[choice["decided_by"]]
     if choice["tied"]:
-        head = f"{what}: {cell}{shared} ties with {_ids(choice['tied'])} at {100 * accuracy:.1f}% on dev; it was chosen by {rule}."
+        head = (
+            f"{what}: {cell}{shared} ties with {_ids(choice['tied'])} at {100 * accuracy:.1f}% on dev; it was chosen"
+            f" by {rule}."
+        )
     else:
         head = f"{what}: {cell}{shared} has the highest dev score ({100 * accuracy:.1f}%)."
     if comparison is None:
-        return f"{head} It was not compared with {runner} (per-example dev results missing), so the data do not show it is better."
+        return (
+            f"{head} It was not compared with {runner} (per-example dev results missing), so the data do not show it"
+            " is better."
+        )
     if not choice["not_significant"] and not choice["not_compared"]:
-        return f"{head} It is significantly better than every other cell on dev (runner-up {runner}: {_points(comparison)})."
+        return (
+            f"{head} It is significantly better than every other cell on dev (runner-up {runner}:"
+            f" {_points(comparison)})."
+        )
     lines = [head]
     if choice["not_significant"]:
-        method = "the paired 95% CI of the difference includes 0" if comparison["method"] != "95% CI overlap" else "the 95% CIs overlap"
+        method = (
+            "the paired 95% CI of the difference includes 0"
+            if comparison["method"] != "95% CI overlap"
+            else "the 95% CIs overlap"
+        )
         cells = ", ".join(f"`{cell}` ({_points(choice['comparisons'][cell])})" for cell in choice["not_significant"])
-        lines.append(f"**No significant difference** from {cells}: {method}, so the dev data do not single out one of these cells.")
+        lines.append(
+            f"**No significant difference** from {cells}: {method}, so the dev data do not single out one of these"
+            " cells."
+        )
     if choice["not_compared"]:
         lines.append(f"Not compared with {_ids(choice['not_compared'])} (per-example dev results missing).")
     return " ".join(lines)

@@ -29,18 +29,23 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nanoflux.recipe import check_range, check_repo_id, fail, load_config, to_dict
-from nanoflux.models import DEFAULT_MODEL_ID, model_path
 from builder import PublishError
-from nanoflux.hub import open_target, package_versions
 from nanoflux.benchmarks import BenchmarkConfig
-from trainer.train_data import TrainData, TrainError, check_test_rows, load_train_data  # noqa: F401  (TrainError, load_train_data: re-exported)
+from nanoflux.hub import open_target, package_versions
+from nanoflux.models import DEFAULT_MODEL_ID, model_path
+from nanoflux.recipe import check_range, check_repo_id, fail, load_config, to_dict
+from trainer.train_data import (  # noqa: F401  (TrainError, load_train_data: re-exported)
+    TrainData,
+    TrainError,
+    check_test_rows,
+    load_train_data,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,12 +145,22 @@ class TrainConfig:
         if self.eval_split is not None and not self.eval_split.strip():
             fail("eval_split", self.eval_split, "empty", "name a split of the dataset repo, or remove it")
         if self.eval_recipe is not None and not self.eval_recipe.strip():
-            fail("eval_recipe", self.eval_recipe, "empty", "name the evaluation recipe, e.g. configs/eval/medical.yaml, or null")
+            fail(
+                "eval_recipe",
+                self.eval_recipe,
+                "empty",
+                "name the evaluation recipe, e.g. configs/eval/medical.yaml, or null",
+            )
         check_range("lora_r", self.lora_r, 1, 1024)
         check_range("lora_alpha", self.lora_alpha, 1, 4096)
         check_range("lora_dropout", self.lora_dropout, 0.0, 0.9)
         if not self.lora_target_modules or not all(m.strip() for m in self.lora_target_modules):
-            fail("lora_target_modules", self.lora_target_modules, "needs module names", "e.g. [q_proj, v_proj] or [all-linear]")
+            fail(
+                "lora_target_modules",
+                self.lora_target_modules,
+                "needs module names",
+                "e.g. [q_proj, v_proj] or [all-linear]",
+            )
         check_range("learning_rate", self.learning_rate, 0.0, 1.0, low_open=True)
         check_range("num_train_epochs", self.num_train_epochs, 0.0, 1000.0, low_open=True)
         if self.max_steps != -1 and self.max_steps < 1:
@@ -166,7 +181,12 @@ class TrainConfig:
         if self.push_to_hub is not None:
             check_repo_id("push_to_hub", self.push_to_hub)
         elif self.adapter_hub_dir is not None:
-            fail("adapter_hub_dir", self.adapter_hub_dir, "set without push_to_hub", "set push_to_hub to the adapter repo (org/name), or remove adapter_hub_dir")
+            fail(
+                "adapter_hub_dir",
+                self.adapter_hub_dir,
+                "set without push_to_hub",
+                "set push_to_hub to the adapter repo (org/name), or remove adapter_hub_dir",
+            )
 
 
 def build_train_config(recipe: str | Path | None, cli_args: list[str] | None = None) -> TrainConfig:
@@ -189,15 +209,21 @@ def main(config: TrainConfig) -> dict[str, Any]:
     from peft import LoraConfig, PeftConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     if config.bf16 and not torch.accelerator.is_available():
-        raise TrainError("bf16: no GPU or other accelerator found (got True). Fix: pass --bf16 false to train in fp32 on CPU")
+        raise TrainError(
+            "bf16: no GPU or other accelerator found (got True). Fix: pass --bf16 false to train in fp32 on CPU"
+        )
     output_dir = Path(config.output_dir)
     # Data, the test-row guard and the push target first: a wrong version, a leaked test row or a read-only token
     # fails before any compute.
     data = load_train_data(config)
-    checked = check_test_rows(config, data, f"the training data ({_data_record(config, data, None)['pinned']})") if config.eval_recipe else None
+    checked = (
+        check_test_rows(config, data, f"the training data ({_data_record(config, data, None)['pinned']})")
+        if config.eval_recipe
+        else None
+    )
     if config.push_to_hub:
         _preflight(config)
 
@@ -243,8 +269,12 @@ def main(config: TrainConfig) -> dict[str, Any]:
     tokens = epoch_tokens(trainer.train_dataset)
     examples = len(trainer.train_dataset)  # TRL drops a row whose answer max_length cut off entirely
     if examples < len(data.train):
-        logger.warning("%d of %d rows lost their whole answer to max_length %d and are not trained on. Fix: raise max_length",
-                       len(data.train) - examples, len(data.train), config.max_length)  # fmt: skip
+        logger.warning(
+            "%d of %d rows lost their whole answer to max_length %d and are not trained on. Fix: raise max_length",
+            len(data.train) - examples,
+            len(data.train),
+            config.max_length,
+        )
 
     # A run killed part-way resumes from its last checkpoint (optimizer, scheduler, data order and step restored); the
     # clock carries the seconds the earlier segments trained.
@@ -271,8 +301,11 @@ def main(config: TrainConfig) -> dict[str, Any]:
     devices = args.world_size
     summary = {
         "base_model": config.model,
-        "dataset": {**_data_record(config, data, len(data.evaluation) if data.evaluation is not None else None),
-                    "eval_recipe": config.eval_recipe, "test_rows_checked": checked},
+        "dataset": {
+            **_data_record(config, data, len(data.evaluation) if data.evaluation is not None else None),
+            "eval_recipe": config.eval_recipe,
+            "test_rows_checked": checked,
+        },
         "steps": trainer.state.global_step,
         "resumed_from": Path(checkpoint).name if checkpoint else None,
         "epochs": trainer.state.epoch,
@@ -323,7 +356,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
         },
         "license": config.license,
         "packages": package_versions(VERSIONED_PACKAGES),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if not all(math.isfinite(loss) for _, loss in losses):
         logger.warning("The training loss was not finite at some step: check the learning rate and the precision")
@@ -333,16 +366,27 @@ def main(config: TrainConfig) -> dict[str, Any]:
     loss = summary["loss"]
     logger.info(
         "Trained %d steps (%.2f epochs) on %d tokens in %.0f s on %s; loss first %s, min %s, last %s. Adapter in %s",
-        summary["steps"], summary["epochs"], summary["train_tokens"], train_seconds, summary["compute"]["device_name"],
-        loss["first"], loss["min"], loss["last"], output_dir,
-    )  # fmt: skip
+        summary["steps"],
+        summary["epochs"],
+        summary["train_tokens"],
+        train_seconds,
+        summary["compute"]["device_name"],
+        loss["first"],
+        loss["min"],
+        loss["last"],
+        output_dir,
+    )
 
     if config.push_to_hub:
-        summary["pushed_commit"] = publish_adapter(output_dir, config.push_to_hub, config.adapter_hub_dir, private=config.private)
+        summary["pushed_commit"] = publish_adapter(
+            output_dir, config.push_to_hub, config.adapter_hub_dir, private=config.private
+        )
     return summary
 
 
-def make_trainer(config: TrainConfig, model: Any, tokenizer: Any, args: Any, peft_config: Any, train: Any, evaluation: Any | None) -> Any:
+def make_trainer(
+    config: TrainConfig, model: Any, tokenizer: Any, args: Any, peft_config: Any, train: Any, evaluation: Any | None
+) -> Any:
     """TRL's SFTTrainer on prompt-completion rows: it applies the chat template (with `enable_thinking` when set, as
     evaluation does) and masks the prompt's labels (-100), so the loss is on the assistant's answer only."""
     from trl import SFTTrainer
@@ -352,8 +396,14 @@ def make_trainer(config: TrainConfig, model: Any, tokenizer: Any, args: Any, pef
             return dataset
         return dataset.add_column("chat_template_kwargs", [{"enable_thinking": config.enable_thinking}] * len(dataset))
 
-    return SFTTrainer(model=model, args=args, train_dataset=with_kwargs(train), eval_dataset=with_kwargs(evaluation),
-                      processing_class=tokenizer, peft_config=peft_config)  # fmt: skip
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=with_kwargs(train),
+        eval_dataset=with_kwargs(evaluation),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
 
 
 def epoch_tokens(dataset: Any) -> dict[str, int]:
@@ -371,7 +421,11 @@ class TrainClock:
     FILE = "nanoflux_clock.json"
 
     def __init__(self, checkpoint: Path | None) -> None:
-        saved = json.loads((checkpoint / self.FILE).read_text()) if checkpoint and (checkpoint / self.FILE).is_file() else {}
+        saved = (
+            json.loads((checkpoint / self.FILE).read_text())
+            if checkpoint and (checkpoint / self.FILE).is_file()
+            else {}
+        )
         self.before: float = float(saved.get("train_seconds", 0.0))
         self.segments: int = int(saved.get("segments", 0)) + 1
         self._start = time.perf_counter()
@@ -392,7 +446,9 @@ class TrainClock:
             def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if folder.is_dir():
-                    (folder / clock.FILE).write_text(json.dumps({"train_seconds": clock.seconds(), "segments": clock.segments}))
+                    (folder / clock.FILE).write_text(
+                        json.dumps({"train_seconds": clock.seconds(), "segments": clock.segments})
+                    )
 
         return SaveClock()
 
@@ -420,9 +476,19 @@ def _data_record(config: TrainConfig, data: TrainData, eval_rows: int | None) ->
     bench = config.benchmark
     if bench is not None:
         revision = bench.revision or "main"
-        return {"benchmark": bench.name, "repo_id": bench.path, "subset": bench.subset, "split": bench.split, "revision": revision,
-                "commit": data.commit, "pinned": f"{bench.path}@{revision}@{data.commit}", "rows": len(data.train), "eval_split": None,
-                "eval_rows": None, **targets}  # fmt: skip
+        return {
+            "benchmark": bench.name,
+            "repo_id": bench.path,
+            "subset": bench.subset,
+            "split": bench.split,
+            "revision": revision,
+            "commit": data.commit,
+            "pinned": f"{bench.path}@{revision}@{data.commit}",
+            "rows": len(data.train),
+            "eval_split": None,
+            "eval_rows": None,
+            **targets,
+        }
     return {
         "repo_id": config.dataset_name,
         "revision": config.revision,
@@ -510,10 +576,15 @@ def publish_adapter(output_dir: str | Path, repo_id: str, hub_dir: str | None = 
     output_dir = Path(output_dir)
     needed = [output_dir / name for name in ("adapter_config.json", SUMMARY_FILE)]
     if not all(path.is_file() for path in needed):
-        raise PublishError(f"output_dir: {output_dir} holds no trained adapter (needs adapter_config.json and {SUMMARY_FILE}). Fix: run `nanoflux train` first")
+        raise PublishError(
+            f"output_dir: {output_dir} holds no trained adapter (needs adapter_config.json and {SUMMARY_FILE}). Fix:"
+            " run `nanoflux train` first"
+        )
     write_card(output_dir, repo_id)  # the loading snippet names the repo it goes to
     summary = json.loads((output_dir / SUMMARY_FILE).read_text())
-    files = sorted(p for p in output_dir.iterdir() if p.is_file() and not any(fnmatch.fnmatch(p.name, s) for s in UPLOAD_SKIP))
+    files = sorted(
+        p for p in output_dir.iterdir() if p.is_file() and not any(fnmatch.fnmatch(p.name, s) for s in UPLOAD_SKIP)
+    )
     # In-memory files go up over plain LFS (huggingface_hub uses Xet only for files on disk), which both the Hub and
     # the local repository folder (LocalHub speaks LFS, not Xet) accept.
     operations = [CommitOperationAdd(path.name, io.BytesIO(path.read_bytes())) for path in files]
@@ -528,9 +599,10 @@ def publish_adapter(output_dir: str | Path, repo_id: str, hub_dir: str | None = 
             )
     except HfHubHTTPError as err:
         raise PublishError(
-            f"pushing {output_dir} to {repo_id} failed ({str(err).splitlines()[0]}); the adapter is saved in {output_dir}. "
-            f"Fix: run `nanoflux publish-adapter {output_dir} --repo_id {repo_id}"
-            + (f" --hub_dir {hub_dir}" if hub_dir else "") + "` (nothing is retrained)"
+            f"pushing {output_dir} to {repo_id} failed ({str(err).splitlines()[0]}); the adapter is saved in"
+            f" {output_dir}. Fix: run `nanoflux publish-adapter {output_dir} --repo_id {repo_id}"
+            + (f" --hub_dir {hub_dir}" if hub_dir else "")
+            + "` (nothing is retrained)"
         ) from None
     logger.info("Pushed the adapter to %s: commit %s", repo_id, commit.oid[:12])
     return commit.oid

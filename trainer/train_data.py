@@ -67,18 +67,33 @@ def load_train_data(config: TrainConfig) -> TrainData:
             source = {"path": str(store.checkout("dataset", repo, commit, checkout))}
         try:
             splits = load_dataset(**source)
-        except ValueError as err:  # datasets refuses a split without rows ("Instruction 'train' corresponds to no data!")
+        except (
+            ValueError
+        ) as err:  # datasets refuses a split without rows ("Instruction 'train' corresponds to no data!")
             raise _no_rows(repo, revision, commit, f" ({err})") from None
 
     def sft(split: str) -> tuple[Any, list[str]]:
         if split not in splits:
-            raise TrainError(f"{repo}@{revision} has no split {split!r} (has: {list(splits)}). Fix: publish it, or pick one of those")
+            raise TrainError(
+                f"{repo}@{revision} has no split {split!r} (has: {list(splits)}). Fix: publish it, or pick one of"
+                " those"
+            )
         data = splits[split]
         if "messages" not in data.column_names:
-            raise TrainError(f"dataset_name: {repo}@{revision} has no `messages` column, so it is not a NanoFlux dataset. Fix: point at a dataset `nanoflux build` published")
+            raise TrainError(
+                f"dataset_name: {repo}@{revision} has no `messages` column, so it is not a NanoFlux dataset. Fix:"
+                " point at a dataset `nanoflux build` published"
+            )
         data = data.filter(lambda row: bool(row["messages"]))
-        rows = [prompt_completion(messages, f"{repo}@{revision} [{split}] row {i}") for i, messages in enumerate(data["messages"])]
-        questions = [str(q) for q in data["question"]] if "question" in data.column_names else [user_turn(row["prompt"]) for row in rows]
+        rows = [
+            prompt_completion(messages, f"{repo}@{revision} [{split}] row {i}")
+            for i, messages in enumerate(data["messages"])
+        ]
+        questions = (
+            [str(q) for q in data["question"]]
+            if "question" in data.column_names
+            else [user_turn(row["prompt"]) for row in rows]
+        )
         return rows, questions
 
     train_rows, questions = sft("train")
@@ -87,7 +102,14 @@ def load_train_data(config: TrainConfig) -> TrainData:
     eval_rows = sft(config.eval_split)[0] if config.eval_split else None
     explained = sum(has_reasoning(row["completion"][0]["content"]) for row in train_rows)
     logger.info("Dataset %s@%s = commit %s: %d training conversations", repo, revision, commit[:12], len(train_rows))
-    return TrainData(_dataset(train_rows), _dataset(eval_rows) if eval_rows else None, commit, questions, targets_kind(explained, len(train_rows)), explained)
+    return TrainData(
+        _dataset(train_rows),
+        _dataset(eval_rows) if eval_rows else None,
+        commit,
+        questions,
+        targets_kind(explained, len(train_rows)),
+        explained,
+    )
 
 
 def prompt_completion(messages: list[dict[str, str]], where: str) -> dict[str, list[dict[str, str]]]:
@@ -95,7 +117,11 @@ def prompt_completion(messages: list[dict[str, str]], where: str) -> dict[str, l
     loss), that assistant turn the completion (the loss). Later turns, if any, are not trained on."""
     last = max((i for i, message in enumerate(messages) if message.get("role") == "assistant"), default=None)
     if not last:  # None, or an assistant turn with nothing before it
-        raise TrainError(f"dataset_name: {where} has no assistant turn after a user turn (roles: {[m.get('role') for m in messages]}). Fix: publish rows whose `messages` end with the assistant's answer")
+        raise TrainError(
+            f"dataset_name: {where} has no assistant turn after a user turn (roles:"
+            f" {[m.get('role') for m in messages]}). Fix: publish rows whose `messages` end with the assistant's"
+            " answer"
+        )
     return {"prompt": [dict(m) for m in messages[:last]], "completion": [dict(messages[last])]}
 
 
@@ -123,23 +149,40 @@ def _dataset(rows: list[dict[str, Any]]) -> Any:
 def _benchmark_data(bench: BenchmarkConfig, *, reasoning: bool) -> TrainData:
     """A benchmark's training rows as `nanoflux eval` asks them (trainer.baseline); the commit is the Hub commit it
     resolved to ("local" for a local file)."""
-    from trainer.baseline import baseline_rows
     from nanoflux.benchmarks import EvalError, resolve_revision
+    from trainer.baseline import baseline_rows
 
     commit = resolve_revision(bench) or "local"
     try:
         data = baseline_rows(bench, reasoning=reasoning, revision=None if commit == "local" else commit)
     except (EvalError, OSError, ValueError) as err:
-        raise TrainError(f"benchmark: cannot read {bench.path} [{bench.split}] ({str(err).splitlines()[0]}). Fix: check benchmark.path, subset and split") from None
-    logger.info("Baseline data: %s [%s], %d training conversations (targets: %s)", bench.path, bench.split, len(data.rows), data.targets)
-    return TrainData(_dataset(data.rows), None, commit, [row["question"] for row in data.rows], data.targets, data.rows_with_reasoning, data.prompt)
+        raise TrainError(
+            f"benchmark: cannot read {bench.path} [{bench.split}] ({str(err).splitlines()[0]}). Fix: check"
+            " benchmark.path, subset and split"
+        ) from None
+    logger.info(
+        "Baseline data: %s [%s], %d training conversations (targets: %s)",
+        bench.path,
+        bench.split,
+        len(data.rows),
+        data.targets,
+    )
+    return TrainData(
+        _dataset(data.rows),
+        None,
+        commit,
+        [row["question"] for row in data.rows],
+        data.targets,
+        data.rows_with_reasoning,
+        data.prompt,
+    )
 
 
 def check_test_rows(config: TrainConfig, data: TrainData, what: str) -> int:
     """With `eval_recipe`: refuse training rows that ask a question of that evaluation's test rows (trainer.baseline)."""
+    from nanoflux.benchmarks import EvalError
     from nanoflux.recipe import ConfigError
     from trainer.baseline import TestRowsInTraining, check_no_test_rows
-    from nanoflux.benchmarks import EvalError
     from trainer.evaluate import build_eval_config
 
     try:
@@ -154,7 +197,10 @@ def check_test_rows(config: TrainConfig, data: TrainData, what: str) -> int:
     except TestRowsInTraining as err:
         raise TrainError(str(err)) from None
     except (EvalError, OSError, ValueError) as err:
-        raise TrainError(f"eval_recipe: cannot read the test rows of {config.eval_recipe} ({str(err).splitlines()[0]}). Fix: check its benchmarks, or set eval_recipe: null") from None
+        raise TrainError(
+            f"eval_recipe: cannot read the test rows of {config.eval_recipe} ({str(err).splitlines()[0]}). Fix: check"
+            " its benchmarks, or set eval_recipe: null"
+        ) from None
 
 
 # At train time near copies are looked for with 13-grams (GPT-3 / OLMo) and number-masked n-grams: no embedding model
@@ -176,42 +222,59 @@ def check_near_copies(eval_recipe: str, questions: list[str], what: str) -> None
     settings = DecontaminationConfig(eval_recipe=eval_recipe, **TRAIN_TIME_CHECK)
     _, contaminated = check([{"question": q} for q in questions], load_reference(eval_recipe), settings, None)
     if contaminated:
-        matches = [f"{m['benchmark']} {m['item_id']} ({m['detector']})" for row in contaminated for m in row["contamination"][:1]]
+        matches = [
+            f"{m['benchmark']} {m['item_id']} ({m['detector']})"
+            for row in contaminated
+            for m in row["contamination"][:1]
+        ]
         raise TrainError(
-            f"eval_recipe: {what} holds {len(contaminated)} question(s) that nearly copy the evaluation's benchmark questions "
-            f"({', '.join(matches[:5])}). Fix: rebuild or re-publish the dataset with decontamination on (it drops them), "
-            "or train on another version"
+            f"eval_recipe: {what} holds {len(contaminated)} question(s) that nearly copy the evaluation's benchmark"
+            f" questions ({', '.join(matches[:5])}). Fix: rebuild or re-publish the dataset with decontamination on"
+            " (it drops them), or train on another version"
         )
-    logger.info("No training question nearly copies a question of the evaluation's benchmarks (%s)", ", ".join(f"{k}={v}" for k, v in TRAIN_TIME_CHECK.items()))
+    logger.info(
+        "No training question nearly copies a question of the evaluation's benchmarks (%s)",
+        ", ".join(f"{k}={v}" for k, v in TRAIN_TIME_CHECK.items()),
+    )
 
 
 def _hub_commit(repo: str, revision: str) -> str:
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     api = HfApi()
     try:
         return api.dataset_info(repo, revision=revision).sha
     except RevisionNotFoundError:
-        raise _no_revision(repo, revision, [tag.name for tag in api.list_repo_refs(repo, repo_type="dataset").tags]) from None
+        raise _no_revision(
+            repo, revision, [tag.name for tag in api.list_repo_refs(repo, repo_type="dataset").tags]
+        ) from None
     except RepositoryNotFoundError:
-        raise TrainError(f"dataset_name: no dataset repo {repo!r} on {api.endpoint}. Fix: check the repo id (and HF_TOKEN for a private repo), or set hub_dir for a local folder") from None
+        raise TrainError(
+            f"dataset_name: no dataset repo {repo!r} on {api.endpoint}. Fix: check the repo id (and HF_TOKEN for a"
+            " private repo), or set hub_dir for a local folder"
+        ) from None
     except HfHubHTTPError as err:
-        raise TrainError(f"dataset_name: cannot read {repo}@{revision} ({str(err).splitlines()[0]}). Fix: check the network and HF_TOKEN") from None
+        raise TrainError(
+            f"dataset_name: cannot read {repo}@{revision} ({str(err).splitlines()[0]}). Fix: check the network and"
+            " HF_TOKEN"
+        ) from None
 
 
 def _local_store(hub_dir: str, repo: str) -> Any:
     from localhub import RepoStore
 
     if not Path(hub_dir).is_dir():  # RepoStore would create it
-        raise TrainError(f"hub_dir: folder not found (got {hub_dir!r}). Fix: point it at the folder `nanoflux build --hub_dir` published to")
+        raise TrainError(
+            f"hub_dir: folder not found (got {hub_dir!r}). Fix: point it at the folder `nanoflux build --hub_dir`"
+            " published to"
+        )
     store = RepoStore(hub_dir)
     if not store.exists("dataset", repo):
-        raise TrainError(f"dataset_name: no dataset repo {repo!r} in {hub_dir} (has: {store.list_repos('dataset')}). Fix: check the repo id")
+        raise TrainError(
+            f"dataset_name: no dataset repo {repo!r} in {hub_dir} (has: {store.list_repos('dataset')}). Fix: check the"
+            " repo id"
+        )
     return store
 
 
@@ -225,8 +288,14 @@ def _local_commit(store: Any, repo: str, revision: str) -> str:
 
 
 def _no_rows(repo: str, revision: str, commit: str, detail: str = "") -> TrainError:
-    return TrainError(f"revision: {repo}@{revision} (commit {commit[:12]}) has no rows to train on{detail}. Fix: pick a version that has rows, or publish a build that kept some")
+    return TrainError(
+        f"revision: {repo}@{revision} (commit {commit[:12]}) has no rows to train on{detail}. Fix: pick a version that"
+        " has rows, or publish a build that kept some"
+    )
 
 
 def _no_revision(repo: str, revision: str, tags: list[str]) -> TrainError:
-    return TrainError(f"revision: {repo} has no version {revision!r} (versions: {', '.join(sorted(tags)) or 'none'}). Fix: pass --revision with one of those")
+    return TrainError(
+        f"revision: {repo} has no version {revision!r} (versions: {', '.join(sorted(tags)) or 'none'}). Fix: pass"
+        " --revision with one of those"
+    )

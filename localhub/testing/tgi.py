@@ -46,7 +46,16 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["LOOPBACK_HOSTS", "SERVER_KINDS", "Fault", "RecordedRequest", "Reply", "ScriptedTGI", "echo_responder", "loopback_reachable"]
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "SERVER_KINDS",
+    "Fault",
+    "RecordedRequest",
+    "Reply",
+    "ScriptedTGI",
+    "echo_responder",
+    "loopback_reachable",
+]
 
 
 @dataclass(frozen=True)
@@ -352,10 +361,15 @@ class ScriptedTGI:
             return None
         kind = fmt.get("type") if isinstance(fmt, dict) else None
         if self.kind == "tgi" and (kind not in ("json", "json_object", "json_schema", "regex") or "value" not in fmt):
-            message = "Failed to deserialize the JSON body into the target type: response_format: missing field `value`"
+            message = (
+                "Failed to deserialize the JSON body into the target type: response_format: missing field `value`"
+            )
             return 422, {"error": message, "error_type": "validation"}
         if self.kind == "vllm" and kind not in ("text", "json_object", "json_schema", "structural_tag"):
-            message = f"1 validation error for ChatCompletionRequest\nresponse_format.type\n  Input should be 'text', 'json_object', 'json_schema' or 'structural_tag' [type=literal_error, input_value={kind!r}]"
+            message = (
+                "1 validation error for ChatCompletionRequest\nresponse_format.type\n  Input should be 'text',"
+                f" 'json_object', 'json_schema' or 'structural_tag' [type=literal_error, input_value={kind!r}]"
+            )
             return 400, {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
         if self.kind == "llama_cpp" and kind not in ("text", "json_object"):
             message = (

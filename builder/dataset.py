@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, Features, List, Value
+import pyarrow as pa
+from datasets import Dataset, DatasetInfo, Features, List, Value
 
 from nanoflux.questions import build_prompt
 
@@ -111,6 +112,7 @@ COLUMNS: dict[str, tuple[Any, str]] = {
 }
 
 FEATURES = Features({name: feature for name, (feature, _) in COLUMNS.items()})
+SCHEMA = FEATURES.arrow_schema
 
 
 ID_LENGTH = 16
@@ -162,8 +164,11 @@ def sft_messages(
 
 
 def to_dataset(rows: list[dict[str, Any]]) -> Dataset:
-    # Column-wise, so that no rows still gives every column.
-    return Dataset.from_dict({name: [row.get(name) for row in rows] for name in COLUMNS}, features=FEATURES)
+    """The rows as a `datasets.Dataset` with every column (also when there are none), typed by FEATURES."""
+    table = pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in COLUMNS}, schema=SCHEMA)
+    # A fingerprint of the rows' own content: datasets would otherwise hash the table through dill (slow, unused here).
+    digest = hashlib.sha256(b"".join(json.dumps(row, sort_keys=True, default=str).encode() for row in rows))
+    return Dataset(table, info=DatasetInfo(features=FEATURES), fingerprint=digest.hexdigest()[:16])
 
 
 def write_rows(rows: list[dict[str, Any]], parquet_path: Path, jsonl_path: Path) -> Dataset:
@@ -172,6 +177,7 @@ def write_rows(rows: list[dict[str, Any]], parquet_path: Path, jsonl_path: Path)
     parquet_path.parent.mkdir(parents=True, exist_ok=True)
     dataset.to_parquet(str(parquet_path))
     with jsonl_path.open("w", encoding="utf-8") as f:
-        for row in dataset:
+        # Arrow's own conversion: the rows iterating the Dataset gives, without its per-row formatting.
+        for row in dataset.data.table.to_pylist():
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return dataset

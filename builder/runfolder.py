@@ -39,6 +39,8 @@ from nanoflux.runfolder import (
 logger = logging.getLogger(__name__)
 
 JOURNALS = ("calls.jsonl", "tools.jsonl", "examples.jsonl")
+# An evaluation's folder (`nanoflux eval`, endpoint engine) journals its answers the same way: doctor checks it too.
+EVAL_JOURNALS = ("answers.jsonl",)
 RUNS_FILE = "runs.json"
 
 
@@ -242,9 +244,10 @@ def _check_journal(path: Path) -> tuple[Finding, journals.Scan]:
     )
     keys = sorted({d.key for d in found.damaged if d.key})
     unknown = found.lost - len(keys)
-    resend = f"sent again: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}" if keys else ""
+    again = "asked again" if path.name in EVAL_JOURNALS else "sent again"
+    resend = f"{again}: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}" if keys else ""
     if unknown > 0:
-        resend += f"{'; ' if resend else 'sent again: '}{unknown} record(s) whose key is not legible"
+        resend += f"{'; ' if resend else again + ': '}{unknown} record(s) whose key is not legible"
     detail = "\n".join([found.summary(details=False), *lines, *([f"      {resend}"] if found.lost else [])])
     fix = (
         "--repair (or the next build) keeps every intact record and sets the damaged lines aside in "
@@ -259,18 +262,21 @@ def _check_journal(path: Path) -> tuple[Finding, journals.Scan]:
 
 
 def diagnose(folder: str | Path, repair: bool = False) -> list[Finding]:
-    """Check every journal and state file in `folder`; with `repair`, fix what can be fixed (under the folder's lock)."""
+    """Check every journal and state file in `folder`; with `repair`, fix what can be fixed (under the folder's
+    lock)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise RunFolderError(f"output_dir {folder} does not exist. Fix: pass the output_dir of a build")
+        raise RunFolderError(
+            f"output_dir {folder} does not exist. Fix: pass the output_dir of a build or an evaluation"
+        )
     if not repair:
         return [
-            *(_check_journal(folder / name)[0] for name in JOURNALS if (folder / name).exists()),
+            *(_check_journal(folder / name)[0] for name in JOURNALS + EVAL_JOURNALS if (folder / name).exists()),
             *_check_state(folder),
         ]
     with locked(folder, "doctor --repair"):
         findings = []
-        for name in JOURNALS:
+        for name in JOURNALS + EVAL_JOURNALS:
             if (folder / name).exists():
                 finding, found = _check_journal(folder / name)
                 if finding.problem:
@@ -309,7 +315,7 @@ def doctor(folder: str | Path, repair: bool = False) -> tuple[str, bool]:
         out.append(f"    {'repaired: ' + finding.repaired if finding.repaired else 'fix: ' + finding.fix}")
     remaining = [f for f in findings if f.problem and not f.repaired]
     if not findings:
-        out.append("  no journal or state file: not a build folder?")
+        out.append("  no journal or state file: not a build or evaluation folder?")
     elif remaining and not repair:
         out.append(f"{len(remaining)} problem(s). Fix: nanoflux doctor {folder} --repair (keeps every intact record)")
     elif remaining:
@@ -318,7 +324,7 @@ def doctor(folder: str | Path, repair: bool = False) -> tuple[str, bool]:
         out.append(
             "healthy"
             if not repair or not any(f.problem for f in findings)
-            else "repaired: a resumed build sends the lost calls again"
+            else "repaired: a resumed build (or evaluation) sends the lost calls again"
         )
     return "\n".join(out), not remaining
 

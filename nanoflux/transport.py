@@ -43,6 +43,7 @@ from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, Offlin
 
 from nanoflux.capacity import AdaptiveLimit, shared_limit
 from nanoflux.chat import ChatRequest, ChatResponse, EndpointError
+from nanoflux.connections import Connections
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ class _LoopState:
     loop: asyncio.AbstractEventLoop
     limit: AdaptiveLimit
     detect_lock: asyncio.Lock
-    http: httpx2.AsyncClient | None = None
+    http: Connections | None = None
     hub: AsyncInferenceClient | None = None
 
 
@@ -398,10 +399,7 @@ class EndpointClient:
             key = public_url(route_url(self.base_url, "")) if self.base_url else f"hub:{self.model}"
             state = _LoopState(loop, shared_limit(str(key), self.max_concurrency), asyncio.Lock())
             if self.base_url:
-                pool = httpx2.Limits(
-                    max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
-                )
-                state.http = httpx2.AsyncClient(timeout=self.retry.timeout, limits=pool, follow_redirects=True)
+                state.http = Connections(self.max_concurrency, self.retry.timeout)
             else:
                 state.hub = AsyncInferenceClient(model=self.model, token=self._token, timeout=self.retry.timeout)
             self._state, self._limit = state, state.limit
@@ -417,7 +415,8 @@ class EndpointClient:
             if self._server is None:
                 assert state.http is not None and self.base_url
                 try:
-                    server, sent = await detect_server(state.http, self.base_url, self._headers())
+                    async with state.http.lease() as http:
+                        server, sent = await detect_server(http, self.base_url, self._headers())
                 except httpx2.TimeoutException:
                     self.stats.probes += 1
                     raise _AttemptFailed(
@@ -515,7 +514,8 @@ class EndpointClient:
             self.stats.attempts_by_role[role] += 1
             try:
                 if state.http is not None:
-                    response = await self._post(state.http, request, fmt, server)
+                    async with state.http.lease() as http:
+                        response = await self._post(http, request, fmt, server)
                 else:
                     assert state.hub is not None
                     response = await self._post_hub(state.hub, request, fmt, server)

@@ -56,3 +56,24 @@ def test_an_empty_curated_set_is_still_written_with_every_column(tmp_path):
     dataset = write_rows([], tmp_path / "data" / "train.parquet", tmp_path / "curated.jsonl")
     assert dataset.num_rows == 0 and dataset.column_names == list(COLUMNS)
     assert (tmp_path / "curated.jsonl").read_text() == ""
+
+
+def test_written_rows_are_what_datasets_itself_makes_of_them(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    from builder.dataset import COLUMNS, FEATURES, write_rows
+
+    rows = [
+        {**_row(i), "question": f"Question {i} – é?", "options": ["a", "b"] if i % 2 else None, "novel": bool(i % 3)}
+        for i in range(7)
+    ]
+    dataset = write_rows(rows, tmp_path / "data" / "train.parquet", tmp_path / "curated.jsonl")
+    reference = Dataset.from_dict({name: [row.get(name) for row in rows] for name in COLUMNS}, features=FEATURES)
+    written = [json.loads(line) for line in (tmp_path / "curated.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert written == list(reference) == list(dataset)
+    assert dataset.features == reference.features
+    parquet = pq.read_table(tmp_path / "data" / "train.parquet")
+    assert parquet.to_pylist() == written and parquet.schema.types == reference.data.table.schema.types

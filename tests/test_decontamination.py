@@ -12,20 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.decontamination import (
-    DecontaminationConfig,
-    DecontaminationError,
-    Reference,
-    ReferenceItem,
-    check,
-    counts,
-    decontaminate,
-    load_reference,
-    ngrams,
-    report,
-    words,
-    write_report,
-)
+from builder.decontamination import DecontaminationConfig, check, counts, decontaminate, report, write_report
+from builder.reference import DecontaminationError, Reference, ReferenceItem, load_reference, ngrams, words
+from builder.screen import Screen
 from nanoflux.recipe import ConfigError, from_dict
 
 ROWS = Path(__file__).parent / "fixtures" / "decontamination" / "rows.jsonl"
@@ -107,6 +96,30 @@ def test_planted_copies_are_dropped_and_clean_rows_kept(reference, embedder, row
         "by_benchmark": {"genome-bench": 1, "gsm-hard": 1, "medqa": 1},
         "by_detector": {"ngram": 2, "numbers": 3, "embedding": 2},
     }
+
+
+def test_the_screen_checking_in_background_batches_finds_what_one_check_at_the_end_finds(reference, embedder, rows):
+    config = DecontaminationConfig()
+    clean, contaminated = check(rows, reference, config, embedder)
+    screen = Screen(reference, config, embedder, batch=3)
+    try:
+        for row in rows[:7]:  # the rest were never submitted (as a resumed build's earlier rows): checked at the end
+            screen.submit(row)
+        screen.submit(rows[0])  # twice: checked once
+        outcome = decontaminate(
+            rows, config, domain="medical", embedder=embedder, reference=reference, matches=screen.matches(rows)
+        )
+    finally:
+        screen.close()
+    assert outcome.clean == clean and outcome.contaminated == contaminated
+    assert [row["id"] for row in outcome.contaminated] == PLANTED
+
+
+def test_a_disabled_screen_checks_nothing(reference, rows):
+    screen = Screen(reference, DecontaminationConfig(enabled=False))
+    screen.submit(rows[0])
+    assert screen.matches(rows) == [[] for _ in rows]
+    screen.close()
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,28 @@ def test_doctor_reports_damage_and_repair_keeps_every_intact_record(tmp_path, ca
     assert capsys.readouterr().out.rstrip().endswith("healthy")
 
 
+def test_doctor_checks_and_repairs_an_evaluations_answers_journal(tmp_path, capsys):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    journal = Journal(folder / "answers.jsonl")
+    for i in range(4):
+        journal.put({"key": f"medqa/q{i}", "answer": f"({'ABCD'[i]})"})
+    journal.close()
+    lines = (folder / "answers.jsonl").read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b"(C)", b"(D)")  # altered: its checksum no longer matches
+    (folder / "answers.jsonl").write_bytes(b"".join(lines))
+
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["doctor", str(folder)])
+    report = capsys.readouterr().out
+    assert exit_.value.code == 1 and "answers.jsonl: damaged" in report and "asked again: medqa/q2" in report
+    cli_main(["doctor", str(folder), "--repair"])
+    assert "rewritten with 3 intact record(s)" in capsys.readouterr().out
+    assert sorted(Journal(folder / "answers.jsonl").records) == ["medqa/q0", "medqa/q1", "medqa/q3"]
+    cli_main(["doctor", str(folder)])
+    assert capsys.readouterr().out.rstrip().endswith("healthy")
+
+
 @pytest.mark.usefixtures("allow_loopback_offline")
 def test_a_resumed_build_with_a_damaged_journal_resends_exactly_the_lost_calls(tmp_path):
     def content(path: Path) -> list[dict]:

@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install install-core demo test test-fast clean
+.PHONY: install install-core demo lint test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,14 @@ install: $(BIN)/python
 demo: install-core
 	$(BIN)/nanoflux build --config configs/local.yaml $(ARGS)
 
-## The whole test suite, slow real-model tests included (what CI runs).
-test: install
+## Formatting and lint (ruff, settings in pyproject.toml): `ruff format .` fixes the first, `ruff check --fix .` much
+## of the second.
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+## Lint, then the whole test suite, slow real-model tests included (what CI runs).
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Only the fast tests.

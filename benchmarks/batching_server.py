@@ -19,7 +19,8 @@ request stays the same, so a higher speed makes it harder for the client to keep
 The bound (no client can do better): every step makes at most `slots` tokens, every token costs `step_per_seq_s` and
 every prompt token `prefill_per_token_s`, so the work the server was given takes at least
 
-    bound_s = step_base_s x ceil(completion_tokens / slots) + step_per_seq_s x completion_tokens + prefill_per_token_s x prompt_tokens
+    bound_s = step_base_s x ceil(completion_tokens / slots)
+              + step_per_seq_s x completion_tokens + prefill_per_token_s x prompt_tokens
 
 (over `speed`), reached when every step runs full. `ratio_to_bound = bound_s / wall_s`; `busy_s` (the steps' time)
 splits it into how full the steps ran (`bound_s / busy_s`) and how much of the wall the server was working
@@ -42,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from localhub.serving import base_url
 from nanoflux.recipe import check_range
 
 logger = logging.getLogger(__name__)
@@ -172,7 +174,8 @@ class BatchingEngine:
         return len(self._running) + len(self._waiting)
 
     def admit(self) -> None:
-        """Raise `Overloaded` (and count it) when the queue is full; call right before `generate`, with no await between."""
+        """Raise `Overloaded` (and count it) when the queue is full; call right before `generate`, with no await
+        between."""
         limit = self.model.waiting_limit
         if limit is not None and len(self._waiting) - (self.model.slots - len(self._running)) >= limit:
             self.stats.rejected += 1
@@ -258,7 +261,7 @@ class BatchingHTTPServer:
         self.engine.start()
         self._server = await asyncio.start_server(self._connection, host, 0, backlog=1024)
         port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://{host}:{port}"
+        self.url = base_url(host, port)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -1,4 +1,5 @@
-"""The NanoFlux three-role workload as a distilabel pipeline, for the side-by-side benchmark (`benchmarks/versus_distilabel.py`).
+"""The NanoFlux three-role workload as a distilabel pipeline, for the side-by-side benchmark
+(`benchmarks/versus_distilabel.py`).
 
 Usage (what `versus_distilabel` runs, in an interpreter that has distilabel; NanoFlux need not be installed there):
     python -m benchmarks.distilabel_pipeline spec.json result.json

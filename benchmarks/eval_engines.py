@@ -4,9 +4,9 @@ Usage:
     python -m benchmarks.eval_engines                              # writes benchmarks/results/evaluation_engines.json
     python -m benchmarks.eval_engines --limit 8 --max_new_tokens 128 --out /tmp/evaluation_engines.json
 
-Both engines run `nanoflux eval` (`trainer.evaluate.main`) on the local recipe (configs/eval/local.yaml): the packaged
-SmolLM2-135M-Instruct on the six benchmark fixtures (`limit` rows each), the base model only, final answer only, greedy,
-`max_new_tokens` new tokens, no compute accounting.
+Both engines run `nanoflux eval` (`trainer.evaluation.run.main`) on the local recipe (configs/eval/local.yaml): the
+packaged SmolLM2-135M-Instruct on the six benchmark fixtures (`limit` rows each), the base model only, final answer
+only, greedy, `max_new_tokens` new tokens, no compute accounting.
 - transformers: in-process, fp32 on the CPU (the dequantized GGUF), left-padded batches of the recipe's batch_size.
 - endpoint: llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`, installed with the `test` extra)
   serving the packaged Q4_1 GGUF on loopback, started here; every question one chat request through
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from localhub.serving import free_port, stop_process, wait_until_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "evaluation_engines.json"
@@ -49,18 +50,10 @@ class ServerUnavailable(RuntimeError):
     """llama_cpp.server cannot start here (its extras are missing, or it exited)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def packaged_llama_server(startup_timeout: float = 180.0, n_ctx: int = 2048) -> Iterator[tuple[str, float]]:
-    """`python -m llama_cpp.server` serving the packaged SmolLM2 GGUF on a free loopback port: (its URL, seconds it took
-    to answer /v1/models). Stopped (terminate, then kill) on exit."""
-    import httpx2
-
+    """`python -m llama_cpp.server` serving the packaged SmolLM2 GGUF on a free loopback port: (its URL, seconds it
+    took to answer /v1/models). Stopped (terminate, then kill) on exit."""
     from nanoflux.models import DEFAULT_MODEL_ID, PACKAGED_MODELS
 
     missing = [name for name in SERVER_EXTRAS if importlib.util.find_spec(name) is None]
@@ -68,7 +61,7 @@ def packaged_llama_server(startup_timeout: float = 180.0, n_ctx: int = 2048) -> 
         raise ServerUnavailable(f"llama_cpp.server needs {', '.join(missing)}: pip install 'llama-cpp-python[server]'")
     spec = PACKAGED_MODELS[DEFAULT_MODEL_ID]
     gguf = importlib.resources.files(spec.package) / spec.gguf_file
-    port = _free_port()
+    port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115
     command = [
         sys.executable,
@@ -89,29 +82,19 @@ def packaged_llama_server(startup_timeout: float = 180.0, n_ctx: int = 2048) -> 
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
+        if not wait_until_answers(
+            url, "/v1/models", startup_timeout, alive=lambda: process.poll() is None, interval=0.25
+        ):
             if process.poll() is not None:
                 raise ServerUnavailable(
                     f"llama_cpp.server exited with {process.returncode}: {Path(log.name).read_text()[-2000:]}"
                 )
-            try:
-                if httpx2.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.perf_counter() - started > startup_timeout:
-                raise ServerUnavailable(
-                    f"llama_cpp.server not ready after {startup_timeout:.0f} s: {Path(log.name).read_text()[-2000:]}"
-                )
-            time.sleep(0.25)
+            raise ServerUnavailable(
+                f"llama_cpp.server not ready after {startup_timeout:.0f} s: {Path(log.name).read_text()[-2000:]}"
+            )
         yield url, time.perf_counter() - started
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=20)
         log.close()
         os.unlink(log.name)
 
@@ -120,7 +103,7 @@ def local_config(
     output_dir: Path, *, limit: int, max_new_tokens: int, engine: str = "transformers", base_url: str | None = None
 ) -> Any:
     """configs/eval/local.yaml, base model only, without compute accounting, for one engine."""
-    from trainer.evaluate import build_eval_config
+    from trainer.evaluation.config import build_eval_config
 
     overrides = [
         "--adapter",
@@ -149,8 +132,8 @@ def agreement(first: Path, second: Path) -> dict[str, Any]:
         b = [json.loads(line) for line in (second / "details" / path.name).read_text().splitlines()]
         assert [r["id"] for r in a] == [r["id"] for r in b], path.name
         total += len(a)
-        same_answer += sum(x["extracted"] == y["extracted"] for x, y in zip(a, b))
-        same_text += sum(x["output"] == y["output"] for x, y in zip(a, b))
+        same_answer += sum(x["extracted"] == y["extracted"] for x, y in zip(a, b, strict=True))
+        same_text += sum(x["output"] == y["output"] for x, y in zip(a, b, strict=True))
     return {
         "questions": total,
         "same_extracted_answer": same_answer,
@@ -175,7 +158,7 @@ def _engine_figures(results: dict[str, Any], wall_s: float) -> dict[str, Any]:
 
 def main(limit: int = 4, max_new_tokens: int = 64, work_dir: Path | None = None) -> dict[str, Any]:
     """Measure both engines on the same questions; returns the record (figures and settings)."""
-    from trainer.evaluate import main as eval_main
+    from trainer.evaluation.run import main as eval_main
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="nanoflux-eval-engines-")).resolve()
     figures: dict[str, Any] = {}

@@ -3,7 +3,7 @@
 Usage:
     python3 -m benchmarks.gpu_training OUT.json                          # the 4B recipe on this machine's GPU
     python3 -m benchmarks.gpu_training OUT.json --training.gpu_steps 48 --training.gpu_short_seq_lens [256]
-    python3 -m benchmarks.gpu_training OUT.json --tiny                   # the same code on a tiny Qwen3 on CPU (a check)
+    python3 -m benchmarks.gpu_training OUT.json --tiny                   # the same code, tiny Qwen3 on CPU (a check)
 
 It runs `benchmarks.training_cost.measure_4b` (a random-weight Qwen3-4B, LoRA with configs/train/qwen3-4b-lora.yaml's
 settings; tokens/s, MFU, peak memory at each shape) and imports only torch, transformers, peft, numpy and yaml: not

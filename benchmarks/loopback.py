@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.batching_server import BatchingHTTPServer, ServerModel, stats_record
+from localhub.serving import stop_process
 
 ROLE_MARKERS = {"attacker": "You are the Attacker", "defender": "You are the Defender", "judge": "You are the Judge"}
 # Completion tokens per answer, cycled per role in arrival order (means 240 / 125 / 125 / 95); `solver` is the Judge's
@@ -74,7 +75,7 @@ class RoleWorkload:
         self.domain = domain
         self.lengths = {role: tuple(values) for role, values in (lengths or DEFAULT_LENGTHS).items()}
         self.criteria = [c.name for c in load_prompts(domain).rubric.quality]
-        corpus = resources.files("builder") / "corpora" / f"{domain}.jsonl"
+        corpus = resources.files("builder") / "domains" / domain / "corpus.jsonl"
         text = " ".join(json.loads(line)["text"] for line in corpus.read_text().splitlines() if line.strip())
         self.vocabulary = sorted(set(_WORD.findall(text.lower())))
         self._served: Counter[str] = Counter()
@@ -109,7 +110,8 @@ class RoleWorkload:
         return json.dumps(answer), length, role
 
     def _choice(self, role: str, rng: random.Random, user: str, length: int) -> dict[str, Any]:
-        # As many options as the recipe asks for: the Attacker's prompt names the last letter, the others' prompts list them.
+        # As many options as the recipe asks for: the Attacker's prompt names the last letter, the others' prompts
+        # list them.
         last = re.search(r"one of A, (?:[B-J], )*[B-J] or ([B-J])", user)
         letters = (
             LETTERS[: LETTERS.index(last.group(1)) + 1]
@@ -183,7 +185,8 @@ def serve(settings: dict[str, Any]) -> None:
 
 
 class LoopbackEndpoint:
-    """A `RoleWorkload` served by a simulated batching server in a child process. Use with `with`; `url` is its base URL."""
+    """A `RoleWorkload` served by a simulated batching server in a child process. Use with `with`; `url` is its base
+    URL."""
 
     def __init__(
         self, domain: str = "medical", *, server: ServerModel, lengths: dict[str, Sequence[int]] | None = None
@@ -239,11 +242,7 @@ class LoopbackEndpoint:
             self._process.stdin.close()
         except (BrokenPipeError, OSError):
             pass
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_process(self._process, timeout=10, terminate=False)  # closing its stdin asked it to stop
         self._process = None
 
 

@@ -19,7 +19,6 @@ import math
 import time
 import tracemalloc
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +96,9 @@ def measure_filter(bank: np.ndarray, candidates: np.ndarray, threshold: float) -
 def corpus_texts(n: int) -> list[str]:
     """`n` question-length pieces of the packaged reference corpora (repeated when there are fewer)."""
     pieces = []
-    for path in sorted((resources.files("builder") / "corpora").iterdir(), key=lambda p: p.name):
+    from builder.corpus import packaged_corpus, packaged_domains
+
+    for path in map(packaged_corpus, packaged_domains()):
         for line in path.read_text().splitlines():
             if line.strip():
                 words = json.loads(line)["text"].split()

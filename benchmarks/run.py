@@ -90,7 +90,8 @@ class BenchConfig:
     training: TrainingCostConfig = field(default_factory=TrainingCostConfig)
     results_dir: str = str(ROOT / "benchmarks" / "results")
     work_dir: str = str(ROOT / "outputs" / "bench")
-    """Builds, pipelines and adapters written while measuring (on a real disk: the journal's fsyncs are measured too)."""
+    """Builds, pipelines and adapters written while measuring (on a real disk: the journal's fsyncs are measured
+    too)."""
 
     def validate(self) -> None:
         self.throughput.validate("throughput")

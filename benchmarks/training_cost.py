@@ -32,15 +32,14 @@
    known to work.
 
 3. Compute ratio (the paper's 3-14x): training tokens of a 200-example NanoFlux dataset against the training set each
-   benchmark's full fine-tuning baseline trains on (trainer/baseline.py): GSM-Hard's is GSM8K's train split,
-   PubMedQA's is PQA-A (`pqa_artificial`), MedQA's and MedMCQA's are their train splits, each less the 500 rows the
-   project holds out of it as the benchmark's dev split. Genome-Bench has no training split (its one split is its
-   test set, and trainer/baseline.py refuses it as a baseline): its entry is the benchmark itself, marked
-   `baseline: false`, and left out of every aggregate. Targets carry the benchmark's reasoning where it has one
-   (GSM8K's solution, MedMCQA's `exp`, PubMedQA's `long_answer`, Genome-Bench's explanation; MedQA has none), as
-   `trainer.compute.benchmark_conversations` writes them, counted as `trainer.compute.count_training_tokens` counts
-   them (chat template applied, one epoch). Offline this is an ESTIMATE: each set's documented row count x the mean
-   tokens per row of its fixture rows (samples/benchmarks/, written for this project in the real schema;
+   benchmark's full fine-tuning baseline trains on (trainer/baseline.py): GSM-Hard's is GSM8K's train split, PubMedQA's
+   is PQA-A (`pqa_artificial`), MedQA's and MedMCQA's are their train splits, each less the 500 rows the project holds
+   out of it as the benchmark's dev split. Genome-Bench has no training split (its one split is its test set, and
+   trainer/baseline.py refuses it as a baseline): its entry is the benchmark itself, marked `baseline: false`, and left
+   out of every aggregate. Targets carry the benchmark's reasoning where it has one (GSM8K's solution, MedMCQA's `exp`,
+   PubMedQA's `long_answer`, Genome-Bench's explanation; MedQA has none), as trainer.evaluation.compute writes and
+   counts them (chat template applied, one epoch). Offline this is an ESTIMATE: each set's documented row count x the
+   mean tokens per row of its fixture rows (samples/benchmarks/, written for this project in the real schema;
    PubMedQA's fixture is pqa_labeled rows, the same schema as pqa_artificial), and 200 x the mean of the NanoFlux
    fixture rows. With `from_hub: true` the real training splits are read from the Hub and counted in full.
 
@@ -65,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.throughput import display_path
-from nanoflux.recipe import check_range, fail
+from nanoflux.recipe import check_range, fail, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -116,10 +115,9 @@ PEAK_BF16_TFLOPS = {
 }
 
 # The training set each benchmark's full fine-tuning baseline trains on (trainer/baseline.py): documented row counts
-# (`split_rows`, less the `dev_rows` the project holds out of that split as the benchmark's dev split), and the fixture
-# in the same schema whose rows give the tokens per row. `split` is the fixture's split name (as configs/eval/local.yaml
-# reads it). `baseline: false`: no baseline can train on it (Genome-Bench has no training split); it is reported, marked,
-# and left out of every aggregate.
+# (`split_rows`, less the `dev_rows` held out of that split as the benchmark's dev split), and the fixture in the same
+# schema whose rows give the tokens per row. `split`: the fixture's split name (as configs/eval/local.yaml reads it).
+# `baseline: false`: no baseline can train on it (no training split); it is reported, marked, left out of aggregates.
 FULL_SETS = [
     {
         "name": "gsm_hard",
@@ -250,7 +248,7 @@ def nanoflux_conversations() -> list[list[dict[str, str]]]:
 
 
 def publish_dataset(hub_dir: Path, rows: int) -> None:
-    """A dataset repo `BENCH_REPO` in the local repository folder `hub_dir` with tag v1: `rows` NanoFlux conversations."""
+    """A dataset repo `BENCH_REPO` in the local repository folder `hub_dir`, tag v1: `rows` NanoFlux conversations."""
     import io
 
     from builder.dataset import to_dataset
@@ -281,8 +279,8 @@ def cpu_recipe_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from trainer.train import build_train_config
     from trainer.train import main as train
+    from trainer.train_config import build_train_config
 
     work = Path(spec["work_dir"])
     shutil.rmtree(work, ignore_errors=True)
@@ -298,7 +296,7 @@ def cpu_recipe_child(spec: dict[str, Any]) -> dict[str, Any]:
             str(work / "hub"),
             "--output_dir",
             str(work / "adapter"),
-            "--max_steps",
+            "--sft.max_steps",
             str(spec["steps"]),
         ],
     )
@@ -309,10 +307,10 @@ def cpu_recipe_child(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "recipe": display_path(spec["recipe"]),
         "model": config.model,
-        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "target_modules": config.lora_target_modules},
-        "precision": "bf16" if config.bf16 else "fp32",
-        "batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps,
-        "max_length": config.max_length,
+        "lora": {"r": config.lora.r, "alpha": config.lora.alpha, "target_modules": config.lora.target_modules},
+        "precision": "bf16" if config.sft["bf16"] else "fp32",
+        "batch_size": config.sft["per_device_train_batch_size"] * config.sft["gradient_accumulation_steps"],
+        "max_length": config.sft["max_length"],
         "rows": spec["rows"],
         "steps": summary["steps"],
         "train_tokens": summary["train_tokens"],
@@ -363,6 +361,7 @@ RECIPE_FIELDS = (
     "gradient_checkpointing",
     "num_train_epochs",
 )
+SFT_NAMES = {"gradient_checkpointing": "activation_checkpointing"}  # transformers' name in a recipe's `sft:` block
 GPU_PACKAGES = ("torch", "transformers", "peft", "accelerate", "trl", "datasets", "numpy")
 
 
@@ -390,12 +389,12 @@ def read_lora_recipe(path: str) -> LoraRecipe:
     import (a GPU machine without datasets / trl), from the YAML file itself, which must then name every one of them.
     """
     try:
-        from trainer.train import build_train_config
+        from trainer.train_config import build_train_config
     except ImportError as err:
         import yaml
 
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        missing = [name for name in RECIPE_FIELDS if name not in data]
+        data = _flat(yaml.safe_load(Path(path).read_text()) or {})
+        missing = [name for name in RECIPE_FIELDS if data.get(name) is None]
         if missing:
             fail(
                 path,
@@ -409,10 +408,16 @@ def read_lora_recipe(path: str) -> LoraRecipe:
             **values,
             resolved_by=f"the recipe's YAML (trainer.train does not import here: {type(err).__name__}: {err})",
         )
-    recipe = build_train_config(str(path))
+    recipe = _flat(to_dict(build_train_config(str(path))))
     return LoraRecipe(
-        **{name: getattr(recipe, name) for name in RECIPE_FIELDS}, resolved_by="trainer.train.build_train_config"
+        **{name: recipe[name] for name in RECIPE_FIELDS}, resolved_by="trainer.train_config.build_train_config"
     )
+
+
+def _flat(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's `RECIPE_FIELDS` by their flat names, from its `lora:` and `sft:` blocks (`lora_r` is `lora.r`)."""
+    places = {n: ("lora", n[5:]) if n[:5] == "lora_" else ("sft", SFT_NAMES.get(n, n)) for n in RECIPE_FIELDS[1:]}
+    return {"model": recipe.get("model"), **{n: recipe.get(s, {}).get(k) for n, (s, k) in places.items()}}
 
 
 def qwen3_config(dimensions: dict[str, Any]) -> Any:
@@ -567,7 +572,7 @@ def gpu_shapes(config: TrainingCostConfig, recipe: LoraRecipe) -> list[tuple[int
 
 
 def gpu_environment() -> dict[str, Any]:
-    """The GPU and the versions its figures depend on (trl and datasets: not used by this code, recorded if present)."""
+    """The GPU and the versions its figures depend on (trl, datasets: not used by this code, recorded if present)."""
     import platform
     from importlib import metadata
 
@@ -721,18 +726,13 @@ def _targets(examples: Any) -> str:
 
 
 def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
-    """Training tokens of a `nanoflux_rows`-row NanoFlux dataset against each baseline's training set (see the docstring)."""
+    """Training tokens of a `nanoflux_rows`-row NanoFlux dataset against each baseline's training set (see above)."""
     from transformers import AutoTokenizer
 
+    from nanoflux.benchmarks import BenchmarkConfig, load_benchmark, load_rows
     from nanoflux.models import model_path
-    from trainer.evaluate import (
-        BenchmarkConfig,
-        benchmark_conversations,
-        count_training_tokens,
-        load_benchmark,
-        load_rows,
-        normalise,
-    )
+    from nanoflux.rows import normalise
+    from trainer.evaluation.compute import benchmark_conversations, count_training_tokens
 
     tokenizer_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
     tokenizer = AutoTokenizer.from_pretrained(model_path(tokenizer_id))
@@ -793,9 +793,7 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
         "tokenizer": (
             f"{tokenizer_id} (packaged; the ratio barely depends on the tokenizer, both sides use the same one)"
         ),
-        "unit": (
-            "training tokens per epoch (chat template applied), as trainer.compute.count_training_tokens counts them"
-        ),
+        "unit": "training tokens per epoch (chat template applied), as trainer.evaluation.compute counts them",
         "estimate": not config.from_hub,
         "nanoflux": {
             "rows": config.nanoflux_rows,
@@ -814,7 +812,7 @@ def compute_ratio(config: TrainingCostConfig) -> dict[str, Any]:
             "ratio": round(multimedqa_tokens / nanoflux_tokens, 2),
         },
         "targets": (
-            "the benchmark's reasoning, then `Final answer: <gold>` (trainer.compute.benchmark_conversations); "
+            "the benchmark's reasoning, then `Final answer: <gold>` (as trainer.evaluation.compute writes them); "
             "answer-only where the benchmark has none (MedQA)"
         ),
         "paper": "3-14x less compute than full-benchmark fine-tuning",

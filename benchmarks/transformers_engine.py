@@ -102,12 +102,12 @@ class _RowProcessor:
             greedy = [i for i in live if self.rows[i].request.temperature == 0]
             sampled = [i for i in live if self.rows[i].request.temperature > 0]
             if greedy:
-                for i, tok in zip(greedy, torch.argmax(scores[greedy], dim=-1).tolist()):
+                for i, tok in zip(greedy, torch.argmax(scores[greedy], dim=-1).tolist(), strict=True):
                     chosen[i] = tok
             if sampled:
-                for i, tok in zip(sampled, self._sample(scores[sampled], sampled)):
+                for i, tok in zip(sampled, self._sample(scores[sampled], sampled), strict=True):
                     chosen[i] = tok
-            for i, is_stuck in zip(live, stuck.tolist()):
+            for i, is_stuck in zip(live, stuck.tolist(), strict=True):
                 if is_stuck:
                     chosen[i] = self.stop_ids[0]
         out = torch.full_like(scores, float("-inf"))
@@ -348,7 +348,7 @@ class _Batcher:
                 continue
             for client in {id(c): c for _, _, c in batch}.values():
                 client.generate_calls += 1
-            for (_, future, _), result in zip(batch, results):
+            for (_, future, _), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
                 if isinstance(result, BaseException):

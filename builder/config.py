@@ -32,15 +32,15 @@ class RoleConfig:
     """One LLM role: a TGI / OpenAI-compatible endpoint, a Hub model id, or the embedded model."""
 
     backend: str = "endpoint"
-    """`endpoint` (HTTP: `base_url` and/or Hub `model` id) or `embedded` (the packaged SmolLM2 GGUF under a llama.cpp server
-    that NanoFlux starts on loopback: builder/llama_engine.py)."""
+    """`endpoint` (HTTP: `base_url` and/or Hub `model` id) or `embedded` (the packaged SmolLM2 GGUF under a llama.cpp
+    server that NanoFlux starts on loopback: builder/llama_engine.py)."""
     base_url: str | None = None
     """TGI, Inference Endpoint, vLLM or llama.cpp server URL, e.g. `http://localhost:8080`."""
     model: str | None = None
     """Hub model id (Inference Providers when no base_url; sent as the `model` field otherwise)."""
     token_env: str | None = None
-    """Name of the environment variable that holds this endpoint's key (the key itself never goes in a recipe). A server
-    that is not on a Hugging Face host gets a key only from here; null: Hugging Face hosts (Inference Providers,
+    """Name of the environment variable that holds this endpoint's key (the key itself never goes in a recipe). A
+    server that is not on a Hugging Face host gets a key only from here; null: Hugging Face hosts (Inference Providers,
     Inference Endpoints, Spaces) get the Hub login (HF_TOKEN or `hf auth login`), any other server gets no key."""
     max_tokens: int = 1024
     temperature: float = 0.7
@@ -205,11 +205,13 @@ class BuildConfig:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     """Drop rows that copy an evaluation benchmark's question (n-gram, number-masked and embedding matches) before
-    curation, publishing and training; the benchmarks are those of `eval_recipe` (default configs/eval/<domain>.yaml)."""
+    curation, publishing and training; the benchmarks are those of `eval_recipe` (default
+    configs/eval/<domain>.yaml)."""
     judge_tools: list[str] = field(default_factory=lambda: list(JUDGE_TOOLS))
     """Tools the Judge uses: `python` (runs the Attacker's verification code in the sandbox), `lookup` (corpus)."""
     prompts: str | None = None
-    """Folder of prompt/rubric templates; null uses the packaged ones for `domain`."""
+    """Folder of prompt/rubric templates, laid out like builder/domains/<domain>/; null uses the packaged ones for
+    `domain`."""
     corpus: str | None = None
     """Reference corpus (JSONL) for the Judge's lookup tool; null uses the packaged one for `domain`."""
     options: int = 5

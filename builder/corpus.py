@@ -1,4 +1,5 @@
-"""Small local reference corpora (JSONL passages) searched with Okapi BM25: the Judge's lookup tool."""
+"""Small local reference corpora (JSONL passages, one per domain folder) searched with Okapi BM25: the Judge's
+lookup tool."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from builder.domains import CORPUS_FILE, packaged_domains
 
 log = logging.getLogger(__name__)
 
@@ -158,20 +161,12 @@ class Corpus:
         return [(self.passages[i], float(scores[i])) for i in hits[:k]]
 
 
-def packaged_domains() -> list[str]:
-    """Domains with a corpus shipped in builder/corpora."""
-    root = resources.files("builder") / "corpora"
-    if not root.is_dir():
-        return []
-    return sorted(p.name.removesuffix(".jsonl") for p in root.iterdir() if p.name.endswith(".jsonl"))
-
-
 def packaged_corpus(domain: str) -> Path:
-    """Path of the packaged corpus builder/corpora/<domain>.jsonl."""
+    """Path of the packaged corpus builder/domains/<domain>/corpus.jsonl."""
     available = packaged_domains()
     if domain not in available:
         raise ValueError(f"no packaged corpus for domain {domain!r}; available: {', '.join(available) or '(none)'}")
-    resource = resources.files("builder") / "corpora" / f"{domain}.jsonl"
+    resource = resources.files("builder") / "domains" / domain / CORPUS_FILE
     if not isinstance(resource, Path):  # e.g. a zipped install: no plain file on disk
         raise RuntimeError(f"packaged corpus for {domain!r} is not a file on disk: {resource}")
     return resource

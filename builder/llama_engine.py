@@ -28,8 +28,9 @@ Settings (and why; measured in benchmarks/embedded_engine.py)
 - `n_threads` = `n_threads_batch` = the CPUs this process may use that are idle when the server starts (those
   other work keeps busy over a quarter second taken off, at least one). llama.cpp's threads meet at a barrier after
   every layer and spin while they wait, so one thread that loses its core stalls them all: on a busy machine fewer
-  threads are faster, on a quiet one every core helps. Measured on a 2-vCPU machine: quiet, 2 threads decoded 122 tokens/s and 1 thread
-  80; at load ~9, 1 thread 23 tokens/s and 2 threads 0.7-1.6. (The server's own default is half the CPUs.)
+  threads are faster, on a quiet one every core helps. Measured on a 2-vCPU machine: quiet, 2 threads decoded 122
+  tokens/s and 1 thread 80; at load ~9, 1 thread 23 tokens/s and 2 threads 0.7-1.6. (The server's own default is half
+  the CPUs.)
 - `n_ctx` 8192, SmolLM2's trained context: every role's prompt plus its `max_tokens` fits (llama.cpp would answer a
   longer one with HTTP 400). The KV cache is allocated once (~190 MB); attention only reads the cells in use, so a
   short prompt costs no more than with a small context.
@@ -44,7 +45,6 @@ import logging
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from localhub.serving import free_port, stop_process, wait_until_answers
 from nanoflux.chat import ChatRequest, ChatResponse, EndpointError
 from nanoflux.models import DEFAULT_MODEL_ID, cache_root, gguf_path, packaged
 from nanoflux.transport import EndpointClient, RetryPolicy
@@ -107,12 +108,6 @@ def busy_cpus(window: float = 0.25) -> float:
         return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     elapsed = max(total1 - total0, 1)
     return (1 - (idle1 - idle0) / elapsed) * (os.cpu_count() or 1)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LlamaServer:
@@ -188,7 +183,7 @@ class LlamaServer:
                 )
             self.log_dir.mkdir(parents=True, exist_ok=True)
             for attempt in range(3):  # a free port can be taken between choosing it and the server binding it
-                self._spawn(_free_port())
+                self._spawn(free_port())
                 try:
                     self._wait_ready()
                     break
@@ -227,23 +222,15 @@ class LlamaServer:
         self.port = port
 
     def _wait_ready(self) -> None:
-        import httpx2
-
-        assert self.process is not None
+        process = self.process
+        assert process is not None
         timeout = self.settings.startup_timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self.process.poll()
-            if code is not None:
-                raise self._error(f"exited with code {code} while starting")
-            try:
-                if httpx2.get(f"{self.url}/v1/models", timeout=2.0).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise self._error(f"did not answer within {timeout:g} s")
-            time.sleep(0.2)
+        if wait_until_answers(self.url, "/v1/models", timeout, alive=lambda: process.poll() is None):
+            return
+        code = process.poll()
+        if code is not None:
+            raise self._error(f"exited with code {code} while starting")
+        raise self._error(f"did not answer within {timeout:g} s")
 
     def log_tail(self, chars: int = 1500) -> str:
         try:
@@ -277,13 +264,7 @@ class LlamaServer:
         process, self.process = self.process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout=10)
         if process.stdin is not None:
             process.stdin.close()
         logger.debug("embedded engine for %s stopped (code %s)", self.model_id, process.returncode)

@@ -88,7 +88,7 @@ class NoveltyFilter:
                 [np.max(self._matrix[:before] @ vectors[i : i + step].T, axis=0) for i in range(0, len(vectors), step)]
             )
         decisions = []
-        for vector, nearest_earlier in zip(vectors, earlier):
+        for vector, nearest_earlier in zip(vectors, earlier, strict=True):
             nearest = float(nearest_earlier)
             if self.size > before:  # candidates of this batch accepted before this one
                 nearest = max(nearest, float(np.max(self._matrix[before : self.size] @ vector)))

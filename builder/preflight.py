@@ -54,7 +54,7 @@ def validate_inputs(config: BuildConfig) -> None:
     push_to_hub a valid repo id: all before any request or output file. Raises ConfigError."""
     try:
         prompts = roles.load_prompts(config.domain, config.prompts)
-        roles.check_templates(prompts, config.prompts or Path("builder/prompts") / config.domain)
+        roles.check_templates(prompts, config.prompts or Path("builder/domains") / config.domain)
     except ValueError as err:
         raise _prefixed("prompts", err) from None
     try:

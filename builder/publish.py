@@ -48,10 +48,7 @@ from builder.decontamination import (
     write_report,
 )
 from nanoflux.errors import NanoFluxError
-from nanoflux.hub import (  # noqa: F401 (open_target: re-exported until importers move)
-    open_target,
-    package_versions,
-)
+from nanoflux.hub import open_target, package_versions  # noqa: F401 (open_target: re-exported until importers move)
 from nanoflux.recipe import from_dict, public_url
 from nanoflux.runfolder import locked
 
@@ -199,7 +196,7 @@ def novel_rows(
     embedder = load_embedder(novelty["model"])
     novelty_filter = NoveltyFilter(novelty["threshold"], bank=embed(embedder, [r["question"] for r in earlier]))
     decisions = novelty_filter.check(embed(embedder, [r["question"] for r in rows]))
-    kept = [row for row, decision in zip(rows, decisions) if decision.novel]
+    kept = [row for row, decision in zip(rows, decisions, strict=True) if decision.novel]
     if len(kept) < len(rows):
         logger.info("Dropped %d row(s) that repeat an earlier version", len(rows) - len(kept))
     return kept
@@ -223,7 +220,8 @@ class Plan:
     left: dict[str, list[dict[str, Any]]]
     """Rows of the previous version that left, by reason (a key of LEFT_REASONS)."""
     not_published: dict[str, int]
-    """This build's curated rows that did not make it: `repeats` (an earlier version's), `contaminated`, `outranked`."""
+    """This build's curated rows that did not make it: `repeats` (an earlier version's), `contaminated`,
+    `outranked`."""
 
     @property
     def changed(self) -> bool:
@@ -358,9 +356,7 @@ def publish(
             "or pass --overwrite to publish that tag again"
         )
 
-    from builder import (
-        dataset_card,  # the card module reads this one's Plan and Previous
-    )
+    from builder import dataset_card  # the card module reads this one's Plan and Previous
 
     head = api.repo_info(repo_id, repo_type="dataset").sha
     files = {
@@ -534,7 +530,8 @@ def main(
     overwrite: bool = False,
     decontamination: DecontaminationConfig | None = None,
 ) -> Release | None:
-    """`nanoflux publish`: publish (or retry publishing) a finished build (`decontamination` overrides its settings)."""
+    """`nanoflux publish`: publish (or retry publishing) a finished build (`decontamination` overrides its
+    settings)."""
     config, _, _ = read_build(output_dir)  # fail on an unfinished build, or bad settings, before touching the repo
     if decontamination is not None:
         decontamination.validate("decontamination", domain=config["domain"])

@@ -2,7 +2,8 @@
 
 This file is not imported by the builder: ``builder.sandbox`` passes its source to a fresh ``python -I -S``
 (``-c``), so it uses the standard library only.  Its configuration arrives as JSON in ``argv[1]``; the untrusted
-source is read from an inherited, already-unlinked file descriptor, never interpolated into this text.
+source is read from an inherited, already-unlinked file descriptor, never interpolated into this text. Being the
+child's whole program, it stays one self-contained file (a module it imported would not be there).
 
 The audit policy (``_policy``) is built to be unreachable and immutable from the guarded program:
 
@@ -31,22 +32,10 @@ _LANDLOCK_READ = (1 << 2) | (1 << 3)  # READ_FILE READ_DIR
 
 def read_roots() -> list[str]:
     """Paths the program may read (besides its own directory and /proc/<own pid>), symlinks resolved."""
-    roots = [
-        "/usr",
-        "/lib",
-        "/lib64",
-        "/lib32",
-        "/etc/ld.so.cache",
-        "/etc/localtime",
-        "/dev/null",
-        "/dev/zero",
-        "/dev/urandom",
-        "/dev/random",
-        sys.base_prefix,
-        sys.base_exec_prefix,
-        sys.prefix,
-        sys.exec_prefix,
-    ]
+    roots = (
+        "/usr /lib /lib64 /lib32 /etc/ld.so.cache /etc/localtime /dev/null /dev/zero /dev/urandom /dev/random".split()
+    )
+    roots += [sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix]
     out: list[str] = []
     for p in roots:
         for q in (p, os.path.realpath(p)):
@@ -98,7 +87,7 @@ def _landlock(ctypes, syscall, root: str, roots: list[str]) -> str | None:
             return None
     finally:
         os.close(rfd)
-    return "landlock%d" % abi
+    return f"landlock{abi}"
 
 
 def _seccomp(ctypes, syscall) -> str | None:
@@ -109,68 +98,15 @@ def _seccomp(ctypes, syscall) -> str | None:
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow_, kill, enosys = 0x7FFF0000, 0x80000000, 0x00050000 | 38
     deny = (
-        41,
-        53,
-        57,
-        58,
-        59,
-        322,  # socket socketpair fork vfork execve execveat
-        101,
-        200,
-        129,
-        297,
-        424,
-        434,
-        438,  # ptrace tkill rt_(tg)sigqueueinfo pidfd_*
-        310,
-        311,
-        165,
-        166,
-        155,
-        161,
-        272,
-        308,  # process_vm_* mount umount2 pivot_root chroot unshare setns
-        175,
-        176,
-        313,
-        246,
-        320,
-        169,
-        167,
-        168,  # modules kexec reboot swap
-        321,
-        323,
-        298,
-        300,
-        303,
-        304,
-        425,
-        426,
-        427,  # bpf userfaultfd perf fanotify handles io_uring
-        428,
-        429,
-        430,
-        431,
-        432,
-        433,
-        442,
-        179,
-        163,  # new mount API quotactl acct
-        248,
-        249,
-        250,
-        170,
-        171,
-        164,
-        227,
-        159,
-        172,
-        173,
-        103,  # keys hostname clock iopl syslog
-        133,
-        259,
-        112,
-    )  # mknod mknodat (fifos, devices) setsid
+        (41, 53, 57, 58, 59, 322)  # socket socketpair fork vfork execve execveat
+        + (101, 200, 129, 297, 424, 434, 438)  # ptrace tkill rt_(tg)sigqueueinfo pidfd_*
+        + (310, 311, 165, 166, 155, 161, 272, 308)  # process_vm_* mount umount2 pivot_root chroot unshare setns
+        + (175, 176, 313, 246, 320, 169, 167, 168)  # modules kexec reboot swap
+        + (321, 323, 298, 300, 303, 304, 425, 426, 427)  # bpf userfaultfd perf fanotify handles io_uring
+        + (428, 429, 430, 431, 432, 433, 442, 179, 163)  # new mount API quotactl acct
+        + (248, 249, 250, 170, 171, 164, 227, 159, 172, 173, 103)  # keys hostname clock iopl syslog
+        + (133, 259, 112)  # mknod mknodat (fifos, devices) setsid
+    )
     ins: list[list] = []
     labels: dict[str, int] = {}
 
@@ -372,7 +308,7 @@ def _policy(
                 if t(dfd) is not i:
                     why = event + " (bad dir_fd)"
                     break
-                base = getcwd() if dfd < 0 else readlink("/proc/self/fd/%d" % dfd)
+                base = getcwd() if dfd < 0 else readlink(f"/proc/self/fd/{dfd}")
                 path = base + "/" + path
             # realpath: every existing component's symlink is followed, '..' applies to the resolved parent.
             todo = path.split("/")
@@ -419,7 +355,7 @@ def _policy(
                     inside = True
                     break
             if not inside:
-                why = "%s (%s) %s" % (event, "write" if writing else "read", real)
+                why = f"{event} ({'write' if writing else 'read'}) {real}"
                 break
             if creating and exists and real != "/dev/null":
                 continue
@@ -440,72 +376,22 @@ def _install_policy(root: str, fd: int, roots: list[str], max_created: int, fork
     """Install ``_policy`` as the audit hook, bound to its data through immutable defaults only."""
     block_exact = frozenset(
         (
-            "subprocess.Popen",
-            "os.system",
-            "os.fork",
-            "os.forkpty",
-            "os.kill",
-            "os.killpg",
-            "os.startfile",
-            "os.link",
-            "os.symlink",
-            "pty.spawn",
-            "signal.pthread_kill",
-            "sys.settrace",
-            "sys.setprofile",
-            "sys.addaudithook",
-            "sys._current_frames",
-            "sys._current_exceptions",
-            "resource.setrlimit",
-            "resource.prlimit",
-            "gc.get_objects",
-            "gc.get_referrers",
-            "gc.get_referents",
-            "urllib.Request",
-            "webbrowser.open",
-            "sqlite3.enable_load_extension",
-            "sqlite3.load_extension",
-            "cpython.PyInterpreterState_New",
-            "cpython.run_command",
-            "cpython.run_file",
-            "cpython.run_module",
-            "cpython.run_interactivehook",
-            "os.mkfifo",
-            "os.mknod",
-        )
+            "subprocess.Popen os.system os.fork os.forkpty os.kill os.killpg os.startfile os.link os.symlink pty.spawn"
+            " signal.pthread_kill sys.settrace sys.setprofile sys.addaudithook sys._current_frames"
+            " sys._current_exceptions resource.setrlimit resource.prlimit gc.get_objects gc.get_referrers"
+            " gc.get_referents urllib.Request webbrowser.open sqlite3.enable_load_extension sqlite3.load_extension"
+            " cpython.PyInterpreterState_New cpython.run_command cpython.run_file cpython.run_module"
+            " cpython.run_interactivehook os.mkfifo os.mknod"
+        ).split()
     )
-    block_prefix = (
-        "socket.",
-        "ctypes.",
-        "os.exec",
-        "os.spawn",
-        "os.posix_spawn",
-        "sys.monitoring",
-        "http.client.",
-        "ftplib.",
-        "smtplib.",
-        "poplib.",
-        "imaplib.",
-        "nntplib.",
-        "telnetlib.",
-        "syslog.",
-        "winreg.",
-        "_winapi.",
-        "msvcrt.",
-        "os.setuid",
-        "os.setgid",
-        "os.chroot",
+    block_prefix = tuple(
+        (
+            "socket. ctypes. os.exec os.spawn os.posix_spawn sys.monitoring http.client. ftplib. smtplib. poplib."
+            " imaplib. nntplib. telnetlib. syslog. winreg. _winapi. msvcrt. os.setuid os.setgid os.chroot"
+        ).split()
     )
-    block_import = {
-        "ctypes",
-        "_ctypes",
-        "_xxsubinterpreters",
-        "_xxinterpchannels",
-        "_interpreters",
-        "_interpchannels",
-        "_interpqueues",
-        "_lsprof",
-    }
+    block_import = {"ctypes", "_ctypes", "_lsprof"}
+    block_import |= set("_xxsubinterpreters _xxinterpchannels _interpreters _interpchannels _interpqueues".split())
     if not fork_guarded:  # _posixsubprocess.fork_exec has no audit event; without seccomp, refuse it
         block_import |= {"_posixsubprocess", "multiprocessing", "_multiprocessing"}
     # event -> ((path arg index, dir_fd arg index or -1), ...) for paths that get modified
@@ -555,35 +441,11 @@ def _install_policy(root: str, fd: int, roots: list[str], max_created: int, fork
 
 def _close_loaders() -> None:
     """Audit-only mode: no fifo/device creation and no loading of native code the program wrote itself."""
-    for name in (
-        "math",
-        "cmath",
-        "_random",
-        "_bisect",
-        "_heapq",
-        "_decimal",
-        "_datetime",
-        "_json",
-        "_statistics",
-        "_struct",
-        "_socket",
-        "binascii",
-        "array",
-        "unicodedata",
-        "_pickle",
-        "zlib",
-        "_sha256",
-        "_md5",
-        "_sha1",
-        "_sha512",
-        "_sha3",
-        "_blake2",
-        "_contextvars",
-        "_queue",
-        "select",
-        "_csv",
-        "_opcode",
-    ):
+    preload = (
+        "math cmath _random _bisect _heapq _decimal _datetime _json _statistics _struct _socket binascii array"
+        " unicodedata _pickle zlib _sha256 _md5 _sha1 _sha512 _sha3 _blake2 _contextvars _queue select _csv _opcode"
+    )
+    for name in preload.split():
         try:
             __import__(name)
         except ImportError:
@@ -647,7 +509,7 @@ def main() -> None:
         os.write(fd, ("L " + ",".join(layers) + "\n").encode())
         missing = [x for x in cfg["require"] if not any(layer.startswith(x) for layer in layers)]
         if missing:
-            os.write(fd, ("E sandbox_error: confinement incomplete (missing %s)\n" % ",".join(missing)).encode())
+            os.write(fd, f"E sandbox_error: confinement incomplete (missing {','.join(missing)})\n".encode())
             os._exit(1)
         for name in list(sys.modules):
             if name == "ctypes" or name.startswith(("ctypes.", "_ctypes")):
@@ -659,7 +521,7 @@ def main() -> None:
         if cfg["audit"]:
             _install_policy(cfg["root"], fd, roots, cfg["max_created"], "seccomp" in layers)
     except BaseException as exc:
-        os.write(fd, ("E sandbox_error: %r\n" % (exc,)).encode("utf-8", "replace"))
+        os.write(fd, f"E sandbox_error: {exc!r}\n".encode("utf-8", "replace"))
         raise
     del cfg, roots, layers
     _exec_untrusted(src, fd)

@@ -9,15 +9,17 @@ Two uses:
   loads any version.
 
 Modules: `store` (repos as plain, inspectable files: content-addressed blobs, commits, refs; atomic commits), `api`
-(one handler per Hub endpoint), `server` (`LocalHub`, `python -m localhub`), `jobs` (HF Jobs as local processes),
-`testing` (fault injection and a scripted TGI server, for tests and benchmarks).
+(one handler per Hub endpoint), `routes` (which handler answers which path; the response envelope), `server`
+(`LocalHub`, `python -m localhub`), `serving` (the loopback server lifecycle every local server shares), `jobs` (HF
+Jobs as local processes), `testing` (fault injection and a scripted TGI server, for tests and benchmarks).
 
 Uploads: as on the Hub, files matching an LFS pattern of the repo's `.gitattributes` (the initial one lists
 *.parquet, *.arrow, ...) or over 10 MiB are uploaded through the LFS batch API (a signed PUT to this server),
 the rest travel base64 in the commit call. Xet is not implemented: clients must run with `HF_HUB_DISABLE_XET=1`
 when the `hf_xet` package is installed (it is not a NanoFlux dependency).
 
-Endpoints: see `localhub.api`. Repo ids are always `namespace/name`. Pull requests, Xet and super-squash are not implemented.
+Endpoints: see `localhub.api`. Repo ids are always `namespace/name`. Pull requests, Xet and super-squash are not
+implemented.
 """
 
 from localhub.jobs import JobError, JobRunner

@@ -1,4 +1,5 @@
-"""The Hub's HTTP API over a `RepoStore`: one handler (`_Ctx.do_<name>`) per endpoint the Hub clients call.
+"""The Hub's HTTP API over a `RepoStore`: one handler (`_Ctx.do_<name>`) per endpoint the Hub clients call (which
+handler answers which path: `localhub.routes`).
 
 Endpoints (what huggingface_hub 2.4 and datasets 5.2 call): whoami-v2, repos/create, repos/delete, validate-yaml,
 repo info (+ /revision/{rev}), preupload, commit, tag, branch, refs, tree (paginated), paths-info, commits,
@@ -16,13 +17,13 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from collections.abc import Iterable
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlencode
 
 from localhub.jobs import JobError, JobRunner
+from localhub.routes import Response, json_response
 from localhub.store import (
     LFS_SIZE_THRESHOLD,
     URL_PREFIXES,
@@ -40,60 +41,6 @@ if TYPE_CHECKING:
 _TREE_PAGE, _TREE_PAGE_EXPANDED, _COMMITS_PAGE = 1000, 50, 50  # page sizes the Hub uses
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Response:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    file: tuple[Path, int, int] | None = None  # (path, start, length): streamed instead of body
-    stream: Iterator[bytes] | None = None  # written as it comes, then the connection closes (server-sent events)
-
-
-def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> _Response:
-    return _Response(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
-
-
-def _error(err: HubError) -> _Response:
-    headers = dict(err.headers)
-    headers["X-Error-Message"] = err.message.splitlines()[0][:200] if err.message else ""
-    if err.code:
-        headers["X-Error-Code"] = err.code
-    return _json({"error": err.message}, err.status, headers)
-
-
-_REPO = r"/api/(?P<type>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
-_WEB_REPO = r"/(?:(?P<type>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+?)"  # models have no prefix
-_JOBS = r"/api/jobs/(?P<ns>[^/]+)"
-_ROUTES: list[tuple[frozenset[str], re.Pattern[str], str]] = [
-    (frozenset(m.split()), re.compile(p), h)
-    for m, p, h in [
-        ("GET", r"/api/whoami-v2", "whoami"),
-        ("POST", r"/api/repos/create", "create_repo"),
-        ("DELETE POST", r"/api/repos/delete", "delete_repo"),
-        ("POST", r"/api/validate-yaml", "validate_yaml"),
-        ("GET", _REPO + r"(?:/revision/(?P<rev>[^/]+))?", "repo_info"),
-        ("GET", _REPO + r"/auth-check(?P<write>/write)?", "auth_check"),
-        ("PUT", _REPO + r"/settings", "settings"),
-        ("POST", _REPO + r"/preupload/(?P<rev>[^/]+)", "preupload"),
-        ("POST", _REPO + r"/commit/(?P<rev>[^/]+)", "commit"),
-        ("POST DELETE", _REPO + r"/tag/(?P<rev>[^/]+)", "tag"),
-        ("POST DELETE", _REPO + r"/branch/(?P<rev>[^/]+)", "branch"),
-        ("GET", _REPO + r"/refs", "refs"),
-        ("GET", _REPO + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
-        ("POST", _REPO + r"/paths-info/(?P<rev>[^/]+)", "paths_info"),
-        ("GET", _REPO + r"/commits/(?P<rev>[^/]+)", "commits"),
-        ("POST", _WEB_REPO + r"\.git/info/lfs/objects/batch", "lfs_batch"),
-        ("PUT POST", r"/_localhub/lfs/" + _REPO[len("/api/") :] + r"/(?P<oid>[0-9a-f]{64})", "lfs_object"),
-        ("GET HEAD", _WEB_REPO + r"/(?:resolve|raw)/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
-        ("POST", _JOBS, "create_job"),
-        ("GET", _JOBS, "list_jobs"),
-        ("GET", _JOBS + r"/(?P<job>[^/]+)", "job_info"),
-        ("GET", _JOBS + r"/(?P<job>[^/]+)/logs", "job_logs"),
-        ("POST", _JOBS + r"/(?P<job>[^/]+)/cancel", "cancel_job"),
-    ]
-]
 
 
 class _Ctx:
@@ -157,7 +104,7 @@ class _Ctx:
     def repo_url(self) -> str:
         return f"{self.base_url}/{URL_PREFIXES[self.repo_type]}{self.repo_id}"
 
-    def page(self, items: list[Any], size: int) -> _Response:
+    def page(self, items: list[Any], size: int) -> Response:
         """One page of `items`, with a GitHub-style `Link: <...>; rel="next"` header when more remain."""
         try:
             start = max(0, int(self.q("cursor") or 0))
@@ -169,7 +116,7 @@ class _Ctx:
             params = {k: v[-1] for k, v in self.query.items()}
             params["cursor"] = str(start + size)
             headers["Link"] = f'<{self.base_url}{self.path}?{urlencode(params)}>; rel="next"'
-        return _json(items[start : start + size], headers=headers)
+        return json_response(items[start : start + size], headers=headers)
 
     def _last_commits(self, sha: str, paths: Iterable[str]) -> dict[str, dict[str, str]]:
         """For each file or folder path: the newest commit (from `sha`) that changed it."""
@@ -208,11 +155,11 @@ class _Ctx:
 
     # -- endpoints ---------------------------------------------------------------------------------
 
-    def do_whoami(self) -> _Response:
+    def do_whoami(self) -> Response:
         if self.hub.token is not None and not self.hub.authenticated(self.headers):
             raise HubError(401, "Invalid username or password.")
         hub = self.hub
-        return _json(
+        return json_response(
             {
                 "type": "user",
                 "id": hashlib.sha1(hub.user.encode()).hexdigest()[:24],
@@ -245,7 +192,7 @@ class _Ctx:
             }
         )
 
-    def do_create_repo(self) -> _Response:
+    def do_create_repo(self) -> Response:
         self.require_write()
         body = self.json_body()
         repo_type = body.get("type") or "model"
@@ -257,27 +204,27 @@ class _Ctx:
         except HubError as e:
             if e.status == 409:
                 url = f"{self.base_url}/{URL_PREFIXES.get(repo_type, '')}{repo_id}"
-                return _json({"error": e.message, "url": url}, 409, {"X-Error-Message": e.message})
+                return json_response({"error": e.message, "url": url}, 409, {"X-Error-Message": e.message})
             raise
         url = f"{self.base_url}/{URL_PREFIXES[repo_type]}{repo_id}"
-        return _json({"url": url, "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
+        return json_response({"url": url, "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
 
-    def do_delete_repo(self) -> _Response:
+    def do_delete_repo(self) -> Response:
         self.require_write()
         body = self.json_body()
         repo_id = f"{body.get('organization') or self.hub.user}/{body.get('name') or ''}"
         self.store.delete_repo(body.get("type") or "model", repo_id)
-        return _json({})
+        return json_response({})
 
-    def do_validate_yaml(self) -> _Response:
+    def do_validate_yaml(self) -> Response:
         content = self.json_body().get("content") or ""
         try:
             parse_front_matter(content)
         except ValueError as e:
-            return _json({"error": "Invalid YAML metadata", "errors": [{"message": str(e)}]}, 400)
-        return _json({"errors": [], "warnings": []})
+            return json_response({"error": "Invalid YAML metadata", "errors": [{"message": str(e)}]}, 400)
+        return json_response({"errors": [], "warnings": []})
 
-    def do_repo_info(self) -> _Response:
+    def do_repo_info(self) -> Response:
         self.require_read()
         sha = self.resolve()
         commit = self.store.commit(self.repo_type, self.repo_id, sha)
@@ -327,23 +274,23 @@ class _Ctx:
             info["modelId"] = self.repo_id
         if self.repo_type == "space":
             info["sdk"] = (card or {}).get("sdk")
-        return _json(info)
+        return json_response(info)
 
-    def do_auth_check(self) -> _Response:
+    def do_auth_check(self) -> Response:
         if self.args.get("write"):
             self.require_write()
         self.require_read()
-        return _json({})
+        return json_response({})
 
-    def do_settings(self) -> _Response:
+    def do_settings(self) -> Response:
         self.require_write()
         body = self.json_body()
         if "visibility" in body or "private" in body:
             private = body["visibility"] == "private" if "visibility" in body else bool(body["private"])
             self.store.update_meta(self.repo_type, self.repo_id, private=private)
-        return _json({})
+        return json_response({})
 
-    def do_preupload(self) -> _Response:
+    def do_preupload(self) -> Response:
         """LFS for .gitattributes LFS patterns and big files, regular otherwise; oid of the current file if any."""
         self.require_write()
         self.require_read()
@@ -357,9 +304,9 @@ class _Ctx:
             existing = current.get(path)
             oid = None if existing is None else existing["sha256"] if existing.get("lfs") else existing["oid"]
             files.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
-        return _json({"files": files, "commitOid": sha})
+        return json_response({"files": files, "commitOid": sha})
 
-    def do_lfs_batch(self) -> _Response:
+    def do_lfs_batch(self) -> Response:
         """git-lfs batch API (upload only): one signed PUT URL per object not already stored, plus verify."""
         self.require_write()
         self.require_read()
@@ -378,9 +325,9 @@ class _Ctx:
                 item["actions"] = {"upload": {"href": f"{href}?sig={sig}"}, "verify": {"href": href}}
             objects.append(item)
         lfs_json = {"Content-Type": "application/vnd.git-lfs+json"}
-        return _json({"transfer": "basic", "objects": objects}, headers=lfs_json)
+        return json_response({"transfer": "basic", "objects": objects}, headers=lfs_json)
 
-    def do_lfs_object(self) -> _Response:
+    def do_lfs_object(self) -> Response:
         """PUT: the upload itself (authorized by the URL signature). POST: verify (needs write access)."""
         oid = self.args["oid"]
         if self.method == "PUT":
@@ -388,14 +335,14 @@ class _Ctx:
             if not hmac.compare_digest(self.q("sig") or "", expected):
                 raise HubError(403, "Invalid or missing upload signature")
             self.store.put_lfs_object(self.repo_type, self.repo_id, oid, self.body)
-            return _Response(200, b"", {"ETag": f'"{oid}"'})
+            return Response(200, b"", {"ETag": f'"{oid}"'})
         self.require_write()
         entry = self.store.lfs_entry(self.repo_type, self.repo_id, oid)
         if entry is None or entry["size"] != int(self.json_body().get("size", entry["size"])):
             raise HubError(404, f"LFS object {oid} not found", "EntryNotFound")
-        return _json({})
+        return json_response({})
 
-    def do_commit(self) -> _Response:
+    def do_commit(self) -> Response:
         self.require_write()
         self.require_read()
         if self.flag("create_pr"):
@@ -440,7 +387,7 @@ class _Ctx:
             author=self.hub.user,
             parent_commit=header.get("parentCommit"),
         )
-        return _json(
+        return json_response(
             {
                 "success": True,
                 "commitOid": sha,
@@ -450,12 +397,12 @@ class _Ctx:
             }
         )
 
-    def _ref(self, kind: str) -> _Response:
+    def _ref(self, kind: str) -> Response:
         self.require_write()
         self.require_read()
         if self.method == "DELETE":
             self.store.delete_ref(self.repo_type, self.repo_id, kind, self.args["rev"])
-            return _json({})
+            return json_response({})
         body = self.json_body()
         if kind == "tags":
             name, revision = str(body.get("tag") or ""), self.args["rev"]
@@ -463,15 +410,15 @@ class _Ctx:
             name, revision = self.args["rev"], body.get("startingPoint")
         sha = self.store.create_ref(self.repo_type, self.repo_id, kind, name, revision)
         ref = f"refs/{'tags' if kind == 'tags' else 'heads'}/{name}"
-        return _json({"name": name, "ref": ref, "targetCommit": sha})
+        return json_response({"name": name, "ref": ref, "targetCommit": sha})
 
-    def do_tag(self) -> _Response:
+    def do_tag(self) -> Response:
         return self._ref("tags")
 
-    def do_branch(self) -> _Response:
+    def do_branch(self) -> Response:
         return self._ref("branches")
 
-    def do_refs(self) -> _Response:
+    def do_refs(self) -> Response:
         self.require_read()
         refs = self.store.refs(self.repo_type, self.repo_id)
 
@@ -481,9 +428,9 @@ class _Ctx:
         out: dict[str, Any] = {"branches": fmt("branches", "heads"), "converts": [], "tags": fmt("tags", "tags")}
         if self.flag("include_prs"):
             out["pullRequests"] = []
-        return _json(out)
+        return json_response(out)
 
-    def do_tree(self) -> _Response:
+    def do_tree(self) -> Response:
         self.require_read()
         sha = self.resolve()
         files = self.store.commit(self.repo_type, self.repo_id, sha).files
@@ -503,7 +450,7 @@ class _Ctx:
         response.body = json.dumps(self.entries(sha, json.loads(response.body), expand)).encode()
         return response
 
-    def do_paths_info(self) -> _Response:
+    def do_paths_info(self) -> Response:
         self.require_read()
         sha = self.resolve()
         ctype = self.headers.get("Content-Type") or ""
@@ -514,9 +461,9 @@ class _Ctx:
             form = parse_qs(self.body.decode(), keep_blank_values=True)
             paths, expand = form.get("paths", []), (form.get("expand") or ["false"])[-1].lower() in ("1", "true")
         paths = [p.strip("/") for p in ([paths] if isinstance(paths, str) else paths)]
-        return _json(self.entries(sha, list(dict.fromkeys(paths)), expand))
+        return json_response(self.entries(sha, list(dict.fromkeys(paths)), expand))
 
-    def do_commits(self) -> _Response:
+    def do_commits(self) -> Response:
         self.require_read()
         formatted = "formatted" in (self.query.get("expand[]") or [])
         items = []
@@ -533,7 +480,7 @@ class _Ctx:
             items.append(item)
         return self.page(items, _COMMITS_PAGE)
 
-    def do_resolve(self) -> _Response:
+    def do_resolve(self) -> Response:
         self.require_read()
         sha = self.resolve()
         path = self.args["path"]
@@ -565,7 +512,7 @@ class _Ctx:
                 raise HubError(416, "Range not satisfiable", headers={"Content-Range": f"bytes */{size}"})
             length, status = end - start + 1, 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        return _Response(status, b"", headers, file=(blob, start, length))
+        return Response(status, b"", headers, file=(blob, start, length))
 
     # -- jobs (see localhub.jobs) -------------------------------------------------------------------
 
@@ -581,7 +528,7 @@ class _Ctx:
         except JobError as err:
             raise HubError(err.status, err.message) from None
 
-    def do_create_job(self) -> _Response:
+    def do_create_job(self) -> Response:
         jobs = self._jobs()
         ns = self.args["ns"]
         owner = {
@@ -590,21 +537,21 @@ class _Ctx:
             "type": "user" if ns == self.hub.user else "org",
         }
         job = self._job_call(jobs.submit, ns, self.json_body(), owner, self.base_url)
-        return _json(job.info())
+        return json_response(job.info())
 
-    def do_list_jobs(self) -> _Response:
-        return _json([job.info() for job in self._jobs().list(self.args["ns"])])
+    def do_list_jobs(self) -> Response:
+        return json_response([job.info() for job in self._jobs().list(self.args["ns"])])
 
-    def do_job_info(self) -> _Response:
-        return _json(self._job_call(self._jobs().get, self.args["ns"], self.args["job"]).info())
+    def do_job_info(self) -> Response:
+        return json_response(self._job_call(self._jobs().get, self.args["ns"], self.args["job"]).info())
 
-    def do_job_logs(self) -> _Response:
+    def do_job_logs(self) -> Response:
         jobs = self._jobs()
         job = self._job_call(jobs.get, self.args["ns"], self.args["job"])
         # Live, as on the Hub: the stream ends when the job does (a client that wants only the past stops reading).
         headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        return _Response(200, headers=headers, stream=jobs.events(job, follow=True))
+        return Response(200, headers=headers, stream=jobs.events(job, follow=True))
 
-    def do_cancel_job(self) -> _Response:
+    def do_cancel_job(self) -> Response:
         jobs = self._jobs()
-        return _json(self._job_call(jobs.cancel, self.args["ns"], self.args["job"]).info())
+        return json_response(self._job_call(jobs.cancel, self.args["ns"], self.args["job"]).info())

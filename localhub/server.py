@@ -13,17 +13,18 @@ import logging
 import os
 import re
 import signal
-import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from localhub.api import _ROUTES, _Ctx, _error, _json, _Response
+from localhub.api import _Ctx
 from localhub.jobs import JobRunner
+from localhub.routes import ROUTES, Response, error_response, json_response
+from localhub.serving import LoopbackHTTPServer, ServerThread
 from localhub.store import HubError, RepoStore
 
 logger = logging.getLogger(__name__)
@@ -46,27 +47,10 @@ class HubFault:
 DEFAULT_PORT = 7861  # not the Space's 7860: both can run at once
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
+class _Server(LoopbackHTTPServer):
     def __init__(self, address: tuple[str, int], hub: LocalHub):
         self.hub = hub
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.connections_lock:
-            self.connections.discard(request)
-        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up mid-response (e.g. a ranged reader closing early) is not an error."""
@@ -99,39 +83,24 @@ class LocalHub:
         self.request_log: list[tuple[str, str]] = []
         self._secret = os.urandom(16)  # signs LFS upload URLs, which clients PUT to without credentials
         self._lock = threading.Lock()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> LocalHub:
         """Bind and serve in a background thread."""
-        if self._httpd is not None:
+        if self._serving is not None:
             return self
-        self._httpd = _Server((self.host, self.port), self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="localhub", daemon=True
-        )
-        self._thread.start()
+        self._serving = ServerThread(_Server((self.host, self.port), self), name="localhub")
         logger.info("LocalHub serving %s at %s", self.root, self.url)
         return self
 
     def close(self) -> None:
         """Stop serving and drop open keep-alive connections."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
+        serving, self._serving = self._serving, None
+        if serving is None:
             return
-        httpd.shutdown()
-        with httpd.connections_lock:
-            connections = list(httpd.connections)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        serving.stop()
         if self.jobs is not None:
             self.jobs.close()
 
@@ -144,11 +113,9 @@ class LocalHub:
     @property
     def url(self) -> str:
         """Base URL, e.g. "http://127.0.0.1:54321" (the value for HF_ENDPOINT)."""
-        if self._httpd is None:
+        if self._serving is None:
             raise RuntimeError("LocalHub not started")
-        host, port = self._httpd.server_address[:2]
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return self._serving.url
 
     # -- hooks -------------------------------------------------------------------------------------
 
@@ -162,34 +129,34 @@ class LocalHub:
 
     def handle(
         self, method: str, raw_path: str, query: dict[str, list[str]], headers: Any, body: bytes, base_url: str
-    ) -> _Response:
+    ) -> Response:
         fault = self._take_fault(method, raw_path)
         if fault is not None and not fault.after:
             logger.info("injected %d for %s %s", fault.status, method, raw_path)
-            return _error(HubError(fault.status, fault.message))
+            return error_response(HubError(fault.status, fault.message))
         try:
             response = self._route(method, raw_path, query, headers, body, base_url)
         except HubError as e:
-            response = _error(e)
+            response = error_response(e)
         except Exception:  # a bug here must not kill the connection silently
             logger.exception("LocalHub failed on %s %s", method, raw_path)
-            response = _error(HubError(500, "Internal error in LocalHub"))
+            response = error_response(HubError(500, "Internal error in LocalHub"))
         if fault is not None:
             logger.info("injected %d (after processing) for %s %s", fault.status, method, raw_path)
-            return _error(HubError(fault.status, fault.message))
+            return error_response(HubError(fault.status, fault.message))
         return response
 
     def _route(
         self, method: str, raw_path: str, query: dict[str, list[str]], headers: Any, body: bytes, base_url: str
-    ) -> _Response:
-        for methods, pattern, name in _ROUTES:
+    ) -> Response:
+        for methods, pattern, name in ROUTES:
             m = pattern.fullmatch(raw_path)
             if m is None or method not in methods:
                 continue
             args = {k: unquote(v) for k, v in m.groupdict().items() if v is not None}
             ctx = _Ctx(self, method, raw_path, args, query, headers, body, base_url)
             return getattr(ctx, f"do_{name}")()
-        return _json({"error": "Sorry, we can't find the page you are looking for."}, 404)
+        return json_response({"error": "Sorry, we can't find the page you are looking for."}, 404)
 
     # -- auth --------------------------------------------------------------------------------------
 

@@ -1,12 +1,14 @@
-"""Benchmarks: their formats, where their test and dev rows are, and loading them (`nanoflux/benchmarks.py`).
+"""Benchmarks: where their test and dev rows are, and loading them (`nanoflux/benchmarks.py`).
 
-A benchmark entry (`BenchmarkConfig`) names a format (answer kind, Hub location, column mapping: `FORMATS`) and which
-rows to read. Its test partition is the configured split, narrowed by an `ids_file` (PubMedQA: the 500 ids of
-PubMedQA's `test_ground_truth.json`) and never including its dev rows; its dev partition (`dev:`) is a real validation
-split, the rows an `exclude_ids_file` leaves, or a seeded sample held out of a split (`holdout_from`, `size`, `seed`).
+A benchmark entry (`BenchmarkConfig`) names a format (answer kind, Hub location, column mapping: `FORMATS`, in
+nanoflux/benchmark_formats.py) and which rows to read. Its test partition is the configured split, narrowed by an
+`ids_file` (PubMedQA: the 500 ids of PubMedQA's `test_ground_truth.json`) and never including its dev rows; its dev
+partition (`dev:`) is a real validation split, the rows an `exclude_ids_file` leaves, or a seeded sample held out of a
+split (`holdout_from`, `size`, `seed`).
 When a dev sample is held out of the very split the entry reads (Genome-Bench has one split; a training entry such as
 `{format: medqa, split: train}`), those rows are left out of that entry. `load_benchmark` returns the Examples (rows
 are normalised in nanoflux/rows.py) with a `selection` record: the exact data, filters, sample and dropped rows.
+The formats' names and the row types are re-exported here: `from nanoflux.benchmarks import ...` reaches them all.
 """
 
 from __future__ import annotations
@@ -21,147 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanoflux.benchmark_formats import FORMATS, MULTIMEDQA_MMLU, PACKAGE_DATA, PUBMEDQA_TEST_IDS, Format  # noqa: F401
 from nanoflux.questions import LETTERS
 from nanoflux.recipe import check_range, fail, from_dict, load_recipe
-from nanoflux.rows import (  # noqa: F401  (re-exported)
-    EvalError,
-    Example,
-    ExampleSet,
-    normalise,
-    parse_gold,
-    split_inline_options,
-)
+from nanoflux.rows import EvalError, Example, ExampleSet, normalise, parse_gold, split_inline_options  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_DATA = Path(__file__).resolve().parent / "data"
-PUBMEDQA_TEST_IDS = "package:pubmedqa_test_ground_truth.json"
-"""The 500 test question ids (pubids) of PubMedQA (pubmedqa/pubmedqa `data/test_ground_truth.json`, MIT)."""
-MULTIMEDQA_MMLU = (
-    "anatomy",
-    "clinical_knowledge",
-    "college_biology",
-    "college_medicine",
-    "medical_genetics",
-    "professional_medicine",
-)
 PARTITIONS = ("test", "dev")
 ALL_ROWS = "all"
 
-
-# --- formats ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Format:
-    """A benchmark's answer kind, Hub location and column mapping (any of it can be overridden in the recipe).
-
-    `ids_file` and `dev` describe the Hub dataset at `path` (and `subset`, when set): they apply to entries that read it.
-    """
-
-    kind: str
-    title: str
-    path: str | None = None
-    subset: str | None = None
-    split: str = "test"
-    columns: dict[str, Any] = field(default_factory=dict)
-    headerless: dict[str, Any] | None = None
-    """Columns of the format's headerless CSV release (`header: false`), by position."""
-    ids_file: str | None = None
-    dev: dict[str, Any] | None = None
-    multimedqa: bool = False
-
-
-FORMATS: dict[str, Format] = {
-    "gsm_hard": Format(  # one split (1,319 rows): the dev rows are a seeded sample of GSM8K's train split
-        "number",
-        "GSM-Hard",
-        "reasoning-machines/gsm-hard",
-        split="train",
-        columns={"question": "input", "answer": "target"},
-        dev={
-            "format": "gsm8k",
-            "path": "openai/gsm8k",
-            "subset": "main",
-            "holdout_from": "train",
-            "size": 500,
-            "seed": 0,
-        },
-    ),
-    "medqa": Format(  # train / test only: the dev rows are a seeded sample of train
-        "choice",
-        "MedQA (USMLE, 4 options)",
-        "GBaker/MedQA-USMLE-4-options",
-        columns={"question": "question", "options": "options", "answer": "answer_idx", "answer_type": "letter"},
-        dev={"holdout_from": "train", "size": 500, "seed": 0},
-        multimedqa=True,
-    ),
-    "medmcqa": Format(  # the test split has no public labels: MultiMedQA reports validation, so dev comes from train
-        "choice",
-        "MedMCQA",
-        "openlifescienceai/medmcqa",
-        split="validation",
-        columns={
-            "id": "id",
-            "question": "question",
-            "option_columns": ["opa", "opb", "opc", "opd"],
-            "answer": "cop",
-            "answer_type": "index",
-            "answer_base": 0,
-            "explanation": "exp",
-        },
-        dev={"holdout_from": "train", "size": 500, "seed": 0},
-        multimedqa=True,
-    ),
-    "pubmedqa": Format(  # pqa_labeled (1,000 rows, one split): the 500 test ids, and the other 500 as dev
-        "yes_no_maybe",
-        "PubMedQA (PQA-L)",
-        "qiaojin/PubMedQA",
-        subset="pqa_labeled",
-        split="train",
-        columns={
-            "id": "pubid",
-            "question": "question",
-            "context": "context.contexts",
-            "answer": "final_decision",
-            "explanation": "long_answer",
-        },
-        ids_file=PUBMEDQA_TEST_IDS,
-        dev={"exclude_ids_file": PUBMEDQA_TEST_IDS},
-        multimedqa=True,
-    ),
-    "mmlu": Format(  # one subject per benchmark entry: set `subset`, e.g. clinical_knowledge
-        "choice",
-        "MMLU",
-        "cais/mmlu",
-        columns={"question": "question", "options": "choices", "answer": "answer", "answer_type": "index"},
-        headerless={"question": "0", "option_columns": ["1", "2", "3", "4"], "answer": "5", "answer_type": "letter"},
-        dev={"split": "validation"},
-        multimedqa=True,
-    ),
-    "genome_bench": (
-        Format(  # options a.-e. inline in `question`; one split: dev = a seeded sample of it (left out of test)
-            "choice",
-            "Genome-Bench",
-            "Mingyin0312/Genome-Bench",
-            columns={"question": "question", "answer": "answer", "answer_type": "letter"},
-            dev={"holdout_from": "test", "size": 300, "seed": 0},
-        )
-    ),
-    "gsm8k": Format(  # a training source (the GSM-Hard baseline); `answer` = solution, then `#### <number>`
-        "number",
-        "GSM8K",
-        "openai/gsm8k",
-        subset="main",
-        split="train",
-        columns={"question": "question", "answer": "answer", "explanation": "answer"},
-        dev={"holdout_from": "train", "size": 500, "seed": 0},
-    ),
-    # Generic formats: name the columns yourself.
-    "choice": Format("choice", "multiple choice"),
-    "number": Format("number", "numeric answers"),
-    "yes_no_maybe": Format("yes_no_maybe", "yes/no/maybe"),
-}
 
 # --- config ----------------------------------------------------------------------------------------------
 
@@ -182,7 +53,8 @@ class ColumnsConfig:
     answer_type: str | None = None
     """Multiple choice: `letter` (A / b / "(C)" / "<answer>d.</answer>"), `index` or `auto` (ints are indices)."""
     answer_base: int | None = None
-    """Index answers: 0 when the first option is 0 (HF MedMCQA `cop`, MMLU), 1 when it is 1 (MedMCQA's raw dev.json)."""
+    """Index answers: 0 when the first option is 0 (HF MedMCQA `cop`, MMLU), 1 when it is 1 (MedMCQA's raw
+    dev.json)."""
     context: str | None = None
     """A passage shown before the question (dotted paths reach into mappings: `context.contexts`)."""
     explanation: str | None = None
@@ -204,7 +76,8 @@ class DevConfig:
     """A real validation split of the data, e.g. validation."""
     revision: str | None = None
     holdout_from: str | None = None
-    """Hold a seeded sample of `size` rows out of this split; when it is the split the entry reads, they leave its test."""
+    """Hold a seeded sample of `size` rows out of this split; when it is the split the entry reads, they leave its
+    test."""
     size: int | None = None
     seed: int = 0
     ids_file: str | None = None
@@ -313,7 +186,8 @@ class BenchmarkConfig:
             if preset.dev is not None and (
                 self.dev is None or (not self.dev.is_empty() and not self.dev.names_rows())
             ):
-                # no dev block: the format's; one that only adjusts (size, seed, revision, columns): the format's, adjusted
+                # no dev block: the format's; one that only adjusts (size, seed, revision, columns): the format's,
+                # adjusted
                 given = (
                     {}
                     if self.dev is None
@@ -462,7 +336,8 @@ def partition_benchmark(bench: BenchmarkConfig, partition: str) -> BenchmarkConf
 def load_rows(
     path: str, *, subset: str | None = None, split: str = "train", revision: str | None = None, header: bool = True
 ) -> Any:
-    """A `datasets.Dataset`: a local file (json/jsonl/parquet/csv builder with `data_files`), a local folder, or a Hub id."""
+    """A `datasets.Dataset`: a local file (json/jsonl/parquet/csv builder with `data_files`), a local folder, or a Hub
+    id."""
     from datasets import Dataset, load_dataset
 
     local = Path(path)
@@ -545,7 +420,8 @@ def _row_ids(data: Any, bench: BenchmarkConfig) -> list[str]:
 
 
 def select_rows(data: Any, bench: BenchmarkConfig) -> tuple[list[int], dict[str, Any]]:
-    """Row indices of `data` that `bench` reads (id filters, then its seeded sample), and what was done, for the record."""
+    """Row indices of `data` that `bench` reads (id filters, then its seeded sample), and what was done, for the
+    record."""
     ids = _row_ids(data, bench)
     indices = list(range(len(data)))
     record: dict[str, Any] = {"rows_in_split": len(data)}

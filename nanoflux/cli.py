@@ -37,7 +37,9 @@ def _recipe(example: str, fresh: str | None = None, detach: bool = False) -> Cal
         if fresh:
             sub.add_argument("--fresh", action="store_true", help=fresh)
         if detach:
-            sub.add_argument("--detach", action="store_true", help="with --backend jobs: print the job id and return")
+            sub.add_argument(
+                "--detach", action="store_true", help="with --jobs.backend jobs: print the job id and return"
+            )
 
     return add
 
@@ -55,7 +57,7 @@ def _jobs_arguments(sub: argparse.ArgumentParser) -> None:
 
 
 def _doctor_arguments(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("output_dir", help="a build's output dir")
+    sub.add_argument("output_dir", help="a build's or an evaluation's output dir")
     sub.add_argument("--repair", action="store_true", help="rewrite damaged journals keeping every intact record")
 
 
@@ -92,24 +94,24 @@ COMMANDS = (
         "train",
         "trainer.train:command",
         "fine-tune a LoRA adapter on a pinned dataset version (TRL SFTTrainer + PEFT)",
-        "Train a LoRA adapter. Any recipe field can be overridden: --max_steps 3 --revision v2 --backend jobs.",
+        "Train a LoRA adapter. Override any recipe field: --sft.max_steps 3 --lora.r 16 --jobs.backend jobs.",
         _recipe("configs/train/local.yaml", detach=True),
-        "trainer.train:TrainConfig",
+        "trainer.train_config:TrainConfig",
     ),
     Command(
         "jobs",
         "trainer.jobs:command",
-        "state and logs of a training run submitted with --backend jobs",
+        "state and logs of a training run submitted with --jobs.backend jobs",
         "Show a Hugging Face Job's state or stream its logs.",
         _jobs_arguments,
     ),
     Command(
         "eval",
-        "trainer.evaluate:command",
+        "trainer.evaluation.run:command",
         "evaluate the base model, base + adapter (and a baseline adapter) on benchmarks",
         "Evaluate on GSM-Hard / Genome-Bench / MultiMedQA. Override fields: --limit 50 --adapter DIR.",
         _recipe("configs/eval/local.yaml", fresh="discard the endpoint engine's answers journal and start over"),
-        "trainer.evaluate:EvalConfig",
+        "trainer.evaluation.config:EvalConfig",
     ),
     Command(
         "publish-adapter",
@@ -120,16 +122,16 @@ COMMANDS = (
     ),
     Command(
         "sweep",
-        "trainer.sweep:command",
+        "trainer.sweep.run:command",
         "ablations: curate, train and evaluate one cell per grid point of curation settings",
         "Run or resume an ablation sweep over one pool. Override fields: --grid.sizes [25,50] --publish_cell ID.",
         _recipe("configs/sweeps/local.yaml", fresh="discard the sweep folder's cells and start over"),
-        "trainer.sweep_config:SweepConfig",
+        "trainer.sweep.config:SweepConfig",
     ),
     Command(
         "doctor",
         "builder.runfolder:doctor_command",
-        "check a build folder's journals and state files; --repair keeps every intact record",
+        "check a build's or an evaluation's journals and state files; --repair keeps every intact record",
         "Report damaged journal lines (records lost, calls a resume sends again) and state files.",
         _doctor_arguments,
     ),
@@ -191,8 +193,8 @@ class _DropMessages(logging.Filter):
 
 
 def quiet_third_parties() -> None:
-    """The console shows NanoFlux's own progress and messages only. Known third-party noise is silenced here, at the one
-    place every stage starts, each for a stated reason; an environment variable the user set still wins."""
+    """The console shows NanoFlux's own progress and messages only. Known third-party noise is silenced here, at the
+    one place every stage starts, each for a stated reason; an environment variable the user set still wins."""
     # Progress bars of datasets' parquet writes and the Hub's downloads/uploads interleave with the stage's own bar.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

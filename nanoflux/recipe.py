@@ -124,6 +124,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return _coerce(inner, value, path)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, prefix=f"{path}.")
+    if origin is dict:  # a pass-through mapping (e.g. a trainer's `sft:`): its keys are checked by its owner
+        if not isinstance(value, dict):
+            fail(
+                path, value, f"expected a mapping, not {_kind(value)}", f"write it as a mapping, e.g. {path}: {{a: 1}}"
+            )
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             fail(path, value, f"expected a list, not {_kind(value)}", f"write it as a list, e.g. {path}: [a, b]")
@@ -287,7 +293,8 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
 
 
 def load_config(cls: type[Config], recipe: str | Path | None, cli_args: list[str] | None = None) -> Config:
-    """Recipe file + CLI overrides -> `cls`, validated (its `validate()` runs when it has one): every stage's loader."""
+    """Recipe file + CLI overrides -> `cls`, validated (its `validate()` runs when it has one): every stage's
+    loader."""
     data = merge(load_recipe(recipe), parse_overrides(cli_args or []))
     config = from_dict(cls, data)
     validate = getattr(config, "validate", None)

@@ -249,8 +249,8 @@ def split_inline_options(text: str) -> tuple[str, list[str]]:
     Labels are `a.`, `a)` or `(a)`, in order a, b, c, ... Of every possible chain of labels the one taken is the
     longest; then one that starts after the "choose one of the following options" marker (or else after the last `?`
     that leaves room for it), so that "plan a. and plan b." in the question is not read as options; then one whose
-    labels all look alike (case, bracket, an opening quote), so that "B. subtilis" inside an option is not a label; then
-    the one that starts first, so that a second a..e run inside the last option does not win a tie.
+    labels all look alike (case, bracket, an opening quote), so that "B. subtilis" inside an option is not a label;
+    then the one that starts first, so that a second a..e run inside the last option does not win a tie.
     """
     matches = list(_INLINE_OPTION.finditer(text))
     chains: list[list[re.Match[str]]] = []
@@ -287,12 +287,13 @@ def split_inline_options(text: str) -> tuple[str, list[str]]:
 
     best = max(chains, key=rank)
     bounds = [m.start() for m in best[1:]] + [len(text)]
-    options = [text[m.end() : end].strip().strip("'\"“”").strip() for m, end in zip(best, bounds)]
+    options = [text[m.end() : end].strip().strip("'\"“”").strip() for m, end in zip(best, bounds, strict=True)]
     return _CHOOSE.sub("", text[: best[0].start()]).strip(), options
 
 
 def format_gold(gold: str | float) -> str:
-    """A gold answer as a target writes it: a letter or yes/no/maybe as is, a number without exponent or trailing .0."""
+    """A gold answer as a target writes it: a letter or yes/no/maybe as is, a number without exponent or trailing
+    .0."""
     if isinstance(gold, str):
         return gold
     if float(gold).is_integer():

@@ -1,4 +1,5 @@
-"""Scoring: answer extraction, correctness as each benchmark's authors judge it, and the statistics (`trainer/scoring.py`).
+"""Scoring: answer extraction, correctness as each benchmark's authors judge it, and the statistics
+(`nanoflux/scoring.py`).
 
 - Numbers: the number after the last `Final answer:`, else after `####`, else in `\\boxed{}`, else the last number; it
   reads fractions (`1/3`, `\\frac{1}{3}`, `2 1/2`), scale words (`2.5 million`), thousands separators, scientific
@@ -54,7 +55,8 @@ _AFTER = re.compile(  # what may stand between a marker and the letter: "is", ":
 
 
 def _visible(text: str) -> str:
-    """The answer part of an output: without a `<think>...</think>` block (an unclosed one hides everything after it)."""
+    """The answer part of an output: without a `<think>...</think>` block (an unclosed one hides everything after
+    it)."""
     return _THINK.sub("", text).strip()
 
 
@@ -253,8 +255,8 @@ def paired_comparison(a: Sequence[bool], b: Sequence[bool], *, samples: int = 10
     if len(a) != len(b):
         raise ValueError(f"paired comparison needs the same examples in both arms (got {len(a)} and {len(b)})")
     n = len(a)
-    a_only = sum(1 for x, y in zip(a, b) if x and not y)
-    b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    a_only = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
     low, high = paired_bootstrap_ci(a, b, samples=samples, seed=seed)
     return {
         "n": n,
@@ -358,10 +360,10 @@ def aggregate_results(
         if variant not in variants or reference not in variants:
             continue
         pairs = [_aligned(details[m], variant, reference) for m in members]
-        diffs = [[float(x) - float(y) for x, y in zip(a, b)] for a, b in pairs]
+        diffs = [[float(x) - float(y) for x, y in zip(a, b, strict=True)] for a, b in pairs]
         stats = aggregate(diffs, samples=samples, seed=seed)
-        wins = sum(x and not y for a, b in pairs for x, y in zip(a, b))
-        losses = sum(y and not x for a, b in pairs for x, y in zip(a, b))
+        wins = sum(x and not y for a, b in pairs for x, y in zip(a, b, strict=True))
+        losses = sum(y and not x for a, b in pairs for x, y in zip(a, b, strict=True))
         result["paired"][f"{variant}-vs-{reference}"] = {
             "variant": variant,
             "reference": reference,

@@ -1,11 +1,13 @@
 """`nanoflux space`: run the Gradio Space (`spaces/`) on this machine, or deploy it to a Space repo.
 
 Usage:
-    nanoflux space                                       # local dataset folder, packaged SmolLM2, local adapter, local results
+    nanoflux space                      # local dataset folder, packaged SmolLM2, local adapter, local results
     nanoflux space --port 7870 --adapter outputs/adapter-local --adapter local/smollm2-nanoflux-medical-lora
-    nanoflux space --hub_dir none --dataset org/nanoflux-medical --adapter org/smollm2-nanoflux-lora    # read from the Hub
-    nanoflux space deploy org/nanoflux-demo --dataset org/nanoflux-medical --adapter org/smollm2-nanoflux-lora --results outputs/eval
-    nanoflux space deploy local/nanoflux-demo --hub_dir outputs/hub                                     # a local repository folder
+    # read from the Hub:
+    nanoflux space --hub_dir none --dataset org/nanoflux-medical --adapter org/smollm2-nanoflux-lora
+    nanoflux space deploy org/nanoflux-demo --dataset org/nanoflux-medical --adapter org/smollm2-nanoflux-lora \
+        --results outputs/eval
+    nanoflux space deploy local/nanoflux-demo --hub_dir outputs/hub    # a local repository folder
 
 The Space reads its settings from environment variables (Space variables on the Hub; see spaces/app.py). The local
 run sets them: the dataset repo of the local repository folder (`hub_dir`, served on loopback by
@@ -84,7 +86,8 @@ class SpaceConfig:
 
 @dataclass
 class DeployConfig:
-    """`nanoflux space deploy`: where the Space goes and what its front matter names (None: keep spaces/README.md's)."""
+    """`nanoflux space deploy`: where the Space goes and what its front matter names (None: keep spaces/README.md's
+    value)."""
 
     repo_id: str = ""
     hub_dir: str | None = None

@@ -3,7 +3,7 @@ see the evaluation results.
 
 Run it:
     python app.py                      # settings from the environment (Space variables) and this folder's README.md
-    nanoflux space                     # from a NanoFlux checkout: local dataset folder, packaged SmolLM2, local adapter
+    nanoflux space                     # from a NanoFlux checkout: local dataset, packaged SmolLM2, local adapter
 
 Settings: a Space variable (environment variable) wins over the README front matter, which wins over the default.
 
@@ -11,17 +11,22 @@ Settings: a Space variable (environment variable) wins over the README front mat
 |---|---|---|
 | NANOFLUX_DATASET | `datasets[0]` | the NanoFlux dataset repo (org/name); its versions are the `vN` tags |
 | NANOFLUX_BASE_MODEL | `models[0]` | the base model: a Hub model id or a folder |
-| NANOFLUX_BASE_MODEL_FOLDER | | a local copy of the base model to load instead (the local run's packaged SmolLM2); the page names the id |
-| NANOFLUX_ADAPTERS | `models[1:]` | comma-separated LoRA adapters: a folder, a Hub repo (its tags and `main`), or repo@revision |
+| NANOFLUX_BASE_MODEL_FOLDER | | a local copy of the base model to load instead (the local run's packaged SmolLM2) |
+| NANOFLUX_ADAPTERS | `models[1:]` | comma-separated adapters: a folder, a Hub repo (its tags, `main`), repo@revision |
 | NANOFLUX_RESULTS | | `results.json` of `nanoflux eval`, or its folder (default: `results/` beside this file) |
 | NANOFLUX_MAX_PROMPT_CHARS, NANOFLUX_MAX_PROMPT_TOKENS | | prompt limits (4000 characters, 1024 tokens) |
 | NANOFLUX_MAX_NEW_TOKENS | | the most tokens one answer may generate (256) |
 | NANOFLUX_CONCURRENCY, NANOFLUX_QUEUE_SIZE | | comparisons running at once (1) and waiting at most (16) |
 
+The page names the base model by its id, never by a local copy's folder.
 A private dataset or adapter needs the Space secret HF_TOKEN; huggingface_hub reads it, nothing here shows it.
 Model text (questions, answers, rationales) is shown as plain text only, never as markdown or HTML.
 A bad input (an empty prompt, a version that is gone) is answered on the page, and logged as one line without a
 traceback: it is the user's to fix, not a server fault.
+
+Modules: `settings` (the settings above), `page` (the Blocks: Compare, Explore, Results), this one (the handlers
+behind the page, `NanoFluxSpace`), `comparison`, `versions`, `evaluation` (the models, the dataset's versions, the
+evaluation results), `tables` and `charts` (how they are shown).
 """
 
 from __future__ import annotations
@@ -31,9 +36,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
@@ -48,10 +51,10 @@ from evaluation import (
     results_table,
 )
 from huggingface_hub import HfApi
-from tables import data_table, sized
+from page import build_demo
+from settings import Settings, model_label
+from tables import sized
 from versions import (
-    DEFENDER_CHOICES,
-    LEVELS,
     TEXT_COLUMNS,
     DatasetVersions,
     VersionError,
@@ -71,100 +74,9 @@ from versions import (
 
 logger = logging.getLogger("nanoflux.space")
 
-APP_DIR = Path(__file__).resolve().parent
-DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
-# What the local run's converted packaged model carries (builder/embedded.py): the Hub id it was made from.
-_PACKAGED_MARKER = "nanoflux_embedded.json"
 # Row fields too bulky for the row's JSON view (the chat messages repeat the question and the explanation).
 _NOT_IN_JSON = ("messages",)
-
-
-class SettingsError(ValueError):
-    """A Space setting with a bad value; the message names the variable, the value and the fix."""
-
-
-# --- settings --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Settings:
-    """What the Space shows and its limits (see the module docstring for the variables)."""
-
-    dataset: str | None = None
-    base_model: str = DEFAULT_BASE_MODEL
-    base_model_folder: str | None = None
-    adapters: list[str] = field(default_factory=list)
-    results: str | None = None
-    max_prompt_chars: int = 4000
-    max_prompt_tokens: int = 1024
-    max_new_tokens: int = 256
-    default_new_tokens: int = 64
-    concurrency: int = 1
-    queue_size: int = 16
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, readme: Path | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        front = _front_matter(readme or APP_DIR / "README.md")
-        models = [str(m) for m in front.get("models") or []]
-        datasets = [str(d) for d in front.get("datasets") or []]
-        adapters = environ.get("NANOFLUX_ADAPTERS")
-        default_results = APP_DIR / "results" / "results.json"
-        settings = cls(
-            dataset=environ.get("NANOFLUX_DATASET") or (datasets[0] if datasets else None),
-            base_model=environ.get("NANOFLUX_BASE_MODEL") or (models[0] if models else DEFAULT_BASE_MODEL),
-            base_model_folder=environ.get("NANOFLUX_BASE_MODEL_FOLDER") or None,
-            adapters=[a.strip() for a in adapters.split(",") if a.strip()] if adapters is not None else models[1:],
-            results=environ.get("NANOFLUX_RESULTS") or (str(default_results) if default_results.is_file() else None),
-            max_prompt_chars=_int(environ, "NANOFLUX_MAX_PROMPT_CHARS", 4000, 1, 100_000),
-            max_prompt_tokens=_int(environ, "NANOFLUX_MAX_PROMPT_TOKENS", 1024, 8, 32_768),
-            max_new_tokens=_int(environ, "NANOFLUX_MAX_NEW_TOKENS", 256, 1, 4096),
-            concurrency=_int(environ, "NANOFLUX_CONCURRENCY", 1, 1, 64),
-            queue_size=_int(environ, "NANOFLUX_QUEUE_SIZE", 16, 1, 1000),
-        )
-        settings.default_new_tokens = min(settings.default_new_tokens, settings.max_new_tokens)
-        return settings
-
-
-def _front_matter(readme: Path) -> dict[str, Any]:
-    from huggingface_hub.repocard import metadata_load
-
-    return (metadata_load(readme) or {}) if readme.is_file() else {}
-
-
-def _int(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(
-            f"{name}: not a whole number (got {raw!r}). Fix: set it to a number from {low} to {high}"
-        ) from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name}: out of range (got {value}). Fix: set it to a number from {low} to {high}")
-    return value
-
-
-def model_label(model: str, folder: str | None = None) -> str:
-    """The base model as the page names it: its Hub id, never a cache path. A local copy (`folder`) or a model
-    folder that is a converted packaged model (its marker names the id) reads `<id> (packaged)`; another local copy
-    `<id> (local copy)`; a plain folder its name."""
-    for candidate in (folder, model):
-        if candidate and (Path(candidate) / _PACKAGED_MARKER).is_file():
-            try:
-                model_id = json.loads((Path(candidate) / _PACKAGED_MARKER).read_text(encoding="utf-8")).get("model_id")
-            except (OSError, ValueError):
-                model_id = None
-            if candidate == folder or model_id:
-                return f"{model_id or model} (packaged)"
-    if folder:
-        return f"{model} (local copy)"
-    if Path(model).is_dir():
-        return f"{Path(model).name} (local folder)"
-    return model
 
 
 def refused(message: str) -> gr.Error:
@@ -281,7 +193,8 @@ class NanoFluxSpace:
         return gr.update(choices=[(row_label(i, row), f"{tag}#{i}") for i, row in enumerate(rows)], value=None)
 
     def pick_dataset_question(self, choice: str | None) -> tuple[Any, Any]:
-        """(prompt, reference) for a dataset question `<tag>#<index>`: the question, its reference answer and explanation."""
+        """(prompt, reference) for a dataset question `<tag>#<index>`: the question, its reference answer and
+        explanation."""
         if not choice:
             return gr.update(), gr.update()
         tag, _, index = choice.rpartition("#")
@@ -491,225 +404,6 @@ class NanoFluxSpace:
         except VersionError as err:
             dataset = (f"⚠️ {redact(str(err))}", None, None)
         return evaluation + dataset
-
-
-# --- the page --------------------------------------------------------------------------------------------
-
-_NO_RESULTS: dict[str, Any] = {
-    "benchmarks": [],
-    "variants": [],
-    "results": {},
-}  # the results tables' columns before the page load
-
-
-def build_demo(space: NanoFluxSpace) -> gr.Blocks:
-    """The Blocks app with its queue configured; `launch()` it (nothing is launched here)."""
-    settings = space.settings
-    space.refresh()  # initial choices, so that API clients (which run no page load) can pass them
-    tags = space.version_tags()
-    with gr.Blocks(title="NanoFlux") as demo:
-        gr.Markdown(
-            "# NanoFlux\nAdversarial Attacker/Defender datasets with a tool-augmented Judge, distilled into a LoRA"
-            " adapter."
-        )
-        status = gr.Markdown(space.status(), elem_id="status")
-
-        with gr.Tab("Compare"):
-            with gr.Row():
-                question_version = gr.Dropdown(tags, value=tags[0] if tags else None, label="Dataset version", scale=1)
-                dataset_question = gr.Dropdown([], label="Question from the dataset", scale=3)
-                benchmark_question = gr.Dropdown(
-                    space.benchmark_choices(), value=None, label="Question from a benchmark", scale=3
-                )
-            prompt = gr.Textbox(
-                label="Prompt",
-                lines=4,
-                max_length=settings.max_prompt_chars,
-                elem_id="prompt",
-                placeholder="Ask anything, or pick a question above.",
-            )
-            with gr.Row():
-                adapter = gr.Dropdown(
-                    space.adapter_choices,
-                    value=space.adapter_choices[0][1] if space.adapter_choices else None,
-                    label="Adapter version",
-                    scale=3,
-                )
-                new_tokens = gr.Slider(
-                    1,
-                    settings.max_new_tokens,
-                    value=settings.default_new_tokens,
-                    step=1,
-                    label="Max new tokens",
-                    scale=2,
-                )
-                run = gr.Button("Compare", variant="primary", elem_id="compare", scale=1)
-            with gr.Row(equal_height=True):
-                base_answer = gr.Textbox(label="Base model", lines=10, interactive=False, elem_id="base-answer")
-                tuned_answer = gr.Textbox(
-                    label="Base + NanoFlux adapter", lines=10, interactive=False, elem_id="tuned-answer"
-                )
-            reference = gr.Textbox(
-                label="Reference (dataset or benchmark questions)", lines=3, interactive=False, elem_id="reference"
-            )
-            compare_status = gr.Markdown("", elem_id="compare-status")
-
-        with gr.Tab("Explore"):
-            with gr.Row():
-                version = gr.Dropdown(tags, value=tags[0] if tags else None, label="Dataset version", scale=1)
-                rounds = gr.Dropdown([], multiselect=True, label="Round", scale=1)
-                capabilities = gr.Dropdown([], multiselect=True, label="Capability", scale=2)
-            with gr.Row():
-                complexities = gr.CheckboxGroup(list(LEVELS), label="Complexity (judge)")
-                quality_levels = gr.CheckboxGroup([f"L{level}" for level in LEVELS], label="Reasoning-quality level")
-                defender = gr.Radio(list(DEFENDER_CHOICES), value="any", label="Defender")
-            summary = gr.Markdown()
-            table = data_table(
-                rows_table([], []),
-                text=TEXT_COLUMNS["rows"],
-                max_height=420,
-                label="Rows (click one to read it below)",
-                elem_id="rows",
-            )
-            row = gr.Dropdown([], label="Row")
-            with gr.Row():
-                question = gr.Textbox(label="Question", lines=5, max_lines=20, interactive=False)
-                explanation = gr.Textbox(
-                    label="Explanation (annotated reasoning)", lines=5, max_lines=20, interactive=False
-                )
-            with gr.Row():
-                reference_answer = gr.Textbox(label="Reference answer", interactive=False)
-                defender_answer = gr.Textbox(label="Defender answer", interactive=False)
-            with gr.Row():
-                scores = data_table(scores_table({}), label="Judge scores", scale=1, elem_id="scores")
-                with gr.Column(scale=2):
-                    defender_reasoning = gr.Textbox(
-                        label="Defender reasoning", lines=3, max_lines=12, interactive=False
-                    )
-                    rationale = gr.Textbox(label="Judge rationale", lines=3, max_lines=12, interactive=False)
-            tools = data_table(
-                tools_table({}),
-                text=TEXT_COLUMNS["tools"],
-                max_height=320,
-                label="Judge tool calls (click one to read it in full)",
-                elem_id="tools",
-            )
-            with gr.Row():
-                tool_input = gr.Textbox(
-                    label="Tool call: input", lines=4, max_lines=24, interactive=False, elem_id="tool-input"
-                )
-                tool_output = gr.Textbox(
-                    label="Tool call: output", lines=4, max_lines=24, interactive=False, elem_id="tool-output"
-                )
-            with gr.Accordion("Every field of this row (JSON)", open=False):
-                row_json = gr.JSON(label="Row", show_label=False)
-            gr.Markdown("### What changed between two versions")
-            with gr.Row():
-                diff_old = gr.Dropdown(
-                    tags, value=tags[1] if len(tags) > 1 else (tags[0] if tags else None), label="From"
-                )
-                diff_new = gr.Dropdown(tags, value=tags[0] if tags else None, label="To")
-                diff_run = gr.Button("Compare versions")
-            diff_summary_md = gr.Markdown(elem_id="diff-summary")
-            diff_rows = data_table(
-                diff_table({"added": [], "removed": [], "changed": []}),
-                text=TEXT_COLUMNS["diff"],
-                label="Changes",
-                elem_id="changes",
-            )
-
-        with gr.Tab("Results"):
-            eval_summary = gr.Markdown()
-            eval_plot = gr.Plot(label="Accuracy per benchmark", show_label=False)  # the figure has its own titles
-            eval_table = data_table(results_table(_NO_RESULTS), label="Scores", elem_id="scores-table")
-            eval_paired = data_table(
-                paired_table(_NO_RESULTS),
-                label="Paired comparisons (same questions): Δ accuracy, paired bootstrap CI, McNemar's exact test",
-                elem_id="paired-table",
-            )
-            dist_summary = gr.Markdown()
-            dist_plot = gr.Plot(label="Quality and complexity per dataset version", show_label=False)
-            dist_table = data_table(distributions({}), label="Counts per version", elem_id="counts-table")
-
-        # Compare
-        question_version.change(
-            space.dataset_questions, question_version, dataset_question, api_name="dataset_questions"
-        )
-        dataset_question.input(
-            space.pick_dataset_question, dataset_question, [prompt, reference], api_name="pick_dataset_question"
-        )
-        benchmark_question.input(
-            space.pick_benchmark_question, benchmark_question, [prompt, reference], api_name="pick_benchmark_question"
-        )
-        prompt.input(
-            lambda: "", None, reference, api_visibility="private", queue=False
-        )  # an edited prompt has no reference
-        run.click(
-            space.compare,
-            [prompt, adapter, new_tokens],
-            [base_answer, tuned_answer, compare_status],
-            api_name="compare",
-            concurrency_limit=settings.concurrency,
-            concurrency_id="model",
-        )
-        prompt.submit(
-            space.compare,
-            [prompt, adapter, new_tokens],
-            [base_answer, tuned_answer, compare_status],
-            api_visibility="private",
-            concurrency_limit=settings.concurrency,
-            concurrency_id="model",
-        )
-
-        # Explore
-        filters = [version, rounds, capabilities, complexities, quality_levels, defender]
-        explored = [summary, table, row]
-        version.change(space.explore_options, version, [rounds, capabilities], api_name="explore_options").then(
-            space.explore, filters, explored, api_name="explore"
-        )
-        for control in filters[1:]:
-            control.input(space.explore, filters, explored, api_visibility="private")
-        table.select(space.select_row, None, row, api_visibility="private")
-        row.change(
-            space.row_details,
-            [version, row],
-            [
-                question,
-                reference_answer,
-                explanation,
-                defender_answer,
-                defender_reasoning,
-                rationale,
-                scores,
-                tools,
-                tool_input,
-                tool_output,
-                row_json,
-            ],
-            api_name="row_details",
-        )
-        tools.select(space.select_tool_call, [version, row], [tool_input, tool_output], api_visibility="private")
-        diff_run.click(space.diff, [diff_old, diff_new], [diff_summary_md, diff_rows], api_name="diff")
-
-        # Page load: fresh choices, the latest version's rows, its changes since the one before, the results.
-        demo.load(
-            space.startup,
-            None,
-            [status, question_version, adapter, benchmark_question, version, diff_old, diff_new],
-            api_name="startup",
-        ).then(space.dataset_questions, question_version, dataset_question, api_visibility="private").then(
-            space.explore_options, version, [rounds, capabilities], api_visibility="private"
-        ).then(space.explore, filters, explored, api_visibility="private").then(
-            space.diff, [diff_old, diff_new], [diff_summary_md, diff_rows], api_visibility="private"
-        ).then(
-            space.results,
-            None,
-            [eval_summary, eval_plot, eval_table, eval_paired, dist_summary, dist_plot, dist_table],
-            api_name="results",
-        )
-
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=max(2, settings.concurrency))
-    return demo
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ def labelled_bars(
     heights = [0.0 if _missing(v) else float(v) for v in values]
     bars = axes.bar(xs, heights, width, yerr=yerr, capsize=3 if yerr is not None else 0, label=label, color=color)
     color = bars.patches[0].get_facecolor() if bars.patches else color
-    for x, value, bar in zip(xs, values, bars.patches):
+    for x, value, bar in zip(xs, values, bars.patches, strict=True):
         if _missing(value):
             text = "n/a"
         else:

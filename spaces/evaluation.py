@@ -250,11 +250,11 @@ def results_figure(results: dict[str, Any]) -> Any:
         accuracy = [None if r is None or math.isnan(r["accuracy"]) else r["accuracy"] for r in rows]
         low = [
             max(0.0, a - r["ci_low"]) if a is not None and not math.isnan(r["ci_low"]) else 0.0
-            for a, r in zip(accuracy, rows)
+            for a, r in zip(accuracy, rows, strict=True)
         ]
         high = [
             max(0.0, r["ci_high"] - a) if a is not None and not math.isnan(r["ci_high"]) else 0.0
-            for a, r in zip(accuracy, rows)
+            for a, r in zip(accuracy, rows, strict=True)
         ]
         labelled_bars(
             axes,
@@ -293,7 +293,7 @@ def _plot_deltas(axes: Any, results: dict[str, Any]) -> None:
     ]
     colors = {key: f"C{i}" for i, key in enumerate(PAIR_LABELS)}
     ys = list(range(len(points)))[::-1]
-    for y, (_, key, delta, low, high) in zip(ys, points):
+    for y, (_, key, delta, low, high) in zip(ys, points, strict=True):
         axes.errorbar(
             [100 * delta],
             [y],

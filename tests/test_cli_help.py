@@ -53,8 +53,8 @@ def test_train_help_names_the_backend_field_and_its_values(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    assert "  backend = 'local'" in out
-    assert "jobs" in out.split("  backend = 'local'", 1)[1].split("\n  ")[1]
+    assert "  jobs.backend = 'local'" in out
+    assert "jobs" in out.split("  jobs.backend = 'local'", 1)[1].split("\n  ")[1]
 
 
 def test_field_docs_reads_the_string_after_each_annotation():

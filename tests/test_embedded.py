@@ -106,7 +106,7 @@ def test_the_server_command_is_llama_cpp_server_sized_for_this_machine(tmp_path)
     server = LlamaServer(DEFAULT_MODEL_ID, embedded.gguf_path(), log_dir=tmp_path)
     command = server.command(8123)
     assert command[:3] == [sys.executable, "-m", "builder.llama_engine"]
-    args = dict(zip(command[3::2], command[4::2]))
+    args = dict(zip(command[3::2], command[4::2], strict=True))
     assert args["--model"] == str(embedded.gguf_path()) and args["--model_alias"] == DEFAULT_MODEL_ID
     assert (args["--host"], args["--port"]) == ("127.0.0.1", "8123")
     threads = str(server.settings.threads())

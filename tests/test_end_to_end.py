@@ -53,7 +53,7 @@ def test_build_publish_train_eval_and_the_card_carries_the_scores(tmp_path, embe
             "configs/train/local.yaml",
             "--hub_dir",
             str(hub),
-            "--max_steps",
+            "--sft.max_steps",
             "2",
             "--output_dir",
             str(adapter),

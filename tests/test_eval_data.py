@@ -1,5 +1,6 @@
-"""Benchmark data: gold answers read strictly, inline options split robustly, headerless MMLU CSVs, id files (PubMedQA's
-500 test ids), dev partitions that never hold a test row, and the GSM8K training format. Fixtures only, offline."""
+"""Benchmark data: gold answers read strictly, inline options split robustly, headerless MMLU CSVs, id files
+(PubMedQA's 500 test ids), dev partitions that never hold a test row, and the GSM8K training format. Fixtures only,
+offline."""
 
 from __future__ import annotations
 
@@ -9,20 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from nanoflux.recipe import ConfigError
-from trainer.evaluate import (
+from nanoflux.benchmarks import (
     FORMATS,
     PUBMEDQA_TEST_IDS,
     BenchmarkConfig,
     ColumnsConfig,
     DevConfig,
-    EvalError,
-    build_eval_config,
     dev_benchmark,
     load_benchmark,
-    split_inline_options,
     test_questions,
 )
+from nanoflux.recipe import ConfigError
+from nanoflux.rows import EvalError, split_inline_options
+from trainer.evaluation.config import build_eval_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "samples" / "benchmarks"

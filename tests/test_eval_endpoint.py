@@ -1,6 +1,6 @@
-"""`nanoflux eval` through the endpoint engine (trainer/generation.py): every variant's requests name its served model,
-answers score exactly as the in-process engine's do, a killed evaluation resumes asking only what it had no answer
-for, a changed evaluation refuses the folder's answers, progress and the summary reach the log, and a failed
+"""`nanoflux eval` through the endpoint engine (trainer/evaluation/generation.py): every variant's requests name its
+served model, answers score exactly as the in-process engine's do, a killed evaluation resumes asking only what it had
+no answer for, a changed evaluation refuses the folder's answers, progress and the summary reach the log, and a failed
 evaluation leaves no empty folder (but keeps a journal with answers).
 
 Against the scripted server (localhub.testing.tgi) and, marked slow, the packaged SmolLM2 in-process and a real
@@ -23,20 +23,16 @@ from pathlib import Path
 
 import pytest
 
-import trainer.generation
+import trainer.evaluation.generation
 from localhub.testing.tgi import Fault, ScriptedTGI
 from nanoflux import journal as journals
+from nanoflux.benchmarks import BenchmarkConfig
 from nanoflux.recipe import to_dict
+from nanoflux.rows import EvalError
 from nanoflux.runfolder import RunFolderError
-from trainer.evaluate import (
-    BenchmarkConfig,
-    EndpointConfig,
-    EvalConfig,
-    EvalError,
-    ServedModels,
-    build_eval_config,
-    main,
-)
+from trainer.evaluation.config import EvalConfig, build_eval_config
+from trainer.evaluation.generation import EndpointConfig, ServedModels
+from trainer.evaluation.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "samples" / "benchmarks"
@@ -197,7 +193,7 @@ def test_adapter_answers_identical_to_the_base_are_flagged(tgi_server, tmp_path,
     )  # TGI: an unknown adapter id gets the base model
     config = _config(tmp_path, tgi_server.url, adapter="org/not-loaded")
     config.benchmarks[0].limit = 8
-    with caplog.at_level(logging.WARNING, logger="trainer.generation"):
+    with caplog.at_level(logging.WARNING, logger="trainer.evaluation.generation"):
         main(config)
     assert (
         "variant adapter (served as 'org/not-loaded') answered exactly as the base model on all 11 questions"
@@ -221,14 +217,14 @@ def test_both_engines_score_the_same_answers_identically(lora_server, tmp_path, 
     for name in ("nanoflux", "full"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": BASE}))
-    monkeypatch.setattr(trainer.generation, "load_model", lambda model, dtype: (_FakeModel(), None))
-    monkeypatch.setattr(trainer.generation, "activate", lambda model, variant, adapter: _FakeModel(variant))
+    monkeypatch.setattr(trainer.evaluation.generation, "load_model", lambda model, dtype: (_FakeModel(), None))
+    monkeypatch.setattr(trainer.evaluation.generation, "activate", lambda model, variant, adapter: _FakeModel(variant))
 
     def fake_generate(model, tokenizer, prompts, progress=None, **kwargs):
         progress.update(len(prompts))
         return [_answer(model.variant, p) for p in prompts]
 
-    monkeypatch.setattr(trainer.generation, "generate", fake_generate)
+    monkeypatch.setattr(trainer.evaluation.generation, "generate", fake_generate)
 
     def benchmarks() -> list[BenchmarkConfig]:
         return [
@@ -262,7 +258,8 @@ def test_both_engines_score_the_same_answers_identically(lora_server, tmp_path, 
 _CHILD = textwrap.dedent("""
     import json, sys
     from nanoflux.recipe import from_dict
-    from trainer.evaluate import EvalConfig, main
+    from trainer.evaluation.config import EvalConfig
+    from trainer.evaluation.run import main
     config = from_dict(EvalConfig, json.loads(sys.argv[1]))
     config.validate()
     main(config)
@@ -329,7 +326,7 @@ def test_a_changed_evaluation_reuses_only_matching_answers_and_another_base_mode
     assert lora_server.request_count == 21
 
     lora_server.reset()  # max_new_tokens is in every request: everything asked again, nothing refused
-    with caplog.at_level(logging.INFO, logger="trainer.generation"):
+    with caplog.at_level(logging.INFO, logger="trainer.evaluation.generation"):
         main(_lora_config(tmp_path, lora_server.url, max_new_tokens=48))
     assert lora_server.request_count == 21 and "21 answer(s) in" in caplog.text and "not used" in caplog.text
 
@@ -367,7 +364,7 @@ def test_a_changed_evaluation_reuses_only_matching_answers_and_another_base_mode
 
 
 def test_progress_lines_and_the_summary_reach_the_log_off_a_terminal(lora_server, tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(trainer.generation, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(trainer.evaluation.generation, "PROGRESS_INTERVAL", 0.0)
     with caplog.at_level(logging.INFO):
         results = main(_lora_config(tmp_path, lora_server.url))
     progress = [r.getMessage() for r in caplog.records if r.name == "nanoflux.progress"]
@@ -425,7 +422,7 @@ def test_a_failed_in_process_evaluation_removes_what_it_created_and_nothing_else
     def broken(model, dtype):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(trainer.generation, "load_model", broken)
+    monkeypatch.setattr(trainer.evaluation.generation, "load_model", broken)
     config = _config(tmp_path, "http://unused", engine="transformers")
     with pytest.raises(RuntimeError, match="out of memory"):
         main(config)
@@ -465,12 +462,12 @@ def test_a_server_running_the_same_transformers_model_gives_identical_scores(
     """The identity claim, honestly: the same weights (the packaged SmolLM2 in fp32) behind the endpoint as in-process,
     both answering one question at a time, give the same texts and so the same scores."""
     monkeypatch.chdir(ROOT)
-    model, tokenizer = trainer.generation.load_model(BASE, "float32")
+    model, tokenizer = trainer.evaluation.generation.load_model(BASE, "float32")
     lock = threading.Lock()
 
     def serve(body: dict) -> str:
         with lock:  # one forward pass at a time, as the in-process engine runs them
-            return trainer.generation.generate(
+            return trainer.evaluation.generation.generate(
                 model, tokenizer, [_prompt(body)], max_new_tokens=body["max_tokens"], batch_size=1
             )[0]
 

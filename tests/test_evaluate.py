@@ -1,4 +1,5 @@
-"""The evaluation stage: benchmark loaders, answer extraction, scoring, outputs, model-index, recipes, and a real run."""
+"""The evaluation stage: benchmark loaders, answer extraction, scoring, outputs, model-index, recipes, and a real
+run."""
 
 from __future__ import annotations
 
@@ -10,35 +11,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nanoflux.benchmarks import BenchmarkConfig, ColumnsConfig, load_benchmark
 from nanoflux.recipe import ConfigError
-from trainer.evaluate import (
-    BenchmarkConfig,
-    ColumnsConfig,
-    ComputeConfig,
-    EvalConfig,
-    EvalError,
-    Example,
+from nanoflux.rows import EvalError, Example, split_inline_options
+from nanoflux.scoring import (
     aggregate_results,
     bootstrap_ci,
-    build_eval_config,
-    compute_accounting,
-    console_table,
     extract_answer,
     extract_choice,
     extract_number,
     extract_yes_no_maybe,
     is_correct,
-    load_benchmark,
-    main,
-    model_index,
     paired_comparisons,
-    resolve_adapter,
-    results_markdown,
     score,
-    split_inline_options,
-    write_model_index,
-    write_results,
 )
+from trainer.evaluation.compute import ComputeConfig, compute_accounting
+from trainer.evaluation.config import EvalConfig, build_eval_config
+from trainer.evaluation.model_card import model_index, write_model_index
+from trainer.evaluation.report import console_table, results_markdown, write_results
+from trainer.evaluation.run import main
+from trainer.evaluation.variants import resolve_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "samples" / "benchmarks"
@@ -680,7 +672,7 @@ def test_compute_is_measured_from_the_two_training_summaries(tmp_path):
 
 
 def test_missing_adapter_fails_before_any_model_loads_unless_optional(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="trainer.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="trainer.evaluation.variants"):
         assert resolve_adapter(str(tmp_path / "no-such-adapter"), field_name="adapter", optional=True) is None
     assert "evaluating the base model only" in caplog.text
     with pytest.raises(EvalError, match="adapter: adapter .* not found.*Fix: train one first"):
@@ -793,9 +785,11 @@ def test_malformed_recipe_fails_naming_the_field_the_value_and_the_fix(tmp_path,
 
 
 def test_nothing_to_evaluate_fails_before_any_model_loads(tmp_path, monkeypatch):
-    import trainer.evaluate
+    import trainer.evaluation.generation
 
-    monkeypatch.setattr(trainer.evaluate, "load_model", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(
+        trainer.evaluation.generation, "load_model", lambda *args, **kwargs: pytest.fail("a model was loaded")
+    )
     config = EvalConfig(
         evaluate_base=False,
         benchmarks=[BenchmarkConfig(format="medqa", path=str(FIXTURES / "medqa.jsonl"), limit=2)],
@@ -803,7 +797,7 @@ def test_nothing_to_evaluate_fails_before_any_model_loads(tmp_path, monkeypatch)
     )
     config.validate()
     with pytest.raises(EvalError, match="nothing to evaluate: evaluate_base is false and no adapter was found"):
-        trainer.evaluate.main(config)
+        main(config)
 
 
 # --- real model (slow) -----------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
-"""Training as a Hugging Face Job (`--backend jobs`), through huggingface_hub's real jobs client against LocalHub's
-Jobs API (localhub.jobs): the job spec built from a recipe, the token passed only as a secret, the checks made
-before anything is submitted, `nanoflux jobs status|logs`, and — marked `slow` — a real training job that pushes its
-adapter before its (ephemeral) disk goes away.
-"""
+"""Training as a Hugging Face Job (`--jobs.backend jobs`), through huggingface_hub's real jobs client against
+LocalHub's Jobs API (localhub.jobs): the job spec built from a recipe, the token passed only as a secret, the checks
+made before anything is submitted, `nanoflux jobs status|logs`, and — marked `slow` — a real training job that pushes
+its adapter before its (ephemeral) disk goes away."""
 
 from __future__ import annotations
 
@@ -16,11 +15,11 @@ import yaml
 
 from localhub import JobRunner, LocalHub
 from nanoflux.cli import main as cli_main
-from nanoflux.recipe import ConfigError
+from nanoflux.recipe import ConfigError, to_dict
 from tests.test_train import ADAPTER_REPO, LOCAL_RECIPE, QWEN_RECIPE, REPO, make_dataset_repo
 from trainer.jobs import RECIPE_ENV, JobsError, job_spec
 from trainer.jobs import main as submit
-from trainer.train import TrainConfig, TrainError, build_train_config
+from trainer.train_config import TrainConfig, TrainError, build_train_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -31,13 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def _jobs_config(*overrides: str) -> TrainConfig:
     """The local recipe as a job: data and adapter on the (local) Hub, NanoFlux preinstalled in the 'image'."""
     args = [
-        "--backend",
+        "--jobs.backend",
         "jobs",
         "--hub_dir",
         "null",
         "--push_to_hub",
         ADAPTER_REPO,
-        "--job_package",
+        "--jobs.package",
         "nanoflux",
         *overrides,
     ]
@@ -59,7 +58,9 @@ def hub(tmp_path, hub_endpoint, monkeypatch):
 
 
 def test_the_job_runs_the_same_recipe_locally_on_the_requested_hardware():
-    config = build_train_config(QWEN_RECIPE, ["--backend", "jobs", "--flavor", "a100-large", "--job_timeout", "3h"])
+    config = build_train_config(
+        QWEN_RECIPE, ["--jobs.backend", "jobs", "--jobs.flavor", "a100-large", "--jobs.timeout", "3h"]
+    )
     spec = job_spec(config, package="nanoflux==0.1.0")
 
     assert (spec["image"], spec["flavor"], spec["timeout"]) == (
@@ -72,16 +73,17 @@ def test_the_job_runs_the_same_recipe_locally_on_the_requested_hardware():
     assert "pip install --quiet --no-cache-dir nanoflux==0.1.0" in script
     assert script.rstrip().endswith("exec nanoflux train --config nanoflux_train.yaml")
     recipe = yaml.safe_load(spec["env"][RECIPE_ENV])
-    # Inside the job, the run trains where it is, into a folder of the job's own disk; the test-row check (a recipe file
-    # of this machine) ran before submission.
-    assert (recipe["backend"], recipe["output_dir"], recipe["eval_recipe"]) == (
+    # Inside the job, the run trains where it is, into a folder of the job's own disk; the test-row check (a recipe
+    # file of this machine) ran before submission.
+    assert (recipe["jobs"]["backend"], recipe["output_dir"], recipe["eval_recipe"]) == (
         "local",
         "outputs/qwen3-4b-nanoflux-medical-lora",
         None,
     )
     assert config.eval_recipe == "configs/eval/medical.yaml"
-    same = {k: v for k, v in vars(config).items() if k not in ("backend", "output_dir", "eval_recipe")}
-    assert {k: v for k, v in recipe.items() if k not in ("backend", "output_dir", "eval_recipe")} == same
+    same = {k: v for k, v in to_dict(config).items() if k not in ("jobs", "output_dir", "eval_recipe")}
+    assert {k: v for k, v in recipe.items() if k not in ("jobs", "output_dir", "eval_recipe")} == same
+    assert recipe["jobs"] == {**to_dict(config)["jobs"], "backend": "local"}
     assert spec["labels"] == {"nanoflux": "train", "adapter": "org--qwen3-4b-nanoflux-medical-lora"}
 
 
@@ -92,11 +94,11 @@ def test_the_job_runs_the_same_recipe_locally_on_the_requested_hardware():
         (["--hub_dir", "outputs/hub"], "hub_dir: a local folder is not visible to a job (got 'outputs/hub')"),
         (["--adapter_hub_dir", "outputs/models"], "adapter_hub_dir: a local folder is not visible to a job"),
         (
-            ["--job_timeout", "two hours"],
-            "job_timeout: not a duration (got 'two hours'). Fix: write seconds or a number with s/m/h/d",
+            ["--jobs.timeout", "two hours"],
+            "jobs.timeout: not a duration (got 'two hours'). Fix: write seconds or a number with s/m/h/d",
         ),
-        (["--flavor", "''"], "flavor: empty (got ''). Fix: name a Jobs hardware flavor"),
-        (["--backend", "slurm"], "backend: unknown (got 'slurm'). Fix: use local"),
+        (["--jobs.flavor", "''"], "jobs.flavor: empty (got ''). Fix: name a Jobs hardware flavor"),
+        (["--jobs.backend", "slurm"], "jobs.backend: unknown (got 'slurm'). Fix: use local"),
     ],
 )
 def test_a_recipe_a_job_cannot_run_is_refused_naming_the_field(overrides, message):
@@ -109,7 +111,7 @@ def test_a_recipe_a_job_cannot_run_is_refused_naming_the_field(overrides, messag
 
 
 def test_submission_passes_the_token_only_as_a_secret(hub):
-    job = submit(_jobs_config("--flavor", "a10g-small", "--job_timeout", "90m"), detach=True)
+    job = submit(_jobs_config("--jobs.flavor", "a10g-small", "--jobs.timeout", "90m"), detach=True)
 
     assert job.status.stage == "SCHEDULING"
     assert job.secrets == ["HF_TOKEN"]  # the API names secrets, never shows them
@@ -127,7 +129,9 @@ def test_submission_passes_the_token_only_as_a_secret(hub):
 
 def test_without_job_package_this_checkout_goes_up_as_a_wheel_the_job_downloads(hub):
     job = submit(
-        build_train_config(LOCAL_RECIPE, ["--backend", "jobs", "--hub_dir", "null", "--push_to_hub", ADAPTER_REPO]),
+        build_train_config(
+            LOCAL_RECIPE, ["--jobs.backend", "jobs", "--hub_dir", "null", "--push_to_hub", ADAPTER_REPO]
+        ),
         detach=True,
     )
 
@@ -152,7 +156,7 @@ def test_training_rows_that_are_evaluation_test_rows_are_refused_before_anything
     tmp_path, hub_endpoint, monkeypatch
 ):
     from nanoflux.benchmarks import test_questions
-    from trainer.evaluate import build_eval_config
+    from trainer.evaluation.config import build_eval_config
 
     monkeypatch.chdir(ROOT)
     medqa = next(
@@ -227,15 +231,15 @@ def test_a_training_job_pushes_its_adapter_before_its_disk_is_gone(
                 "train",
                 "--config",
                 str(LOCAL_RECIPE),
-                "--backend",
+                "--jobs.backend",
                 "jobs",
                 "--hub_dir",
                 "null",
                 "--push_to_hub",
                 ADAPTER_REPO,
-                "--job_package",
+                "--jobs.package",
                 "nanoflux",
-                "--max_steps",
+                "--sft.max_steps",
                 "2",
                 "--output_dir",
                 "outputs/adapter",

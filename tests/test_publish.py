@@ -333,11 +333,12 @@ def test_a_rerun_recurates_the_union_and_never_publishes_more_than_target_size(t
 
 
 def _plant_benchmark(tmp_path, rows: list[dict]) -> str:
-    """An evaluation recipe whose one benchmark (MedQA's schema) holds `rows`' questions verbatim, plus one unrelated."""
+    """An evaluation recipe whose one benchmark (MedQA's schema) holds `rows`' questions verbatim, plus one
+    unrelated."""
     items = [
         {
             "question": r["question"],
-            "options": dict(zip("ABCDE", r.get("options") or ["yes", "no"])),
+            "options": dict(zip("ABCDE", r.get("options") or ["yes", "no"], strict=False)),
             "answer_idx": "A",
         }
         for r in rows

@@ -4,8 +4,9 @@ builds that must exit non-zero with the cause on the console.
 The server is llama-cpp-python's `python -m llama_cpp.server` on the packaged SmolLM2-135M GGUF (tests/llama_server.py,
 one per session, shared with test_real_servers.py), behind a recording proxy that sees every request. The medical and
 math recipes (configs/*.yaml) run in a small size with every role pointed at it (`base_url`, `structured_output: auto`;
-one model plays every role, so `allow_shared_judge`). What a 135M model writes is weak; what is checked is what NanoFlux
-owes any server: the schema is honoured, scores stay in range, rows get judged, and a kill -9 loses no finished call.
+one model plays every role, so `allow_shared_judge`). What a 135M model writes is weak; what is checked is what
+NanoFlux owes any server: the schema is honoured, scores stay in range, rows get judged, and a kill -9 loses no
+finished call.
 
 Slow: a real model on CPU (~4-5 minutes for the file on 2 idle cores).
 """
@@ -25,12 +26,9 @@ import pytest
 import yaml
 
 from builder import roles
-from builder.build import _seed
-from tests.llama_server import (  # noqa: F401 (the session's server fixture)
-    RecordingProxy,
-    free_port,
-    llama_server,
-)
+from builder.calls import call_seed
+from localhub.serving import free_port
+from tests.llama_server import RecordingProxy, llama_server  # noqa: F401 (the session's server fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -199,8 +197,9 @@ def test_medical_build_on_llama_cpp_honours_the_schema_and_resumes_after_kill_9_
     after = journal(calls_file)
     # Killed mid-round: some calls, not all, were finished (and journaled) before the kill.
     assert 0 < len(before) < len(after), (len(before), len(after))
-    # None of them was asked again: every call's seed is derived from its key, and no finished key's seed went out twice.
-    finished_seeds = {_seed(0, key) for key in before}
+    # None of them was asked again: every call's seed is derived from its key, and no finished key's seed went out
+    # twice.
+    finished_seeds = {call_seed(0, key) for key in before}
     assert not finished_seeds & {request.body["seed"] for request in second_run}
     assert {key: after[key]["text"] for key in before} == {key: r["text"] for key, r in before.items()}
     assert summary["calls_replayed"] == len(before) and summary["calls_sent"] == len(second_run)

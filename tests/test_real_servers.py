@@ -15,17 +15,14 @@ import json
 import pytest
 
 from builder import roles
-from builder.build import Caller
+from builder.calls import Caller
 from builder.config import BuildConfig, RoleConfig
 from builder.roles import Rejected, attack_schema, parse_attack
 from nanoflux.chat import ChatRequest, EndpointError
 from nanoflux.journal import Journal
 from nanoflux.progress import Progress
 from nanoflux.transport import EndpointClient, RetryPolicy
-from tests.llama_server import (  # noqa: F401 (the session's one server, shared with test_real_builds)
-    RecordingProxy,
-    llama_server,
-)
+from tests.llama_server import RecordingProxy, llama_server  # noqa: F401 (the session's server, shared)
 
 pytestmark = pytest.mark.slow
 

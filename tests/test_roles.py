@@ -239,3 +239,101 @@ def test_feedback_shows_failures_first_with_the_answer_reference_and_rationale_w
     assert len(roles.feedback_text(results, limit=5, token_budget=60).splitlines()) == 2, (
         "the budget cuts the older results"
     )
+
+
+# --- the roles as tasks: each owns its messages, schema, parse, re-ask and row columns ------------------------------
+
+
+def test_the_journal_names_of_the_role_steps_never_change():
+    # A resumed build finds its finished calls under these names: renaming one would send every call again.
+    steps = [task.step for task in (roles.Attacker, roles.Defender, roles.Solver, roles.Judge)]
+    assert steps == ["attacker", "defender", "judge-solve", "judge"]
+
+
+def test_each_task_owns_its_schema_and_messages_and_keeps_the_raw_text_of_a_rejected_reply():
+    prompts = load_prompts("medical")
+    attack = roles.Attack("Q?", ["w", "x", "y", "z"], "E", "B")
+    tasks = [
+        (roles.Attacker(prompts, "choice", 4), roles.attack_schema("choice", 4)),
+        (roles.Defender(prompts, "choice", 4), roles.defense_schema("choice", 4)),
+        (roles.Solver(prompts, "choice", 4), roles.solve_schema("choice", 4)),
+        (roles.Judge(prompts, "choice"), roles.verdict_schema(prompts.rubric)),
+    ]
+    for task, schema in tasks:
+        assert task.schema() == schema
+        rejected = task.parse("I'm sorry, I cannot help.")
+        assert isinstance(rejected, Rejected) and rejected.raw == "I'm sorry, I cannot help.", task.step
+        again = task.retry([{"role": "user", "content": "q"}], rejected.raw, rejected)
+        assert again[-1]["role"] == "user" and rejected.reason in again[-1]["content"]
+    attacker = tasks[0][0]
+    assert attacker.messages(capability="c", complexity=3, feedback="") == roles.attack_messages(
+        prompts, capability="c", complexity=3, feedback="", answer_format="choice", n_options=4
+    )
+    assert tasks[1][0].messages(attack) == roles.defense_messages(
+        prompts, attack=attack, answer_format="choice", n_options=4
+    )
+    assert tasks[1][0].parse('{"reasoning": "r", "answer": "b"}') == roles.Defense("r", "B")
+
+
+def test_the_attacker_contributes_the_question_columns_and_the_sft_conversation():
+    attack = roles.Attack("Q?", ["x", "y"], "Because.", "B")
+    columns = roles.Attacker(load_prompts("medical"), "choice", 2).columns(
+        roles.Outcome(attack, "{}", 10, 5, "2025-01-01T00:00:00+00:00")
+    )
+    assert (columns["question"], columns["options"], columns["reference_answer"]) == ("Q?", ["x", "y"], "B")
+    assert (columns["attacker_prompt_tokens"], columns["attacker_completion_tokens"]) == (10, 5)
+    assert columns["created_at"] == "2025-01-01T00:00:00+00:00"
+    assert columns["messages"][-1]["content"].endswith("Final answer: B")
+
+
+@pytest.mark.parametrize(
+    "outcome, status, answer, reasoning",
+    [
+        (roles.Outcome(roles.Defense("r", "B"), "{...}", 3, 4), "ok", "B", "r"),
+        (roles.Outcome(None, "I'm sorry", 3, 4, failure="refused"), "refused", None, "I'm sorry"),
+        (roles.Outcome(None, "{oops", 3, 4, failure="unparseable"), "unparseable", None, "{oops"),
+        (roles.Outcome(None, "", 0, 0, failure="endpoint"), "error", None, ""),
+    ],
+)
+def test_the_defender_records_a_format_failure_apart_from_a_wrong_answer(outcome, status, answer, reasoning):
+    columns = roles.Defender(load_prompts("medical"), "choice", 5).columns(outcome)
+    assert (columns["defender_status"], columns["defender_answer"], columns["defender_reasoning"]) == (
+        status,
+        answer,
+        reasoning,
+    )
+
+
+def test_the_judge_maps_its_verdict_and_a_tool_or_an_answer_check_overrides_its_word():
+    judge = roles.Judge(load_prompts("medical"), "choice")
+    attack = roles.Attack("Q?", ["x", "y", "z"], "E", "B")
+    verdict = parse_verdict(_verdict(defender_correct=True), RUBRIC)
+    solved = roles.Outcome(roles.Solution("s", "", "B"), "{}", 7, 1)
+    outcome = roles.Outcome(verdict, "{}", 20, 3, "2025-01-01T00:00:00+00:00")
+    columns = judge.columns(
+        outcome, solved=solved, attack=attack, defense=roles.Defense("r", "C"), verified=None, tool_calls=[]
+    )
+    assert (columns["judge_prompt_tokens"], columns["judge_completion_tokens"]) == (27, 4), "blind solve + verdict"
+    assert columns["judge_status"] == "ok" and columns["judge_defender_correct"] is True
+    assert (columns["defender_correct"], columns["correctness_decided_by"]) == (False, "answer_check")
+    assert (columns["question_valid"], columns["validity_decided_by"]) == (True, "blind_solve")
+    assert columns["quality_level"] == quality_level(verdict.reasoning_quality)
+    failed = judge.columns(
+        roles.Outcome(None, "garbage", 5, 5, failure="unparseable", error="unparseable answer: no JSON"),
+        solved=solved,
+        attack=attack,
+        defense=None,
+        verified=None,
+        tool_calls=[],
+    )
+    assert (failed["judge_status"], failed["error"], failed["judge_rationale"]) == (
+        "parse_error",
+        "judge unparseable answer: no JSON",
+        "garbage",
+    )
+    ruled = judge.verdict_columns(verdict, attack, None, roles.Solution("s", "print(2)", "B"), False)
+    assert (ruled["question_valid"], ruled["validity_decided_by"], ruled["defender_correct"]) == (
+        False,
+        "python",
+        None,
+    )

@@ -6,7 +6,8 @@ from builder import roles
 
 
 def test_a_raw_newline_inside_a_string_parses_as_llama_cpp_grammar_allows_it():
-    # Measured from llama.cpp serving SmolLM2-135M: its JSON grammar's `char` is `[^"\\]`, so a raw newline can sit in a string.
+    # Measured from llama.cpp serving SmolLM2-135M: its JSON grammar's `char` is `[^"\\]`, so a raw newline can sit
+    # in a string.
     reply = (
         '{"question": "How?", "options": ["a", "b", "c", "d"], "explanation": "[...]\n{\n  ", "reference_answer": "A"}'
     )

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from trainer.evaluate import (
+from nanoflux.scoring import (
     aggregate_results,
     extract_number,
     is_correct,

@@ -14,7 +14,6 @@ import ast
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 from builder.dataset import sft_messages, to_dataset
 from builder.publish import DATA_PATH
 from localhub import LocalHub, RepoStore
+from localhub.serving import free_port, stop_process, wait_until_answers
 from tests import scripted_roles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +35,7 @@ sys.path.insert(0, str(SPACE_DIR))  # as on a Space: app.py's folder is on the p
 import app as space_app  # noqa: E402
 import comparison  # noqa: E402
 import gradio as gr  # noqa: E402
+import settings as space_settings  # noqa: E402
 
 # huggingface_hub's LFS upload passes a file object as `data=`, which httpx2 deprecates: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -156,7 +157,9 @@ def make_dataset_repo(root: Path) -> dict[str, str]:
 def make_results(folder: Path) -> Path:
     """results.json shaped as `nanoflux eval` writes it (base, adapter, baseline on two fixture benchmarks), and
     details/ with the prompts as the evaluation built them."""
-    from trainer.evaluate import BenchmarkConfig, load_benchmark, paired_comparisons, score, write_results
+    from nanoflux.benchmarks import BenchmarkConfig, load_benchmark
+    from nanoflux.scoring import paired_comparisons, score
+    from trainer.evaluation.report import write_results
 
     benchmarks, scores, paired = [], {}, {}
     for fmt, path, split, correct in (
@@ -180,12 +183,13 @@ def make_results(folder: Path) -> Path:
             }
         )
         scores[bench.name] = {
-            v: score([bool(c) for c in cs], 0, samples=200) for v, cs in zip(("base", "adapter", "baseline"), correct)
+            v: score([bool(c) for c in cs], 0, samples=200)
+            for v, cs in zip(("base", "adapter", "baseline"), correct, strict=True)
         }
         paired[bench.name] = paired_comparisons(
             {
                 v: [{"id": str(i), "correct": bool(c)} for i, c in enumerate(cs)]
-                for v, cs in zip(("base", "adapter", "baseline"), correct)
+                for v, cs in zip(("base", "adapter", "baseline"), correct, strict=True)
             },
             samples=200,
         )
@@ -339,7 +343,7 @@ def test_settings_come_from_space_variables_then_the_readme_front_matter_then_de
     assert from_env.max_new_tokens == 32 and from_env.default_new_tokens == 32
 
     bare = space_app.Settings.from_env({}, tmp_path / "missing.md")
-    assert bare.dataset is None and bare.base_model == space_app.DEFAULT_BASE_MODEL and bare.adapters == []
+    assert bare.dataset is None and bare.base_model == space_settings.DEFAULT_BASE_MODEL and bare.adapters == []
 
 
 @pytest.mark.parametrize(
@@ -358,7 +362,7 @@ def test_settings_come_from_space_variables_then_the_readme_front_matter_then_de
     ],
 )
 def test_a_bad_limit_fails_at_startup_naming_the_variable_value_and_fix(tmp_path, name, value, message):
-    with pytest.raises(space_app.SettingsError) as err:
+    with pytest.raises(space_settings.SettingsError) as err:
         space_app.Settings.from_env({name: value}, tmp_path / "README.md")
     assert str(err.value) == message
 
@@ -430,7 +434,7 @@ def test_a_row_shows_question_explanation_defender_answer_judge_rationale_and_to
         "Call 1 of 1: lookup (ok)\n\nquery 2",
         "corpus passage 2",
     )  # the first call, in full
-    assert dict(zip(scores["value"]["criterion"], scores["value"]["score"]))["quality level"] == "L4"
+    assert dict(zip(scores["value"]["criterion"], scores["value"]["score"], strict=True))["quality level"] == "L4"
     assert fields["id"] == rid(2) and fields["judge_rationale"] == "Judge rationale 2." and "messages" not in fields
 
 
@@ -442,7 +446,7 @@ def test_a_long_tool_output_is_cut_in_the_table_and_shown_in_full_when_its_call_
     assert (
         list(tools["value"]["#"]) == [1, 2, 3] and tools["value"]["output"][1] == LONG_OUTPUT
     )  # the frontend cuts it
-    widths = dict(zip(tools["value"].columns, tools["column_widths"]))
+    widths = dict(zip(tools["value"].columns, tools["column_widths"], strict=True))
     px = {column: int(width.removesuffix("px")) for column, width in widths.items()}
     assert px["output"] > px["input"] >= MIN_TEXT_PX and px["ok"] < 100 and len(LONG_OUTPUT) > MAX_CHARS
     assert (tool_input, tool_output) == (
@@ -800,7 +804,9 @@ def test_table_columns_are_never_narrower_than_their_longest_header_word_and_fre
         (rows_table([], []), TEXT_COLUMNS["rows"]),
         (diff_table({"added": rows, "removed": [], "changed": []}), TEXT_COLUMNS["diff"]),
     ):
-        px = dict(zip(frame.columns, (int(w.removesuffix("px")) for w in column_widths(frame, text=text))))
+        px = dict(
+            zip(frame.columns, (int(w.removesuffix("px")) for w in column_widths(frame, text=text)), strict=True)
+        )
         for column, width in px.items():
             assert width >= max(len(word) for word in column.split()) * CHAR_PX, (column, width)
         assert all(width <= MAX_PX for column, width in px.items() if column not in text)
@@ -874,7 +880,7 @@ def test_the_packaged_model_is_loaded_from_its_cache_folder_but_named_by_its_id(
 
     folder = tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct"  # where the conversion would put it
     folder.mkdir(parents=True)
-    (folder / space_app._PACKAGED_MARKER).write_text(json.dumps({"model_id": embedded.DEFAULT_MODEL_ID}))
+    (folder / space_settings._PACKAGED_MARKER).write_text(json.dumps({"model_id": embedded.DEFAULT_MODEL_ID}))
     monkeypatch.setattr(
         embedded, "model_path", lambda model: str(folder) if model == embedded.DEFAULT_MODEL_ID else model
     )
@@ -967,6 +973,8 @@ def test_deploy_uploads_the_space_in_one_commit_with_its_settings_results_and_no
             "comparison.py",
             "versions.py",
             "evaluation.py",
+            "settings.py",
+            "page.py",
             "requirements.txt",
             "results/results.json",
             "results/details/medqa-base.jsonl",
@@ -1071,7 +1079,8 @@ _GREEDY: dict[tuple[str, int], str] = {}
 
 
 def greedy_base_answer(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
-    """The base model's own greedy answer, computed with plain transformers (what the Space's base column must show)."""
+    """The base model's own greedy answer, computed with plain transformers (what the Space's base column must
+    show)."""
     if (prompt, max_new_tokens) not in _GREEDY:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -1123,12 +1132,6 @@ def test_compare_streams_the_base_answer_and_the_selected_adapter_versions_answe
 # --- slow: `nanoflux space` launched for real -------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Launched:
     url: str
@@ -1138,9 +1141,7 @@ class Launched:
 @pytest.fixture(scope="module")
 def launched(hub_root, adapters, results_dir, tmp_path_factory):
     """`nanoflux space` as a user runs it (its own LocalHub over the folder, the packaged SmolLM2), on loopback."""
-    import httpx
-
-    port, workdir = _free_port(), tmp_path_factory.mktemp("space-run")
+    port, workdir = free_port(), tmp_path_factory.mktemp("space-run")
     log = open(workdir / "space.log", "w")
     command = [
         sys.executable,
@@ -1168,29 +1169,14 @@ def launched(hub_root, adapters, results_dir, tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, (
-                f"nanoflux space exited with {process.returncode}:\n{(workdir / 'space.log').read_text()[-3000:]}"
-            )
-            assert time.monotonic() < deadline, (
-                f"nanoflux space did not answer on {url}:\n{(workdir / 'space.log').read_text()[-3000:]}"
-            )
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        ready = wait_until_answers(url, "/", 240, alive=lambda: process.poll() is None, interval=0.5)
+        assert process.poll() is None, (
+            f"nanoflux space exited with {process.returncode}:\n{(workdir / 'space.log').read_text()[-3000:]}"
+        )
+        assert ready, f"nanoflux space did not answer on {url}:\n{(workdir / 'space.log').read_text()[-3000:]}"
         yield Launched(url, workdir / "space.log")
     finally:
-        if process.poll() is None:
-            process.terminate()  # the CLI stops its app
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout=30)  # SIGTERM: the CLI stops its app
         try:
             os.killpg(process.pid, signal.SIGKILL)  # whatever of that session (started here) is left
         except ProcessLookupError:
@@ -1238,7 +1224,8 @@ CHROMIUM_FLAGS = (
 
 
 def _require_browser() -> None:
-    """CI (NANOFLUX_REQUIRE_BROWSER=1) fails without Debian's chromium; elsewhere the test is skipped with the reason."""
+    """CI (NANOFLUX_REQUIRE_BROWSER=1) fails without Debian's chromium; elsewhere the test is skipped with the
+    reason."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if not missing:
         return
@@ -1391,7 +1378,8 @@ def test_a_browser_runs_a_comparison_and_every_tab_reads_well(chromium, launched
             "const th = [...document.querySelectorAll('th.header-cell')].find(t => t.offsetParent &&"
             " t.textContent.includes('variant'));for (const el of [th, th.querySelector('span.header')]) {"
             " el.style.cssText +="
-            " ';width:20px!important;min-width:20px!important;max-width:20px!important;white-space:normal!important;word-break:break-all!important';"
+            " ';width:20px!important;min-width:20px!important;max-width:20px!important;"
+            "white-space:normal!important;word-break:break-all!important';"
             " }return th.querySelector('span.header').textContent.trim();"
         )
         assert squeezed == "variant" and [h["text"] for h in unreadable_headers(driver)[1]] == ["variant"]

@@ -4,8 +4,8 @@ every cell scored on dev, the selected cells alone on test, killed with SIGKILL 
 lost cell marker redone alone, a cell published as the next version with the report under `ablations/`.
 
 The pool (tests/scripted_roles.py) has three valid rows the Judge handled: q2 (L4, Defender failed), q0 (L4, Defender
-right) and q4 (L3); q1 was ruled invalid. The grid L3/L4 x size 1/2 gives cells of [q4], [q4] (the same rows: reused), [q2] and [q2, q0].
-"""
+right) and q4 (L3); q1 was ruled invalid. The grid L3/L4 x size 1/2 gives cells of [q4], [q4] (the same rows: reused),
+[q2] and [q2, q0]."""
 
 from __future__ import annotations
 
@@ -31,27 +31,14 @@ from builder.dataset import write_rows
 from nanoflux.benchmarks import test_questions
 from nanoflux.recipe import ConfigError, from_dict
 from tests import scripted_roles
-from trainer.sweep import (
-    DIMENSIONS,
-    CellSettings,
-    Pool,
-    Report,
-    SweepConfig,
-    SweepError,
-    build_sweep_config,
-    cell_id,
-    cell_steps,
-    curate_cell,
-    dataset_fingerprint,
-    grid_settings,
-    hub_name,
-    main,
-    prepare_output_dir,
-    read_pool,
-    with_section,
-    write_report,
-)
-from trainer.sweep_select import TIE_BREAK, finding, select_cells, verdict
+from trainer.sweep.config import CellSettings, SweepConfig, SweepError, build_sweep_config, cell_id, hub_name
+from trainer.sweep.folder import prepare_output_dir
+from trainer.sweep.labels import DIMENSIONS
+from trainer.sweep.pool import Pool, cell_steps, curate_cell, dataset_fingerprint, grid_settings, read_pool
+from trainer.sweep.publish import with_section
+from trainer.sweep.report import Report, write_report
+from trainer.sweep.run import main
+from trainer.sweep.select import TIE_BREAK, finding, select_cells, verdict
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -230,10 +217,13 @@ def test_cell_ids_are_unique_and_safe_in_folders_and_hub_repo_names():
             ["--pool", "outputs/x/y", "--pool_revision", "v1"],
             "pool: with pool_revision set, the pool is a published dataset repo",
         ),
-        (["--train_overrides.max_steps", "0"], "with train_overrides: max_steps: out of range (got 0). Fix: use -1"),
         (
-            ["--train_overrides.lora_rank", "4"],
-            "with train_overrides: lora_rank: unknown field (got 4). Fix: did you mean `lora_r`?",
+            ["--train_overrides.sft.max_steps", "0"],
+            "with train_overrides: sft.max_steps: out of range (got 0). Fix: use -1",
+        ),
+        (
+            ["--train_overrides.lora.alph", "4"],
+            "with train_overrides: lora.alph: unknown field of lora (got 4). Fix: did you mean `lora.alpha`?",
         ),
         (["--eval_overrides.max_new_tokens", "0"], "with eval_overrides: max_new_tokens: out of range (got 0)"),
         (["--name", "a b"], "name: not usable in folder, repo and tag names (got 'a b')"),
@@ -519,13 +509,15 @@ def test_the_report_selects_on_dev_and_reports_test_for_the_selected_cells_only(
     setup = {
         "train": {
             "model": "m",
-            "lora_r": 8,
-            "learning_rate": 2e-4,
-            "max_steps": -1,
-            "num_train_epochs": 1,
-            "per_device_train_batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "seed": 0,
+            "lora": {"r": 8},
+            "sft": {
+                "learning_rate": 2e-4,
+                "max_steps": -1,
+                "num_train_epochs": 1,
+                "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 1,
+                "seed": 0,
+            },
         },
         "eval": {"model": "m", "max_new_tokens": 8},
     }
@@ -582,7 +574,8 @@ def test_the_report_selects_on_dev_and_reports_test_for_the_selected_cells_only(
         "| MedQA (USMLE, 4 options) | `c` | cell c | 25 | 55.0 [35.0, 75.0] | no significant difference from `b`, `a`;"
         " runner-up `b`: +0.0 [" in md
     )
-    # What the dev data support: the tie, the rule that broke it, every cell within the noise; which cells shared a training.
+    # What the dev data support: the tie, the rule that broke it, every cell within the noise; which cells shared a
+    # training.
     assert (
         "Selection rule: the highest dev accuracy (overall: the highest macro-mean dev accuracy over the benchmarks);"
         f" {TIE_BREAK}." in md
@@ -627,7 +620,7 @@ def test_the_report_selects_on_dev_and_reports_test_for_the_selected_cells_only(
 
 
 def test_plot_grids_fit_the_benchmarks_and_a_score_of_zero_stays_visible():
-    from trainer.sweep_report import Y_LIMITS, dimension_figure, panel_grid
+    from trainer.sweep.plots import Y_LIMITS, dimension_figure, panel_grid
 
     # No empty slot where a grid of at most 5 columns has none: 4 benchmarks are 2x2, never 3 columns with 2 empty.
     assert [panel_grid(n) for n in range(1, 13)] == [
@@ -692,16 +685,17 @@ def test_plot_grids_fit_the_benchmarks_and_a_score_of_zero_stays_visible():
 
 # --- fast: the whole sweep with stand-ins for training and evaluation ------------------------------------
 
-# Dev and test accuracy of an adapter trained on this many rows (the base model: 20%), on 20 examples per benchmark: the
-# 2-row and 4-row cells tie, the 1-row cell is clearly behind.
+# Dev and test accuracy of an adapter trained on this many rows (the base model: 20%), on 20 examples per benchmark:
+# the 2-row and 4-row cells tie, the 1-row cell is clearly behind.
 FAKE_ACCURACY = {None: 0.2, 1: 0.3, 2: 0.6, 4: 0.6}
 
 
 @pytest.fixture
 def fake_compute(monkeypatch):
-    """`trainer.sweep_cells` with training and evaluation replaced by deterministic stand-ins (the rest is real: curation,
-    cell folders, the cells repo, the selection, the report): returns the list of trainings, one cell folder each."""
-    import trainer.sweep_cells as sweep_cells
+    """`trainer.sweep.cells` with training and evaluation replaced by deterministic stand-ins (the rest is real:
+    curation, cell folders, the cells repo, the selection, the report): returns the list of trainings, one cell folder
+    each."""
+    import trainer.sweep.cells as sweep_cells
 
     trainings: list[str] = []
 
@@ -713,7 +707,7 @@ def fake_compute(monkeypatch):
         adapter.mkdir(parents=True)
         (adapter / "fake.json").write_text(json.dumps({"rows": rows}))
         return {
-            "steps": train_config.max_steps,
+            "steps": train_config.sft["max_steps"],
             "epochs": 1.0,
             "train_tokens": 100 * rows,
             "wall_time_s": 0.1,
@@ -757,7 +751,7 @@ def fake_compute(monkeypatch):
 def test_cells_with_the_same_set_of_rows_train_once_and_the_sweep_shows_its_progress(
     tmp_path, fake_compute, caplog, monkeypatch
 ):
-    import trainer.sweep
+    import trainer.sweep.run
 
     build = tmp_path / "build"
     write_rows(_hand_made_pool(), build / "pool" / "pool.parquet", build / "pool.jsonl")
@@ -770,11 +764,12 @@ def test_cells_with_the_same_set_of_rows_train_once_and_the_sweep_shows_its_prog
         eval_overrides={"benchmarks": SWEEP_BENCHMARKS},
         grid={"quality_levels": [[3], [4]], "sizes": [2, 10], "prefer_defender_failed": [True, False]},
     )
-    monkeypatch.setattr(trainer.sweep, "PROGRESS_INTERVAL_S", 0.0)  # a line per finished cell
+    monkeypatch.setattr(trainer.sweep.run, "PROGRESS_INTERVAL_S", 0.0)  # a line per finished cell
     with caplog.at_level("INFO"):
         summary = main(config)
 
-    # 8 cells, 4 sets of rows: L3 is the one row r00-a0002 in every cell; L4 at size 10 is the same 4 rows in two orders.
+    # 8 cells, 4 sets of rows: L3 is the one row r00-a0002 in every cell; L4 at size 10 is the same 4 rows in two
+    # orders.
     cells = [
         "L3-n2-fail-first",
         "L3-n2-build-order",
@@ -878,16 +873,20 @@ def test_cells_with_the_same_set_of_rows_train_once_and_the_sweep_shows_its_prog
 def test_fixed_steps_trains_every_cell_the_steps_of_the_largest_one(tmp_path):
     from types import SimpleNamespace
 
-    train = SimpleNamespace(
-        max_steps=-1, num_train_epochs=3.0, per_device_train_batch_size=4, gradient_accumulation_steps=2
-    )
+    sft = {
+        "max_steps": -1,
+        "num_train_epochs": 3.0,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+    }
+    train = SimpleNamespace(sft=sft)
     cells = [SimpleNamespace(rows=[{}] * n) for n in (5, 25, 17)]
     config = _config(pool=str(tmp_path), steps_policy="fixed_steps")
     assert (
         cell_steps(config, train, cells) == 3 * 4
     )  # 25 rows: 7 batches of 4, 4 optimizer steps (accumulation 2) per epoch
     assert cell_steps(_config(pool=str(tmp_path), steps_policy="fixed_steps", steps=9), train, cells) == 9
-    assert cell_steps(config, SimpleNamespace(**{**vars(train), "max_steps": 6}), cells) == 6
+    assert cell_steps(config, SimpleNamespace(sft={**sft, "max_steps": 6}), cells) == 6
     assert cell_steps(_config(pool=str(tmp_path)), train, cells) is None  # fixed_epochs: the recipe's epochs
 
 
@@ -977,7 +976,7 @@ def _sweep_recipe(pool: Path, output_dir: Path) -> dict:
         "grid": {"quality_levels": [3, 4], "sizes": [1, 2]},
         "steps_policy": "fixed_steps",
         "train_recipe": str(ROOT / "configs/train/local.yaml"),
-        "train_overrides": {"max_steps": 2, "max_length": 256},
+        "train_overrides": {"sft": {"max_steps": 2, "max_length": 256}},
         "eval_recipe": str(ROOT / "configs/eval/local.yaml"),
         "eval_overrides": {
             "benchmarks": SWEEP_BENCHMARKS,
@@ -1110,7 +1109,7 @@ def test_each_cell_records_its_settings_rows_compute_and_scores(killed_and_resum
         == f"local/tiny-cells@{trained['dataset']['tag']}@{trained['dataset']['commit']}"
     )
     train_yaml = yaml.safe_load((sweep / "cells" / trained["cell_id"] / "train.yaml").read_text())
-    assert (train_yaml["revision"], train_yaml["max_steps"], train_yaml["push_to_hub"]) == (
+    assert (train_yaml["revision"], train_yaml["sft"]["max_steps"], train_yaml["push_to_hub"]) == (
         trained["dataset"]["tag"],
         2,
         None,
@@ -1336,13 +1335,13 @@ def test_the_jobs_backend_trains_each_cell_as_a_job_reading_and_pushing_through_
             cells_repo="org/tiny-cells",
             adapter_repo="org/tiny-lora",
         )
-        data["train_overrides"].update(flavor="a100-large", job_package="nanoflux")
+        data["train_overrides"].update(jobs={"flavor": "a100-large", "package": "nanoflux"})
         recipe.write_text(yaml.safe_dump(data))
         summary = main(build_sweep_config(recipe))
 
     (cell,) = summary["ran"]
     (config,) = submitted
-    assert (config.backend, config.flavor, config.hub_dir, config.push_to_hub) == (
+    assert (config.jobs.backend, config.jobs.flavor, config.hub_dir, config.push_to_hub) == (
         "jobs",
         "a100-large",
         None,
@@ -1403,5 +1402,5 @@ def test_a_changed_eval_recipe_re_evaluates_the_adapters_without_training_again(
                 == json.loads((sweep / "cells" / new["same_data_as"] / "cell.json").read_text())["scores"]
             )
     # The training recipe is another matter: a changed one is refused before anything runs.
-    with pytest.raises(SweepError, match=r"changed: train\.max_steps: 2 -> 3"):
-        main(build_sweep_config(state["recipe"], ["--output_dir", str(sweep), "--train_overrides.max_steps", "3"]))
+    with pytest.raises(SweepError, match=r"changed: train\.sft\.max_steps: 2 -> 3"):
+        main(build_sweep_config(state["recipe"], ["--output_dir", str(sweep), "--train_overrides.sft.max_steps", "3"]))

@@ -1,6 +1,6 @@
 """LoRA training on a pinned NanoFlux dataset version: recipes, data loading (local folder and Hub) in TRL's
-prompt-completion form, the full-benchmark baseline's rows and the refusals that keep every benchmark's test rows out of
-training, and — marked `slow` — real runs of the packaged SmolLM2 on CPU: the loss on the answer only (prompt labels
+prompt-completion form, the full-benchmark baseline's rows and the refusals that keep every benchmark's test rows out
+of training, and — marked `slow` — real runs of the packaged SmolLM2 on CPU: the loss on the answer only (prompt labels
 masked), frozen base, trained adapter, the compute record, the card's pin, the push and its retry.
 
 The dataset is a local repository folder with two versions: v1 (8 train + 2 test conversations) and v2 (12 + 2), so
@@ -26,9 +26,11 @@ from localhub import LocalHub, RepoStore
 from localhub.testing import FaultyHub
 from nanoflux.benchmarks import BenchmarkConfig, load_benchmark, test_questions
 from nanoflux.recipe import ConfigError
+from trainer.adapter_hub import publish_adapter
 from trainer.baseline import baseline_rows, check_no_test_rows, question_key
-from trainer.train import TrainConfig, TrainError, build_train_config, load_train_data, main, publish_adapter
-from trainer.train_data import has_reasoning, prompt_completion
+from trainer.train import main
+from trainer.train_config import TrainConfig, TrainError, build_train_config
+from trainer.train_data import has_reasoning, load_train_data, prompt_completion
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -85,8 +87,8 @@ def _parquet(rows: list[dict]) -> bytes:
 def make_dataset_repo(
     root: Path, repo: str = REPO, versions: tuple[int, ...] = (8, 12), questions: dict[int, str] | None = None
 ) -> dict[str, str]:
-    """A NanoFlux-like dataset repo with one tag per version (`versions` = train rows in each; `questions` replaces some
-    rows' questions); {tag: commit}."""
+    """A NanoFlux-like dataset repo with one tag per version (`versions` = train rows in each; `questions` replaces
+    some rows' questions); {tag: commit}."""
     store = RepoStore(root)
     store.create_repo("dataset", repo)
     tags = {}
@@ -104,7 +106,7 @@ def make_dataset_repo(
 def _config(hub_dir: Path, output_dir: Path, *overrides: str) -> TrainConfig:
     """The local recipe, on `hub_dir`, shortened to a few steps."""
     return build_train_config(
-        LOCAL_RECIPE, ["--hub_dir", str(hub_dir), "--output_dir", str(output_dir), "--max_steps", "4", *overrides]
+        LOCAL_RECIPE, ["--hub_dir", str(hub_dir), "--output_dir", str(output_dir), "--sft.max_steps", "4", *overrides]
     )
 
 
@@ -139,13 +141,18 @@ def test_both_recipes_load_and_validate():
         REPO,
         "v1",
     )
-    assert (local.lora_r, local.lora_target_modules, local.max_steps, local.per_device_train_batch_size) == (
-        8,
-        ["q_proj", "v_proj"],
-        10,
-        2,
+    assert (
+        local.lora.r,
+        local.lora.target_modules,
+        local.sft["max_steps"],
+        local.sft["per_device_train_batch_size"],
+    ) == (8, ["q_proj", "v_proj"], 10, 2)
+    assert (local.sft["max_length"], local.sft["bf16"], local.sft["activation_checkpointing"], local.push_to_hub) == (
+        512,
+        False,
+        False,
+        None,
     )
-    assert (local.max_length, local.bf16, local.gradient_checkpointing, local.push_to_hub) == (512, False, False, None)
     assert (local.eval_recipe, local.enable_thinking, local.benchmark_reasoning) == (
         "configs/eval/local.yaml",
         None,
@@ -159,8 +166,8 @@ def test_both_recipes_load_and_validate():
         "v1",
         None,
     )
-    assert (qwen.lora_r, qwen.lora_alpha, qwen.lora_dropout) == (16, 32, 0.05)
-    assert set(qwen.lora_target_modules) == {
+    assert (qwen.lora.r, qwen.lora.alpha, qwen.lora.dropout) == (16, 32, 0.05)
+    assert set(qwen.lora.target_modules) == {
         "q_proj",
         "k_proj",
         "v_proj",
@@ -169,9 +176,10 @@ def test_both_recipes_load_and_validate():
         "up_proj",
         "down_proj",
     }
-    assert (qwen.learning_rate, qwen.num_train_epochs, qwen.max_steps) == (1e-4, 3.0, -1)
-    assert (qwen.per_device_train_batch_size, qwen.gradient_accumulation_steps, qwen.max_length) == (4, 4, 2048)
-    assert (qwen.bf16, qwen.gradient_checkpointing, qwen.push_to_hub) == (
+    sft = qwen.sft
+    assert (sft["learning_rate"], sft["num_train_epochs"], sft["max_steps"]) == (1e-4, 3.0, -1)
+    assert (sft["per_device_train_batch_size"], sft["gradient_accumulation_steps"], sft["max_length"]) == (4, 4, 2048)
+    assert (sft["bf16"], sft["activation_checkpointing"], qwen.push_to_hub) == (
         True,
         True,
         "org/qwen3-4b-nanoflux-medical-lora",
@@ -184,26 +192,39 @@ def test_both_recipes_load_and_validate():
 
 def test_cli_overrides_win_and_learning_rates_may_be_written_1e_4():
     config = build_train_config(
-        LOCAL_RECIPE, ["--learning_rate", "1e-4", "--lora_target_modules", "[q_proj, k_proj]", "--revision=v2"]
+        LOCAL_RECIPE, ["--sft.learning_rate", "1e-4", "--lora.target_modules", "[q_proj, k_proj]", "--revision=v2"]
     )
-    assert (config.learning_rate, config.lora_target_modules, config.revision) == (1e-4, ["q_proj", "k_proj"], "v2")
+    assert (config.sft["learning_rate"], config.lora.target_modules, config.revision) == (
+        1e-4,
+        ["q_proj", "k_proj"],
+        "v2",
+    )
+    assert config.sft["max_steps"] == 10  # the recipe's other sft keys stay
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--lora_r", "0"], "lora_r: out of range (got 0). Fix: use a value >= 1"),
-        (["--learning_rat", "1e-4"], "learning_rat: unknown field (got '1e-4'). Fix: did you mean `learning_rate`?"),
-        (["--max_steps", "ten"], "max_steps: expected an integer, not a string (got 'ten')"),
-        (["--max_steps", "0"], "max_steps: out of range (got 0). Fix: use -1"),
-        (["--lora_dropout", "1.5"], "lora_dropout: out of range (got 1.5)"),
-        (["--bf16", "maybe"], "bf16: expected true or false, not a string (got 'maybe')"),
+        (["--lora.r", "0"], "lora.r: out of range (got 0). Fix: use a value >= 1"),
+        (
+            ["--sft.learning_rat", "1e-4"],
+            "sft.learning_rat: not a field of trl.SFTConfig (got '1e-4'). Fix: did you mean `sft.learning_rate`?",
+        ),
+        (["--sft.max_steps", "ten"], "sft.max_steps: expected an integer, not a string (got 'ten')"),
+        (["--sft.max_steps", "0"], "sft.max_steps: out of range (got 0). Fix: use -1"),
+        (["--lora.dropout", "1.5"], "lora.dropout: out of range (got 1.5)"),
+        (["--sft.bf16", "maybe"], "sft.bf16: expected true or false, not a string (got 'maybe')"),
+        (
+            ["--sft.lr_scheduler_type", "bogus"],
+            "sft.lr_scheduler_type: trl.SFTConfig refused it: bogus is not a valid",
+        ),
+        (["--sft.output_dir", "x"], "sft.output_dir: NanoFlux sets this field (set from the recipe's output_dir)"),
         (
             ["--push_to_hub", "just-a-name"],
             "push_to_hub: not a repo id (got 'just-a-name'). Fix: write it as org/name",
         ),
         (["--adapter_hub_dir", "outputs/models"], "adapter_hub_dir: set without push_to_hub"),
-        (["--lora_target_modules", "[]"], "lora_target_modules: needs module names"),
+        (["--lora.target_modules", "[]"], "lora.target_modules: needs module names"),
     ],
 )
 def test_bad_values_fail_naming_the_field_the_value_and_the_fix(args, message):
@@ -215,7 +236,7 @@ def test_bad_values_fail_naming_the_field_the_value_and_the_fix(args, message):
 def test_unknown_key_in_a_recipe_file_is_refused(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({**yaml.safe_load(LOCAL_RECIPE.read_text()), "lora_rank": 8}))
-    with pytest.raises(ConfigError, match=r"lora_rank: unknown field \(got 8\)\. Fix: did you mean `lora_r`\?"):
+    with pytest.raises(ConfigError, match=r"lora_rank: unknown field \(got 8\)\. Fix: did you mean `lora`\?"):
         build_train_config(recipe)
 
 
@@ -269,9 +290,9 @@ def test_bf16_without_a_gpu_fails_with_the_fix(tmp_path, no_model_loading):
         pytest.skip("this machine can train in bf16")
     make_dataset_repo(tmp_path / "hub")
     with pytest.raises(
-        TrainError, match=r"bf16: no GPU or other accelerator found \(got True\)\. Fix: pass --bf16 false"
+        TrainError, match=r"sft.bf16: no GPU or other accelerator found \(got True\)\. Fix: pass --sft.bf16 false"
     ):
-        main(_config(tmp_path / "hub", tmp_path / "out", "--bf16", "true"))
+        main(_config(tmp_path / "hub", tmp_path / "out", "--sft.bf16", "true"))
 
 
 @pytest.mark.parametrize(
@@ -405,7 +426,8 @@ def test_baseline_rows_are_asked_as_evaluation_asks_them_with_the_benchmarks_rea
 def test_a_baseline_whose_questions_are_evaluation_test_rows_is_refused_before_any_model_loads(
     tmp_path, no_model_loading
 ):
-    # The local evaluation scores medqa.jsonl as MedQA's test rows (all but its 3 dev rows): training on that file is refused.
+    # The local evaluation scores medqa.jsonl as MedQA's test rows (all but its 3 dev rows): training on that file is
+    # refused.
     bench = "{format: medqa, path: samples/benchmarks/medqa.jsonl, split: train}"
     config = build_train_config(LOCAL_RECIPE, ["--benchmark", bench, "--output_dir", str(tmp_path / "out")])
     with pytest.raises(TrainError) as err:
@@ -453,7 +475,7 @@ def test_a_nanoflux_row_that_nearly_copies_a_benchmark_question_is_refused_befor
 
 
 def _local_benchmark(name: str) -> BenchmarkConfig:
-    from trainer.evaluate import build_eval_config
+    from trainer.evaluation.config import build_eval_config
 
     return next(b for b in build_eval_config(LOCAL_EVAL).benchmarks if b.name == name)
 
@@ -463,7 +485,7 @@ def test_no_test_row_question_enters_a_training_set(tmp_path):
     baseline) share no question with them and pass; a local file the evaluation scores as test rows (the static check
     cannot tell a file's role) and, when dev rows are checked too, a dev row are caught."""
     from trainer.baseline import TestRowsInTraining
-    from trainer.evaluate import build_eval_config
+    from trainer.evaluation.config import build_eval_config
 
     evaluation = build_eval_config(LOCAL_EVAL)
     tests = {question_key(q) for bench in evaluation.benchmarks for q in test_questions(bench).values()}
@@ -484,7 +506,8 @@ def test_no_test_row_question_enters_a_training_set(tmp_path):
         match=r"eval_recipe: medmcqa holds 5 question\(s\) of the evaluation's test rows \(medmcqa test row",
     ):
         check_no_test_rows(sources["medmcqa"], evaluation, field_name="eval_recipe", what="medmcqa")
-    # gsm8k.jsonl holds GSM-Hard's dev rows there (a seeded sample of 4): caught when dev rows are checked too (a sweep).
+    # gsm8k.jsonl holds GSM-Hard's dev rows there (a seeded sample of 4): caught when dev rows are checked too (a
+    # sweep).
     with pytest.raises(
         TestRowsInTraining, match=r"holds 4 question\(s\) of the evaluation's test and dev rows \(gsm-hard dev row"
     ):
@@ -646,8 +669,8 @@ def test_with_qwen3s_chat_template_the_prompt_evaluation_sends_is_masked(
         None,
     )
     row = trainer.train_dataset[0]
-    masked = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label == -100])
-    trained = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
+    masked = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label == -100])
+    trained = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100])
     asked = tokenizer.apply_chat_template(
         rows[0]["prompt"],
         add_generation_prompt=True,
@@ -739,7 +762,7 @@ def test_the_card_pins_the_dataset_tag_and_commit(run):
     assert "| epochs trained | 1.00 (set by max_steps 4, which overrides num_train_epochs) |" in card.text
     assert "the loss covers the assistant's answer only" in card.text and "Checked against the" in card.text
     saved = yaml.safe_load((run.out / "nanoflux_train.yaml").read_text())
-    assert saved["revision"] == "v1" and saved["max_steps"] == 4 and saved["hub_dir"] is None  # no local paths
+    assert saved["revision"] == "v1" and saved["sft"]["max_steps"] == 4 and saved["hub_dir"] is None  # no local paths
 
 
 @pytest.mark.slow
@@ -784,7 +807,7 @@ def test_a_run_pushes_to_a_local_adapter_repo_in_one_commit_and_evaluates(tmp_pa
     config = _config(
         tmp_path / "hub",
         tmp_path / "adapter",
-        "--max_steps",
+        "--sft.max_steps",
         "2",
         "--eval_split",
         "test",
@@ -808,7 +831,9 @@ def test_a_run_killed_part_way_resumes_from_its_last_checkpoint(tmp_path, embedd
     import trl
 
     make_dataset_repo(tmp_path / "hub")
-    config = _config(tmp_path / "hub", tmp_path / "adapter", "--save_steps", "2")  # 4 steps, a checkpoint every 2
+    config = _config(
+        tmp_path / "hub", tmp_path / "adapter", "--sft.save_strategy", "steps", "--sft.save_steps", "2"
+    )  # 4 steps, a checkpoint every 2
     steps = []
     original = trl.SFTTrainer.training_step
 
@@ -841,7 +866,7 @@ def test_a_run_killed_part_way_resumes_from_its_last_checkpoint(tmp_path, embedd
 @pytest.mark.slow
 def test_the_full_benchmark_baseline_trains_on_a_benchmark_training_split(tmp_path, embedded_model_dir):
     from trainer.baseline import evaluation_row_keys
-    from trainer.evaluate import build_eval_config
+    from trainer.evaluation.config import build_eval_config
 
     # A MedQA-format training file that is no evaluation's test file (the local evaluation scores medqa.jsonl).
     train_file = tmp_path / "medqa_train.jsonl"
@@ -854,7 +879,7 @@ def test_the_full_benchmark_baseline_trains_on_a_benchmark_training_split(tmp_pa
     )
     bench = "{format: medqa, path: " + str(train_file) + ", split: train}"
     config = build_train_config(
-        LOCAL_RECIPE, ["--benchmark", bench, "--output_dir", str(tmp_path / "baseline"), "--max_steps", "5"]
+        LOCAL_RECIPE, ["--benchmark", bench, "--output_dir", str(tmp_path / "baseline"), "--sft.max_steps", "5"]
     )
     summary = main(config)
 
@@ -886,7 +911,7 @@ def test_the_full_benchmark_baseline_trains_on_a_benchmark_training_split(tmp_pa
 
 def test_the_paper_recipes_load_and_chain_one_step_into_the_next():
     from builder.config import build_config
-    from trainer.evaluate import build_eval_config
+    from trainer.evaluation.config import build_eval_config
 
     paper = ROOT / "configs" / "paper"
     build = build_config(paper / "medical-build.yaml", [])
@@ -901,9 +926,7 @@ def test_the_paper_recipes_load_and_chain_one_step_into_the_next():
         "Qwen/Qwen3-4B",
         "Qwen/Qwen3-4B",
     )
-    assert {k: v for k, v in vars(train).items() if k.startswith("lora_")} == {
-        k: v for k, v in vars(baseline).items() if k.startswith("lora_")
-    }
+    assert train.lora == baseline.lora
     assert (evaluation.adapter, evaluation.baseline_adapter) == (train.push_to_hub, baseline.push_to_hub)
     assert (
         (baseline.benchmark.format, baseline.benchmark.split)

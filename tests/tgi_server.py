@@ -1,5 +1,5 @@
-"""Pytest fixtures over the scripted TGI-compatible server (`localhub.testing.tgi`, importable without pytest, which the
-benchmarks use too)."""
+"""Pytest fixtures over the scripted TGI-compatible server (`localhub.testing.tgi`, importable without pytest, which
+the benchmarks use too)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,3 @@
-"""LoRA fine-tuning on a pinned NanoFlux dataset version with TRL's SFTTrainer and PEFT (`trainer/train.py`)."""
+"""The training stage: LoRA fine-tuning on a pinned NanoFlux dataset version with TRL's SFTTrainer and PEFT (train,
+train_config, train_data, adapter_hub, adapter_card, jobs, baseline), its evaluation (evaluation/) and ablation
+sweeps (sweep/)."""

@@ -1,4 +1,5 @@
-"""The full-benchmark fine-tuning baseline's data, and the guard that keeps every benchmark's test rows out of training.
+"""The full-benchmark fine-tuning baseline's data, and the guard that keeps every benchmark's test rows out of
+training.
 
 A baseline trains on a benchmark's own training data, asked exactly as `nanoflux eval` asks (the same
 `nanoflux.questions.build_prompt`), with the benchmark's reasoning as the target where it has one (MedMCQA `exp`,
@@ -97,7 +98,7 @@ def check_baseline_source(bench: Any, field_name: str = "benchmark") -> None:
 def baseline_rows(bench: Any, *, reasoning: bool = True, revision: str | None = None) -> BaselineData:
     """A benchmark's training rows: the user turn as `nanoflux eval` asks (reasoning on or off), the target the
     benchmark's explanation (when `reasoning` and it has one), then `Final answer: <gold>`."""
-    from trainer.evaluate import load_benchmark
+    from nanoflux.benchmarks import load_benchmark
 
     examples = load_benchmark(bench, reasoning=reasoning, revision=revision)
     rows, explained = [], 0

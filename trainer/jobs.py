@@ -1,18 +1,19 @@
-"""Run `nanoflux train` as a Hugging Face Job (`--backend jobs`): a GPU on the Hub, the adapter pushed before it ends.
+"""Run `nanoflux train` as a Hugging Face Job (`--jobs.backend jobs`): a GPU on the Hub, the adapter pushed before it
+ends.
 
 Usage:
-    nanoflux train --config configs/train/qwen3-4b-lora.yaml --backend jobs --flavor a100-large
-    nanoflux train --config configs/train/qwen3-4b-lora.yaml --backend jobs --detach   # print the job id and return
+    nanoflux train --config configs/train/qwen3-4b-lora.yaml --jobs.backend jobs --jobs.flavor a100-large
+    nanoflux train --config configs/train/qwen3-4b-lora.yaml --jobs.backend jobs --detach   # print the id and return
     nanoflux jobs status <job_id>
     nanoflux jobs logs <job_id> [--follow]
 
 `main(config)` reads top to bottom: check, before anything is submitted, that the dataset version exists and the
 adapter repo is writable (the job's GPU time is the expensive part, so a wrong revision fails here, in seconds);
-make NanoFlux installable inside the job (the `job_package` pip requirement, or else this checkout built as a wheel
+make NanoFlux installable inside the job (the `jobs.package` pip requirement, or else this checkout built as a wheel
 and uploaded to the private dataset repo `<namespace>/nanoflux-jobs`, as `hf jobs uv run` does with scripts); then
 submit through `huggingface_hub`'s jobs API (`HfApi.run_job`) and follow the logs until the job ends.
 
-Inside the job the same recipe runs with `backend: local`: it travels as YAML in the `NANOFLUX_TRAIN_RECIPE`
+Inside the job the same recipe runs with `jobs.backend: local`: it travels as YAML in the `NANOFLUX_TRAIN_RECIPE`
 variable, and HF_TOKEN travels as a job *secret* (never in the environment, the command or the recipe). A job's disk is
 ephemeral, so the recipe must push the adapter (`push_to_hub`): the push is the last step of the run, before it exits.
 """
@@ -34,7 +35,10 @@ from typing import Any
 import yaml
 
 from nanoflux.errors import NanoFluxError
-from nanoflux.recipe import fail, to_dict
+from nanoflux.recipe import to_dict
+from trainer.adapter_hub import check_adapter_repo, dataset_commit
+from trainer.train_config import TrainConfig
+from trainer.train_data import check_test_rows, load_train_data
 
 logger = logging.getLogger(__name__)
 
@@ -57,69 +61,28 @@ class JobsError(NanoFluxError, RuntimeError):
     """A job could not be submitted or did not finish; the message says why and what to do."""
 
 
-def check_job_settings(config: Any) -> None:
-    """What a job needs from a training recipe, checked before anything is uploaded or submitted."""
-    if not config.push_to_hub:
-        fail(
-            "push_to_hub",
-            config.push_to_hub,
-            "required with backend jobs (a job's disk is gone when it ends)",
-            "set it to the adapter repo, org/name",
-        )
-    if config.hub_dir is not None:
-        fail(
-            "hub_dir",
-            config.hub_dir,
-            "a local folder is not visible to a job",
-            "publish the dataset to the Hub and remove hub_dir",
-        )
-    if config.adapter_hub_dir is not None:
-        fail(
-            "adapter_hub_dir",
-            config.adapter_hub_dir,
-            "a local folder is not visible to a job",
-            "remove adapter_hub_dir",
-        )
-    if not config.flavor.strip():
-        fail("flavor", config.flavor, "empty", "name a Jobs hardware flavor, e.g. a10g-large or a100-large")
-    if not TIMEOUT_RE.match(str(config.job_timeout)):
-        fail(
-            "job_timeout",
-            config.job_timeout,
-            "not a duration",
-            "write seconds or a number with s/m/h/d, e.g. 90m or 2h",
-        )
-    if not config.job_image.strip():
-        fail(
-            "job_image",
-            config.job_image,
-            "empty",
-            "name a Docker image with CUDA and Python, e.g. pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime",
-        )
-
-
-def job_recipe(config: Any) -> str:
+def job_recipe(config: TrainConfig) -> str:
     """The recipe the job runs: the same settings, trained where it runs (backend local), written to a folder of the
     job's own disk (a path of the submitting machine means nothing there). The test-row check (`eval_recipe`, a file
     of the submitting machine) runs before submission, so the job does not repeat it."""
     output_dir = f"outputs/{Path(config.output_dir).name or 'adapter'}"
-    return yaml.safe_dump(
-        {**to_dict(config), "backend": "local", "output_dir": output_dir, "eval_recipe": None}, sort_keys=False
-    )
+    recipe = to_dict(config)
+    recipe.update(jobs={**recipe["jobs"], "backend": "local"}, output_dir=output_dir, eval_recipe=None)
+    return yaml.safe_dump(recipe, sort_keys=False)
 
 
-def job_spec(config: Any, *, package: str, fetch: str | None = None) -> dict[str, Any]:
+def job_spec(config: TrainConfig, *, package: str, fetch: str | None = None) -> dict[str, Any]:
     """Keyword arguments for `HfApi.run_job` (secrets added at submission): image, command, env, flavor, timeout.
 
     `package` is what `pip install` gets inside the job (a requirement, or the path `fetch` downloads a wheel to).
     """
     script = JOB_SCRIPT.format(fetch=fetch or ":", package=shlex.quote(package), recipe_env=RECIPE_ENV)
     return {
-        "image": config.job_image,
+        "image": config.jobs.image,
         "command": ["bash", "-c", script],
         "env": {RECIPE_ENV: job_recipe(config), "PYTHONUNBUFFERED": "1"},
-        "flavor": config.flavor,
-        "timeout": config.job_timeout,
+        "flavor": config.jobs.flavor,
+        "timeout": config.jobs.timeout,
         "labels": {"nanoflux": "train", "adapter": config.push_to_hub.replace("/", "--")},
     }
 
@@ -128,8 +91,8 @@ def build_wheel(source: Path) -> Path:
     """This checkout as a wheel (no dependencies: the job's pip resolves them)."""
     if not (source / "pyproject.toml").is_file():
         raise JobsError(
-            f"job_package: NanoFlux is not installed from a source checkout ({source} has no pyproject.toml), so there"
-            " is nothing to upload. Fix: set job_package to a pip requirement for NanoFlux"
+            f"jobs.package: NanoFlux is not installed from a source checkout ({source} has no pyproject.toml), so"
+            " there is nothing to upload. Fix: set jobs.package to a pip requirement for NanoFlux"
         )
     out = Path(tempfile.mkdtemp(prefix="nanoflux-wheel-"))
     command = [
@@ -148,7 +111,7 @@ def build_wheel(source: Path) -> Path:
     wheels = list(out.glob("nanoflux-*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
         raise JobsError(
-            f"building the NanoFlux wheel failed: {result.stderr.strip()[-500:]}. Fix: set job_package to a pip"
+            f"building the NanoFlux wheel failed: {result.stderr.strip()[-500:]}. Fix: set jobs.package to a pip"
             " requirement for NanoFlux"
         )
     return wheels[0]
@@ -171,13 +134,10 @@ def upload_package(api: Any, namespace: str, wheel: Path) -> tuple[str, str]:
     return repo, path
 
 
-def main(config: Any, *, detach: bool = False, on_log: Callable[[str], None] | None = None) -> Any:
+def main(config: TrainConfig, *, detach: bool = False, on_log: Callable[[str], None] | None = None) -> Any:
     """Submit the training run as a job; unless `detach`, follow its logs until it ends. Returns the final JobInfo.
     `config` is a validated TrainConfig with backend jobs (its `validate()` ran `check_job_settings`)."""
     from huggingface_hub import HfApi, get_token
-
-    from trainer.train import _preflight
-    from trainer.train_data import _hub_commit, check_test_rows, load_train_data
 
     token = get_token()
     if not token:
@@ -186,7 +146,7 @@ def main(config: Any, *, detach: bool = False, on_log: Callable[[str], None] | N
             " HF_TOKEN=hf_... or run `hf auth login`"
         )
     api = HfApi(token=token)
-    namespace = config.job_namespace or api.whoami()["name"]
+    namespace = config.jobs.namespace or api.whoami()["name"]
     # Before anything is uploaded or submitted: the data exists at that version, asks no question of the evaluation's
     # test rows (with eval_recipe), and the adapter repo is writable.
     if config.eval_recipe:
@@ -195,12 +155,12 @@ def main(config: Any, *, detach: bool = False, on_log: Callable[[str], None] | N
             config, data, f"the training data of {config.benchmark.name if config.benchmark else config.dataset_name}"
         )
     elif config.benchmark is None:
-        commit = _hub_commit(config.dataset_name, config.revision)
+        commit = dataset_commit(config.dataset_name, config.revision)
         logger.info("Dataset %s@%s = commit %s", config.dataset_name, config.revision, commit[:12])
-    _preflight(config)
+    check_adapter_repo(config)
 
-    if config.job_package:
-        spec = job_spec(config, package=config.job_package)
+    if config.jobs.package:
+        spec = job_spec(config, package=config.jobs.package)
     else:
         source = Path(__file__).resolve().parent.parent
         repo, path = upload_package(api, namespace, build_wheel(source))
@@ -208,7 +168,7 @@ def main(config: Any, *, detach: bool = False, on_log: Callable[[str], None] | N
         spec = job_spec(config, package=f"nanoflux-package/{path}", fetch=fetch)
         logger.info("Uploaded this checkout as %s in %s", path, repo)
     job = api.run_job(**spec, secrets={"HF_TOKEN": token}, namespace=namespace)
-    logger.info("Submitted job %s on %s: %s", job.id, config.flavor, job.url)
+    logger.info("Submitted job %s on %s: %s", job.id, config.jobs.flavor, job.url)
     if detach:
         return job
     for line in logs(job.id, namespace=namespace, follow=True):

@@ -9,20 +9,16 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nanoflux.errors import NanoFluxError
+from trainer.adapter_hub import dataset_commit, download_dataset
+from trainer.train_config import TrainError
 
 if TYPE_CHECKING:
     from nanoflux.benchmarks import BenchmarkConfig
-    from trainer.train import TrainConfig
+    from trainer.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-
-class TrainError(NanoFluxError, RuntimeError):
-    """The run cannot go on (e.g. no such dataset version, no rows); the message says why and what to do."""
 
 
 # --- data ------------------------------------------------------------------------------------------------
@@ -56,15 +52,13 @@ def load_train_data(config: TrainConfig) -> TrainData:
     if config.benchmark is not None:
         return _benchmark_data(config.benchmark, reasoning=config.benchmark_reasoning)
     repo, revision = config.dataset_name, config.revision
+    commit = dataset_commit(repo, revision, config.hub_dir)
     with tempfile.TemporaryDirectory(prefix="nanoflux-train-data-") as checkout:
         if config.hub_dir is None:
-            commit = _hub_commit(repo, revision)
             source = {"path": repo, "revision": commit}
         else:
-            store = _local_store(config.hub_dir, repo)
-            commit = _local_commit(store, repo, revision)
             # load_dataset copies the parquet into its cache, so the checkout can go when this block ends.
-            source = {"path": str(store.checkout("dataset", repo, commit, checkout))}
+            source = {"path": str(download_dataset(repo, commit, config.hub_dir, checkout))}
         try:
             splits = load_dataset(**source)
         except (
@@ -72,7 +66,7 @@ def load_train_data(config: TrainConfig) -> TrainData:
         ) as err:  # datasets refuses a split without rows ("Instruction 'train' corresponds to no data!")
             raise _no_rows(repo, revision, commit, f" ({err})") from None
 
-    def sft(split: str) -> tuple[Any, list[str]]:
+    def split_rows(split: str) -> tuple[Any, list[str]]:
         if split not in splits:
             raise TrainError(
                 f"{repo}@{revision} has no split {split!r} (has: {list(splits)}). Fix: publish it, or pick one of"
@@ -96,10 +90,10 @@ def load_train_data(config: TrainConfig) -> TrainData:
         )
         return rows, questions
 
-    train_rows, questions = sft("train")
+    train_rows, questions = split_rows("train")
     if not train_rows:
         raise _no_rows(repo, revision, commit)
-    eval_rows = sft(config.eval_split)[0] if config.eval_split else None
+    eval_rows = split_rows(config.eval_split)[0] if config.eval_split else None
     explained = sum(has_reasoning(row["completion"][0]["content"]) for row in train_rows)
     logger.info("Dataset %s@%s = commit %s: %d training conversations", repo, revision, commit[:12], len(train_rows))
     return TrainData(
@@ -179,11 +173,12 @@ def _benchmark_data(bench: BenchmarkConfig, *, reasoning: bool) -> TrainData:
 
 
 def check_test_rows(config: TrainConfig, data: TrainData, what: str) -> int:
-    """With `eval_recipe`: refuse training rows that ask a question of that evaluation's test rows (trainer.baseline)."""
+    """With `eval_recipe`: refuse training rows that ask a question of that evaluation's test rows
+    (trainer.baseline)."""
     from nanoflux.benchmarks import EvalError
     from nanoflux.recipe import ConfigError
     from trainer.baseline import TestRowsInTraining, check_no_test_rows
-    from trainer.evaluate import build_eval_config
+    from trainer.evaluation.config import build_eval_config
 
     try:
         evaluation = build_eval_config(config.eval_recipe)
@@ -238,64 +233,8 @@ def check_near_copies(eval_recipe: str, questions: list[str], what: str) -> None
     )
 
 
-def _hub_commit(repo: str, revision: str) -> str:
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    api = HfApi()
-    try:
-        return api.dataset_info(repo, revision=revision).sha
-    except RevisionNotFoundError:
-        raise _no_revision(
-            repo, revision, [tag.name for tag in api.list_repo_refs(repo, repo_type="dataset").tags]
-        ) from None
-    except RepositoryNotFoundError:
-        raise TrainError(
-            f"dataset_name: no dataset repo {repo!r} on {api.endpoint}. Fix: check the repo id (and HF_TOKEN for a"
-            " private repo), or set hub_dir for a local folder"
-        ) from None
-    except HfHubHTTPError as err:
-        raise TrainError(
-            f"dataset_name: cannot read {repo}@{revision} ({str(err).splitlines()[0]}). Fix: check the network and"
-            " HF_TOKEN"
-        ) from None
-
-
-def _local_store(hub_dir: str, repo: str) -> Any:
-    from localhub import RepoStore
-
-    if not Path(hub_dir).is_dir():  # RepoStore would create it
-        raise TrainError(
-            f"hub_dir: folder not found (got {hub_dir!r}). Fix: point it at the folder `nanoflux build --hub_dir`"
-            " published to"
-        )
-    store = RepoStore(hub_dir)
-    if not store.exists("dataset", repo):
-        raise TrainError(
-            f"dataset_name: no dataset repo {repo!r} in {hub_dir} (has: {store.list_repos('dataset')}). Fix: check the"
-            " repo id"
-        )
-    return store
-
-
-def _local_commit(store: Any, repo: str, revision: str) -> str:
-    from localhub import HubError
-
-    try:
-        return store.resolve("dataset", repo, revision)
-    except HubError:
-        raise _no_revision(repo, revision, list(store.refs("dataset", repo)["tags"])) from None
-
-
 def _no_rows(repo: str, revision: str, commit: str, detail: str = "") -> TrainError:
     return TrainError(
         f"revision: {repo}@{revision} (commit {commit[:12]}) has no rows to train on{detail}. Fix: pick a version that"
         " has rows, or publish a build that kept some"
-    )
-
-
-def _no_revision(repo: str, revision: str, tags: list[str]) -> TrainError:
-    return TrainError(
-        f"revision: {repo} has no version {revision!r} (versions: {', '.join(sorted(tags)) or 'none'}). Fix: pass"
-        " --revision with one of those"
     )

@@ -43,8 +43,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from localhub.serving import LoopbackHTTPServer, ServerThread
 
 __all__ = [
     "LOOPBACK_HOSTS",
@@ -179,37 +181,20 @@ class ScriptedTGI:
         self._rejected = 0
         self._service_seconds = 0.0
         self._completion_tokens = 0
-        self._connections: set[socket.socket] = set()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> ScriptedTGI:
-        httpd = _Server((self._host, 0), _make_handler(self))
-        httpd.daemon_threads = True
-        httpd.block_on_close = False  # keep-alive handler threads end when their socket is shut (close())
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._serving = ServerThread(LoopbackHTTPServer((self._host, 0), _make_handler(self)), name="scripted-tgi")
         return self
 
     def close(self) -> None:
-        if self._httpd is None:
+        serving, self._serving = self._serving, None
+        if serving is None:
             return
         self._stopping.set()  # wakes handlers sleeping in Fault.delay / latency
-        self._httpd.shutdown()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:  # unblock handler threads waiting for the next keep-alive request
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = None
+        serving.stop()
 
     def __enter__(self) -> ScriptedTGI:
         return self.start()
@@ -220,10 +205,9 @@ class ScriptedTGI:
     @property
     def url(self) -> str:
         """Base URL, e.g. "http://127.0.0.1:54321"."""
-        if self._httpd is None:
+        if self._serving is None:
             raise RuntimeError("server not started")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._serving.url
 
     # -- scripting and inspection --------------------------------------------------------------------
 
@@ -410,11 +394,6 @@ SERVER_KINDS = ("tgi", "vllm", "llama_cpp", "openai")
 OWNERS = {"tgi": "scripted/tgi", "vllm": "vllm", "llama_cpp": "me", "openai": "system"}
 
 
-class _Server(ThreadingHTTPServer):
-    # The listen backlog: the default of 5 refuses connections when dozens of clients connect at once.
-    request_queue_size = 128
-
-
 def _make_handler(server: ScriptedTGI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like TGI: the client reuses connections
@@ -422,14 +401,7 @@ def _make_handler(server: ScriptedTGI) -> type[BaseHTTPRequestHandler]:
         # client's delayed ACK of the headers, ~40 ms on Linux, on every response (asyncio servers set it by default).
         disable_nagle_algorithm = True
 
-        def setup(self) -> None:
-            super().setup()
-            with server._lock:
-                server._connections.add(self.connection)
-
         def finish(self) -> None:
-            with server._lock:
-                server._connections.discard(self.connection)
             try:
                 super().finish()
             except OSError:

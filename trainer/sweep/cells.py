@@ -1,18 +1,16 @@
 """One sweep cell: its rows as a publishable build folder and a tagged commit of the cells repo, its training run, its
-evaluation on the dev rows (what cells are chosen on), and, for a selected cell, its evaluation on the test rows
-(`trainer/sweep_cells.py`). The base model is scored once per partition for the whole sweep (`base.json`).
+evaluation on the dev rows (what cells are chosen on), and, for a selected cell, its evaluation on the test rows. The
+base model is scored once per partition for the whole sweep (`base.json`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import io
 import json
 import logging
 import shutil
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,51 +20,23 @@ import yaml
 from builder import write_rows
 from nanoflux.recipe import from_dict, to_dict
 from nanoflux.runfolder import write_atomic
-from trainer.sweep_config import (
+from trainer.sweep.config import (
     BASE_SCORES,
     CELL_FILE,
     DATA_FILE,
     EVAL_CELL_FIELDS,
     TEST_FILE,
-    CellSettings,
     SweepConfig,
     SweepError,
     stage_configs,
 )
-from trainer.sweep_report import cell_label
-from trainer.sweep_select import adapter_of
+from trainer.sweep.labels import cell_label
+from trainer.sweep.pool import Cell, Pool, digest
+from trainer.sweep.select import adapter_of
 
 logger = logging.getLogger(__name__)
 
 # --- the cell's rows -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Pool:
-    """The candidate rows every cell curates from, and where they came from."""
-
-    rows: list[dict[str, Any]]
-    source: str
-    fingerprint: str
-    """sha256 of the build's pool file, or the published version's commit."""
-    build_dir: Path | None = None
-    """A build's output dir: its config.yaml and summary.json make each cell a publishable build."""
-
-
-@dataclass
-class Cell:
-    id: str
-    settings: CellSettings
-    rows: list[dict[str, Any]]
-    fingerprint: str
-    """sha256 of the curated rows' ids, in order."""
-    row_set: str
-    """sha256 of the curated rows' ids, sorted: cells with the same set of rows (in any order) share one training."""
-
-
-def digest(data: Any) -> str:
-    """sha256 of data as canonical JSON."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def write_build_files(pool: Pool, cell: Cell, cell_dir: Path, config: SweepConfig) -> None:
@@ -186,8 +156,8 @@ def scores_record(results: dict[str, Any], base: dict[str, dict[str, float]]) ->
 
 
 def _evaluate(eval_config: Any, what: str) -> dict[str, Any]:
-    from trainer.evaluate import EvalError
-    from trainer.evaluate import main as eval_main
+    from nanoflux.rows import EvalError
+    from trainer.evaluation.run import main as eval_main
 
     try:
         return eval_main(eval_config)
@@ -257,7 +227,7 @@ def run_cell(
     → `cell.json` (written last). With `same_data` (a finished cell of the same `training_key`: the same set of rows
     and training recipe), the cell's own rows are written (in its order, publishable) and that cell's adapter, training
     and scores are reused: nothing is trained or evaluated."""
-    from trainer.train import TrainError
+    from trainer.train_config import TrainError
 
     # What a killed run left behind is overwritten; its training checkpoints (save_steps) are resumed from. A test
     # evaluation of an earlier adapter of this cell no longer holds.

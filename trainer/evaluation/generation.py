@@ -1,8 +1,8 @@
-"""Answers to benchmark prompts, from either engine, behind one function (`trainer/generation.py`).
+"""Answers to benchmark prompts, from either engine, behind one function.
 
 `generate_answers(config, groups, output_dir)` answers every group (one variant on one benchmark's examples) greedily
 and returns the texts in example order; evaluation then extracts and scores them the same way whichever engine wrote
-them (trainer.evaluate, nanoflux.scoring).
+them (trainer.evaluation.run, nanoflux.scoring).
 
 - `engine: transformers` (the default, for CPU and tests): the base model in-process, left-padded batches of similar
   length through the tokenizer's chat template; each variant's LoRA is loaded once onto the one base model and
@@ -47,7 +47,7 @@ from nanoflux.rows import EvalError, Example
 from nanoflux.transport import EndpointClient, RetryPolicy, public_url
 
 if TYPE_CHECKING:
-    from trainer.evaluate import EvalConfig
+    from trainer.evaluation.config import EvalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def generate(
         )
         with torch.inference_mode():
             generated = model.generate(**inputs, generation_config=generation_config)
-        for i, row in zip(batch, generated[:, inputs["input_ids"].shape[1] :]):
+        for i, row in zip(batch, generated[:, inputs["input_ids"].shape[1] :], strict=True):
             outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
         if progress is not None:
             progress.update(len(batch))

@@ -1,10 +1,11 @@
-"""Training compute: the NanoFlux adapter's training run against the full-benchmark baseline's (`trainer/compute.py`).
+"""Training compute: the NanoFlux adapter's training run against the full-benchmark baseline's.
 
 Measured: each adapter's `training_summary.json` (written by `nanoflux train`; its `compute` block) gives its training
 tokens (tokens the trainer processed, padding excluded), optimizer steps and training seconds (summed over resumed
-segments) on its devices; the ratios baseline / NanoFlux of each are reported. The cost of generating the NanoFlux data (prompt and completion tokens per role, from the build's
-`summary.json`) is reported beside them. An estimate from token counts of the two training sets (one epoch, chat
-template applied), without training runs, is kept as `estimate` and labelled so.
+segments) on its devices; the ratios baseline / NanoFlux of each are reported. The cost of generating the NanoFlux
+data (prompt and completion tokens per role, from the build's `summary.json`) is reported beside them. An estimate
+from token counts of the two training sets (one epoch, chat template applied), without training runs, is kept as
+`estimate` and labelled so.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ class ComputeConfig:
     baseline_summary: str | None = None
     """`training_summary.json` of the full-benchmark baseline adapter (null: `baseline_adapter`)."""
     build_summary: str | None = None
-    """The build's `summary.json`, or its output folder: data-generation tokens per role, reported beside (optional)."""
+    """The build's `summary.json`, or its output folder: data-generation tokens per role, reported beside
+    (optional)."""
     nanoflux_data: str | None = None
-    """Estimate only: the NanoFlux dataset (Hub id or local file/folder with a `messages` column) whose tokens to count."""
+    """Estimate only: the NanoFlux dataset (Hub id or local file/folder with a `messages` column) whose tokens to
+    count."""
     nanoflux_subset: str | None = None
     nanoflux_split: str = "train"
     nanoflux_revision: str | None = None
@@ -144,7 +147,8 @@ def _ratio(a: Any, b: Any) -> float | None:
 
 
 def measured_compute(nanoflux: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
-    """Both runs, the ratios baseline / NanoFlux of training tokens, optimizer steps and device seconds, and caveats."""
+    """Both runs, the ratios baseline / NanoFlux of training tokens, optimizer steps and device seconds, and
+    caveats."""
     ratios = {key: _ratio(baseline[key], nanoflux[key]) for key in ("train_tokens", "steps", "device_seconds")}
     notes = []
     if nanoflux["hardware"] != baseline["hardware"]:

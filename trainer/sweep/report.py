@@ -1,33 +1,34 @@
-"""A sweep's report: `results.parquet`, `results.md`, one plot per swept dimension, and the dataset card's section
-(`trainer/sweep_report.py`).
+"""A sweep's report: `results.parquet`, `results.md`, `selection.json` and one plot per swept dimension
+(trainer.sweep.plots).
 
-Cells are chosen on the dev partition (`trainer.sweep_select`); the report says so, states the selection and tie-break
+Cells are chosen on the dev partition (`trainer.sweep.select`); the report says so, states the selection and tie-break
 rule, names every cell the selected one is not significantly different from (a tie never reads as a winner), says which
 cells shared a training (the same set of rows), shows every cell's dev accuracy, and shows test accuracy for the
-selected cells only (they alone, with the base model, were evaluated on the test rows). Plots have one panel per
-benchmark on a grid with no empty slot where one exists (4 benchmarks: 2x2), and a y axis that starts below 0 so a
-point or line at 0 stays visible.
+selected cells only (they alone, with the base model, were evaluated on the test rows).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.sweep_select import TIE_BREAK, adapter_of, finding, verdict
+from trainer.sweep.labels import (
+    DIMENSION_TITLES,
+    DIMENSIONS,
+    delta_text,
+    display,
+    percent,
+    score_text,
+    short,
+    swept_dimensions,
+)
+from trainer.sweep.plots import plot_dimension
+from trainer.sweep.select import TIE_BREAK, adapter_of, finding, verdict
 
-DIMENSIONS = ("quality_levels", "complexity_levels", "size", "prefer_defender_failed")
-DIMENSION_TITLES = {
-    "quality_levels": "reasoning-quality band",
-    "complexity_levels": "judge-rated complexity",
-    "size": "dataset size (rows requested)",
-    "prefer_defender_failed": "ranking",
-}
 REPORT_FILES = ("results.parquet", "results.md", "selection.json")
+
 SELECTION_NOTE = (
     "Selected on dev, reported on test: every cell was evaluated on each benchmark's dev rows (never its test rows)"
     " and the cells were chosen there; only the selected cells and the base model were then evaluated on the test"
@@ -37,7 +38,8 @@ SELECTION_NOTE = (
 
 @dataclass
 class Report:
-    """Everything a report shows: the sweep, its cells (dev scores), the selection, and the selected cells' test scores."""
+    """Everything a report shows: the sweep, its cells (dev scores), the selection, and the selected cells' test
+    scores."""
 
     config: Any
     pool: Any
@@ -47,73 +49,6 @@ class Report:
     selection: dict[str, Any]
     test: dict[str, dict[str, Any]]
     """{selected cell id: {benchmark: test score (n, accuracy, CI, base, vs_base)}}."""
-
-
-# --- how settings read -----------------------------------------------------------------------------------
-
-
-def display(dim: str, value: Any) -> str:
-    """How a setting reads in tables and plots: L3-L4, complexity 2-3 / all, 50, failed first / build order."""
-    if dim == "quality_levels":
-        return _levels(value, "L")
-    if dim == "complexity_levels":
-        return "all" if value is None else _levels(value, "")
-    if dim == "prefer_defender_failed":
-        return "failed first" if value else "build order"
-    return str(value)
-
-
-def _levels(levels: list[int], prefix: str) -> str:
-    if len(levels) > 1 and levels == list(range(levels[0], levels[-1] + 1)):
-        return f"{prefix}{levels[0]}-{prefix}{levels[-1]}" if prefix else f"{levels[0]}-{levels[-1]}"
-    return ",".join(f"{prefix}{level}" for level in levels)
-
-
-def short(dim: str) -> str:
-    return {
-        "quality_levels": "quality",
-        "complexity_levels": "complexity",
-        "size": "size",
-        "prefer_defender_failed": "ranking",
-    }[dim]
-
-
-def cell_label(settings: Any) -> str:
-    return ", ".join(f"{short(dim)} {display(dim, getattr(settings, dim))}" for dim in DIMENSIONS)
-
-
-def _order(dim: str, value: Any) -> tuple:
-    if dim in ("quality_levels", "complexity_levels"):
-        return (1, ()) if value is None else (0, tuple(value))
-    return (0, value)
-
-
-def swept_dimensions(records: list[dict[str, Any]]) -> list[str]:
-    """The dimensions that take more than one value across the cells."""
-    return [dim for dim in DIMENSIONS if len({json.dumps(r["settings"][dim]) for r in records}) > 1]
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
-
-
-def _score(score: dict[str, Any] | None) -> str:
-    return (
-        "–"
-        if not score or score.get("accuracy") is None
-        else f"{_pct(score['accuracy'])} [{_pct(score['ci_low'])}, {_pct(score['ci_high'])}]"
-    )
-
-
-def _delta(comparison: dict[str, Any] | None) -> str:
-    if not comparison:
-        return ""
-    interval = (
-        f" [{100 * comparison['ci_low']:+.1f}, {100 * comparison['ci_high']:+.1f}]"
-        if comparison.get("ci_low") is not None
-        else ""
-    )
-    return f"{100 * comparison['delta']:+.1f}{interval} points"
 
 
 def selection_rule() -> str:
@@ -176,9 +111,6 @@ def _shared_lines(records: list[dict[str, Any]]) -> list[str]:
         )
         for group in shared_trainings(records)
     ]
-
-
-# --- the table -------------------------------------------------------------------------------------------
 
 
 def results_table(report: Report) -> list[dict[str, Any]]:
@@ -301,12 +233,9 @@ def _schema() -> Any:
     return pa.schema([(name, types[name]) for name in order])
 
 
-# --- results.md ------------------------------------------------------------------------------------------
-
-
 def steps_line(setup: dict[str, Any], policy: str) -> str:
     """How much every cell trained, and what that means for comparing sizes."""
-    train = setup["train"]
+    train = setup["train"]["sft"]
     if policy == "fixed_steps":
         return (
             f"steps policy `fixed_steps`: {train['max_steps']} optimizer steps in every cell (a smaller cell repeats"
@@ -329,18 +258,23 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
     cells_dir = "<sweep output_dir>/cells" if public else str(Path(config.output_dir) / "cells")
     swept = swept_dimensions(records)
     train, evaluation = report.setup["train"], report.setup["eval"]
+    sft = train["sft"]
     fixed = [
         f"{short(dim)} {display(dim, records[0]['settings'][dim])}"
         for dim in DIMENSIONS
         if dim not in swept and records
     ]
     by_id = {r["cell_id"]: r for r in records}
+    design = (
+        "every combination of the grid"
+        if config.design == "grid"
+        else "one dimension at a time around the reference cell"
+    )
     lines = [
         f"# NanoFlux ablation sweep: {config.name}",
         "",
         f"- Pool: {source} ({len(pool.rows)} rows; fingerprint `{pool.fingerprint[:16]}`)",
-        "- Design:"
-        f" {'every combination of the grid' if config.design == 'grid' else 'one dimension at a time around the reference cell'},"
+        f"- Design: {design},"
         f" {len(records)} cells; swept: {', '.join(DIMENSION_TITLES[d] for d in swept) or 'nothing'}"
         + (f"; fixed: {', '.join(fixed)}" if fixed else "")
         + f"; judge-validated only: {config.require_valid}",
@@ -349,8 +283,8 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
             " fingerprint is the sha256 of its rows' ids in order"
         ),
         (
-            f"- Training: `{train['model']}`, LoRA r={train['lora_r']}, lr {train['learning_rate']}, batch"
-            f" {train['per_device_train_batch_size']}x{train['gradient_accumulation_steps']}, seed {train['seed']};"
+            f"- Training: `{train['model']}`, LoRA r={train['lora']['r']}, lr {sft['learning_rate']}, batch"
+            f" {sft['per_device_train_batch_size']}x{sft['gradient_accumulation_steps']}, seed {sft['seed']};"
             f" {steps_line(report.setup, config.steps_policy)}"
         ),
         (
@@ -376,14 +310,14 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
             continue
         record, test = by_id[choice["cell"]], report.test.get(choice["cell"], {}).get(name)
         runner = (
-            f" runner-up `{choice['runner_up']}`: {_delta(choice['comparison'])}"
+            f" runner-up `{choice['runner_up']}`: {delta_text(choice['comparison'])}"
             if choice["runner_up"] and choice["comparison"]
             else ""
         )
         lines.append(
             f"| {title} | `{choice['cell']}` | {record['label']} | {record['dataset']['rows']} |"
-            f" {_score(record['scores'].get(name))} | {verdict(choice)}{';' if runner else ''}{runner} |"
-            f" {_score(test)} | {_pct((test or {}).get('base', {}).get('accuracy'))} |"
+            f" {score_text(record['scores'].get(name))} | {verdict(choice)}{';' if runner else ''}{runner} |"
+            f" {score_text(test)} | {percent((test or {}).get('base', {}).get('accuracy'))} |"
         )
     lines += ["", "What the dev data support:", "", *findings(report)]
     overall = selection.get("overall")
@@ -392,10 +326,10 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
         lines += [
             "",
             f"**Overall** (highest macro-mean dev accuracy over the benchmarks): `{overall['cell']}`"
-            f" ({record['label']}, {record['dataset']['rows']} rows), dev {_pct(overall['dev_macro_accuracy'])}%;"
+            f" ({record['label']}, {record['dataset']['rows']} rows), dev {percent(overall['dev_macro_accuracy'])}%;"
             f" {verdict(overall)}"
             + (
-                f" (runner-up `{overall['runner_up']}`: {_delta(overall['comparison'])})"
+                f" (runner-up `{overall['runner_up']}`: {delta_text(overall['comparison'])})"
                 if overall["comparison"]
                 else ""
             )
@@ -407,15 +341,17 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
         for name, title in report.benchmarks:
             score = test.get(name)
             vs_base = (score or {}).get("vs_base")
-            paired = f"{_delta(vs_base)}, McNemar p = {vs_base['p_value']:.2g}" if vs_base else "–"
-            lines.append(f"| {title} | {_score(score)} | {_score((score or {}).get('base'))} | {paired} |")
+            paired = f"{delta_text(vs_base)}, McNemar p = {vs_base['p_value']:.2g}" if vs_base else "–"
+            lines.append(f"| {title} | {score_text(score)} | {score_text((score or {}).get('base'))} | {paired} |")
     header = "| cell | quality | complexity | size | ranking | rows | steps | epochs | train tokens | train s |"
     lines += [
         "",
         "## Every cell (dev partition)",
         "",
         "Dev accuracy (%) of base + the cell's adapter, [95% CI]; ✓ marks a benchmark's selected cell. Base model on"
-        " dev: " + ", ".join(f"{title} {_pct(_base_dev(records, name))}" for name, title in report.benchmarks) + ".",
+        " dev: "
+        + ", ".join(f"{title} {percent(_base_dev(records, name))}" for name, title in report.benchmarks)
+        + ".",
         "",
     ]
     lines += [
@@ -426,7 +362,7 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
     for record in records:
         training, settings = record["training"] or {}, record["settings"]
         cells = [
-            f"{'✓ ' if chosen.get(name) == record['cell_id'] else ''}{_score(record['scores'].get(name))}"
+            f"{'✓ ' if chosen.get(name) == record['cell_id'] else ''}{score_text(record['scores'].get(name))}"
             for name, _ in report.benchmarks
         ]
         epochs = f"{training['epochs']:.2f}" if isinstance(training.get("epochs"), (int, float)) else "–"
@@ -481,152 +417,6 @@ def _base_dev(records: list[dict[str, Any]], name: str) -> float | None:
     )
 
 
-# --- plots -----------------------------------------------------------------------------------------------
-
-
-def panel_grid(count: int, max_columns: int = 5) -> tuple[int, int]:
-    """(rows, columns) for `count` panels: a grid with no empty slot where one of at most `max_columns` columns exists
-    (4 -> 2x2, 5 -> 1x5, 6 -> 2x3, 9 -> 3x3), else the fewest empty slots (7 -> 2x4, the legend takes the spare one);
-    among equals the squarest, then the wider."""
-    if count <= 3:
-        return 1, max(count, 1)
-    options = [
-        (rows * columns - count, abs(columns - rows), -columns, rows, columns)
-        for columns in range(2, max_columns + 1)
-        for rows in [math.ceil(count / columns)]
-    ]
-    _, _, _, rows, columns = min(options)
-    return rows, columns
-
-
-Y_LIMITS = (-0.06, 1.06)  # below 0: a cell, base model or test point at 0 accuracy is drawn above the axis, not on it
-
-
-def dimension_figure(table: list[dict[str, Any]], dim: str, benchmarks: list[tuple[str, str]], title: str) -> Any:
-    """Dev accuracy (95% CI error bars, a marker on every point) against one dimension, one panel per benchmark, one line
-    per combination of the other swept dimensions; the base model dashed (dev) and dotted (test), a thin line at 0, the
-    selected cell starred and named by its cell id, and its test accuracy as an open diamond. Returns the Figure."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    dev = [row for row in table if row["partition"] == "dev" and row["accuracy"] is not None]
-    others = [d for d in DIMENSIONS if d != dim and len({json.dumps(row[d]) for row in table}) > 1]
-    values = sorted({json.dumps(row[dim]) for row in table}, key=lambda v: _order(dim, json.loads(v)))
-    x_of = {value: i for i, value in enumerate(values)}
-    rows_n, columns = panel_grid(len(benchmarks))
-    figure = Figure(figsize=(4.6 * columns, 3.6 * rows_n + 0.6))
-    FigureCanvasAgg(figure)
-    legend: dict[str, Any] = {}
-    for index, (name, bench_title) in enumerate(benchmarks):
-        axes = figure.add_subplot(rows_n, columns, index + 1)
-        axes.axhline(0, color="black", linewidth=0.6, zorder=1)
-        points = [row for row in dev if row["benchmark"] == name]
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for row in points:
-            key = ", ".join(f"{short(d)} {display(d, row[d])}" for d in others) or "cells"
-            groups.setdefault(key, []).append(row)
-        # In a one-at-a-time design, cells that vary another dimension are single points here: leave them out.
-        if any(len(group) > 1 for group in groups.values()):
-            groups = {key: group for key, group in groups.items() if len(group) > 1}
-        for g, (label, group) in enumerate(sorted(groups.items())):
-            group.sort(key=lambda row: x_of[json.dumps(row[dim])])
-            offset = (g - (len(groups) - 1) / 2) * 0.06
-            xs = [x_of[json.dumps(row[dim])] + offset for row in group]
-            errors = [
-                [max(0.0, row["accuracy"] - row["ci_low"]) for row in group],
-                [max(0.0, row["ci_high"] - row["accuracy"]) for row in group],
-            ]
-            axes.errorbar(
-                xs,
-                [row["accuracy"] for row in group],
-                yerr=errors,
-                marker="o",
-                markersize=5,
-                capsize=3,
-                label=label,
-                zorder=3,
-            )
-            for x, row in zip(xs, group):
-                if row["selected"]:
-                    axes.plot(
-                        [x],
-                        [row["accuracy"]],
-                        marker="*",
-                        markersize=16,
-                        color="gold",
-                        markeredgecolor="black",
-                        zorder=5,
-                        linestyle="none",
-                        label="selected on dev",
-                    )
-                    axes.annotate(
-                        row["cell_id"],
-                        (x, row["accuracy"]),
-                        textcoords="offset points",
-                        xytext=(7, 7),
-                        fontsize=7,
-                        zorder=6,
-                    )
-                    test = next(
-                        (
-                            t
-                            for t in table
-                            if t["partition"] == "test" and t["cell_id"] == row["cell_id"] and t["benchmark"] == name
-                        ),
-                        None,
-                    )
-                    if test and test["accuracy"] is not None:
-                        axes.plot(
-                            [x + 0.12],
-                            [test["accuracy"]],
-                            marker="D",
-                            markersize=7,
-                            fillstyle="none",
-                            color="black",
-                            linestyle="none",
-                            label="selected cell on test",
-                            zorder=5,
-                        )
-        for partition, style in (("dev", "--"), ("test", ":")):
-            base = next(
-                (
-                    row["base_accuracy"]
-                    for row in table
-                    if row["benchmark"] == name and row["partition"] == partition and row["base_accuracy"] is not None
-                ),
-                None,
-            )
-            if base is not None:
-                axes.axhline(
-                    base, linestyle=style, color="gray", linewidth=1.2, label=f"base model ({partition})", zorder=2
-                )
-        axes.set_xticks(range(len(values)), [display(dim, json.loads(v)) for v in values])
-        axes.set_xlim(-0.5, len(values) - 0.5)
-        axes.set_ylim(*Y_LIMITS)
-        axes.set_title(bench_title, fontsize=10)
-        axes.set_xlabel(DIMENSION_TITLES[dim])
-        if index % columns == 0:
-            axes.set_ylabel("dev accuracy (95% bootstrap CI)")
-        for handle, label in zip(*axes.get_legend_handles_labels()):
-            legend.setdefault(label, handle)  # each entry once, whichever panel drew it
-    if rows_n * columns > len(benchmarks):  # the spare slot holds the legend: no empty panel
-        spare = figure.add_subplot(rows_n, columns, len(benchmarks) + 1)
-        spare.axis("off")
-        spare.legend(legend.values(), legend.keys(), loc="center", fontsize=8, frameon=False)
-    elif legend:
-        figure.axes[0].legend(legend.values(), legend.keys(), fontsize=7)
-    figure.suptitle(title)
-    figure.tight_layout()
-    return figure
-
-
-def plot_dimension(
-    table: list[dict[str, Any]], dim: str, benchmarks: list[tuple[str, str]], path: Path, title: str
-) -> None:
-    """`dimension_figure` saved as a PNG."""
-    dimension_figure(table, dim, benchmarks, title).savefig(path, dpi=110)
-
-
 def write_report(report: Report) -> list[Path]:
     """results.parquet, results.md, selection.json (the choices on dev, every comparison, the tie-break rule and the
     shared trainings) and `<dimension>.png` per swept dimension in the sweep folder; returns the files."""
@@ -653,73 +443,3 @@ def write_report(report: Report) -> list[Path]:
         )
         files.append(path)
     return files
-
-
-# --- the dataset card ------------------------------------------------------------------------------------
-
-
-def card_section(report: Report, release: Any) -> str:
-    """The card's `## Ablations: <name>` section: the cells selected on dev, their test scores, and where the report is."""
-    config, records = report.config, report.records
-    by_id = {r["cell_id"]: r for r in records}
-    folder = f"ablations/{config.name}"
-    lines = [
-        f"## Ablations: {config.name}",
-        "",
-        (
-            f"{len(records)} curations of one candidate pool were each used to train a LoRA adapter"
-            f" ({'every combination of the grid' if config.design == 'grid' else 'one dimension at a time'}; swept:"
-            f" {', '.join(DIMENSION_TITLES[d] for d in swept_dimensions(records)) or 'nothing'};"
-            f" {steps_line(report.setup, config.steps_policy)}). {SELECTION_NOTE} Accuracy of the base model +"
-            " adapter, 95% bootstrap CI:"
-        ),
-        "",
-        (
-            "| benchmark | selected on dev | settings | rows | dev accuracy (%) | against the other cells on dev |"
-            " test accuracy (%) | base model on test (%) |"
-        ),
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, title in report.benchmarks:
-        choice = report.selection["benchmarks"].get(name)
-        if choice is not None:
-            record, test = by_id[choice["cell"]], report.test.get(choice["cell"], {}).get(name)
-            lines.append(
-                f"| {title} | `{choice['cell']}` | {record['label']} | {record['dataset']['rows']} |"
-                f" {_score(record['scores'].get(name))} | {verdict(choice)} | {_score(test)} |"
-                f" {_pct((test or {}).get('base', {}).get('accuracy'))} |"
-            )
-    overall = report.selection.get("overall")
-    if overall:
-        lines += [
-            "",
-            (
-                f"Overall selection (macro-mean dev accuracy): `{overall['cell']}`"
-                f" ({by_id[overall['cell']]['label']}); {verdict(overall)}."
-            ),
-        ]
-    lines += ["", selection_rule(), "", *findings(report), ""]
-    if release is not None:
-        lines += [
-            (
-                f"Version {release.version} holds the rows of cell `{config.publish_cell}`"
-                f" ({by_id[config.publish_cell]['label']})."
-            ),
-            "",
-        ]
-    lines += [
-        (
-            f"Every cell's dev scores, the plots and the results table: [`{folder}/results.md`]({folder}/results.md),"
-            f" `{folder}/results.parquet`."
-        ),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def with_section(card: str, heading: str, section: str) -> str:
-    """`card` with its `heading` section replaced by `section` (appended when there is none)."""
-    pattern = re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(card):
-        return pattern.sub(lambda _: section + "\n", card, count=1)
-    return card.rstrip() + "\n\n" + section

@@ -1,7 +1,6 @@
-"""A sweep's recipe: the candidate pool, the grid of curation settings, the steps policy, and the train and eval recipes
-every cell runs with (`trainer/sweep_config.py`). `stage_configs` turns them into one cell's TrainConfig and EvalConfig,
-parsed by the stages' own `build_*_config`, so a wrong field fails before any model is loaded.
-"""
+"""A sweep's recipe: the candidate pool, the grid of curation settings, the steps policy, and the train and eval
+recipes every cell runs with. `stage_configs` turns them into one cell's TrainConfig and EvalConfig, parsed by the
+stages' own `build_*_config`, so a wrong field fails before any model is loaded."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import CurationConfig
+from nanoflux.errors import NanoFluxError
 from nanoflux.recipe import (
     ConfigError,
     check_levels,
@@ -47,22 +47,16 @@ TRAIN_CELL_FIELDS = (
     "adapter_hub_dir",
     "private",
     "license",
-    "logging_steps",
-    "save_steps",
-    "backend",
-    "flavor",
-    "job_timeout",
-    "job_image",
-    "job_package",
-    "job_namespace",
+    "jobs",
 )
+TRAIN_CELL_SFT_FIELDS = ("logging_steps", "save_strategy", "save_steps")  # of the training recipe's `sft:` block
 EVAL_CELL_FIELDS = ("adapter", "adapter_optional", "baseline_adapter", "evaluate_base", "compute", "output_dir")
 BASE_SCORES = (  # the base model's scores per partition, evaluated once per evaluation recipe, shared by every cell
     "base.json"
 )
 
 
-class SweepError(RuntimeError):
+class SweepError(NanoFluxError, RuntimeError):
     """The sweep cannot go on (no pool, a different setup in the folder, a failed cell); the message says the fix."""
 
 
@@ -160,7 +154,8 @@ class GridConfig:
 
 @dataclass
 class SweepConfig:
-    """An ablation sweep: one candidate pool, a grid of curation settings, and the train and eval recipes for each cell."""
+    """An ablation sweep: one candidate pool, a grid of curation settings, and the train and eval recipes for each
+    cell."""
 
     name: str = "sweep"
     """Names the sweep's folder, its cells repo and its report's folder `ablations/<name>/` in the dataset repo."""
@@ -189,16 +184,18 @@ class SweepConfig:
     every cell trains the same number of optimizer steps (`steps`), so sizes are compared at equal steps (a smaller
     cell repeats its rows more often)."""
     steps: int | None = None
-    """fixed_steps: the optimizer steps of every cell; null: the training recipe's max_steps when set, else the steps the
-    largest cell takes in `num_train_epochs` (one device)."""
+    """fixed_steps: the optimizer steps of every cell; null: the training recipe's max_steps when set, else the steps
+    the largest cell takes in `num_train_epochs` (one device)."""
     eval_recipe: str = "configs/eval/local.yaml"
     """Evaluation recipe for every cell's adapter: each cell is scored on the dev rows of its benchmarks (the cells are
-    chosen there), the selected cells also on the test rows. Its `compute` and `baseline_adapter` are not run per cell."""
+    chosen there), the selected cells also on the test rows. Its `compute` and `baseline_adapter` are not run per
+    cell."""
     eval_overrides: dict = field(default_factory=dict)
     """Fields of the evaluation recipe to change for the sweep, e.g. {limit: 200}."""
     backend: str = "local"
     """`local`: train in this process; `jobs`: train each cell as a Hugging Face Job (`trainer/jobs.py`; its flavor,
-    timeout and image are the training recipe's `flavor`, `job_timeout`, `job_image`, set them in train_overrides)."""
+    timeout and image are the training recipe's `jobs.flavor`, `jobs.timeout`, `jobs.image`: set them in
+    train_overrides)."""
     cells_repo: str | None = None
     """Dataset repo holding each cell's rows as a commit tagged `cell-<fingerprint>`, which training reads. Local
     backend: `local/<name>-cells` in `<output_dir>/cells-hub`; jobs: a Hub repo the jobs can read (required)."""
@@ -326,13 +323,14 @@ def build_sweep_config(recipe: str | Path | None, cli_args: list[str] | None = N
 
 def check_steps_policy(config: SweepConfig, train: Any) -> None:
     """fixed_epochs needs a training recipe that runs its epochs (max_steps -1)."""
-    if config.steps_policy == "fixed_epochs" and train.max_steps != -1:
+    if config.steps_policy == "fixed_epochs" and train.sft["max_steps"] != -1:
         fail(
             "steps_policy",
             config.steps_policy,
             "fixed_epochs trains num_train_epochs in every cell, but the training recipe sets max_steps"
-            f" {train.max_steps}",
-            "set steps_policy: fixed_steps (every cell trains that many steps), or set train_overrides.max_steps: -1",
+            f" {train.sft['max_steps']}",
+            "set steps_policy: fixed_steps (every cell trains that many steps), or set train_overrides.sft.max_steps:"
+            " -1",
         )
 
 
@@ -353,12 +351,12 @@ def stage_configs(
     """(TrainConfig, EvalConfig) for a cell: the sweep's recipes and overrides, then the cell's data, adapter, steps
     (`max_steps`, fixed_steps), evaluation partition (dev: choosing; test: the selected cells) and output folders,
     parsed by the stages' own `build_*_config`."""
-    from trainer.evaluate import build_eval_config
-    from trainer.train import build_train_config
+    from trainer.evaluation.config import build_eval_config
+    from trainer.train_config import build_train_config
 
     jobs = config.backend == "jobs"
     cell_train = {
-        "backend": config.backend,
+        "jobs": {"backend": config.backend},
         "dataset_name": config.cells_repo or f"local/{config.name}-cells",
         "revision": tag,
         "hub_dir": None if jobs else str(Path(config.output_dir) / "cells-hub"),
@@ -369,7 +367,7 @@ def stage_configs(
         "push_to_hub": f"{config.adapter_repo}-{hub_name(cell_dir.name)}" if jobs else None,
         "adapter_hub_dir": None,
         "private": True,
-        **({"max_steps": max_steps} if max_steps is not None else {}),
+        **({"sft": {"max_steps": max_steps}} if max_steps is not None else {}),
     }
     cell_eval = {
         "adapter": cell_train["push_to_hub"] or cell_train["output_dir"],  # a job's adapter is evaluated from the Hub
@@ -391,3 +389,13 @@ def stage_configs(
     except ConfigError as err:
         raise ConfigError(f"eval_recipe {config.eval_recipe} with eval_overrides: {err}") from None
     return train, evaluation
+
+
+def train_identity(train: Any) -> dict[str, Any]:
+    """What a cell's training computes, from its TrainConfig: the recipe without the fields the sweep sets per cell or
+    that say where and how a run goes (`TRAIN_CELL_FIELDS`, `TRAIN_CELL_SFT_FIELDS`)."""
+    from nanoflux.recipe import to_dict
+
+    identity = {k: v for k, v in to_dict(train).items() if k not in TRAIN_CELL_FIELDS}
+    identity["sft"] = {k: v for k, v in identity["sft"].items() if k not in TRAIN_CELL_SFT_FIELDS}
+    return identity

@@ -35,7 +35,8 @@ DECIDED_BY = {
 
 
 def adapter_of(record: dict[str, Any]) -> str:
-    """The cell whose training produced a record's adapter: itself, or the cell with the same rows it shares training with."""
+    """The cell whose training produced a record's adapter: itself, or the cell with the same rows it shares training
+    with."""
     return record.get("same_data_as") or record["cell_id"]
 
 
@@ -103,9 +104,11 @@ def compare_overall(
     pairs = [_paired(correct(best, name), correct(other, name)) for name in names]
     if any(pair is None for pair in pairs):
         return None
-    stats = aggregate([[float(x) - float(y) for x, y in zip(a, b)] for a, b in pairs], samples=samples, seed=seed)
-    wins = sum(x and not y for a, b in pairs for x, y in zip(a, b))
-    losses = sum(y and not x for a, b in pairs for x, y in zip(a, b))
+    stats = aggregate(
+        [[float(x) - float(y) for x, y in zip(a, b, strict=True)] for a, b in pairs], samples=samples, seed=seed
+    )
+    wins = sum(x and not y for a, b in pairs for x, y in zip(a, b, strict=True))
+    losses = sum(y and not x for a, b in pairs for x, y in zip(a, b, strict=True))
     return {
         "method": "stratified paired bootstrap (macro) + McNemar",
         "n": stats["n"],
@@ -218,8 +221,9 @@ def verdict(choice: dict[str, Any]) -> str:
 
 
 def finding(choice: dict[str, Any], what: str, accuracy: float) -> str:
-    """What the dev data supports about a selection, in a sentence or two: its margin over the runner-up with the paired
-    CI, every cell it is not significantly different from, and which rule picked it (accuracy or the tie-break)."""
+    """What the dev data supports about a selection, in a sentence or two: its margin over the runner-up with the
+    paired CI, every cell it is not significantly different from, and which rule picked it (accuracy or the
+    tie-break)."""
     cell = f"`{choice['cell']}`"
     shared = (
         f" ({_ids(choice['same_adapter'])} shares its training: the same rows)" if choice.get("same_adapter") else ""

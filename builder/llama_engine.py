@@ -55,7 +55,8 @@ from pathlib import Path
 from localhub.serving import free_port, stop_process, wait_until_answers
 from nanoflux.chat import ChatRequest, ChatResponse, EndpointError
 from nanoflux.models import DEFAULT_MODEL_ID, cache_root, gguf_path, packaged
-from nanoflux.transport import EndpointClient, RetryPolicy
+from nanoflux.retries import RetryPolicy
+from nanoflux.transport import EndpointClient
 
 logger = logging.getLogger(__name__)
 

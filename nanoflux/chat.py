@@ -19,6 +19,9 @@ class ChatRequest:
     seed: int | None = None
     # JSON schema the answer must follow; backends constrain generation to it where they can.
     json_schema: dict[str, Any] | None = None
+    # Arguments for the server's chat template, e.g. {"enable_thinking": False} for Qwen3; sent where the server reads
+    # them per request (`nanoflux.endpoints.template_kwargs`).
+    chat_template_kwargs: dict[str, Any] | None = None
     # The role asking (player_a, judge, ...): named in logs and errors, and counted per role. Roles on one endpoint
     # share a client, so the client's own name cannot say which role a request came from. Not part of what is asked:
     # leave it out of request fingerprints.

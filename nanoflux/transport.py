@@ -24,34 +24,40 @@ error (llama-cpp-python answers 500 to a response_format it cannot read), fail a
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
-import os
 import random
 import re
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
-from huggingface_hub import AsyncInferenceClient, constants, get_token
+from huggingface_hub import AsyncInferenceClient, constants
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
 
 from nanoflux.capacity import AdaptiveLimit, shared_limit
 from nanoflux.chat import ChatRequest, ChatResponse, EndpointError
 from nanoflux.connections import Connections
+from nanoflux.endpoints import (
+    LEGACY_MODES,
+    STRUCTURED_OUTPUT_MODES,
+    ServerKind,
+    chat_url,
+    detect_server,
+    is_hugging_face_host,
+    resolve_token,
+    response_format,
+    route_url,
+    template_kwargs,
+)
+from nanoflux.recipe import public_url
+from nanoflux.retries import RETRYABLE_4XX, RetryPolicy, backoff_delay, parse_retry_after
 
 logger = logging.getLogger(__name__)
 
-STRUCTURED_OUTPUT_MODES = ("auto", "openai", "tgi", "llama_cpp", "none")
-LEGACY_MODES = {"json_schema": "openai", "json": "tgi"}  # the names before per-server modes
 DEFAULT_MAX_CONCURRENCY = 256
-# 408 Request Timeout, 425 Too Early, 429 Too Many Requests; every 5xx is retried as well (unless a validation error).
-RETRYABLE_4XX = frozenset({408, 425, 429})
 OVERLOAD_STATUSES = frozenset({429, 503, 504})  # the server says it has no room: the concurrency limit is cut
 # A rejected request, whatever the status: pydantic (llama-cpp-python, FastAPI), serde (TGI), OpenAI-style servers.
 _VALIDATION_ERROR = re.compile(
@@ -62,17 +68,6 @@ _VALIDATION_ERROR = re.compile(
 _RESPONSE_FORMAT_COMPLAINT = re.compile(
     r"response_format|grammar|json_schema|json_object|guided|structured", re.IGNORECASE
 )
-PROBE_TIMEOUT = 10.0  # seconds, per route asked by `detect_server`
-
-
-@dataclass
-class RetryPolicy:
-    """How hard to try one request: total attempts, full-jitter backoff bounds, per-attempt timeout."""
-
-    max_attempts: int = 6
-    backoff_base: float = 0.5  # seconds
-    backoff_max: float = 30.0
-    timeout: float = 120.0  # per attempt, seconds
 
 
 @dataclass
@@ -89,18 +84,6 @@ class TransportStats:
     completion_tokens: int = 0
     answers_without_usage: int = 0  # 200 answers that reported no token counts
     probes: int = 0  # GET requests of `structured_output: auto` detection
-
-
-@dataclass(frozen=True)
-class ServerKind:
-    """What serves an endpoint, and the structured-output mode used with it."""
-
-    server: (
-        str  # "tgi", "vllm", "llama-cpp-python", "llama.cpp", "openai-compatible", "inference-providers", "configured"
-    )
-    mode: str  # one of STRUCTURED_OUTPUT_MODES but `auto`
-    evidence: str  # why: the route that said so, or the recipe
-    model: str | None = None  # the model the server lists, when exactly one (sent when the role names none)
 
 
 class _AttemptFailed(Exception):
@@ -127,105 +110,6 @@ class _AttemptFailed(Exception):
         self.fix = fix
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP-date); None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # HTTP-dates are GMT; a naive result means the zone was missing
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def backoff_delay(attempt: int, policy: RetryPolicy, rng: random.Random, retry_after: float | None = None) -> float:
-    """Full-jitter exponential backoff after failed attempt number `attempt` (0-based).
-
-    `Retry-After` is a lower bound (the server knows best when it will have room), but never beyond
-    `backoff_max`, so a hostile or confused header cannot park a worker for hours.
-    """
-    delay = rng.uniform(0.0, min(policy.backoff_max, policy.backoff_base * 2**attempt))
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return min(delay, policy.backoff_max)
-
-
-# --- hosts, keys and URLs --------------------------------------------------------------------------------
-
-HF_HOSTS = ("huggingface.co", "hf.co")  # and their subdomains (router.huggingface.co: Inference Providers)
-HF_HOST_SUFFIXES = (".hf.space", ".endpoints.huggingface.cloud")  # Spaces, Inference Endpoints
-
-
-def is_hugging_face_host(base_url: str | None) -> bool:
-    """Whether `base_url` is a Hugging Face host (None: a Hub model id, served on huggingface.co)."""
-    if base_url is None:
-        return True
-    host = (urlsplit(base_url).hostname or "").lower()
-    return any(host == h or host.endswith("." + h) for h in HF_HOSTS) or host.endswith(HF_HOST_SUFFIXES)
-
-
-def resolve_token(base_url: str | None, token_env: str | None) -> str | None:
-    """The key for an endpoint, by opt-in. A variable named by `token_env` is sent to whatever host the recipe names;
-    without one (or when it is unset), only a Hugging Face host gets the Hub login (HF_TOKEN or `hf auth login`'s):
-    a vLLM, llama.cpp or someone's TGI never receives it unasked."""
-    if token_env:
-        value = os.environ.get(token_env)
-        if value:
-            return value
-        if not is_hugging_face_host(base_url):
-            logger.warning("token_env %s is not set: no key is sent to %s", token_env, public_url(base_url))
-            return None
-    return get_token() if is_hugging_face_host(base_url) else None
-
-
-def public_url(url: str | None) -> str | None:
-    """Scheme, host, port and path only: query strings and user-info may carry keys."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def chat_url(base_url: str) -> str:
-    """The chat-completions URL of a server URL, as huggingface_hub builds it (query string kept)."""
-    parts = urlsplit(base_url)
-    path = parts.path.rstrip("/")
-    if not path.endswith("/chat/completions"):
-        path += "/chat/completions" if path.endswith("/v1") else "/v1/chat/completions"
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def route_url(base_url: str, route: str) -> str:
-    """`route` (e.g. "/info") at the server root: `base_url` less a trailing /chat/completions and /v1."""
-    parts = urlsplit(base_url)
-    path = parts.path.rstrip("/")
-    for suffix in ("/chat/completions", "/v1"):
-        path = path.removesuffix(suffix)
-    return urlunsplit((parts.scheme, parts.netloc, path + route, parts.query, ""))
-
-
-def response_format(mode: str, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The `response_format` that asks a server of `mode` for JSON following `schema` (None: send none)."""
-    if schema is None or mode == "none":
-        return None
-    if mode == "tgi":
-        return {"type": "json", "value": schema}
-    if mode == "llama_cpp":
-        return {"type": "json_object", "schema": schema}
-    if mode == "openai":
-        return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
-    raise ValueError(f"no response_format for structured_output {mode!r}")
-
-
 class _RedactQueryStrings(logging.Filter):
     """httpx2 logs every request's full URL at INFO: a key in a base_url's query string would land in the log."""
 
@@ -236,55 +120,6 @@ class _RedactQueryStrings(logging.Filter):
 
 
 logging.getLogger("httpx2").addFilter(_RedactQueryStrings())
-
-
-# --- server detection ------------------------------------------------------------------------------------
-
-
-async def _probe(http: httpx2.AsyncClient, url: str, headers: dict[str, str]) -> Any:
-    """GET `url`: its JSON, or None for an error status or a body that is not JSON. Connection errors and timeouts
-    propagate (the server is not reachable: nothing can be concluded)."""
-    response = await http.get(url, headers=headers, timeout=PROBE_TIMEOUT)
-    if response.status_code != 200:
-        return None
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-async def detect_server(http: httpx2.AsyncClient, base_url: str, headers: dict[str, str]) -> tuple[ServerKind, int]:
-    """What serves `base_url`, from its routes; returns it with the number of GETs sent.
-
-    - TGI (and Inference Endpoints running it): `GET /info` has `model_id` and `router`/`max_concurrent_requests`;
-    - vLLM: `GET /v1/models` entries are `owned_by: "vllm"` (or `GET /version` is `{"version": ...}` alone);
-    - llama-cpp-python (`python -m llama_cpp.server`): `owned_by: "me"`; llama.cpp's `llama-server`: `"llamacpp"`;
-    - anything else answering: an OpenAI-compatible server.
-    """
-    sent = 1
-    info = await _probe(http, route_url(base_url, "/info"), headers)
-    if isinstance(info, dict) and "model_id" in info and ("router" in info or "max_concurrent_requests" in info):
-        version = info.get("version", "?")
-        return ServerKind("tgi", "tgi", f"GET /info (TGI {version})", str(info["model_id"])), sent
-    sent += 1
-    listing = await _probe(http, route_url(base_url, "/v1/models"), headers)
-    data = listing.get("data") if isinstance(listing, dict) else None
-    entries = [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
-    owners = {str(m.get("owned_by")) for m in entries}
-    model = str(entries[0]["id"]) if len(entries) == 1 and entries[0].get("id") else None
-    for owner, server, mode in (
-        ("vllm", "vllm", "openai"),
-        ("llamacpp", "llama.cpp", "llama_cpp"),
-        ("me", "llama-cpp-python", "llama_cpp"),
-    ):
-        if owner in owners:
-            return ServerKind(server, mode, f"GET /v1/models (owned_by {owner!r})", model), sent
-    sent += 1
-    version = await _probe(http, route_url(base_url, "/version"), headers)
-    if isinstance(version, dict) and set(version) == {"version"}:
-        return ServerKind("vllm", "openai", f"GET /version ({version['version']})", model), sent
-    evidence = "no TGI, vLLM or llama.cpp route answered" + (" (GET /v1/models lists models)" if entries else "")
-    return ServerKind("openai-compatible", "openai", evidence, model), sent
 
 
 # --- the client ------------------------------------------------------------------------------------------
@@ -350,6 +185,7 @@ class EndpointClient:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._server: ServerKind | None = None
+        self._template_warned = False  # the chat_template_kwargs warning: once per client
         if not self.base_url:
             self._server = ServerKind("inference-providers", "openai" if mode == "auto" else mode, "a Hub model id")
         elif mode != "auto":
@@ -546,9 +382,24 @@ class EndpointClient:
             "temperature": request.temperature,
             "stream": False,
         }
-        for key, value in (("top_p", request.top_p), ("seed", request.seed), ("response_format", fmt)):
-            if value is not None:
-                body[key] = value
+        kwargs = template_kwargs(server, request.chat_template_kwargs)
+        if request.chat_template_kwargs and kwargs is None and not self._template_warned:
+            self._template_warned = True
+            logger.warning(
+                "%s @ %s: a %s server does not read chat_template_kwargs per request, so %s is not applied: set it in"
+                " the server's chat template defaults",
+                self.name,
+                self.endpoint,
+                server.server,
+                json.dumps(request.chat_template_kwargs),
+            )
+        fields = (
+            ("top_p", request.top_p),
+            ("seed", request.seed),
+            ("response_format", fmt),
+            ("chat_template_kwargs", kwargs),
+        )
+        body.update((key, value) for key, value in fields if value is not None)
         try:
             # The client timeout bounds each socket operation; wait_for bounds the whole attempt
             # (a server trickling bytes would otherwise never time out).

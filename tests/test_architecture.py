@@ -23,7 +23,7 @@ PRODUCT = ("nanoflux", "localhub", "builder", "trainer", "spaces", "benchmarks")
 STAGES = ("builder", "trainer", "spaces")
 CEILING = 600
 # Over the ceiling today (lines, as `ruff format` writes them): each is to be split; a size may not grow.
-OVERSIZE = {"nanoflux/transport.py": 709, "benchmarks/training_cost.py": 929}
+OVERSIZE = {"benchmarks/training_cost.py": 929}
 
 
 def modules(package: str) -> list[Path]:

@@ -21,7 +21,8 @@ from builder.roles import Rejected, attack_schema, parse_attack
 from nanoflux.chat import ChatRequest, EndpointError
 from nanoflux.journal import Journal
 from nanoflux.progress import Progress
-from nanoflux.transport import EndpointClient, RetryPolicy
+from nanoflux.retries import RetryPolicy
+from nanoflux.transport import EndpointClient
 from tests.llama_server import RecordingProxy, llama_server  # noqa: F401 (the session's server, shared)
 
 pytestmark = pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -13,14 +14,9 @@ from email.utils import format_datetime
 import pytest
 
 from nanoflux.chat import ChatRequest, EndpointError
-from nanoflux.transport import (
-    EndpointClient,
-    RetryPolicy,
-    backoff_delay,
-    is_hugging_face_host,
-    parse_retry_after,
-    resolve_token,
-)
+from nanoflux.endpoints import is_hugging_face_host, resolve_token
+from nanoflux.retries import RetryPolicy, backoff_delay, parse_retry_after
+from nanoflux.transport import EndpointClient
 from tests.tgi_server import Fault, Reply, ScriptedTGI
 
 # tests/conftest.py sets HF_HUB_OFFLINE=1; the loopback server must stay reachable.
@@ -404,6 +400,29 @@ def test_auto_detects_the_server_once_and_sends_its_shape(kind, server_name, mod
     assert {r.json["model"] for r in server.chat_requests} == {"org/served-7b"}
     [line] = [r.getMessage() for r in caplog.records if "structured_output auto" in r.getMessage()]
     assert server_name in line and mode in line
+
+
+@pytest.mark.parametrize(("kind", "sent"), [("vllm", True), ("openai", True), ("llama_cpp", False), ("tgi", False)])
+def test_chat_template_kwargs_go_where_the_server_reads_them_and_a_warning_says_where_not(kind, sent, caplog):
+    caplog.set_level(logging.WARNING, logger="nanoflux.transport")
+    thinking_off = {"enable_thinking": False}
+    with ScriptedTGI(kind=kind) as server:
+        client = make_client(server)
+
+        async def two():
+            async with client:
+                await client.chat(dataclasses.replace(ask("q0"), chat_template_kwargs=thinking_off))
+                await client.chat(dataclasses.replace(ask("q1"), chat_template_kwargs=thinking_off))
+                await client.chat(ask("q2"))  # none asked: none sent
+
+        asyncio.run(two())
+    bodies = [r.json for r in server.chat_requests]
+    assert (
+        [b.get("chat_template_kwargs") for b in bodies] == [thinking_off, thinking_off, None] if sent else [None] * 3
+    )
+    warnings = [r.getMessage() for r in caplog.records if "chat_template_kwargs" in r.getMessage()]
+    assert len(warnings) == (0 if sent else 1)  # once per client, naming what was not applied
+    assert sent or '{"enable_thinking": false}' in warnings[0]
 
 
 def test_auto_against_an_unreachable_server_retries_and_detects_when_it_answers():

@@ -42,9 +42,10 @@ from nanoflux import runfolder
 from nanoflux.chat import ChatRequest, EndpointError
 from nanoflux.models import model_path
 from nanoflux.progress import Progress
-from nanoflux.recipe import fail
+from nanoflux.recipe import fail, public_url
+from nanoflux.retries import RetryPolicy
 from nanoflux.rows import EvalError, Example
-from nanoflux.transport import EndpointClient, RetryPolicy, public_url
+from nanoflux.transport import EndpointClient
 
 if TYPE_CHECKING:
     from trainer.evaluation.config import EvalConfig
@@ -304,8 +305,12 @@ def _transformers_answers(config: EvalConfig, groups: Sequence[Group]) -> Answer
 
 def request_for(prompt: str, served: str, config: EvalConfig) -> ChatRequest:
     """The greedy chat request of one prompt for the variant served as `served`."""
+    thinking = None if config.enable_thinking is None else {"enable_thinking": config.enable_thinking}
     return ChatRequest(
-        messages=[{"role": "user", "content": prompt}], max_tokens=config.max_new_tokens, temperature=0.0
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=config.max_new_tokens,
+        temperature=0.0,
+        chat_template_kwargs=thinking,
     )
 
 
@@ -321,6 +326,8 @@ def request_key(group: Group, example_id: str, served: str, weights: str, reques
         "top_p": request.top_p,
         "seed": request.seed,
     }
+    if request.chat_template_kwargs:  # only when set: the keys of journals written without it stay the same
+        asked["chat_template_kwargs"] = request.chat_template_kwargs
     digest = hashlib.sha256(json.dumps(asked, sort_keys=True, ensure_ascii=True).encode()).hexdigest()[:16]
     return f"{group.variant}|{group.benchmark}|{example_id}|{digest}"
 
@@ -355,13 +362,6 @@ def _endpoint_answers(config: EvalConfig, groups: Sequence[Group], output_dir: P
     assert config.endpoint is not None
     endpoint = config.endpoint
     served = served_names(config, sorted({g.variant for g in groups}, key=VARIANTS.index))
-    if config.enable_thinking is not None:
-        logger.warning(
-            "enable_thinking: %s is not sent to the server: set it in the server's chat template defaults (vLLM: "
-            "--default-chat-template-kwargs '{\"enable_thinking\": %s}')",
-            config.enable_thinking,
-            str(config.enable_thinking).lower(),
-        )
     output_dir.mkdir(parents=True, exist_ok=True)
     with runfolder.locked(output_dir, "eval"):
         journal = open_journal(output_dir, {"engine": "endpoint", "model": config.model}, fresh=fresh)

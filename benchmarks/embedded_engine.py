@@ -98,7 +98,7 @@ def _share(part: int, whole: int) -> float | None:
 
 def one_build(recipe: str, overrides: list[str], out: Path) -> dict[str, Any]:
     """Run the recipe into a fresh `out`; the run's figures (a build that keeps nothing still has them)."""
-    from builder import build
+    from builder import BuildFolder, build
     from builder.config import build_config
 
     shutil.rmtree(out, ignore_errors=True)
@@ -109,8 +109,9 @@ def one_build(recipe: str, overrides: list[str], out: Path) -> dict[str, Any]:
     except build.BuildError as err:  # the tiny model's build may keep nothing: the figures are still measured
         logger.info("build ended with: %s", err)
     wall = time.perf_counter() - started
-    summary = json.loads((out / "summary.json").read_text())
-    calls = [json.loads(line) for line in (out / "calls.jsonl").read_text().splitlines() if line.strip()]
+    folder = BuildFolder(out)
+    summary = folder.read_summary()
+    calls = [json.loads(line) for line in folder.file(BuildFolder.CALLS).read_text().splitlines() if line.strip()]
     completion = sum(c["completion_tokens"] for c in calls)
     defences, judgements = summary["defender_status"], summary["judge_status"]
     return {

@@ -251,8 +251,8 @@ def publish_dataset(hub_dir: Path, rows: int) -> None:
     """A dataset repo `BENCH_REPO` in the local repository folder `hub_dir`, tag v1: `rows` NanoFlux conversations."""
     import io
 
+    from builder import BuildFolder
     from builder.dataset import to_dataset
-    from builder.publish import DATA_PATH
     from localhub import RepoStore
 
     conversations = nanoflux_conversations()
@@ -269,7 +269,7 @@ def publish_dataset(hub_dir: Path, rows: int) -> None:
     to_dataset(data).to_parquet(buffer)
     store = RepoStore(hub_dir)
     store.create_repo("dataset", BENCH_REPO)
-    sha = store.create_commit("dataset", BENCH_REPO, "main", add={DATA_PATH: buffer.getvalue()}, title="v1")
+    sha = store.create_commit("dataset", BENCH_REPO, "main", add={BuildFolder.DATA: buffer.getvalue()}, title="v1")
     store.create_ref("dataset", BENCH_REPO, "tags", "v1", sha)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 _PUBLIC = {
     "BuildConfig": "builder.config",
+    "BuildFolder": "builder.build_folder",
     "CurationConfig": "builder.config",
     "RoleConfig": "builder.config",
     "curate": "builder.curation",
@@ -19,7 +20,6 @@ _PUBLIC = {
     "check_contamination": "builder.decontamination",
     "load_reference": "builder.decontamination",
     "recipe_fingerprint": "builder.build",
-    "DATA_PATH": "builder.publish",
     "PublishError": "builder.publish",
     "publish_preflight": "builder.publish",
     "publish_version": "builder.publish",

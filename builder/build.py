@@ -3,7 +3,7 @@
 Usage:
     nanoflux build --config configs/local.yaml                          # embedded default, CPU, no network
     nanoflux build --config configs/medical.yaml                        # endpoints named in the recipe
-    nanoflux build --config configs/medical.yaml --rounds 3 --target_size 150 --judge.base_url http://host:8080
+    nanoflux build --config configs/medical.yaml --rounds 3 --curation.target_size 150 --judge.base_url http://host:8080
 
 In round r player A attacks and player B defends; in round r+1 they swap. Each attack: the Attacker, shown how the
 player it now attacks did on earlier valid questions, writes a question aimed at a capability and complexity chosen
@@ -13,8 +13,9 @@ verification program that runs in the sandbox); then the Judge sees the referenc
 and grades. Tool verdicts override the Judge's word, and each row records what decided. Every finished call is
 journaled, so a killed build resumes where it stopped (`--fresh` starts over).
 
-This module runs a build top to bottom: pre-flight, the run folder, the rounds (`builder/rounds.py`, each role a task
-of `builder/roles/`), decontamination and curation, the summary (`builder/summary.py`), publishing.
+This module runs a build top to bottom: pre-flight, the run folder (its files: `builder/build_folder.py`), the rounds
+(`builder/rounds.py`, each role a task of `builder/roles/`), decontamination and curation, the summary
+(`builder/summary.py`), publishing.
 """
 
 from __future__ import annotations
@@ -22,22 +23,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from builder import publish, roles, runfolder, sandbox
+from builder.build_folder import BuildFolder
 from builder.calls import Caller
 from builder.config import BuildConfig, RoleConfig, build_config
 from builder.corpus import Corpus, packaged_corpus
 from builder.curation import curate, eligible
-from builder.dataset import assign_ids, write_rows
-from builder.decontamination import Reference, decontaminate, load_reference, write_report
+from builder.dataset import assign_ids
+from builder.decontamination import Reference, decontaminate, load_reference
 from builder.novelty import NoveltyFilter, embed, load_embedder, read_bank
 from builder.rounds import CALLS_PER_ATTACK, Context, Tasks, run_rounds
 from builder.sandbox import SandboxLimits
@@ -48,7 +47,7 @@ from nanoflux.errors import NanoFluxError
 from nanoflux.journal import Journal
 from nanoflux.progress import Progress
 from nanoflux.recipe import to_dict
-from nanoflux.runfolder import claim, fingerprint, hold, write_atomic
+from nanoflux.runfolder import claim, fingerprint, hold
 from nanoflux.runfolder import release as release_folder
 
 logger = logging.getLogger(__name__)
@@ -63,21 +62,9 @@ class BuildError(NanoFluxError, RuntimeError):
 TRANSPORT_FIELDS = ("max_concurrency", "timeout", "max_attempts", "token_env", "structured_output")
 # Where the result goes, not what it is.
 PUBLISH_FIELDS = ("output_dir", "push_to_hub", "hub_dir", "private")
-# Curation runs after the rounds, on the journaled rows (nothing in a round depends on it): changing it re-curates a
-# finished build without a single new call.
-CURATION_FIELDS = ("curation", "target_size", "decontamination")
-OUTPUT_FILES = (
-    "run.json",
-    "calls.jsonl",
-    "examples.jsonl",
-    "tools.jsonl",
-    "config.yaml",
-    "summary.json",
-    "curated.jsonl",
-    "pool.jsonl",
-    "contaminated.jsonl",
-)
-OUTPUT_DIRS = ("data", "pool")
+# Curation (its policy includes `target_size`) runs after the rounds, on the journaled rows (nothing in a round
+# depends on it): changing it re-curates a finished build without a single new call.
+CURATION_FIELDS = ("curation", "decontamination")
 
 
 # --- the run's identity ----------------------------------------------------------------------------------
@@ -102,15 +89,12 @@ def prepare_output_dir(config: BuildConfig, prompts: roles.PromptSet, fresh: boo
     it with `release_folder`); refuse to resume a different recipe unless `fresh` (the kernel's `claim`). State files
     are written atomically; a damaged run.json raises DamagedStateFile (path and fix)."""
     output_dir = Path(config.output_dir)
+    folder = BuildFolder(output_dir)
     _, identity = recipe_fingerprint(config, prompts.hashes())
     hold(output_dir, "build")  # FolderBusy at once when another process builds or publishes here
 
     def discard() -> None:
-        for name in OUTPUT_FILES:
-            (output_dir / name).unlink(missing_ok=True)
-        for name in OUTPUT_DIRS:
-            for path in sorted((output_dir / name).glob("**/*"), reverse=True):
-                path.unlink() if path.is_file() else path.rmdir()
+        folder.discard_outputs()
         runfolder.clear(output_dir)
 
     try:
@@ -123,7 +107,7 @@ def prepare_output_dir(config: BuildConfig, prompts: roles.PromptSet, fresh: boo
             damaged_fix=runfolder.doctor_fix(output_dir),
         ):
             logger.info("Resuming the build in %s", output_dir)
-        write_atomic(output_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
+        folder.write_config(config)
     except BaseException:
         release_folder(output_dir)
         raise
@@ -169,7 +153,8 @@ def _make_client(name: str, role: RoleConfig) -> ChatClient:
             timeout=role.timeout,
             max_attempts=role.max_attempts,
         )
-    from nanoflux.transport import EndpointClient, RetryPolicy
+    from nanoflux.retries import RetryPolicy
+    from nanoflux.transport import EndpointClient
 
     return EndpointClient(
         name=name,
@@ -257,7 +242,7 @@ def main(config: BuildConfig, *, fresh: bool = False) -> dict[str, Any]:
             tokens={kind: ctx.caller.stats.tokens_sent[kind] for kind in ("prompt", "completion")},
         )
         summary["runs"], summary["build"] = runs, runfolder.run_totals(runs)
-        write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        BuildFolder(output_dir).write_summary(summary)
         log_summary(summary, output_dir)
         check_outcome(config, summary, ctx.causes)
         if config.push_to_hub:
@@ -291,9 +276,9 @@ def _context(
         prompts=prompts,
         tasks=Tasks.of(prompts, config),
         corpus=Corpus.load(config.corpus or packaged_corpus(config.domain)),
-        caller=Caller(config, make_clients(config), Journal(output_dir / "calls.jsonl"), progress),
-        examples=Journal(output_dir / "examples.jsonl"),
-        tools=Journal(output_dir / "tools.jsonl"),
+        caller=Caller(config, make_clients(config), Journal(output_dir / BuildFolder.CALLS), progress),
+        examples=Journal(output_dir / BuildFolder.EXAMPLES),
+        tools=Journal(output_dir / BuildFolder.TOOLS),
         limits=SandboxLimits(
             wall_seconds=config.sandbox.wall_seconds,
             cpu_seconds=config.sandbox.cpu_seconds,
@@ -322,10 +307,11 @@ def _curate(
         matches=ctx.screen.matches(candidates) if ctx.screen is not None else None,
     )
     contaminated_ids = {row["id"] for row in checked.contaminated}
-    kept = curate([row for row in rows if row["id"] not in contaminated_ids], config.curation, config.target_size)
-    write_rows(rows, output_dir / "pool" / "pool.parquet", output_dir / "pool.jsonl")
-    write_rows(kept, output_dir / "data" / "train-00000-of-00001.parquet", output_dir / "curated.jsonl")
-    write_report(checked.contaminated, output_dir / "contaminated.jsonl")
+    kept = curate([row for row in rows if row["id"] not in contaminated_ids], config.curation)
+    folder = BuildFolder(output_dir)
+    folder.write_pool(rows)
+    folder.write_curated(kept)
+    folder.write_contamination(checked.contaminated)
     return kept, checked
 
 

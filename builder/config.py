@@ -10,13 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from builder.build_folder import MOVED_KEYS
 from builder.decontamination import DecontaminationConfig
-from nanoflux.recipe import check_levels, check_range, check_repo_id, fail, load_config, public_url
+from nanoflux.endpoints import STRUCTURED_OUTPUT_MODES
+from nanoflux.recipe import (
+    check_levels,
+    check_range,
+    check_repo_id,
+    fail,
+    from_dict,
+    load_recipe,
+    merge,
+    parse_overrides,
+    public_url,
+)
 
 PACKAGED_DOMAINS = ("math", "science", "medical")
 BACKENDS = ("endpoint", "embedded")
-STRUCTURED_OUTPUT_MODES = ("auto", "openai", "tgi", "llama_cpp", "none")
 ANSWER_FORMATS = ("number", "choice", "text")
 JUDGE_TOOLS = ("python", "lookup")
 TARGETING_POLICIES = ("adaptive", "round_robin")
@@ -151,11 +163,14 @@ class CurationConfig:
     """Judge-rated complexity levels (1-5) to keep; null keeps all."""
     balance_capabilities: bool = False
     """Take the ranked rows in turns across capabilities, so that no capability crowds the others out."""
+    target_size: int = 200
+    """Most examples kept, in rank order (the paper uses <= 200); a published version holds at most this many."""
 
     def validate(self, path: str) -> None:
         check_levels(f"{path}.quality_levels", self.quality_levels)
         if self.complexity_levels is not None:
             check_levels(f"{path}.complexity_levels", self.complexity_levels)
+        check_range(f"{path}.target_size", self.target_size, 1, 100000)
 
 
 @dataclass
@@ -194,8 +209,6 @@ class BuildConfig:
     """Complexity levels (1-5) the Attacker is asked for, cycled over the attacks."""
     rounds: int = 4
     attacks_per_round: int = 50
-    target_size: int = 200
-    """Most examples in the curated dataset (the paper uses <= 200)."""
     player_a: RoleConfig = field(default_factory=RoleConfig)
     """Attacks in even rounds (0, 2, ...), defends in odd ones."""
     player_b: RoleConfig = field(default_factory=RoleConfig)
@@ -270,7 +283,6 @@ class BuildConfig:
             fail("judge_tools", self.judge_tools, "numeric answers are verified by running code", "add python")
         check_range("rounds", self.rounds, 1, 1000)
         check_range("attacks_per_round", self.attacks_per_round, 1, 100000)
-        check_range("target_size", self.target_size, 1, 100000)
         check_range("feedback_examples", self.feedback_examples, 0, 50)
         check_range("feedback_tokens", self.feedback_tokens, 0, 100_000)
         check_range("options", self.options, 2, 10)
@@ -309,6 +321,24 @@ class BuildConfig:
             )
 
 
+def check_moved_keys(data: dict[str, Any]) -> None:
+    """Refuse a recipe key that moved (`MOVED_KEYS`), naming where it lives now, before the generic unknown-field
+    error would hide the fix."""
+    for key, now in MOVED_KEYS.items():
+        if key in data:
+            value = data[key]
+            fail(
+                key,
+                value,
+                "no longer a top-level field",
+                f"moved: set {now}: {value} (on the command line: --{now} {value})",
+            )
+
+
 def build_config(recipe: str | Path | None, cli_args: list[str] | None = None) -> BuildConfig:
     """Recipe + CLI overrides → a validated BuildConfig."""
-    return load_config(BuildConfig, recipe, cli_args)
+    data = merge(load_recipe(recipe), parse_overrides(cli_args or []))
+    check_moved_keys(data)
+    config = from_dict(BuildConfig, data)
+    config.validate()
+    return config

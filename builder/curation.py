@@ -10,7 +10,7 @@ Policy (each step a `curation` recipe field):
    earlier published versions first (a new version keeps what the last one had unless new rows outrank it), then
    by round and attack index;
 6. `balance_capabilities`: take the ranked rows in turns across capabilities;
-7. keep the first `target_size`.
+7. `target_size`: keep the first that many.
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ def _balanced(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def curate(rows: list[dict[str, Any]], policy: CurationConfig, target_size: int) -> list[dict[str, Any]]:
-    """The curated rows: same pool and settings always give the same rows in the same order."""
+def curate(rows: list[dict[str, Any]], policy: CurationConfig) -> list[dict[str, Any]]:
+    """The curated rows (at most `policy.target_size`): same pool and policy always give the same rows in the same
+    order."""
     kept = sorted((row for row in rows if eligible(row, policy)), key=lambda row: rank_key(row, policy))
     if policy.balance_capabilities:
         kept = _balanced(kept)
-    return kept[:target_size]
+    return kept[: policy.target_size]

@@ -19,8 +19,9 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from builder.build_folder import BuildFolder
 from builder.dataset import COLUMNS
-from builder.publish import DATA_PATH, LEFT_REASONS, Plan, Previous, public_config, public_decontamination, row_key
+from builder.publish import LEFT_REASONS, Plan, Previous, public_config, public_decontamination, row_key
 
 TEMPLATE = Path(
     str(importlib.resources.files("dataset_cards") / "dataset_card.md")
@@ -133,8 +134,8 @@ def reproduce(
     if earlier:
         # Built with --push_to_hub: the repo's latest version then was in its novelty bank; a rebuild needs it too.
         bank = f"{folder}-novelty"
-        commands.append(fetch(earlier, [DATA_PATH], bank))
-        build += f" --novelty.bank {bank}/{DATA_PATH}"
+        commands.append(fetch(earlier, [BuildFolder.DATA], bank))
+        build += f" --novelty.bank {bank}/{BuildFolder.DATA}"
         notes.append(
             f"This build also kept its questions novel against {earlier}'s rows (it was built with `--push_to_hub`),"
             " hence `--novelty.bank`."
@@ -169,7 +170,7 @@ def curation_facts(config: dict[str, Any]) -> dict[str, Any]:
             else "in build order, whether or not the Defender failed"
         ),
         "balanced": bool(c.get("balance_capabilities")),
-        "target_size": config["target_size"],
+        "target_size": c["target_size"],
     }
 
 

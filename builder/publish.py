@@ -11,10 +11,10 @@ from; only then is the tag `vN` created on that commit. A publish that fails bef
 running it again publishes that version. Versions are numbered here, never by hand: `vN` follows the highest
 `v<number>` tag of the repo.
 
-A version holds at most `target_size` rows. It re-curates the union of the previous version's rows and the build's
-curated rows (those that are novel against the previous version) under the build's curation policy, after both are
-checked against the evaluation benchmarks (`builder.decontamination`); rows keep the version they first appeared in,
-and the card says which rows of the previous version left and why.
+A version holds at most `curation.target_size` rows. It re-curates the union of the previous version's rows and the
+build's curated rows (those that are novel against the previous version) under the build's curation policy, after both
+are checked against the evaluation benchmarks (`builder.decontamination`); rows keep the version they first appeared
+in, and the card says which rows of the previous version left and why.
 
 The local repository folder has the Hub's layout and tags: `localhub` serves it over the Hub's HTTP API,
 so both targets go through the same `HfApi` code path.
@@ -36,17 +36,11 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+from builder.build_folder import BuildFolder, migrate_config
 from builder.config import CurationConfig
 from builder.curation import curate, eligible
 from builder.dataset import to_dataset
-from builder.decontamination import (
-    Decontamination,
-    DecontaminationConfig,
-    Reference,
-    decontaminate,
-    report,
-    write_report,
-)
+from builder.decontamination import Decontamination, DecontaminationConfig, Reference, decontaminate, report
 from nanoflux.errors import NanoFluxError
 from nanoflux.hub import open_target, package_versions  # noqa: F401 (open_target: re-exported until importers move)
 from nanoflux.recipe import from_dict, public_url
@@ -54,7 +48,6 @@ from nanoflux.runfolder import locked
 
 logger = logging.getLogger(__name__)
 
-DATA_PATH = "data/train-00000-of-00001.parquet"
 PROVENANCE_PACKAGES = (
     "nanoflux",
     "huggingface_hub",
@@ -139,7 +132,8 @@ def preflight(api: HfApi, repo_id: str, *, private: bool = False, overwrite: boo
     previous = Previous(base, tags.get(base))
     if base:
         previous.rows = _download_rows(api, repo_id, previous.commit)
-        previous.config = _download_yaml(api, repo_id, previous.commit, "nanoflux_config.yaml")
+        config = _download_yaml(api, repo_id, previous.commit, "nanoflux_config.yaml")
+        previous.config = migrate_config(config) if isinstance(config, dict) else config
         previous.history = (_download_yaml(api, repo_id, previous.commit, "provenance.json") or {}).get("changelog")
     logger.info("Publishing to %s as v%d (%s)", repo_id, base + 1, f"builds on v{base}" if base else "first version")
     return previous
@@ -152,7 +146,7 @@ def _short(err: Exception) -> str:
 def _download_rows(api: HfApi, repo_id: str, revision: str) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    path = api.hf_hub_download(repo_id, DATA_PATH, repo_type="dataset", revision=revision)
+    path = api.hf_hub_download(repo_id, BuildFolder.DATA, repo_type="dataset", revision=revision)
     return pq.read_table(path).to_pylist()
 
 
@@ -169,19 +163,15 @@ def _download_yaml(api: HfApi, repo_id: str, revision: str, filename: str) -> di
 
 
 def read_build(output_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """A finished build's config, summary and curated rows."""
-    output_dir = Path(output_dir)
-    needed = [output_dir / name for name in ("config.yaml", "summary.json", "curated.jsonl")]
-    missing = [path.name for path in needed if not path.exists()]
+    """A finished build's config (in today's layout), summary and curated rows."""
+    folder = BuildFolder(output_dir)
+    missing = folder.missing()
     if missing:
         raise PublishError(
-            f"output_dir: {output_dir} is not a finished build (missing {', '.join(missing)}). Fix: run `nanoflux"
+            f"output_dir: {folder} is not a finished build (missing {', '.join(missing)}). Fix: run `nanoflux"
             " build` to the end first"
         )
-    config = yaml.safe_load(needed[0].read_text())
-    summary = json.loads(needed[1].read_text())
-    rows = [json.loads(line) for line in needed[2].read_text().splitlines() if line.strip()]
-    return config, summary, rows
+    return folder.read_config(), folder.read_summary(), folder.read_curated()
 
 
 def novel_rows(
@@ -258,7 +248,8 @@ def plan_release(
     reference: Reference | None = None,
 ) -> Plan:
     """Re-curate the previous version's rows with the build's novel rows, after decontaminating both: at most
-    `target_size` rows, ranked by the build's curation policy; rows keep the version they first appeared in."""
+    `curation.target_size` rows, ranked by the build's curation policy; rows keep the version they first appeared
+    in."""
     # A row whose id an earlier version holds is that row again (same recipe, same question): never published twice.
     published = {row_key(row) for row in earlier}
     candidates = [
@@ -287,7 +278,7 @@ def plan_release(
             embedder = load_embedder(config["novelty"]["model"])
         checked = decontaminate(pool, settings, domain=config["domain"], embedder=embedder, reference=reference)
     policy = from_dict(CurationConfig, config["curation"], prefix="curation.")
-    ranked = curate(checked.clean, policy, config["target_size"])
+    ranked = curate(checked.clean, policy)
     kept = {row_key(row) for row in ranked}
     dirty = {row_key(row) for row in checked.contaminated}
     new = [{**row, "version": version} for row in ranked if not row.get("version")]
@@ -340,7 +331,7 @@ def publish(
     )
     rows, new = plan.rows, plan.new
     if plan.decontamination.reference is not None:
-        listed = write_report(plan.decontamination.contaminated, Path(output_dir) / "release-contaminated.jsonl")
+        listed = BuildFolder(output_dir).write_contamination(plan.decontamination.contaminated, release=True)
         logger.info("Rows that match an evaluation benchmark: %s", listed)
     if not plan.changed and not overwrite:
         logger.warning(
@@ -360,7 +351,7 @@ def publish(
 
     head = api.repo_info(repo_id, repo_type="dataset").sha
     files = {
-        DATA_PATH: _parquet_bytes(rows),
+        BuildFolder.DATA: _parquet_bytes(rows),
         "README.md": dataset_card.render(repo_id, version, config, summary, plan, previous, hub_dir=hub_dir).encode(),
         "nanoflux_config.yaml": yaml.safe_dump(public_config(config), sort_keys=False).encode(),
         "provenance.json": (
@@ -476,7 +467,8 @@ def provenance(
 ) -> dict[str, Any]:
     """Machine-readable provenance: who played, with which settings and prompts, on which packages; never a key.
     `changelog` ({version: lines}, every version so far) is what the next version's card continues."""
-    run = json.loads((Path(output_dir) / "run.json").read_text()) if (Path(output_dir) / "run.json").exists() else {}
+    run_file = BuildFolder(output_dir).file(BuildFolder.RUN)
+    run = json.loads(run_file.read_text()) if run_file.exists() else {}
     roles = {}
     for name in ("player_a", "player_b", "judge"):
         role = config[name]
@@ -494,7 +486,7 @@ def provenance(
         "parent": {"version": previous.tag, "commit": previous.commit} if previous.tag else None,
         "rows": len(plan.rows),
         "new_rows": len(plan.new),
-        "target_size": config["target_size"],
+        "target_size": config["curation"]["target_size"],
         "left": {reason: [row_key(row) for row in rows] for reason, rows in plan.left.items()},
         "not_published": plan.not_published,
         "domain": config["domain"],

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from builder.build_folder import BuildFolder
 from nanoflux import journal as journals
 from nanoflux.runfolder import (
     RUN_SHAPE,
@@ -38,10 +39,8 @@ from nanoflux.runfolder import (
 
 logger = logging.getLogger(__name__)
 
-JOURNALS = ("calls.jsonl", "tools.jsonl", "examples.jsonl")
 # An evaluation's folder (`nanoflux eval`, endpoint engine) journals its answers the same way: doctor checks it too.
 EVAL_JOURNALS = ("answers.jsonl",)
-RUNS_FILE = "runs.json"
 
 
 # --- state files -----------------------------------------------------------------------------------------
@@ -56,19 +55,19 @@ def doctor_fix(folder: Path) -> str:
 
 def clear(folder: Path) -> None:
     """What `--fresh` removes besides the outputs: journal seals, set-aside damaged lines and state files."""
-    for name in JOURNALS:
+    for name in BuildFolder.JOURNALS:
         path = folder / name
         for extra in (journals.seal_path(path), journals.damaged_path(path)):
             extra.unlink(missing_ok=True)
-    (folder / "run.json.damaged").unlink(missing_ok=True)
-    (folder / RUNS_FILE).unlink(missing_ok=True)  # a fresh build's time and tokens start from zero
+    (folder / f"{BuildFolder.RUN}.damaged").unlink(missing_ok=True)
+    (folder / BuildFolder.RUNS).unlink(missing_ok=True)  # a fresh build's time and tokens start from zero
 
 
 # --- run records -----------------------------------------------------------------------------------------
 
 
 def _read_runs(folder: Path) -> list[dict[str, Any]]:
-    path = folder / RUNS_FILE
+    path = folder / BuildFolder.RUNS
     if not path.exists():
         return []
     runs = read_json(path, {"runs": list}, fix=f"delete {path} (only the build's time and token totals are lost)")[
@@ -79,7 +78,7 @@ def _read_runs(folder: Path) -> list[dict[str, Any]]:
 
 def _calls(folder: Path) -> list[dict[str, Any]]:
     """The calls journal's intact records in file order (it is append-only: each run's calls follow the last run's)."""
-    path = folder / "calls.jsonl"
+    path = folder / BuildFolder.CALLS
     return [record for _, _, record in journals.scan(path).lines] if path.exists() else []
 
 
@@ -88,7 +87,7 @@ def begin_run(folder: str | Path) -> int:
     folder = Path(folder)
     runs = _read_runs(folder)
     runs.append({"started_at": utc_now(), "finished_at": None, "journal_records_before": len(_calls(folder))})
-    write_json(folder / RUNS_FILE, {"runs": runs})
+    write_json(folder / BuildFolder.RUNS, {"runs": runs})
     return len(runs) - 1
 
 
@@ -105,7 +104,7 @@ def end_run(
         tokens=dict(tokens),
         interrupted=False,
     )
-    write_json(folder / RUNS_FILE, {"runs": runs})
+    write_json(folder / BuildFolder.RUNS, {"runs": runs})
     return run_history(folder)
 
 
@@ -170,7 +169,8 @@ class Finding:
 
 def _check_state(folder: Path) -> list[Finding]:
     findings = []
-    run = folder / "run.json"
+    build = BuildFolder(folder)
+    run = build.file(BuildFolder.RUN)
     if run.exists():
         try:
             read_json(run, RUN_SHAPE, fix=doctor_fix(folder))
@@ -186,7 +186,7 @@ def _check_state(folder: Path) -> list[Finding]:
                     ),
                 )
             )
-    summary = folder / "summary.json"
+    summary = build.file(BuildFolder.SUMMARY)
     if summary.exists():
         try:
             read_json(summary, fix=doctor_fix(folder))
@@ -199,7 +199,7 @@ def _check_state(folder: Path) -> list[Finding]:
                     fix="re-run the same `nanoflux build`: it replays the journal and rewrites it",
                 )
             )
-    config = folder / "config.yaml"
+    config = build.file(BuildFolder.CONFIG)
     if config.exists():
         try:
             if not isinstance(yaml.safe_load(config.read_bytes()), dict):
@@ -213,8 +213,8 @@ def _check_state(folder: Path) -> list[Finding]:
                     fix="the next `nanoflux build` writes it again",
                 )
             )
-    for name in ("curated.jsonl", "pool.jsonl"):
-        path = folder / name
+    for name in (BuildFolder.CURATED, BuildFolder.POOL):
+        path = build.file(name)
         if path.exists():
             bad = [
                 n
@@ -271,12 +271,16 @@ def diagnose(folder: str | Path, repair: bool = False) -> list[Finding]:
         )
     if not repair:
         return [
-            *(_check_journal(folder / name)[0] for name in JOURNALS + EVAL_JOURNALS if (folder / name).exists()),
+            *(
+                _check_journal(folder / name)[0]
+                for name in BuildFolder.JOURNALS + EVAL_JOURNALS
+                if (folder / name).exists()
+            ),
             *_check_state(folder),
         ]
     with locked(folder, "doctor --repair"):
         findings = []
-        for name in JOURNALS + EVAL_JOURNALS:
+        for name in BuildFolder.JOURNALS + EVAL_JOURNALS:
             if (folder / name).exists():
                 finding, found = _check_journal(folder / name)
                 if finding.problem:
@@ -286,8 +290,8 @@ def diagnose(folder: str | Path, repair: bool = False) -> list[Finding]:
                     )
                 findings.append(finding)
         for finding in _check_state(folder):
-            if finding.problem and finding.path.name == "run.json":
-                os.replace(finding.path, folder / "run.json.damaged")
+            if finding.problem and finding.path.name == BuildFolder.RUN:
+                os.replace(finding.path, folder / f"{BuildFolder.RUN}.damaged")
                 finding.repaired = "set aside as run.json.damaged"
             findings.append(finding)
         return findings

@@ -92,7 +92,7 @@ def summarize(
         "valid": sum(bool(r.get("question_valid")) for r in rows),
         "validity_decided_by": dict(Counter(r["validity_decided_by"] for r in rows if r.get("validity_decided_by"))),
         "kept": len(kept),
-        "target_size": config.target_size,
+        "target_size": config.curation.target_size,
         "per_round": per_round,
         "tokens": tokens,
         "calls_answered": ctx.caller.stats.calls_sent,

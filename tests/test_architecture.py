@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,15 @@ def test_ruff_finds_nothing(command):
         [sys.executable, "-m", "ruff", *command, "."], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, f"ruff {' '.join(command)}:\n{done.stdout}{done.stderr}"
+
+
+def test_the_readme_layout_names_every_module_and_only_modules_that_exist():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("\n## ")]
+    listed = set(re.findall(r"^\s*(?:[\w.]+/)*([\w]+\.py)\b", layout, flags=re.MULTILINE))
+    modules_here = {p.name for package in PRODUCT for p in modules(package) if p.name != "__init__.py"}
+    unlisted = sorted(modules_here - listed - {name for name in modules_here if name in layout})
+    assert unlisted == [], f"README's Layout does not name {unlisted}: add a line for each"
+    gone = sorted(listed - modules_here - {p.name for p in ROOT.glob("*/**/*.py") if ".venv" not in p.parts})
+    assert gone == [], f"README's Layout names modules that do not exist: {gone}"

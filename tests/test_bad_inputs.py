@@ -100,7 +100,9 @@ CASES = [
     # ranges, NaN, infinities
     ("rounds-zero", {"rounds": 0}, [], "rounds"),
     ("attacks-negative", {"attacks_per_round": -5}, [], "attacks_per_round"),
-    ("target-size-zero", {"target_size": 0}, [], "target_size"),
+    ("target-size-zero", {"curation": {"target_size": 0}}, [], "curation.target_size"),
+    ("target-size-top-level", {"target_size": 150}, [], "target_size: no longer a top-level field (got 150)"),
+    ("target-size-top-level-override", {}, ["--target_size", "150"], "moved: set curation.target_size: 150"),
     ("options-one", {"options": 1}, [], "options"),
     ("threshold-too-big", {"novelty": {"threshold": 1.5}}, [], "novelty.threshold"),
     ("threshold-nan", {}, ["--novelty.threshold", ".nan"], "novelty.threshold"),
@@ -244,7 +246,7 @@ CASES = [
     # overrides
     ("override-without-value", {}, ["--rounds"], "rounds"),
     ("override-bad-yaml", {}, ["--curation.quality_levels", "[3, 4"], "curation.quality_levels"),
-    ("override-unknown-field", {}, ["--target-sise", "3"], "did you mean `target_size`"),
+    ("override-unknown-field", {}, ["--atacks-per-round", "3"], "did you mean `attacks_per_round`"),
     ("override-stray-argument", {}, ["oops"], "oops"),
 ]
 

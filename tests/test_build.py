@@ -154,7 +154,7 @@ def test_changed_recipe_is_refused_unless_fresh(server, tmp_path):
     assert again["calls_sent"] == 0 and again["calls_replayed"] == CALLS_PER_BUILD
     # Nor is curation, which runs on the journaled rows: a finished build is re-curated without a new call.
     assert again["kept"] > 1
-    recurated = build.main(_config(server.url, tmp_path / "out", target_size=1))
+    recurated = build.main(_config(server.url, tmp_path / "out", curation={"target_size": 1}))
     assert (recurated["calls_sent"], recurated["kept"]) == (0, 1) and len(
         _rows(tmp_path / "out" / "curated.jsonl")
     ) == 1

@@ -290,7 +290,7 @@ def test_curation_sentences_follow_the_settings_as_they_were(repo, tmp_path):
         "at reasoning-quality level L4 and any judge-rated complexity, ranked questions the Defender failed first"
         in card
     )
-    assert f"at most {config['target_size']} rows per version" in card
+    assert f"at most {config['curation']['target_size']} rows per version" in card
 
     # The same release rendered for a build that did not require validity: no sentence claims it did.
     from builder import dataset_card, publish

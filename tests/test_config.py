@@ -22,14 +22,14 @@ def test_cli_overrides_win_over_the_recipe_including_nested_fields():
         [
             "--rounds",
             "3",
-            "--target_size=150",
+            "--curation.target_size=150",
             "--judge.base_url",
             "http://localhost:8080",
             "--curation.quality_levels",
             "[3, 4]",
         ],
     )
-    assert (config.rounds, config.target_size) == (3, 150)
+    assert (config.rounds, config.curation.target_size) == (3, 150)
     assert config.judge.base_url == "http://localhost:8080"
     assert config.curation.quality_levels == [3, 4]
     assert config.player_a.model == "Qwen/Qwen2.5-72B-Instruct"  # untouched fields keep the recipe's value

@@ -28,26 +28,26 @@ def test_only_ok_valid_novel_rows_in_the_quality_band_are_kept():
         _row(5, judge_status="tool_error"),
         _row(6, judge_status="refused"),
     ]
-    assert [r["id"] for r in curate(rows, CurationConfig(), 10)] == ["r00-a0000"]
+    assert [r["id"] for r in curate(rows, CurationConfig(target_size=10))] == ["r00-a0000"]
 
 
 def test_defender_failures_rank_first_then_round_order_and_target_size_cuts():
     rows = [_row(0), _row(1, defender_correct=False), _row(12), _row(13, defender_correct=False)]
-    kept = curate(rows, CurationConfig(), 3)
+    kept = curate(rows, CurationConfig(target_size=3))
     assert [r["id"] for r in kept] == ["r00-a0001", "r00-a0013", "r00-a0000"]
 
 
 def test_curation_is_deterministic_and_respects_complexity_levels():
     rows = [_row(i, judge_complexity=1 + i % 5, defender_correct=i % 3 == 0) for i in range(30)]
-    policy = CurationConfig(quality_levels=[4], complexity_levels=[2, 3])
-    first, second = curate(rows, policy, 8), curate(list(reversed(rows)), policy, 8)
+    policy = CurationConfig(quality_levels=[4], complexity_levels=[2, 3], target_size=8)
+    first, second = curate(rows, policy), curate(list(reversed(rows)), policy)
     assert first == second and len(first) == 8
     assert all(r["judge_complexity"] in (2, 3) for r in first)
 
 
 def test_require_valid_off_keeps_unvalidated_questions():
     rows = [_row(0, question_valid=False)]
-    assert curate(rows, CurationConfig(require_valid=False), 5) == rows
+    assert curate(rows, CurationConfig(require_valid=False, target_size=5)) == rows
 
 
 def test_an_empty_curated_set_is_still_written_with_every_column(tmp_path):

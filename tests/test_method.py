@@ -356,7 +356,7 @@ def test_an_out_of_range_score_is_asked_again_with_the_reason_and_a_format_failu
         None,
         None,
     )
-    curated = curate(rows, CurationConfig(quality_levels=[4]), 3)
+    curated = curate(rows, CurationConfig(quality_levels=[4], target_size=3))
     assert [r["capability"] for r in curated][-1] == "nephrology", (
         "a format failure ranks after real failures and solves"
     )

@@ -295,7 +295,7 @@ def _download(api: HfApi, name: str, revision: str) -> str:
 def test_a_rerun_recurates_the_union_and_never_publishes_more_than_target_size(tgi, hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     build.main(_config(tgi.url, tmp_path / "b1", push_to_hub=REPO))  # v1: a Defender failure and a Defender success
-    second = build.main(_later(tgi.url, tmp_path / "b2", push_to_hub=REPO, target_size=3))
+    second = build.main(_later(tgi.url, tmp_path / "b2", push_to_hub=REPO, curation={"target_size": 3}))
     api = HfApi(endpoint=hub.url, token=TOKEN)
     v1, v2 = _load("v1"), _load("v2")
     failed, solved = v1  # v1 ranks its Defender failure first
@@ -463,13 +463,13 @@ def test_plan_release_ranks_the_union_and_says_why_each_earlier_row_left():
     ]
     config = {
         "domain": "medical",
-        "target_size": 3,
         "novelty": {"model": "sentence-transformers/all-MiniLM-L6-v2", "threshold": 0.85},
         "curation": {
             "require_valid": True,
             "prefer_defender_failed": True,
             "quality_levels": [4],
             "complexity_levels": None,
+            "target_size": 3,
         },
     }
     plan = publish.plan_release(config, curated, earlier, "v2", decontamination=DecontaminationConfig(enabled=False))
@@ -496,6 +496,10 @@ def test_plan_release_ranks_the_union_and_says_why_each_earlier_row_left():
     ]
     # Nothing new and nothing left: the same version again, which publish() refuses as noise.
     same = publish.plan_release(
-        {**config, "target_size": 1}, [], earlier[:1], "v2", decontamination=DecontaminationConfig(enabled=False)
+        {**config, "curation": {**config["curation"], "target_size": 1}},
+        [],
+        earlier[:1],
+        "v2",
+        decontamination=DecontaminationConfig(enabled=False),
     )
     assert same.rows == earlier[:1] and not same.changed

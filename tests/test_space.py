@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from builder import BuildFolder
 from builder.dataset import sft_messages, to_dataset
-from builder.publish import DATA_PATH
 from localhub import LocalHub, RepoStore
 from localhub.serving import free_port, stop_process, wait_until_answers
 from tests import scripted_roles
@@ -147,7 +147,7 @@ def make_dataset_repo(root: Path) -> dict[str, str]:
             "dataset",
             DATASET,
             "main",
-            add={DATA_PATH: _parquet(rows), "README.md": b"# test\n"},
+            add={BuildFolder.DATA: _parquet(rows), "README.md": b"# test\n"},
             title=f"NanoFlux {tag}",
         )
         tags[tag] = store.create_ref("dataset", DATASET, "tags", tag, sha)

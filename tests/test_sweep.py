@@ -9,6 +9,7 @@ right) and q4 (L3); q1 was ruled invalid. The grid L3/L4 x size 1/2 gives cells 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -280,7 +281,8 @@ def test_curation_of_a_cell_is_the_builders_and_is_deterministic(tmp_path):
     cell = curate_cell(rows, settings, require_valid=True)
     # Defender failures first (r00-a0001, r01-a0000, r01-a0003), then the solved one would follow: cut at size 3.
     assert [r["id"] for r in cell.rows] == ["r00-a0001", "r01-a0000", "r01-a0003"]
-    assert cell.rows == curate(rows, settings.curation(True), 3)  # the builder's own curation, not a copy
+    assert settings.curation(True).target_size == 3  # the size dimension is the policy's target_size
+    assert cell.rows == curate(rows, settings.curation(True))  # the builder's own curation, not a copy
     assert (
         cell.fingerprint
         == hashlib.sha256(b"r00-a0001\nr01-a0000\nr01-a0003").hexdigest()
@@ -965,6 +967,33 @@ def pool_build(tmp_path_factory):
         summary = build.main(config)
     assert summary["judged_ok"] == 4  # q0, q1 (ruled invalid: never curated here), q2, q4
     return out
+
+
+def test_a_cells_folder_is_a_finished_build_curated_by_the_cells_policy(pool_build, tmp_path):
+    """A cell's folder is a BuildFolder: its config is the pool build's with the cell's curation policy (its size as
+    `curation.target_size`), its identity the pool build's (curation is not part of it), and publish reads it."""
+    from builder import BuildFolder, publish
+    from trainer.sweep.cells import write_build_files
+
+    config = _config(pool=str(pool_build), output_dir=str(tmp_path / "sweep"))
+    pool = read_pool(config)
+    settings = CellSettings([3, 4], None, 1, True)
+    settings.validate("cell")
+    cell = curate_cell(pool.rows, settings, config.require_valid)
+    folder = BuildFolder(tmp_path / "cell")
+    assert not folder.finished
+    folder.write_curated(cell.rows)
+    write_build_files(pool, cell, folder, config)
+
+    assert folder.finished and len(cell.rows) == 1
+    written = yaml.safe_load(folder.file(BuildFolder.CONFIG).read_text())
+    assert "target_size" not in written and written["curation"] == dataclasses.asdict(settings.curation(True))
+    assert written["curation"]["target_size"] == 1 and written["output_dir"] == str(folder)
+    assert (folder.read_summary()["kept"], folder.read_summary()["target_size"]) == (1, 1)
+    identity = json.loads(folder.file(BuildFolder.RUN).read_text())
+    assert identity["fingerprint"] == json.loads(pool.build.file(BuildFolder.RUN).read_text())["fingerprint"]
+    _, _, rows = publish.read_build(folder.path)
+    assert [row["id"] for row in rows] == [row["id"] for row in cell.rows]
 
 
 def _sweep_recipe(pool: Path, output_dir: Path) -> dict:

@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 import nanoflux.hub
+from builder import BuildFolder
 from builder.dataset import sft_messages, to_dataset
-from builder.publish import DATA_PATH, PublishError
+from builder.publish import PublishError
 from localhub import LocalHub, RepoStore
 from localhub.testing import FaultyHub
 from nanoflux.benchmarks import BenchmarkConfig, load_benchmark, test_questions
@@ -94,7 +95,7 @@ def make_dataset_repo(
     tags = {}
     for number, n in enumerate(versions, start=1):
         files = {
-            DATA_PATH: _parquet(_rows(0, n, questions)),
+            BuildFolder.DATA: _parquet(_rows(0, n, questions)),
             "data/test-00000-of-00001.parquet": _parquet(_rows(100, 2)),
             "README.md": README.encode(),
         }
@@ -919,7 +920,11 @@ def test_the_paper_recipes_load_and_chain_one_step_into_the_next():
     baseline = build_train_config(paper / "medical-baseline.yaml")
     evaluation = build_eval_config(paper / "medical-eval.yaml")
 
-    assert (build.push_to_hub, build.target_size, build.curation.quality_levels) == (train.dataset_name, 200, [4])
+    assert (build.push_to_hub, build.curation.target_size, build.curation.quality_levels) == (
+        train.dataset_name,
+        200,
+        [4],
+    )
     assert (train.revision, train.model, baseline.model, evaluation.model) == (
         "v1",
         "Qwen/Qwen3-4B",

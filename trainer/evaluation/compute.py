@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder import BuildFolder
 from nanoflux.benchmarks import BenchmarkConfig, EvalError, Example, load_rows, normalise
 from nanoflux.recipe import fail, is_repo_id
 from nanoflux.rows import answer_target
@@ -25,7 +26,6 @@ from nanoflux.rows import answer_target
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "training_summary.json"
-BUILD_SUMMARY_FILE = "summary.json"
 
 
 @dataclass
@@ -273,7 +273,7 @@ def compute_accounting(
         )
     if compute.build_summary:
         result["generation"] = generation_cost(
-            *read_summary(compute.build_summary, "compute.build_summary", BUILD_SUMMARY_FILE)
+            *read_summary(compute.build_summary, "compute.build_summary", BuildFolder.SUMMARY)
         )
     if compute.nanoflux_data and compute.baseline is not None and tokenizer is not None:
         result["estimate"] = estimate_compute(compute, tokenizer, reasoning=reasoning)

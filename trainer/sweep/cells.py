@@ -1,6 +1,6 @@
-"""One sweep cell: its rows as a publishable build folder and a tagged commit of the cells repo, its training run, its
-evaluation on the dev rows (what cells are chosen on), and, for a selected cell, its evaluation on the test rows. The
-base model is scored once per partition for the whole sweep (`base.json`).
+"""One sweep cell: its rows as a publishable build folder (a `BuildFolder`) and a tagged commit of the cells repo, its
+training run, its evaluation on the dev rows (what cells are chosen on), and, for a selected cell, its evaluation on
+the test rows. The base model is scored once per partition for the whole sweep (`base.json`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from typing import Any
 
 import yaml
 
-from builder import write_rows
+from builder import BuildFolder
 from nanoflux.recipe import from_dict, to_dict
 from nanoflux.runfolder import write_atomic
 from trainer.sweep.config import (
     BASE_SCORES,
     CELL_FILE,
-    DATA_FILE,
     EVAL_CELL_FIELDS,
     TEST_FILE,
     SweepConfig,
@@ -39,27 +38,27 @@ logger = logging.getLogger(__name__)
 # --- the cell's rows -------------------------------------------------------------------------------------
 
 
-def write_build_files(pool: Pool, cell: Cell, cell_dir: Path, config: SweepConfig) -> None:
-    """config.yaml, summary.json and run.json of the build the cell's rows would have come out of (the pool's build
-    with the cell's curation): the cell folder is then a finished build that `nanoflux publish` releases."""
+def write_build_files(pool: Pool, cell: Cell, folder: BuildFolder, config: SweepConfig) -> None:
+    """The config, summary and run identity of the build the cell's rows would have come out of: the pool's build with
+    the cell's curation policy. With the cell's curated rows, its folder is then a finished build that `nanoflux
+    publish` releases."""
     from builder import BuildConfig, recipe_fingerprint
 
-    build_config = yaml.safe_load((pool.build_dir / "config.yaml").read_text())
-    build_config.update(
-        curation=dataclasses.asdict(cell.settings.curation(config.require_valid)),
-        target_size=cell.settings.size,
-        output_dir=str(cell_dir),
-    )
-    summary = json.loads((pool.build_dir / "summary.json").read_text())
-    summary.update(kept=len(cell.rows), target_size=cell.settings.size)
+    policy = cell.settings.curation(config.require_valid)
+    build_config = {**pool.build.read_config(), "curation": dataclasses.asdict(policy), "output_dir": str(folder)}
+    summary = pool.build.read_summary()
+    summary.update(kept=len(cell.rows), target_size=policy.target_size)
     for stats in summary["per_round"]:
         stats["kept"] = sum(row["round"] == stats["round"] for row in cell.rows)
     fingerprint, recipe = recipe_fingerprint(from_dict(BuildConfig, build_config), summary["prompt_hashes"])
     curated_by = {"sweep": config.name, "cell": cell.id, "pool": pool.source, "pool_fingerprint": pool.fingerprint}
-    (cell_dir / "config.yaml").write_text(yaml.safe_dump(build_config, sort_keys=False))
-    (cell_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (cell_dir / "run.json").write_text(
-        json.dumps({"fingerprint": fingerprint, "recipe": recipe, "curated_by": curated_by}, indent=2, sort_keys=True)
+    folder.write_config(build_config)
+    folder.write_summary(summary)
+    write_atomic(
+        folder.file(BuildFolder.RUN),
+        json.dumps(
+            {"fingerprint": fingerprint, "recipe": recipe, "curated_by": curated_by}, indent=2, sort_keys=True
+        ).encode(),
     )
 
 
@@ -69,7 +68,6 @@ def put_cell_data(config: SweepConfig, cell: Cell, cell_dir: Path) -> tuple[str,
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import HfHubHTTPError
 
-    from builder import DATA_PATH
     from nanoflux.hub import open_target
 
     repo = config.cells_repo or f"local/{config.name}-cells"
@@ -81,11 +79,11 @@ def put_cell_data(config: SweepConfig, cell: Cell, cell_dir: Path) -> tuple[str,
             tags = {t.name: t.target_commit for t in api.list_repo_refs(repo, repo_type="dataset").tags}
             if tag in tags:
                 return tag, tags[tag]
-            data = (cell_dir / "data" / DATA_FILE).read_bytes()
+            data = BuildFolder(cell_dir).file(BuildFolder.DATA).read_bytes()
             commit = api.create_commit(
                 repo,
                 repo_type="dataset",
-                operations=[CommitOperationAdd(DATA_PATH, io.BytesIO(data))],
+                operations=[CommitOperationAdd(BuildFolder.DATA, io.BytesIO(data))],
                 commit_message=f"Sweep {config.name}: cell {cell.id} ({len(cell.rows)} rows)",
             )
             api.create_tag(repo, tag=tag, revision=commit.oid, repo_type="dataset")
@@ -235,9 +233,10 @@ def run_cell(
         shutil.rmtree(cell_dir / stale, ignore_errors=True)
     (cell_dir / TEST_FILE).unlink(missing_ok=True)
     cell_dir.mkdir(parents=True, exist_ok=True)
-    write_rows(cell.rows, cell_dir / "data" / DATA_FILE, cell_dir / "curated.jsonl")
-    if pool.build_dir is not None:
-        write_build_files(pool, cell, cell_dir, config)
+    folder = BuildFolder(cell_dir)
+    folder.write_curated(cell.rows)
+    if pool.build is not None:
+        write_build_files(pool, cell, folder, config)
     record: dict[str, Any] = {
         "cell_id": cell.id,
         "label": cell_label(cell.settings),

@@ -29,7 +29,6 @@ from nanoflux.recipe import (
 DESIGNS = ("grid", "one_at_a_time")
 SWEEP_BACKENDS = ("local", "jobs")
 STEPS_POLICIES = ("fixed_epochs", "fixed_steps")
-DATA_FILE = "train-00000-of-00001.parquet"
 CELL_FILE = "cell.json"
 TEST_FILE = "test.json"  # a selected cell's test scores, written after the selection on dev
 SETUP_FILE = "sweep.json"
@@ -65,14 +64,15 @@ class SweepError(NanoFluxError, RuntimeError):
 
 @dataclass
 class CellSettings:
-    """One cell's curation: the quality band, the complexity band, how many rows, and the ranking."""
+    """One cell's curation: the quality band, the complexity band, how many rows, and the ranking. With the sweep's
+    `require_valid`, exactly a builder curation policy (`curation`): the cell's rows are `curate(pool, policy)`."""
 
     quality_levels: list[int] = field(default_factory=lambda: [4])
     """Reasoning-quality levels kept (L1..L5 are bands of the 1-5 judge score; L4 = 3.5-4.49)."""
     complexity_levels: list[int] | None = None
     """Judge-rated complexity levels (1-5) kept; null keeps all."""
     size: int = 200
-    """Most rows kept (the builder's `target_size`)."""
+    """Most rows kept: the cell policy's `curation.target_size`."""
     prefer_defender_failed: bool = True
     """Questions the Defender failed first (else build order)."""
 
@@ -86,12 +86,13 @@ class CellSettings:
         self.complexity_levels = sorted(set(self.complexity_levels)) if self.complexity_levels is not None else None
 
     def curation(self, require_valid: bool) -> CurationConfig:
-        """The builder's curation policy for this cell (`builder.curation.curate` applies it)."""
+        """The builder's curation policy for this cell, its size included (`builder.curate` applies it)."""
         return CurationConfig(
             require_valid=require_valid,
             prefer_defender_failed=self.prefer_defender_failed,
             quality_levels=list(self.quality_levels),
             complexity_levels=list(self.complexity_levels) if self.complexity_levels is not None else None,
+            target_size=self.size,
         )
 
 
@@ -121,7 +122,7 @@ class GridConfig:
     complexity_levels: list[list[int] | None] = field(default_factory=lambda: [None])
     """Complexity bands, e.g. [[1, 2], 3, [4, 5]]; null keeps every complexity."""
     sizes: list[int] = field(default_factory=lambda: [200])
-    """Dataset sizes, e.g. [25, 50, 100, 200]."""
+    """Dataset sizes (each a cell's `curation.target_size`), e.g. [25, 50, 100, 200]."""
     prefer_defender_failed: list[bool] = field(default_factory=lambda: [True])
     """Rankings: [true, false] compares "Defender failures first" with build order."""
 

@@ -1,7 +1,8 @@
 """A sweep's candidate pool and its cells' rows: reading the pool (a build's `pool/`, or a published version), the
 cells' settings in a stable order (the full grid, or one dimension at a time around a reference cell), each cell's rows
-curated with the builder's own `curate` (no new generation), the fingerprints that identify those rows, and the guard
-that refuses, before any compute, rows that ask a question of the evaluation's test or dev rows.
+curated with the builder's own `curate` under the cell's curation policy (no new generation), the fingerprints that
+identify those rows, and the guard that refuses, before any compute, rows that ask a question of the evaluation's test
+or dev rows.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import curate
+from builder import BuildFolder, curate
 from nanoflux.hub import open_target
 from trainer.sweep.config import CellSettings, SweepConfig, SweepError, cell_id
 
@@ -28,8 +29,8 @@ class Pool:
     source: str
     fingerprint: str
     """sha256 of the build's pool file, or the published version's commit."""
-    build_dir: Path | None = None
-    """A build's output dir: its config.yaml and summary.json make each cell a publishable build."""
+    build: BuildFolder | None = None
+    """A build's output folder: its config and summary make each cell a publishable build."""
 
 
 @dataclass
@@ -49,28 +50,26 @@ def digest(data: Any) -> str:
 
 
 def read_pool(config: SweepConfig) -> Pool:
-    """The pool's rows: a build's `pool/pool.parquet`, or the data of a published version at its commit."""
+    """The pool's rows: a build's pool (`BuildFolder.POOL_DATA`), or the data of a published version at its commit."""
     import pyarrow.parquet as pq
 
-    local = Path(config.pool)
     if config.pool_revision is None:
-        path = local / "pool" / "pool.parquet"
-        if not path.is_file():
+        build = BuildFolder(Path(config.pool))
+        if build.missing((BuildFolder.POOL_DATA,)):
             raise SweepError(
-                f"pool: {local} holds no pool/pool.parquet, so it is not a finished build. Fix: run `nanoflux build`"
-                " to the end first, or name another output dir"
+                f"pool: {build} holds no {BuildFolder.POOL_DATA}, so it is not a finished build. Fix: run `nanoflux"
+                " build` to the end first, or name another output dir"
             )
-        return Pool(pq.read_table(path).to_pylist(), str(local), hashlib.sha256(path.read_bytes()).hexdigest(), local)
+        digest = hashlib.sha256(build.file(BuildFolder.POOL_DATA).read_bytes()).hexdigest()
+        return Pool(build.read_pool(), str(build), digest, build)
 
     from huggingface_hub.errors import HfHubHTTPError
-
-    from builder import DATA_PATH
 
     repo, revision = config.pool, config.pool_revision
     try:
         with open_target(config.pool_hub_dir) as api:
             commit = api.dataset_info(repo, revision=revision).sha
-            path = api.hf_hub_download(repo, DATA_PATH, repo_type="dataset", revision=commit)
+            path = api.hf_hub_download(repo, BuildFolder.DATA, repo_type="dataset", revision=commit)
     except HfHubHTTPError as err:
         raise SweepError(
             f"pool: cannot read {repo}@{revision} ({str(err).splitlines()[0]}). Fix: check the repo id, pool_revision"
@@ -113,8 +112,9 @@ def grid_settings(config: SweepConfig) -> list[CellSettings]:
 
 
 def curate_cell(pool_rows: list[dict[str, Any]], settings: CellSettings, require_valid: bool) -> Cell:
-    """A cell's rows: the builder's `curate` with the cell's policy and size (same pool, same rows, same order)."""
-    rows = curate(pool_rows, settings.curation(require_valid), settings.size)
+    """A cell's rows: the builder's `curate` with the cell's policy, its size included (same pool, same rows, same
+    order)."""
+    rows = curate(pool_rows, settings.curation(require_valid))
     return Cell(cell_id(settings), settings, rows, dataset_fingerprint(rows), row_set_fingerprint(rows))
 
 

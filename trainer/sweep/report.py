@@ -252,9 +252,7 @@ def results_markdown(report: Report, *, public: bool = False) -> str:
     """`results.md`: what was swept on which pool, the cells selected on dev with their test scores, every cell's dev
     scores, and the plots. The `public` copy (uploaded to the dataset repo) names no local folder."""
     config, pool, records, selection = report.config, report.pool, report.records, report.selection
-    source = (
-        f"a build's pool ({Path(pool.source).name})" if public and pool.build_dir is not None else f"`{pool.source}`"
-    )
+    source = f"a build's pool ({Path(pool.source).name})" if public and pool.build is not None else f"`{pool.source}`"
     cells_dir = "<sweep output_dir>/cells" if public else str(Path(config.output_dir) / "cells")
     swept = swept_dimensions(records)
     train, evaluation = report.setup["train"], report.setup["eval"]

@@ -44,6 +44,7 @@ from builder.screen import Screen
 from builder.summary import log_summary, summarize
 from nanoflux.chat import ChatClient
 from nanoflux.errors import NanoFluxError
+from nanoflux.hub import open_target
 from nanoflux.journal import Journal
 from nanoflux.progress import Progress
 from nanoflux.recipe import to_dict
@@ -257,7 +258,7 @@ def _previous_version(config: BuildConfig) -> tuple[Any, list[str]]:
     its questions) joins the novelty bank."""
     if not config.push_to_hub:
         return None, []
-    with publish.open_target(config.hub_dir) as api:
+    with open_target(config.hub_dir) as api:
         previous = publish.preflight(api, config.push_to_hub, private=config.private)
     return previous, [row["question"] for row in previous.rows or []]
 
@@ -318,7 +319,7 @@ def _curate(
 def _publish(config: BuildConfig, output_dir: Path, reference: Reference | None) -> dict[str, Any] | None:
     """The build is safe on disk; if this fails, `nanoflux publish <output_dir>` retries without rebuilding.
     publish() reads the repo's latest version again: it may have moved on during a long build."""
-    with publish.open_target(config.hub_dir) as api:
+    with open_target(config.hub_dir) as api:
         release = publish.publish(output_dir, config.push_to_hub, api=api, private=config.private, reference=reference)
     return dataclasses.asdict(release) if release else None
 

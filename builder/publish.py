@@ -42,7 +42,7 @@ from builder.curation import curate, eligible
 from builder.dataset import to_dataset
 from builder.decontamination import Decontamination, DecontaminationConfig, Reference, decontaminate, report
 from nanoflux.errors import NanoFluxError
-from nanoflux.hub import open_target, package_versions  # noqa: F401 (open_target: re-exported until importers move)
+from nanoflux.hub import open_target, package_versions
 from nanoflux.recipe import from_dict, public_url
 from nanoflux.runfolder import locked
 

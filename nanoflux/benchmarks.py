@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoflux.benchmark_formats import FORMATS, MULTIMEDQA_MMLU, PACKAGE_DATA, PUBMEDQA_TEST_IDS, Format  # noqa: F401
+from nanoflux.benchmark_formats import FORMATS, MULTIMEDQA_MMLU, PACKAGE_DATA, Format
 from nanoflux.questions import LETTERS
 from nanoflux.recipe import check_range, fail, from_dict, load_recipe
-from nanoflux.rows import EvalError, Example, ExampleSet, normalise, parse_gold, split_inline_options  # noqa: F401
+from nanoflux.rows import EvalError, ExampleSet, normalise
 
 logger = logging.getLogger(__name__)
 

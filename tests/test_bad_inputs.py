@@ -274,7 +274,7 @@ def guarded(monkeypatch):
 
     for name in ("load_embedder", "make_clients", "prepare_output_dir", "load_reference"):
         monkeypatch.setattr(build_module, name, refuse(name))
-    monkeypatch.setattr(build_module.publish, "open_target", refuse("publish.open_target"))
+    monkeypatch.setattr(build_module, "open_target", refuse("open_target"))
     monkeypatch.setattr(build_module.sandbox, "require_confinement", refuse("sandbox.require_confinement"))
     return touched
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from nanoflux.benchmark_formats import FORMATS, PUBMEDQA_TEST_IDS
 from nanoflux.benchmarks import (
-    FORMATS,
-    PUBMEDQA_TEST_IDS,
     BenchmarkConfig,
     ColumnsConfig,
     DevConfig,
@@ -228,7 +227,7 @@ def test_a_headerless_csv_read_with_a_header_fails_with_the_working_fix():
 
 
 def test_the_packaged_pubmedqa_test_ids_are_the_500_of_test_ground_truth():
-    from nanoflux.benchmarks import PACKAGE_DATA
+    from nanoflux.benchmark_formats import PACKAGE_DATA
 
     truth = json.loads((PACKAGE_DATA / PUBMEDQA_TEST_IDS.removeprefix("package:")).read_text())
     assert len(truth) == 500 and all(key.isdigit() for key in truth)

@@ -67,7 +67,7 @@ def check_baseline_source(bench: Any, field_name: str = "benchmark") -> None:
     Raises:
         ConfigError: naming the field, the value and the training data to use instead.
     """
-    from nanoflux.benchmarks import FORMATS
+    from nanoflux.benchmark_formats import FORMATS
 
     preset = FORMATS[bench.format]
     if preset.path is None or bench.path != preset.path:

@@ -143,7 +143,8 @@ def _dataset(rows: list[dict[str, Any]]) -> Any:
 def _benchmark_data(bench: BenchmarkConfig, *, reasoning: bool) -> TrainData:
     """A benchmark's training rows as `nanoflux eval` asks them (trainer.baseline); the commit is the Hub commit it
     resolved to ("local" for a local file)."""
-    from nanoflux.benchmarks import EvalError, resolve_revision
+    from nanoflux.benchmarks import resolve_revision
+    from nanoflux.rows import EvalError
     from trainer.baseline import baseline_rows
 
     commit = resolve_revision(bench) or "local"
@@ -175,8 +176,8 @@ def _benchmark_data(bench: BenchmarkConfig, *, reasoning: bool) -> TrainData:
 def check_test_rows(config: TrainConfig, data: TrainData, what: str) -> int:
     """With `eval_recipe`: refuse training rows that ask a question of that evaluation's test rows
     (trainer.baseline)."""
-    from nanoflux.benchmarks import EvalError
     from nanoflux.recipe import ConfigError
+    from nanoflux.rows import EvalError
     from trainer.baseline import TestRowsInTraining, check_no_test_rows
     from trainer.evaluation.config import build_eval_config
 

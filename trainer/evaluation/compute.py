@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from builder import BuildFolder
-from nanoflux.benchmarks import BenchmarkConfig, EvalError, Example, load_rows, normalise
+from nanoflux.benchmarks import BenchmarkConfig, load_rows
 from nanoflux.recipe import fail, is_repo_id
-from nanoflux.rows import answer_target
+from nanoflux.rows import EvalError, Example, answer_target, normalise
 
 logger = logging.getLogger(__name__)
 

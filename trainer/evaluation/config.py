@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoflux.benchmarks import PARTITIONS, BenchmarkConfig, EvalError, default_name, dev_benchmark
+from nanoflux.benchmarks import PARTITIONS, BenchmarkConfig, default_name, dev_benchmark
 from nanoflux.models import DEFAULT_MODEL_ID
 from nanoflux.recipe import ConfigError, check_range, fail, from_dict, load_recipe, merge, parse_overrides
+from nanoflux.rows import EvalError
 from trainer.evaluation.compute import ComputeConfig
 from trainer.evaluation.generation import ENGINES, EndpointConfig
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from nanoflux.benchmarks import EvalError
+from nanoflux.rows import EvalError
 from trainer.evaluation.report import paired_table, results_table
 
 logger = logging.getLogger(__name__)

@@ -36,16 +36,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nanoflux.benchmarks import (
-    BenchmarkConfig,
-    Example,
-    ExampleSet,
-    load_benchmark,
-    partition_benchmark,
-    resolve_revision,
-)
+from nanoflux.benchmarks import BenchmarkConfig, load_benchmark, partition_benchmark, resolve_revision
 from nanoflux.hub import package_versions
 from nanoflux.recipe import to_dict
+from nanoflux.rows import Example, ExampleSet
 from nanoflux.scoring import (
     CI_LEVEL,
     NUMBER_ABS_TOL,

@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from nanoflux.benchmarks import EvalError
+from nanoflux.rows import EvalError
 from trainer.evaluation.config import EvalConfig
 
 logger = logging.getLogger(__name__)

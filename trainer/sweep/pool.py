@@ -121,7 +121,7 @@ def curate_cell(pool_rows: list[dict[str, Any]], settings: CellSettings, require
 def check_training_rows(cells: list[Cell], evaluation: Any) -> None:
     """Refuse, before any compute, cell rows that ask a question of the evaluation's test rows or dev rows (a dev row
     in training would make the choice on dev optimistic; a test row, the reported score)."""
-    from nanoflux.benchmarks import EvalError
+    from nanoflux.rows import EvalError
     from trainer.baseline import TestRowsInTraining, check_no_test_rows
 
     questions = {row["id"]: str(row.get("question") or "") for cell in cells for row in cell.rows}

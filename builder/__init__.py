@@ -18,7 +18,7 @@ _PUBLIC = {
     "write_rows": "builder.dataset",
     "DecontaminationConfig": "builder.decontamination",
     "check_contamination": "builder.decontamination",
-    "load_reference": "builder.decontamination",
+    "load_reference": "builder.reference",
     "recipe_fingerprint": "builder.build",
     "PublishError": "builder.publish",
     "publish_preflight": "builder.publish",

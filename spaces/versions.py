@@ -290,45 +290,21 @@ def diff_versions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> dict[
 
 def diff_table(diff: dict[str, Any]) -> pd.DataFrame:
     """One line per added, removed or changed row."""
-    data = [
-        [
-            "added",
-            r.get("id"),
-            r.get("version") or "",
-            r.get("capability"),
-            _level(r.get("quality_level")),
-            _defender(r),
-            "",
-            _short(r.get("question")),
+
+    def line(change: str, row: dict[str, Any], fields: str = "") -> list[Any]:
+        return [
+            change,
+            row.get("id"),
+            row.get("version") or "",
+            row.get("capability"),
+            _level(row.get("quality_level")),
+            _defender(row),
+            fields,
+            _short(row.get("question")),
         ]
-        for r in diff["added"]
-    ]
-    data += [
-        [
-            "removed",
-            r.get("id"),
-            r.get("version") or "",
-            r.get("capability"),
-            _level(r.get("quality_level")),
-            _defender(r),
-            "",
-            _short(r.get("question")),
-        ]
-        for r in diff["removed"]
-    ]
-    data += [
-        [
-            "changed",
-            new.get("id"),
-            new.get("version") or "",
-            new.get("capability"),
-            _level(new.get("quality_level")),
-            _defender(new),
-            ", ".join(fields),
-            _short(new.get("question")),
-        ]
-        for _, new, fields in diff["changed"]
-    ]
+
+    data = [line("added", r) for r in diff["added"]] + [line("removed", r) for r in diff["removed"]]
+    data += [line("changed", new, ", ".join(fields)) for _, new, fields in diff["changed"]]
     return pd.DataFrame(data, columns=DIFF_COLUMNS)
 
 
